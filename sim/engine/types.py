@@ -1,0 +1,76 @@
+"""Value types of the worker engine: configuration, per-request timeline, load snapshot.
+
+The engine itself (``sim.engine.Engine``) is pure: it takes the current time as an argument and
+does no I/O, so the same object serves virtual time (the simulator passes virtual seconds) and live
+time (the worker app passes scaled wall-clock seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Iteration-level latency of one SGLang worker, in seconds.
+
+    Defaults: an 8B model on one H100 (shared/specs/anchors-workloads-models.md section 4):
+    prefill step ``max(prefill_floor, prefill_per_token * new) + attention_per_token2 * new * (cached + new/2)``;
+    decode step ``decode_floor + decode_per_seq * batch + decode_per_ctx_token * sum(context)``.
+    """
+
+    prefill_floor: float = 5.6e-3
+    prefill_per_token: float = 20e-6
+    attention_per_token2: float = 0.66e-9
+    decode_floor: float = 5.6e-3
+    decode_per_seq: float = 30e-6
+    decode_per_ctx_token: float = 0.04e-6
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One worker's capacity and speed; pools may mix different configs."""
+
+    name: str = "w0"
+    kv_capacity_tokens: int | None = 400_000  # None: unbounded cache
+    page_size: int = 1
+    max_running_requests: int = 256
+    latency: LatencyModel = field(default_factory=LatencyModel)
+    slowdown: float = 1.0  # multiplies every modelled duration (a slow or throttled worker)
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """What the engine computed for one request at its arrival."""
+
+    arrival: float
+    start: float  # prefill starts (after waiting for the prefill lane, a decode slot and KV)
+    first_token: float
+    finish: float
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens matched in the radix cache at admission
+    output_tokens: int
+    evicted_tokens: int  # tokens evicted from the cache to admit this request
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.arrival
+
+    @property
+    def e2e(self) -> float:
+        return self.finish - self.arrival
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """A load snapshot in the terms of SGLang's ``/v1/loads`` and ``/metrics``."""
+
+    num_running_reqs: int
+    num_waiting_reqs: int
+    num_waiting_uncached_tokens: int
+    num_used_tokens: int  # KV held by running requests plus cached tokens resident in the tree
+    max_total_num_tokens: int
+    token_usage: float  # num_used_tokens / max_total_num_tokens
+    cache_hit_rate: float  # cumulative cached / prompt tokens
+    gen_throughput: float  # output tokens per second over the recent window
+    max_running_requests: int

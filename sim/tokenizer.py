@@ -1,0 +1,138 @@
+"""A deterministic word-level tokenizer and chat template, shared by every component.
+
+Equal text gives equal token ids everywhere (session server, mock workers, simulator), which is
+what makes radix-cache reuse measurable without a real tokenizer.
+
+Rules:
+- A word is a maximal run of non-whitespace characters (``str.split()``); whitespace is not a token.
+- Special tokens have small fixed ids; every other word maps to ``FIRST_WORD_ID + xxh32(word)``,
+  so there is no vocabulary file and no out-of-vocabulary word.
+- The chat template renders each message on its own, so rendering is additive:
+  ``render(a + b) == render(a) + render(b)``. A message is
+  ``<|im_start|> role <content words> <|im_end|>`` and the generation prompt is
+  ``<|im_start|> assistant``. A model answer is its content words followed by ``<|im_end|>``, so
+  ``prompt_ids + output_ids == render(messages + [answer])``: the token-in/token-out prefix
+  invariant holds by construction, and a worker that re-renders the messages gets the same ids.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xxhash
+
+IM_START = 1
+IM_END = 2
+PAD = 0
+SPECIAL_TOKENS: dict[str, int] = {"<pad>": PAD, "<|im_start|>": IM_START, "<|im_end|>": IM_END}
+FIRST_WORD_ID = 1000
+EOS_TOKEN_ID = IM_END
+_WORD_SPACE = (1 << 32) - FIRST_WORD_ID  # ids stay within u32, as real vocabularies do
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def word_id(word: str) -> int:
+    """Token id of one whitespace-free word."""
+    special = SPECIAL_TOKENS.get(word)
+    if special is not None:
+        return special
+    return FIRST_WORD_ID + xxhash.xxh32_intdigest(word.encode("utf-8", "surrogatepass")) % _WORD_SPACE
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of a text: one id per whitespace-separated word."""
+    return [word_id(w) for w in text.split()]
+
+
+def content_text(content: Any) -> str:
+    """The text of an OpenAI message ``content``: a string, a list of parts, or None."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping):
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+            elif isinstance(part, str):
+                parts.append(part)
+        return " ".join(parts)
+    return str(content)
+
+
+def render_message(message: Mapping[str, Any]) -> list[int]:
+    """Token ids of one chat message under the template."""
+    role = str(message.get("role", "user"))
+    return [IM_START, word_id(role), *encode(content_text(message.get("content"))), IM_END]
+
+
+GENERATION_PROMPT: tuple[int, ...] = (IM_START, word_id("assistant"))
+
+
+def render(messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a conversation, optionally followed by the generation prompt."""
+    ids: list[int] = []
+    for m in messages:
+        ids.extend(render_message(m))
+    if add_generation_prompt:
+        ids.extend(GENERATION_PROMPT)
+    return ids
+
+
+# --- deterministic "model output" -------------------------------------------------------------
+
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "de", "pa", "zu", "gi", "fo", "he", "jo", "wy")
+VOCAB_SIZE = 4096
+
+
+@functools.cache
+def _vocab() -> tuple[tuple[str, ...], np.ndarray]:
+    words = []
+    for i in range(VOCAB_SIZE):
+        a, b, c = i % 16, (i // 16) % 16, (i // 256) % 16
+        words.append(_SYLLABLES[a] + _SYLLABLES[b] + _SYLLABLES[c])
+    ids = np.array([word_id(w) for w in words], dtype=np.int64)
+    return tuple(words), ids
+
+
+def vocabulary() -> tuple[str, ...]:
+    """The words a simulated model or tool emits (synthetic, pronounceable, all distinct)."""
+    return _vocab()[0]
+
+
+def synth_words(seed: int, n: int) -> tuple[list[str], list[int]]:
+    """``n`` deterministic words for a seed, with their token ids."""
+    if n <= 0:
+        return [], []
+    words, ids = _vocab()
+    rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
+    idx = rng.integers(0, VOCAB_SIZE, size=n)
+    return [words[i] for i in idx], ids[idx].tolist()
+
+
+def synth_text(seed: int, n: int) -> str:
+    """A deterministic text of exactly ``n`` tokens (for tool outputs, prompts, tasks)."""
+    return " ".join(synth_words(seed, n)[0])
+
+
+def synth_answer(seed: int, completion_tokens: int) -> tuple[str, list[int]]:
+    """A model answer of exactly ``completion_tokens`` tokens: content words then ``<|im_end|>``.
+
+    Returns the content text (what ``choices[0].message.content`` carries) and the output ids
+    (what ``meta_info.output_token_logprobs`` carries). ``completion_tokens`` is at least 1.
+    """
+    words, ids = synth_words(seed, max(completion_tokens, 1) - 1)
+    return " ".join(words), [*ids, IM_END]
+
+
+def request_seed(seed: int, prompt_ids: Sequence[int]) -> int:
+    """A seed for a request's output: the same prompt and seed give the same answer."""
+    h = xxhash.xxh64(seed=seed & 0xFFFFFFFFFFFFFFFF)
+    h.update(np.asarray(prompt_ids, dtype=np.int64).tobytes())
+    return h.intdigest()
