@@ -22,6 +22,13 @@ the time travels with each request:
   (none)                    ``evicted_tokens``          tokens evicted to admit this request
   ========================  ==========================  =============================================
 
+- Load polls: ``GET /v1/loads?sim_time=<t>`` (and ``/metrics?sim_time=<t>``) answer the worker's load
+  at virtual time ``t``; without the parameter the worker uses its own clock.
+- Output length: in the simulator a chat request's ``max_tokens`` is the exact number of output
+  tokens (as with ``ignore_eos``), the last one being ``<|im_end|>``; the text and token ids of the
+  answer depend only on the worker pool's seed and the prompt ids (``sim.tokenizer.synth_answer``),
+  never on which worker answers, so every policy sees the same conversations.
+
 A gateway in virtual time sets its clock to the largest ``sim_time`` it has seen and keeps each
 request counted in flight until that clock passes the request's ``x-sim-finish``.
 """
@@ -38,6 +45,7 @@ HEADER_START = "x-sim-start"
 HEADER_FIRST_TOKEN = "x-sim-first-token"
 HEADER_FINISH = "x-sim-finish"
 HEADER_WORKER = "x-sim-worker"
+SIM_TIME_QUERY = "sim_time"
 
 
 def request_time(body: Mapping[str, Any] | None) -> float | None:
