@@ -68,7 +68,10 @@ class EngineLoad:
     num_running_reqs: int
     num_waiting_reqs: int
     num_waiting_uncached_tokens: int
-    num_used_tokens: int  # KV held by running requests plus cached tokens resident in the tree
+    # KV that cannot be reclaimed: running requests' tokens plus locked tree nodes. As in SGLang,
+    # evictable (unlocked) cached tokens do NOT count as used, so an idle worker with a full cache
+    # reports token_usage ~0 (SMG's overload protection vetoes workers at token_usage >= 0.8).
+    num_used_tokens: int
     max_total_num_tokens: int
     token_usage: float  # num_used_tokens / max_total_num_tokens
     cache_hit_rate: float  # cumulative cached / prompt tokens
