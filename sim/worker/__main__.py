@@ -1,0 +1,5 @@
+"""``python -m sim.worker``: the same as ``smg-testbed worker``."""
+
+from sim.worker.cli import main
+
+raise SystemExit(main())

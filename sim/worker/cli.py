@@ -1,0 +1,126 @@
+"""``smg-testbed worker``: N mock SGLang workers on N consecutive ports, one process, one event loop.
+
+Example: ``smg-testbed worker --port 18001 --count 3 --kv-capacity-tokens 200000`` serves workers
+``w0``, ``w1``, ``w2`` on 127.0.0.1:18001-18003. ``--host`` defaults to loopback; binding anything
+else exposes an unauthenticated server, so do that only on a private network. SIGTERM/SIGINT stop
+all workers; the ``exit`` fault (``POST /admin/faults {"exit": true}``) stops one worker, and the
+process ends (status 3) when its last worker has stopped that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Generator, Sequence
+
+import uvicorn
+
+from sim.engine.types import LatencyModel, WorkerConfig
+from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
+from sim.worker.core import Faults, WorkerCore
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the process (several servers share a loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smg-testbed worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--port", type=int, default=18001, help="port of the first worker")
+    p.add_argument("--count", type=int, default=1, help="number of workers, on consecutive ports")
+    p.add_argument("--name-prefix", default="w", help="workers are named <prefix>0..<prefix>{N-1}")
+    p.add_argument("--kv-capacity-tokens", type=int, default=WorkerConfig.kv_capacity_tokens,
+                   help="radix cache + running KV capacity per worker, tokens (0: unbounded)")
+    p.add_argument("--page-size", type=int, default=WorkerConfig.page_size)
+    p.add_argument("--max-running-requests", type=int, default=WorkerConfig.max_running_requests)
+    p.add_argument("--model-name", default="mock-model", help="served model name (the id SMG registers)")
+    p.add_argument("--seed", type=int, default=0, help="pool seed: answers depend on it and on the prompt only")
+    p.add_argument("--default-max-tokens", type=int, default=64, help="output length when a request gives none")
+    p.add_argument("--context-length", type=int, default=1 << 20)
+    p.add_argument("--speedup", type=float, default=1.0, help="live time runs this many times faster than wall time")
+    p.add_argument("--max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD_SIZE, help="largest body, bytes")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 500")
+    p.add_argument("--rollback-fail-rate", type=float, default=0.0,
+                   help='share of requests with input_ids answered 400 "rollback failed"')
+    p.add_argument("--slowdown", type=float, default=1.0, help="multiplies every modelled duration (engine)")
+    p.add_argument("--unhealthy", action="store_true", help="start with /health answering 503")
+    p.add_argument("--log-level", default="warning")
+    for f in dataclasses.fields(LatencyModel):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=float, default=f.default,
+                       help=f"latency model coefficient (default {f.default})")
+    return p
+
+
+def make_cores(args: argparse.Namespace) -> list[WorkerCore]:
+    latency = LatencyModel(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyModel)})
+    cores = []
+    for i in range(args.count):
+        cfg = WorkerConfig(name=f"{args.name_prefix}{i}", kv_capacity_tokens=args.kv_capacity_tokens or None,
+                           page_size=args.page_size, max_running_requests=args.max_running_requests,
+                           latency=latency, slowdown=args.slowdown)
+        faults = Faults(fail_rate=args.fail_rate, rollback_fail_rate=args.rollback_fail_rate,
+                        unhealthy=args.unhealthy)
+        cores.append(WorkerCore(cfg, model_name=args.model_name, seed=args.seed,
+                                default_max_tokens=args.default_max_tokens, context_length=args.context_length,
+                                faults=faults))
+    return cores
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.count < 1:
+        p.error("--count must be >= 1")
+    if args.port < 1 or args.port + args.count - 1 > 65535:
+        p.error("--port .. --port+count-1 must be valid ports")
+    if not args.speedup > 0:
+        p.error("--speedup must be > 0")
+    if not args.slowdown >= 1.0:
+        p.error("--slowdown must be >= 1")
+    for name in ("fail_rate", "rollback_fail_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 1]")
+    if args.max_payload_size < 1 or args.default_max_tokens < 1 or args.max_running_requests < 1 or args.page_size < 1:
+        p.error("sizes and counts must be >= 1")
+
+
+async def serve(args: argparse.Namespace) -> int:
+    cores = make_cores(args)
+    servers: list[_Server] = []
+    exited: set[int] = set()
+    for i, core in enumerate(cores):
+        def stop(i: int = i) -> None:
+            exited.add(i)
+            servers[i].should_exit = True
+
+        app = create_app(core, speedup=args.speedup, max_payload_size=args.max_payload_size, on_exit=stop)
+        config = uvicorn.Config(app, host=args.host, port=args.port + i, log_level=args.log_level,
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        servers.append(_Server(config))
+
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for s in servers:
+            s.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_all)
+    await asyncio.gather(*(s.serve() for s in servers))
+    if any(not s.started for s in servers):
+        return 1
+    return 3 if len(exited) == len(servers) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    _validate(p, args)
+    return asyncio.run(serve(args))
