@@ -1,0 +1,3 @@
+from session_server.cli import main
+
+raise SystemExit(main())

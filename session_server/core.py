@@ -1,0 +1,632 @@
+"""The session server's pure core: sessions, token-in/token-out (TITO) state, records, rollback rules.
+
+No I/O, no clock, no locks: every call takes what it needs (bytes, headers, ``now``) and returns
+plain values. The FastAPI adapter (``session_server.app``) adds HTTP, the per-session lock and the
+upstream call; the simulator's ``direct`` transport calls the same functions in-process with an
+in-process upstream, so both transports give bit-identical results for a seed.
+
+Public API (``SessionCore``)::
+
+    core = SessionCore(
+        allowed_append_roles=("tool",),      # --tito-allowed-append-roles
+        routing_key=True,                    # False: add no routing header (the "without header" arm)
+        routing_key_header="X-SMG-Routing-Key",
+        session_id_seed=None,                # int: session ids drawn from random.Random(seed), uuid4 hex format
+        max_sessions=None,                   # int: POST /sessions answers 503 when this many are held
+        idle_ttl=None,                       # seconds: sessions idle longer are dropped on the next create
+        max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+        instance_id=None,                    # default uuid4().hex, stable for the core's lifetime
+    )
+    core.health() -> dict                                      # {"status": "ok", "session_server_instance_id": ...}
+    core.create_session(now: float) -> str                     # raises SessionLimitError (503)
+    core.get_view(sid: str) -> dict                            # {"session_id", "records", "metadata"}; 404
+    core.session(sid: str) -> Session                          # raises SessionNotFoundError (404) when unknown
+    core.open_session(sid: str) -> Session                     # same, and 404 while the session is closing
+    core.begin_delete(sid: str) -> Session                     # marks closing; 404 if unknown or already closing
+    core.finish_delete(sid: str) -> None                       # removes it (call once the session's lock is held)
+    core.delete(sid: str) -> None                              # begin + finish (single-threaded callers)
+    core.upstream_headers(sid, client_headers) -> dict         # client headers minus hop-by-hop + the routing key
+    core.prepare_turn(sid, body: bytes | Mapping, client_headers, now) -> TurnPlan    # raises SessionError (4xx)
+    core.retry_request(plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None  # the rollback retry
+    core.commit_turn(plan: TurnPlan, resp: UpstreamResponse, now: float) -> TurnResult
+    core.run_turn(sid, body, client_headers, upstream: Callable[[UpstreamRequest], UpstreamResponse],
+                  now: float) -> TurnResult                    # the whole turn, synchronously (direct transport)
+    core.passthrough_request(sid, method, path, query, client_headers, content) -> UpstreamRequest  # catch-all
+
+A turn is ``prepare_turn`` (under the session lock) -> ``plan.request`` sent upstream (no lock) ->
+optionally ``retry_request`` sent once -> ``commit_turn`` (under the lock). ``commit_turn`` always
+finishes the plan; if the caller abandons a plan (cancellation) it calls ``core.abandon(plan)``.
+``error_result(exc)`` turns a ``SessionError`` into the ``TurnResult`` the HTTP adapter would answer.
+
+Semantics (miles ``deploy`` baseline, shared/specs/miles-session-server.md, with the issue's changes):
+
+- Each turn forces ``logprobs``, ``return_prompt_token_ids``, ``return_meta_info`` and
+  ``no_stop_trim=False``. From the second turn ``input_ids`` = stored checkpoint tokens +
+  ``render(appended messages, False)`` + ``GENERATION_PROMPT`` (the ``default`` TITO model, plain
+  concatenation, ``max_trim_tokens=0``); a client-sent ``input_ids`` is dropped (the session owns them).
+- Message equality is miles' ``message_matches``: role, content, reasoning_content, tool_calls,
+  with None == "" == [].
+- An agent retry may roll back at most one model turn ("rollback failed: ..." 400 otherwise);
+  appended roles must be in ``allowed_append_roles`` (400 otherwise). The rollback is applied at
+  commit, so a failed turn leaves the session exactly as it was (miles truncates before proxying).
+- Upstream 400 whose body contains "rollback failed" (any case), when ``input_ids`` were sent: retried
+  exactly once without ``input_ids`` and with the same headers.
+- After a 200 the prefix invariant ``prompt_ids + output_ids`` starts with the checkpoint the turn
+  built on; a violation is an upstream fault: 502, nothing recorded (miles: 500 TokenizationError).
+- Exactly one record per committed turn; a stale turn (another turn of the session committed
+  meanwhile) or a turn that finished after DELETE started is answered but not recorded.
+- A record's ``timestamp`` is the request's virtual time (``sim_time``) when it has one, else ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sim import tokenizer as tok
+from sim.vtime import request_time
+
+CHAT_PATH = "/v1/chat/completions"
+DEFAULT_ROUTING_KEY_HEADER = "X-SMG-Routing-Key"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_ASSISTANT_ROLLBACK_STEPS = 1
+MAX_TRIM_TOKENS = 0  # the `default` TITO model: plain concatenation
+VALID_ROLES = ("tool", "user", "system", "assistant")
+FORCED_FIELDS: dict[str, Any] = {
+    "logprobs": True,
+    "return_prompt_token_ids": True,
+    "return_meta_info": True,
+    "no_stop_trim": False,
+}
+# never forwarded upstream (hop-by-hop, or recomputed by the HTTP client)
+_DROP_REQUEST_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer", "upgrade",
+     "proxy-connection", "proxy-authorization", "proxy-authenticate"}
+)
+# never copied from an upstream answer back to the client
+DROP_RESPONSE_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive", "server", "date"}
+)
+_MESSAGE_FIELDS = ("role", "content", "reasoning_content", "tool_calls")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class SessionError(Exception):
+    """An error the server answers as ``{"error": message}`` with ``status``."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class BadRequestError(SessionError):
+    status = 400
+
+
+class MessageValidationError(BadRequestError):
+    """Not append-only, a disallowed appended role, or a rollback that is not allowed."""
+
+
+class BodyTooLargeError(SessionError):
+    status = 413
+
+
+class SessionNotFoundError(SessionError):
+    status = 404
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(f"session not found: session_id={sid}")
+
+
+class SessionLimitError(SessionError):
+    status = 503
+
+
+class UpstreamResponseError(SessionError):
+    """The upstream answered 200 with something a turn cannot be committed from."""
+
+    status = 502
+
+
+# --- messages and tokens -----------------------------------------------------------------------
+
+
+def _empty_to_none(value: Any) -> Any:
+    if value is None or (isinstance(value, str | list) and len(value) == 0):
+        return None
+    return value
+
+
+def message_matches(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """miles' ``message_matches``: equal role, content, reasoning_content, tool_calls (None == "" == [])."""
+    return all(_empty_to_none(a.get(k)) == _empty_to_none(b.get(k)) for k in _MESSAGE_FIELDS)
+
+
+def common_prefix_len(stored: list[Mapping[str, Any]], request: list[Mapping[str, Any]]) -> int:
+    """Length of the longest prefix on which the two message lists match message by message."""
+    n = 0
+    for a, b in zip(stored, request, strict=False):
+        if not message_matches(a, b):
+            break
+        n += 1
+    return n
+
+
+def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> list[int]:
+    """The ``default`` TITO merge: stored tokens verbatim + appended messages + generation prompt."""
+    return [*checkpoint, *tok.render(appended, add_generation_prompt=False), *tok.GENERATION_PROMPT]
+
+
+def seeded_uuid4_hex(rng: random.Random) -> str:
+    """A uuid4-formatted hex id drawn from ``rng`` (reproducible session ids)."""
+    return uuid.UUID(int=rng.getrandbits(128), version=4).hex
+
+
+# --- values exchanged with the upstream --------------------------------------------------------
+
+
+@dataclass
+class UpstreamRequest:
+    """One request to the router: ``{router}/{path}?{query}``. Exactly one of ``json``/``content`` is used."""
+
+    method: str
+    path: str  # relative to the router URL, e.g. "v1/chat/completions"
+    headers: dict[str, str]
+    json: Any = None
+    content: bytes | None = None
+    query: str = ""
+
+
+@dataclass
+class UpstreamResponse:
+    """The router's answer. An in-process upstream may set ``data`` (parsed JSON) instead of ``content``."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes = b""
+    data: Any = None
+
+    def json(self) -> Any:
+        """The parsed JSON body, or None when there is none or it does not parse."""
+        if self.data is not None:
+            return self.data
+        if not self.content:
+            return None
+        try:
+            return json.loads(self.content)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def text(self) -> str:
+        if self.content:
+            return self.content.decode("utf-8", errors="replace")
+        if self.data is not None:
+            return json.dumps(self.data)
+        return ""
+
+
+@dataclass
+class TurnResult:
+    """What the client gets for a turn. ``content`` (raw bytes) wins over ``body`` (JSON) when set."""
+
+    status: int
+    body: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    recorded: bool = False
+    retried: bool = False
+    outcome: str = ""  # recorded | upstream_error | stale | closing | invalid_upstream | rejected
+
+
+def error_result(exc: SessionError) -> TurnResult:
+    return TurnResult(status=exc.status, body={"error": exc.message}, outcome="rejected")
+
+
+def response_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Upstream response headers worth relaying (``x-sim-*``, ``x-smg-routed-worker-id``, content-type...)."""
+    return {k: v for k, v in headers.items() if k.lower() not in DROP_RESPONSE_HEADERS}
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Session:
+    """One session's state. ``eq=False``: hashable by identity, so an adapter can key a lock on it."""
+
+    session_id: str
+    created: float
+    last_access: float
+    messages: list[dict[str, Any]] = field(default_factory=list)  # last request's messages + the reply
+    checkpoints: list[list[int]] = field(default_factory=list)  # prompt + output ids, one per model turn
+    reply_positions: list[int] = field(default_factory=list)  # index in ``messages`` of each model reply
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per committed turn
+    version: int = 0  # bumped by every commit: the stale-update guard
+    closing: bool = False
+    inflight: int = 0
+
+    @property
+    def num_assistant(self) -> int:
+        return len(self.checkpoints)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.checkpoints[-1] if self.checkpoints else []
+
+
+@dataclass
+class TurnPlan:
+    """A prepared turn: what to send upstream and what to commit against."""
+
+    session: Session
+    client_body: dict[str, Any]  # the client's body after forcing fields, before input_ids
+    sent_body: dict[str, Any]  # the body actually sent (last attempt); recorded on success
+    messages: list[dict[str, Any]]
+    keep: int  # model turns kept (< num_assistant when the turn rolls one back)
+    base_checkpoint: list[int]  # the stored tokens the turn continues ([] on the first turn)
+    expected_version: int
+    request: UpstreamRequest
+    attempts: int = 1
+    done: bool = False
+
+    @property
+    def retried(self) -> bool:
+        return self.attempts > 1
+
+
+class SessionCore:
+    """Session store and per-turn logic (see the module docstring for the API)."""
+
+    def __init__(
+        self,
+        *,
+        allowed_append_roles: Iterable[str] = ("tool",),
+        routing_key: bool = True,
+        routing_key_header: str = DEFAULT_ROUTING_KEY_HEADER,
+        session_id_seed: int | None = None,
+        max_sessions: int | None = None,
+        idle_ttl: float | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        instance_id: str | None = None,
+    ) -> None:
+        roles = []
+        for role in allowed_append_roles:
+            r = role.lower()
+            if r not in VALID_ROLES:
+                raise ValueError(f"unknown append role {role!r}; choose from {', '.join(VALID_ROLES)}")
+            if r not in roles:
+                roles.append(r)
+        if not routing_key_header or any(c.isspace() or c == ":" for c in routing_key_header):
+            raise ValueError(f"invalid header name {routing_key_header!r}")
+        if max_sessions is not None and max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        if idle_ttl is not None and idle_ttl <= 0:
+            raise ValueError("idle_ttl must be positive")
+        self.allowed_append_roles: tuple[str, ...] = tuple(roles)
+        self.routing_key = routing_key
+        self.routing_key_header = routing_key_header
+        self.max_sessions = max_sessions
+        self.idle_ttl = idle_ttl
+        self.max_body_bytes = max_body_bytes
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self._rng = random.Random(session_id_seed) if session_id_seed is not None else None
+        self.sessions: dict[str, Session] = {}
+
+    # --- store ---------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, str]:
+        return {"status": "ok", "session_server_instance_id": self.instance_id}
+
+    def _new_id(self) -> str:
+        while True:
+            sid = seeded_uuid4_hex(self._rng) if self._rng is not None else uuid.uuid4().hex
+            if sid not in self.sessions:
+                return sid
+
+    def evict_idle(self, now: float) -> list[str]:
+        """Drop sessions idle for longer than ``idle_ttl`` (never one with a turn in flight)."""
+        if self.idle_ttl is None:
+            return []
+        gone = [sid for sid, s in self.sessions.items()
+                if s.inflight == 0 and now - s.last_access > self.idle_ttl]
+        for sid in gone:
+            self.sessions[sid].closing = True
+            del self.sessions[sid]
+        return gone
+
+    def create_session(self, now: float) -> str:
+        self.evict_idle(now)
+        if self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
+            raise SessionLimitError(f"session limit reached: {len(self.sessions)} sessions held "
+                                    f"(max_sessions={self.max_sessions}); delete finished sessions")
+        sid = self._new_id()
+        self.sessions[sid] = Session(sid, created=now, last_access=now)
+        return sid
+
+    def session(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise SessionNotFoundError(sid)
+        return s
+
+    def get_view(self, sid: str) -> dict[str, Any]:
+        s = self.session(sid)
+        return {
+            "session_id": sid,
+            "records": list(s.records),
+            "metadata": {"accumulated_token_ids": list(s.token_ids), "max_trim_tokens": MAX_TRIM_TOKENS},
+        }
+
+    def begin_delete(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None or s.closing:
+            raise SessionNotFoundError(sid)
+        s.closing = True
+        return s
+
+    def finish_delete(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+
+    def delete(self, sid: str) -> None:
+        self.begin_delete(sid)
+        self.finish_delete(sid)
+
+    def open_session(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None or s.closing:
+            raise SessionNotFoundError(sid)
+        return s
+
+    # --- headers -------------------------------------------------------------------------------
+
+    def upstream_headers(self, sid: str, client_headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict:
+        """Client headers minus hop-by-hop ones; with the routing key on, exactly one key header = ``sid``.
+
+        A key the client sent under the configured name, in any letter case, is replaced. With the
+        routing key off, client headers pass through untouched (miles before the header existed).
+        """
+        items = client_headers.items() if isinstance(client_headers, Mapping) else client_headers
+        key_lower = self.routing_key_header.lower()
+        out: dict[str, str] = {}
+        for name, value in items:
+            low = name.lower()
+            if low in _DROP_REQUEST_HEADERS or (self.routing_key and low == key_lower):
+                continue
+            out[low] = value
+        if self.routing_key:
+            out[self.routing_key_header] = sid
+        return out
+
+    def passthrough_request(self, sid: str, method: str, path: str, query: str,
+                            client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+                            content: bytes) -> UpstreamRequest:
+        """The catch-all ``/sessions/{sid}/{path}``: forwarded as is to ``{router}/{path}``, not recorded."""
+        self.open_session(sid)
+        return UpstreamRequest(method=method.upper(), path=path.lstrip("/"), query=query,
+                               headers=self.upstream_headers(sid, client_headers), content=content)
+
+    # --- turns ---------------------------------------------------------------------------------
+
+    def parse_body(self, body: bytes | Mapping[str, Any] | None) -> dict[str, Any]:
+        """A chat body as a dict; 400 for invalid JSON or a non-object, 413 when too large."""
+        if body is None:
+            return {}
+        if isinstance(body, Mapping):
+            return dict(body)
+        if len(body) > self.max_body_bytes:
+            raise BodyTooLargeError(f"request body too large: {len(body)} bytes (limit {self.max_body_bytes})")
+        if not body.strip():
+            return {}
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequestError(f"invalid JSON body: {e}") from None
+        if not isinstance(parsed, dict):
+            raise BadRequestError(f"request body must be a JSON object, got {type(parsed).__name__}")
+        return parsed
+
+    @staticmethod
+    def _check_messages(messages: Any) -> list[dict[str, Any]]:
+        if not isinstance(messages, list):
+            got = "missing" if messages is None else type(messages).__name__
+            raise BadRequestError(f"'messages' must be a list of message objects ({got})")
+        if not messages:
+            raise BadRequestError("'messages' must not be empty")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise BadRequestError(f"messages[{i}] must be an object, got {type(m).__name__}")
+            role = m.get("role")
+            if not isinstance(role, str) or not role:
+                raise BadRequestError(f"messages[{i}].role must be a non-empty string")
+        return messages
+
+    def _rollback_point(self, s: Session, messages: list[dict[str, Any]]) -> int:
+        """How many model turns the request keeps (``num_assistant`` for a plain append)."""
+        match = common_prefix_len(s.messages, messages)
+        if match >= len(s.messages):
+            return s.num_assistant
+        keep = sum(1 for pos in s.reply_positions if pos < match)
+        if keep == 0:
+            raise MessageValidationError(
+                f"rollback failed: no assistant message found in the matching prefix "
+                f"(first {match} of {len(s.messages)} stored messages match)")
+        discard = s.num_assistant - keep
+        if discard > MAX_ASSISTANT_ROLLBACK_STEPS:
+            raise MessageValidationError(
+                f"rollback failed: discard_count={discard} exceeds max_assistant_rollback_steps="
+                f"{MAX_ASSISTANT_ROLLBACK_STEPS} (first {match} of {len(s.messages)} stored messages match)")
+        return keep
+
+    def _check_append(self, stored_len: int, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(messages) < stored_len:
+            raise MessageValidationError(
+                f"messages are not append-only: the request has {len(messages)} messages, "
+                f"the session holds {stored_len}")
+        appended = messages[stored_len:]
+        for i, m in enumerate(appended, start=stored_len):
+            if m["role"].lower() not in self.allowed_append_roles:
+                raise MessageValidationError(
+                    f"messages are not append-only: messages[{i}] has role {m['role']!r}, but only "
+                    f"{list(self.allowed_append_roles)} may be appended after a model turn "
+                    f"(see --tito-allowed-append-roles)")
+        return appended
+
+    def prepare_turn(self, sid: str, body: bytes | Mapping[str, Any] | None,
+                     client_headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+                     now: float = 0.0) -> TurnPlan:
+        """Validate a chat request and build the upstream request. Changes nothing but bookkeeping."""
+        s = self.open_session(sid)
+        data = self.parse_body(body)
+        messages = self._check_messages(data.get("messages"))
+        if data.get("stream") is True:
+            raise BadRequestError("stream=true is not supported by the session server")
+        data.update(FORCED_FIELDS)
+        data.pop("input_ids", None)
+        sent = dict(data)
+        keep = 0
+        base: list[int] = []
+        if s.num_assistant:
+            keep = self._rollback_point(s, messages)
+            stored_len = s.reply_positions[keep - 1] + 1 if keep < s.num_assistant else len(s.messages)
+            appended = self._check_append(stored_len, messages)
+            base = s.checkpoints[keep - 1]
+            sent["input_ids"] = merge_tokens(base, appended)
+        headers = self.upstream_headers(sid, client_headers)
+        request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent)
+        s.inflight += 1
+        s.last_access = now
+        return TurnPlan(session=s, client_body=data, sent_body=sent, messages=messages, keep=keep,
+                        base_checkpoint=base, expected_version=s.version, request=request)
+
+    def retry_request(self, plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None:
+        """The upstream rollback retry: once, on a 400 saying "rollback failed", if input_ids were sent."""
+        if plan.attempts > 1 or resp.status != 400 or "input_ids" not in plan.sent_body:
+            return None
+        if "rollback failed" not in resp.text().lower():
+            return None
+        body = {k: v for k, v in plan.sent_body.items() if k != "input_ids"}
+        plan.sent_body = body
+        plan.attempts += 1
+        plan.request = UpstreamRequest(method="POST", path=plan.request.path, headers=plan.request.headers,
+                                       json=body, query=plan.request.query)
+        return plan.request
+
+    def abandon(self, plan: TurnPlan) -> None:
+        """Release a plan that will never be committed (the caller was cancelled)."""
+        if not plan.done:
+            plan.done = True
+            plan.session.inflight -= 1
+
+    def commit_turn(self, plan: TurnPlan, resp: UpstreamResponse, now: float = 0.0) -> TurnResult:
+        """Record a successful turn (or decide not to) and say what the client gets."""
+        self.abandon(plan)
+        s = plan.session
+        headers = response_headers(resp.headers)
+        if resp.status != 200:
+            return TurnResult(status=resp.status, content=resp.content, body=resp.data, headers=headers,
+                              retried=plan.retried, outcome="upstream_error")
+        data = resp.json()
+        try:
+            choice, all_ids = _parse_chat_response(data)
+        except UpstreamResponseError as e:
+            return TurnResult(status=e.status, body={"error": e.message}, retried=plan.retried,
+                              outcome="invalid_upstream")
+        content = resp.content or None
+        if s.closing or self.sessions.get(s.session_id) is not s:
+            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried,
+                              outcome="closing")
+        if s.version != plan.expected_version:
+            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried,
+                              outcome="stale")
+        base = plan.base_checkpoint
+        cut = len(base) - MAX_TRIM_TOKENS
+        if all_ids[:cut] != base[:cut]:
+            first = next((i for i, (a, b) in enumerate(zip(all_ids, base, strict=False)) if a != b),
+                         min(len(all_ids), cut))
+            return TurnResult(502, body={"error": (
+                f"upstream broke the token prefix invariant: prompt_token_ids + output ids do not start with "
+                f"the session's {len(base)} stored tokens (first mismatch at index {first}); turn not recorded")},
+                retried=plan.retried, outcome="invalid_upstream")
+        keep = plan.keep
+        del s.checkpoints[keep:], s.records[keep:], s.reply_positions[keep:]
+        reply = dict(choice["message"])
+        reply.setdefault("role", "assistant")
+        s.messages = [*plan.messages, reply]
+        s.reply_positions.append(len(plan.messages))
+        s.checkpoints.append(all_ids)
+        vt = request_time(plan.sent_body)
+        s.records.append({
+            "timestamp": vt if vt is not None else now,
+            "method": "POST",
+            "path": CHAT_PATH,
+            "request": plan.sent_body,
+            "response": data,
+            "status_code": 200,
+        })
+        s.version += 1
+        s.last_access = now
+        return TurnResult(200, body=data, content=content, headers=headers, recorded=True,
+                          retried=plan.retried, outcome="recorded")
+
+    def run_turn(self, sid: str, body: bytes | Mapping[str, Any] | None,
+                 client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+                 upstream: Callable[[UpstreamRequest], UpstreamResponse], now: float = 0.0) -> TurnResult:
+        """A whole turn with a synchronous upstream: what the HTTP adapter does, minus HTTP and locks."""
+        try:
+            plan = self.prepare_turn(sid, body, client_headers, now)
+        except SessionError as e:
+            return error_result(e)
+        try:
+            resp = upstream(plan.request)
+            retry = self.retry_request(plan, resp)
+            if retry is not None:
+                resp = upstream(retry)
+        except BaseException:
+            self.abandon(plan)
+            raise
+        return self.commit_turn(plan, resp, now)
+
+
+def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
+    """``choices[0]`` and ``prompt_token_ids + output ids`` of a 200 chat answer; 502 when malformed."""
+    if not isinstance(data, dict):
+        raise UpstreamResponseError("upstream returned a non-JSON or non-object body with status 200")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamResponseError("upstream response has no choices[0]")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise UpstreamResponseError("upstream response has no choices[0].message")
+    if message.get("content") is None:
+        raise UpstreamResponseError("upstream response has choices[0].message.content = null")
+    meta = choice.get("meta_info")
+    if not isinstance(meta, dict) or not isinstance(meta.get("output_token_logprobs"), list):
+        raise UpstreamResponseError("upstream response lacks choices[0].meta_info.output_token_logprobs")
+    logprobs = meta["output_token_logprobs"]
+    if len(logprobs) != meta.get("completion_tokens"):
+        raise UpstreamResponseError(
+            f"upstream response has {len(logprobs)} output_token_logprobs but "
+            f"completion_tokens={meta.get('completion_tokens')!r}")
+    try:
+        output = [int(t[1]) for t in logprobs]
+    except (TypeError, ValueError, IndexError):
+        raise UpstreamResponseError("malformed output_token_logprobs entries (want [logprob, token_id, ...])") \
+            from None
+    prompt = choice.get("prompt_token_ids")
+    if not isinstance(prompt, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        raise UpstreamResponseError("upstream response lacks choices[0].prompt_token_ids (a list of ints)")
+    return choice, [*prompt, *output]

@@ -1,0 +1,383 @@
+"""The session server's pure core: TITO merge, append-only and rollback rules, retry rule, headers, store."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from session_server.core import (
+    FORCED_FIELDS,
+    SessionCore,
+    SessionError,
+    UpstreamRequest,
+    UpstreamResponse,
+    message_matches,
+)
+from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
+from sim import tokenizer as tok
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def upstream_of(router: FakeRouter, log: list[UpstreamRequest] | None = None):
+    """An in-process upstream: the fake router's answer, or its queued failures."""
+
+    def send(req: UpstreamRequest) -> UpstreamResponse:
+        if log is not None:
+            log.append(req)
+        if router.failures:
+            status, body = router.failures.popleft()
+            return UpstreamResponse(status, {"content-type": "application/json"}, data=body)
+        return UpstreamResponse(200, {"content-type": "application/json"}, data=router.answer(req.json))
+
+    return send
+
+
+def chat(core: SessionCore, sid: str, messages, router: FakeRouter, headers=(), log=None, **extra):
+    body = {"model": "fake-model", "messages": messages, "max_tokens": 5, **extra}
+    return core.run_turn(sid, body, headers, upstream_of(router, log), now=1.0)
+
+
+def reply_of(result) -> dict:
+    return result.body["choices"][0]["message"]
+
+
+def conversation(core, sid, router, tools: list[str], log=None):
+    """Run a tool-calling conversation; return all its messages (last reply included) and the results."""
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "task alpha beta"}]
+    results = []
+    for i, tool_text in enumerate([*tools, None]):
+        r = chat(core, sid, messages, router, log=log)
+        assert r.status == 200, r.body
+        results.append(r)
+        messages = [*messages, reply_of(r)]
+        if tool_text is None:
+            break
+        messages.append({"role": "tool", "content": tool_text, "tool_call_id": str(i)})
+    return messages, results
+
+
+# --- message equality ---------------------------------------------------------------------------
+
+empties = st.sampled_from([None, "", []])
+roles = st.sampled_from(["system", "user", "assistant", "tool"])
+
+
+@given(roles, empties, empties, empties, empties, empties, empties)
+def test_none_empty_string_and_empty_list_are_equal(role, c1, c2, r1, r2, t1, t2):
+    a = {"role": role, "content": c1, "reasoning_content": r1, "tool_calls": t1}
+    b = {"role": role, "content": c2, "reasoning_content": r2, "tool_calls": t2}
+    assert message_matches(a, b) and message_matches(b, a)
+    assert message_matches({"role": role}, a)
+
+
+@given(roles, st.text(min_size=1), st.text())
+def test_only_the_four_fields_count(role, content, other):
+    a = {"role": role, "content": content}
+    assert message_matches(a, {**a, "provider_specific_fields": other, "name": other, "tool_call_id": other})
+    assert not message_matches(a, {**a, "content": content + "x"})
+    assert not message_matches(a, {**a, "role": role + "x"})
+    assert not message_matches(a, {**a, "tool_calls": [{"id": "1"}]})
+
+
+# --- session ids and store ---------------------------------------------------------------------
+
+
+def test_session_ids_are_uuid4_hex_and_seeded_ids_reproducible():
+    ids = [SessionCore(session_id_seed=7).create_session(0.0) for _ in range(2)]
+    assert ids[0] == ids[1]
+    core = SessionCore(session_id_seed=7)
+    seq = [core.create_session(0.0) for _ in range(50)]
+    assert seq[0] == ids[0] and len(set(seq)) == 50
+    assert seq != [SessionCore(session_id_seed=8).create_session(0.0) for _ in range(50)]
+    unseeded = SessionCore()
+    for sid in [*seq, unseeded.create_session(0.0)]:
+        assert HEX32.match(sid)
+        u = uuid.UUID(hex=sid)
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+    assert SessionCore().create_session(0.0) != SessionCore().create_session(0.0)
+
+
+def test_unknown_sessions_are_404_and_never_created():
+    core = SessionCore()
+    for call in (lambda: core.get_view("nope"), lambda: core.delete("nope"),
+                 lambda: core.prepare_turn("nope", {"messages": [{"role": "user", "content": "x"}]})):
+        with pytest.raises(SessionError) as e:
+            call()
+        assert e.value.status == 404 and "session not found" in e.value.message
+    assert core.sessions == {}
+    r = chat(core, "nope", [{"role": "user", "content": "x"}], FakeRouter())
+    assert r.status == 404 and "error" in r.body
+
+
+def test_view_of_a_new_session_and_delete_twice():
+    core = SessionCore()
+    sid = core.create_session(0.0)
+    assert core.get_view(sid) == {"session_id": sid, "records": [],
+                                  "metadata": {"accumulated_token_ids": [], "max_trim_tokens": 0}}
+    core.delete(sid)
+    with pytest.raises(SessionError) as e:
+        core.delete(sid)
+    assert e.value.status == 404
+
+
+def test_max_sessions_and_idle_ttl():
+    core = SessionCore(max_sessions=2, idle_ttl=10.0)
+    a = core.create_session(0.0)
+    b = core.create_session(5.0)
+    with pytest.raises(SessionError) as e:
+        core.create_session(6.0)
+    assert e.value.status == 503
+    chat(core, a, [{"role": "user", "content": "hi"}], FakeRouter())  # touches a at now=1.0
+    c = core.create_session(12.0)  # a (last used at 1.0) is idle for > 10 s, b (5.0) is not
+    assert set(core.sessions) == {b, c}
+    assert SessionCore().idle_ttl is None and SessionCore().max_sessions is None
+
+
+# --- token-in/token-out ---------------------------------------------------------------------------
+
+tool_texts = st.lists(st.text(alphabet="abc xyz", max_size=30), min_size=0, max_size=5)
+
+
+@given(tool_texts, st.integers(0, 2**32))
+def test_input_ids_are_the_stored_tokens_plus_appended_messages(tools, seed):
+    core, router, log = SessionCore(), FakeRouter(seed=seed), []
+    sid = core.create_session(0.0)
+    messages, results = conversation(core, sid, router, tools, log)
+    assert "input_ids" not in log[0].json
+    s = core.sessions[sid]
+    for k in range(1, len(log)):
+        prev = results[k - 1].body["choices"][0]
+        stored = prev["prompt_token_ids"] + [t[1] for t in prev["meta_info"]["output_token_logprobs"]]
+        appended = [{"role": "tool", "content": tools[k - 1]}]
+        assert log[k].json["input_ids"] == [*stored, *tok.render(appended, False), *tok.GENERATION_PROMPT]
+        assert log[k].json["input_ids"][: len(log[k - 1].json.get("input_ids", []))] == \
+            log[k - 1].json.get("input_ids", [])
+    # with an additive template the merge equals re-rendering the whole conversation
+    assert log[-1].json.get("input_ids", tok.render(messages[:-1])) == tok.render(messages[:-1])
+    assert len(s.records) == len(tools) + 1 == s.num_assistant
+    view = core.get_view(sid)
+    assert view["metadata"]["accumulated_token_ids"] == s.checkpoints[-1]
+    assert [r["request"] for r in view["records"]] == [q.json for q in log]
+    for req in log:
+        for k, v in FORCED_FIELDS.items():
+            assert req.json[k] == v
+
+
+def test_forced_fields_override_the_client_and_client_input_ids_are_dropped():
+    core, router, log = SessionCore(), FakeRouter(), []
+    sid = core.create_session(0.0)
+    chat(core, sid, [{"role": "user", "content": "q"}], router, log=log,
+         logprobs=False, return_meta_info=False, no_stop_trim=True, input_ids=[5, 5], sim_time=3.5, extra_field=1)
+    sent = log[0].json
+    assert sent["logprobs"] is True and sent["return_prompt_token_ids"] is True
+    assert sent["return_meta_info"] is True and sent["no_stop_trim"] is False
+    assert "input_ids" not in sent and sent["extra_field"] == 1 and sent["sim_time"] == 3.5
+    assert core.get_view(sid)["records"][0]["timestamp"] == 3.5  # virtual time when the request has it
+
+
+def test_append_only_with_allowed_roles():
+    router = FakeRouter()
+    core = SessionCore()
+    sid = core.create_session(0.0)
+    m = [{"role": "user", "content": "q"}]
+    r1 = chat(core, sid, m, router)
+    r = chat(core, sid, [*m, reply_of(r1), {"role": "user", "content": "more"}], router)
+    assert r.status == 400 and "not append-only" in r.body["error"] and "--tito-allowed-append-roles" in r.body["error"]
+    r = chat(core, sid, [{"role": "user", "content": "other"}, reply_of(r1)], router)
+    assert r.status == 400
+    assert len(core.sessions[sid].records) == 1
+
+    core2 = SessionCore(allowed_append_roles=["TOOL", "user"])
+    sid2 = core2.create_session(0.0)
+    r1 = chat(core2, sid2, m, router)
+    r = chat(core2, sid2, [*m, reply_of(r1), {"role": "user", "content": "more"}], router)
+    assert r.status == 200 and len(core2.sessions[sid2].records) == 2
+    with pytest.raises(ValueError):
+        SessionCore(allowed_append_roles=["robot"])
+
+
+def test_agent_retry_rolls_back_one_model_turn_and_no_more():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    messages, _ = conversation(core, sid, router, ["t one", "t two"])
+    s = core.sessions[sid]
+    assert s.num_assistant == 3
+    # the agent drops the third reply and retries that turn with another tool answer
+    retry_msgs = [*messages[:-2], {"role": "tool", "content": "t two again"}]
+    before = [list(c) for c in s.checkpoints[:2]]
+    r = chat(core, sid, retry_msgs, router)
+    assert r.status == 200 and r.recorded
+    assert s.num_assistant == 3 and len(s.records) == 3 and s.checkpoints[:2] == before
+    assert s.records[-1]["request"]["input_ids"] == tok.render(retry_msgs)
+    # popping the last reply only is also a one-step rollback
+    r = chat(core, sid, retry_msgs, router)
+    assert r.status == 200 and s.num_assistant == 3
+    # going back two model turns is refused and changes nothing
+    snapshot = (list(s.messages), [list(c) for c in s.checkpoints], list(s.records), s.version)
+    r = chat(core, sid, messages[:3], router)
+    assert r.status == 400 and r.body["error"].startswith("rollback failed: discard_count=2")
+    r = chat(core, sid, [messages[0], {"role": "user", "content": "different"}], router)
+    assert r.status == 400 and "rollback failed: no assistant" in r.body["error"]
+    assert (s.messages, s.checkpoints, s.records, s.version) == snapshot
+
+
+def test_a_failed_turn_leaves_the_session_unchanged_even_when_it_would_roll_back():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    messages, _ = conversation(core, sid, router, ["t one"])
+    s = core.sessions[sid]
+    snapshot = (list(s.messages), [list(c) for c in s.checkpoints], list(s.records), s.version)
+    router.fail_next(500, {"error": "boom"})
+    r = chat(core, sid, [*messages[:-2], {"role": "tool", "content": "retry"}], router)
+    assert r.status == 500 and not r.recorded and r.body == {"error": "boom"}
+    assert (s.messages, s.checkpoints, s.records, s.version) == snapshot
+    assert s.inflight == 0
+
+
+def test_prefix_violation_is_a_502_and_records_nothing():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    messages, _ = conversation(core, sid, router, [])
+    router.corrupt_prefix = True
+    r = chat(core, sid, [*messages, {"role": "tool", "content": "x"}], router)
+    assert r.status == 502 and "prefix invariant" in r.body["error"] and "index 0" in r.body["error"]
+    assert len(core.sessions[sid].records) == 1
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda b: b.update(choices=[]), "choices[0]"),
+    (lambda b: b["choices"][0]["message"].update(content=None), "content = null"),
+    (lambda b: b["choices"][0]["meta_info"].update(completion_tokens=99), "completion_tokens=99"),
+    (lambda b: b["choices"][0].pop("meta_info"), "output_token_logprobs"),
+    (lambda b: b["choices"][0].pop("prompt_token_ids"), "prompt_token_ids"),
+])
+def test_malformed_upstream_answers_are_502(mutate, needle):
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+
+    def bad(req):
+        body = router.answer(req.json)
+        mutate(body)
+        return UpstreamResponse(200, data=body)
+
+    r = core.run_turn(sid, {"messages": [{"role": "user", "content": "q"}]}, (), bad)
+    assert r.status == 502 and needle in r.body["error"]
+    assert core.sessions[sid].records == []
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    (b"{not json", 400, "invalid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b'{"messages": "hello"}', 400, "'messages' must be a list"),
+    (b'{"model": "m"}', 400, "'messages' must be a list"),
+    (b'{"messages": []}', 400, "must not be empty"),
+    (b'{"messages": [3]}', 400, "messages[0] must be an object"),
+    (b'{"messages": [{"content": "x"}]}', 400, "role"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "stream"),
+    (b'{"messages": [{"role": "user", "content": "' + b"x" * 300 + b'"}]}', 413, "too large"),
+])
+def test_bad_input_is_a_clear_4xx_and_records_nothing(body, status, needle):
+    core = SessionCore(max_body_bytes=256)
+    sid = core.create_session(0.0)
+    r = core.run_turn(sid, body, (), upstream_of(FakeRouter()))
+    assert r.status == status and needle in r.body["error"]
+    assert core.sessions[sid].records == [] and core.sessions[sid].inflight == 0
+
+
+# --- the rollback retry -------------------------------------------------------------------------
+
+
+@given(st.sampled_from([400, 409, 500, 502]), st.sampled_from(["rollback failed", "ROLLBACK FAILED: x",
+                                                                "Rollback Failed", "roll back failed", "nope"]),
+       st.booleans())
+def test_retry_trigger(status, text, second_turn):
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    messages = [{"role": "user", "content": "q"}]
+    if second_turn:
+        messages, _ = conversation(core, sid, router, ["t"])
+    plan = core.prepare_turn(sid, {"messages": messages}, {"x-smg-routing-key": "client"})
+    first = plan.request
+    resp = UpstreamResponse(status, content=f'{{"error": "{text}"}}'.encode())
+    retry = core.retry_request(plan, resp)
+    expected = status == 400 and "rollback failed" in text.lower() and second_turn
+    assert (retry is not None) == expected
+    if retry is not None:
+        assert "input_ids" not in retry.json and "input_ids" in first.json
+        assert retry.headers == first.headers and retry.headers["X-SMG-Routing-Key"] == sid
+        assert {k: v for k, v in first.json.items() if k != "input_ids"} == retry.json
+        assert core.retry_request(plan, resp) is None  # exactly once
+    core.abandon(plan)
+
+
+def test_a_successful_retry_records_the_body_without_input_ids():
+    core, router, log = SessionCore(), FakeRouter(), []
+    sid = core.create_session(0.0)
+    messages, _ = conversation(core, sid, router, [])
+    router.fail_next(400, ROLLBACK_FAILED_BODY, times=1)
+    messages = [*messages, {"role": "tool", "content": "out"}]
+    r = chat(core, sid, messages, router, log=log)
+    assert r.status == 200 and r.retried and r.recorded
+    assert len(log) == 2 and "input_ids" in log[0].json and "input_ids" not in log[1].json
+    rec = core.get_view(sid)["records"][-1]
+    assert "input_ids" not in rec["request"]
+    assert rec["response"]["choices"][0]["prompt_token_ids"] == tok.render(messages)
+    # a retry that fails again is passed through, unrecorded, and not retried a second time
+    router.fail_next(400, ROLLBACK_FAILED_BODY, times=2)
+    log.clear()
+    r = chat(core, sid, [*messages, reply_of(r), {"role": "tool", "content": "y"}], router, log=log)
+    assert r.status == 400 and r.retried and not r.recorded and len(log) == 2
+    assert len(core.sessions[sid].records) == 2
+
+
+# --- headers ---------------------------------------------------------------------------------------
+
+header_names = st.sampled_from(["x-smg-routing-key", "X-SMG-Routing-Key", "X-Smg-Routing-KEY", "x-other",
+                                "Authorization", "Host", "content-length", "traceparent"])
+
+
+@given(st.lists(st.tuples(header_names, st.text(alphabet="abc123", min_size=1, max_size=5)), max_size=6))
+def test_exactly_one_routing_key_equal_to_the_session_id(headers):
+    core = SessionCore()
+    out = core.upstream_headers("sid123", headers)
+    keys = [k for k in out if k.lower() == "x-smg-routing-key"]
+    assert keys == ["X-SMG-Routing-Key"] and out["X-SMG-Routing-Key"] == "sid123"
+    assert not {"host", "content-length"} & {k.lower() for k in out}
+    off = SessionCore(routing_key=False).upstream_headers("sid123", headers)
+    client_keys = [v for k, v in headers if k.lower() == "x-smg-routing-key"]
+    assert [v for k, v in off.items() if k.lower() == "x-smg-routing-key"] == client_keys[-1:]
+    custom = SessionCore(routing_key_header="X-Session-Id").upstream_headers(
+        "sid123", [*headers, ("x-session-id", "c")])
+    assert [v for k, v in custom.items() if k.lower() == "x-session-id"] == ["sid123"]
+
+
+# --- split-lock contract, in-process -------------------------------------------------------------
+
+
+def test_stale_update_guard_records_only_the_first_of_two_overlapping_turns():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    m = {"messages": [{"role": "user", "content": "same"}]}
+    p1, p2 = core.prepare_turn(sid, m), core.prepare_turn(sid, m)
+    r2 = core.commit_turn(p2, UpstreamResponse(200, data=router.answer(p2.request.json)))
+    r1 = core.commit_turn(p1, UpstreamResponse(200, data=router.answer(p1.request.json)))
+    assert (r2.status, r2.outcome, r1.status, r1.outcome) == (200, "recorded", 200, "stale")
+    assert len(core.sessions[sid].records) == 1 and core.sessions[sid].inflight == 0
+
+
+def test_a_turn_finishing_after_delete_started_is_answered_but_not_recorded():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    plan = core.prepare_turn(sid, {"messages": [{"role": "user", "content": "q"}]})
+    core.begin_delete(sid)
+    with pytest.raises(SessionError):
+        core.prepare_turn(sid, {"messages": [{"role": "user", "content": "q"}]})  # closing: 404
+    r = core.commit_turn(plan, UpstreamResponse(200, data=router.answer(plan.request.json)))
+    assert r.status == 200 and r.outcome == "closing" and not r.recorded
+    core.finish_delete(sid)
+    assert sid not in core.sessions
