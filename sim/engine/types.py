@@ -77,3 +77,24 @@ class EngineLoad:
     cache_hit_rate: float  # cumulative cached / prompt tokens
     gen_throughput: float  # output tokens per second over the recent window
     max_running_requests: int
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters of one engine (mutable; read ``Engine.stats``)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    evicted_tokens: int = 0  # all evictions: at admissions and while requests waited for KV
+    peak_kv_tokens: int = 0  # peak of (resident cache + KV reserved by requests), i.e. KV in use
+    busy_time: float = 0.0  # time with at least one request admitted and unfinished (union of [start, finish])
+    prefill_time: float = 0.0  # sum of prefill durations (the prefill lane's busy time)
+    kv_wait_requests: int = 0  # requests whose start waited for KV to be freed by earlier requests
+    kv_wait_time: float = 0.0  # total extra wait those requests had because of KV
+    oversized_requests: int = 0  # prompt + output larger than the whole pool (run alone)
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
