@@ -1,0 +1,268 @@
+"""Agents: SimPy processes that speak the session server's protocol, and the loop that runs them.
+
+One agent = one planned session (``sim.workload.SessionPlan``): create a session, send the full
+message list every turn with ``sim_time = env.now``, wait in virtual time until the worker's
+reported finish plus the tool latency and think time, append the answer and the tool result, go
+on; at the end read the session's records and delete it. A planned retry drops the answer it got
+and asks again with the same messages (the session server rolls one model turn back).
+
+Transport calls return at once (virtual time), so SimPy runs one agent at a time and requests
+reach the servers in nondecreasing virtual time: the run is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from sim import tokenizer, vtime
+from sim.oracle import Oracle
+from sim.transports.base import Reply, Transport, TransportError
+from sim.workload import Scenario, SessionPlan, plan_sessions, system_prompt, task_prompt, tool_output
+
+MODEL = "mock-model"
+
+
+@dataclass
+class RequestRecord:
+    """One chat request as the agent saw it (times are virtual seconds)."""
+
+    session: int  # plan index
+    turn: int  # 0-based model turn
+    retry: bool  # a re-ask of the same turn after dropping the answer
+    sent: float  # sim_time of the request
+    status: int
+    worker: str | None = None
+    arrival: float = 0.0
+    start: float = 0.0
+    first_token: float = 0.0
+    finish: float = 0.0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    eligible_tokens: int = 0  # tokens the session's previous request made reusable (prefix shared with it)
+    oracle_cached: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.arrival
+
+    @property
+    def e2e(self) -> float:
+        return self.finish - self.arrival
+
+
+@dataclass
+class SessionOutcome:
+    index: int
+    session_id: str | None
+    turns_done: int = 0
+    records_seen: int | None = None  # records the session server held at the end
+    start: float = 0.0
+    end: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class WorkloadResult:
+    requests: list[RequestRecord] = field(default_factory=list)
+    sessions: list[SessionOutcome] = field(default_factory=list)
+    oracle: Oracle = field(default_factory=Oracle)
+    end_time: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists (fast when one extends the other)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _error_text(reply: Reply) -> str:
+    body = reply.body
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            err = err.get("message")
+        if err is None:
+            err = body.get("message")
+        if err is not None:
+            return f"{reply.status}: {err}"
+    return f"HTTP {reply.status}"
+
+
+class AgentRunner:
+    """Runs every planned session of a scenario through a transport in one SimPy environment."""
+
+    def __init__(self, scenario: Scenario, transport: Transport, plans: list[SessionPlan] | None = None,
+                 on_request: Callable[[RequestRecord], None] | None = None, until: float | None = None) -> None:
+        self.scenario = scenario
+        self.transport = transport
+        self.plans = plans if plans is not None else plan_sessions(scenario)
+        self.on_request = on_request
+        self.until = until
+        self.env = simpy.Environment()
+        self.result = WorkloadResult()
+        self._system = system_prompt(scenario)
+        self._tasks: dict[int, str] = {}
+
+    # ---- one request --------------------------------------------------------------------------
+
+    def _chat(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
+              max_tokens: int, prev_full: list[int] | None) -> tuple[RequestRecord, list[int] | None, str]:
+        now = float(self.env.now)
+        body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, vtime.SIM_TIME_FIELD: now}
+        rec = RequestRecord(plan.index, turn, retry, now, 0)
+        try:
+            reply = self.transport.chat(sid, body)
+        except TransportError as e:
+            rec.error = f"transport: {e}"
+            return rec, None, ""
+        rec.status = reply.status
+        if not reply.ok or not isinstance(reply.body, dict):
+            rec.error = _error_text(reply)
+            return rec, None, ""
+        data = reply.body
+        try:
+            sim = data[vtime.SIM_RESPONSE_FIELD]
+            choice = data["choices"][0]
+            content = choice["message"]["content"] or ""
+            output_ids = [int(t[1]) for t in choice["meta_info"]["output_token_logprobs"]]
+            prompt_ids = choice.get("prompt_token_ids")
+            if prompt_ids is None:  # an upstream that does not echo them: the template is additive
+                prompt_ids = tokenizer.render(messages, True)
+            rec.worker = str(sim.get("worker")) if sim.get("worker") is not None else None
+            rec.arrival, rec.start = float(sim["arrival"]), float(sim["start"])
+            rec.first_token, rec.finish = float(sim["first_token"]), float(sim["finish"])
+            rec.cached_tokens = int(sim["cached_tokens"])
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            rec.error = f"malformed answer: {type(e).__name__}: {e}"
+            return rec, None, ""
+        rec.prompt_tokens = len(prompt_ids)
+        rec.output_tokens = len(output_ids)
+        if prev_full is not None:
+            rec.eligible_tokens = common_prefix(prev_full, prompt_ids)
+        rec.oracle_cached = self.result.oracle.observe(rec.arrival, rec.finish, prompt_ids, output_ids)
+        return rec, [*prompt_ids, *output_ids], content
+
+    def _record(self, rec: RequestRecord) -> None:
+        self.result.requests.append(rec)
+        if self.on_request is not None:
+            self.on_request(rec)
+
+    # ---- one session --------------------------------------------------------------------------
+
+    def _task(self, group: int) -> str:
+        t = self._tasks.get(group)
+        if t is None:
+            t = self._tasks[group] = task_prompt(self.scenario, group)
+        return t
+
+    def session(self, plan: SessionPlan) -> Generator[simpy.Event, Any, None]:
+        env, tr = self.env, self.transport
+        out = SessionOutcome(plan.index, None, start=float(env.now))
+        self.result.sessions.append(out)
+        try:
+            created = tr.create_session()
+        except TransportError as e:
+            out.error = f"create: transport: {e}"
+            out.end = float(env.now)
+            return
+        if not created.ok or not isinstance(created.body, dict) or "session_id" not in created.body:
+            out.error = f"create: {_error_text(created)}"
+            out.end = float(env.now)
+            return
+        sid = str(created.body["session_id"])
+        out.session_id = sid
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self._system},
+                                          {"role": "user", "content": self._task(plan.group)}]
+        prev_full: list[int] | None = None
+        for k, turn in enumerate(plan.turns):
+            rec, full, content = self._chat(sid, plan, k, False, messages, turn.output_tokens, prev_full)
+            self._record(rec)
+            if not rec.ok:
+                out.error = f"turn {k}: {rec.error}"
+                break
+            if rec.finish > env.now:
+                yield env.timeout(rec.finish - env.now)
+            prev_full = full
+            if turn.retry_output_tokens:
+                # the agent rejects this answer (say, a malformed tool call) and asks again at once
+                rec, full, content = self._chat(sid, plan, k, True, messages, turn.retry_output_tokens, prev_full)
+                self._record(rec)
+                if not rec.ok:
+                    out.error = f"turn {k} retry: {rec.error}"
+                    break
+                if rec.finish > env.now:
+                    yield env.timeout(rec.finish - env.now)
+                prev_full = full
+            out.turns_done = k + 1
+            if k + 1 == len(plan.turns):
+                break
+            messages = [*messages, {"role": "assistant", "content": content},
+                        {"role": "tool", "content": tool_output(self.scenario, plan.index, k, turn.tool_output_tokens)}]
+            wait = turn.tool_latency + turn.think_time
+            if wait > 0:
+                yield env.timeout(wait)
+        out.end = float(env.now)
+        try:
+            view = tr.get_session(sid)
+            if view.ok and isinstance(view.body, dict) and isinstance(view.body.get("records"), list):
+                out.records_seen = len(view.body["records"])
+                if out.error is None and out.records_seen != out.turns_done:
+                    out.error = f"session server holds {out.records_seen} records for {out.turns_done} turns"
+            elif out.error is None:
+                out.error = f"get: {_error_text(view)}"
+            deleted = tr.delete_session(sid)
+            if not deleted.ok and out.error is None:
+                out.error = f"delete: {_error_text(deleted)}"
+        except TransportError as e:
+            if out.error is None:
+                out.error = f"records: transport: {e}"
+
+    # ---- arrivals -----------------------------------------------------------------------------
+
+    def _delayed(self, plan: SessionPlan) -> Generator[simpy.Event, Any, None]:
+        if plan.start and plan.start > self.env.now:
+            yield self.env.timeout(plan.start - self.env.now)
+        yield from self.session(plan)
+
+    def _slot(self, queue: list[SessionPlan]) -> Generator[simpy.Event, Any, None]:
+        while queue:
+            plan = queue.pop()
+            yield from self.session(plan)
+
+    def run(self) -> WorkloadResult:
+        """Run every session to its end (or until ``until``); returns the records."""
+        if self.scenario.arrival == "concurrency":
+            queue = list(reversed(self.plans))
+            for _ in range(min(self.scenario.concurrency, len(queue))):
+                self.env.process(self._slot(queue))
+        else:
+            for plan in self.plans:
+                self.env.process(self._delayed(plan))
+        self.env.run(until=self.until)
+        self.result.end_time = float(self.env.now)
+        self.result.oracle.finish()
+        return self.result
+
+
+def run_workload(scenario: Scenario, transport: Transport, plans: list[SessionPlan] | None = None,
+                 on_request: Callable[[RequestRecord], None] | None = None) -> WorkloadResult:
+    return AgentRunner(scenario, transport, plans, on_request).run()

@@ -1,0 +1,148 @@
+"""Measures of one run, named as in DESIGN.md (these names are the keys of ``results.json``).
+
+- ``kv_reuse``: cached prompt tokens / prompt tokens, over successful requests (SGLang's hit rate).
+- ``oracle_reuse``: the same for one infinite cache that saw every request in order (``sim.oracle``).
+- ``eligible_reuse``: cached tokens / tokens the session's previous request made reusable (its
+  prompt + output, as far as the new prompt shares them), over requests after a session's first.
+- ``stickiness``: share of requests after a session's first that ran on the session's previous worker.
+- ``prefill_tokens``: prompt tokens actually computed (prompt - cached), summed.
+- ``ttft_p50``/``ttft_p99`` (and ``ttft_first_*`` for first turns, ``ttft_later_*`` for the rest),
+  ``e2e_p50``/``e2e_p99``: percentiles of per-request latency in virtual seconds.
+- ``makespan``: last finish - first request (for a rollout step: the step's wall time).
+- ``workers``: per worker ``requests``, ``prompt_tokens``, ``cached_tokens``, ``prefill_tokens``,
+  ``output_tokens``, ``kv_reuse`` and, when the worker reports it, ``peak_kv_tokens``.
+- ``imbalance``: max / mean of per-worker ``prefill_tokens`` (the dominant work of agent traffic);
+  ``imbalance_requests`` the same over request counts.
+- ``errors``: failed requests plus sessions that failed outside a request (create, records, delete).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from sim.agents import RequestRecord, WorkloadResult
+
+BRANCH_SUFFIX = "_policy_branch"
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    arr = np.fromiter(values, dtype=float)
+    if arr.size == 0:
+        return 0.0
+    return float(np.percentile(arr, q))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def gateway_branches(metrics_text: str) -> dict[str, dict[str, int]]:
+    """``{policy: {branch: count}}`` from ``smg_<policy>_policy_branch_total{branch=...}`` counters."""
+    out: dict[str, dict[str, int]] = {}
+    if not metrics_text:
+        return out
+    for fam in text_string_to_metric_families(metrics_text):
+        name = fam.name
+        if not (name.startswith("smg_") and name.endswith(BRANCH_SUFFIX)):
+            continue
+        policy = name[len("smg_"):-len(BRANCH_SUFFIX)]
+        for s in fam.samples:
+            if not s.name.endswith("_total") or "branch" not in s.labels:
+                continue
+            out.setdefault(policy, {})
+            branch = s.labels["branch"]
+            out[policy][branch] = out[policy].get(branch, 0) + int(s.value)
+    return {p: dict(sorted(b.items())) for p, b in sorted(out.items())}
+
+
+def worker_table(records: list[RequestRecord], workers: list[str],
+                 stats: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    names = list(workers)
+    for r in records:
+        if r.ok and r.worker is not None and r.worker not in names:
+            names.append(r.worker)
+    rows = {n: {"name": n, "requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "prefill_tokens": 0,
+                "output_tokens": 0} for n in names}
+    for r in records:
+        if not r.ok or r.worker is None:
+            continue
+        row = rows[r.worker]
+        row["requests"] += 1
+        row["prompt_tokens"] += r.prompt_tokens
+        row["cached_tokens"] += r.cached_tokens
+        row["prefill_tokens"] += r.prompt_tokens - r.cached_tokens
+        row["output_tokens"] += r.output_tokens
+    for n, row in rows.items():
+        row["kv_reuse"] = _ratio(row["cached_tokens"], row["prompt_tokens"])
+        extra = (stats or {}).get(n) or {}
+        for k, v in extra.items():
+            row.setdefault(k, v)
+    return list(rows.values())
+
+
+def summarize(result: WorkloadResult, workers: list[str],
+              worker_stats: Mapping[str, Mapping[str, Any]] | None = None, metrics_text: str = "") -> dict[str, Any]:
+    """All measures of one run as a flat dict (plus ``workers`` and ``gateway_branches``)."""
+    reqs = result.requests
+    ok = [r for r in reqs if r.ok]
+    prompt = sum(r.prompt_tokens for r in ok)
+    cached = sum(r.cached_tokens for r in ok)
+    later = [r for r in ok if not (r.turn == 0 and not r.retry)]
+    first = [r for r in ok if r.turn == 0 and not r.retry]
+    eligible = sum(r.eligible_tokens for r in later)
+    eligible_hit = sum(min(r.cached_tokens, r.eligible_tokens) for r in later)
+    # stickiness: consecutive successful requests of a session on the same worker
+    last_worker: dict[int, str | None] = {}
+    follow = same = 0
+    for r in ok:
+        prev = last_worker.get(r.session, "")
+        if prev != "":
+            follow += 1
+            same += int(prev == r.worker)
+        last_worker[r.session] = r.worker
+    table = worker_table(reqs, workers, worker_stats)
+    n_workers = max(len(table), 1)
+    prefill_per = [w["prefill_tokens"] for w in table]
+    req_per = [w["requests"] for w in table]
+    mean_prefill = sum(prefill_per) / n_workers
+    mean_req = sum(req_per) / n_workers
+    failed_sessions = sum(1 for s in result.sessions if s.error is not None)
+    request_errors = sum(1 for r in reqs if not r.ok)
+    session_only_errors = sum(1 for s in result.sessions
+                              if s.error is not None and not s.error.startswith("turn "))
+    starts = [r.sent for r in reqs]
+    finishes = [r.finish for r in ok]
+    makespan = (max(finishes) - min(starts)) if finishes and starts else 0.0
+    out: dict[str, Any] = {
+        "kv_reuse": _ratio(cached, prompt),
+        "oracle_reuse": result.oracle.reuse,
+        "eligible_reuse": _ratio(eligible_hit, eligible),
+        "stickiness": _ratio(same, follow),
+        "prefill_tokens": prompt - cached,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "output_tokens": sum(r.output_tokens for r in ok),
+        "ttft_p50": percentile((r.ttft for r in ok), 50),
+        "ttft_p99": percentile((r.ttft for r in ok), 99),
+        "ttft_first_p50": percentile((r.ttft for r in first), 50),
+        "ttft_first_p99": percentile((r.ttft for r in first), 99),
+        "ttft_later_p50": percentile((r.ttft for r in later), 50),
+        "ttft_later_p99": percentile((r.ttft for r in later), 99),
+        "e2e_p50": percentile((r.e2e for r in ok), 50),
+        "e2e_p99": percentile((r.e2e for r in ok), 99),
+        "makespan": makespan,
+        "imbalance": _ratio(max(prefill_per, default=0), mean_prefill),
+        "imbalance_requests": _ratio(max(req_per, default=0), mean_req),
+        "requests": len(ok),
+        "retries": sum(1 for r in ok if r.retry),
+        "sessions": len(result.sessions),
+        "failed_sessions": failed_sessions,
+        "errors": request_errors + session_only_errors,
+        "gateway_branches": gateway_branches(metrics_text),
+        "workers": table,
+    }
+    return out

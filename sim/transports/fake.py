@@ -1,0 +1,75 @@
+"""A tiny in-process stand-in for gateway + worker (tests only): exercises agents and measures without the real cores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from session_server.core import SessionCore, UpstreamRequest, UpstreamResponse
+from sim import tokenizer
+from sim.engine.radix import RadixCache
+from sim.transports.base import Reply
+
+
+class FakePool:
+    """``n`` workers, each an unbounded radix cache; sessions go to ``hash(key) % n`` or round robin."""
+
+    def __init__(self, n: int = 1, sticky: bool = True, seed: int = 0, step: float = 0.5) -> None:
+        self.caches = [RadixCache(None) for _ in range(n)]
+        self.sticky, self.seed, self.step = sticky, seed, step
+        self.rr = 0
+        self.pending: list[tuple[float, int, list[int]]] = []
+
+    def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
+        body: dict[str, Any] = req.json
+        now = float(body["sim_time"])
+        for item in sorted(p for p in self.pending if p[0] <= now):
+            self.caches[item[1]].insert(item[2], item[0])
+            self.pending.remove(item)
+        key = req.headers.get("X-SMG-Routing-Key")
+        if self.sticky and key:
+            w = int(key, 16) % len(self.caches)
+        else:
+            w, self.rr = self.rr % len(self.caches), self.rr + 1
+        prompt = body.get("input_ids") or tokenizer.render(body["messages"], True)
+        cache = self.caches[w]
+        cached = cache.peek(prompt)
+        cache.insert(prompt, now)
+        text, out = tokenizer.synth_answer(tokenizer.request_seed(self.seed, prompt), body["max_tokens"])
+        finish = now + self.step
+        self.pending.append((finish, w, [*prompt, *out]))
+        data = {"choices": [{"message": {"role": "assistant", "content": text}, "prompt_token_ids": list(prompt),
+                             "meta_info": {"output_token_logprobs": [[0.0, t, None] for t in out],
+                                           "completion_tokens": len(out)}}],
+                "sim": {"arrival": now, "start": now, "first_token": now + self.step / 2, "finish": finish,
+                        "worker": f"w{w}", "cached_tokens": cached, "evicted_tokens": 0}}
+        return UpstreamResponse(200, {}, data=data)
+
+
+class FakeTransport:
+    def __init__(self, n: int = 1, sticky: bool = True, routing_key: bool = True) -> None:
+        self.core = SessionCore(routing_key=routing_key, session_id_seed=1)
+        self.pool = FakePool(n, sticky)
+        self.workers = [f"w{i}" for i in range(n)]
+
+    def create_session(self) -> Reply:
+        return Reply(200, {"session_id": self.core.create_session(0.0)})
+
+    def chat(self, sid: str, body: dict) -> Reply:
+        r = self.core.run_turn(sid, body, {}, self.pool, float(body["sim_time"]))
+        return Reply(r.status, r.body if r.body is not None else {})
+
+    def get_session(self, sid: str) -> Reply:
+        return Reply(200, self.core.get_view(sid))
+
+    def delete_session(self, sid: str) -> Reply:
+        self.core.delete(sid)
+        return Reply(204, {})
+
+    def gateway_metrics(self) -> str:
+        return ""
+
+    def worker_stats(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,82 @@
+"""Measures and the oracle, driven by real agents through the session server core and a tiny fake pool."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.agents import RequestRecord, WorkloadResult, common_prefix, run_workload
+from sim.measures import gateway_branches, summarize
+from sim.oracle import Oracle
+from sim.workload import Scenario
+from sim.transports.fake import FakeTransport
+
+SMALL = Scenario(sessions=8, group_size=4, workers=1, kv_capacity_tokens=None, system_prompt_tokens=300,
+                 task_prompt_tokens=50, max_context_tokens=6000, retry_rate=0.2,
+                 turns={"dist": "uniform", "low": 3, "high": 6})
+
+
+def test_one_sticky_worker_reaches_the_oracle():
+    res = run_workload(SMALL, FakeTransport(1))
+    m = summarize(res, ["w0"])
+    assert m["errors"] == 0 and m["requests"] == len(res.requests) > 8
+    assert m["kv_reuse"] == pytest.approx(m["oracle_reuse"])
+    assert m["stickiness"] == 1.0 and m["eligible_reuse"] == 1.0
+    assert m["retries"] > 0
+
+
+def test_no_affinity_loses_reuse_but_not_the_oracle():
+    sticky = summarize(run_workload(SMALL.replace(workers=4), FakeTransport(4, sticky=True)),
+                       [f"w{i}" for i in range(4)])
+    spread = summarize(run_workload(SMALL.replace(workers=4), FakeTransport(4, sticky=False)),
+                       [f"w{i}" for i in range(4)])
+    assert spread["oracle_reuse"] == pytest.approx(sticky["oracle_reuse"])  # same conversations either way
+    assert spread["kv_reuse"] < sticky["kv_reuse"] <= sticky["oracle_reuse"] + 1e-12
+    assert spread["stickiness"] < 0.5 < sticky["stickiness"]
+    assert spread["prefill_tokens"] > sticky["prefill_tokens"]
+    assert sum(w["requests"] for w in spread["workers"]) == spread["requests"]
+
+
+def test_sessions_read_their_records():
+    res = run_workload(SMALL, FakeTransport(1))
+    for s in res.sessions:
+        assert s.error is None and s.records_seen == s.turns_done > 0
+
+
+def test_runs_repeat_exactly():
+    a = summarize(run_workload(SMALL, FakeTransport(2)), ["w0", "w1"])
+    b = summarize(run_workload(SMALL, FakeTransport(2)), ["w0", "w1"])
+    assert a == b
+
+
+def test_oracle_counts_shared_prefixes_in_time_order():
+    o = Oracle()
+    assert o.observe(0.0, 5.0, [1, 2, 3], [4, 5]) == 0
+    assert o.observe(1.0, 6.0, [1, 2, 3, 4, 5, 6], [7]) == 3  # the answer is not in cache before its finish
+    assert o.observe(5.0, 7.0, [1, 2, 3, 4, 5, 9], [7]) == 5
+    assert o.reuse == pytest.approx(8 / 15)
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert common_prefix([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([5] * 1000 + [1], [5] * 1000 + [2]) == 1000
+
+
+def test_errors_are_counted():
+    res = WorkloadResult()
+    res.requests = [RequestRecord(0, 0, False, 0.0, 200, "w0", 0, 0, 1, 2, 10, 0, 3),
+                    RequestRecord(0, 1, False, 5.0, 503, error="503: down")]
+    m = summarize(res, ["w0", "w1"])
+    assert m["errors"] == 1 and m["requests"] == 1
+    assert m["imbalance"] == 2.0  # all work on one of two workers
+    assert m["makespan"] == 2.0
+
+
+def test_gateway_branches_from_prometheus_text():
+    text = ('# HELP smg_manual_policy_branch_total x\n# TYPE smg_manual_policy_branch_total counter\n'
+            'smg_manual_policy_branch_total{branch="vacant"} 4.0\n'
+            'smg_manual_policy_branch_total{branch="occupied_hit"} 12.0\n'
+            '# HELP smg_worker_requests_total y\n# TYPE smg_worker_requests_total counter\n'
+            'smg_worker_requests_total{worker="http://a"} 16.0\n')
+    assert gateway_branches(text) == {"manual": {"occupied_hit": 12, "vacant": 4}}
