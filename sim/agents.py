@@ -19,7 +19,7 @@ from typing import Any
 import simpy
 
 from sim import tokenizer, vtime
-from sim.oracle import Oracle
+from sim.oracle import Oracle, max_cacheable
 from sim.transports.base import Reply, Transport, TransportError
 from sim.workload import Scenario, SessionPlan, plan_sessions, system_prompt, task_prompt, tool_output
 
@@ -43,7 +43,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
-    eligible_tokens: int = 0  # tokens the session's previous request made reusable (prefix shared with it)
+    eligible_tokens: int = 0  # tokens the session's previous request made reusable (shared prefix, < prompt)
     oracle_cached: int = 0
     error: str | None = None
 
@@ -157,7 +157,7 @@ class AgentRunner:
         rec.prompt_tokens = len(prompt_ids)
         rec.output_tokens = len(output_ids)
         if prev_full is not None:
-            rec.eligible_tokens = common_prefix(prev_full, prompt_ids)
+            rec.eligible_tokens = min(common_prefix(prev_full, prompt_ids), max_cacheable(len(prompt_ids)))
         rec.oracle_cached = self.result.oracle.observe(rec.arrival, rec.finish, prompt_ids, output_ids)
         return rec, [*prompt_ids, *output_ids], content
 

@@ -1,10 +1,11 @@
 """The reuse ceiling: one infinite radix cache that sees every request in order.
 
-``oracle_reuse`` = cached / prompt tokens if all requests shared one unbounded cache: each prompt
-is matched and inserted at its arrival, and prompt + output is inserted at its finish, exactly as
-a worker's cache would see them if every session stuck to one worker with infinite KV. No routing
-can beat it, so it is the line every policy is compared against. It reuses the engine's
-``RadixCache`` (capacity None) rather than a second implementation.
+``oracle_reuse`` = cached / prompt tokens if all requests shared one unbounded cache. It follows
+the worker engine's visibility rules exactly (``sim.engine.core``): a prompt is matched at its
+arrival against everything *finished* by then, at most ``prompt[:-1]`` (one token is always
+computed), and prompt + output enter the cache at the request's finish. A worker's cache only
+ever holds a subset of that, so no routing can beat it, and a single worker with unbounded KV
+reaches it exactly. It reuses the engine's ``RadixCache`` (capacity None), not a second tree.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ class Oracle:
         self._now = arrival
         self._flush(arrival)
         prompt = np.asarray(prompt_ids, dtype=np.int64)
-        cached = max_cacheable(self.cache.peek(prompt), len(prompt))
-        self.cache.insert(prompt, arrival)
+        cached = self.cache.peek(prompt[: max_cacheable(len(prompt))]) if len(prompt) else 0
         full = np.concatenate([prompt, np.asarray(output_ids, dtype=np.int64)])
         heapq.heappush(self._pending, (max(finish, arrival), self._seq, full))
         self._seq += 1
@@ -60,6 +60,6 @@ class Oracle:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
-def max_cacheable(matched: int, prompt_len: int) -> int:
-    """Cached tokens a worker can use for a prompt: the engine's rule, mirrored (see sim.engine)."""
-    return min(matched, prompt_len)
+def max_cacheable(prompt_len: int) -> int:
+    """Most prompt tokens a worker can take from its cache: all but the last (the engine's rule)."""
+    return max(prompt_len - 1, 0)

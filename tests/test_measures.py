@@ -7,8 +7,8 @@ import pytest
 from sim.agents import RequestRecord, WorkloadResult, common_prefix, run_workload
 from sim.measures import gateway_branches, summarize
 from sim.oracle import Oracle
-from sim.workload import Scenario
 from sim.transports.fake import FakeTransport
+from sim.workload import Scenario
 
 SMALL = Scenario(sessions=8, group_size=4, workers=1, kv_capacity_tokens=None, system_prompt_tokens=300,
                  task_prompt_tokens=50, max_context_tokens=6000, retry_rate=0.2,
@@ -51,9 +51,10 @@ def test_runs_repeat_exactly():
 def test_oracle_counts_shared_prefixes_in_time_order():
     o = Oracle()
     assert o.observe(0.0, 5.0, [1, 2, 3], [4, 5]) == 0
-    assert o.observe(1.0, 6.0, [1, 2, 3, 4, 5, 6], [7]) == 3  # the answer is not in cache before its finish
+    assert o.observe(1.0, 6.0, [1, 2, 3, 4, 5, 6], [7]) == 0  # nothing is in cache before a finish
     assert o.observe(5.0, 7.0, [1, 2, 3, 4, 5, 9], [7]) == 5
-    assert o.reuse == pytest.approx(8 / 15)
+    assert o.observe(8.0, 9.0, [1, 2, 3], [7]) == 2  # one prompt token is always computed
+    assert o.reuse == pytest.approx(7 / 18)
 
 
 def test_common_prefix():

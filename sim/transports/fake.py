@@ -1,4 +1,4 @@
-"""A tiny in-process stand-in for gateway + worker (tests only): exercises agents and measures without the real cores."""
+"""A tiny in-process stand-in for gateway + worker (tests only): agents and measures without the real cores."""
 
 from __future__ import annotations
 
@@ -6,42 +6,34 @@ from typing import Any
 
 from session_server.core import SessionCore, UpstreamRequest, UpstreamResponse
 from sim import tokenizer
-from sim.engine.radix import RadixCache
+from sim.engine import Engine, WorkerConfig
 from sim.transports.base import Reply
 
 
 class FakePool:
-    """``n`` workers, each an unbounded radix cache; sessions go to ``hash(key) % n`` or round robin."""
+    """``n`` real engines (unbounded KV); sessions go to ``int(key, 16) % n``, or round robin without a key."""
 
-    def __init__(self, n: int = 1, sticky: bool = True, seed: int = 0, step: float = 0.5) -> None:
-        self.caches = [RadixCache(None) for _ in range(n)]
-        self.sticky, self.seed, self.step = sticky, seed, step
+    def __init__(self, n: int = 1, sticky: bool = True, seed: int = 0) -> None:
+        self.engines = [Engine(WorkerConfig(name=f"w{i}", kv_capacity_tokens=None)) for i in range(n)]
+        self.sticky, self.seed = sticky, seed
         self.rr = 0
-        self.pending: list[tuple[float, int, list[int]]] = []
 
     def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
         body: dict[str, Any] = req.json
         now = float(body["sim_time"])
-        for item in sorted(p for p in self.pending if p[0] <= now):
-            self.caches[item[1]].insert(item[2], item[0])
-            self.pending.remove(item)
         key = req.headers.get("X-SMG-Routing-Key")
         if self.sticky and key:
-            w = int(key, 16) % len(self.caches)
+            w = int(key, 16) % len(self.engines)
         else:
-            w, self.rr = self.rr % len(self.caches), self.rr + 1
+            w, self.rr = self.rr % len(self.engines), self.rr + 1
         prompt = body.get("input_ids") or tokenizer.render(body["messages"], True)
-        cache = self.caches[w]
-        cached = cache.peek(prompt)
-        cache.insert(prompt, now)
         text, out = tokenizer.synth_answer(tokenizer.request_seed(self.seed, prompt), body["max_tokens"])
-        finish = now + self.step
-        self.pending.append((finish, w, [*prompt, *out]))
+        t = self.engines[w].submit(now, prompt, out)
         data = {"choices": [{"message": {"role": "assistant", "content": text}, "prompt_token_ids": list(prompt),
                              "meta_info": {"output_token_logprobs": [[0.0, t, None] for t in out],
                                            "completion_tokens": len(out)}}],
-                "sim": {"arrival": now, "start": now, "first_token": now + self.step / 2, "finish": finish,
-                        "worker": f"w{w}", "cached_tokens": cached, "evicted_tokens": 0}}
+                "sim": {"arrival": t.arrival, "start": t.start, "first_token": t.first_token, "finish": t.finish,
+                        "worker": f"w{w}", "cached_tokens": t.cached_tokens, "evicted_tokens": t.evicted_tokens}}
         return UpstreamResponse(200, {}, data=data)
 
 
