@@ -1,0 +1,159 @@
+"""The approximate radix tree of SMG's cache_aware policy (``kv_index::Tree``), with tenants and LRU eviction.
+
+Keys are sequences: ``str`` (units are Unicode characters, as SMG's char tree) or tuples of token
+ids (SMG's token tree, page size ignored). Every node on the path of a string inserted for a tenant
+(a worker URL) carries that tenant with a last-access stamp; a match reports how many units matched
+and which tenants hold the deepest node reached. Eviction removes per-tenant LRU leaves until the
+total size (units summed over tenants) fits. Stamps are a logical counter, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+MATCHED_TENANTS_CAP = 8
+
+
+class _Node:
+    __slots__ = ("children", "label", "parent", "tenants")
+
+    def __init__(self, label: Sequence, parent: _Node | None) -> None:
+        self.label = label
+        self.parent = parent
+        self.children: dict[object, _Node] = {}
+        self.tenants: dict[str, int] = {}
+
+
+def _common(a: Sequence, b: Sequence, start: int) -> int:
+    n = min(len(a), len(b) - start)
+    i = 0
+    while i < n and a[i] == b[start + i]:
+        i += 1
+    return i
+
+
+class CharTree:
+    """Radix tree keyed by characters (or token ids) whose nodes record which tenants hold them."""
+
+    def __init__(self) -> None:
+        self.root = _Node("", None)
+        self.tenant_size: dict[str, int] = {}
+        self._stamp = 0
+
+    # -- queries ---------------------------------------------------------------------------------
+    def match(self, seq: Sequence) -> tuple[int, list[str]]:
+        """(units matched, up to 8 tenants of the deepest node reached); no tenants when nothing matched."""
+        node, i, last = self.root, 0, self.root
+        n = len(seq)
+        while i < n:
+            child = node.children.get(seq[i])
+            if child is None:
+                break
+            common = _common(child.label, seq, i)
+            i += common
+            last = child
+            if common < len(child.label):
+                break
+            node = child
+        if i == 0:
+            return 0, []
+        return i, sorted(last.tenants, key=lambda t: -last.tenants[t])[:MATCHED_TENANTS_CAP]
+
+    def total_size(self) -> int:
+        return sum(self.tenant_size.values())
+
+    def tenants(self) -> set[str]:
+        return set(self.tenant_size)
+
+    # -- updates ---------------------------------------------------------------------------------
+    def _touch(self, node: _Node, tenant: str, stamp: int) -> None:
+        if tenant not in node.tenants:
+            self.tenant_size[tenant] = self.tenant_size.get(tenant, 0) + len(node.label)
+        node.tenants[tenant] = stamp
+
+    def insert(self, seq: Sequence, tenant: str) -> None:
+        """Record that ``tenant`` holds the whole of ``seq`` (and so every prefix of it)."""
+        self._stamp += 1
+        stamp = self._stamp
+        node = self.root
+        self._touch(node, tenant, stamp)
+        i, n = 0, len(seq)
+        while i < n:
+            child = node.children.get(seq[i])
+            if child is None:
+                leaf = _Node(seq[i:], node)
+                node.children[seq[i]] = leaf
+                self._touch(leaf, tenant, stamp)
+                return
+            common = _common(child.label, seq, i)
+            if common < len(child.label):  # split the edge: mid takes the common part and the child's tenants
+                mid = _Node(child.label[:common], node)
+                mid.tenants = dict(child.tenants)
+                node.children[seq[i]] = mid
+                child.label = child.label[common:]
+                child.parent = mid
+                mid.children[child.label[0]] = child
+                child = mid
+            self._touch(child, tenant, stamp)
+            i += common
+            node = child
+
+    def _is_tenant_leaf(self, node: _Node, tenant: str) -> bool:
+        return tenant in node.tenants and not any(tenant in c.tenants for c in node.children.values())
+
+    def _drop(self, node: _Node, tenant: str) -> None:
+        del node.tenants[tenant]
+        self.tenant_size[tenant] -= len(node.label)
+        if not node.tenants and not node.children and node.parent is not None:
+            del node.parent.children[node.label[0]]
+
+    def evict(self, max_size: int) -> int:
+        """Evict least-recently-used tenant leaves until the total size is at most ``max_size``; units freed."""
+        total = self.total_size()
+        if total <= max_size:
+            return 0
+        heap: list[tuple[int, int, str, _Node]] = []
+        seq = 0
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            if node is self.root:
+                continue
+            for tenant, stamp in node.tenants.items():
+                if self._is_tenant_leaf(node, tenant):
+                    heap.append((stamp, seq, tenant, node))
+                    seq += 1
+        heapq.heapify(heap)
+        freed = 0
+        while total > max_size and heap:
+            stamp, _, tenant, node = heapq.heappop(heap)
+            if node.tenants.get(tenant) != stamp or not self._is_tenant_leaf(node, tenant):
+                continue
+            parent = node.parent
+            size = len(node.label)
+            self._drop(node, tenant)
+            total -= size
+            freed += size
+            if parent is not None and parent is not self.root:
+                for t, st in parent.tenants.items():  # the parent may now be a leaf for several tenants
+                    if self._is_tenant_leaf(parent, t):
+                        heapq.heappush(heap, (st, seq, t, parent))
+                        seq += 1
+        return freed
+
+    def remove_tenant(self, tenant: str) -> None:
+        """Purge a tenant from every node (a worker was removed)."""
+        stack = [self.root]
+        order = []
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(node.children.values())
+        for node in reversed(order):  # children before parents, so emptied subtrees prune bottom-up
+            if tenant in node.tenants:
+                self._drop(node, tenant)
+            elif not node.tenants and not node.children and node.parent is not None:
+                node.parent.children.pop(node.label[0], None)
+        self.tenant_size.pop(tenant, None)

@@ -1,0 +1,434 @@
+"""GatewayCore: the synchronous, pure routing core of the mock SMG gateway (no I/O, clock passed in).
+
+The FastAPI app (``app.py``) and the simulator's ``direct`` transport both drive this class, so the
+same routing code runs with and without HTTP. All random choices come from one ``random.Random(seed)``.
+
+API (``now`` is seconds on the caller's clock: virtual ``sim_time``, or ``time.monotonic()`` live;
+when omitted the core's clock is used)::
+
+    core = GatewayCore(config: GatewayConfig, seed: int | None = None,
+                       metrics: GatewayMetrics | None = None, now: float = 0.0)
+    core.add_worker(url: str, model: str = "unknown", now: float | None = None) -> Worker
+    core.remove_worker(url: str) -> bool
+    core.advance(now: float) -> int            # clock = max(clock, now); release in-flight requests whose
+                                               # virtual finish <= clock; run eviction timers; returns #released
+    core.due_polls(now: float) -> list[str]    # URLs to poll now if a load poll is due (marks it done)
+    core.record_load(url: str, load: Mapping | EngineLoad | None, now: float) -> None
+                                               # a /v1/loads answer (WorkerLoadResponse JSON) or an EngineLoad
+    core.select(endpoint: str, headers: Mapping[str, str], body: object, now: float | None = None,
+                exclude: Iterable[str] = (), attempt: int = 0) -> Decision
+                                               # endpoint "chat" | "completions" | "generate";
+                                               # headers lower-cased; body the parsed JSON
+    core.begin(decision: Decision, now: float | None = None) -> Ticket   # count the request in flight
+    core.finish(ticket: Ticket, virtual_finish: float | None = None, now: float | None = None) -> None
+                                               # release now, or keep in flight until the clock passes
+                                               # virtual_finish (the worker's x-sim-finish)
+    core.record_outcome(url: str, ok: bool, now: float) -> None         # circuit-breaker outcome of an attempt
+    core.breaker_tick(now: float) -> None      # open breakers half-open after --cb-timeout-duration-secs
+    core.health_result(url: str, ok: bool, now: float) -> None          # one health probe's result
+    core.route(endpoint, headers, body, now) -> tuple[Decision, Ticket | None]
+                                               # advance + select + begin, for the direct transport
+                                               # (poll due_polls() and record_load() before it)
+
+``Decision.url`` is None when the request is refused; ``Decision.status`` / ``error_code`` then give
+SMG's answer (400 ``missing_required_parameter`` / ``invalid_request``, 404 ``model_not_found``,
+503 ``no_available_workers`` or ``worker_overload_protection_shed``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mock_gateway.config import GatewayConfig
+from mock_gateway.metrics import GatewayMetrics
+from mock_gateway.policies.base import Policy, PolicyContext, RouteInput, policy_class
+from mock_gateway.policies.sticky import UNWRAPPED, StickyOverride
+from mock_gateway.routing_key import header_key, routing_text, routing_tokens
+from mock_gateway.workers import CB_STATE_VALUE, CircuitBreaker, EngineReport, Worker, WorkerRegistry
+
+ENDPOINTS = ("chat", "completions", "generate")
+
+
+@dataclass
+class Decision:
+    url: str | None
+    endpoint: str
+    policy: str
+    branch: str | None = None
+    key: str | None = None  # per-key in-flight accounting key
+    model: str = "unknown"  # metrics label
+    status: int = 200
+    error_code: str | None = None
+    message: str = ""
+    param: str | None = None
+    stream: bool = False
+
+
+@dataclass
+class Ticket:
+    id: int
+    url: str
+    key: str | None
+    started: float
+    virtual_finish: float | None = None
+    done: bool = False
+
+
+def _bad(endpoint: str, policy: str, code: str, message: str, param: str | None = None) -> Decision:
+    return Decision(None, endpoint, policy, status=400, error_code=code, message=message, param=param)
+
+
+_REQUIRED = {"chat": ("model", "messages"), "completions": ("model", "prompt"), "generate": ()}
+
+
+def validate(endpoint: str, body: object, policy: str) -> Decision | None:
+    """SMG's 400 for a body it cannot deserialize (None when the body is acceptable).
+
+    As observed on 1.13.0: a missing field is ``missing_required_parameter``, a wrong type is
+    ``invalid_type``, both with ``param`` naming the field.
+    """
+    if not isinstance(body, Mapping):
+        return _bad(endpoint, policy, "invalid_type", "Invalid JSON data: expected a JSON object")
+    for f in _REQUIRED[endpoint]:
+        if body.get(f) is None:
+            return _bad(endpoint, policy, "missing_required_parameter", f"Invalid JSON data: missing field `{f}`", f)
+
+    def wrong(f: str, expected: str) -> Decision:
+        return _bad(endpoint, policy, "invalid_type", f"Invalid JSON data: {f}: invalid type, expected {expected}", f)
+
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        return wrong("model", "a string")
+    if endpoint == "chat":
+        msgs = body["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, Mapping) for m in msgs):
+            return wrong("messages", "a sequence of message objects")
+    if endpoint == "completions" and not isinstance(body["prompt"], str | list):
+        return wrong("prompt", "a string or a sequence")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        return wrong("stream", "a boolean")
+    for f in ("max_tokens", "max_completion_tokens"):
+        v = body.get(f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32):
+            return wrong(f, "u32")
+    if endpoint == "generate":
+        for f, typ in (("text", str), ("input_ids", list)):
+            if body.get(f) is not None and not isinstance(body[f], typ):
+                return wrong(f, typ.__name__)
+    return None
+
+
+class GatewayCore:
+    def __init__(
+        self, config: GatewayConfig, seed: int | None = None, metrics: GatewayMetrics | None = None, now: float = 0.0
+    ) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed if seed is None else seed)
+        self.metrics = metrics or GatewayMetrics()
+        self.registry = WorkerRegistry()
+        self.ctx = PolicyContext(config, self.rng, self.registry, self.metrics)
+        policy: Policy = policy_class(config.policy)(self.ctx)
+        if config.routing_key_override and config.policy not in UNWRAPPED:
+            policy = StickyOverride(self.ctx, policy)
+        self.policy = policy
+        self.clock = now
+        self._next_poll: float | None = None
+        self._ids = itertools.count(1)
+        self._pending: list[tuple[float, int, Ticket]] = []  # released when the clock passes virtual finish
+        self.inflight: dict[int, Ticket] = {}
+        self.policy.tick(now)
+
+    # -- workers -----------------------------------------------------------------------------------
+    def add_worker(self, url: str, model: str = "unknown", now: float | None = None) -> Worker:
+        now = self.clock if now is None else now
+        cfg = self.config
+        if url in self.registry:
+            return self.registry.get(url)  # type: ignore[return-value]
+        w = self.registry.add(
+            Worker(
+                url,
+                model,
+                breaker=CircuitBreaker(
+                    cfg.cb_failure_threshold,
+                    cfg.cb_success_threshold,
+                    cfg.cb_timeout_duration_secs,
+                    enabled=not cfg.disable_circuit_breaker,
+                ),
+            )
+        )
+        self.policy.on_worker_added(w)
+        if self._next_poll is None:
+            self._next_poll = now  # the monitor's first tick fires when the group is created
+        m = self.metrics
+        m.worker_health.labels(worker=url).set(1)
+        m.worker_active.labels(worker=url).set(0)
+        m.cb_state.labels(worker=url).set(0)
+        self._pool_gauge()
+        return w
+
+    def remove_worker(self, url: str) -> bool:
+        w = self.registry.remove(url)
+        if w is None:
+            return False
+        self.policy.on_worker_removed(url)
+        self._pool_gauge()
+        return True
+
+    def _pool_gauge(self) -> None:
+        for model in self.registry.models():
+            self.metrics.worker_pool_size.labels(worker_type="regular", connection_mode="http", model=model).set(
+                len(self.registry.for_model(model))
+            )
+
+    def models(self) -> list[str]:
+        return self.registry.models()
+
+    # -- clock -------------------------------------------------------------------------------------
+    def advance(self, now: float) -> int:
+        """Move the clock forward, release finished virtual requests and run periodic tasks."""
+        self.clock = max(self.clock, now)
+        released = 0
+        while self._pending and self._pending[0][0] <= self.clock:
+            _, _, t = heapq.heappop(self._pending)
+            released += self._release(t)
+        self.policy.tick(self.clock)
+        return released
+
+    def due_polls(self, now: float) -> list[str]:
+        """The workers to poll for load now, if the ``--load-monitor-interval`` tick is due (marks it done)."""
+        if self._next_poll is None or now < self._next_poll or not len(self.registry):
+            return []
+        self._next_poll = now + max(self.config.load_monitor_interval, 1e-9)
+        return [w.url for w in self.registry if w.ready]
+
+    def poll_due(self, now: float) -> bool:
+        return self._next_poll is not None and now >= self._next_poll and len(self.registry) > 0
+
+    def record_load(self, url: str, load: Any, now: float) -> None:
+        """A load report for ``url`` taken at ``now``; None or an unparsable answer makes it unavailable."""
+        w = self.registry.get(url)
+        if w is None:
+            return
+        w.report = EngineReport.parse(load, now)
+        w.since_poll = [(t, n) for t, n in w.since_poll if t > now]  # the report already reflects them
+        m = self.metrics
+        m.load_polls.labels(worker=url, mode="poll").inc()
+        if w.report is not None:
+            for i, r in enumerate(w.report.ranks):
+                labels = {"worker": url, "model": w.model, "dp_rank": str(r.get("dp_rank", i))}
+                m.engine_running.labels(**labels).set(float(r.get("num_running_reqs", 0) or 0))
+                m.engine_waiting.labels(**labels).set(float(r.get("num_waiting_reqs", 0) or 0))
+                m.engine_token_usage.labels(**labels).set(float(r.get("token_usage", 0) or 0))
+                m.engine_gen_throughput.labels(**labels).set(float(r.get("gen_throughput", 0) or 0))
+                m.engine_cache_hit_rate.labels(**labels).set(float(r.get("cache_hit_rate", 0) or 0))
+
+    # -- health and breaker ----------------------------------------------------------------------
+    def _cb_metrics(self, w: Worker, transition: tuple[str, str] | None) -> None:
+        m = self.metrics
+        if transition is not None:
+            m.cb_transitions.labels(worker=w.url, **{"from": transition[0], "to": transition[1]}).inc()
+        m.cb_state.labels(worker=w.url).set(CB_STATE_VALUE[w.breaker.state])
+        m.cb_failures.labels(worker=w.url).set(w.breaker.consecutive_failures)
+        m.cb_successes.labels(worker=w.url).set(w.breaker.consecutive_successes)
+
+    def record_outcome(self, url: str, ok: bool, now: float) -> None:
+        w = self.registry.get(url)
+        if w is None:
+            return
+        self.metrics.cb_outcomes.labels(worker=url, outcome="success" if ok else "failure").inc()
+        self._cb_metrics(w, w.breaker.record(ok, now))
+
+    def breaker_tick(self, now: float) -> None:
+        for w in self.registry:
+            t = w.breaker.tick(now)
+            if t is not None:
+                self._cb_metrics(w, t)
+
+    def health_result(self, url: str, ok: bool, now: float) -> None:
+        """One probe: Ready -> NotReady after ``failure_threshold`` failures, -> Failed after 3x that;
+        back to Ready after ``success_threshold`` successes (an open breaker then half-opens)."""
+        w = self.registry.get(url)
+        if w is None:
+            return
+        cfg = self.config
+        self.metrics.health_checks.labels(worker_type="regular", result="success" if ok else "failure").inc()
+        if ok:
+            w.health_failures = 0
+            w.health_successes += 1
+            if not w.ready and w.health_successes >= cfg.health_success_threshold:
+                w.status = "ready"
+                t = w.breaker.readmit(now)
+                if t is not None:
+                    self.metrics.cb_readmissions.labels(worker=url).inc()
+                    self._cb_metrics(w, t)
+        else:
+            w.health_successes = 0
+            w.health_failures += 1
+            if w.health_failures >= 3 * cfg.health_failure_threshold:
+                w.status = "failed"
+            elif w.health_failures >= cfg.health_failure_threshold and w.ready:
+                w.status = "not_ready"
+        self.metrics.worker_health.labels(worker=url).set(1 if w.ready else 0)
+
+    # -- selection ---------------------------------------------------------------------------------
+    def available(self, model: str | None, exclude: Iterable[str] = ()) -> list[Worker]:
+        """Ready workers of the model whose breaker allows a request (before overload protection)."""
+        ex = set(exclude)
+        return [w for w in self.registry.for_model(model) if w.ready and w.breaker.can_execute() and w.url not in ex]
+
+    def select(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        body: object,
+        now: float | None = None,
+        exclude: Iterable[str] = (),
+        attempt: int = 0,
+    ) -> Decision:
+        """Pick a worker for one attempt of a request (the policy counts its branch)."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}")
+        now = self.clock if now is None else now
+        cfg = self.config
+        bad = validate(endpoint, body, cfg.policy)
+        if bad is not None:
+            return bad
+        assert isinstance(body, Mapping)
+        model = body.get("model")
+        if endpoint == "generate" and model == "unknown":
+            model = None
+        label = model or "unknown"
+        stream = bool(body.get("stream", False))
+        m = self.metrics
+        if attempt == 0:
+            m.router_requests.labels(
+                router_type="http",
+                backend_type="regular",
+                connection_mode="http",
+                model=label,
+                endpoint=endpoint,
+                streaming=str(stream).lower(),
+            ).inc()
+        if model is not None and not self.registry.for_model(model):
+            return Decision(
+                None,
+                endpoint,
+                cfg.policy,
+                model=label,
+                status=404,
+                error_code="model_not_found",
+                message=f"No worker available for model '{model}'",
+                stream=stream,
+            )
+        workers = self.available(model, exclude)
+        if workers and cfg.overload_protection:
+            fine = [
+                w
+                for w in workers
+                if not w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage)
+            ]
+            if not fine:
+                if cfg.worker_overload_shed:
+                    m.overload_shed.labels(stage="selection").inc()
+                    return Decision(
+                        None,
+                        endpoint,
+                        cfg.policy,
+                        model=label,
+                        status=503,
+                        error_code="worker_overload_protection_shed",
+                        message="All workers are overloaded",
+                        stream=stream,
+                    )
+                m.overload_fallback.labels(stage="selection").inc()
+                chosen = min(workers, key=lambda w: w.load)
+                key = header_key(headers, cfg.routing_key_headers)
+                return self._selected(
+                    Decision(chosen.url, endpoint, cfg.policy, "overload_fallback", key, label, stream=stream)
+                )
+            workers = fine
+        req = RouteInput(
+            endpoint=endpoint,
+            headers=headers,
+            body=body,
+            model=model,
+            text=routing_text(endpoint, body),
+            tokens=routing_tokens(endpoint, headers, body),
+            key=header_key(headers, cfg.routing_key_headers),
+            now=now,
+            exclude=frozenset(exclude),
+        )
+        choice = self.policy.select(workers, req)
+        if choice.url is None:
+            return Decision(
+                None,
+                endpoint,
+                cfg.policy,
+                choice.branch,
+                model=label,
+                status=503,
+                error_code="no_available_workers",
+                message="All workers are unavailable (circuit breaker open or unhealthy)",
+                stream=stream,
+            )
+        key = choice.key if choice.key is not None else req.key
+        return self._selected(Decision(choice.url, endpoint, cfg.policy, choice.branch, key, label, stream=stream))
+
+    def _selected(self, d: Decision) -> Decision:
+        self.metrics.selection.labels(
+            worker_type="regular", connection_mode="http", model=d.model, policy=d.policy
+        ).inc()
+        return d
+
+    # -- in-flight accounting -----------------------------------------------------------------------
+    def begin(self, decision: Decision, now: float | None = None) -> Ticket:
+        """Count a dispatched attempt in flight on its worker (and under its key)."""
+        assert decision.url is not None, "begin() needs a decision with a worker"
+        now = self.clock if now is None else now
+        t = Ticket(next(self._ids), decision.url, decision.key, now)
+        self.inflight[t.id] = t
+        self.registry.begin(t.url, t.key)
+        w = self.registry.get(t.url)
+        self.metrics.worker_requests.labels(worker=t.url, model=w.model if w else decision.model).inc()
+        self._load_gauges(t.url)
+        return t
+
+    def finish(self, ticket: Ticket, virtual_finish: float | None = None, now: float | None = None) -> None:
+        """Release now, or at ``virtual_finish`` if that is still ahead of the clock."""
+        if ticket.done or ticket.virtual_finish is not None:
+            return
+        if virtual_finish is not None and virtual_finish > self.clock:
+            ticket.virtual_finish = virtual_finish
+            heapq.heappush(self._pending, (virtual_finish, ticket.id, ticket))
+            return
+        self._release(ticket)
+
+    def _release(self, ticket: Ticket) -> int:
+        if ticket.done:
+            return 0
+        ticket.done = True
+        self.inflight.pop(ticket.id, None)
+        self.registry.end(ticket.url, ticket.key)
+        self._load_gauges(ticket.url)
+        return 1
+
+    def _load_gauges(self, url: str) -> None:
+        w = self.registry.get(url)
+        if w is not None:
+            self.metrics.worker_active.labels(worker=url).set(w.load)
+            self.metrics.worker_keys_active.labels(worker=url).set(w.routing_key_load)
+
+    # -- convenience for the direct transport --------------------------------------------------------
+    def route(
+        self, endpoint: str, headers: Mapping[str, str], body: object, now: float | None = None
+    ) -> tuple[Decision, Ticket | None]:
+        """advance(now) + select + begin; the caller must have recorded any due load polls first."""
+        if now is not None:
+            self.advance(now)
+        d = self.select(endpoint, headers, body, now)
+        return d, (self.begin(d) if d.url is not None else None)

@@ -1,0 +1,90 @@
+"""The one interface every policy implements, and the registry from ``--policy`` names to classes.
+
+A policy gets the router-filtered available workers (registration order) and one ``RouteInput``;
+it returns a ``Choice`` (a worker URL or None, and the branch label it counted). Policies keep their
+own state (maps, rings, trees) and may use the shared context: config, the seeded RNG, the worker
+registry (in-flight loads, engine reports) and the metrics. They do no I/O and read time only from
+``RouteInput.now``. To add a policy: add a file with a ``Policy`` subclass and one line to ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from mock_gateway.config import GatewayConfig
+from mock_gateway.metrics import GatewayMetrics
+from mock_gateway.workers import Worker, WorkerRegistry
+
+
+@dataclass
+class RouteInput:
+    endpoint: str  # "chat" | "completions" | "generate"
+    headers: Mapping[str, str]  # lower-cased names
+    body: Mapping[str, Any]
+    model: str | None  # None for a model-less request
+    text: str  # routing text (cache_aware, prefix_hash)
+    tokens: list[int] | None  # routing token ids, when the request carries them
+    key: str | None  # the valid header routing key, unstripped (None if absent)
+    now: float = 0.0
+    exclude: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass
+class Choice:
+    url: str | None
+    branch: str | None = None
+    key: str | None = None  # the key the request is accounted under (per-key in-flight)
+
+
+@dataclass
+class PolicyContext:
+    config: GatewayConfig
+    rng: random.Random
+    registry: WorkerRegistry
+    metrics: GatewayMetrics
+
+    def dispatch_tokens(self, req: RouteInput) -> int:
+        """Tokens a dispatch credits to the expected-wait selector (p-bar for text requests)."""
+        return len(req.tokens) if req.tokens else self.config.least_load_mean_prefill_tokens
+
+
+class Policy:
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+
+    def select(self, workers: list[Worker], req: RouteInput) -> Choice:
+        raise NotImplementedError
+
+    def on_worker_added(self, worker: Worker) -> None:
+        pass
+
+    def on_worker_removed(self, url: str) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        pass
+
+
+REGISTRY: dict[str, str] = {
+    "manual": "mock_gateway.policies.manual:ManualPolicy",
+    "consistent_hashing": "mock_gateway.policies.consistent_hashing:ConsistentHashingPolicy",
+    "cache_aware": "mock_gateway.policies.cache_aware:CacheAwarePolicy",
+    "prefix_hash": "mock_gateway.policies.prefix_hash:PrefixHashPolicy",
+    "round_robin": "mock_gateway.policies.round_robin:RoundRobinPolicy",
+    "random": "mock_gateway.policies.random:RandomPolicy",
+    "passthrough": "mock_gateway.policies.random:PassthroughPolicy",
+    "power_of_two": "mock_gateway.policies.power_of_two:PowerOfTwoPolicy",
+    "least_load": "mock_gateway.policies.least_load:LeastLoadPolicy",
+}
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The class registered for a ``--policy`` name."""
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,61 @@
+"""``consistent_hashing`` (SMG ``policies/consistent_hashing.rs``): the blake3 ring.
+
+Priority: ``x-smg-target-worker`` (an index into the available list: ``target_worker_hit``, or
+``target_worker_miss`` and no worker), the routing key (``routing_key_hit``), the implicit key from
+``x-forwarded-for`` then ``cookie`` (``implicit_key_hit``, 1.13.0), else uniform random
+(``random_fallback``). Unhealthy owners are skipped clockwise; keys return when they recover.
+"""
+
+from __future__ import annotations
+
+from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
+from mock_gateway.ring import HashRing
+from mock_gateway.workers import Worker
+
+TARGET_WORKER_HEADER = "x-smg-target-worker"
+
+
+class ConsistentHashingPolicy(Policy):
+    name = "consistent_hashing"
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        super().__init__(ctx)
+        self.ring = HashRing()
+
+    def on_worker_added(self, worker: Worker) -> None:
+        self.ring.add(worker.url)
+
+    def on_worker_removed(self, url: str) -> None:
+        self.ring.remove(url)
+
+    def _decide(self, workers: list[Worker], req: RouteInput) -> Choice:
+        if not workers:
+            return Choice(None, "no_healthy_workers", req.key)
+        target = req.headers.get(TARGET_WORKER_HEADER)
+        if target is not None:
+            try:
+                idx = int(target.strip())
+            except ValueError:
+                idx = -1
+            if 0 <= idx < len(workers):
+                return Choice(workers[idx].url, "target_worker_hit", req.key)
+            return Choice(None, "target_worker_miss", req.key)
+        healthy = {w.url for w in workers}
+        for w in workers:  # workers registered after the policy was built
+            if w.url not in self.ring:
+                self.ring.add(w.url)
+        if req.key is not None:
+            url = self.ring.lookup(req.key, healthy.__contains__)
+            return Choice(url, "routing_key_hit" if url else "no_healthy_workers", req.key)
+        for header in ("x-forwarded-for", "cookie"):
+            implicit = req.headers.get(header)
+            if implicit:
+                url = self.ring.lookup(implicit, healthy.__contains__)
+                if url:
+                    return Choice(url, "implicit_key_hit", None)
+        return Choice(self.ctx.rng.choice(workers).url, "random_fallback", None)
+
+    def select(self, workers: list[Worker], req: RouteInput) -> Choice:
+        choice = self._decide(workers, req)
+        self.ctx.metrics.ch_branch.labels(branch=choice.branch).inc()
+        return choice
