@@ -3,7 +3,7 @@
 Routes (SGLang's names; what the real SMG gateway probes is in specs/smg-live-observations.md §2):
 ``GET /health`` (``/health_generate``), ``GET /v1/models`` (``owned_by: "sglang"``), ``GET /server_info``,
 ``/model_info`` (and ``/get_server_info``, ``/get_model_info``), ``GET /v1/loads`` (SMG's
-``WorkerLoadResponse``; ``?sim_time=``), ``GET /metrics`` (``?sim_time=``), ``GET|POST /flush_cache``,
+``WorkerLoadResponse``; ``?sim_time=``), ``GET /metrics`` (``?sim_time=``), ``GET|POST /flush_cache`` (``?sim_time=``),
 ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /generate``, ``GET|POST /admin/faults``.
 ``/version`` is deliberately absent: a 200 there makes SMG classify the worker as vLLM.
 
@@ -18,9 +18,10 @@ Bad input (malformed JSON, wrong types, bodies over ``max_payload_size``) gets a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim import vtime
+from sim.procs import ThreadServer
 from sim.worker.core import Reply, WorkerCore, error_body
 
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
@@ -186,8 +188,12 @@ def create_app(
         return Response(core.metrics(t), media_type=CONTENT_TYPE_LATEST)
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache() -> Response:
-        return json_response(200, core.flush_cache())
+    async def flush_cache(request: Request) -> Response:
+        try:
+            t = sim_time_query(request)
+        except _BadBody as e:
+            return _error(e.status, str(e))
+        return json_response(*core.flush_cache(t))
 
     @app.get("/admin/faults")
     async def get_faults() -> Response:
@@ -226,3 +232,20 @@ def _to_float(raw: str) -> float | None:
         return float(raw)
     except ValueError:
         return None
+
+
+@contextlib.contextmanager
+def serve_in_thread(core: WorkerCore, *, speedup: float = 1.0, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+                    port: int | None = None) -> Iterator[ThreadServer]:
+    """Serve one worker with uvicorn in a background thread on loopback (tests, the ``http`` transport,
+    the demo); stopped when the block ends. The ``exit`` fault stops this server."""
+    holder: list[ThreadServer] = []
+
+    def on_exit() -> None:
+        holder[0].server.should_exit = True
+
+    server = ThreadServer(create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit),
+                          port=port)
+    holder.append(server)
+    with server:
+        yield server

@@ -25,7 +25,7 @@ API (all methods are synchronous and take the current time as an argument):
 ``core.metrics(now) -> bytes``         Prometheus text (``GET /metrics``), ``sglang:`` names.
 ``core.health() -> (status, dict)``    200, or 503 when the ``unhealthy`` fault is set.
 ``core.models()``, ``core.server_info()``, ``core.model_info()``   registration documents.
-``core.flush_cache() -> dict``         empties the radix cache.
+``core.flush_cache(now) -> (status, dict)``   empties the radix cache (400 while requests are in flight).
 ``core.update_faults(body) -> (status, dict)`` / ``core.faults``   fault knobs (``Faults``).
 
 Response fields beyond OpenAI/SGLang: a top-level ``"sim"`` object (``arrival``, ``start``,
@@ -245,9 +245,15 @@ class WorkerCore:
                 "has_image_understanding": False, "has_audio_understanding": False, "model_type": "llama",
                 "architectures": ["LlamaForCausalLM"], "weight_version": "default"}
 
-    def flush_cache(self) -> dict[str, Any]:
-        self.engine.flush_cache()
-        return {"success": True, "message": "Cache flushed.", "worker": self.name}
+    def flush_cache(self, now: float | None = None) -> tuple[int, dict[str, Any]]:
+        """Empty the radix cache at ``now``; refused (400) while requests are in flight, as in SGLang."""
+        t = self.now(now)
+        self.engine.advance(t)
+        if self.engine.in_flight:
+            return 400, {"success": False, "worker": self.name,
+                         "message": f"Cache not flushed because there are {self.engine.in_flight} pending requests."}
+        flushed = self.engine.flush_cache()
+        return 200, {"success": True, "message": "Cache flushed.", "flushed_tokens": flushed, "worker": self.name}
 
     def update_faults(self, body: Any) -> tuple[int, dict[str, Any]]:
         """Apply a partial fault update (``POST /admin/faults``); all-or-nothing on bad input."""
