@@ -1,0 +1,172 @@
+"""GatewayCore: virtual-time accounting, load polls on the clock, validation errors, overload protection, seeds."""
+
+import pytest
+
+from mock_gateway.testing import chat, make_core, sample, urls
+
+W = urls(3)
+
+
+def test_virtual_finish_keeps_a_request_in_flight_until_the_clock_passes_it():
+    core = make_core("--policy", "manual", "--assignment-mode", "min_load")
+    core.advance(1.0)
+    d = core.select("chat", {"x-smg-routing-key": "k"}, chat(), now=1.0)
+    t = core.begin(d)
+    core.finish(t, virtual_finish=5.0)
+    assert core.registry.get(d.url).load == 1
+    assert core.registry.get(d.url).key_load == {"k": 1}
+    assert core.advance(4.99) == 0 and core.registry.get(d.url).load == 1
+    assert core.advance(5.0) == 1 and core.registry.get(d.url).load == 0
+    assert core.registry.get(d.url).key_load == {}
+    assert sample(core, "smg_worker_requests_active", worker=d.url) == 0
+
+
+def test_a_finish_already_past_releases_at_once():
+    core = make_core("--policy", "round_robin")
+    core.advance(10.0)
+    t = core.begin(core.select("chat", {}, chat()))
+    core.finish(t, virtual_finish=3.0)
+    assert core.registry.get(t.url).load == 0
+    core.finish(t)  # idempotent
+    assert core.registry.get(t.url).load == 0
+
+
+def test_load_polls_are_due_every_interval_on_the_clock():
+    core = make_core("--policy", "least_load", "--load-monitor-interval", "10")
+    assert core.due_polls(0.0) == W
+    assert core.due_polls(5.0) == []
+    assert core.due_polls(10.0) == W
+    assert core.due_polls(19.0) == []
+
+
+def test_route_counts_in_flight_and_metrics():
+    core = make_core("--policy", "round_robin")
+    d, t = core.route("chat", {}, chat(), now=0.5)
+    assert t is not None and core.inflight[t.id] is t
+    assert sample(core, "smg_worker_requests_total", worker=d.url, model="fake-model") == 1
+    assert (
+        sample(
+            core,
+            "smg_worker_selection_total",
+            worker_type="regular",
+            connection_mode="http",
+            model="fake-model",
+            policy="round_robin",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            core,
+            "smg_router_requests_total",
+            router_type="http",
+            backend_type="regular",
+            connection_mode="http",
+            model="fake-model",
+            endpoint="chat",
+            streaming="false",
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "code", "param"),
+    [
+        ("chat", [1, 2], "invalid_type", None),
+        ("chat", {"messages": []}, "missing_required_parameter", "model"),
+        ("chat", {"model": 5, "messages": []}, "invalid_type", "model"),
+        ("chat", {"model": "fake-model", "messages": "x"}, "invalid_type", "messages"),
+        ("chat", {"model": "fake-model", "messages": [], "stream": "yes"}, "invalid_type", "stream"),
+        ("chat", {"model": "fake-model", "messages": [], "max_tokens": "3"}, "invalid_type", "max_tokens"),
+        ("completions", {"model": "fake-model"}, "missing_required_parameter", "prompt"),
+        ("generate", {"text": 5}, "invalid_type", "text"),
+    ],
+)
+def test_bad_bodies_get_smgs_400s(endpoint, body, code, param):
+    core = make_core("--policy", "round_robin")
+    d = core.select(endpoint, {}, body)
+    assert (d.url, d.status, d.error_code, d.param) == (None, 400, code, param)
+
+
+def test_unknown_model_is_404_and_generate_without_model_routes():
+    core = make_core("--policy", "round_robin")
+    d = core.select("chat", {}, chat(model="nope"))
+    assert (d.status, d.error_code) == (404, "model_not_found")
+    d = core.select("generate", {}, {"text": "hi"})
+    assert d.url in W and d.model == "unknown"
+
+
+def test_overload_protection_leaves_overloaded_workers_out():
+    core = make_core("--policy", "round_robin")
+    core.record_load(W[0], {"loads": [{"num_waiting_reqs": 8}]}, 0.0)
+    core.record_load(W[1], {"loads": [{"token_usage": 0.8}]}, 0.0)
+    assert {core.select("chat", {}, chat()).url for _ in range(6)} == {W[2]}
+    core.record_load(W[2], {"loads": [{"num_waiting_reqs": 9}]}, 0.0)
+    d = core.select("chat", {}, chat())
+    assert d.url in W and d.branch == "overload_fallback"
+    assert sample(core, "smg_worker_overload_fallback_total", stage="selection") == 1
+
+
+def test_overload_shed_and_disable():
+    core = make_core("--policy", "round_robin", "--worker-overload-shed", workers=1)
+    core.record_load(W[0], {"loads": [{"num_waiting_reqs": 8}]}, 0.0)
+    d = core.select("chat", {}, chat())
+    assert (d.status, d.error_code) == (503, "worker_overload_protection_shed")
+    core = make_core("--policy", "round_robin", "--disable-worker-overload-protection", workers=1)
+    core.record_load(W[0], {"loads": [{"num_waiting_reqs": 80}]}, 0.0)
+    assert core.select("chat", {}, chat()).url == W[0]
+
+
+def test_circuit_breaker_opens_half_opens_and_closes():
+    core = make_core(
+        "--policy",
+        "round_robin",
+        "--cb-failure-threshold",
+        "2",
+        "--cb-timeout-duration-secs",
+        "5",
+        "--cb-success-threshold",
+        "1",
+        workers=2,
+    )
+    core.record_outcome(W[0], False, 0.0)
+    core.record_outcome(W[0], False, 0.0)
+    assert {core.select("chat", {}, chat()).url for _ in range(4)} == {W[1]}
+    assert sample(core, "smg_worker_cb_state", worker=W[0]) == 1
+    core.breaker_tick(5.0)
+    assert sample(core, "smg_worker_cb_state", worker=W[0]) == 2
+    core.record_outcome(W[0], True, 6.0)
+    assert sample(core, "smg_worker_cb_state", worker=W[0]) == 0
+    assert sample(core, "smg_worker_cb_transitions_total", worker=W[0], **{"from": "half_open", "to": "closed"}) == 1
+
+
+def test_health_transitions_ready_not_ready_failed_ready():
+    core = make_core("--policy", "round_robin", workers=1)
+    w = core.registry.get(W[0])
+    for i in range(3):
+        core.health_result(W[0], False, i)
+    assert w.status == "not_ready" and sample(core, "smg_worker_health", worker=W[0]) == 0
+    for i in range(6):
+        core.health_result(W[0], False, i)
+    assert w.status == "failed"
+    core.health_result(W[0], True, 10)
+    assert w.status == "failed"
+    core.health_result(W[0], True, 11)
+    assert w.ready and sample(core, "smg_worker_health", worker=W[0]) == 1
+
+
+@pytest.mark.parametrize("policy", ["random", "cache_aware", "manual", "power_of_two", "consistent_hashing"])
+def test_same_seed_same_decisions(policy):
+    def run(seed):
+        core = make_core("--policy", policy, seed=seed)
+        out = []
+        for i in range(40):
+            d, t = core.route(
+                "chat", {"x-smg-routing-key": f"k{i % 7}"} if i % 3 else {}, chat(f"{i % 5} prompt"), now=i * 0.1
+            )
+            core.finish(t, virtual_finish=i * 0.1 + 0.35)
+            out.append((d.url, d.branch))
+        return out
+
+    assert run(3) == run(3)

@@ -1,0 +1,138 @@
+"""cache_aware: tree match, spill gate (1.13.0 margin), expected-wait fallback, insertion, eviction, metrics."""
+
+import pytest
+
+from mock_gateway.policies.cache_aware import spill_margin
+from mock_gateway.testing import chat, make_core, sample, urls
+
+W = urls(3)
+LONG = "system prompt that every turn of this conversation shares " * 3
+
+
+def route(core, text, now=None):
+    return core.select("chat", {}, chat(text), now=now)
+
+
+def branch(core, name):
+    return sample(core, "smg_cache_aware_policy_branch_total", branch=name)
+
+
+def test_routing_text_joins_message_texts_with_single_spaces():
+    core = make_core("--policy", "cache_aware")
+    body = {
+        "model": "fake-model",
+        "messages": [
+            {"role": "system", "content": "abc"},
+            {"role": "user", "content": "defg"},
+            {"role": "assistant", "content": "hi"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "xy"}, {"type": "image_url"}, {"type": "text", "text": "z"}],
+            },
+        ],
+    }
+    d = core.select("chat", {}, body)
+    tree = core.policy.trees["fake-model"]
+    assert tree.match("abc defg hi xy z") == (16, [d.url])
+
+
+def test_first_request_falls_back_then_the_conversation_sticks():
+    core = make_core("--policy", "cache_aware")
+    first = route(core, LONG)
+    assert first.branch == "expected_wait_fallback"
+    for turn in range(5):
+        d = route(core, LONG + f" turn {turn}")
+        assert (d.url, d.branch) == (first.url, "tree_match")
+    assert branch(core, "tree_match") == 5
+
+
+def test_match_rate_must_exceed_the_threshold_strictly():
+    core = make_core("--policy", "cache_aware", "--cache-threshold", "0.5")
+    first = route(core, "aaaa")
+    core.begin(first)  # in-flight load makes the other workers preferable on a miss
+    d = route(core, "aaaabbbb")  # rate exactly 0.5: not a match
+    assert d.branch == "expected_wait_fallback" and d.url != first.url
+
+
+@pytest.mark.parametrize(("hot_load", "spills"), [(6, False), (7, True)])
+def test_spill_gate_matches_the_live_7_vs_6_experiment(hot_load, spills):
+    core = make_core("--policy", "cache_aware")
+    holder = route(core, LONG).url
+    for _ in range(hot_load):
+        core.begin(_decision_for(core, holder))
+    d = route(core, LONG)
+    assert (d.branch == "spill") is spills
+    assert (d.url != holder) is spills
+
+
+def _decision_for(core, url):
+    from mock_gateway.core import Decision
+
+    return Decision(url, "chat", "cache_aware")
+
+
+def test_spill_replicates_the_prefix_to_a_second_holder():
+    core = make_core("--policy", "cache_aware")
+    holder = route(core, LONG).url
+    for _ in range(7):
+        core.begin(_decision_for(core, holder))
+    spilled = route(core, LONG).url
+    assert spilled != holder
+    assert set(core.policy.trees["fake-model"].match(LONG)[1]) == {holder, spilled}
+
+
+def test_spill_margin_formula():
+    assert spill_margin(7 / 3, 64) == 4.0
+    assert spill_margin(100, 64) == 20.0
+    assert spill_margin(100, 3) == 3
+    assert spill_margin(0, 64) == 4.0
+
+
+def test_misses_water_fill_by_expected_wait_with_since_poll_credit():
+    core = make_core("--policy", "cache_aware", "--load-monitor-interval", "10")
+    report = {"loads": [{"dp_rank": 0, "num_running_reqs": 0, "gen_throughput": 100.0}]}
+    for u in core.due_polls(0.0):
+        core.record_load(u, report, 0.0)
+    got = [route(core, chr(ord("a") + i) * 20, now=0.1).url for i in range(6)]  # no shared prefix
+    assert sorted(got[:3]) == sorted(W) and sorted(got[3:]) == sorted(W)  # each dispatch adds 10.24 s
+    assert all(core.registry.get(u).since_poll_tokens() == 2048 for u in W)
+    core.advance(10.0)
+    for u in core.due_polls(10.0):
+        core.record_load(u, report, 10.0)
+    assert all(core.registry.get(u).since_poll_tokens() == 0 for u in W)
+
+
+def test_reported_load_steers_misses_away_from_a_busy_worker():
+    core = make_core("--policy", "cache_aware")
+    for u in core.due_polls(0.0):
+        running = 50 if u == W[0] else 0
+        core.record_load(u, {"loads": [{"num_running_reqs": running, "gen_throughput": 1000.0}]}, 0.0)
+    assert all(route(core, chr(ord("a") + i) * 20, now=1.0).url != W[0] for i in range(10))
+
+
+def test_match_ratio_histogram():
+    core = make_core("--policy", "cache_aware")
+    route(core, LONG)
+    route(core, LONG)
+    assert sample(core, "smg_cache_aware_match_ratio_count") == 2
+    assert sample(core, "smg_cache_aware_match_ratio_bucket", le="0.0") == 1
+    assert sample(core, "smg_cache_aware_match_ratio_bucket", le="0.9") == 1
+
+
+def test_tree_is_trimmed_to_max_tree_size_on_the_eviction_clock():
+    core = make_core("--policy", "cache_aware", "--max-tree-size", "100", "--eviction-interval-secs", "5")
+    for i in range(10):
+        route(core, f"{i} " + "y" * 60, now=float(i))
+    tree = core.policy.trees["fake-model"]
+    assert tree.total_size() > 100
+    core.advance(5.0)
+    assert tree.total_size() <= 100
+    assert sample(core, "smg_cache_tree_chars", model="fake-model") == tree.total_size()
+
+
+def test_removed_worker_is_purged_from_the_tree():
+    core = make_core("--policy", "cache_aware")
+    holder = route(core, LONG).url
+    core.remove_worker(holder)
+    d = route(core, LONG)
+    assert d.url != holder and d.branch == "expected_wait_fallback"

@@ -1,0 +1,106 @@
+"""--routing-key-override: header before rid, lineage stripping, the per-key in-flight cap, delegate."""
+
+import pytest
+
+from mock_gateway.routing_key import strip_lineage
+from mock_gateway.testing import chat, make_core, sample, urls
+
+W = urls(3)
+
+
+def route(core, key=None, **body):
+    h = {"x-smg-routing-key": key} if key is not None else {}
+    return core.select("chat", h, chat(**body))
+
+
+@pytest.mark.parametrize(
+    ("raw", "stripped"),
+    [
+        ("conv_t2_r1", "conv"),
+        ("conv_t2", "conv"),
+        ("conv_r3", "conv"),
+        ("conv", "conv"),
+        ("_t1", "_t1"),
+        ("a_t1_t2", "a_t1"),
+        ("a_r1_r2", "a_r1"),
+        ("conv_tx", "conv_tx"),
+    ],
+)
+def test_strip_lineage(raw, stripped):
+    assert strip_lineage(raw) == stripped
+
+
+def test_header_beats_rid_and_sources_are_counted():
+    core = make_core("--policy", "round_robin", "--routing-key-override")
+    d = route(core, "other", rid="conv_t6")
+    assert d.key == "other" and d.branch == "vacant"
+    assert sample(core, "smg_routing_key_source_total", source="header") == 1
+    d2 = route(core, None, rid="conv_t7_r2")
+    assert d2.key == "conv" and d2.branch == "vacant"
+    assert route(core, None, rid="conv_t8").branch == "occupied_hit"
+    assert sample(core, "smg_routing_key_source_total", source="rid") == 2
+
+
+def test_unkeyed_requests_bypass_the_sticky_layer():
+    core = make_core("--policy", "round_robin", "--routing-key-override")
+    got = [route(core).url for _ in range(4)]
+    assert got == [W[0], W[1], W[2], W[0]]
+    assert sample(core, "smg_manual_policy_branch_total", branch="no_routing_id") == 0
+
+
+def test_cap_respill_after_two_in_flight_for_the_key():
+    """The spec's live trace: vacant->W2, hit W2, cap_respill->W3 (re-pinned), hit W3, cap_respill->W1."""
+    core = make_core("--policy", "round_robin", "--routing-key-override")
+    core.policy.inner.counter = 1  # round robin's next pick is W2
+    seq = []
+    for _ in range(5):
+        d = route(core, "s")
+        core.begin(d)
+        seq.append((d.url, d.branch))
+    assert seq == [
+        (W[1], "vacant"),
+        (W[1], "occupied_hit"),
+        (W[2], "cap_respill"),
+        (W[2], "occupied_hit"),
+        (W[0], "cap_respill"),
+    ]
+    assert core.policy.sticky.entries["s"].candidates[0] == W[0]
+
+
+def test_cap_respill_does_not_move_the_pin_to_a_worker_at_the_cap():
+    core = make_core("--policy", "random", "--routing-key-override", "--assignment-mode", "min_load", workers=1)
+    for _ in range(2):
+        core.begin(route(core, "s"))
+    d = route(core, "s")
+    assert d.branch == "cap_respill" and d.url == W[0]
+
+
+def test_delegate_pins_the_wrapped_policys_choice():
+    core = make_core("--policy", "cache_aware", "--routing-key-override")
+    same = "the very same long prompt " * 4
+    placed = {route(core, f"key{i}", text=same).url for i in range(10)}
+    assert len(placed) == 1  # cache_aware sent every new key to the holder, and the keys were pinned there
+    assert sample(core, "smg_manual_policy_branch_total", branch="vacant") == 10
+    assert sample(core, "smg_cache_aware_policy_branch_total", branch="tree_match") == 9
+
+
+def test_random_assignment_mode_overrides_delegate():
+    core = make_core("--policy", "cache_aware", "--routing-key-override", "--assignment-mode", "random", seed=3)
+    same = "the very same long prompt " * 4
+    placed = {route(core, f"key{i}", text=same).url for i in range(30)}
+    assert len(placed) == 3
+    assert sample(core, "smg_cache_aware_policy_branch_total", branch="tree_match") == 0
+
+
+def test_manual_and_consistent_hashing_are_not_wrapped():
+    core = make_core("--policy", "consistent_hashing", "--routing-key-override")
+    route(core, None, rid="conv_t1")
+    assert sample(core, "smg_routing_key_source_total", source="rid") == 0
+    core = make_core("--policy", "manual", "--routing-key-override")
+    assert route(core, None, rid="conv_t1").branch == "no_routing_id"
+
+
+def test_overlong_rid_is_ignored():
+    core = make_core("--policy", "round_robin", "--routing-key-override")
+    route(core, None, rid="r" * 129)
+    assert sample(core, "smg_routing_key_source_total", source="rid") == 0
