@@ -20,6 +20,11 @@ or does I/O. The model, in order of the arrival-time computation:
    the request waits until enough earlier requests finish: each finish frees its reservation and
    unlocks its prefix (their finish times are known), and the cache is trimmed as they finish
    (those evictions count in ``stats.evicted_tokens``, not in any request's timing).
+   The look-ahead counts each earlier request's unlock of its cached prefix as freed only if that
+   request is the prefix's sole holder *at this arrival*; a later arrival that shares and locks the
+   prefix before it is freed makes the promise stale, and KV in use then exceeds the pool for a while
+   (``stats.peak_kv_tokens`` shows it). Independent sessions never share a prefix, so this needs
+   concurrent requests with a common, otherwise unlocked prefix while the pool is full.
    A request whose prompt + output alone exceeds the pool is admitted alone once every earlier
    request has finished, after the whole unlocked cache is evicted; it runs over capacity (token
    usage > 1) and at its finish the cache keeps the most recent part of it that fits.
@@ -75,11 +80,14 @@ class Engine:
         # unfinished requests, sorted by (finish, submission order); parallel lists for bisect
         self._finishes: list[float] = []
         self._ctxs: list[float] = []
+        self._allocs: list[int] = []
         self._reqs: list[_Request] = []
         self._alloc_total = 0
         self._lane_free = _NEG_INF
         self._busy_until = _NEG_INF
         self._recent: deque[tuple[float, float, int]] = deque()  # committed (first_token, finish, output)
+        self._not_started: deque[tuple[float, int]] = deque()  # (start, alloc) in submission (= start) order
+        self._not_started_alloc = 0
 
     # ------------------------------------------------------------------ time
     @property
@@ -99,10 +107,18 @@ class Engine:
             self._commit()
         if now > self._now:
             self._now = now
+        pending = self._not_started
+        while pending and pending[0][0] <= now:
+            self._not_started_alloc -= pending.popleft()[1]
+
+    def used_tokens(self) -> int:
+        """KV in use now: locked cache plus the reservations of requests that have started."""
+        return self.cache.locked_tokens + self._alloc_total - self._not_started_alloc
 
     def _commit(self) -> None:
         del self._finishes[0]
         del self._ctxs[0]
+        del self._allocs[0]
         req = self._reqs.pop(0)
         cache = self.cache
         cache.unlock(req.node)
@@ -183,8 +199,21 @@ class Engine:
         finish = first + decode_time(lat, n_out, 1 + n - i, ctx) * cfg.slowdown
 
         j = bisect_right(finishes, finish)
+        if start > now:
+            self._not_started.append((start, alloc))
+            self._not_started_alloc += alloc
+        # KV held when this request starts: its own, the cache still locked then, and the earlier requests
+        # still running then (those finished by then have unlocked their prefixes)
+        k = bisect_right(finishes, start)
+        in_use = cache.locked_tokens + alloc + sum(self._allocs[k:])
+        if k:
+            pending: dict[Node, int] = {}
+            gain = cache.unlock_gain
+            for req in self._reqs[:k]:
+                in_use -= gain(req.node, pending)
         finishes.insert(j, finish)
         self._ctxs.insert(j, own_ctx)
+        self._allocs.insert(j, alloc)
         self._reqs.insert(j, _Request(now, start, first, finish, prompt, output, node, cached, alloc))
 
         st = self.stats
@@ -197,7 +226,6 @@ class Engine:
         if finish > busy_from:
             st.busy_time += finish - busy_from
             self._busy_until = finish
-        in_use = cache.locked_tokens + self._alloc_total
         if in_use > st.peak_kv_tokens:
             st.peak_kv_tokens = in_use
         return RequestTiming(
@@ -228,13 +256,11 @@ class Engine:
         """Load at ``now`` (commits finishes up to ``now`` first), in SGLang's terms."""
         self.advance(now)
         running = waiting = waiting_uncached = 0
-        running_alloc = 0
         lo = now - GEN_THROUGHPUT_WINDOW
         generated = 0.0
         for req in self._reqs:
             if req.start <= now:
                 running += 1
-                running_alloc += req.alloc
                 generated += _tokens_in_window(req.first_token, req.finish, len(req.output), lo, now)
             else:
                 waiting += 1
@@ -244,9 +270,15 @@ class Engine:
             recent.popleft()
         for first, finish, n_out in recent:
             generated += _tokens_in_window(first, finish, n_out, lo, now)
-        used = self.cache.locked_tokens + running_alloc
+        used = (
+            self.used_tokens()
+            if now >= self._now
+            else self.cache.locked_tokens + sum(r.alloc for r in self._reqs if r.start <= now)
+        )
         cap = self._capacity
         st = self.stats
+        if used > st.peak_kv_tokens:
+            st.peak_kv_tokens = used
         return EngineLoad(
             num_running_reqs=running,
             num_waiting_reqs=waiting,

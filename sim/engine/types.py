@@ -88,7 +88,7 @@ class EngineStats:
     cached_tokens: int = 0
     output_tokens: int = 0
     evicted_tokens: int = 0  # all evictions: at admissions and while requests waited for KV
-    peak_kv_tokens: int = 0  # peak of (resident cache + KV reserved by requests), i.e. KV in use
+    peak_kv_tokens: int = 0  # peak KV in use (locked cache + running requests' KV), at starts and load polls
     busy_time: float = 0.0  # time with at least one request admitted and unfinished (union of [start, finish])
     prefill_time: float = 0.0  # sum of prefill durations (the prefill lane's busy time)
     kv_wait_requests: int = 0  # requests whose start waited for KV to be freed by earlier requests
