@@ -531,9 +531,9 @@ class _Answer:
 
     def _time_of(self, end: int) -> float:
         t, n = self.timing, len(self.output_ids)
-        if n <= 1:
+        if n <= 1 or end >= n:
             return t.finish
-        return t.first_token + (t.finish - t.first_token) * (end - 1) / (n - 1)
+        return min(t.finish, t.first_token + (t.finish - t.first_token) * (end - 1) / (n - 1))
 
     def events(self) -> tuple[list[dict[str, Any]], list[float]]:
         r, core, t = self.req, self.core, self.timing

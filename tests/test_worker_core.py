@@ -1,0 +1,145 @@
+"""The pure worker core: token-in/token-out invariants, determinism, timelines, faults, input validation."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sim import tokenizer, vtime
+from sim.engine.types import WorkerConfig
+from sim.worker.core import Faults, WorkerCore
+
+words = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
+contents = st.lists(words, min_size=0, max_size=12).map(" ".join)
+roles = st.sampled_from(["system", "user", "assistant", "tool"])
+messages = st.lists(st.fixed_dictionaries({"role": roles, "content": contents}), min_size=1, max_size=6)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10)
+request_keys = st.sampled_from(["messages", "input_ids", "max_tokens", "stream", "text", "prompt", "sampling_params",
+                                "sim_time", "n", "logprobs", "stream_options", "return_prompt_token_ids"])
+
+
+def core(name: str = "w0", seed: int = 7, **kw) -> WorkerCore:
+    return WorkerCore(WorkerConfig(name=name, kv_capacity_tokens=kw.pop("kv", 50_000)), seed=seed, **kw)
+
+
+@given(messages, st.integers(1, 40))
+def test_prompt_plus_output_is_the_rendered_conversation(msgs, n):
+    reply = core().infer("chat", {"messages": msgs, "max_tokens": n, "return_prompt_token_ids": True,
+                                  "sim_time": 0.0})
+    assert reply.status == 200 and reply.body is not None
+    choice = reply.body["choices"][0]
+    out = [p[1] for p in choice["meta_info"]["output_token_logprobs"]]
+    assert len(out) == n == reply.body["usage"]["completion_tokens"]
+    answer = {"role": "assistant", "content": choice["message"]["content"]}
+    assert choice["prompt_token_ids"] + out == tokenizer.render([*msgs, answer], add_generation_prompt=False)
+
+
+@given(messages, st.integers(1, 40), st.integers(0, 2**32))
+def test_the_answer_depends_on_seed_and_prompt_only(msgs, n, seed):
+    body = {"messages": msgs, "max_tokens": n, "sim_time": 0.0}
+    a = core("w0", seed=seed).infer("chat", body).body
+    b = core("w9", seed=seed, kv=None, default_max_tokens=3).infer("chat", body).body
+    assert a is not None and b is not None
+    assert a["choices"][0]["message"] == b["choices"][0]["message"]
+    lp_a, lp_b = (x["choices"][0]["meta_info"]["output_token_logprobs"] for x in (a, b))
+    assert lp_a == lp_b
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(1, 30), st.integers(0, 3)), min_size=1, max_size=12))
+def test_timelines_are_ordered_and_reported_consistently(steps):
+    c, t = core(), 0.0
+    convo = [{"role": "user", "content": "start here"}]
+    for gap, n, route_i in steps:
+        t += gap
+        route = ("chat", "generate", "completions", "chat")[route_i]
+        body = ({"messages": convo, "max_tokens": n} if route == "chat" else
+                {"text": "some words", "sampling_params": {"max_new_tokens": n}} if route == "generate" else
+                {"prompt": "some words", "max_tokens": n})
+        reply = c.infer(route, {**body, "sim_time": t})
+        assert reply.status == 200 and reply.body is not None and reply.virtual
+        sim = reply.body["sim"]
+        assert sim["arrival"] == t
+        assert sim["arrival"] <= sim["start"] <= sim["first_token"] <= sim["finish"]
+        assert float(reply.headers[vtime.HEADER_FINISH]) == sim["finish"]
+        assert reply.headers[vtime.HEADER_WORKER] == "w0"
+        usage = reply.body["meta_info"] if route == "generate" else reply.body["usage"]
+        assert 0 <= sim["cached_tokens"] < usage["prompt_tokens"]
+
+
+@given(messages, st.integers(1, 80), st.sampled_from(["chat", "completions", "generate"]))
+def test_a_stream_carries_the_same_answer_as_the_json_body(msgs, n, route):
+    if route == "chat":
+        body = {"messages": msgs, "max_tokens": n}
+    elif route == "completions":
+        body = {"prompt": "a b c", "max_tokens": n}
+    else:
+        body = {"text": "a b c", "sampling_params": {"max_new_tokens": n}}
+    plain = core().infer(route, {**body, "sim_time": 0.0}).body
+    streamed = core().infer(route, {**body, "stream": True, "stream_options": {"include_usage": True},
+                                    "sim_time": 0.0})
+    assert plain is not None and streamed.events is not None
+    assert len(streamed.events) == len(streamed.event_times)
+    assert streamed.event_times == sorted(streamed.event_times)
+    assert streamed.event_times[-1] == plain["sim"]["finish"]
+    if route == "generate":
+        assert streamed.events[-1]["text"] == plain["text"]
+        assert streamed.events[-1]["output_ids"] == plain["output_ids"]
+    else:
+        key = "delta" if route == "chat" else None
+        text = "".join((e["choices"][0][key].get("content", "") if key else e["choices"][0]["text"])
+                       for e in streamed.events if e["choices"])
+        expected = plain["choices"][0]["message"]["content"] if route == "chat" else plain["choices"][0]["text"]
+        assert text == expected
+        assert streamed.events[-1]["usage"] == plain["usage"]
+
+
+@given(st.dictionaries(request_keys, json_values, max_size=6), st.sampled_from(["chat", "completions", "generate"]))
+def test_any_json_body_gets_a_2xx_or_4xx_never_an_exception(body, route):
+    reply = core().infer(route, body)
+    assert reply.status == 200 or 400 <= reply.status < 500
+    json.dumps(reply.body if reply.body is not None else reply.events)
+    if reply.status != 200:
+        assert isinstance(reply.body["message"], str)
+
+
+@given(st.integers(0, 1000), st.floats(0.05, 0.95))
+def test_faults_are_deterministic_for_seed_and_worker(seed, rate):
+    def statuses() -> list[int]:
+        c = core(seed=seed, faults=Faults(fail_rate=rate, rollback_fail_rate=rate))
+        return [c.infer("chat", {"input_ids": [1, 2, 3 + i], "max_tokens": 2, "sim_time": float(i)}).status
+                for i in range(16)]
+
+    first = statuses()
+    assert first == statuses()
+    assert set(first) <= {200, 400, 500}
+
+
+def test_rollback_fault_spares_requests_without_input_ids():
+    c = core(faults=Faults(rollback_fail_rate=1.0))
+    assert c.infer("chat", {"messages": [{"role": "user", "content": "x"}], "sim_time": 0.0}).status == 200
+    r = c.infer("chat", {"input_ids": [1, 5, 7], "sim_time": 0.0})
+    assert r.status == 400
+    assert "rollback failed" in r.body["message"]
+
+
+def test_fault_updates_are_partial_and_all_or_nothing():
+    c = core()
+    assert c.update_faults({"fail_rate": 0.25})[0] == 200
+    assert c.update_faults({"slowdown": 2})[1] == {**Faults().as_dict(), "fail_rate": 0.25, "slowdown": 2.0}
+    status, _ = c.update_faults({"unhealthy": True, "fail_rate": 7})
+    assert status == 400
+    assert c.faults.unhealthy is False and c.faults.fail_rate == 0.25
+
+
+def test_failed_requests_leave_the_cache_untouched():
+    c = core(faults=Faults(fail_rate=1.0))
+    body = {"messages": [{"role": "user", "content": "a b c d"}], "max_tokens": 3, "sim_time": 0.0}
+    assert c.infer("chat", body).status == 500
+    c.faults = Faults()
+    assert c.infer("chat", {**body, "sim_time": 1.0}).body["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert c.engine.stats.requests == 1
