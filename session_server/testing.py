@@ -142,3 +142,32 @@ class FakeRouter:
                                  "body": body}, status_code=200)
 
         return app
+
+
+def noop_answer(body: Any) -> dict[str, Any]:
+    """The cheapest valid chat answer: prompt = ``input_ids`` (or the rendered messages), one ``<|im_end|>``."""
+    prompt = body.get("input_ids") if isinstance(body, dict) else None
+    if not isinstance(prompt, list):
+        prompt = tok.render(body.get("messages") or []) if isinstance(body, dict) else []
+    return {
+        "id": "chatcmpl-noop", "object": "chat.completion", "model": "noop",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop",
+                     "prompt_token_ids": prompt,
+                     "meta_info": {"output_token_logprobs": [[0.0, tok.IM_END, None]], "completion_tokens": 1}}],
+        "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": len(prompt) + 1},
+    }
+
+
+def noop_app() -> FastAPI:
+    """A no-op upstream for the benchmark (``uvicorn --factory session_server.testing:noop_app``)."""
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        return JSONResponse(noop_answer(json.loads(await request.body())))
+
+    return app

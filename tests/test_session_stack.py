@@ -74,7 +74,7 @@ def process(args: list[str], ready_url: str, log_path: Path) -> Iterator[procs.P
         procs.wait_http(ready_url, timeout=60, proc=proc.popen)
         yield proc
     finally:
-        proc.stop()
+        proc.stop(timeout=2)  # smg's graceful shutdown lingers ~5 s; SIGKILL after 2 s keeps tests short
 
 
 def _mock_gateway_ready() -> bool:
