@@ -345,11 +345,16 @@ def test_unhealthy_fault_turns_health_to_503(w):
 
 
 def test_slowdown_stretches_the_modelled_timeline():
-    with worker() as fast, worker(make_core(faults=Faults(slowdown=3.0))) as slow:
+    with worker() as fast, worker() as slow:
+        assert slow.post("/admin/faults", json={"slowdown": 3.0}).status_code == 200
         a = chat(fast, [USER], max_tokens=20, sim_time=0.0).json()["sim"]
         b = chat(slow, [USER], max_tokens=20, sim_time=0.0).json()["sim"]
+        assert slow.post("/admin/faults", json={"slowdown": 1.0}).status_code == 200
+        c = chat(slow, [SYSTEM], max_tokens=20, sim_time=10.0).json()["sim"]
+        d = chat(fast, [SYSTEM], max_tokens=20, sim_time=10.0).json()["sim"]
     assert b["finish"] - b["arrival"] == pytest.approx(3 * (a["finish"] - a["arrival"]))
     assert b["first_token"] - b["arrival"] == pytest.approx(3 * (a["first_token"] - a["arrival"]))
+    assert c["finish"] - c["arrival"] == pytest.approx(d["finish"] - d["arrival"])
 
 
 def test_exit_fault_stops_the_server():

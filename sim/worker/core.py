@@ -81,8 +81,8 @@ def error_body(message: str, status: int, param: str | None = None) -> dict[str,
 
 @dataclass
 class Faults:
-    """Fault knobs. Rates are shares of inference requests in [0, 1]; ``slowdown`` >= 1 stretches
-    every modelled duration of a request (runtime knob, on top of ``WorkerConfig.slowdown``)."""
+    """Fault knobs. Rates are shares of inference requests in [0, 1]; ``slowdown`` >= 1 multiplies
+    every modelled duration from now on (a runtime knob on top of ``WorkerConfig.slowdown``)."""
 
     fail_rate: float = 0.0  # answer 500 without serving
     rollback_fail_rate: float = 0.0  # answer 400 "rollback failed" to requests that carry input_ids
@@ -209,6 +209,7 @@ class WorkerCore:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
         self._scrape_now = 0.0
+        self._apply_slowdown()
 
     # ---- time -------------------------------------------------------------------------------
 
@@ -277,7 +278,14 @@ class WorkerCore:
                 return 400, error_body(f"{key} must be a boolean", 400, key)
             setattr(new, key, value)
         self.faults = new
+        self._apply_slowdown()
         return 200, new.as_dict()
+
+    def _apply_slowdown(self) -> None:
+        """The ``slowdown`` fault multiplies the engine's own slowdown, so queueing feels it too."""
+        want = self.config.slowdown * self.faults.slowdown
+        if self.engine.config.slowdown != want:
+            self.engine.config = dataclasses.replace(self.engine.config, slowdown=want)
 
     # ---- load reporting -----------------------------------------------------------------------
 
@@ -419,7 +427,6 @@ class WorkerCore:
             timing = self.engine.submit(t, req.prompt_ids, output_ids)
         except ValueError as e:
             return _bad(f"the worker cannot admit this request: {e}")
-        timing = self._stretch(timing)
         self._count += 1
         logprobs = _logprobs(rseed, len(output_ids))
         headers.update({
@@ -430,15 +437,6 @@ class WorkerCore:
             events, times = ctx.events()
             return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual)
         return Reply(200, body=ctx.body(), headers=headers, timing=timing, virtual=virtual)
-
-    def _stretch(self, timing: RequestTiming) -> RequestTiming:
-        """Apply the runtime ``slowdown`` fault: every duration measured from arrival grows by the factor."""
-        k = self.faults.slowdown
-        if k == 1.0:
-            return timing
-        a = timing.arrival
-        return dataclasses.replace(timing, start=a + (timing.start - a) * k,
-                                   first_token=a + (timing.first_token - a) * k, finish=a + (timing.finish - a) * k)
 
     def sim_object(self, timing: RequestTiming) -> dict[str, Any]:
         return {"arrival": timing.arrival, "start": timing.start, "first_token": timing.first_token,
