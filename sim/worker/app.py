@@ -97,6 +97,10 @@ def create_app(
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         return _error(400, f"invalid request: {exc.errors()}")
 
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception) -> Response:  # a bug, but still a JSON answer
+        return _error(500, f"internal error in mock worker {core.name}: {type(exc).__name__}: {exc}")
+
     async def read_json(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None:

@@ -421,6 +421,7 @@ class WorkerCore:
             self.failed_requests += 1
             return Reply(400, error_body(ROLLBACK_FAILED_MESSAGE, 400, "input_ids"), headers=headers, virtual=virtual)
 
+        self._apply_slowdown()  # also when a caller set ``core.faults`` directly
         rseed = tokenizer.request_seed(self.seed, req.prompt_ids)
         text, output_ids = tokenizer.synth_answer(rseed, req.max_tokens)
         try:
