@@ -138,7 +138,8 @@ async def run_sessions(ss_url: str, n: int, turns: int, salt: int = 0) -> list[d
             assert len(view["records"]) == k + 1
             accumulated.append(view["metadata"]["accumulated_token_ids"])
             tool_text = tok.synth_text(10**6 * (salt + 1) + 100 * i + k, 15)
-            messages = [*messages, choice["message"], {"role": "tool", "content": tool_text, "tool_call_id": f"call{k}"}]
+            tool = {"role": "tool", "content": tool_text, "tool_call_id": f"call{k}"}
+            messages = [*messages, choice["message"], tool]
         assert (await ac.delete(f"/sessions/{sid}")).status_code == 204
         return {"sid": sid, "workers": workers_seen, "cached": cached, "accumulated": accumulated}
 
@@ -218,3 +219,74 @@ def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
             assert branches.get("no_routing_id") == n * t
             assert branches.get("vacant", 0) == 0 and branches.get("occupied_hit", 0) == 0
             assert not entries
+
+
+# --- the same logic in-process: http and direct give identical results ----------------------------------
+
+
+def scripted_agent(create, turn, view, n_sessions: int = 3, turns: int = 5) -> list:
+    """Sessions with tool results, one agent retry (rollback) and sim_time; returns everything observed."""
+    observed = []
+    t = 0.0
+    for i in range(n_sessions):
+        sid = create()
+        messages = [SYSTEM, {"role": "user", "content": tok.synth_text(7000 + i, 12)}]
+        for k in range(turns):
+            t += 0.5
+            status, body = turn(sid, {"model": MODEL, "messages": messages, "max_tokens": 4 + k, "sim_time": t})
+            observed.append((sid, k, status, body))
+            if status != 200:
+                continue
+            reply = body["choices"][0]["message"]
+            if k == 2:  # the agent throws this answer away and retries the turn with another tool result
+                messages = [*messages[:-1], {"role": "tool", "content": "retry " + tok.synth_text(k, 5),
+                                             "tool_call_id": "r"}]
+            else:
+                messages = [*messages, reply, {"role": "tool", "content": tok.synth_text(100 * i + k, 8),
+                                               "tool_call_id": f"c{k}"}]
+        observed.append(view(sid))
+    return observed
+
+
+def test_http_and_direct_paths_give_identical_results():
+    seed = 11
+
+    def fresh_worker() -> WorkerCore:
+        core = WorkerCore(WorkerConfig(name="w0"), model_name=MODEL, seed=5)
+        core.faults.rollback_fail_rate = 0.5
+        return core
+
+    # direct: the core with an in-process worker, no HTTP anywhere
+    from session_server.core import SessionCore, UpstreamResponse
+
+    worker = fresh_worker()
+    core = SessionCore(session_id_seed=seed)
+
+    def upstream(req):
+        reply = worker.infer("chat", req.json)
+        return UpstreamResponse(reply.status, reply.headers, data=reply.body)
+
+    def direct_turn(sid, body):
+        r = core.run_turn(sid, body, {}, upstream)
+        return r.status, r.body
+
+    direct = scripted_agent(lambda: core.create_session(0.0), direct_turn, core.get_view)
+
+    # http: session server -> mock worker over loopback
+    worker = fresh_worker()
+    with procs.ThreadServer(worker_app(worker)) as w, session_server(w.url, session_id_seed=seed) as ss, \
+            httpx.Client(base_url=ss, timeout=30, trust_env=False) as c:
+        def http_turn(sid, body):
+            r = c.post(f"/sessions/{sid}/v1/chat/completions", json=body)
+            return r.status_code, r.json()
+
+        over_http = scripted_agent(lambda: c.post("/sessions").json()["session_id"], http_turn,
+                                   lambda sid: c.get(f"/sessions/{sid}").json())
+
+    assert over_http == direct
+    statuses = [o[2] for o in direct if isinstance(o, tuple)]
+    assert statuses.count(200) == len(statuses)  # rollback faults were all recovered by the retry
+    retried = [r for v in direct if isinstance(v, dict) for r in v["records"] if "input_ids" not in r["request"]]
+    assert len(retried) > 3  # first turns plus retried turns
+    views = [v for v in direct if isinstance(v, dict)]
+    assert [len(v["records"]) for v in views] == [4, 4, 4]  # 5 turns, one of them rolled back by the agent
