@@ -7,6 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 
@@ -40,9 +43,6 @@ def sample(core: GatewayCore, name: str, **labels: str) -> float:
 def fake_worker_app(name: str, model: str = MODEL, state: dict | None = None):
     """A tiny SGLang-like worker: registration endpoints, inference echo, /v1/loads; ``state`` controls
     failures (``health_status``, ``status``, ``delay``, ``loads``) and records ``requests`` (path, headers, body)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-
     st = state if state is not None else {}
     st.setdefault("requests", [])
     app = FastAPI()

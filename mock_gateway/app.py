@@ -1,0 +1,329 @@
+"""The FastAPI adapter of the mock gateway: parse, ask ``GatewayCore``, proxy with httpx, relay.
+
+Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/generate`` (streams relayed);
+``GET /health``, ``/liveness``, ``/readiness``, ``/v1/models``, ``/workers``; ``POST /workers``,
+``DELETE /workers/{id}``. Prometheus metrics are served on ``--prometheus-host:--prometheus-port``.
+
+Time: a body with ``sim_time`` puts the request on the virtual clock (DESIGN.md): the core's clock
+moves to it, due load polls are fetched with ``?sim_time=`` before routing, and the request stays in
+flight until the worker's ``x-sim-finish``. Otherwise the wall clock (seconds since start) is used,
+in-flight ends with the response, and a background ticker runs the timers and load polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from mock_gateway import health, load_monitor, upstream
+from mock_gateway.config import GatewayConfig
+from mock_gateway.core import Decision, GatewayCore
+from sim import vtime
+
+log = logging.getLogger("mock_gateway")
+ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/generate": "generate"}
+
+
+def error(
+    status: int, code: str, message: str, param: str | None = None, type_: str = "invalid_request_error"
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+    )
+
+
+def worker_id(url: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, url))
+
+
+class Gateway:
+    """Runtime state around the core: HTTP client, clocks, background tasks."""
+
+    def __init__(self, config: GatewayConfig, core: GatewayCore | None = None) -> None:
+        self.config = config
+        self.core = core or GatewayCore(config, now=0.0)
+        self.t0 = time.monotonic()
+        self.mode: str | None = None  # "live" or "virtual", set by the first inference request
+        self.jitter = random.Random(config.seed)  # retry jitter, apart from the routing RNG
+        self.client: httpx.AsyncClient | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.metrics_server: Any = None
+
+    def live_now(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def start(self, serve_metrics: bool) -> None:
+        cfg = self.config
+        self.client = httpx.AsyncClient(
+            trust_env=False,
+            timeout=cfg.request_timeout_secs,
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+        self.client._headers = httpx.Headers({})  # the setter re-adds httpx defaults; SMG sends no user-agent
+        if serve_metrics:
+            from prometheus_client import start_http_server
+
+            self.metrics_server, _ = start_http_server(
+                cfg.prometheus_port, addr=cfg.prometheus_host, registry=self.core.metrics.registry
+            )
+        self.spawn(self.register(cfg.worker_urls))
+        if not cfg.disable_health_check:
+            self.spawn(health.health_loop(self.core, self.client))
+        self.spawn(load_monitor.live_loop(self.core, self.client, self.live_now, lambda: self.mode == "live"))
+
+    def spawn(self, coro) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def register(self, urls: list[str]) -> None:
+        assert self.client is not None
+        await health.register_workers(
+            self.core,
+            self.client,
+            urls,
+            max(self.config.worker_startup_check_interval, 0.05),
+            self.config.worker_startup_timeout_secs,
+        )
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.client is not None:
+            await self.client.aclose()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+
+    # -- inference -------------------------------------------------------------------------------
+    async def proxy(self, request: Request, path: str) -> Response:
+        endpoint = ROUTES[path]
+        m = self.core.metrics
+        m.http_requests.labels(method="POST", path=path).inc()
+        resp = await self._proxy(request, path, endpoint)
+        code = ""
+        if resp.status_code >= 400 and isinstance(resp, JSONResponse):
+            with contextlib.suppress(Exception):
+                code = json.loads(bytes(resp.body)).get("error", {}).get("code") or ""
+        m.http_responses.labels(path=path, status_code=str(resp.status_code), error_code=code).inc()
+        return resp
+
+    async def _proxy(self, request: Request, path: str, endpoint: str) -> Response:
+        core, cfg, m = self.core, self.config, self.core.metrics
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_payload_size:
+            return error(413, "payload_too_large", f"Request body exceeds {cfg.max_payload_size} bytes")
+        raw = await request.body()
+        if len(raw) > cfg.max_payload_size:
+            return error(413, "payload_too_large", f"Request body exceeds {cfg.max_payload_size} bytes")
+        if "json" not in request.headers.get("content-type", ""):
+            return error(400, "json_parse_error", "Missing Content-Type: application/json header")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            return error(400, "invalid_json", f"JSON syntax error: Failed to parse the request body as JSON: {e}")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        sim_t = vtime.request_time(body) if isinstance(body, dict) else None
+        virtual = sim_t is not None
+        if self.mode is None:
+            self.mode = "virtual" if virtual else "live"
+        now = sim_t if sim_t is not None else self.live_now()
+        core.advance(now)
+        urls = core.due_polls(core.clock)
+        if urls:
+            assert self.client is not None
+            await load_monitor.poll(core, self.client, urls, core.clock, virtual=virtual)
+        core.breaker_tick(time.monotonic())
+        rid = upstream.request_id(headers, endpoint) if endpoint in upstream.REQUEST_ID_PREFIX else ""
+        attempts = cfg.max_attempts
+        last: Response | None = None
+        for attempt in range(attempts):
+            d = core.select(endpoint, headers, body, now=core.clock, attempt=attempt)
+            if d.url is None:
+                if last is not None:
+                    break
+                return self._refusal(d)
+            result = await self._attempt(d, path, endpoint, headers, body, rid, virtual)
+            if not isinstance(result, tuple):
+                return result
+            last, retryable = result
+            if not retryable or attempt + 1 >= attempts:
+                break
+            m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
+            delay = upstream.backoff(attempt + 1, cfg, self.jitter)
+            m.retry_backoff.labels(attempt=str(attempt + 1)).observe(delay)
+            await asyncio.sleep(delay)
+        if attempts > 1:
+            m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
+        assert last is not None
+        return last
+
+    def _refusal(self, d: Decision) -> Response:
+        if d.status == 503:
+            self.core.metrics.upstream_responses.labels(
+                router_type="http", status_code="503", error_code=d.error_code or ""
+            ).inc()
+            return error(503, d.error_code or "no_available_workers", d.message, type_="service_unavailable")
+        return error(d.status, d.error_code or "invalid_request", d.message, d.param)
+
+    async def _attempt(
+        self, d: Decision, path: str, endpoint: str, headers: dict[str, str], body: dict, rid: str, virtual: bool
+    ) -> Response | tuple[Response, bool]:
+        """One send. Returns the client's response, or (response, retryable) for a failed attempt."""
+        core, cfg, m = self.core, self.config, self.core.metrics
+        assert self.client is not None and d.url is not None
+        ticket = core.begin(d)
+        payload = json.dumps(upstream.with_defaults(endpoint, body)).encode()
+        req = self.client.build_request(
+            "POST", f"{d.url}{path}", content=payload, headers=upstream.forward_headers(headers, cfg.api_key)
+        )
+        try:
+            resp = await self.client.send(req, stream=True)
+        except httpx.HTTPError as e:
+            core.finish(ticket)
+            core.record_outcome(d.url, False, time.monotonic())
+            m.worker_errors.labels(worker_type="regular", connection_mode="http", error_type="backend_error").inc()
+            m.upstream_responses.labels(
+                router_type="http", status_code="500", error_code="call_upstream_connection_failed"
+            ).inc()
+            return error(
+                500, "call_upstream_connection_failed", f"Failed to call upstream {d.url}: {e}", type_="server_error"
+            ), True
+        vf = vtime.finish_time(resp.headers) if virtual else None
+        out_headers = upstream.response_headers(resp.headers, d.url, rid)
+        status = resp.status_code
+        m.upstream_responses.labels(router_type="http", status_code=str(status), error_code="").inc()
+        if status in upstream.RETRYABLE_STATUSES:
+            content = await resp.aread()
+            await resp.aclose()
+            core.finish(ticket, virtual_finish=vf)
+            if status not in upstream.BREAKER_NEUTRAL:
+                core.record_outcome(d.url, False, time.monotonic())
+            return Response(content, status_code=status, headers=out_headers), True
+        core.record_outcome(d.url, status < 500, time.monotonic())
+        if d.stream and status == 200:
+            return StreamingResponse(
+                self._relay(resp, ticket, vf),
+                status_code=status,
+                headers=out_headers,
+                media_type=resp.headers.get("content-type", "text/event-stream"),
+            )
+        try:
+            content = await resp.aread()
+        finally:
+            await resp.aclose()
+            core.finish(ticket, virtual_finish=vf)
+        return Response(content, status_code=status, headers=out_headers)
+
+    async def _relay(self, resp: httpx.Response, ticket, vf: float | None) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            await resp.aclose()
+            self.core.finish(ticket, virtual_finish=vf)
+
+    # -- control plane ---------------------------------------------------------------------------
+    def workers_json(self) -> dict:
+        out = []
+        for w in self.core.registry:
+            out.append(
+                {
+                    "id": worker_id(w.url),
+                    "url": w.url,
+                    "model_id": w.model,
+                    "worker_type": "regular",
+                    "connection_mode": "http",
+                    "is_healthy": w.ready,
+                    "status": w.status,
+                    "load": w.load,
+                    "circuit_breaker": w.breaker.state,
+                }
+            )
+        return {"workers": out, "total": len(out)}
+
+
+def create_app(config: GatewayConfig, core: GatewayCore | None = None, serve_metrics: bool = False) -> FastAPI:
+    """The gateway app; background registration, health checks and the live ticker run in its lifespan."""
+    gw = Gateway(config, core)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gw.start(serve_metrics)
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(title="mock SMG gateway", lifespan=lifespan)
+    app.state.gateway = gw
+
+    for path in ROUTES:
+
+        async def handler(request: Request, _path: str = path) -> Response:
+            return await gw.proxy(request, _path)
+
+        app.add_api_route(path, handler, methods=["POST"])
+
+    @app.get("/health")
+    @app.get("/liveness")
+    async def alive() -> Response:
+        return PlainTextResponse("OK")
+
+    @app.get("/readiness")
+    async def readiness() -> Response:
+        total = len(gw.core.registry)
+        healthy = sum(1 for w in gw.core.registry if w.ready)
+        if healthy:
+            return JSONResponse({"status": "ready", "healthy_workers": healthy, "total_workers": total})
+        return JSONResponse({"status": "not ready", "reason": "insufficient healthy workers"}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": mid, "object": "model", "created": 0, "owned_by": "self_hosted"} for mid in gw.core.models()
+                ],
+            }
+        )
+
+    @app.get("/workers")
+    async def list_workers() -> Response:
+        return JSONResponse(gw.workers_json())
+
+    @app.post("/workers")
+    async def add_worker(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "invalid_json", "JSON syntax error")
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return error(400, "invalid_type", "'url' must be an http(s) URL", "url")
+        url = url.rstrip("/")
+        gw.spawn(gw.register([url]))
+        return JSONResponse({"status": "accepted", "worker_id": worker_id(url), "url": url}, status_code=202)
+
+    @app.delete("/workers/{wid:path}")
+    async def delete_worker(wid: str) -> Response:
+        for w in gw.core.registry:
+            if wid in (worker_id(w.url), w.url):
+                gw.core.remove_worker(w.url)
+                return JSONResponse({"status": "accepted", "worker_id": worker_id(w.url)}, status_code=202)
+        return error(404, "worker_not_found", f"Worker {wid} not found")
+
+    return app

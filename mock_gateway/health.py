@@ -1,0 +1,91 @@
+"""Worker registration (SMG's workflow, reduced to what the mock needs) and the periodic health checker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+
+from mock_gateway.core import GatewayCore
+
+log = logging.getLogger("mock_gateway")
+
+
+async def discover_model(client: httpx.AsyncClient, url: str, timeout: float) -> str | None:
+    """The worker's model id if it is registrable now (``/health`` 2xx and backend detected), else None.
+
+    Model id: ``server_info.served_model_name`` > ``/v1/models data[0].id`` > ``model_path`` > ``"unknown"``.
+    """
+    try:
+        r = await client.get(f"{url}/health", timeout=timeout)
+        if not r.is_success:
+            return None
+        served = models_id = path = None
+        detected = False
+        r = await client.get(f"{url}/v1/models", timeout=timeout)
+        if r.is_success:
+            data = (r.json() or {}).get("data") or []
+            if data and isinstance(data[0], dict):
+                models_id = data[0].get("id")
+                path = data[0].get("root")
+                detected = data[0].get("owned_by") in ("sglang", "nvidia")
+        r = await client.get(f"{url}/server_info", timeout=timeout)
+        if r.status_code == 404:
+            r = await client.get(f"{url}/get_server_info", timeout=timeout)
+        if r.is_success:
+            detected = True
+            info = r.json() or {}
+            served = info.get("served_model_name")
+            path = info.get("model_path") or path
+        if not detected:
+            return None
+        return served or models_id or path or "unknown"
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
+async def register_workers(
+    core: GatewayCore,
+    client: httpx.AsyncClient,
+    urls: list[str],
+    interval: float,
+    timeout_secs: float,
+    on_added: Callable[[str], None] | None = None,
+) -> None:
+    """Probe pending workers in rounds (concurrently); add those ready in a round in the given order."""
+    pending = list(dict.fromkeys(urls))
+    deadline = time.monotonic() + timeout_secs
+    while pending and time.monotonic() < deadline:
+        models = await asyncio.gather(*(discover_model(client, u, 5.0) for u in pending))
+        for url, model in zip(pending, models, strict=True):
+            if model is not None:
+                core.add_worker(url, model)
+                if on_added:
+                    on_added(url)
+                log.info("worker %s registered (model %s)", url, model)
+        pending = [u for u, m in zip(pending, models, strict=True) if m is None]
+        if pending:
+            await asyncio.sleep(interval)
+
+
+async def health_loop(core: GatewayCore, client: httpx.AsyncClient) -> None:
+    """Probe every worker's ``--health-check-endpoint`` each ``--health-check-interval-secs``."""
+    cfg = core.config
+    while True:
+        await asyncio.sleep(max(cfg.health_check_interval_secs, 0.05))
+        urls = core.registry.urls()
+
+        async def probe(u: str) -> bool:
+            try:
+                r = await client.get(f"{u}{cfg.health_check_endpoint}", timeout=cfg.health_check_timeout_secs)
+                return r.is_success
+            except httpx.HTTPError:
+                return False
+
+        results = await asyncio.gather(*(probe(u) for u in urls))
+        now = time.monotonic()
+        for u, ok in zip(urls, results, strict=True):
+            core.health_result(u, ok, now)
