@@ -1,0 +1,110 @@
+"""What ``run``, ``compare`` and ``sweep`` share: scenario options, parallel execution with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sim.runner import run_setup
+from sim.transports.pool import Setup
+from sim.workload import Scenario, ScenarioError, load_scenario, plan_sessions, planned_requests
+
+_progress_queue: Any = None
+PROGRESS_EVERY = 25
+
+
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default="default", help="built-in scenario name or a TOML file (default: default)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for the workload, gateway, session ids and workers (default: the scenario's)")
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    s = load_scenario(args.scenario)
+    if args.seed is not None:
+        s = s.replace(seed=args.seed)
+    return s
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _init_child(q: Any) -> None:
+    global _progress_queue
+    _progress_queue = q
+
+
+def _run_child(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    count = 0
+
+    def tick(_rec: Any) -> None:
+        nonlocal count
+        count += 1
+        if count % PROGRESS_EVERY == 0 and _progress_queue is not None:
+            _progress_queue.put(PROGRESS_EVERY)
+
+    row = run_setup(setup, transport, on_request=tick, **kwargs)
+    if _progress_queue is not None:
+        _progress_queue.put(count % PROGRESS_EVERY)
+    return row
+
+
+def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Console,
+             kwargs: dict[str, Any] | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+             show_progress: bool = True) -> list[dict[str, Any]]:
+    """Run every setup (``jobs`` at a time in worker processes); rows come back in ``setups`` order."""
+    kwargs = kwargs or {}
+    total = sum(planned_requests(plan_sessions(s.scenario)) for s in setups)
+    rows: list[dict[str, Any] | None] = [None] * len(setups)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("requests"), TimeElapsedColumn(), console=console, transient=True,
+                        disable=not show_progress)
+    if jobs <= 1 or len(setups) <= 1:
+        with progress:
+            task = progress.add_task(f"{len(setups)} runs", total=total)
+            for i, s in enumerate(setups):
+                progress.update(task, description=f"run {i + 1}/{len(setups)}: {s.label}")
+                rows[i] = run_setup(s, transport, on_request=lambda _r: progress.advance(task), **kwargs)
+                if on_row:
+                    on_row(rows[i])  # type: ignore[arg-type]
+        return rows  # type: ignore[return-value]
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=min(jobs, len(setups)), mp_context=ctx, initializer=_init_child,
+                             initargs=(q,)) as pool:
+        futures: list[Future] = [pool.submit(_run_child, s, transport, kwargs) for s in setups]
+        done = 0
+        with progress:
+            task = progress.add_task(f"{len(setups)} runs, {jobs} at a time", total=total)
+            pending = set(range(len(futures)))
+            while pending:
+                with contextlib.suppress(queue.Empty):
+                    progress.advance(task, q.get(timeout=0.2))
+                for i in sorted(pending):
+                    f = futures[i]
+                    if f.done():
+                        pending.discard(i)
+                        rows[i] = f.result()
+                        done += 1
+                        progress.update(task, description=f"{done}/{len(setups)} runs done")
+                        if on_row:
+                            on_row(rows[i])  # type: ignore[arg-type]
+    return rows  # type: ignore[return-value]
+
+
+def fail(msg: str) -> int:
+    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    return 2
+
+
+__all__ = ["ScenarioError", "add_scenario_args", "default_jobs", "fail", "run_many", "scenario_from_args"]

@@ -1,0 +1,232 @@
+"""Results files, the console table, the Markdown report and the plots of a ``compare`` (or ``run``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from sim.runner import public
+
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # key, header, format
+    ("kv_reuse", "kv_reuse", "{:.3f}"),
+    ("oracle_reuse", "oracle", "{:.3f}"),
+    ("eligible_reuse", "eligible", "{:.3f}"),
+    ("stickiness", "sticky", "{:.2f}"),
+    ("prefill_tokens", "prefill Mtok", "mtok"),
+    ("ttft_p50", "ttft p50 s", "{:.3f}"),
+    ("ttft_p99", "ttft p99 s", "{:.3f}"),
+    ("e2e_p50", "e2e p50 s", "{:.2f}"),
+    ("makespan", "makespan s", "{:.1f}"),
+    ("imbalance", "imbalance", "{:.2f}"),
+    ("requests", "requests", "{}"),
+    ("errors", "errors", "{}"),
+)
+
+
+def config_name(row: dict[str, Any]) -> str:
+    mode = row.get("assignment_mode")
+    return f"{row['policy']}/{mode}" if mode else str(row["policy"])
+
+
+def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if fmt == "mtok":
+        return f"{v / 1e6:.2f}"
+    return fmt.format(v)
+
+
+def table(runs: list[dict[str, Any]], title: str = "") -> Table:
+    t = Table(title=title or None, show_lines=False)
+    t.add_column("policy", no_wrap=True)
+    t.add_column("key", justify="center")
+    for _, header, _ in COLUMNS:
+        t.add_column(header, justify="right")
+    for row in runs:
+        t.add_row(config_name(row), "on" if row["routing_key"] else "off", *[_fmt(row, k, f) for k, _, f in COLUMNS])
+    return t
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    headers = ["policy", "key", *[h for _, h, _ in COLUMNS]]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS)) + "|"]
+    for row in runs:
+        cells = [config_name(row), "on" if row["routing_key"] else "off", *[_fmt(row, k, f) for k, _, f in COLUMNS]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _find(runs: list[dict[str, Any]], policy: str, mode: str | None, key: bool) -> dict[str, Any] | None:
+    for r in runs:
+        if r["policy"] == policy and r.get("assignment_mode") == mode and r["routing_key"] == key:
+            return r
+    return None
+
+
+def findings(runs: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences on what the table shows (only those the runs support)."""
+    out: list[str] = []
+    if not runs:
+        return out
+    oracle = runs[0]["oracle_reuse"]
+    out.append(f"The oracle (one infinite cache seeing every request) reuses {oracle:.1%} of prompt tokens; "
+               "no routing can do better on this workload.")
+    best = max(runs, key=lambda r: r["kv_reuse"])
+    out.append(f"Best reuse: {config_name(best)} with the key {'on' if best['routing_key'] else 'off'}, "
+               f"{best['kv_reuse']:.1%} ({best['kv_reuse'] / oracle:.1%} of the oracle)." if oracle else
+               f"Best reuse: {config_name(best)}.")
+    rr = _find(runs, "round_robin", None, True) or _find(runs, "round_robin", None, False)
+    for mode in ("min_load", "random", "min_group"):
+        on, off = _find(runs, "manual", mode, True), _find(runs, "manual", mode, False)
+        if on and off:
+            s = (f"manual/{mode}: {on['kv_reuse']:.1%} with the key ({on['kv_reuse'] / oracle:.0%} of the oracle, "
+                 f"stickiness {on['stickiness']:.2f}), {off['kv_reuse']:.1%} without it")
+            if rr:
+                s += f" (round_robin baseline {rr['kv_reuse']:.1%})"
+            s += (f"; prefill work {off['prefill_tokens'] / max(on['prefill_tokens'], 1):.1f}x higher without the key, "
+                  f"TTFT p50 {on['ttft_p50']:.3f}s vs {off['ttft_p50']:.3f}s.")
+            out.append(s)
+            break
+    for policy in ("consistent_hashing", "cache_aware"):
+        on, off = _find(runs, policy, None, True), _find(runs, policy, None, False)
+        if on and off:
+            out.append(f"{policy}: {on['kv_reuse']:.1%} with the key, {off['kv_reuse']:.1%} without "
+                       f"(imbalance {on['imbalance']:.2f} / {off['imbalance']:.2f}).")
+    sticky = [r for r in runs if r["routing_key"] and r["policy"] in ("manual", "consistent_hashing")]
+    if sticky:
+        worst = max(sticky, key=lambda r: r["imbalance"])
+        fairest = min(sticky, key=lambda r: r["imbalance"])
+        out.append(f"Among sticky configurations with the key, prefill work is most uneven under {config_name(worst)} "
+                   f"(max/mean {worst['imbalance']:.2f}) and most even under {config_name(fairest)} "
+                   f"({fairest['imbalance']:.2f}); makespan {worst['makespan']:.1f}s vs {fairest['makespan']:.1f}s.")
+    errs = sum(r["errors"] for r in runs)
+    out.append("No run had errors." if errs == 0 else f"{errs} errors in total: see `errors` per run.")
+    return out
+
+
+def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in runs:
+        if r.get("gateway_branches"):
+            parts = "; ".join(f"{p}: " + ", ".join(f"{b}={n}" for b, n in br.items())
+                              for p, br in r["gateway_branches"].items())
+            lines.append(f"- {config_name(r)} key={'on' if r['routing_key'] else 'off'}: {parts} "
+                         f"({r['sessions']} sessions, {r['requests']} requests)")
+    return lines
+
+
+def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], **extra: Any) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    doc = {"scenario": scenario, **extra, "runs": [public(r) for r in runs]}
+    path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], plots: list[str],
+                   command: str = "smg-testbed compare") -> Path:
+    s = scenario
+    lines = [f"# {command}: scenario `{s['name']}`", ""]
+    if s.get("description"):
+        lines += [s["description"], ""]
+    lines += [f"{s['workers']} workers, KV {s['kv_capacity_tokens'] or 'unbounded'} tokens each; "
+              f"{s['sessions']} sessions (groups of {s['group_size']}), arrivals `{s['arrival']}`; seed {s['seed']}; "
+              f"transport `{runs[0]['transport'] if runs else '-'}`.", "",
+              markdown_table(runs), "",
+              "Columns: `kv_reuse` cached / prompt tokens; `oracle` the same for one infinite cache seeing every "
+              "request (the ceiling); `eligible` cached / tokens the session's previous turn made reusable; "
+              "`sticky` share of later turns on the session's previous worker; `prefill Mtok` prompt tokens "
+              "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker.", "",
+              "## What it shows", ""]
+    lines += [f"- {f}" for f in findings(runs)]
+    bl = branch_lines(runs)
+    if bl:
+        lines += ["", "## Gateway branch counters", "", *bl]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
+    """reuse.png, ttft.png, workers.png; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    configs: list[str] = []
+    for r in runs:
+        c = config_name(r)
+        if c not in configs:
+            configs.append(c)
+    by = {(config_name(r), r["routing_key"]): r for r in runs}
+    x = np.arange(len(configs))
+
+    # 1. reuse with and without the key, against the oracle
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(configs)), 4))
+    w = 0.38
+    for i, (key, color) in enumerate(((True, "tab:blue"), (False, "tab:orange"))):
+        vals = [by[(c, key)]["kv_reuse"] if (c, key) in by else np.nan for c in configs]
+        ax.bar(x + (i - 0.5) * w, vals, w, label=f"key {'on' if key else 'off'}", color=color)
+    if runs:
+        ax.axhline(runs[0]["oracle_reuse"], color="k", ls="--", lw=1, label="oracle")
+    ax.set_xticks(x, configs, rotation=20, ha="right")
+    ax.set_ylabel("kv_reuse (cached / prompt tokens)")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("KV reuse per policy, with and without X-SMG-Routing-Key")
+    fig.tight_layout()
+    fig.savefig(out / "reuse.png", dpi=110)
+    plt.close(fig)
+    names.append("reuse.png")
+
+    # 2. TTFT distributions (later turns: where stickiness matters), as CDFs
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key in zip(axes, (True, False), strict=True):
+        for c in configs:
+            r = by.get((c, key))
+            if r is None:
+                continue
+            samples = np.sort(np.asarray(r.get("_meta", {}).get("ttft_later", []), dtype=float))
+            if samples.size:
+                ax.plot(samples, np.arange(1, samples.size + 1) / samples.size, label=c)
+        ax.set_xscale("log")
+        ax.set_xlabel("TTFT of later turns (virtual s)")
+        ax.set_title(f"key {'on' if key else 'off'}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("CDF")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "ttft.png", dpi=110)
+    plt.close(fig)
+    names.append("ttft.png")
+
+    # 3. per-worker prefill work (share of the total), one row per configuration
+    labels = [f"{config_name(r)} key={'on' if r['routing_key'] else 'off'}" for r in runs]
+    workers = [w["name"] for w in runs[0]["workers"]] if runs else []
+    mat = np.zeros((len(runs), len(workers)))
+    for i, r in enumerate(runs):
+        tot = max(sum(w["prefill_tokens"] for w in r["workers"]), 1)
+        for j, w in enumerate(r["workers"][: len(workers)]):
+            mat[i, j] = w["prefill_tokens"] / tot
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(workers) + 4), 0.4 * len(runs) + 1.5))
+    im = ax.imshow(mat, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(range(len(workers)), workers)
+    ax.set_title("Per-worker share of prefill work")
+    fig.colorbar(im, ax=ax, label="share")
+    fig.tight_layout()
+    fig.savefig(out / "workers.png", dpi=110)
+    plt.close(fig)
+    names.append("workers.png")
+    return names

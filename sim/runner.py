@@ -1,0 +1,136 @@
+"""Run one configuration of a scenario through a transport and return its measures.
+
+``run_setup(setup, transport="http")`` is what ``run``, ``compare`` and ``sweep`` call, once per
+configuration (possibly in worker processes). A result row holds the configuration (``policy``,
+``assignment_mode``, ``routing_key``, ``gateway_args``, ``transport``, ``seed``) and every measure of
+``sim.measures.summarize``; ``wall_seconds`` and per-request samples are kept apart (``_meta``), since
+results must repeat bit for bit for a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sim.agents import AgentRunner, RequestRecord
+from sim.measures import summarize
+from sim.transports.base import Transport
+from sim.transports.pool import Setup
+from sim.workload import Scenario
+
+TRANSPORTS = ("http", "direct", "external")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A gateway policy under test: ``--policy`` plus optional ``--assignment-mode`` and further flags."""
+
+    policy: str
+    assignment_mode: str | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        base = self.policy if self.assignment_mode is None else f"{self.policy}/{self.assignment_mode}"
+        return base + (" " + " ".join(self.extra) if self.extra else "")
+
+    def gateway_args(self) -> tuple[str, ...]:
+        args: list[str] = ["--policy", self.policy]
+        if self.assignment_mode is not None:
+            args += ["--assignment-mode", self.assignment_mode]
+        return (*args, *self.extra)
+
+
+# compare: the sticky modes of manual, the two other key-aware policies, and the no-affinity baseline
+COMPARE_POLICIES: tuple[PolicyConfig, ...] = (
+    PolicyConfig("manual", "random"),
+    PolicyConfig("manual", "min_load"),
+    PolicyConfig("manual", "min_group"),
+    PolicyConfig("consistent_hashing"),
+    PolicyConfig("cache_aware"),
+    PolicyConfig("round_robin"),
+)
+
+
+def make_setup(scenario: Scenario, policy: PolicyConfig, routing_key: bool, seed: int | None = None) -> Setup:
+    seed = scenario.seed if seed is None else seed
+    label = f"{policy.name} key={'on' if routing_key else 'off'}"
+    return Setup(scenario, policy.gateway_args(), routing_key, seed, label,
+                 extra={"policy": policy.policy, "assignment_mode": policy.assignment_mode})
+
+
+@contextlib.contextmanager
+def open_transport(kind: str, setup: Setup, *, session_url: str | None = None, gateway_url: str | None = None,
+                   worker_urls: Sequence[str] | None = None) -> Iterator[Transport]:
+    """A transport for one run; everything it started is stopped on exit."""
+    if kind == "direct":
+        from sim.transports.direct import DirectTransport
+
+        tr: Any = DirectTransport(setup, list(worker_urls) if worker_urls else None)
+    elif kind == "http":
+        from sim.transports.http import HttpTransport
+
+        tr = HttpTransport(setup, list(worker_urls) if worker_urls else None)
+    elif kind == "external":
+        from sim.transports.http import ExternalTransport
+
+        tr = ExternalTransport(setup, session_url=session_url, gateway_url=gateway_url,
+                               worker_urls=list(worker_urls or []))
+    else:
+        raise ValueError(f"unknown transport {kind!r} (one of {', '.join(TRANSPORTS)})")
+    try:
+        yield tr
+    finally:
+        tr.close()
+
+
+def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[RequestRecord], None] | None = None,
+              session_url: str | None = None, gateway_url: str | None = None,
+              worker_urls: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the scenario once under ``setup``; the row of measures (see module docstring)."""
+    t0 = time.perf_counter()
+    with open_transport(transport, setup, session_url=session_url, gateway_url=gateway_url,
+                        worker_urls=worker_urls) as tr:
+        t1 = time.perf_counter()
+        result = AgentRunner(setup.scenario, tr, on_request=on_request).run()
+        t2 = time.perf_counter()
+        measures = summarize(result, list(tr.workers), tr.worker_stats(), tr.gateway_metrics())
+    row: dict[str, Any] = {
+        "label": setup.label,
+        "policy": setup.extra.get("policy", _flag(setup.gateway_args, "--policy")),
+        "assignment_mode": setup.extra.get("assignment_mode", _flag(setup.gateway_args, "--assignment-mode")),
+        "routing_key": bool(setup.routing_key),
+        "gateway_args": list(setup.gateway_args),
+        "transport": transport,
+        "seed": setup.seed,
+        **measures,
+    }
+    ok = [r for r in result.requests if r.ok]
+    row["_meta"] = {
+        "wall_seconds": time.perf_counter() - t0,
+        "startup_seconds": t1 - t0,
+        "sim_seconds": t2 - t1,
+        "requests_per_second": len(result.requests) / (t2 - t1) if t2 > t1 else 0.0,
+        "ttft_first": [r.ttft for r in ok if r.turn == 0 and not r.retry],
+        "ttft_later": [r.ttft for r in ok if not (r.turn == 0 and not r.retry)],
+        "errors": [s.error for s in result.sessions if s.error][:20],
+    }
+    return row
+
+
+def _flag(args: Sequence[str], name: str) -> str | None:
+    args = list(args)
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return "cache_aware" if name == "--policy" else None
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its non-deterministic ``_meta`` (what results files hold)."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}

@@ -1,0 +1,162 @@
+"""``direct``: the session server, gateway and worker cores wired in-process, without HTTP.
+
+The wiring follows the HTTP adapters step by step (session_server.app, mock_gateway.app,
+sim.worker.app) so that, for a seed, ``direct`` and ``http`` give identical results: the session
+core runs each turn with a synchronous upstream; the upstream is the gateway core (advance the
+virtual clock, take due load polls from the worker cores, select, count in flight, forward,
+record the outcome, keep the request in flight until the worker's virtual finish); the worker
+core answers with its modelled timeline. Bodies are copied where an adapter would have
+re-serialized them, so no core can see another's objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mock_gateway.config import parse_args
+from mock_gateway.core import GatewayCore
+from session_server.core import SessionCore, SessionError, UpstreamRequest, UpstreamResponse
+from sim import vtime
+from sim.transports.base import Reply
+from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
+from sim.worker.core import WorkerCore
+
+ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}
+FORWARD_HEADERS = ("authorization", "x-correlation-id", "traceparent", "tracestate", "x-smg-routing-key")
+
+
+def _copy_body(body: dict[str, Any]) -> dict[str, Any]:
+    """What a JSON round trip gives, for the parts anyone mutates: the body, its messages, each message."""
+    out = dict(body)
+    msgs = out.get("messages")
+    if isinstance(msgs, list):
+        out["messages"] = [dict(m) if isinstance(m, dict) else m for m in msgs]
+    return out
+
+
+def forwarded_headers(headers: dict[str, str]) -> dict[str, str]:
+    """SMG's allow-list of request headers passed on to a worker (lower-cased)."""
+    out = {}
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in FORWARD_HEADERS or lk.startswith("x-request-id"):
+            out[lk] = v
+    return out
+
+
+class DirectGateway:
+    """The gateway app's request path over a ``GatewayCore`` and in-process ``WorkerCore``s."""
+
+    def __init__(self, argv: list[str], workers: dict[str, WorkerCore]) -> None:
+        self.config = parse_args(argv)
+        self.core = GatewayCore(self.config)
+        self.workers = workers
+        for url, w in workers.items():
+            self.core.add_worker(url, w.model_name, now=0.0)
+
+    def _poll(self, now: float) -> None:
+        for url in self.core.due_polls(now):
+            self.core.record_load(url, self.workers[url].loads(now), now)
+
+    def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
+        endpoint = ENDPOINTS.get(req.path.strip("/"))
+        if endpoint is None:
+            return UpstreamResponse(404, {"content-type": "application/json"},
+                                    data={"error": {"message": f"no route {req.path}"}})
+        body = req.json if req.json is not None else json.loads(req.content or b"null")
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        now = vtime.request_time(body) if isinstance(body, dict) else None
+        now = self.core.clock if now is None else now
+        self.core.advance(now)
+        self._poll(now)
+        exclude: list[str] = []
+        attempts = max(1, self.config.max_attempts)
+        resp: UpstreamResponse | None = None
+        for attempt in range(attempts):
+            d = self.core.select(endpoint, headers, body, now, exclude=exclude, attempt=attempt)
+            if d.url is None:
+                if resp is not None:
+                    break
+                err = {"error": {"message": d.message, "type": d.error_code, "code": d.status}}
+                return UpstreamResponse(d.status, {"content-type": "application/json"}, data=err)
+            ticket = self.core.begin(d, now)
+            reply = self.workers[d.url].infer(endpoint, _copy_body(body), now)
+            ok = reply.status < 500
+            self.core.record_outcome(d.url, ok, now)
+            finish = reply.timing.finish if reply.timing is not None else None
+            self.core.finish(ticket, virtual_finish=finish, now=now)
+            resp = UpstreamResponse(reply.status, dict(reply.headers), data=reply.body)
+            if ok:
+                break
+            exclude.append(d.url)
+        assert resp is not None
+        return resp
+
+    def metrics_text(self) -> str:
+        return self.core.metrics.render().decode()
+
+
+class DirectTransport:
+    """Every component's core in this process; a turn is one synchronous call chain."""
+
+    def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
+        self.setup = setup
+        configs = worker_configs(setup.scenario)
+        urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
+        self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed) for url, cfg in zip(urls, configs, strict=True)}
+        self.workers = [c.name for c in self.worker_cores.values()]
+        self.gateway = DirectGateway(gateway_argv(setup, urls), self.worker_cores)
+        self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed)
+
+    @staticmethod
+    def _reply(result: Any) -> Reply:
+        if result.content is not None:
+            try:
+                body = json.loads(result.content) if result.content else {}
+            except ValueError:
+                body = {"error": result.content.decode(errors="replace")}
+        else:
+            body = result.body if result.body is not None else {}
+        return Reply(result.status, body)
+
+    def create_session(self) -> Reply:
+        try:
+            return Reply(200, {"session_id": self.session.create_session(self.gateway.core.clock)})
+        except SessionError as e:
+            return Reply(e.status, {"error": e.message})
+
+    def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
+        now = vtime.request_time(body) or 0.0
+        result = self.session.run_turn(session_id, _copy_body(body), {"content-type": "application/json"},
+                                       self.gateway, now)
+        return self._reply(result)
+
+    def get_session(self, session_id: str) -> Reply:
+        try:
+            return Reply(200, self.session.get_view(session_id))
+        except SessionError as e:
+            return Reply(e.status, {"error": e.message})
+
+    def delete_session(self, session_id: str) -> Reply:
+        try:
+            self.session.delete(session_id)
+            return Reply(204, {})
+        except SessionError as e:
+            return Reply(e.status, {"error": e.message})
+
+    def gateway_metrics(self) -> str:
+        return self.gateway.metrics_text()
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        return {c.name: engine_stats(c) for c in self.worker_cores.values()}
+
+    def close(self) -> None:
+        pass
+
+
+def engine_stats(core: WorkerCore) -> dict[str, Any]:
+    st = core.engine.stats
+    cap = core.config.kv_capacity_tokens
+    return {"peak_kv_tokens": st.peak_kv_tokens, "peak_kv_usage": (st.peak_kv_tokens / cap) if cap else None,
+            "evicted_tokens": st.evicted_tokens, "busy_time": st.busy_time, "slowdown": core.config.slowdown}

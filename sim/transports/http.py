@@ -1,0 +1,175 @@
+"""``http`` and ``external``: agents talk HTTP to a session server.
+
+``HttpTransport`` starts the whole chain as real uvicorn servers on loopback (``sim.procs.ThreadServer``):
+one mock worker per ``WorkerConfig`` (built with the worker app, so per-worker speeds are possible),
+the mock gateway from its ``smg launch``-style flags, and the session server from its CLI flags
+(``--no-routing-key`` for the arm without the header). ``close()`` stops all of them. Worker URLs
+come from ``sim.transports.pool.stable_ports`` so that a run repeats exactly (the gateway hashes them).
+
+``ExternalTransport`` talks to servers somebody else started: a session server URL, or a gateway URL
+(then a local session server is started in front of it), or both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from sim.procs import ThreadServer
+from sim.transports.base import Reply, TransportError
+from sim.transports.pool import Setup, gateway_argv, port_salt, session_server_argv, stable_ports, worker_configs
+from sim.transports.pool import worker_urls as urls_of
+
+CLIENT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class SessionClient:
+    """The agent side of the session server protocol over one pooled ``httpx.Client``."""
+
+    def __init__(self, session_url: str) -> None:
+        self.session_url = session_url.rstrip("/")
+        self.client = httpx.Client(base_url=self.session_url, timeout=CLIENT_TIMEOUT, trust_env=False)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Reply:
+        headers = {"content-type": "application/json"} if body is not None else None
+        try:
+            r = self.client.request(method, path, content=_dumps(body) if body is not None else None, headers=headers)
+        except httpx.HTTPError as e:
+            raise TransportError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        data: Any = {}
+        if r.content:
+            try:
+                data = json.loads(r.content)
+            except ValueError:
+                data = {"error": r.text[:500]}
+        return Reply(r.status_code, data)
+
+    def create_session(self) -> Reply:
+        return self._call("POST", "/sessions", {})
+
+    def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
+        return self._call("POST", f"/sessions/{session_id}/v1/chat/completions", body)
+
+    def get_session(self, session_id: str) -> Reply:
+        return self._call("GET", f"/sessions/{session_id}")
+
+    def delete_session(self, session_id: str) -> Reply:
+        return self._call("DELETE", f"/sessions/{session_id}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _get_text(url: str) -> str:
+    try:
+        with httpx.Client(timeout=CLIENT_TIMEOUT, trust_env=False) as c:
+            r = c.get(url)
+            return r.text if r.status_code == 200 else ""
+    except httpx.HTTPError:
+        return ""
+
+
+def session_server_app(argv: list[str]):
+    from session_server.app import create_app
+    from session_server.cli import build_parser, config_from_args
+
+    return create_app(config_from_args(build_parser().parse_args(argv)))
+
+
+def gateway_app(argv: list[str]):
+    from mock_gateway.app import create_app
+    from mock_gateway.config import parse_args
+
+    return create_app(parse_args(argv))
+
+
+class HttpTransport(SessionClient):
+    """Workers, gateway and session server as uvicorn servers on loopback, stopped by ``close()``."""
+
+    def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
+        from sim.transports.direct import engine_stats
+        from sim.worker.app import create_app as worker_app
+        from sim.worker.core import WorkerCore
+
+        self.setup = setup
+        self._engine_stats = engine_stats
+        self.servers: list[ThreadServer] = []
+        configs = worker_configs(setup.scenario)
+        ports = ([int(u.rsplit(":", 1)[1]) for u in urls] if urls
+                 else stable_ports(port_salt(setup), len(configs)))
+        self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
+        self.workers = [c.name for c in self.worker_cores]
+        try:
+            for core, port in zip(self.worker_cores, ports, strict=True):
+                self._start(worker_app(core), port)
+            self.worker_urls = urls_of(ports)
+            gw = self._start(gateway_app(gateway_argv(setup, self.worker_urls)))
+            self.gateway_url = gw.url
+            ss = self._start(session_server_app(session_server_argv(setup, gw.url)))
+            super().__init__(ss.url)
+        except BaseException:
+            self._stop_all()
+            raise
+
+    def _start(self, app: Any, port: int | None = None) -> ThreadServer:
+        server = ThreadServer(app, port=port)
+        self.servers.append(server)
+        server.start()
+        return server
+
+    def _stop_all(self) -> None:
+        for s in reversed(self.servers):
+            s.stop()
+        self.servers.clear()
+
+    def gateway_metrics(self) -> str:
+        return _get_text(f"{self.gateway_url}/metrics")
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        return {c.name: self._engine_stats(c) for c in self.worker_cores}
+
+    def close(self) -> None:
+        try:
+            if hasattr(self, "client"):
+                super().close()
+        finally:
+            self._stop_all()
+
+
+class ExternalTransport(SessionClient):
+    """Servers started elsewhere: a session server, a gateway (a local session server is put in front), or both."""
+
+    def __init__(self, setup: Setup, session_url: str | None = None, gateway_url: str | None = None,
+                 worker_urls: list[str] | None = None) -> None:
+        if not session_url and not gateway_url:
+            raise ValueError("the external transport needs --session-url and/or --gateway-url")
+        self.setup = setup
+        self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
+        self.worker_urls = worker_urls or []
+        self.workers: list[str] = []  # unknown up front: taken from the answers' x-sim-worker names
+        self._server: ThreadServer | None = None
+        if session_url is None:
+            assert self.gateway_url is not None
+            self._server = ThreadServer(session_server_app(session_server_argv(setup, self.gateway_url))).start()
+            session_url = self._server.url
+        super().__init__(session_url)
+
+    def gateway_metrics(self) -> str:
+        return _get_text(f"{self.gateway_url}/metrics") if self.gateway_url else ""
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None

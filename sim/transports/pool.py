@@ -1,0 +1,93 @@
+"""What every transport builds the same way: worker configs, stable worker URLs, launch flags."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import xxhash
+
+from sim.engine.types import WorkerConfig
+from sim.procs import LOOPBACK
+from sim.workload import Scenario
+
+PORT_LOW, PORT_SPAN = 20000, 30000
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One configuration under test: the scenario plus the gateway flags and the session-server switch."""
+
+    scenario: Scenario
+    gateway_args: tuple[str, ...] = ("--policy", "manual", "--assignment-mode", "min_load")
+    routing_key: bool = True
+    seed: int = 0  # gateway --seed, session id seed, worker pool seed (the workload seed is in the scenario)
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
+    return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
+                         max_running_requests=scenario.max_running_requests, slowdown=scenario.worker_slowdown(i))
+            for i in range(scenario.workers)]
+
+
+def _ports_free(base: int, n: int) -> bool:
+    socks = []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((LOOPBACK, p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_candidates(salt: str, n: int, count: int = 64) -> list[int]:
+    """Deterministic candidate first ports for ``n`` workers.
+
+    Worker URLs are part of the routing state (SMG hashes them onto the consistent-hashing ring and
+    keys its cache-aware trees by them), so a run is only repeatable when its workers get the same
+    URLs. The ports are therefore chosen from a fixed, salted sequence rather than at random.
+    """
+    out = []
+    for attempt in range(count):
+        h = xxhash.xxh64_intdigest(f"{salt}/{attempt}".encode())
+        out.append(PORT_LOW + h % (PORT_SPAN - n))
+    return out
+
+
+def stable_ports(salt: str, n: int, check: bool = True) -> list[int]:
+    """``n`` consecutive loopback ports from ``port_candidates``: the first block that is free
+    (``check``), or the first block regardless (the ``direct`` transport binds nothing)."""
+    cands = port_candidates(salt, n)
+    if not check:
+        return list(range(cands[0], cands[0] + n))
+    for base in cands:
+        if _ports_free(base, n):
+            return list(range(base, base + n))
+    raise RuntimeError(f"no block of {n} free loopback ports found")
+
+
+def worker_urls(ports: list[int]) -> list[str]:
+    return [f"http://{LOOPBACK}:{p}" for p in ports]
+
+
+def port_salt(setup: Setup) -> str:
+    return f"{setup.seed}/{setup.scenario.workers}/{setup.label}"
+
+
+def gateway_argv(setup: Setup, urls: list[str]) -> list[str]:
+    """``smg launch``-style flags for the mock gateway (the setup's flags last, so they win)."""
+    return ["--worker-urls", *urls, "--seed", str(setup.seed), *setup.gateway_args]
+
+
+def session_server_argv(setup: Setup, router_url: str) -> list[str]:
+    argv = ["--router-url", router_url, "--session-id-seed", str(setup.seed)]
+    if not setup.routing_key:
+        argv.append("--no-routing-key")
+    return argv
