@@ -177,9 +177,22 @@ def test_flush_and_peek():
     assert engine.peek_cached(prompt) == 0
 
 
-def test_empty_prompt_is_rejected():
+@pytest.mark.parametrize(
+    ("now", "prompt"),
+    [(0.0, []), (0.0, ["a", "b"]), (0.0, [[1, 2], [3, 4]]), (float("nan"), [1, 2]), (float("inf"), [1, 2])],
+)
+def test_bad_input_is_a_value_error_and_changes_nothing(now, prompt):
+    engine = Engine()
     with pytest.raises(ValueError):
-        Engine().submit(0.0, [], [1, 2])
+        engine.submit(now, prompt, [1, 2])
+    assert engine.stats.requests == 0 and engine.in_flight == 0 and engine.cache.locked_tokens == 0
+
+
+def test_an_earlier_now_counts_as_the_latest_time_seen():
+    engine = Engine()
+    a = engine.submit(5.0, ids(1, 100), ids(2, 3))
+    b = engine.submit(4.0, ids(3, 100), ids(4, 3))  # a live clock may hand out a slightly older time
+    assert b.arrival == 5.0 and b.start >= a.first_token
 
 
 workload = st.lists(
@@ -275,3 +288,19 @@ def test_closed_loop_sessions_never_hold_more_kv_than_the_pool(seed, cap, slots,
         heapq.heappush(events, (t.finish + rnd.expovariate(5), s, np.concatenate([prompt, output])))
     assert engine.stats.peak_kv_tokens <= cap
     assert waited > 0
+
+
+def test_output_slices_that_follow_the_prompt_are_joined_without_a_copy_and_correctly():
+    from sim.engine.core import _join
+
+    tokens = ids(1, 100)
+    joined = _join(tokens[10:40], tokens[40:55])
+    assert np.shares_memory(joined, tokens) and np.array_equal(joined, tokens[10:55])
+    gap = _join(tokens[10:40], tokens[41:55])
+    assert not np.shares_memory(gap, tokens) and np.array_equal(gap, np.concatenate([tokens[10:40], tokens[41:55]]))
+    other = _join(tokens[:40], ids(1, 100)[40:55])  # equal values, another buffer
+    assert not np.shares_memory(other, tokens) and np.array_equal(other, tokens[:55])
+    strided = _join(tokens[0:40:2], tokens[40:50])
+    assert np.array_equal(strided, np.concatenate([tokens[0:40:2], tokens[40:50]]))
+    grid = ids(2, 60).reshape(6, 10)
+    assert np.array_equal(_join(grid[1], grid[2, :4]), np.concatenate([grid[1], grid[2, :4]]))

@@ -209,3 +209,20 @@ def test_numpy_arrays_and_lists_are_interchangeable():
     cache.insert(longer, 1.0)
     assert cache.node_count == 1  # the leaf was extended in place, not given a child
     assert cache.peek(longer) == 30005
+
+
+@given(st.lists(seqs, min_size=1, max_size=8), seqs, seqs, page_sizes)
+def test_insert_after_a_locked_match_equals_a_plain_insert(stored, prompt, extra, page):
+    plain, resumed = RadixCache(page_size=page), RadixCache(page_size=page)
+    for t, s in enumerate(stored):
+        plain.insert(s, float(t))
+        resumed.insert(s, float(t))
+    cached, node = resumed.match(prompt, 10.0)
+    resumed.lock(node)
+    resumed.unlock(node)
+    resumed.insert(prompt + extra, 11.0, after=(cached, node))
+    plain.insert(prompt + extra, 11.0)
+    resumed.check()
+    assert resumed.resident_tokens == plain.resident_tokens
+    for q in [*stored, prompt + extra, prompt]:
+        assert resumed.peek(q) == plain.peek(q)

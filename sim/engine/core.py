@@ -37,6 +37,7 @@ or does I/O. The model, in order of the arrival-time computation:
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
@@ -122,8 +123,8 @@ class Engine:
         req = self._reqs.pop(0)
         cache = self.cache
         cache.unlock(req.node)
-        full = np.concatenate((req.prompt, req.output)) if len(req.output) else req.prompt
-        cache.insert(full, req.finish)
+        full = _join(req.prompt, req.output)
+        cache.insert(full, req.finish, after=(req.cached, req.node))
         self._alloc_total -= req.alloc
         self._trim()
         self._recent.append((req.first_token, req.finish, len(req.output)))
@@ -148,6 +149,8 @@ class Engine:
         do not mutate them afterwards.
         """
         now = float(now)
+        if not math.isfinite(now):
+            raise ValueError(f"now must be finite, got {now}")
         if now < self._now:
             now = self._now
         self.advance(now)
@@ -301,6 +304,32 @@ class Engine:
     def flush_cache(self) -> int:
         """Drop every unlocked cached token (SGLang's ``/flush_cache``); return how many."""
         return self.cache.flush()
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _join(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """``prompt + output`` as one array; a view, not a copy, when ``output`` directly follows ``prompt``
+    in one buffer (as when a caller slices both out of a session's token array)."""
+    if not len(output):
+        return prompt
+    root = _root(prompt)
+    if (
+        root is _root(output)
+        and root.dtype == np.int64
+        and root.flags.c_contiguous
+        and prompt.flags.c_contiguous
+        and output.flags.c_contiguous
+    ):
+        p0 = prompt.ctypes.data
+        if output.ctypes.data == p0 + prompt.nbytes:
+            off = (p0 - root.ctypes.data) // 8
+            return root.reshape(-1)[off : off + len(prompt) + len(output)]
+    return np.concatenate((prompt, output))
 
 
 def _tokens_in_window(first: float, finish: float, n_out: int, lo: float, hi: float) -> float:

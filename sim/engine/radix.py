@@ -34,10 +34,20 @@ TokenIds = Sequence[int] | np.ndarray
 
 
 def as_ids(ids: TokenIds) -> np.ndarray:
-    """Token ids as a 1-D ``int64`` array (no copy when already one)."""
-    arr = np.asarray(ids, dtype=np.int64)
+    """Token ids as a 1-D ``int64`` array (no copy when already one; lists cost ~13 ns per token)."""
+    if isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.ndim == 1:
+        return ids
+    if isinstance(ids, list):
+        try:
+            return np.fromiter(ids, dtype=np.int64, count=len(ids))
+        except (TypeError, ValueError, OverflowError):
+            pass  # fall through for the error message (or for bools, numpy ints and the like)
+    try:
+        arr = np.asarray(ids, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"token ids must be integers: {e}") from None
     if arr.ndim != 1:
-        arr = arr.reshape(-1)
+        raise ValueError("token ids must be a flat sequence of integers")
     return arr
 
 
@@ -148,8 +158,13 @@ class RadixCache:
 
     def _walk(self, ids: np.ndarray, limit: int, now: float | None, split: bool) -> tuple[int, Node]:
         """Match ``ids[:limit]``; with ``now`` touch the path, with ``split`` end the match on a node."""
-        node = self.root
-        pos = 0
+        return self._walk_from(self.root, ids, 0, limit, now, split)
+
+    def _walk_from(
+        self, node: Node, ids: np.ndarray, pos: int, limit: int, now: float | None, split: bool = True
+    ) -> tuple[int, Node]:
+        """Like ``_walk`` but starting below ``node``, whose path is known to match ``ids[:pos]``."""
+        start = pos
         while pos < limit:
             child = node.children.get(self._child_key(ids, pos))
             if child is None:
@@ -167,7 +182,7 @@ class RadixCache:
                 self._touch(child, now)
             node = child
             pos += common
-        return pos, node
+        return pos - start, node
 
     # ------------------------------------------------------------------ public API
     def match(self, ids: TokenIds, now: float) -> tuple[int, Node]:
@@ -182,18 +197,30 @@ class RadixCache:
         limit = len(arr) - len(arr) % self.page_size
         return self._walk(arr, limit, None, split=False)[0]
 
-    def insert(self, ids: TokenIds, now: float) -> Node:
+    def insert(self, ids: TokenIds, now: float, after: tuple[int, Node] | None = None) -> Node:
         """Insert ``ids`` (whole pages only) and return the node where they end.
 
         With a capacity, LRU leaves are evicted afterwards to fit; the returned handle may then be
         truncated or dead if the insert itself did not fit (check with ``peek``).
+        ``after=(cached, node)`` from an earlier ``match`` of a prefix of ``ids`` whose node stayed
+        locked until now skips re-comparing those ``cached`` tokens (their path is only re-stamped).
         """
         arr = as_ids(ids)
         p = self.page_size
         limit = len(arr) - len(arr) % p
         if self.capacity is not None and limit > self.capacity:
             limit = self.capacity - self.capacity % p
-        pos, node = self._walk(arr, limit, now, split=True)
+        if after is not None and after[1].alive and 0 < after[0] <= limit:
+            pos, node = after
+            up = node
+            while up is not self.root:
+                self._touch(up, now)
+                up = up.parent  # type: ignore[assignment]
+            if pos < limit:
+                more, node = self._walk_from(node, arr, pos, limit, now)
+                pos += more
+        else:
+            pos, node = self._walk(arr, limit, now, split=True)
         if pos < limit:
             if node is not self.root and not node.children and node.lock_ref == 0:
                 # extend the leaf in place: its label becomes a view of the new ids

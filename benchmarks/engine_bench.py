@@ -1,0 +1,148 @@
+"""Throughput of the pure worker engine: requests/s for agent sessions over 16 in-process workers.
+
+Closed-loop agent sessions of 30 turns whose contexts grow to ~30k tokens; sessions are pinned to
+workers (session id modulo workers) and many are interleaved (``--live`` per worker); a turn is
+issued at the previous turn's finish plus an exponential tool time. Prompts and outputs are views
+of one pre-drawn token array per session, so the driver copies nothing and the figure is the
+engine's. Prints figures plainly; asserts nothing about speed.
+
+    .venv/bin/python benchmarks/engine_bench.py [--sessions 2000] [--workers 16] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+from sim.engine import Engine, WorkerConfig
+
+
+def build_session(rng: np.random.Generator, turns: int, first: int, grow: tuple[int, int], out: tuple[int, int]):
+    """One session: its token array and, per turn, (prompt_len, output_len); turn k+1 extends turn k."""
+    plan = []
+    length = first
+    for _ in range(turns):
+        o = int(rng.integers(out[0], out[1] + 1))
+        plan.append((length, o))
+        length += o + int(rng.integers(grow[0], grow[1] + 1))
+    tokens = rng.integers(1000, 2**32, length, dtype=np.int64)
+    tokens[:SYSTEM] = SYSTEM_PROMPT  # a system prompt shared by every session
+    return tokens, plan
+
+
+SYSTEM = 1000
+SYSTEM_PROMPT = np.arange(1000, 1000 + SYSTEM, dtype=np.int64)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    rng = np.random.default_rng(args.seed)
+    workers = [
+        Engine(WorkerConfig(name=f"w{i}", kv_capacity_tokens=args.capacity or None)) for i in range(args.workers)
+    ]
+    live = args.live * args.workers
+    events: list[tuple[float, int, int]] = []  # (time, session, turn)
+    sessions: dict[int, tuple[np.ndarray, list[tuple[int, int]]]] = {}
+    next_session = 0
+
+    def start_session(at: float) -> None:
+        nonlocal next_session
+        sid = next_session
+        next_session += 1
+        sessions[sid] = build_session(rng, args.turns, args.first, (args.grow_min, args.grow_max), (50, 250))
+        heapq.heappush(events, (at, sid, 0))
+
+    for _ in range(min(live, args.sessions)):
+        start_session(float(rng.exponential(1.0)))
+    tool = rng.exponential(args.tool_time, args.sessions * args.turns + 1).tolist()
+    n_req = 0
+    submit_time = 0.0
+    max_prompt = 0
+    clock = time.perf_counter
+    t0 = clock()
+    c0 = time.process_time()
+    while events:
+        now, sid, turn = heapq.heappop(events)
+        tokens, plan = sessions[sid]
+        p, o = plan[turn]
+        engine = workers[sid % args.workers]
+        s0 = clock()
+        timing = engine.submit(now, tokens[:p], tokens[p : p + o])
+        submit_time += clock() - s0
+        n_req += 1
+        if p > max_prompt:
+            max_prompt = p
+        if turn + 1 < len(plan):
+            heapq.heappush(events, (timing.finish + tool[n_req], sid, turn + 1))
+        else:
+            del sessions[sid]
+            if next_session < args.sessions:
+                start_session(timing.finish + tool[n_req])
+    wall = clock() - t0
+    cpu = time.process_time() - c0
+    makespan = max(w.now for w in workers)
+    for w in workers:
+        w.advance(float("inf"))
+    prompt = sum(w.stats.prompt_tokens for w in workers)
+    cached = sum(w.stats.cached_tokens for w in workers)
+    return {
+        "requests": n_req,
+        "wall_s": wall,
+        "req_per_s": n_req / wall,
+        "cpu_s": cpu,
+        "req_per_cpu_s": n_req / cpu,
+        "submit_s": submit_time,
+        "submit_req_per_s": n_req / submit_time,
+        "us_per_req": 1e6 * wall / n_req,
+        "max_prompt_tokens": max_prompt,
+        "kv_reuse": cached / prompt,
+        "evicted_tokens": sum(w.stats.evicted_tokens for w in workers),
+        "kv_wait_requests": sum(w.stats.kv_wait_requests for w in workers),
+        "peak_kv_tokens_max_worker": max(w.stats.peak_kv_tokens for w in workers),
+        "resident_tokens_total": sum(w.cache.resident_tokens for w in workers),
+        "virtual_makespan_s": makespan,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=2000, help="sessions in total")
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--live", type=int, default=12, help="concurrent sessions per worker")
+    ap.add_argument("--turns", type=int, default=30)
+    ap.add_argument("--first", type=int, default=2000, help="first prompt length (incl. a 1,000-token system prompt)")
+    ap.add_argument("--grow-min", type=int, default=500, help="tool/user tokens appended per turn (min)")
+    ap.add_argument("--grow-max", type=int, default=1100, help="tool/user tokens appended per turn (max)")
+    ap.add_argument("--tool-time", type=float, default=2.0, help="mean tool time between turns (virtual s)")
+    ap.add_argument("--capacity", type=int, default=400_000, help="KV tokens per worker (0 = unbounded)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="run under cProfile and print the top functions")
+    args = ap.parse_args(argv)
+    print(f"python {platform.python_version()} numpy {np.__version__} on {platform.machine()} {platform.processor()}")
+    print(
+        f"{args.sessions} sessions x {args.turns} turns over {args.workers} workers, {args.live} live per worker, "
+        f"capacity {args.capacity or 'unbounded'} tokens/worker"
+    )
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        res = prof.runcall(run, args)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    else:
+        res = run(args)
+    for key, value in res.items():
+        print(f"{key:28s} {value:,.3f}" if isinstance(value, float) else f"{key:28s} {value:,}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(f"{'peak_rss_mib':28s} {rss / 1024:,.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
