@@ -501,3 +501,13 @@ def test_live_stream_events_arrive_in_modelled_order():
     e2e = last["sim"]["finish"] - last["sim"]["arrival"]
     assert arrivals == sorted(arrivals)
     assert arrivals[-1] >= e2e * 0.95
+
+
+def test_live_request_after_virtual_ones_waits_only_its_own_latency():
+    """Mixing is a misuse, but a live request must not wait out the gap to a far-ahead virtual clock."""
+    with worker() as c:
+        chat(c, [USER], max_tokens=4, sim_time=1e6)
+        r = chat(c, [SYSTEM], max_tokens=4)  # the client timeout (30 s) is far below the 1e6 s gap
+        assert r.status_code == 200
+        sim = r.json()["sim"]
+        assert sim["arrival"] >= 1e6

@@ -137,21 +137,25 @@ def create_app(
             body = await read_json(request)
         except _BadBody as e:
             return _error(e.status, str(e))
-        reply = core.infer(route, body, clock.now())
-        return await send(reply)
+        received = clock.now()
+        reply = core.infer(route, body, received)
+        # live time: hold each part until its modelled time, counted from this request's arrival (the
+        # core's clock may be ahead of the wall clock if the worker also served virtual-time requests)
+        offset = received - reply.timing.arrival if reply.timing is not None else 0.0
+        return await send(reply, offset)
 
-    async def send(reply: Reply) -> Response:
+    async def send(reply: Reply, offset: float) -> Response:
         if reply.events is None:
             if reply.status == 200 and not reply.virtual and reply.timing is not None:
-                await clock.sleep_until(reply.timing.finish)
+                await clock.sleep_until(reply.timing.finish + offset)
             return json_response(reply.status, reply.body, reply.headers)
-        return StreamingResponse(_sse(reply), status_code=reply.status, headers=reply.headers,
+        return StreamingResponse(_sse(reply, offset), status_code=reply.status, headers=reply.headers,
                                  media_type="text/event-stream")
 
-    async def _sse(reply: Reply) -> AsyncIterator[bytes]:
+    async def _sse(reply: Reply, offset: float) -> AsyncIterator[bytes]:
         for event, t in zip(reply.events or [], reply.event_times, strict=True):
             if not reply.virtual:
-                await clock.sleep_until(t)
+                await clock.sleep_until(t + offset)
             yield b"data: " + _dumps(event) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
