@@ -173,14 +173,19 @@ def create_app(config: ServerConfig | None = None, *, core: SessionCore | None =
         return {"session_id": core.create_session(clock())}
 
     @app.get("/sessions/{sid}")
-    async def get_session(sid: str) -> dict:
-        return core.get_view(sid)
+    async def get_session(sid: str) -> Response:
+        # serialized directly: FastAPI's encoder would walk every token id of every record
+        return Response(_dumps(core.get_view(sid)), media_type="application/json")
 
     @app.delete("/sessions/{sid}")
     async def delete_session(sid: str) -> Response:
         s = core.begin_delete(sid)
-        async with lock_of(s):
-            core.finish_delete(sid)
+        try:
+            async with lock_of(s):
+                core.finish_delete(sid)
+        except asyncio.CancelledError:
+            core.finish_delete(sid)  # a half-deleted session would stay unreachable; commits check `closing`
+            raise
         return Response(status_code=204)
 
     @app.post("/sessions/{sid}/v1/chat/completions")
@@ -196,11 +201,10 @@ def create_app(config: ServerConfig | None = None, *, core: SessionCore | None =
             retry = core.retry_request(plan, resp)
             if retry is not None:
                 resp = await up.send(retry)
-        except BaseException:
-            core.abandon(plan)
-            raise
-        async with lock:
-            result = core.commit_turn(plan, resp, clock())
+            async with lock:
+                result = core.commit_turn(plan, resp, clock())
+        finally:
+            core.abandon(plan)  # no-op once committed; releases the plan if the request was cancelled
         return _turn_response(result)
 
     @app.api_route("/sessions/{sid}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])

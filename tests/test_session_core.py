@@ -381,3 +381,54 @@ def test_a_turn_finishing_after_delete_started_is_answered_but_not_recorded():
     assert r.status == 200 and r.outcome == "closing" and not r.recorded
     core.finish_delete(sid)
     assert sid not in core.sessions
+
+
+# --- interleaved turns never corrupt a session ------------------------------------------------------
+
+ops = st.lists(st.tuples(st.sampled_from(["start_append", "start_rollback", "start_bad", "finish"]),
+                         st.integers(0, 7), st.sampled_from([200, 200, 200, 500, 400])), max_size=25)
+
+
+@given(ops)
+def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consistent(script):
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    s = core.sessions[sid]
+    open_plans = []
+    for op, pick, status in script:
+        if op == "finish":
+            if not open_plans:
+                continue
+            plan = open_plans.pop(pick % len(open_plans))
+            resp = (UpstreamResponse(200, data=router.answer(plan.request.json)) if status == 200
+                    else UpstreamResponse(status, content=b'{"error": "x"}'))
+            before = s.version
+            r = core.commit_turn(plan, resp)
+            assert r.recorded == (r.outcome == "recorded") and (s.version == before + 1) == r.recorded
+            if r.recorded:
+                assert plan.expected_version == before and status == 200
+        else:
+            if op == "start_append" or not s.messages:
+                messages = [*s.messages, {"role": "tool", "content": f"t{pick}"}] if s.messages else \
+                    [{"role": "user", "content": "go"}]
+            elif op == "start_rollback":
+                messages = [*s.messages[: s.reply_positions[-1]], {"role": "tool", "content": f"again {pick}"}]
+            else:
+                messages = [{"role": "user", "content": "unrelated"}]
+            try:
+                open_plans.append(core.prepare_turn(sid, {"messages": messages, "max_tokens": 1 + pick % 3}))
+            except SessionError as e:
+                assert e.status == 400
+        # invariants
+        assert len(s.records) == len(s.checkpoints) == len(s.reply_positions) == s.num_assistant
+        assert s.inflight == len(open_plans)
+        for i, (rec, ckpt, pos) in enumerate(zip(s.records, s.checkpoints, s.reply_positions, strict=True)):
+            choice = rec["response"]["choices"][0]
+            assert ckpt == choice["prompt_token_ids"] + [t[1] for t in choice["meta_info"]["output_token_logprobs"]]
+            assert s.messages[pos]["content"] == choice["message"]["content"]
+            if i:
+                assert ckpt[: len(s.checkpoints[i - 1])] == s.checkpoints[i - 1]
+                assert rec["request"]["input_ids"] == choice["prompt_token_ids"]
+        if s.messages:
+            assert s.reply_positions[-1] == len(s.messages) - 1
+            assert s.checkpoints[-1] == tok.render(s.messages, add_generation_prompt=False)

@@ -181,8 +181,7 @@ def test_through_a_mock_worker_header_retry_and_cached_tokens():
 # --- session server -> gateway (manual) -> workers --------------------------------------------------
 
 
-@pytest.mark.real_smg
-@pytest.mark.parametrize("kind", ["smg", "mock"])
+@pytest.mark.parametrize("kind", [pytest.param("smg", marks=pytest.mark.real_smg), "mock"])
 def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
     n, t = 4, 3
     with workers(3) as ws:
