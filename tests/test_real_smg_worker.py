@@ -8,6 +8,7 @@ shows that the time field passes through the real gateway.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +109,15 @@ def test_stream_and_generate_pass_through_the_gateway(gateway):
     assert r.status_code == 200
     assert r.json()["meta_info"]["completion_tokens"] == 4
     assert r.headers["x-smg-routed-worker-id"] in urls
+
+
+def test_a_live_time_request_is_held_for_its_modelled_latency(gateway):
+    """Without sim_time the worker waits out its modelled latency (lower bound only, never a speed check)."""
+    client, _ = gateway
+    started = time.monotonic()
+    r = client.post("/v1/chat/completions", headers={"X-SMG-Routing-Key": "s-live"}, json={
+        "model": MODEL, "messages": [{"role": "user", "content": tokenizer.synth_text(9, 40)}], "max_tokens": 30})
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    sim = r.json()["sim"]
+    assert elapsed >= (sim["finish"] - sim["arrival"]) * 0.95
