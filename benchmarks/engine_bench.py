@@ -71,8 +71,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         tokens, plan = sessions[sid]
         p, o = plan[turn]
         engine = workers[sid % args.workers]
+        prompt, output = tokens[:p], tokens[p : p + o]
+        if args.lists:
+            prompt, output = prompt.tolist(), output.tolist()
         s0 = clock()
-        timing = engine.submit(now, tokens[:p], tokens[p : p + o])
+        timing = engine.submit(now, prompt, output)
         submit_time += clock() - s0
         n_req += 1
         if p > max_prompt:
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tool-time", type=float, default=2.0, help="mean tool time between turns (virtual s)")
     ap.add_argument("--capacity", type=int, default=400_000, help="KV tokens per worker (0 = unbounded)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lists", action="store_true", help="pass Python lists (as JSON-fed callers do), not arrays")
     ap.add_argument("--profile", action="store_true", help="run under cProfile and print the top functions")
     args = ap.parse_args(argv)
     print(f"python {platform.python_version()} numpy {np.__version__} on {platform.machine()} {platform.processor()}")
