@@ -85,7 +85,8 @@ FORCED_FIELDS: dict[str, Any] = {
 # never forwarded upstream (hop-by-hop, or recomputed by the HTTP client)
 _DROP_REQUEST_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer", "upgrade",
-     "proxy-connection", "proxy-authorization", "proxy-authenticate"}
+     "proxy-connection", "proxy-authorization", "proxy-authenticate",
+     "accept-encoding"}  # the HTTP client asks for encodings it can decode; the answer is relayed decoded
 )
 # never copied from an upstream answer back to the client
 DROP_RESPONSE_HEADERS = frozenset(

@@ -214,11 +214,14 @@ def test_bad_input_gets_a_clear_4xx(content, status, needle):
         assert router.received == [] and client.get(f"/sessions/{sid}").json()["records"] == []
 
 
-def test_session_limit_and_unknown_route():
+def test_session_limit_and_unknown_routes_answer_json_errors():
     with stack(max_sessions=1) as (client, _router, _app):
         new_session(client)
         r = client.post("/sessions")
         assert r.status_code == 503 and "session limit" in r.json()["error"]
+        assert client.get("/nowhere").status_code == 404 and "error" in client.get("/nowhere").json()
+        r = client.put("/sessions")
+        assert r.status_code == 405 and "error" in r.json()
 
 
 # --- split-lock contract (spec section 8) ------------------------------------------------------------
