@@ -325,9 +325,9 @@ def _join(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         and prompt.flags.c_contiguous
         and output.flags.c_contiguous
     ):
-        p0 = prompt.ctypes.data
-        if output.ctypes.data == p0 + prompt.nbytes:
-            off = (p0 - root.ctypes.data) // 8
+        p0 = prompt.__array_interface__["data"][0]
+        if output.__array_interface__["data"][0] == p0 + prompt.nbytes:
+            off = (p0 - root.__array_interface__["data"][0]) // 8
             return root.reshape(-1)[off : off + len(prompt) + len(output)]
     return np.concatenate((prompt, output))
 
