@@ -63,6 +63,14 @@ class Gateway:
     def live_now(self) -> float:
         return time.monotonic() - self.t0
 
+    def now(self, virtual: bool | None = None) -> float:
+        """The gateway's clock: the virtual clock, or (live) seconds since start, advancing the core to it.
+        Before the first inference request the mode is unknown and the clock is left where it is."""
+        live = (self.mode == "live") if virtual is None else not virtual
+        if live:
+            self.core.advance(self.live_now())
+        return self.core.clock
+
     async def start(self, serve_metrics: bool) -> None:
         cfg = self.config
         self.client = httpx.AsyncClient(
@@ -79,7 +87,7 @@ class Gateway:
             )
         self.spawn(self.register(cfg.worker_urls))
         if not cfg.disable_health_check:
-            self.spawn(health.health_loop(self.core, self.client))
+            self.spawn(health.health_loop(self.core, self.client, self.now))
         self.spawn(load_monitor.live_loop(self.core, self.client, self.live_now, lambda: self.mode == "live"))
 
     def spawn(self, coro) -> None:
@@ -145,12 +153,12 @@ class Gateway:
         if urls:
             assert self.client is not None
             await load_monitor.poll(core, self.client, urls, core.clock, virtual=virtual)
-        core.breaker_tick(time.monotonic())
         rid = upstream.request_id(headers, endpoint) if endpoint in upstream.REQUEST_ID_PREFIX else ""
         attempts = cfg.max_attempts
         last: Response | None = None
+        failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
         for attempt in range(attempts):
-            d = core.select(endpoint, headers, body, now=core.clock, attempt=attempt)
+            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt)
             if d.url is None:
                 if last is not None:
                     break
@@ -159,6 +167,7 @@ class Gateway:
             if not isinstance(result, tuple):
                 return result
             last, retryable = result
+            failed.append(d.url)
             if not retryable or attempt + 1 >= attempts:
                 break
             m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
@@ -193,7 +202,7 @@ class Gateway:
             resp = await self.client.send(req, stream=True)
         except httpx.HTTPError as e:
             core.finish(ticket)
-            core.record_outcome(d.url, False, time.monotonic())
+            core.record_outcome(d.url, False, self.now(virtual))
             m.worker_errors.labels(worker_type="regular", connection_mode="http", error_type="backend_error").inc()
             m.upstream_responses.labels(
                 router_type="http", status_code="500", error_code="call_upstream_connection_failed"
@@ -210,9 +219,9 @@ class Gateway:
             await resp.aclose()
             core.finish(ticket, virtual_finish=vf)
             if status not in upstream.BREAKER_NEUTRAL:
-                core.record_outcome(d.url, False, time.monotonic())
+                core.record_outcome(d.url, False, self.now(virtual))
             return Response(content, status_code=status, headers=out_headers), True
-        core.record_outcome(d.url, status < 500, time.monotonic())
+        core.record_outcome(d.url, status < 500, self.now(virtual))
         if d.stream and status == 200:
             return StreamingResponse(
                 self._relay(resp, ticket, vf),

@@ -11,7 +11,8 @@ when omitted the core's clock is used)::
     core.add_worker(url: str, model: str = "unknown", now: float | None = None) -> Worker
     core.remove_worker(url: str) -> bool
     core.advance(now: float) -> int            # clock = max(clock, now); release in-flight requests whose
-                                               # virtual finish <= clock; run eviction timers; returns #released
+                                               # virtual finish <= clock; run eviction and breaker timers;
+                                               # returns #released
     core.due_polls(now: float) -> list[str]    # URLs to poll now if a load poll is due (marks it done)
     core.record_load(url: str, load: Mapping | EngineLoad | None, now: float) -> None
                                                # a /v1/loads answer (WorkerLoadResponse JSON) or an EngineLoad
@@ -25,6 +26,7 @@ when omitted the core's clock is used)::
                                                # virtual_finish (the worker's x-sim-finish)
     core.record_outcome(url: str, ok: bool, now: float) -> None         # circuit-breaker outcome of an attempt
     core.breaker_tick(now: float) -> None      # open breakers half-open after --cb-timeout-duration-secs
+                                               # (advance() calls it; breaker times are on the same clock)
     core.health_result(url: str, ok: bool, now: float) -> None          # one health probe's result
     core.route(endpoint, headers, body, now) -> tuple[Decision, Ticket | None]
                                                # advance + select + begin, for the direct transport
@@ -197,6 +199,7 @@ class GatewayCore:
             _, _, t = heapq.heappop(self._pending)
             released += self._release(t)
         self.policy.tick(self.clock)
+        self.breaker_tick(self.clock)
         return released
 
     def due_polls(self, now: float) -> list[str]:

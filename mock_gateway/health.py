@@ -71,7 +71,7 @@ async def register_workers(
             await asyncio.sleep(interval)
 
 
-async def health_loop(core: GatewayCore, client: httpx.AsyncClient) -> None:
+async def health_loop(core: GatewayCore, client: httpx.AsyncClient, clock: Callable[[], float]) -> None:
     """Probe every worker's ``--health-check-endpoint`` each ``--health-check-interval-secs``."""
     cfg = core.config
     while True:
@@ -86,6 +86,6 @@ async def health_loop(core: GatewayCore, client: httpx.AsyncClient) -> None:
                 return False
 
         results = await asyncio.gather(*(probe(u) for u in urls))
-        now = time.monotonic()
+        now = clock()
         for u, ok in zip(urls, results, strict=True):
             core.health_result(u, ok, now)
