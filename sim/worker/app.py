@@ -22,6 +22,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -185,7 +186,8 @@ def create_app(
             t = sim_time_query(request)
         except _BadBody as e:
             return _error(e.status, str(e))
-        return json_response(200, core.loads(t))
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return json_response(200, core.loads(t, timestamp=stamp))
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -19,9 +19,10 @@ API (all methods are synchronous and take the current time as an argument):
     ``body`` (a JSON object) or, for ``stream: true``, ``events`` (JSON objects, each sent as
     ``data: <json>\\n\\n``, followed by ``data: [DONE]``) with ``event_times`` (the virtual time each
     event is due), ``timing`` (the engine's ``RequestTiming``) and ``virtual`` (True when the body
-    carried ``sim_time``: answer at once; False: the adapter waits until ``timing.finish``).
+    carried ``sim_time``: answer at once; False: the adapter holds the answer for
+    ``timing.finish - timing.arrival`` model seconds, stream events likewise).
 
-``core.loads(now) -> dict``            SMG's ``WorkerLoadResponse`` (``GET /v1/loads``).
+``core.loads(now, timestamp=None) -> dict``   SMG's ``WorkerLoadResponse`` (``GET /v1/loads``).
 ``core.metrics(now) -> bytes``         Prometheus text (``GET /metrics``), ``sglang:`` names.
 ``core.health() -> (status, dict)``    200, or 503 when the ``unhealthy`` fault is set.
 ``core.models()``, ``core.server_info()``, ``core.model_info()``   registration documents.
@@ -31,7 +32,10 @@ API (all methods are synchronous and take the current time as an argument):
 Response fields beyond OpenAI/SGLang: a top-level ``"sim"`` object (``arrival``, ``start``,
 ``first_token``, ``finish``, ``worker``, ``cached_tokens``, ``evicted_tokens``; see ``sim.vtime``)
 in JSON answers and in the last stream event; headers ``x-sim-arrival``, ``x-sim-start``,
-``x-sim-first-token``, ``x-sim-finish``, ``x-sim-worker`` on every inference answer.
+``x-sim-first-token``, ``x-sim-finish`` on every served answer and ``x-sim-worker`` on every answer.
+``meta_info`` (``output_token_logprobs`` as ``[logprob, token_id, null]``, ``prompt_tokens``,
+``completion_tokens``, ``cached_tokens``) is always present, whatever ``return_meta_info`` says.
+Mixing virtual-time and live-time requests on one worker is a misuse (the clock only moves forward).
 
 Output length: ``max_tokens`` (chat, completions; ``max_completion_tokens`` also accepted) or
 ``sampling_params.max_new_tokens`` (generate) is the exact number of output tokens, the last one
@@ -298,13 +302,18 @@ class WorkerCore:
         self.engine.advance(t)
         return self.engine.load(t)
 
-    def loads(self, now: float | None = None) -> dict[str, Any]:
-        """SMG's ``WorkerLoadResponse``: ``{timestamp, dp_rank_count, loads: [one rank]}``."""
+    def loads(self, now: float | None = None, timestamp: str | None = None) -> dict[str, Any]:
+        """SMG's ``WorkerLoadResponse``: ``{timestamp, dp_rank_count, loads: [one rank]}``.
+
+        ``timestamp`` (RFC 3339) defaults to the model time read as seconds since the Unix epoch, so the
+        core stays clock-free; the HTTP app passes the wall-clock time as SGLang does."""
         ld = self.load(now)
+        if timestamp is None:
+            timestamp = datetime.fromtimestamp(self._clock, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         total = ld.num_running_reqs + ld.num_waiting_reqs
         utilization = ld.num_running_reqs / ld.max_running_requests if ld.max_running_requests else 0.0
         return {
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "timestamp": timestamp,
             "dp_rank_count": 1,
             "loads": [{
                 "dp_rank": 0,
