@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import socket
+import sys
 from collections.abc import Generator, Sequence
 
 import uvicorn
@@ -91,7 +93,25 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("sizes and counts must be >= 1")
 
 
-async def serve(args: argparse.Namespace) -> int:
+def bind(host: str, ports: Sequence[int]) -> list[socket.socket]:
+    """Bind every port before serving any, so a busy port fails the whole command cleanly."""
+    socks: list[socket.socket] = []
+    try:
+        for port in ports:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+async def serve(args: argparse.Namespace, socks: Sequence[socket.socket]) -> int:
     cores = make_cores(args)
     servers: list[_Server] = []
     exited: set[int] = set()
@@ -113,7 +133,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_all)
-    await asyncio.gather(*(s.serve() for s in servers))
+    await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in zip(servers, socks, strict=True)))
     if any(not s.started for s in servers):
         return 1
     return 3 if len(exited) == len(servers) else 0
@@ -123,4 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     _validate(p, args)
-    return asyncio.run(serve(args))
+    ports = range(args.port, args.port + args.count)
+    try:
+        socks = bind(args.host, ports)
+    except OSError as e:
+        print(f"smg-testbed worker: cannot bind {args.host}:{args.port}..{ports[-1]}: {e}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(serve(args, socks))
+    finally:
+        for sock in socks:
+            sock.close()
