@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ import httpx
 import pytest
 
 from session_server.app import ServerConfig, create_app
-from session_server.core import SessionCore
+from session_server.core import SessionCore, UpstreamResponse
+from session_server.direct import DirectSessionServer
 from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
 from sim import procs
 from sim import tokenizer as tok
@@ -327,3 +329,50 @@ def test_cli_serves_and_no_routing_key_flag(launcher):
             assert router.received[0].header_values(KEY) == []
         finally:
             proc.stop()
+
+
+def test_direct_server_answers_what_the_http_server_answers():
+    seed = 3
+    router_http, router_direct = FakeRouter(), FakeRouter()
+
+    def upstream(req):
+        if req.path == "v1/chat/completions":
+            return UpstreamResponse(200, {"content-type": "application/json"}, data=router_direct.answer(req.json))
+        return UpstreamResponse(200, {"content-type": "application/json"},
+                                data={"echo": req.path, "method": req.method, "query": req.query, "body": None})
+
+    direct = DirectSessionServer(SessionCore(session_id_seed=seed), upstream)
+    # turns carry sim_time, so record timestamps do not depend on either server's clock
+    first = [{"role": "user", "content": "hello"}]
+
+    def script(create, chat, get, delete, passthrough):
+        sid = create()
+        out = [get(sid), get("unknown"), chat("unknown", b'{"messages": []}'), chat(sid, b"{bad"),
+               chat(sid, b'{"messages": 1}'), chat(sid, b'{"messages": [], "stream": true}'),
+               chat(sid, json.dumps({"messages": first, "sim_time": 1.0}).encode())]
+        m = [*first, out[-1][1]["choices"][0]["message"]]
+        out += [chat(sid, json.dumps({"messages": [*m, {"role": "user", "content": "no"}]}).encode()),
+                chat(sid, json.dumps({"messages": [*m, {"role": "tool", "content": "ok"}], "sim_time": 2.0}).encode()),
+                chat(sid, json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()),
+                passthrough(sid), passthrough("unknown"), get(sid), delete(sid), delete(sid), get(sid)]
+        return out
+
+    expected = script(
+        lambda: direct.create_session().body["session_id"],
+        lambda sid, b: (lambda r: (r.status, r.body))(direct.chat(sid, b)),
+        lambda sid: (lambda r: (r.status, r.body))(direct.get_session(sid)),
+        lambda sid: (lambda r: (r.status, r.body))(direct.delete_session(sid)),
+        lambda sid: (lambda r: (r.status, r.body))(direct.passthrough(sid, "GET", "v1/echo", "q=1")))
+    with stack(router_http, session_id_seed=seed) as (c, _router, _app):
+        def js(r):
+            return (r.status_code, r.json() if r.content else None)
+
+        got = script(
+            lambda: c.post("/sessions").json()["session_id"],
+            lambda sid, b: js(c.post(f"/sessions/{sid}/v1/chat/completions", content=b)),
+            lambda sid: js(c.get(f"/sessions/{sid}")),
+            lambda sid: js(c.delete(f"/sessions/{sid}")),
+            lambda sid: js(c.get(f"/sessions/{sid}/v1/echo?q=1")))
+    for e, g in zip(expected, got, strict=True):
+        assert e == g
+    assert [s for s, _ in got] == [200, 404, 404, 400, 400, 400, 200, 400, 200, 400, 200, 404, 200, 204, 404, 404]

@@ -20,6 +20,8 @@ import httpx
 import pytest
 
 from session_server.app import ServerConfig, create_app
+from session_server.core import SessionCore, UpstreamResponse
+from session_server.direct import DirectSessionServer
 from sim import procs
 from sim import tokenizer as tok
 from sim.engine.types import WorkerConfig
@@ -223,6 +225,10 @@ def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
 # --- the same logic in-process: http and direct give identical results ----------------------------------
 
 
+def sim_headers(headers) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-sim-")}
+
+
 def scripted_agent(create, turn, view, n_sessions: int = 3, turns: int = 5) -> list:
     """Sessions with tool results, one agent retry (rollback) and sim_time; returns everything observed."""
     observed = []
@@ -232,8 +238,10 @@ def scripted_agent(create, turn, view, n_sessions: int = 3, turns: int = 5) -> l
         messages = [SYSTEM, {"role": "user", "content": tok.synth_text(7000 + i, 12)}]
         for k in range(turns):
             t += 0.5
-            status, body = turn(sid, {"model": MODEL, "messages": messages, "max_tokens": 4 + k, "sim_time": t})
-            observed.append((sid, k, status, body))
+            body_in = {"model": MODEL, "messages": messages, "max_tokens": 4 + k, "sim_time": t}
+            status, body, headers = turn(sid, body_in)
+            observed.append((sid, k, status, body, headers))
+            assert headers["x-sim-worker"] == "w0"
             if status != 200:
                 continue
             reply = body["choices"][0]["message"]
@@ -256,20 +264,20 @@ def test_http_and_direct_paths_give_identical_results():
         return core
 
     # direct: the core with an in-process worker, no HTTP anywhere
-    from session_server.core import SessionCore, UpstreamResponse
-
     worker = fresh_worker()
-    core = SessionCore(session_id_seed=seed)
 
     def upstream(req):
         reply = worker.infer("chat", req.json)
         return UpstreamResponse(reply.status, reply.headers, data=reply.body)
 
-    def direct_turn(sid, body):
-        r = core.run_turn(sid, body, {}, upstream)
-        return r.status, r.body
+    server = DirectSessionServer(SessionCore(session_id_seed=seed), upstream)
 
-    direct = scripted_agent(lambda: core.create_session(0.0), direct_turn, core.get_view)
+    def direct_turn(sid, body):
+        r = server.chat(sid, body)
+        return r.status, r.body, sim_headers(r.headers)
+
+    direct = scripted_agent(lambda: server.create_session().body["session_id"], direct_turn,
+                            lambda sid: server.get_session(sid).body)
 
     # http: session server -> mock worker over loopback
     worker = fresh_worker()
@@ -277,7 +285,7 @@ def test_http_and_direct_paths_give_identical_results():
             httpx.Client(base_url=ss, timeout=30, trust_env=False) as c:
         def http_turn(sid, body):
             r = c.post(f"/sessions/{sid}/v1/chat/completions", json=body)
-            return r.status_code, r.json()
+            return r.status_code, r.json(), sim_headers(r.headers)
 
         over_http = scripted_agent(lambda: c.post("/sessions").json()["session_id"], http_turn,
                                    lambda sid: c.get(f"/sessions/{sid}").json())
