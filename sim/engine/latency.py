@@ -5,9 +5,11 @@ DistServe/Vidur/splitwise form, with the suggested Llama-3-8B-on-one-H100 coeffi
 ``LatencyModel``'s defaults already are):
 
 - prefill of ``new`` uncached tokens after ``cached`` cached ones:
-  ``max(5.6 ms, 20 us * new) + 0.66 ns * new * (cached + new / 2)``: linear GEMM work on the uncached
+  ``max(5.6 ms, 20 us * new) + 1.32 ns * new * (cached + new / 2)``: linear GEMM work on the uncached
   tokens with the weight-read floor, plus attention over the whole context (a prefix hit removes
-  tokens from ``new`` but not from the attention context);
+  tokens from ``new`` but not from the attention context). Section 4 puts a cold L-token prefill's
+  attention at ~0.66 ns * L**2 (0.7 s at 32K); a cold prefill here is ``c * L**2 / 2``, hence
+  ``c = 1.32 ns`` (types.py's default, doubled from the 0.66 ns it first had).
 - one decode step: ``5.6 ms + 30 us * batch + 0.04 us * sum(context)`` (per-sequence overhead and
   the KV read of every running sequence's context).
 

@@ -17,11 +17,14 @@ class LatencyModel:
     Defaults: an 8B model on one H100 (shared/specs/anchors-workloads-models.md section 4):
     prefill step ``max(prefill_floor, prefill_per_token * new) + attention_per_token2 * new * (cached + new/2)``;
     decode step ``decode_floor + decode_per_seq * batch + decode_per_ctx_token * sum(context)``.
+    ``attention_per_token2`` is 1.32 ns: section 4 derives ~0.66 ns * L**2 for the whole causal attention of
+    a cold L-token prefill (44 ms at 8K, 0.7 s at 32K); in the ``new * (cached + new/2)`` form a cold
+    prefill is ``L**2 / 2``, so the coefficient is twice that.
     """
 
     prefill_floor: float = 5.6e-3
     prefill_per_token: float = 20e-6
-    attention_per_token2: float = 0.66e-9
+    attention_per_token2: float = 1.32e-9
     decode_floor: float = 5.6e-3
     decode_per_seq: float = 30e-6
     decode_per_ctx_token: float = 0.04e-6
