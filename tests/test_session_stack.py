@@ -87,12 +87,13 @@ def _mock_gateway_ready() -> bool:
 
 
 @contextlib.contextmanager
-def gateway(kind: str, worker_urls: list[str], tmp_path: Path) -> Iterator[tuple[str, str]]:
+def gateway(kind: str, worker_urls: list[str], tmp_path: Path, extra: tuple[str, ...] = ()
+            ) -> Iterator[tuple[str, str]]:
     """A gateway with ``--policy manual --assignment-mode min_load``; yields (url, metrics url)."""
     port, prom = procs.free_ports(2)
     flags = ["--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
              "--prometheus-port", str(prom), "--worker-urls", *worker_urls, "--policy", "manual",
-             "--assignment-mode", "min_load", "--worker-startup-check-interval", "1"]
+             "--assignment-mode", "min_load", "--worker-startup-check-interval", "1", *extra]
     if kind == "smg":
         binary = procs.smg_binary()
         if binary is None:
@@ -297,3 +298,18 @@ def test_http_and_direct_paths_give_identical_results():
     assert len(retried) > 3  # first turns plus retried turns
     views = [v for v in direct if isinstance(v, dict)]
     assert [len(v["records"]) for v in views] == [4, 4, 4]  # 5 turns, one of them rolled back by the agent
+
+
+@pytest.mark.parametrize("kind", [pytest.param("smg", marks=pytest.mark.real_smg), "mock"])
+def test_custom_routing_key_header_for_a_gateway_set_up_with_another_name(kind, tmp_path):
+    n, t = 2, 3
+    with workers(2) as ws, gateway(kind, [u for _, _, u in ws], tmp_path,
+                                   ("--routing-key-headers", "x-session-id")) as (gw, metrics):
+        with session_server(gw, routing_key_header="X-Session-Id") as ss:
+            sessions = asyncio.run(run_sessions(ss, n, t))
+        branches, entries = branch_counts(httpx.get(metrics, trust_env=False).text)
+        assert branches.get("vacant") == n and branches.get("occupied_hit") == n * (t - 1)
+        assert branches.get("no_routing_id", 0) == 0 and entries == n
+        for s in sessions:
+            assert len(set(s["workers"])) == 1
+            assert_prefix_reuse(s)
