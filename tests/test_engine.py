@@ -229,6 +229,10 @@ def run(program, config: WorkerConfig):
             if o.finish > now:
                 assert engine.peek_cached(p) >= o.cached_tokens
         engine.cache.check()
+        ld = engine.load(now)
+        assert ld.num_running_reqs + ld.num_waiting_reqs == engine.in_flight
+        assert ld.num_running_reqs <= config.max_running_requests
+        assert 0 <= ld.num_used_tokens and ld.gen_throughput >= 0
     engine.advance(float("inf"))
     return timings, dataclasses.asdict(engine.stats), engine.cache.resident_tokens
 

@@ -256,7 +256,13 @@ class Engine:
 
     # ------------------------------------------------------------------ queries
     def load(self, now: float) -> EngineLoad:
-        """Load at ``now`` (commits finishes up to ``now`` first), in SGLang's terms."""
+        """Load at ``now`` (commits finishes up to ``now`` first), in SGLang's terms.
+
+        ``num_used_tokens`` = locked cache + KV of started requests; unlike SGLang it includes the
+        prefixes locked by waiting requests (they lock at arrival here, at scheduling in SGLang).
+        ``gen_throughput`` = output tokens produced in the last ``GEN_THROUGHPUT_WINDOW`` seconds
+        (each request's tokens spread evenly from first token to finish) / the window.
+        """
         self.advance(now)
         running = waiting = waiting_uncached = 0
         lo = now - GEN_THROUGHPUT_WINDOW
