@@ -232,7 +232,7 @@ def run(program, config: WorkerConfig):
         ld = engine.load(now)
         assert ld.num_running_reqs + ld.num_waiting_reqs == engine.in_flight
         assert ld.num_running_reqs <= config.max_running_requests
-        assert 0 <= ld.num_used_tokens and ld.gen_throughput >= 0
+        assert ld.num_used_tokens >= 0 and ld.gen_throughput >= 0
     engine.advance(float("inf"))
     return timings, dataclasses.asdict(engine.stats), engine.cache.resident_tokens
 
