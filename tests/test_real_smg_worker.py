@@ -121,3 +121,33 @@ def test_a_live_time_request_is_held_for_its_modelled_latency(gateway):
     assert r.status_code == 200, r.text
     sim = r.json()["sim"]
     assert elapsed >= (sim["finish"] - sim["arrival"]) * 0.95
+
+
+def test_worker_faults_through_the_gateway(gateway):
+    """A 5xx from the pinned worker is retried elsewhere; a 400 "rollback failed" reaches the client as is."""
+    client, urls = gateway
+    key = {"X-SMG-Routing-Key": "s-faults"}
+    msgs = [{"role": "user", "content": tokenizer.synth_text(21, 20)}]
+    first = client.post("/v1/chat/completions", headers=key, json={
+        "model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 300.0})
+    pinned = first.headers["x-smg-routed-worker-id"]
+    try:
+        assert client.post(f"{pinned}/admin/faults", json={"fail_rate": 1.0}).status_code == 200
+        r = client.post("/v1/chat/completions", headers=key, json={
+            "model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 301.0})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-smg-routed-worker-id"] != pinned
+
+        for url in urls:
+            client.post(f"{url}/admin/faults", json={"fail_rate": 0.0, "rollback_fail_rate": 1.0})
+        r = client.post("/v1/chat/completions", headers=key, json={
+            "model": MODEL, "messages": msgs, "input_ids": tokenizer.render(msgs), "max_tokens": 4,
+            "sim_time": 302.0})
+        assert r.status_code == 400
+        assert "rollback failed" in r.text
+        r = client.post("/v1/chat/completions", headers=key, json={
+            "model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 303.0})
+        assert r.status_code == 200
+    finally:
+        for url in urls:
+            client.post(f"{url}/admin/faults", json={"fail_rate": 0.0, "rollback_fail_rate": 0.0})
