@@ -142,7 +142,8 @@ class Gateway:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             return error(400, "invalid_json", f"JSON syntax error: Failed to parse the request body as JSON: {e}")
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        raw_headers = {k.lower(): v for k, v in request.headers.items()}  # latin-1 decoded by the server
+        headers = {k: upstream.utf8_header(v) for k, v in raw_headers.items()}
         sim_t = vtime.request_time(body) if isinstance(body, dict) else None
         virtual = sim_t is not None
         if self.mode is None:
@@ -153,7 +154,7 @@ class Gateway:
         if urls:
             assert self.client is not None
             await load_monitor.poll(core, self.client, urls, core.clock, virtual=virtual)
-        rid = upstream.request_id(headers, endpoint) if endpoint in upstream.REQUEST_ID_PREFIX else ""
+        rid = upstream.request_id(raw_headers, endpoint)
         attempts = cfg.max_attempts
         last: Response | None = None
         failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
@@ -163,7 +164,7 @@ class Gateway:
                 if last is not None:
                     break
                 return self._refusal(d)
-            result = await self._attempt(d, path, endpoint, headers, body, rid, virtual)
+            result = await self._attempt(d, path, endpoint, raw_headers, body, rid, virtual)
             if not isinstance(result, tuple):
                 return result
             last, retryable = result

@@ -48,13 +48,25 @@ BODY_DEFAULTS: dict[str, dict[str, Any]] = {
 REQUEST_ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-", "generate": "gnt-"}
 
 
-def forward_headers(headers: Mapping[str, str], api_key: str | None = None) -> dict[str, str]:
-    """Only SMG's allow-list goes upstream (custom routing-key headers do not)."""
-    out = {k: v for k, v in headers.items() if k in FORWARDED or k.startswith("x-request-id-")}
+def utf8_header(value: str) -> str:
+    """A header value as UTF-8 text (ASGI servers hand it over latin-1 decoded); invalid UTF-8 keeps lone
+    surrogates, which routing-key validation rejects."""
+    try:
+        return value.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value
+
+
+def forward_headers(headers: Mapping[str, str], api_key: str | None = None) -> dict[str, bytes]:
+    """Only SMG's allow-list goes upstream (custom routing-key headers do not); values are passed through
+    byte for byte (``headers`` as the server decoded them, latin-1)."""
+    out = {
+        k: v.encode("latin-1", "replace") for k, v in headers.items() if k in FORWARDED or k.startswith("x-request-id-")
+    }
     if "authorization" not in out and api_key:
-        out["authorization"] = f"Bearer {api_key}"
-    out["content-type"] = "application/json"
-    out["accept"] = "*/*"
+        out["authorization"] = f"Bearer {api_key}".encode()
+    out["content-type"] = b"application/json"
+    out["accept"] = b"*/*"
     return out
 
 
