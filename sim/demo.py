@@ -69,18 +69,31 @@ class ModeResult:
         return sum(values) / len(values) if values else 0.0
 
 
-def run_mode(mode: str, *, workers: int, sessions: int, turns: int, seed: int, kv_capacity_tokens: int | None,
-             system_tokens: int = 300, task_tokens: int = 80, tool_tokens: int = 120, answer_tokens: int = 40,
-             tool_time: float = 2.0) -> ModeResult:
+def run_mode(
+    mode: str,
+    *,
+    workers: int,
+    sessions: int,
+    turns: int,
+    seed: int,
+    kv_capacity_tokens: int | None,
+    system_tokens: int = 300,
+    task_tokens: int = 80,
+    tool_tokens: int = 120,
+    answer_tokens: int = 40,
+    tool_time: float = 2.0,
+) -> ModeResult:
     """Play ``sessions`` conversations of ``turns`` turns against fresh workers; routing by ``mode``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    cores = [WorkerCore(WorkerConfig(name=f"w{i}", kv_capacity_tokens=kv_capacity_tokens), seed=seed)
-             for i in range(workers)]
+    cores = [
+        WorkerCore(WorkerConfig(name=f"w{i}", kv_capacity_tokens=kv_capacity_tokens), seed=seed) for i in range(workers)
+    ]
     system = {"role": "system", "content": tokenizer.synth_text(seed * 7919 + 1, system_tokens)}
     history: dict[int, list[dict[str, Any]]] = {
         s: [system, {"role": "user", "content": tokenizer.synth_text(seed * 7919 + 100 + s, task_tokens)}]
-        for s in range(sessions)}
+        for s in range(sessions)
+    }
     stats = {s: SessionStats(s) for s in range(sessions)}
     # (virtual time the session is ready, session): served strictly in time order
     ready = [(0.05 * s, s) for s in range(sessions)]
@@ -95,8 +108,10 @@ def run_mode(mode: str, *, workers: int, sessions: int, turns: int, seed: int, k
                 target = s % workers
             else:
                 target, rr = rr % workers, rr + 1
-            r = client.post(f"{servers[target].url}/v1/chat/completions", json={
-                "model": "mock-model", "messages": history[s], "max_tokens": answer_tokens, "sim_time": t})
+            r = client.post(
+                f"{servers[target].url}/v1/chat/completions",
+                json={"model": "mock-model", "messages": history[s], "max_tokens": answer_tokens, "sim_time": t},
+            )
             r.raise_for_status()
             body = r.json()
             st = stats[s]
@@ -107,8 +122,10 @@ def run_mode(mode: str, *, workers: int, sessions: int, turns: int, seed: int, k
             st.workers.append(body["sim"]["worker"])
             if st.turns < turns:
                 tool = tokenizer.synth_text(seed * 7919 + 1000 * s + st.turns, tool_tokens)
-                history[s] += [{"role": "assistant", "content": body["choices"][0]["message"]["content"]},
-                               {"role": "tool", "content": tool}]
+                history[s] += [
+                    {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
+                    {"role": "tool", "content": tool},
+                ]
                 heapq.heappush(ready, (body["sim"]["finish"] + tool_time, s))
         ports = [srv.port for srv in servers]
     return ModeResult(mode, [stats[s] for s in range(sessions)], ports)
@@ -120,25 +137,43 @@ def render(results: Sequence[ModeResult], console: Console) -> None:
         for col in ("session", "turns", "prompt", "cached", "reuse", "TTFT ms", "workers by turn"):
             table.add_column(col, justify="left" if col.startswith("workers") else "right")
         for s in res.sessions:
-            table.add_row(str(s.session), str(s.turns), str(s.prompt_tokens), str(s.cached_tokens),
-                          f"{s.reuse:.1%}", f"{1000 * sum(s.ttft) / len(s.ttft):.1f}", ",".join(s.workers))
+            table.add_row(
+                str(s.session),
+                str(s.turns),
+                str(s.prompt_tokens),
+                str(s.cached_tokens),
+                f"{s.reuse:.1%}",
+                f"{1000 * sum(s.ttft) / len(s.ttft):.1f}",
+                ",".join(s.workers),
+            )
         console.print(table)
     summary = Table(title="overall")
     for col in ("routing", "prompt", "cached", "prefilled", "KV reuse", "mean TTFT ms"):
         summary.add_column(col, justify="right" if col != "routing" else "left")
     for res in results:
         prefilled = res.prompt_tokens - res.cached_tokens
-        summary.add_row(res.mode, str(res.prompt_tokens), str(res.cached_tokens), str(prefilled),
-                        f"{res.kv_reuse:.1%}", f"{1000 * res.mean_ttft:.1f}")
+        summary.add_row(
+            res.mode,
+            str(res.prompt_tokens),
+            str(res.cached_tokens),
+            str(prefilled),
+            f"{res.kv_reuse:.1%}",
+            f"{1000 * res.mean_ttft:.1f}",
+        )
     console.print(summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="smg-testbed demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="smg-testbed demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--sessions", type=int, default=8,
-                   help="a multiple of --workers makes round-robin coincide with sticky (turns are served in rounds)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=8,
+        help="a multiple of --workers makes round-robin coincide with sticky (turns are served in rounds)",
+    )
     p.add_argument("--turns", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-capacity-tokens", type=int, default=200_000, help="per worker (0: unbounded)")
@@ -146,13 +181,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.workers, args.sessions, args.turns) < 1:
         p.error("--workers, --sessions and --turns must be >= 1")
     console = Console()
-    results = [run_mode(mode, workers=args.workers, sessions=args.sessions, turns=args.turns, seed=args.seed,
-                        kv_capacity_tokens=args.kv_capacity_tokens or None) for mode in MODES]
+    results = [
+        run_mode(
+            mode,
+            workers=args.workers,
+            sessions=args.sessions,
+            turns=args.turns,
+            seed=args.seed,
+            kv_capacity_tokens=args.kv_capacity_tokens or None,
+        )
+        for mode in MODES
+    ]
     render(results, console)
     sticky, rr = results
-    console.print(f"sticky routing reused {sticky.kv_reuse:.1%} of prompt tokens from the KV cache, "
-                  f"round-robin {rr.kv_reuse:.1%}; prefill work {sticky.prompt_tokens - sticky.cached_tokens} "
-                  f"vs {rr.prompt_tokens - rr.cached_tokens} tokens.")
+    console.print(
+        f"sticky routing reused {sticky.kv_reuse:.1%} of prompt tokens from the KV cache, "
+        f"round-robin {rr.kv_reuse:.1%}; prefill work {sticky.prompt_tokens - sticky.cached_tokens} "
+        f"vs {rr.prompt_tokens - rr.cached_tokens} tokens."
+    )
     return 0
 
 

@@ -41,14 +41,34 @@ def gateway(tmp_path_factory):
     base = consecutive_free_ports(3)
     gw_port, prom_port = free_ports(2)
     urls = [f"http://127.0.0.1:{base + i}" for i in range(3)]
-    workers = python_module("sim.worker", "--host", "127.0.0.1", "--port", str(base), "--count", "3",
-                            "--model-name", MODEL, "--seed", "11")
-    gw = ["timeout", "120", smg_binary(), "launch", "--host", "127.0.0.1", "--port", str(gw_port),
-          "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom_port),
-          "--worker-urls", *urls, "--policy", "manual", "--worker-startup-check-interval", "1"]
-    with running(workers, f"{urls[-1]}/health", timeout=30, log_path=logs / "workers.log"), \
-            running(gw, f"http://127.0.0.1:{gw_port}/readiness", timeout=60, log_path=logs / "smg.log"), \
-            httpx.Client(base_url=f"http://127.0.0.1:{gw_port}", timeout=30, trust_env=False) as client:
+    workers = python_module(
+        "sim.worker", "--host", "127.0.0.1", "--port", str(base), "--count", "3", "--model-name", MODEL, "--seed", "11"
+    )
+    gw = [
+        "timeout",
+        "120",
+        smg_binary(),
+        "launch",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(gw_port),
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(prom_port),
+        "--worker-urls",
+        *urls,
+        "--policy",
+        "manual",
+        "--worker-startup-check-interval",
+        "1",
+    ]
+    with (
+        running(workers, f"{urls[-1]}/health", timeout=30, log_path=logs / "workers.log"),
+        running(gw, f"http://127.0.0.1:{gw_port}/readiness", timeout=60, log_path=logs / "smg.log"),
+        httpx.Client(base_url=f"http://127.0.0.1:{gw_port}", timeout=30, trust_env=False) as client,
+    ):
         yield client, urls
 
 
@@ -69,9 +89,17 @@ def test_second_turn_routes_to_the_same_worker_and_reuses_the_first_turn(gateway
     key = {"X-SMG-Routing-Key": "session-real-smg-1"}
     system = {"role": "system", "content": tokenizer.synth_text(1, 60)}
     user = {"role": "user", "content": tokenizer.synth_text(2, 30)}
-    r1 = client.post("/v1/chat/completions", headers=key, json={
-        "model": MODEL, "messages": [system, user], "max_tokens": 24, "sim_time": 100.0,
-        "return_prompt_token_ids": True})
+    r1 = client.post(
+        "/v1/chat/completions",
+        headers=key,
+        json={
+            "model": MODEL,
+            "messages": [system, user],
+            "max_tokens": 24,
+            "sim_time": 100.0,
+            "return_prompt_token_ids": True,
+        },
+    )
     assert r1.status_code == 200, r1.text
     worker1 = r1.headers["x-smg-routed-worker-id"]
     assert worker1 in urls
@@ -82,9 +110,16 @@ def test_second_turn_routes_to_the_same_worker_and_reuses_the_first_turn(gateway
 
     answer = {"role": "assistant", "content": t1["choices"][0]["message"]["content"]}
     tool = {"role": "tool", "tool_call_id": "call_1", "content": tokenizer.synth_text(3, 50)}  # SMG requires the id
-    r2 = client.post("/v1/chat/completions", headers=key, json={
-        "model": MODEL, "messages": [system, user, answer, tool], "max_tokens": 8,
-        "sim_time": t1["sim"]["finish"] + 2.0})
+    r2 = client.post(
+        "/v1/chat/completions",
+        headers=key,
+        json={
+            "model": MODEL,
+            "messages": [system, user, answer, tool],
+            "max_tokens": 8,
+            "sim_time": t1["sim"]["finish"] + 2.0,
+        },
+    )
     assert r2.status_code == 200, r2.text
     assert r2.headers["x-smg-routed-worker-id"] == worker1
     t2 = r2.json()
@@ -97,15 +132,25 @@ def test_second_turn_routes_to_the_same_worker_and_reuses_the_first_turn(gateway
 
 def test_stream_and_generate_pass_through_the_gateway(gateway):
     client, urls = gateway
-    r = client.post("/v1/chat/completions", headers={"X-SMG-Routing-Key": "s-stream"}, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "max_tokens": 6,
-        "stream": True, "stream_options": {"include_usage": True}, "sim_time": 200.0})
+    r = client.post(
+        "/v1/chat/completions",
+        headers={"X-SMG-Routing-Key": "s-stream"},
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "stream please"}],
+            "max_tokens": 6,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "sim_time": 200.0,
+        },
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.rstrip().endswith("data: [DONE]")
     assert '"completion_tokens":6' in r.text
-    r = client.post("/generate", json={"text": "one two three", "sampling_params": {"max_new_tokens": 4},
-                                       "sim_time": 201.0})
+    r = client.post(
+        "/generate", json={"text": "one two three", "sampling_params": {"max_new_tokens": 4}, "sim_time": 201.0}
+    )
     assert r.status_code == 200
     assert r.json()["meta_info"]["completion_tokens"] == 4
     assert r.headers["x-smg-routed-worker-id"] in urls
@@ -115,8 +160,11 @@ def test_a_live_time_request_is_held_for_its_modelled_latency(gateway):
     """Without sim_time the worker waits out its modelled latency (lower bound only, never a speed check)."""
     client, _ = gateway
     started = time.monotonic()
-    r = client.post("/v1/chat/completions", headers={"X-SMG-Routing-Key": "s-live"}, json={
-        "model": MODEL, "messages": [{"role": "user", "content": tokenizer.synth_text(9, 40)}], "max_tokens": 30})
+    r = client.post(
+        "/v1/chat/completions",
+        headers={"X-SMG-Routing-Key": "s-live"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": tokenizer.synth_text(9, 40)}], "max_tokens": 30},
+    )
     elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
     sim = r.json()["sim"]
@@ -128,25 +176,40 @@ def test_worker_faults_through_the_gateway(gateway):
     client, urls = gateway
     key = {"X-SMG-Routing-Key": "s-faults"}
     msgs = [{"role": "user", "content": tokenizer.synth_text(21, 20)}]
-    first = client.post("/v1/chat/completions", headers=key, json={
-        "model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 300.0})
+    first = client.post(
+        "/v1/chat/completions", headers=key, json={"model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 300.0}
+    )
     pinned = first.headers["x-smg-routed-worker-id"]
     try:
         assert client.post(f"{pinned}/admin/faults", json={"fail_rate": 1.0}).status_code == 200
-        r = client.post("/v1/chat/completions", headers=key, json={
-            "model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 301.0})
+        r = client.post(
+            "/v1/chat/completions",
+            headers=key,
+            json={"model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 301.0},
+        )
         assert r.status_code == 200, r.text
         assert r.headers["x-smg-routed-worker-id"] != pinned
 
         for url in urls:
             client.post(f"{url}/admin/faults", json={"fail_rate": 0.0, "rollback_fail_rate": 1.0})
-        r = client.post("/v1/chat/completions", headers=key, json={
-            "model": MODEL, "messages": msgs, "input_ids": tokenizer.render(msgs), "max_tokens": 4,
-            "sim_time": 302.0})
+        r = client.post(
+            "/v1/chat/completions",
+            headers=key,
+            json={
+                "model": MODEL,
+                "messages": msgs,
+                "input_ids": tokenizer.render(msgs),
+                "max_tokens": 4,
+                "sim_time": 302.0,
+            },
+        )
         assert r.status_code == 400
         assert "rollback failed" in r.text
-        r = client.post("/v1/chat/completions", headers=key, json={
-            "model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 303.0})
+        r = client.post(
+            "/v1/chat/completions",
+            headers=key,
+            json={"model": MODEL, "messages": msgs, "max_tokens": 4, "sim_time": 303.0},
+        )
         assert r.status_code == 200
     finally:
         for url in urls:

@@ -27,20 +27,41 @@ def running(args: list[str], ready_url: str, timeout: float, log_path: Path) -> 
         proc.stop()
 
 
-
 def test_one_process_serves_n_named_workers_and_the_exit_fault_ends_it(tmp_path):
     base = consecutive_free_ports(2)
-    args = python_module("sim.worker", "--host", "127.0.0.1", "--port", str(base), "--count", "2",
-                         "--kv-capacity-tokens", "5000", "--model-name", "m-test", "--seed", "5")
-    with running(args, f"http://127.0.0.1:{base + 1}/health", timeout=30, log_path=tmp_path / "w.log") as proc, \
-            httpx.Client(timeout=10, trust_env=False) as client:
+    args = python_module(
+        "sim.worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(base),
+        "--count",
+        "2",
+        "--kv-capacity-tokens",
+        "5000",
+        "--model-name",
+        "m-test",
+        "--seed",
+        "5",
+    )
+    with (
+        running(args, f"http://127.0.0.1:{base + 1}/health", timeout=30, log_path=tmp_path / "w.log") as proc,
+        httpx.Client(timeout=10, trust_env=False) as client,
+    ):
         names = []
         for port in (base, base + 1):
             url = f"http://127.0.0.1:{port}"
             assert client.get(f"{url}/v1/models").json()["data"][0]["id"] == "m-test"
             assert client.get(f"{url}/v1/loads").json()["loads"][0]["max_total_num_tokens"] == 5000
-            r = client.post(f"{url}/v1/chat/completions", json={
-                "model": "m-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "sim_time": 0.0})
+            r = client.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": "m-test",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 3,
+                    "sim_time": 0.0,
+                },
+            )
             names.append(r.headers[vtime.HEADER_WORKER])
         assert names == ["w0", "w1"]
 
@@ -73,9 +94,27 @@ def _wait_closed(client: httpx.Client, url: str) -> None:
 
 
 def test_flags_reach_the_worker_configs():
-    args = build_parser().parse_args(["--count", "3", "--kv-capacity-tokens", "0", "--page-size", "16",
-                                      "--max-running-requests", "8", "--slowdown", "2", "--decode-floor", "0.01",
-                                      "--fail-rate", "0.25", "--rollback-fail-rate", "0.5", "--unhealthy"])
+    args = build_parser().parse_args(
+        [
+            "--count",
+            "3",
+            "--kv-capacity-tokens",
+            "0",
+            "--page-size",
+            "16",
+            "--max-running-requests",
+            "8",
+            "--slowdown",
+            "2",
+            "--decode-floor",
+            "0.01",
+            "--fail-rate",
+            "0.25",
+            "--rollback-fail-rate",
+            "0.5",
+            "--unhealthy",
+        ]
+    )
     cores = make_cores(args)
     assert [c.name for c in cores] == ["w0", "w1", "w2"]
     cfg = cores[0].config
@@ -86,8 +125,9 @@ def test_flags_reach_the_worker_configs():
     assert cores[1].health()[0] == 503
 
 
-@pytest.mark.parametrize("argv", [["--count", "0"], ["--speedup", "0"], ["--fail-rate", "2"], ["--port", "65535",
-                                                                                             "--count", "2"]])
+@pytest.mark.parametrize(
+    "argv", [["--count", "0"], ["--speedup", "0"], ["--fail-rate", "2"], ["--port", "65535", "--count", "2"]]
+)
 def test_bad_flags_are_refused(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -18,9 +18,24 @@ messages = st.lists(st.fixed_dictionaries({"role": roles, "content": contents}),
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=10)
-request_keys = st.sampled_from(["messages", "input_ids", "max_tokens", "stream", "text", "prompt", "sampling_params",
-                                "sim_time", "n", "logprobs", "stream_options", "return_prompt_token_ids"])
+    max_leaves=10,
+)
+request_keys = st.sampled_from(
+    [
+        "messages",
+        "input_ids",
+        "max_tokens",
+        "stream",
+        "text",
+        "prompt",
+        "sampling_params",
+        "sim_time",
+        "n",
+        "logprobs",
+        "stream_options",
+        "return_prompt_token_ids",
+    ]
+)
 
 
 def core(name: str = "w0", seed: int = 7, **kw) -> WorkerCore:
@@ -29,8 +44,7 @@ def core(name: str = "w0", seed: int = 7, **kw) -> WorkerCore:
 
 @given(messages, st.integers(1, 40))
 def test_prompt_plus_output_is_the_rendered_conversation(msgs, n):
-    reply = core().infer("chat", {"messages": msgs, "max_tokens": n, "return_prompt_token_ids": True,
-                                  "sim_time": 0.0})
+    reply = core().infer("chat", {"messages": msgs, "max_tokens": n, "return_prompt_token_ids": True, "sim_time": 0.0})
     assert reply.status == 200 and reply.body is not None
     choice = reply.body["choices"][0]
     out = [p[1] for p in choice["meta_info"]["output_token_logprobs"]]
@@ -57,9 +71,13 @@ def test_timelines_are_ordered_and_reported_consistently(steps):
     for gap, n, route_i in steps:
         t += gap
         route = ("chat", "generate", "completions", "chat")[route_i]
-        body = ({"messages": convo, "max_tokens": n} if route == "chat" else
-                {"text": "some words", "sampling_params": {"max_new_tokens": n}} if route == "generate" else
-                {"prompt": "some words", "max_tokens": n})
+        body = (
+            {"messages": convo, "max_tokens": n}
+            if route == "chat"
+            else {"text": "some words", "sampling_params": {"max_new_tokens": n}}
+            if route == "generate"
+            else {"prompt": "some words", "max_tokens": n}
+        )
         reply = c.infer(route, {**body, "sim_time": t})
         assert reply.status == 200 and reply.body is not None and reply.virtual
         sim = reply.body["sim"]
@@ -80,8 +98,7 @@ def test_a_stream_carries_the_same_answer_as_the_json_body(msgs, n, route):
     else:
         body = {"text": "a b c", "sampling_params": {"max_new_tokens": n}}
     plain = core().infer(route, {**body, "sim_time": 0.0}).body
-    streamed = core().infer(route, {**body, "stream": True, "stream_options": {"include_usage": True},
-                                    "sim_time": 0.0})
+    streamed = core().infer(route, {**body, "stream": True, "stream_options": {"include_usage": True}, "sim_time": 0.0})
     assert plain is not None and streamed.events is not None
     assert len(streamed.events) == len(streamed.event_times)
     assert streamed.event_times == sorted(streamed.event_times)
@@ -91,8 +108,11 @@ def test_a_stream_carries_the_same_answer_as_the_json_body(msgs, n, route):
         assert streamed.events[-1]["output_ids"] == plain["output_ids"]
     else:
         key = "delta" if route == "chat" else None
-        text = "".join((e["choices"][0][key].get("content", "") if key else e["choices"][0]["text"])
-                       for e in streamed.events if e["choices"])
+        text = "".join(
+            (e["choices"][0][key].get("content", "") if key else e["choices"][0]["text"])
+            for e in streamed.events
+            if e["choices"]
+        )
         expected = plain["choices"][0]["message"]["content"] if route == "chat" else plain["choices"][0]["text"]
         assert text == expected
         assert streamed.events[-1]["usage"] == plain["usage"]
@@ -111,8 +131,10 @@ def test_any_json_body_gets_a_2xx_or_4xx_never_an_exception(body, route):
 def test_faults_are_deterministic_for_seed_and_worker(seed, rate):
     def statuses() -> list[int]:
         c = core(seed=seed, faults=Faults(fail_rate=rate, rollback_fail_rate=rate))
-        return [c.infer("chat", {"input_ids": [1, 2, 3 + i], "max_tokens": 2, "sim_time": float(i)}).status
-                for i in range(16)]
+        return [
+            c.infer("chat", {"input_ids": [1, 2, 3 + i], "max_tokens": 2, "sim_time": float(i)}).status
+            for i in range(16)
+        ]
 
     first = statuses()
     assert first == statuses()

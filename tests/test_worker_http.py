@@ -21,8 +21,14 @@ SYSTEM = {"role": "system", "content": "you are a careful coding agent working i
 USER = {"role": "user", "content": "list the files and then read the readme please"}
 
 
-def make_core(name: str = "w0", seed: int = 7, kv: int | None = 100_000, latency: LatencyModel | None = None,
-              faults: Faults | None = None, **kw) -> WorkerCore:
+def make_core(
+    name: str = "w0",
+    seed: int = 7,
+    kv: int | None = 100_000,
+    latency: LatencyModel | None = None,
+    faults: Faults | None = None,
+    **kw,
+) -> WorkerCore:
     cfg = WorkerConfig(name=name, kv_capacity_tokens=kv, latency=latency or LatencyModel())
     return WorkerCore(cfg, seed=seed, faults=faults, **kw)
 
@@ -30,8 +36,10 @@ def make_core(name: str = "w0", seed: int = 7, kv: int | None = 100_000, latency
 @contextlib.contextmanager
 def worker(core: WorkerCore | None = None, **kw) -> Iterator[httpx.Client]:
     core = core or make_core()
-    with serve_in_thread(core, **kw) as server, \
-            httpx.Client(base_url=server.url, timeout=30.0, trust_env=False) as client:
+    with (
+        serve_in_thread(core, **kw) as server,
+        httpx.Client(base_url=server.url, timeout=30.0, trust_env=False) as client,
+    ):
         client.core = core  # type: ignore[attr-defined]
         yield client
 
@@ -160,7 +168,7 @@ def sse_events(r: httpx.Response) -> list:
     frames = [f for f in r.text.split("\n\n") if f]
     assert all(f.startswith("data: ") for f in frames)
     assert frames[-1] == "data: [DONE]"
-    return [json.loads(f[len("data: "):]) for f in frames[:-1]]
+    return [json.loads(f[len("data: ") :]) for f in frames[:-1]]
 
 
 def test_chat_stream_is_sse_with_usage_in_the_last_chunk(w):
@@ -190,8 +198,10 @@ def test_stream_without_include_usage_has_no_usage_chunk(w):
 
 
 def test_generate_stream_carries_cumulative_text(w):
-    r = w.post("/generate", json={"text": "hello world", "sampling_params": {"max_new_tokens": 20}, "stream": True,
-                                  "sim_time": 0.0})
+    r = w.post(
+        "/generate",
+        json={"text": "hello world", "sampling_params": {"max_new_tokens": 20}, "stream": True, "sim_time": 0.0},
+    )
     events = sse_events(r)
     texts = [e["text"] for e in events]
     assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
@@ -210,15 +220,23 @@ def test_generate_takes_text_or_input_ids(w):
     assert meta["completion_tokens"] == 5 == len(body["output_ids"])
     assert [p[1] for p in meta["output_token_logprobs"]] == body["output_ids"]
     assert tokenizer.encode(body["text"]) == body["output_ids"][:-1]
-    again = w.post("/generate", json={"text": "ignored words", "input_ids": tokenizer.encode("one two three"),
-                                      "sampling_params": {"max_new_tokens": 5}, "sim_time": 1.0}).json()
+    again = w.post(
+        "/generate",
+        json={
+            "text": "ignored words",
+            "input_ids": tokenizer.encode("one two three"),
+            "sampling_params": {"max_new_tokens": 5},
+            "sim_time": 1.0,
+        },
+    ).json()
     assert again["output_ids"] == body["output_ids"]  # same prompt ids, same answer
     assert again["meta_info"]["cached_tokens"] == 2  # at least one prompt token is always computed
 
 
 def test_completions_shape(w):
-    body = w.post("/v1/completions", json={"model": "mock-model", "prompt": "cmp", "max_tokens": 3,
-                                           "sim_time": 0.0}).json()
+    body = w.post(
+        "/v1/completions", json={"model": "mock-model", "prompt": "cmp", "max_tokens": 3, "sim_time": 0.0}
+    ).json()
     assert body["object"] == "text_completion"
     assert isinstance(body["choices"][0]["text"], str)
     assert body["usage"]["completion_tokens"] == 3
@@ -226,18 +244,43 @@ def test_completions_shape(w):
 
 def test_body_fields_added_by_the_gateway_are_accepted(w):
     """The exact bodies SMG 1.13.0 forwards (specs/smg-live-observations.md §2.3)."""
-    r = w.post("/v1/chat/completions", json={
-        "messages": [USER], "model": "mock-model", "logprobs": False, "max_tokens": 8, "stream": False,
-        "temperature": 0.2, "custom_field": 123, "sim_time": 0.0})
+    r = w.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [USER],
+            "model": "mock-model",
+            "logprobs": False,
+            "max_tokens": 8,
+            "stream": False,
+            "temperature": 0.2,
+            "custom_field": 123,
+            "sim_time": 0.0,
+        },
+    )
     assert r.status_code == 200
-    r = w.post("/generate", json={
-        "text": "gen", "model": "unknown", "sampling_params": {"temperature": 0.0, "max_new_tokens": 3},
-        "return_text_in_logprobs": False, "stream": False, "log_metrics": True, "background": False,
-        "no_logs": False, "return_bytes": False, "return_entropy": False, "rid": "abc", "custom_field": 1})
+    r = w.post(
+        "/generate",
+        json={
+            "text": "gen",
+            "model": "unknown",
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": 3},
+            "return_text_in_logprobs": False,
+            "stream": False,
+            "log_metrics": True,
+            "background": False,
+            "no_logs": False,
+            "return_bytes": False,
+            "return_entropy": False,
+            "rid": "abc",
+            "custom_field": 1,
+        },
+    )
     assert r.status_code == 200
     assert r.json()["meta_info"]["id"] == "abc"
-    r = w.post("/v1/completions", json={"model": "mock-model", "prompt": "cmp", "echo": False, "max_tokens": 3,
-                                        "stream": False})
+    r = w.post(
+        "/v1/completions",
+        json={"model": "mock-model", "prompt": "cmp", "echo": False, "max_tokens": 3, "stream": False},
+    )
     assert r.status_code == 200
 
 
@@ -249,9 +292,20 @@ def test_loads_have_smg_worker_load_response_shape_and_follow_sim_time(w):
     assert body["dp_rank_count"] == 1
     assert isinstance(body["timestamp"], str)
     (rank,) = body["loads"]
-    for key in ("dp_rank", "num_running_reqs", "num_waiting_reqs", "num_waiting_uncached_tokens", "num_total_reqs",
-                "num_used_tokens", "max_total_num_tokens", "token_usage", "gen_throughput", "cache_hit_rate",
-                "utilization", "max_running_requests"):
+    for key in (
+        "dp_rank",
+        "num_running_reqs",
+        "num_waiting_reqs",
+        "num_waiting_uncached_tokens",
+        "num_total_reqs",
+        "num_used_tokens",
+        "max_total_num_tokens",
+        "token_usage",
+        "gen_throughput",
+        "cache_hit_rate",
+        "utilization",
+        "max_running_requests",
+    ):
         assert key in rank
     assert rank["max_total_num_tokens"] == 100_000
     timing = chat(w, [USER], max_tokens=50, sim_time=10.0).json()["sim"]
@@ -278,8 +332,13 @@ def test_metrics_expose_sglang_names_and_token_counters(w):
     r = w.get("/metrics", params={"sim_time": 2.0})
     assert r.status_code == 200
     values = metric_values(r.text)
-    for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage", "sglang:cache_hit_rate",
-                 "sglang:gen_throughput"):
+    for name in (
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+        "sglang:cache_hit_rate",
+        "sglang:gen_throughput",
+    ):
         assert name in values
     prompt = t1["usage"]["prompt_tokens"] + t2["usage"]["prompt_tokens"]
     cached = t2["usage"]["prompt_tokens_details"]["cached_tokens"]
@@ -371,9 +430,17 @@ def test_exit_fault_stops_the_server():
             pytest.fail("the worker still answers after the exit fault")
 
 
-@pytest.mark.parametrize("body", [
-    {"fail_rate": 1.5}, {"fail_rate": "half"}, {"slowdown": 0.5}, {"unhealthy": "yes"}, {"explode": True}, [1, 2],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"fail_rate": 1.5},
+        {"fail_rate": "half"},
+        {"slowdown": 0.5},
+        {"unhealthy": "yes"},
+        {"explode": True},
+        [1, 2],
+    ],
+)
 def test_bad_fault_updates_are_refused(w, body):
     r = w.post("/admin/faults", json=body)
     assert r.status_code == 400
@@ -383,35 +450,38 @@ def test_bad_fault_updates_are_refused(w, body):
 # ---- bad input -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "content"), [
-    ("/v1/chat/completions", b"{not json"),
-    ("/v1/chat/completions", b""),
-    ("/v1/chat/completions", b"\xff\xfe"),
-    ("/v1/chat/completions", b"[1, 2]"),
-    ("/v1/chat/completions", b'{"model": "m"}'),
-    ("/v1/chat/completions", b'{"messages": "hello"}'),
-    ("/v1/chat/completions", b'{"messages": []}'),
-    ("/v1/chat/completions", b'{"messages": [{"content": "no role"}]}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "8"}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": true}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": 2}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "sim_time": "now"}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 999999999}'),
-    ("/v1/chat/completions", b'{"input_ids": ["a", "b"]}'),
-    ("/v1/chat/completions", b'{"input_ids": [[1, 2], [3]]}'),
-    ("/v1/chat/completions", b'{"input_ids": [-1]}'),
-    ("/v1/chat/completions", b'{"input_ids": []}'),
-    ("/generate", b'{"sampling_params": {"max_new_tokens": 3}}'),
-    ("/generate", b'{"text": ["a", "b"]}'),
-    ("/generate", b'{"text": "a", "sampling_params": 3}'),
-    ("/generate", b'{"text": "a", "sampling_params": {"max_new_tokens": -3}}'),
-    ("/generate", b'{"text": "   "}'),
-    ("/v1/completions", b'{"prompt": 12}'),
-    ("/v1/completions", b'{"prompt": "x", "logprobs": "many"}'),
-])
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("/v1/chat/completions", b"{not json"),
+        ("/v1/chat/completions", b""),
+        ("/v1/chat/completions", b"\xff\xfe"),
+        ("/v1/chat/completions", b"[1, 2]"),
+        ("/v1/chat/completions", b'{"model": "m"}'),
+        ("/v1/chat/completions", b'{"messages": "hello"}'),
+        ("/v1/chat/completions", b'{"messages": []}'),
+        ("/v1/chat/completions", b'{"messages": [{"content": "no role"}]}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "8"}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": true}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": 2}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "sim_time": "now"}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 999999999}'),
+        ("/v1/chat/completions", b'{"input_ids": ["a", "b"]}'),
+        ("/v1/chat/completions", b'{"input_ids": [[1, 2], [3]]}'),
+        ("/v1/chat/completions", b'{"input_ids": [-1]}'),
+        ("/v1/chat/completions", b'{"input_ids": []}'),
+        ("/generate", b'{"sampling_params": {"max_new_tokens": 3}}'),
+        ("/generate", b'{"text": ["a", "b"]}'),
+        ("/generate", b'{"text": "a", "sampling_params": 3}'),
+        ("/generate", b'{"text": "a", "sampling_params": {"max_new_tokens": -3}}'),
+        ("/generate", b'{"text": "   "}'),
+        ("/v1/completions", b'{"prompt": 12}'),
+        ("/v1/completions", b'{"prompt": "x", "logprobs": "many"}'),
+    ],
+)
 def test_bad_input_gets_a_4xx_json_error(w, path, content):
     r = w.post(path, content=content, headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
@@ -441,21 +511,28 @@ def test_oversize_body_without_content_length_gets_413(w):
 
 def test_answers_depend_on_seed_and_prompt_not_on_the_worker():
     msgs = [SYSTEM, USER]
-    with worker(make_core(name="w0", seed=3)) as a, worker(make_core(name="w1", seed=3)) as b, \
-            worker(make_core(name="w0", seed=4)) as c:
+    with (
+        worker(make_core(name="w0", seed=3)) as a,
+        worker(make_core(name="w1", seed=3)) as b,
+        worker(make_core(name="w0", seed=4)) as c,
+    ):
         ra, rb, rc = (chat(x, msgs, max_tokens=16, sim_time=0.0).json() for x in (a, b, c))
     assert ra["choices"][0]["message"] == rb["choices"][0]["message"]
     assert output_ids(ra) == output_ids(rb)
-    assert [p[0] for p in ra["choices"][0]["meta_info"]["output_token_logprobs"]] == \
-        [p[0] for p in rb["choices"][0]["meta_info"]["output_token_logprobs"]]
+    assert [p[0] for p in ra["choices"][0]["meta_info"]["output_token_logprobs"]] == [
+        p[0] for p in rb["choices"][0]["meta_info"]["output_token_logprobs"]
+    ]
     assert output_ids(ra) != output_ids(rc)
 
 
 def test_http_and_direct_core_give_identical_answers():
     """The in-process transport calls WorkerCore.infer; the HTTP app must add nothing to it."""
     requests = [
-        ("chat", "/v1/chat/completions", {"messages": [SYSTEM, USER], "max_tokens": 9, "sim_time": 0.0,
-                                          "return_prompt_token_ids": True}),
+        (
+            "chat",
+            "/v1/chat/completions",
+            {"messages": [SYSTEM, USER], "max_tokens": 9, "sim_time": 0.0, "return_prompt_token_ids": True},
+        ),
         ("generate", "/generate", {"text": "a b c d", "sampling_params": {"max_new_tokens": 4}, "sim_time": 0.5}),
         ("chat", "/v1/chat/completions", {"messages": [SYSTEM, USER], "max_tokens": 9, "sim_time": 1.0}),
         ("completions", "/v1/completions", {"prompt": "a b c d e", "max_tokens": 2, "sim_time": 2.0}),
@@ -497,7 +574,7 @@ def test_live_stream_events_arrive_in_modelled_order():
                     arrivals.append(time.monotonic() - started)
                     frames.append(line)
     assert frames[-1] == "data: [DONE]"
-    last = json.loads(frames[-2][len("data: "):])
+    last = json.loads(frames[-2][len("data: ") :])
     e2e = last["sim"]["finish"] - last["sim"]["arrival"]
     assert arrivals == sorted(arrivals)
     assert arrivals[-1] >= e2e * 0.95

@@ -150,8 +150,9 @@ def create_app(
             if reply.status == 200 and not reply.virtual and reply.timing is not None:
                 await clock.sleep_until(reply.timing.finish + offset)
             return json_response(reply.status, reply.body, reply.headers)
-        return StreamingResponse(_sse(reply, offset), status_code=reply.status, headers=reply.headers,
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _sse(reply, offset), status_code=reply.status, headers=reply.headers, media_type="text/event-stream"
+        )
 
     async def _sse(reply: Reply, offset: float) -> AsyncIterator[bytes]:
         for event, t in zip(reply.events or [], reply.event_times, strict=True):
@@ -245,8 +246,9 @@ def _to_float(raw: str) -> float | None:
 
 
 @contextlib.contextmanager
-def serve_in_thread(core: WorkerCore, *, speedup: float = 1.0, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
-                    port: int | None = None) -> Iterator[ThreadServer]:
+def serve_in_thread(
+    core: WorkerCore, *, speedup: float = 1.0, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE, port: int | None = None
+) -> Iterator[ThreadServer]:
     """Serve one worker with uvicorn in a background thread on loopback (tests, the ``http`` transport,
     the demo); stopped when the block ends. The ``exit`` fault stops this server."""
     holder: list[ThreadServer] = []
@@ -254,8 +256,9 @@ def serve_in_thread(core: WorkerCore, *, speedup: float = 1.0, max_payload_size:
     def on_exit() -> None:
         holder[0].server.should_exit = True
 
-    server = ThreadServer(create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit),
-                          port=port)
+    server = ThreadServer(
+        create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit), port=port
+    )
     holder.append(server)
     with server:
         yield server

@@ -34,14 +34,19 @@ class _Server(uvicorn.Server):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smg-testbed worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="smg-testbed worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=18001, help="port of the first worker")
     p.add_argument("--count", type=int, default=1, help="number of workers, on consecutive ports")
     p.add_argument("--name-prefix", default="w", help="workers are named <prefix>0..<prefix>{N-1}")
-    p.add_argument("--kv-capacity-tokens", type=int, default=WorkerConfig.kv_capacity_tokens,
-                   help="radix cache + running KV capacity per worker, tokens (0: unbounded)")
+    p.add_argument(
+        "--kv-capacity-tokens",
+        type=int,
+        default=WorkerConfig.kv_capacity_tokens,
+        help="radix cache + running KV capacity per worker, tokens (0: unbounded)",
+    )
     p.add_argument("--page-size", type=int, default=WorkerConfig.page_size)
     p.add_argument("--max-running-requests", type=int, default=WorkerConfig.max_running_requests)
     p.add_argument("--model-name", default="mock-model", help="served model name (the id SMG registers)")
@@ -51,14 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", type=float, default=1.0, help="live time runs this many times faster than wall time")
     p.add_argument("--max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD_SIZE, help="largest body, bytes")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 500")
-    p.add_argument("--rollback-fail-rate", type=float, default=0.0,
-                   help='share of requests with input_ids answered 400 "rollback failed"')
+    p.add_argument(
+        "--rollback-fail-rate",
+        type=float,
+        default=0.0,
+        help='share of requests with input_ids answered 400 "rollback failed"',
+    )
     p.add_argument("--slowdown", type=float, default=1.0, help="multiplies every modelled duration (engine)")
     p.add_argument("--unhealthy", action="store_true", help="start with /health answering 503")
     p.add_argument("--log-level", default="warning")
     for f in dataclasses.fields(LatencyModel):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=float, default=f.default,
-                       help=f"latency model coefficient (default {f.default})")
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=float,
+            default=f.default,
+            help=f"latency model coefficient (default {f.default})",
+        )
     return p
 
 
@@ -66,14 +79,25 @@ def make_cores(args: argparse.Namespace) -> list[WorkerCore]:
     latency = LatencyModel(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyModel)})
     cores = []
     for i in range(args.count):
-        cfg = WorkerConfig(name=f"{args.name_prefix}{i}", kv_capacity_tokens=args.kv_capacity_tokens or None,
-                           page_size=args.page_size, max_running_requests=args.max_running_requests,
-                           latency=latency, slowdown=args.slowdown)
-        faults = Faults(fail_rate=args.fail_rate, rollback_fail_rate=args.rollback_fail_rate,
-                        unhealthy=args.unhealthy)
-        cores.append(WorkerCore(cfg, model_name=args.model_name, seed=args.seed,
-                                default_max_tokens=args.default_max_tokens, context_length=args.context_length,
-                                faults=faults))
+        cfg = WorkerConfig(
+            name=f"{args.name_prefix}{i}",
+            kv_capacity_tokens=args.kv_capacity_tokens or None,
+            page_size=args.page_size,
+            max_running_requests=args.max_running_requests,
+            latency=latency,
+            slowdown=args.slowdown,
+        )
+        faults = Faults(fail_rate=args.fail_rate, rollback_fail_rate=args.rollback_fail_rate, unhealthy=args.unhealthy)
+        cores.append(
+            WorkerCore(
+                cfg,
+                model_name=args.model_name,
+                seed=args.seed,
+                default_max_tokens=args.default_max_tokens,
+                context_length=args.context_length,
+                faults=faults,
+            )
+        )
     return cores
 
 
@@ -116,13 +140,21 @@ async def serve(args: argparse.Namespace, socks: Sequence[socket.socket]) -> int
     servers: list[_Server] = []
     exited: set[int] = set()
     for i, core in enumerate(cores):
+
         def stop(i: int = i) -> None:
             exited.add(i)
             servers[i].should_exit = True
 
         app = create_app(core, speedup=args.speedup, max_payload_size=args.max_payload_size, on_exit=stop)
-        config = uvicorn.Config(app, host=args.host, port=args.port + i, log_level=args.log_level,
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port + i,
+            log_level=args.log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
         servers.append(_Server(config))
 
     loop = asyncio.get_running_loop()

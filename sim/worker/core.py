@@ -78,8 +78,12 @@ class BadRequest(ValueError):
 
 def error_body(message: str, status: int, param: str | None = None) -> dict[str, Any]:
     """SGLang's error shape (``ErrorResponse``), also understood by OpenAI clients via ``message``."""
-    kind = {400: "BadRequestError", 404: "NotFoundError", 413: "PayloadTooLargeError",
-            422: "UnprocessableEntityError"}.get(status, "InternalServerError" if status >= 500 else "BadRequestError")
+    kind = {
+        400: "BadRequestError",
+        404: "NotFoundError",
+        413: "PayloadTooLargeError",
+        422: "UnprocessableEntityError",
+    }.get(status, "InternalServerError" if status >= 500 else "BadRequestError")
     return {"object": "error", "message": message, "type": kind, "param": param, "code": status}
 
 
@@ -231,32 +235,63 @@ class WorkerCore:
         return 200, {"status": "ok", "worker": self.name}
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": self.model_name, "object": "model", "created": 0, "owned_by": "sglang",
-            "root": self.model_name, "max_model_len": self.context_length}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "sglang",
+                    "root": self.model_name,
+                    "max_model_len": self.context_length,
+                }
+            ],
+        }
 
     def server_info(self) -> dict[str, Any]:
         return {
-            "model_path": self.model_name, "served_model_name": self.model_name, "tokenizer_path": self.model_name,
-            "tp_size": 1, "dp_size": 1, "pp_size": 1, "load_balance_method": "round_robin",
-            "disaggregation_mode": "null", "version": "0.0.0-mock", "is_embedding": False,
-            "context_length": self.context_length, "max_total_tokens": self._max_total_tokens(),
-            "max_running_requests": self.config.max_running_requests, "page_size": self.config.page_size,
-            "weight_version": "default", "worker_name": self.name, "mock": True,
+            "model_path": self.model_name,
+            "served_model_name": self.model_name,
+            "tokenizer_path": self.model_name,
+            "tp_size": 1,
+            "dp_size": 1,
+            "pp_size": 1,
+            "load_balance_method": "round_robin",
+            "disaggregation_mode": "null",
+            "version": "0.0.0-mock",
+            "is_embedding": False,
+            "context_length": self.context_length,
+            "max_total_tokens": self._max_total_tokens(),
+            "max_running_requests": self.config.max_running_requests,
+            "page_size": self.config.page_size,
+            "weight_version": "default",
+            "worker_name": self.name,
+            "mock": True,
         }
 
     def model_info(self) -> dict[str, Any]:
-        return {"model_path": self.model_name, "tokenizer_path": self.model_name, "is_generation": True,
-                "has_image_understanding": False, "has_audio_understanding": False, "model_type": "llama",
-                "architectures": ["LlamaForCausalLM"], "weight_version": "default"}
+        return {
+            "model_path": self.model_name,
+            "tokenizer_path": self.model_name,
+            "is_generation": True,
+            "has_image_understanding": False,
+            "has_audio_understanding": False,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "weight_version": "default",
+        }
 
     def flush_cache(self, now: float | None = None) -> tuple[int, dict[str, Any]]:
         """Empty the radix cache at ``now``; refused (400) while requests are in flight, as in SGLang."""
         t = self.now(now)
         self.engine.advance(t)
         if self.engine.in_flight:
-            return 400, {"success": False, "worker": self.name,
-                         "message": f"Cache not flushed because there are {self.engine.in_flight} pending requests."}
+            return 400, {
+                "success": False,
+                "worker": self.name,
+                "message": f"Cache not flushed because there are {self.engine.in_flight} pending requests.",
+            }
         flushed = self.engine.flush_cache()
         return 200, {"success": True, "message": "Cache flushed.", "flushed_tokens": flushed, "worker": self.name}
 
@@ -274,8 +309,12 @@ class WorkerCore:
                     return 400, error_body(f"{key} must be a number in [0, 1]", 400, key)
                 value = float(value)
             elif key == "slowdown":
-                if (isinstance(value, bool) or not isinstance(value, int | float)
-                        or not math.isfinite(value) or value < 1.0):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                    or value < 1.0
+                ):
                     return 400, error_body("slowdown must be a finite number >= 1", 400, key)
                 value = float(value)
             elif not isinstance(value, bool):
@@ -315,20 +354,22 @@ class WorkerCore:
         return {
             "timestamp": timestamp,
             "dp_rank_count": 1,
-            "loads": [{
-                "dp_rank": 0,
-                "num_running_reqs": ld.num_running_reqs,
-                "num_waiting_reqs": ld.num_waiting_reqs,
-                "num_waiting_uncached_tokens": ld.num_waiting_uncached_tokens,
-                "num_total_reqs": total,
-                "num_used_tokens": ld.num_used_tokens,
-                "max_total_num_tokens": ld.max_total_num_tokens,
-                "token_usage": ld.token_usage,
-                "gen_throughput": ld.gen_throughput,
-                "cache_hit_rate": ld.cache_hit_rate,
-                "utilization": utilization,
-                "max_running_requests": ld.max_running_requests,
-            }],
+            "loads": [
+                {
+                    "dp_rank": 0,
+                    "num_running_reqs": ld.num_running_reqs,
+                    "num_waiting_reqs": ld.num_waiting_reqs,
+                    "num_waiting_uncached_tokens": ld.num_waiting_uncached_tokens,
+                    "num_total_reqs": total,
+                    "num_used_tokens": ld.num_used_tokens,
+                    "max_total_num_tokens": ld.max_total_num_tokens,
+                    "token_usage": ld.token_usage,
+                    "gen_throughput": ld.gen_throughput,
+                    "cache_hit_rate": ld.cache_hit_rate,
+                    "utilization": utilization,
+                    "max_running_requests": ld.max_running_requests,
+                }
+            ],
             "sim_time": self._clock,
             "worker": self.name,
         }
@@ -394,17 +435,26 @@ class WorkerCore:
             raise BadRequest(
                 f"Requested token count exceeds the model's maximum context length of {self.context_length} tokens. "
                 f"You requested a total of {len(prompt_ids) + max_tokens} tokens: {len(prompt_ids)} tokens from "
-                f"the input messages and {max_tokens} tokens for the completion.", param="max_tokens")
+                f"the input messages and {max_tokens} tokens for the completion.",
+                param="max_tokens",
+            )
         cap = self.config.kv_capacity_tokens
         if cap is not None and len(prompt_ids) + max_tokens > cap:
-            raise BadRequest(f"request needs {len(prompt_ids) + max_tokens} KV tokens; the worker holds {cap}",
-                             param="max_tokens")
+            raise BadRequest(
+                f"request needs {len(prompt_ids) + max_tokens} KV tokens; the worker holds {cap}", param="max_tokens"
+            )
         rid = body.get("rid")
         return _Parsed(
-            route=route, prompt_ids=list(prompt_ids), max_tokens=max_tokens, stream=stream,
-            include_usage=include_usage, has_input_ids=has_input_ids,
-            return_prompt_token_ids=_bool_field(body, "return_prompt_token_ids"), logprobs=logprobs,
-            rid=rid if isinstance(rid, str) else None)
+            route=route,
+            prompt_ids=list(prompt_ids),
+            max_tokens=max_tokens,
+            stream=stream,
+            include_usage=include_usage,
+            has_input_ids=has_input_ids,
+            return_prompt_token_ids=_bool_field(body, "return_prompt_token_ids"),
+            logprobs=logprobs,
+            rid=rid if isinstance(rid, str) else None,
+        )
 
     def infer(self, route: str, body: Any, now: float | None = None) -> Reply:
         """Serve one inference request (see the module docstring)."""
@@ -439,9 +489,14 @@ class WorkerCore:
             return _bad(f"the worker cannot admit this request: {e}")
         self._count += 1
         logprobs = _logprobs(rseed, len(output_ids))
-        headers.update({
-            vtime.HEADER_ARRIVAL: repr(timing.arrival), vtime.HEADER_START: repr(timing.start),
-            vtime.HEADER_FIRST_TOKEN: repr(timing.first_token), vtime.HEADER_FINISH: repr(timing.finish)})
+        headers.update(
+            {
+                vtime.HEADER_ARRIVAL: repr(timing.arrival),
+                vtime.HEADER_START: repr(timing.start),
+                vtime.HEADER_FIRST_TOKEN: repr(timing.first_token),
+                vtime.HEADER_FINISH: repr(timing.finish),
+            }
+        )
         ctx = _Answer(self, req, timing, text, output_ids, logprobs, rseed)
         if req.stream:
             events, times = ctx.events()
@@ -449,9 +504,15 @@ class WorkerCore:
         return Reply(200, body=ctx.body(), headers=headers, timing=timing, virtual=virtual)
 
     def sim_object(self, timing: RequestTiming) -> dict[str, Any]:
-        return {"arrival": timing.arrival, "start": timing.start, "first_token": timing.first_token,
-                "finish": timing.finish, "worker": self.name, "cached_tokens": timing.cached_tokens,
-                "evicted_tokens": timing.evicted_tokens}
+        return {
+            "arrival": timing.arrival,
+            "start": timing.start,
+            "first_token": timing.first_token,
+            "finish": timing.finish,
+            "worker": self.name,
+            "cached_tokens": timing.cached_tokens,
+            "evicted_tokens": timing.evicted_tokens,
+        }
 
 
 def _logprobs(rseed: int, n: int) -> list[float]:
@@ -467,8 +528,16 @@ def _token_text(tid: int, word: str | None) -> str:
 class _Answer:
     """Builds the JSON body or the stream events of one served request."""
 
-    def __init__(self, core: WorkerCore, req: _Parsed, timing: RequestTiming, text: str,
-                 output_ids: list[int], logprobs: list[float], rseed: int) -> None:
+    def __init__(
+        self,
+        core: WorkerCore,
+        req: _Parsed,
+        timing: RequestTiming,
+        text: str,
+        output_ids: list[int],
+        logprobs: list[float],
+        rseed: int,
+    ) -> None:
         self.core, self.req, self.timing = core, req, timing
         self.text, self.output_ids, self.lps = text, output_ids, logprobs
         self.words = text.split() if text else []
@@ -478,8 +547,12 @@ class _Answer:
 
     def usage(self) -> dict[str, Any]:
         p, c = self.timing.prompt_tokens, self.timing.output_tokens
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-                "prompt_tokens_details": {"cached_tokens": self.timing.cached_tokens}}
+        return {
+            "prompt_tokens": p,
+            "completion_tokens": c,
+            "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": self.timing.cached_tokens},
+        }
 
     def meta_info(self, upto: int | None = None) -> dict[str, Any]:
         n = len(self.output_ids) if upto is None else upto
@@ -490,8 +563,9 @@ class _Answer:
             "prompt_tokens": t.prompt_tokens,
             "completion_tokens": n,
             "cached_tokens": t.cached_tokens,
-            "output_token_logprobs": [[lp, tid, None] for lp, tid in zip(self.lps[:n], self.output_ids[:n],
-                                                                        strict=True)],
+            "output_token_logprobs": [
+                [lp, tid, None] for lp, tid in zip(self.lps[:n], self.output_ids[:n], strict=True)
+            ],
             "e2e_latency": t.finish - t.arrival,
             "queue_time": t.start - t.arrival,
             "weight_version": "default",
@@ -507,27 +581,49 @@ class _Answer:
     def body(self) -> dict[str, Any]:
         r, core = self.req, self.core
         if r.route == "generate":
-            out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids),
-                                   "meta_info": self.meta_info()}
+            out: dict[str, Any] = {
+                "text": self.text,
+                "output_ids": list(self.output_ids),
+                "meta_info": self.meta_info(),
+            }
         elif r.route == "chat":
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": self.text, "reasoning_content": None, "tool_calls": None},
                 "logprobs": self._openai_logprobs() if r.logprobs else None,
-                "finish_reason": "stop", "matched_stop": tokenizer.IM_END,
+                "finish_reason": "stop",
+                "matched_stop": tokenizer.IM_END,
             }
             if r.return_prompt_token_ids:
                 choice["prompt_token_ids"] = list(r.prompt_ids)
             choice["meta_info"] = self.meta_info()
-            out = {"id": self.id, "object": "chat.completion", "created": self.created, "model": core.model_name,
-                   "choices": [choice], "usage": self.usage()}
+            out = {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": core.model_name,
+                "choices": [choice],
+                "usage": self.usage(),
+            }
         else:
-            choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": "stop",
-                      "matched_stop": tokenizer.IM_END, "meta_info": self.meta_info()}
+            choice = {
+                "index": 0,
+                "text": self.text,
+                "logprobs": None,
+                "finish_reason": "stop",
+                "matched_stop": tokenizer.IM_END,
+                "meta_info": self.meta_info(),
+            }
             if r.return_prompt_token_ids:
                 choice["prompt_token_ids"] = list(r.prompt_ids)
-            out = {"id": self.id, "object": "text_completion", "created": self.created, "model": core.model_name,
-                   "choices": [choice], "usage": self.usage()}
+            out = {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": core.model_name,
+                "choices": [choice],
+                "usage": self.usage(),
+            }
         out[vtime.SIM_RESPONSE_FIELD] = core.sim_object(self.timing)
         return out
 
@@ -551,30 +647,46 @@ class _Answer:
         nw = len(self.words)
 
         def text_upto(end: int) -> str:
-            return " ".join(self.words[:min(end, nw)])
+            return " ".join(self.words[: min(end, nw)])
 
         if r.route == "generate":
             for end in ends:
-                events.append({"text": text_upto(end), "output_ids": self.output_ids[:end],
-                               "meta_info": self.meta_info(end)})
+                events.append(
+                    {"text": text_upto(end), "output_ids": self.output_ids[:end], "meta_info": self.meta_info(end)}
+                )
                 times.append(self._time_of(end))
             events[-1][vtime.SIM_RESPONSE_FIELD] = core.sim_object(t)
             return events, times
         obj = "chat.completion.chunk" if r.route == "chat" else "text_completion"
         base = {"id": self.id, "object": obj, "created": self.created, "model": core.model_name}
         if r.route == "chat":
-            events.append({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                "logprobs": None, "finish_reason": None}]})
+            events.append(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
             times.append(t.first_token)
         prev = ""
         for i, end in enumerate(ends):
             cur = text_upto(end)
-            delta, prev = cur[len(prev):], cur
+            delta, prev = cur[len(prev) :], cur
             last = i == len(ends) - 1
             finish = "stop" if last else None
             if r.route == "chat":
-                choice: dict[str, Any] = {"index": 0, "delta": {"content": delta}, "logprobs": None,
-                                          "finish_reason": finish}
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "delta": {"content": delta},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
             else:
                 choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
             if last:
@@ -623,10 +735,7 @@ class _Collector:
         st = core.engine.stats
         yield counter("sglang:num_requests", "Number of requests served.", st.requests)
         yield counter("sglang:prompt_tokens", "Number of prefill tokens processed.", st.prompt_tokens)
-        yield counter("sglang:cached_tokens", "Number of prompt tokens served from the prefix cache.",
-                      st.cached_tokens)
+        yield counter("sglang:cached_tokens", "Number of prompt tokens served from the prefix cache.", st.cached_tokens)
         yield counter("sglang:generation_tokens", "Number of generation tokens processed.", st.output_tokens)
-        yield counter("sglang:evicted_tokens", "Number of KV tokens evicted from the prefix cache.",
-                      st.evicted_tokens)
+        yield counter("sglang:evicted_tokens", "Number of KV tokens evicted from the prefix cache.", st.evicted_tokens)
         yield counter("sglang:failed_requests", "Requests answered with an injected fault.", core.failed_requests)
-
