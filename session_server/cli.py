@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"routing-key header name (default {DEFAULT_ROUTING_KEY_HEADER})")
     p.add_argument("--tito-allowed-append-roles", nargs="+", default=["tool"], type=str.lower,
                    choices=VALID_ROLES, help="roles an agent may append after a model turn (default: tool)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", "--miles-router-timeout", dest="timeout", type=float, default=None,
                    help="upstream timeout in seconds (default: none, as miles' --miles-router-timeout)")
     p.add_argument("--session-id-seed", type=int, default=None,
                    help="testbed extension: draw session ids (uuid4 hex format) from a seeded RNG")
@@ -54,6 +54,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be positive (omit it for no timeout)")
+    if args.max_body_bytes <= 0 or args.max_connections <= 0:
+        parser.error("--max-body-bytes and --max-connections must be positive")
     if "user" in args.tito_allowed_append_roles:
         print("session-server: warning: appending 'user' messages after a model turn is allowed", file=sys.stderr)
     try:

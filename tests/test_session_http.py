@@ -376,3 +376,13 @@ def test_direct_server_answers_what_the_http_server_answers():
     for e, g in zip(expected, got, strict=True):
         assert e == g
     assert [s for s, _ in got] == [200, 404, 404, 400, 400, 400, 200, 400, 200, 400, 200, 404, 200, 204, 404, 404]
+
+
+@pytest.mark.parametrize("argv", [["--max-sessions", "0"], ["--timeout", "-1"], ["--idle-ttl", "0"],
+                                  ["--tito-allowed-append-roles", "robot"], ["--routing-key-header", "a b"]])
+def test_cli_rejects_bad_flags(argv, capsys):
+    from session_server.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "error" in capsys.readouterr().err
