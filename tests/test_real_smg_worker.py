@@ -69,6 +69,10 @@ def gateway(tmp_path_factory):
         running(gw, f"http://127.0.0.1:{gw_port}/readiness", timeout=60, log_path=logs / "smg.log"),
         httpx.Client(base_url=f"http://127.0.0.1:{gw_port}", timeout=30, trust_env=False) as client,
     ):
+        # /readiness turns 200 with the first ready worker; wait (bounded) for all three
+        deadline = time.monotonic() + 30
+        while client.get("/readiness").json().get("healthy_workers") != 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
         yield client, urls
 
 
