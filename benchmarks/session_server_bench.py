@@ -31,13 +31,18 @@ BODY = {"model": "noop", "max_tokens": 1}
 
 def conversation_steps(turns: int, seed: int) -> list[list[dict]]:
     """The message list of each turn of one session (a task, then tool results of 30 words)."""
-    messages = [{"role": "system", "content": tok.synth_text(seed, 50)},
-                {"role": "user", "content": tok.synth_text(seed + 1, 80)}]
+    messages = [
+        {"role": "system", "content": tok.synth_text(seed, 50)},
+        {"role": "user", "content": tok.synth_text(seed + 1, 80)},
+    ]
     steps = []
     for k in range(turns):
         steps.append(list(messages))
-        messages = [*messages, {"role": "assistant", "content": ""},
-                    {"role": "tool", "content": tok.synth_text(seed + 2 + k, 30), "tool_call_id": str(k)}]
+        messages = [
+            *messages,
+            {"role": "assistant", "content": ""},
+            {"role": "tool", "content": tok.synth_text(seed + 2 + k, 30), "tool_call_id": str(k)},
+        ]
     return steps
 
 
@@ -93,14 +98,38 @@ def main(argv: list[str] | None = None) -> int:
 
     up_port, ss_port = procs.free_ports(2)
     up_url, ss_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{ss_port}"
-    upstream = procs.spawn([sys.executable, "-m", "uvicorn", "session_server.testing:noop_app", "--factory",
-                            "--host", "127.0.0.1", "--port", str(up_port), "--log-level", "warning",
-                            "--no-access-log"])
+    upstream = procs.spawn(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "session_server.testing:noop_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(up_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+    )
     server = None
     try:
         procs.wait_http(f"{up_url}/health", proc=upstream.popen)
-        server = procs.spawn([sys.executable, "-m", "session_server", "--host", "127.0.0.1", "--port",
-                              str(ss_port), "--router-url", up_url])
+        server = procs.spawn(
+            [
+                sys.executable,
+                "-m",
+                "session_server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ss_port),
+                "--router-url",
+                up_url,
+            ]
+        )
         procs.wait_http(f"{ss_url}/health", proc=server.popen)
         n, t = args.sessions, args.turns
         asyncio.run(run_http(ss_url, 2, 2, 1, True))  # warm up

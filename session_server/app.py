@@ -72,8 +72,11 @@ class HttpUpstream:
         try:
             r = await self.client.request(request.method, url, headers=headers, content=content)
         except httpx.TransportError as e:
-            return UpstreamResponse(502, {"content-type": "application/json"},
-                                    _dumps({"error": f"backend transport error: {type(e).__name__}: {e}"}))
+            return UpstreamResponse(
+                502,
+                {"content-type": "application/json"},
+                _dumps({"error": f"backend transport error: {type(e).__name__}: {e}"}),
+            )
         return UpstreamResponse(r.status_code, dict(r.headers), r.content)
 
     async def aclose(self) -> None:
@@ -96,10 +99,15 @@ class ServerConfig:
 
     def make_core(self) -> SessionCore:
         return SessionCore(
-            allowed_append_roles=self.allowed_append_roles, routing_key=self.routing_key,
-            routing_key_header=self.routing_key_header, session_id_seed=self.session_id_seed,
-            max_sessions=self.max_sessions, idle_ttl=self.idle_ttl, max_body_bytes=self.max_body_bytes,
-            instance_id=self.instance_id)
+            allowed_append_roles=self.allowed_append_roles,
+            routing_key=self.routing_key,
+            routing_key_header=self.routing_key_header,
+            session_id_seed=self.session_id_seed,
+            max_sessions=self.max_sessions,
+            idle_ttl=self.idle_ttl,
+            max_body_bytes=self.max_body_bytes,
+            instance_id=self.instance_id,
+        )
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -131,8 +139,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: ServerConfig | None = None, *, core: SessionCore | None = None,
-               upstream: AsyncUpstream | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    core: SessionCore | None = None,
+    upstream: AsyncUpstream | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
     """The session server app. ``upstream`` defaults to an ``HttpUpstream`` to ``config.router_url``."""
     config = config or ServerConfig()
     core = core or config.make_core()

@@ -16,27 +16,66 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smg-testbed session-server",
         description="miles-compatible session server: token-in/token-out sessions proxied to a router "
-                    "with X-SMG-Routing-Key: <session_id>.")
+        "with X-SMG-Routing-Key: <session_id>.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=30000, help="port (default 30000)")
-    p.add_argument("--router-url", default="http://127.0.0.1:30080",
-                   help="the gateway/router every turn goes to (default http://127.0.0.1:30080)")
-    p.add_argument("--no-routing-key", dest="routing_key", action="store_false",
-                   help="do not add the routing-key header (the 'without header' arm); on by default")
-    p.add_argument("--routing-key-header", default=DEFAULT_ROUTING_KEY_HEADER,
-                   help=f"routing-key header name (default {DEFAULT_ROUTING_KEY_HEADER})")
-    p.add_argument("--tito-allowed-append-roles", nargs="+", default=["tool"], type=str.lower,
-                   choices=VALID_ROLES, help="roles an agent may append after a model turn (default: tool)")
-    p.add_argument("--timeout", "--miles-router-timeout", dest="timeout", type=float, default=None,
-                   help="upstream timeout in seconds (default: none, as miles' --miles-router-timeout)")
-    p.add_argument("--session-id-seed", type=int, default=None,
-                   help="testbed extension: draw session ids (uuid4 hex format) from a seeded RNG")
-    p.add_argument("--max-sessions", type=int, default=None,
-                   help="most sessions held at once; POST /sessions answers 503 beyond it (default: no limit)")
-    p.add_argument("--idle-ttl", type=float, default=None,
-                   help="drop sessions idle for this many seconds, checked on each create (default: never)")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help=f"largest accepted request body; larger gets 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument(
+        "--router-url",
+        default="http://127.0.0.1:30080",
+        help="the gateway/router every turn goes to (default http://127.0.0.1:30080)",
+    )
+    p.add_argument(
+        "--no-routing-key",
+        dest="routing_key",
+        action="store_false",
+        help="do not add the routing-key header (the 'without header' arm); on by default",
+    )
+    p.add_argument(
+        "--routing-key-header",
+        default=DEFAULT_ROUTING_KEY_HEADER,
+        help=f"routing-key header name (default {DEFAULT_ROUTING_KEY_HEADER})",
+    )
+    p.add_argument(
+        "--tito-allowed-append-roles",
+        nargs="+",
+        default=["tool"],
+        type=str.lower,
+        choices=VALID_ROLES,
+        help="roles an agent may append after a model turn (default: tool)",
+    )
+    p.add_argument(
+        "--timeout",
+        "--miles-router-timeout",
+        dest="timeout",
+        type=float,
+        default=None,
+        help="upstream timeout in seconds (default: none, as miles' --miles-router-timeout)",
+    )
+    p.add_argument(
+        "--session-id-seed",
+        type=int,
+        default=None,
+        help="testbed extension: draw session ids (uuid4 hex format) from a seeded RNG",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        help="most sessions held at once; POST /sessions answers 503 beyond it (default: no limit)",
+    )
+    p.add_argument(
+        "--idle-ttl",
+        type=float,
+        default=None,
+        help="drop sessions idle for this many seconds, checked on each create (default: never)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest accepted request body; larger gets 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
     p.add_argument("--max-connections", type=int, default=1024, help="upstream connection pool size")
     p.add_argument("--instance-id", default=None, help="instance id reported by /health (default: uuid4 hex)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
@@ -45,10 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
-        router_url=args.router_url, routing_key=args.routing_key, routing_key_header=args.routing_key_header,
-        timeout=args.timeout, allowed_append_roles=tuple(args.tito_allowed_append_roles),
-        session_id_seed=args.session_id_seed, max_sessions=args.max_sessions, idle_ttl=args.idle_ttl,
-        max_body_bytes=args.max_body_bytes, max_connections=args.max_connections, instance_id=args.instance_id)
+        router_url=args.router_url,
+        routing_key=args.routing_key,
+        routing_key_header=args.routing_key_header,
+        timeout=args.timeout,
+        allowed_append_roles=tuple(args.tito_allowed_append_roles),
+        session_id_seed=args.session_id_seed,
+        max_sessions=args.max_sessions,
+        idle_ttl=args.idle_ttl,
+        max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
+        instance_id=args.instance_id,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,9 +84,20 @@ FORCED_FIELDS: dict[str, Any] = {
 }
 # never forwarded upstream (hop-by-hop, or recomputed by the HTTP client)
 _DROP_REQUEST_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer", "upgrade",
-     "proxy-connection", "proxy-authorization", "proxy-authenticate",
-     "accept-encoding"}  # the HTTP client asks for encodings it can decode; the answer is relayed decoded
+    {
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "accept-encoding",
+    }  # the HTTP client asks for encodings it can decode; the answer is relayed decoded
 )
 # never copied from an upstream answer back to the client
 DROP_RESPONSE_HEADERS = frozenset(
@@ -341,8 +352,7 @@ class SessionCore:
         """Drop sessions idle for longer than ``idle_ttl`` (never one with a turn in flight)."""
         if self.idle_ttl is None:
             return []
-        gone = [sid for sid, s in self.sessions.items()
-                if s.inflight == 0 and now - s.last_access > self.idle_ttl]
+        gone = [sid for sid, s in self.sessions.items() if s.inflight == 0 and now - s.last_access > self.idle_ttl]
         for sid in gone:
             self.sessions[sid].closing = True
             del self.sessions[sid]
@@ -351,8 +361,10 @@ class SessionCore:
     def create_session(self, now: float) -> str:
         self.evict_idle(now)
         if self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
-            raise SessionLimitError(f"session limit reached: {len(self.sessions)} sessions held "
-                                    f"(max_sessions={self.max_sessions}); delete finished sessions")
+            raise SessionLimitError(
+                f"session limit reached: {len(self.sessions)} sessions held "
+                f"(max_sessions={self.max_sessions}); delete finished sessions"
+            )
         sid = self._new_id()
         self.sessions[sid] = Session(sid, created=now, last_access=now)
         return sid
@@ -411,13 +423,24 @@ class SessionCore:
             out[self.routing_key_header] = sid
         return out
 
-    def passthrough_request(self, sid: str, method: str, path: str, query: str,
-                            client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
-                            content: bytes) -> UpstreamRequest:
+    def passthrough_request(
+        self,
+        sid: str,
+        method: str,
+        path: str,
+        query: str,
+        client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        content: bytes,
+    ) -> UpstreamRequest:
         """The catch-all ``/sessions/{sid}/{path}``: forwarded as is to ``{router}/{path}``, not recorded."""
         self.open_session(sid)
-        return UpstreamRequest(method=method.upper(), path=path.lstrip("/"), query=query,
-                               headers=self.upstream_headers(sid, client_headers), content=content)
+        return UpstreamRequest(
+            method=method.upper(),
+            path=path.lstrip("/"),
+            query=query,
+            headers=self.upstream_headers(sid, client_headers),
+            content=content,
+        )
 
     # --- turns ---------------------------------------------------------------------------------
 
@@ -463,31 +486,39 @@ class SessionCore:
         if keep == 0:
             raise MessageValidationError(
                 f"rollback failed: no assistant message found in the matching prefix "
-                f"(first {match} of {len(s.messages)} stored messages match)")
+                f"(first {match} of {len(s.messages)} stored messages match)"
+            )
         discard = s.num_assistant - keep
         if discard > MAX_ASSISTANT_ROLLBACK_STEPS:
             raise MessageValidationError(
                 f"rollback failed: discard_count={discard} exceeds max_assistant_rollback_steps="
-                f"{MAX_ASSISTANT_ROLLBACK_STEPS} (first {match} of {len(s.messages)} stored messages match)")
+                f"{MAX_ASSISTANT_ROLLBACK_STEPS} (first {match} of {len(s.messages)} stored messages match)"
+            )
         return keep
 
     def _check_append(self, stored_len: int, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(messages) < stored_len:
             raise MessageValidationError(
                 f"messages are not append-only: the request has {len(messages)} messages, "
-                f"the session holds {stored_len}")
+                f"the session holds {stored_len}"
+            )
         appended = messages[stored_len:]
         for i, m in enumerate(appended, start=stored_len):
             if m["role"].lower() not in self.allowed_append_roles:
                 raise MessageValidationError(
                     f"messages are not append-only: messages[{i}] has role {m['role']!r}, but only "
                     f"{list(self.allowed_append_roles)} may be appended after a model turn "
-                    f"(see --tito-allowed-append-roles)")
+                    f"(see --tito-allowed-append-roles)"
+                )
         return appended
 
-    def prepare_turn(self, sid: str, body: bytes | Mapping[str, Any] | None,
-                     client_headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-                     now: float = 0.0) -> TurnPlan:
+    def prepare_turn(
+        self,
+        sid: str,
+        body: bytes | Mapping[str, Any] | None,
+        client_headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        now: float = 0.0,
+    ) -> TurnPlan:
         """Validate a chat request and build the upstream request. Changes nothing but bookkeeping."""
         s = self.open_session(sid)
         data = self.parse_body(body)
@@ -509,8 +540,16 @@ class SessionCore:
         request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent)
         s.inflight += 1
         s.last_access = now
-        return TurnPlan(session=s, client_body=data, sent_body=sent, messages=messages, keep=keep,
-                        base_checkpoint=base, expected_version=s.version, request=request)
+        return TurnPlan(
+            session=s,
+            client_body=data,
+            sent_body=sent,
+            messages=messages,
+            keep=keep,
+            base_checkpoint=base,
+            expected_version=s.version,
+            request=request,
+        )
 
     def retry_request(self, plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None:
         """The upstream rollback retry: once, on a 400 saying "rollback failed", if input_ids were sent."""
@@ -521,8 +560,9 @@ class SessionCore:
         body = {k: v for k, v in plan.sent_body.items() if k != "input_ids"}
         plan.sent_body = body
         plan.attempts += 1
-        plan.request = UpstreamRequest(method="POST", path=plan.request.path, headers=plan.request.headers,
-                                       json=body, query=plan.request.query)
+        plan.request = UpstreamRequest(
+            method="POST", path=plan.request.path, headers=plan.request.headers, json=body, query=plan.request.query
+        )
         return plan.request
 
     def abandon(self, plan: TurnPlan) -> None:
@@ -537,30 +577,43 @@ class SessionCore:
         s = plan.session
         headers = response_headers(resp.headers)
         if resp.status != 200:
-            return TurnResult(status=resp.status, content=resp.content, body=resp.data, headers=headers,
-                              retried=plan.retried, outcome="upstream_error")
+            return TurnResult(
+                status=resp.status,
+                content=resp.content,
+                body=resp.data,
+                headers=headers,
+                retried=plan.retried,
+                outcome="upstream_error",
+            )
         data = resp.json()
         try:
             choice, all_ids = _parse_chat_response(data)
         except UpstreamResponseError as e:
-            return TurnResult(status=e.status, body={"error": e.message}, retried=plan.retried,
-                              outcome="invalid_upstream")
+            return TurnResult(
+                status=e.status, body={"error": e.message}, retried=plan.retried, outcome="invalid_upstream"
+            )
         content = resp.content or None
         if s.closing or self.sessions.get(s.session_id) is not s:
-            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried,
-                              outcome="closing")
+            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="closing")
         if s.version != plan.expected_version:
-            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried,
-                              outcome="stale")
+            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="stale")
         base = plan.base_checkpoint
         cut = len(base) - MAX_TRIM_TOKENS
         if all_ids[:cut] != base[:cut]:
-            first = next((i for i, (a, b) in enumerate(zip(all_ids, base, strict=False)) if a != b),
-                         min(len(all_ids), cut))
-            return TurnResult(502, body={"error": (
-                f"upstream broke the token prefix invariant: prompt_token_ids + output ids do not start with "
-                f"the session's {len(base)} stored tokens (first mismatch at index {first}); turn not recorded")},
-                retried=plan.retried, outcome="invalid_upstream")
+            first = next(
+                (i for i, (a, b) in enumerate(zip(all_ids, base, strict=False)) if a != b), min(len(all_ids), cut)
+            )
+            return TurnResult(
+                502,
+                body={
+                    "error": (
+                        f"upstream broke the token prefix invariant: prompt_token_ids + output ids do not start with "
+                        f"the session's {len(base)} stored tokens (first mismatch at index {first}); turn not recorded"
+                    )
+                },
+                retried=plan.retried,
+                outcome="invalid_upstream",
+            )
         keep = plan.keep
         del s.checkpoints[keep:], s.records[keep:], s.reply_positions[keep:]
         reply = dict(choice["message"])
@@ -569,22 +622,30 @@ class SessionCore:
         s.reply_positions.append(len(plan.messages))
         s.checkpoints.append(all_ids)
         vt = request_time(plan.sent_body)
-        s.records.append({
-            "timestamp": vt if vt is not None else now,
-            "method": "POST",
-            "path": CHAT_PATH,
-            "request": plan.sent_body,
-            "response": data,
-            "status_code": 200,
-        })
+        s.records.append(
+            {
+                "timestamp": vt if vt is not None else now,
+                "method": "POST",
+                "path": CHAT_PATH,
+                "request": plan.sent_body,
+                "response": data,
+                "status_code": 200,
+            }
+        )
         s.version += 1
         s.last_access = now
-        return TurnResult(200, body=data, content=content, headers=headers, recorded=True,
-                          retried=plan.retried, outcome="recorded")
+        return TurnResult(
+            200, body=data, content=content, headers=headers, recorded=True, retried=plan.retried, outcome="recorded"
+        )
 
-    def run_turn(self, sid: str, body: bytes | Mapping[str, Any] | None,
-                 client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
-                 upstream: Callable[[UpstreamRequest], UpstreamResponse], now: float = 0.0) -> TurnResult:
+    def run_turn(
+        self,
+        sid: str,
+        body: bytes | Mapping[str, Any] | None,
+        client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        upstream: Callable[[UpstreamRequest], UpstreamResponse],
+        now: float = 0.0,
+    ) -> TurnResult:
         """A whole turn with a synchronous upstream: what the HTTP adapter does, minus HTTP and locks."""
         try:
             plan = self.prepare_turn(sid, body, client_headers, now)
@@ -621,12 +682,12 @@ def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
     if len(logprobs) != meta.get("completion_tokens"):
         raise UpstreamResponseError(
             f"upstream response has {len(logprobs)} output_token_logprobs but "
-            f"completion_tokens={meta.get('completion_tokens')!r}")
+            f"completion_tokens={meta.get('completion_tokens')!r}"
+        )
     try:
         output = [int(t[1]) for t in logprobs]
     except (TypeError, ValueError, IndexError):
-        raise UpstreamResponseError("malformed output_token_logprobs entries (want [logprob, token_id, ...])") \
-            from None
+        raise UpstreamResponseError("malformed output_token_logprobs entries (want [logprob, token_id, ...])") from None
     prompt = choice.get("prompt_token_ids")
     if not isinstance(prompt, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         raise UpstreamResponseError("upstream response lacks choices[0].prompt_token_ids (a list of ints)")

@@ -74,8 +74,13 @@ class DirectSessionServer:
             return _error(e)
         return DirectReply(204)
 
-    def chat(self, sid: str, body: bytes | Mapping[str, Any],
-             headers: Mapping[str, str] | Iterable[tuple[str, str]] = (), now: float = 0.0) -> DirectReply:
+    def chat(
+        self,
+        sid: str,
+        body: bytes | Mapping[str, Any],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        now: float = 0.0,
+    ) -> DirectReply:
         r = self.core.run_turn(sid, body, headers, self.upstream, now)
         data = r.body
         if data is None and r.content:
@@ -85,8 +90,15 @@ class DirectSessionServer:
                 data = r.content
         return DirectReply(r.status, data, r.headers)
 
-    def passthrough(self, sid: str, method: str, path: str, query: str = "",
-                    headers: Mapping[str, str] | Iterable[tuple[str, str]] = (), content: bytes = b"") -> DirectReply:
+    def passthrough(
+        self,
+        sid: str,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        content: bytes = b"",
+    ) -> DirectReply:
         try:
             req = self.core.passthrough_request(sid, method, path, query, headers, content)
         except SessionError as e:

@@ -85,18 +85,26 @@ class FakeRouter:
             "id": f"chatcmpl-{len(self._seqs)}",
             "object": "chat.completion",
             "model": body.get("model", "fake-model"),
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": None},
-                "finish_reason": "stop",
-                "prompt_token_ids": prompt,
-                "meta_info": {"output_token_logprobs": [[-0.5, t, None] for t in out],
-                              "completion_tokens": len(out), "prompt_tokens": len(prompt),
-                              "cached_tokens": cached},
-            }],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(out),
-                      "total_tokens": len(prompt) + len(out),
-                      "prompt_tokens_details": {"cached_tokens": cached}},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "tool_calls": None},
+                    "finish_reason": "stop",
+                    "prompt_token_ids": prompt,
+                    "meta_info": {
+                        "output_token_logprobs": [[-0.5, t, None] for t in out],
+                        "completion_tokens": len(out),
+                        "prompt_tokens": len(prompt),
+                        "cached_tokens": cached,
+                    },
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(out),
+                "total_tokens": len(prompt) + len(out),
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
         }
 
     def app(self) -> FastAPI:
@@ -108,8 +116,9 @@ class FakeRouter:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode(errors="replace")
-            self.received.append(Received(request.method, request.url.path, request.url.query,
-                                          list(request.headers.items()), body))
+            self.received.append(
+                Received(request.method, request.url.path, request.url.query, list(request.headers.items()), body)
+            )
             return body
 
         @app.get("/health")
@@ -138,8 +147,9 @@ class FakeRouter:
         @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
         async def echo(path: str, request: Request) -> JSONResponse:
             body = await record(request)
-            return JSONResponse({"echo": path, "method": request.method, "query": request.url.query,
-                                 "body": body}, status_code=200)
+            return JSONResponse(
+                {"echo": path, "method": request.method, "query": request.url.query, "body": body}, status_code=200
+            )
 
         return app
 
@@ -150,10 +160,18 @@ def noop_answer(body: Any) -> dict[str, Any]:
     if not isinstance(prompt, list):
         prompt = tok.render(body.get("messages") or []) if isinstance(body, dict) else []
     return {
-        "id": "chatcmpl-noop", "object": "chat.completion", "model": "noop",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop",
-                     "prompt_token_ids": prompt,
-                     "meta_info": {"output_token_logprobs": [[0.0, tok.IM_END, None]], "completion_tokens": 1}}],
+        "id": "chatcmpl-noop",
+        "object": "chat.completion",
+        "model": "noop",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ""},
+                "finish_reason": "stop",
+                "prompt_token_ids": prompt,
+                "meta_info": {"output_token_logprobs": [[0.0, tok.IM_END, None]], "completion_tokens": 1},
+            }
+        ],
         "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": len(prompt) + 1},
     }
 

@@ -104,8 +104,11 @@ def test_session_ids_are_uuid4_hex_and_seeded_ids_reproducible():
 
 def test_unknown_sessions_are_404_and_never_created():
     core = SessionCore()
-    for call in (lambda: core.get_view("nope"), lambda: core.delete("nope"),
-                 lambda: core.prepare_turn("nope", {"messages": [{"role": "user", "content": "x"}]})):
+    for call in (
+        lambda: core.get_view("nope"),
+        lambda: core.delete("nope"),
+        lambda: core.prepare_turn("nope", {"messages": [{"role": "user", "content": "x"}]}),
+    ):
         with pytest.raises(SessionError) as e:
             call()
         assert e.value.status == 404 and "session not found" in e.value.message
@@ -117,8 +120,11 @@ def test_unknown_sessions_are_404_and_never_created():
 def test_view_of_a_new_session_and_delete_twice():
     core = SessionCore()
     sid = core.create_session(0.0)
-    assert core.get_view(sid) == {"session_id": sid, "records": [],
-                                  "metadata": {"accumulated_token_ids": [], "max_trim_tokens": 0}}
+    assert core.get_view(sid) == {
+        "session_id": sid,
+        "records": [],
+        "metadata": {"accumulated_token_ids": [], "max_trim_tokens": 0},
+    }
     core.delete(sid)
     with pytest.raises(SessionError) as e:
         core.delete(sid)
@@ -155,8 +161,9 @@ def test_input_ids_are_the_stored_tokens_plus_appended_messages(tools, seed):
         stored = prev["prompt_token_ids"] + [t[1] for t in prev["meta_info"]["output_token_logprobs"]]
         appended = [{"role": "tool", "content": tools[k - 1]}]
         assert log[k].json["input_ids"] == [*stored, *tok.render(appended, False), *tok.GENERATION_PROMPT]
-        assert log[k].json["input_ids"][: len(log[k - 1].json.get("input_ids", []))] == \
-            log[k - 1].json.get("input_ids", [])
+        assert log[k].json["input_ids"][: len(log[k - 1].json.get("input_ids", []))] == log[k - 1].json.get(
+            "input_ids", []
+        )
     # with an additive template the merge equals re-rendering the whole conversation
     assert log[-1].json.get("input_ids", tok.render(messages[:-1])) == tok.render(messages[:-1])
     assert len(s.records) == len(tools) + 1 == s.num_assistant
@@ -171,8 +178,19 @@ def test_input_ids_are_the_stored_tokens_plus_appended_messages(tools, seed):
 def test_forced_fields_override_the_client_and_client_input_ids_are_dropped():
     core, router, log = SessionCore(), FakeRouter(), []
     sid = core.create_session(0.0)
-    chat(core, sid, [{"role": "user", "content": "q"}], router, log=log,
-         logprobs=False, return_meta_info=False, no_stop_trim=True, input_ids=[5, 5], sim_time=3.5, extra_field=1)
+    chat(
+        core,
+        sid,
+        [{"role": "user", "content": "q"}],
+        router,
+        log=log,
+        logprobs=False,
+        return_meta_info=False,
+        no_stop_trim=True,
+        input_ids=[5, 5],
+        sim_time=3.5,
+        extra_field=1,
+    )
     sent = log[0].json
     assert sent["logprobs"] is True and sent["return_prompt_token_ids"] is True
     assert sent["return_meta_info"] is True and sent["no_stop_trim"] is False
@@ -249,13 +267,16 @@ def test_prefix_violation_is_a_502_and_records_nothing():
     assert len(core.sessions[sid].records) == 1
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda b: b.update(choices=[]), "choices[0]"),
-    (lambda b: b["choices"][0]["message"].update(content=None), "content = null"),
-    (lambda b: b["choices"][0]["meta_info"].update(completion_tokens=99), "completion_tokens=99"),
-    (lambda b: b["choices"][0].pop("meta_info"), "output_token_logprobs"),
-    (lambda b: b["choices"][0].pop("prompt_token_ids"), "prompt_token_ids"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda b: b.update(choices=[]), "choices[0]"),
+        (lambda b: b["choices"][0]["message"].update(content=None), "content = null"),
+        (lambda b: b["choices"][0]["meta_info"].update(completion_tokens=99), "completion_tokens=99"),
+        (lambda b: b["choices"][0].pop("meta_info"), "output_token_logprobs"),
+        (lambda b: b["choices"][0].pop("prompt_token_ids"), "prompt_token_ids"),
+    ],
+)
 def test_malformed_upstream_answers_are_502(mutate, needle):
     core, router = SessionCore(), FakeRouter()
     sid = core.create_session(0.0)
@@ -270,17 +291,20 @@ def test_malformed_upstream_answers_are_502(mutate, needle):
     assert core.sessions[sid].records == []
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    (b"{not json", 400, "invalid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (b'{"messages": "hello"}', 400, "'messages' must be a list"),
-    (b'{"model": "m"}', 400, "'messages' must be a list"),
-    (b'{"messages": []}', 400, "must not be empty"),
-    (b'{"messages": [3]}', 400, "messages[0] must be an object"),
-    (b'{"messages": [{"content": "x"}]}', 400, "role"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "stream"),
-    (b'{"messages": [{"role": "user", "content": "' + b"x" * 300 + b'"}]}', 413, "too large"),
-])
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b"{not json", 400, "invalid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"messages": "hello"}', 400, "'messages' must be a list"),
+        (b'{"model": "m"}', 400, "'messages' must be a list"),
+        (b'{"messages": []}', 400, "must not be empty"),
+        (b'{"messages": [3]}', 400, "messages[0] must be an object"),
+        (b'{"messages": [{"content": "x"}]}', 400, "role"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "stream"),
+        (b'{"messages": [{"role": "user", "content": "' + b"x" * 300 + b'"}]}', 413, "too large"),
+    ],
+)
 def test_bad_input_is_a_clear_4xx_and_records_nothing(body, status, needle):
     core = SessionCore(max_body_bytes=256)
     sid = core.create_session(0.0)
@@ -292,9 +316,11 @@ def test_bad_input_is_a_clear_4xx_and_records_nothing(body, status, needle):
 # --- the rollback retry -------------------------------------------------------------------------
 
 
-@given(st.sampled_from([400, 409, 500, 502]), st.sampled_from(["rollback failed", "ROLLBACK FAILED: x",
-                                                                "Rollback Failed", "roll back failed", "nope"]),
-       st.booleans())
+@given(
+    st.sampled_from([400, 409, 500, 502]),
+    st.sampled_from(["rollback failed", "ROLLBACK FAILED: x", "Rollback Failed", "roll back failed", "nope"]),
+    st.booleans(),
+)
 def test_retry_trigger(status, text, second_turn):
     core, router = SessionCore(), FakeRouter()
     sid = core.create_session(0.0)
@@ -337,8 +363,18 @@ def test_a_successful_retry_records_the_body_without_input_ids():
 
 # --- headers ---------------------------------------------------------------------------------------
 
-header_names = st.sampled_from(["x-smg-routing-key", "X-SMG-Routing-Key", "X-Smg-Routing-KEY", "x-other",
-                                "Authorization", "Host", "content-length", "traceparent"])
+header_names = st.sampled_from(
+    [
+        "x-smg-routing-key",
+        "X-SMG-Routing-Key",
+        "X-Smg-Routing-KEY",
+        "x-other",
+        "Authorization",
+        "Host",
+        "content-length",
+        "traceparent",
+    ]
+)
 
 
 @given(st.lists(st.tuples(header_names, st.text(alphabet="abc123", min_size=1, max_size=5)), max_size=6))
@@ -352,7 +388,8 @@ def test_exactly_one_routing_key_equal_to_the_session_id(headers):
     client_keys = [v for k, v in headers if k.lower() == "x-smg-routing-key"]
     assert [v for k, v in off.items() if k.lower() == "x-smg-routing-key"] == client_keys[-1:]
     custom = SessionCore(routing_key_header="X-Session-Id").upstream_headers(
-        "sid123", [*headers, ("x-session-id", "c")])
+        "sid123", [*headers, ("x-session-id", "c")]
+    )
     assert [v for k, v in custom.items() if k.lower() == "x-session-id"] == ["sid123"]
 
 
@@ -385,8 +422,14 @@ def test_a_turn_finishing_after_delete_started_is_answered_but_not_recorded():
 
 # --- interleaved turns never corrupt a session ------------------------------------------------------
 
-ops = st.lists(st.tuples(st.sampled_from(["start_append", "start_rollback", "start_bad", "finish"]),
-                         st.integers(0, 7), st.sampled_from([200, 200, 200, 500, 400])), max_size=25)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["start_append", "start_rollback", "start_bad", "finish"]),
+        st.integers(0, 7),
+        st.sampled_from([200, 200, 200, 500, 400]),
+    ),
+    max_size=25,
+)
 
 
 @given(ops)
@@ -400,8 +443,11 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
             if not open_plans:
                 continue
             plan = open_plans.pop(pick % len(open_plans))
-            resp = (UpstreamResponse(200, data=router.answer(plan.request.json)) if status == 200
-                    else UpstreamResponse(status, content=b'{"error": "x"}'))
+            resp = (
+                UpstreamResponse(200, data=router.answer(plan.request.json))
+                if status == 200
+                else UpstreamResponse(status, content=b'{"error": "x"}')
+            )
             before = s.version
             r = core.commit_turn(plan, resp)
             assert r.recorded == (r.outcome == "recorded") and (s.version == before + 1) == r.recorded
@@ -409,8 +455,11 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
                 assert plan.expected_version == before and status == 200
         else:
             if op == "start_append" or not s.messages:
-                messages = [*s.messages, {"role": "tool", "content": f"t{pick}"}] if s.messages else \
-                    [{"role": "user", "content": "go"}]
+                messages = (
+                    [*s.messages, {"role": "tool", "content": f"t{pick}"}]
+                    if s.messages
+                    else [{"role": "user", "content": "go"}]
+                )
             elif op == "start_rollback":
                 messages = [*s.messages[: s.reply_positions[-1]], {"role": "tool", "content": f"again {pick}"}]
             else:

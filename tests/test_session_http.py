@@ -67,12 +67,19 @@ def test_routes_health_create_get_delete():
         assert HEX32.match(sid) and sid != new_session(client)
         view = client.get(f"/sessions/{sid}")
         assert view.status_code == 200
-        assert view.json() == {"session_id": sid, "records": [],
-                               "metadata": {"accumulated_token_ids": [], "max_trim_tokens": 0}}
+        assert view.json() == {
+            "session_id": sid,
+            "records": [],
+            "metadata": {"accumulated_token_ids": [], "max_trim_tokens": 0},
+        }
         r = client.delete(f"/sessions/{sid}")
         assert r.status_code == 204 and r.content == b""
-        for r in (client.delete(f"/sessions/{sid}"), client.get(f"/sessions/{sid}"),
-                  turn(client, sid, [{"role": "user", "content": "x"}]), client.get(f"/sessions/{sid}/v1/models")):
+        for r in (
+            client.delete(f"/sessions/{sid}"),
+            client.get(f"/sessions/{sid}"),
+            turn(client, sid, [{"role": "user", "content": "x"}]),
+            client.get(f"/sessions/{sid}/v1/models"),
+        ):
             assert r.status_code == 404 and "session not found" in r.json()["error"]
 
 
@@ -100,8 +107,9 @@ def test_each_turn_appends_one_record_and_the_token_prefix_grows():
         assert "input_ids" not in chats[0].body
         for k in range(1, 4):
             assert chats[k].body["input_ids"][: len(prefixes[k - 1])] == prefixes[k - 1]
-            assert chats[k].body["input_ids"] == chats[k].body["input_ids"][: len(prefixes[k - 1])] + \
-                tok.render([{"role": "tool", "content": f"result {k - 1} ok"}], False) + list(tok.GENERATION_PROMPT)
+            assert chats[k].body["input_ids"] == chats[k].body["input_ids"][: len(prefixes[k - 1])] + tok.render(
+                [{"role": "tool", "content": f"result {k - 1} ok"}], False
+            ) + list(tok.GENERATION_PROMPT)
         # the fake router's cache sees the stored prefix from turn 2 on
         caches = [c["meta_info"]["cached_tokens"] for c in (rec["response"]["choices"][0] for rec in view["records"])]
         assert caches[0] == 0 and all(c == len(p) for c, p in zip(caches[1:], prefixes, strict=False))
@@ -114,8 +122,10 @@ def test_header_is_the_session_id_replacing_any_client_key():
     with stack() as (client, router, _app):
         sid = new_session(client)
         m = two_turns(client, sid)
-        assert turn(client, sid, m, headers={"X-Smg-Routing-Key": "client-value", "Authorization": "Bearer t"}
-                    ).status_code == 200
+        assert (
+            turn(client, sid, m, headers={"X-Smg-Routing-Key": "client-value", "Authorization": "Bearer t"}).status_code
+            == 200
+        )
         r = client.post(f"/sessions/{sid}/v1/echo?a=1&b=2", content=b"raw", headers={"x-SMG-routing-key": "c2"})
         assert r.status_code == 200 and r.json()["echo"] == "v1/echo" and r.json()["query"] == "a=1&b=2"
         assert r.json()["body"] == "raw"
@@ -157,12 +167,15 @@ def test_rollback_failed_is_retried_once_without_input_ids_and_with_the_same_hea
         assert len(records) == 2 and "input_ids" not in records[1]["request"]
 
 
-@pytest.mark.parametrize("status, body, second_turn, expected_calls", [
-    (400, ROLLBACK_FAILED_BODY, True, 3),  # trigger: one retry, which fails again; no second retry
-    (400, ROLLBACK_FAILED_BODY, False, 2),  # first turn has no input_ids: no retry
-    (500, ROLLBACK_FAILED_BODY, True, 2),  # not a 400
-    (400, {"error": "bad request"}, True, 2),  # no "rollback failed"
-])
+@pytest.mark.parametrize(
+    "status, body, second_turn, expected_calls",
+    [
+        (400, ROLLBACK_FAILED_BODY, True, 3),  # trigger: one retry, which fails again; no second retry
+        (400, ROLLBACK_FAILED_BODY, False, 2),  # first turn has no input_ids: no retry
+        (500, ROLLBACK_FAILED_BODY, True, 2),  # not a 400
+        (400, {"error": "bad request"}, True, 2),  # no "rollback failed"
+    ],
+)
 def test_retry_happens_only_on_its_trigger_and_at_most_once(status, body, second_turn, expected_calls):
     with stack() as (client, router, _app):
         sid = new_session(client)
@@ -179,8 +192,10 @@ def test_retry_happens_only_on_its_trigger_and_at_most_once(status, body, second
 
 def test_transport_error_is_a_502_json_error_and_timeout_is_configurable():
     dead = procs.free_port()
-    with procs.ThreadServer(create_app(ServerConfig(router_url=f"http://127.0.0.1:{dead}"))) as ss, \
-            httpx.Client(base_url=ss.url, trust_env=False) as client:
+    with (
+        procs.ThreadServer(create_app(ServerConfig(router_url=f"http://127.0.0.1:{dead}"))) as ss,
+        httpx.Client(base_url=ss.url, trust_env=False) as client,
+    ):
         sid = new_session(client)
         r = turn(client, sid, [{"role": "user", "content": "x"}])
         assert r.status_code == 502 and r.json()["error"].startswith("backend transport error: ConnectError")
@@ -201,17 +216,21 @@ def test_prefix_violation_from_upstream_is_a_502_and_nothing_is_recorded():
         assert len(client.get(f"/sessions/{sid}").json()["records"]) == 1
 
 
-@pytest.mark.parametrize("content, status, needle", [
-    (b"{oops", 400, "invalid JSON"),
-    (b'"a string"', 400, "JSON object"),
-    (b'{"messages": {"role": "user"}}', 400, "'messages' must be a list"),
-    (b'{"messages": [{"role": "user", "content": "' + b"w " * 600 + b'"}]}', 413, "too large"),
-])
+@pytest.mark.parametrize(
+    "content, status, needle",
+    [
+        (b"{oops", 400, "invalid JSON"),
+        (b'"a string"', 400, "JSON object"),
+        (b'{"messages": {"role": "user"}}', 400, "'messages' must be a list"),
+        (b'{"messages": [{"role": "user", "content": "' + b"w " * 600 + b'"}]}', 413, "too large"),
+    ],
+)
 def test_bad_input_gets_a_clear_4xx(content, status, needle):
     with stack(max_body_bytes=1000) as (client, router, _app):
         sid = new_session(client)
-        r = client.post(f"/sessions/{sid}/v1/chat/completions", content=content,
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            f"/sessions/{sid}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+        )
         assert r.status_code == status and needle in r.json()["error"]
         assert router.received == [] and client.get(f"/sessions/{sid}").json()["records"] == []
 
@@ -316,8 +335,19 @@ def test_cli_serves_and_no_routing_key_flag(launcher):
     router = FakeRouter()
     with procs.ThreadServer(router.app()) as up:
         port = procs.free_port()
-        args = [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(port), "--router-url", up.url,
-                "--no-routing-key", "--session-id-seed", "5"]
+        args = [
+            sys.executable,
+            *launcher,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--router-url",
+            up.url,
+            "--no-routing-key",
+            "--session-id-seed",
+            "5",
+        ]
         proc = procs.spawn(args)
         try:
             # (procs.running passes its Process where wait_http expects a Popen, so it cannot be used yet)
@@ -338,8 +368,11 @@ def test_direct_server_answers_what_the_http_server_answers():
     def upstream(req):
         if req.path == "v1/chat/completions":
             return UpstreamResponse(200, {"content-type": "application/json"}, data=router_direct.answer(req.json))
-        return UpstreamResponse(200, {"content-type": "application/json"},
-                                data={"echo": req.path, "method": req.method, "query": req.query, "body": None})
+        return UpstreamResponse(
+            200,
+            {"content-type": "application/json"},
+            data={"echo": req.path, "method": req.method, "query": req.query, "body": None},
+        )
 
     direct = DirectSessionServer(SessionCore(session_id_seed=seed), upstream)
     # turns carry sim_time, so record timestamps do not depend on either server's clock
@@ -347,14 +380,27 @@ def test_direct_server_answers_what_the_http_server_answers():
 
     def script(create, chat, get, delete, passthrough):
         sid = create()
-        out = [get(sid), get("unknown"), chat("unknown", b'{"messages": []}'), chat(sid, b"{bad"),
-               chat(sid, b'{"messages": 1}'), chat(sid, b'{"messages": [], "stream": true}'),
-               chat(sid, json.dumps({"messages": first, "sim_time": 1.0}).encode())]
+        out = [
+            get(sid),
+            get("unknown"),
+            chat("unknown", b'{"messages": []}'),
+            chat(sid, b"{bad"),
+            chat(sid, b'{"messages": 1}'),
+            chat(sid, b'{"messages": [], "stream": true}'),
+            chat(sid, json.dumps({"messages": first, "sim_time": 1.0}).encode()),
+        ]
         m = [*first, out[-1][1]["choices"][0]["message"]]
-        out += [chat(sid, json.dumps({"messages": [*m, {"role": "user", "content": "no"}]}).encode()),
-                chat(sid, json.dumps({"messages": [*m, {"role": "tool", "content": "ok"}], "sim_time": 2.0}).encode()),
-                chat(sid, json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()),
-                passthrough(sid), passthrough("unknown"), get(sid), delete(sid), delete(sid), get(sid)]
+        out += [
+            chat(sid, json.dumps({"messages": [*m, {"role": "user", "content": "no"}]}).encode()),
+            chat(sid, json.dumps({"messages": [*m, {"role": "tool", "content": "ok"}], "sim_time": 2.0}).encode()),
+            chat(sid, json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()),
+            passthrough(sid),
+            passthrough("unknown"),
+            get(sid),
+            delete(sid),
+            delete(sid),
+            get(sid),
+        ]
         return out
 
     expected = script(
@@ -362,8 +408,10 @@ def test_direct_server_answers_what_the_http_server_answers():
         lambda sid, b: (lambda r: (r.status, r.body))(direct.chat(sid, b)),
         lambda sid: (lambda r: (r.status, r.body))(direct.get_session(sid)),
         lambda sid: (lambda r: (r.status, r.body))(direct.delete_session(sid)),
-        lambda sid: (lambda r: (r.status, r.body))(direct.passthrough(sid, "GET", "v1/echo", "q=1")))
+        lambda sid: (lambda r: (r.status, r.body))(direct.passthrough(sid, "GET", "v1/echo", "q=1")),
+    )
     with stack(router_http, session_id_seed=seed) as (c, _router, _app):
+
         def js(r):
             return (r.status_code, r.json() if r.content else None)
 
@@ -372,14 +420,23 @@ def test_direct_server_answers_what_the_http_server_answers():
             lambda sid, b: js(c.post(f"/sessions/{sid}/v1/chat/completions", content=b)),
             lambda sid: js(c.get(f"/sessions/{sid}")),
             lambda sid: js(c.delete(f"/sessions/{sid}")),
-            lambda sid: js(c.get(f"/sessions/{sid}/v1/echo?q=1")))
+            lambda sid: js(c.get(f"/sessions/{sid}/v1/echo?q=1")),
+        )
     for e, g in zip(expected, got, strict=True):
         assert e == g
     assert [s for s, _ in got] == [200, 404, 404, 400, 400, 400, 200, 400, 200, 400, 200, 404, 200, 204, 404, 404]
 
 
-@pytest.mark.parametrize("argv", [["--max-sessions", "0"], ["--timeout", "-1"], ["--idle-ttl", "0"],
-                                  ["--tito-allowed-append-roles", "robot"], ["--routing-key-header", "a b"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--max-sessions", "0"],
+        ["--timeout", "-1"],
+        ["--idle-ttl", "0"],
+        ["--tito-allowed-append-roles", "robot"],
+        ["--routing-key-header", "a b"],
+    ],
+)
 def test_cli_rejects_bad_flags(argv, capsys):
     from session_server.cli import main
 

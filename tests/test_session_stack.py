@@ -87,13 +87,30 @@ def _mock_gateway_ready() -> bool:
 
 
 @contextlib.contextmanager
-def gateway(kind: str, worker_urls: list[str], tmp_path: Path, extra: tuple[str, ...] = ()
-            ) -> Iterator[tuple[str, str]]:
+def gateway(
+    kind: str, worker_urls: list[str], tmp_path: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, str]]:
     """A gateway with ``--policy manual --assignment-mode min_load``; yields (url, metrics url)."""
     port, prom = procs.free_ports(2)
-    flags = ["--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
-             "--prometheus-port", str(prom), "--worker-urls", *worker_urls, "--policy", "manual",
-             "--assignment-mode", "min_load", "--worker-startup-check-interval", "1", *extra]
+    flags = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(prom),
+        "--worker-urls",
+        *worker_urls,
+        "--policy",
+        "manual",
+        "--assignment-mode",
+        "min_load",
+        "--worker-startup-check-interval",
+        "1",
+        *extra,
+    ]
     if kind == "smg":
         binary = procs.smg_binary()
         if binary is None:
@@ -113,7 +130,7 @@ def branch_counts(metrics_text: str) -> tuple[dict[str, float], float | None]:
     """``smg_manual_policy_branch_total`` per branch, and the ``smg_manual_policy_cache_entries`` gauge."""
     branches: dict[str, float] = {}
     for line in metrics_text.splitlines():
-        m = re.match(r'^smg_manual_policy_branch_total\{(.*)\}\s+(\S+)$', line)
+        m = re.match(r"^smg_manual_policy_branch_total\{(.*)\}\s+(\S+)$", line)
         if m:
             b = re.search(r'branch="([^"]+)"', m[1])
             if b:
@@ -131,8 +148,9 @@ async def run_sessions(ss_url: str, n: int, turns: int, salt: int = 0) -> list[d
         messages = [SYSTEM, {"role": "user", "content": tok.synth_text(1000 * salt + i, 20)}]
         workers_seen, cached, accumulated = [], [], []
         for k in range(turns):
-            r = await ac.post(f"/sessions/{sid}/v1/chat/completions",
-                              json={"model": MODEL, "messages": messages, "max_tokens": 6})
+            r = await ac.post(
+                f"/sessions/{sid}/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 6}
+            )
             assert r.status_code == 200, r.text
             choice = r.json()["choices"][0]
             workers_seen.append(r.headers.get("x-sim-worker"))
@@ -247,11 +265,16 @@ def scripted_agent(create, turn, view, n_sessions: int = 3, turns: int = 5) -> l
                 continue
             reply = body["choices"][0]["message"]
             if k == 2:  # the agent throws this answer away and retries the turn with another tool result
-                messages = [*messages[:-1], {"role": "tool", "content": "retry " + tok.synth_text(k, 5),
-                                             "tool_call_id": "r"}]
+                messages = [
+                    *messages[:-1],
+                    {"role": "tool", "content": "retry " + tok.synth_text(k, 5), "tool_call_id": "r"},
+                ]
             else:
-                messages = [*messages, reply, {"role": "tool", "content": tok.synth_text(100 * i + k, 8),
-                                               "tool_call_id": f"c{k}"}]
+                messages = [
+                    *messages,
+                    reply,
+                    {"role": "tool", "content": tok.synth_text(100 * i + k, 8), "tool_call_id": f"c{k}"},
+                ]
         observed.append(view(sid))
     return observed
 
@@ -277,19 +300,25 @@ def test_http_and_direct_paths_give_identical_results():
         r = server.chat(sid, body)
         return r.status, r.body, sim_headers(r.headers)
 
-    direct = scripted_agent(lambda: server.create_session().body["session_id"], direct_turn,
-                            lambda sid: server.get_session(sid).body)
+    direct = scripted_agent(
+        lambda: server.create_session().body["session_id"], direct_turn, lambda sid: server.get_session(sid).body
+    )
 
     # http: session server -> mock worker over loopback
     worker = fresh_worker()
-    with procs.ThreadServer(worker_app(worker)) as w, session_server(w.url, session_id_seed=seed) as ss, \
-            httpx.Client(base_url=ss, timeout=30, trust_env=False) as c:
+    with (
+        procs.ThreadServer(worker_app(worker)) as w,
+        session_server(w.url, session_id_seed=seed) as ss,
+        httpx.Client(base_url=ss, timeout=30, trust_env=False) as c,
+    ):
+
         def http_turn(sid, body):
             r = c.post(f"/sessions/{sid}/v1/chat/completions", json=body)
             return r.status_code, r.json(), sim_headers(r.headers)
 
-        over_http = scripted_agent(lambda: c.post("/sessions").json()["session_id"], http_turn,
-                                   lambda sid: c.get(f"/sessions/{sid}").json())
+        over_http = scripted_agent(
+            lambda: c.post("/sessions").json()["session_id"], http_turn, lambda sid: c.get(f"/sessions/{sid}").json()
+        )
 
     assert over_http == direct
     statuses = [o[2] for o in direct if isinstance(o, tuple)]
@@ -303,8 +332,10 @@ def test_http_and_direct_paths_give_identical_results():
 @pytest.mark.parametrize("kind", [pytest.param("smg", marks=pytest.mark.real_smg), "mock"])
 def test_custom_routing_key_header_for_a_gateway_set_up_with_another_name(kind, tmp_path):
     n, t = 2, 3
-    with workers(2) as ws, gateway(kind, [u for _, _, u in ws], tmp_path,
-                                   ("--routing-key-headers", "x-session-id")) as (gw, metrics):
+    with (
+        workers(2) as ws,
+        gateway(kind, [u for _, _, u in ws], tmp_path, ("--routing-key-headers", "x-session-id")) as (gw, metrics),
+    ):
         with session_server(gw, routing_key_header="X-Session-Id") as ss:
             sessions = asyncio.run(run_sessions(ss, n, t))
         branches, entries = branch_counts(httpx.get(metrics, trust_env=False).text)
