@@ -488,6 +488,11 @@ def test_bad_input_gets_a_4xx_json_error(w, path, content):
     assert isinstance(r.json()["message"], str)
 
 
+def test_deeply_nested_json_gets_400(w):
+    r = w.post("/v1/chat/completions", content=b"[" * 20_000 + b"]" * 20_000)
+    assert r.status_code == 400
+
+
 def test_oversize_body_gets_413(w):
     big = {"messages": [{"role": "user", "content": "word " * 20_000}]}
     r = w.post("/v1/chat/completions", json=big)
