@@ -522,7 +522,8 @@ class SessionCore:
         """Validate a chat request and build the upstream request. Changes nothing but bookkeeping."""
         s = self.open_session(sid)
         data = self.parse_body(body)
-        messages = self._check_messages(data.get("messages"))
+        # a copy of the list: an in-process caller appending to its own list must not change the records
+        messages = data["messages"] = list(self._check_messages(data.get("messages")))
         if data.get("stream") is True:
             raise BadRequestError("stream=true is not supported by the session server")
         data.update(FORCED_FIELDS)

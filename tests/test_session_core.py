@@ -481,3 +481,14 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
         if s.messages:
             assert s.reply_positions[-1] == len(s.messages) - 1
             assert s.checkpoints[-1] == tok.render(s.messages, add_generation_prompt=False)
+
+
+def test_records_do_not_change_when_an_in_process_caller_reuses_its_lists():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    body = {"messages": [{"role": "user", "content": "q"}]}
+    r = core.run_turn(sid, body, (), upstream_of(router))
+    body["messages"].extend([reply_of(r), {"role": "tool", "content": "t"}])
+    assert core.get_view(sid)["records"][0]["request"]["messages"] == [{"role": "user", "content": "q"}]
+    assert core.run_turn(sid, body, (), upstream_of(router)).status == 200
+    assert len(core.sessions[sid].messages) == 4
