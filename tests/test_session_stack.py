@@ -221,10 +221,16 @@ def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
             assert keys == sorted(s["sid"] for s in sessions for _ in range(t))
 
             # rollback retries are routed with the key too: one more occupied_hit each
-            for core, _, _ in ws:
+            for core, log, _ in ws:
                 core.faults.rollback_fail_rate = 1.0
+                log.seen.clear()
             with session_server(gw) as ss:
-                asyncio.run(run_sessions(ss, n, t, salt=1))
+                sessions = asyncio.run(run_sessions(ss, n, t, salt=1))
+            keys = sorted(k for _, log, _ in ws for keys in log.chat_keys() for k in keys)
+            assert keys == sorted(s["sid"] for s in sessions for _ in range(2 * t - 1))  # retries carry the key
+            for s in sessions:
+                assert len(set(s["workers"])) == 1
+                assert_prefix_reuse(s)
             for core, _, _ in ws:
                 core.faults.rollback_fail_rate = 0.0
             branches, entries = branch_counts(httpx.get(metrics, trust_env=False).text)
@@ -232,6 +238,8 @@ def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
             assert branches.get("occupied_hit") == n * (t - 1) + 2 * n * (t - 1)
             assert branches.get("no_routing_id", 0) == 0
 
+        for _, log, _ in ws:
+            log.seen.clear()
         with gateway(kind, urls, tmp_path / "unkeyed") as (gw, metrics):
             with session_server(gw, routing_key=False) as ss:
                 sessions = asyncio.run(run_sessions(ss, n, t, salt=2))
@@ -239,6 +247,8 @@ def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
             assert branches.get("no_routing_id") == n * t
             assert branches.get("vacant", 0) == 0 and branches.get("occupied_hit", 0) == 0
             assert not entries
+            chats = [keys for _, log, _ in ws for keys in log.chat_keys()]
+            assert len(chats) == n * t and all(keys == [] for keys in chats)
 
 
 # --- the same logic in-process: http and direct give identical results ----------------------------------
