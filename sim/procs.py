@@ -166,7 +166,7 @@ def running(args: Sequence[str], ready_url: str, timeout: float = 30.0, log_path
     """Run a server process for the duration of a ``with`` block; it is stopped on exit."""
     proc = spawn(args, log_path=log_path, env=env)
     try:
-        wait_http(ready_url, timeout=timeout, ok=ok, proc=proc)
+        wait_http(ready_url, timeout=timeout, ok=ok, proc=proc.popen)
         yield proc
     except BaseException:
         proc.stop()
