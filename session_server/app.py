@@ -157,13 +157,22 @@ def create_app(
             lock = locks[s] = asyncio.Lock()
         return lock
 
+    def get_upstream() -> AsyncUpstream:
+        # made in the serving event loop: at startup, or on first use when the host runs no lifespan
+        up = getattr(app.state, "upstream", None)
+        if up is None:
+            up = app.state.upstream = upstream or HttpUpstream(
+                config.router_url, config.timeout, config.max_connections
+            )
+        return up
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        up = upstream or HttpUpstream(config.router_url, config.timeout, config.max_connections)
-        app.state.upstream = up
+        up = get_upstream()
         try:
             yield
         finally:
+            app.state.upstream = None
             await up.aclose()
 
     app = FastAPI(title="smg-testbed session server", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -213,7 +222,7 @@ def create_app(
         lock = lock_of(s)
         async with lock:
             plan = core.prepare_turn(sid, raw, request.headers.items(), clock())
-        up: AsyncUpstream = app.state.upstream
+        up = get_upstream()
         try:
             resp = await up.send(plan.request)
             retry = core.retry_request(plan, resp)
@@ -230,7 +239,7 @@ def create_app(
         core.open_session(sid)
         raw = await _read_body(request, core.max_body_bytes)
         req = core.passthrough_request(sid, request.method, path, request.url.query, request.headers.items(), raw)
-        resp = await app.state.upstream.send(req)
+        resp = await get_upstream().send(req)
         return Response(resp.content, status_code=resp.status, headers=response_headers(resp.headers))
 
     return app

@@ -443,3 +443,21 @@ def test_cli_rejects_bad_flags(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_app_works_without_a_lifespan_under_an_asgi_transport():
+    router = FakeRouter()
+
+    async def scenario():
+        with procs.ThreadServer(router.app()) as up:
+            app = create_app(ServerConfig(router_url=up.url))
+            transport = httpx.ASGITransport(app=app)  # runs no lifespan events
+            async with httpx.AsyncClient(transport=transport, base_url="http://ss") as ac:
+                sid = (await ac.post("/sessions")).json()["session_id"]
+                r = await ac.post(
+                    f"/sessions/{sid}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+                )
+                assert r.status_code == 200 and router.chats()[0].header_values(KEY) == [sid]
+            await app.state.upstream.aclose()
+
+    asyncio.run(scenario())
