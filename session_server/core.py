@@ -580,7 +580,7 @@ class SessionCore:
         if resp.status != 200:
             return TurnResult(
                 status=resp.status,
-                content=resp.content,
+                content=resp.content or None,
                 body=resp.data,
                 headers=headers,
                 retried=plan.retried,
