@@ -81,45 +81,68 @@ class Ticket:
     done: bool = False
 
 
-def _bad(endpoint: str, policy: str, code: str, message: str, param: str | None = None) -> Decision:
-    return Decision(None, endpoint, policy, status=400, error_code=code, message=message, param=param)
+def _bad(endpoint: str, policy: str, code: str, message: str, param: str | None = None, status: int = 400) -> Decision:
+    return Decision(None, endpoint, policy, status=status, error_code=code, message=message, param=param)
 
 
 _REQUIRED = {"chat": ("model", "messages"), "completions": ("model", "prompt"), "generate": ()}
+ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer", "root"})
 
 
 def validate(endpoint: str, body: object, policy: str) -> Decision | None:
-    """SMG's 400 for a body it cannot deserialize (None when the body is acceptable).
+    """SMG's 4xx for a body it cannot deserialize (None when the body is acceptable).
 
-    As observed on 1.13.0: a missing field is ``missing_required_parameter``, a wrong type is
-    ``invalid_type``, both with ``param`` naming the field.
+    As observed on 1.13.0: a missing field is 400 ``missing_required_parameter``, a wrong type 400
+    ``invalid_type``, with ``param`` naming the field; an empty ``messages`` is ``empty_array``, an empty
+    ``prompt`` array ``prompt_empty``, an unknown role ``invalid_value``, a negative ``max_tokens``
+    ``integer_below_min_value``. ``/generate`` answers type errors with 422 (SMG sends plain text there;
+    the mock keeps the JSON error shape).
     """
     if not isinstance(body, Mapping):
         return _bad(endpoint, policy, "invalid_type", "Invalid JSON data: expected a JSON object")
     for f in _REQUIRED[endpoint]:
         if body.get(f) is None:
             return _bad(endpoint, policy, "missing_required_parameter", f"Invalid JSON data: missing field `{f}`", f)
+    status = 422 if endpoint == "generate" else 400
 
-    def wrong(f: str, expected: str) -> Decision:
-        return _bad(endpoint, policy, "invalid_type", f"Invalid JSON data: {f}: invalid type, expected {expected}", f)
+    def wrong(f: str, expected: str, code: str = "invalid_type") -> Decision:
+        return _bad(endpoint, policy, code, f"Invalid JSON data: {f}: invalid type, expected {expected}", f, status)
 
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         return wrong("model", "a string")
     if endpoint == "chat":
         msgs = body["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, Mapping) for m in msgs):
-            return wrong("messages", "a sequence of message objects")
-    if endpoint == "completions" and not isinstance(body["prompt"], str | list):
-        return wrong("prompt", "a string or a sequence")
+        if not isinstance(msgs, list):
+            return wrong("messages", "a sequence")
+        if not msgs:
+            return wrong("messages", "an array with minimum length 1", "empty_array")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, Mapping):
+                return wrong(f"messages[{i}]", "a message object")
+            role = m.get("role")
+            if role is None:
+                return wrong(f"messages[{i}].role", "a role", "missing_required_parameter")
+            if role not in ROLES:
+                return wrong(f"messages[{i}].role", "one of " + ", ".join(sorted(ROLES)), "invalid_value")
+            if "content" not in m and role not in ("assistant", "tool", "function"):
+                return wrong(f"messages[{i}].content", "content", "missing_required_parameter")
+    if endpoint == "completions":
+        if not isinstance(body["prompt"], str | list):
+            return wrong("prompt", "a string or a sequence")
+        if body["prompt"] == []:
+            return wrong("prompt", "a non-empty array", "prompt_empty")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         return wrong("stream", "a boolean")
     for f in ("max_tokens", "max_completion_tokens"):
         v = body.get(f)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32):
-            return wrong(f, "u32")
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int):
+                return wrong(f, "u32")
+            if not 0 <= v < 2**32:
+                return wrong(f, "u32", "integer_below_min_value" if v < 0 else "integer_above_max_value")
     if endpoint == "generate":
-        for f, typ in (("text", str), ("input_ids", list)):
+        for f, typ in (("text", str), ("input_ids", list), ("sampling_params", Mapping)):
             if body.get(f) is not None and not isinstance(body[f], typ):
                 return wrong(f, typ.__name__)
     return None

@@ -70,23 +70,63 @@ def test_route_counts_in_flight_and_metrics():
     )
 
 
+MSG = [{"role": "user", "content": "x"}]
+
+
 @pytest.mark.parametrize(
-    ("endpoint", "body", "code", "param"),
+    ("endpoint", "body", "status", "code", "param"),
     [
-        ("chat", [1, 2], "invalid_type", None),
-        ("chat", {"messages": []}, "missing_required_parameter", "model"),
-        ("chat", {"model": 5, "messages": []}, "invalid_type", "model"),
-        ("chat", {"model": "fake-model", "messages": "x"}, "invalid_type", "messages"),
-        ("chat", {"model": "fake-model", "messages": [], "stream": "yes"}, "invalid_type", "stream"),
-        ("chat", {"model": "fake-model", "messages": [], "max_tokens": "3"}, "invalid_type", "max_tokens"),
-        ("completions", {"model": "fake-model"}, "missing_required_parameter", "prompt"),
-        ("generate", {"text": 5}, "invalid_type", "text"),
+        ("chat", [1, 2], 400, "invalid_type", None),
+        ("chat", {"messages": MSG}, 400, "missing_required_parameter", "model"),
+        ("chat", {"model": 5, "messages": MSG}, 400, "invalid_type", "model"),
+        ("chat", {"model": "fake-model", "messages": "x"}, 400, "invalid_type", "messages"),
+        ("chat", {"model": "fake-model", "messages": []}, 400, "empty_array", "messages"),
+        (
+            "chat",
+            {"model": "fake-model", "messages": [{"role": "user"}]},
+            400,
+            "missing_required_parameter",
+            "messages[0].content",
+        ),
+        (
+            "chat",
+            {"model": "fake-model", "messages": [{"content": "x"}]},
+            400,
+            "missing_required_parameter",
+            "messages[0].role",
+        ),
+        (
+            "chat",
+            {"model": "fake-model", "messages": [{"role": "bogus", "content": "x"}]},
+            400,
+            "invalid_value",
+            "messages[0].role",
+        ),
+        ("chat", {"model": "fake-model", "messages": MSG, "stream": "yes"}, 400, "invalid_type", "stream"),
+        ("chat", {"model": "fake-model", "messages": MSG, "max_tokens": "3"}, 400, "invalid_type", "max_tokens"),
+        (
+            "chat",
+            {"model": "fake-model", "messages": MSG, "max_tokens": -1},
+            400,
+            "integer_below_min_value",
+            "max_tokens",
+        ),
+        ("completions", {"model": "fake-model"}, 400, "missing_required_parameter", "prompt"),
+        ("completions", {"model": "fake-model", "prompt": []}, 400, "prompt_empty", "prompt"),
+        ("generate", {"text": 5}, 422, "invalid_type", "text"),
+        ("generate", {"input_ids": "x"}, 422, "invalid_type", "input_ids"),
     ],
 )
-def test_bad_bodies_get_smgs_400s(endpoint, body, code, param):
+def test_bad_bodies_get_smgs_4xx(endpoint, body, status, code, param):
     core = make_core("--policy", "round_robin")
     d = core.select(endpoint, {}, body)
-    assert (d.url, d.status, d.error_code, d.param) == (None, 400, code, param)
+    assert (d.url, d.status, d.error_code, d.param) == (None, status, code, param)
+
+
+def test_acceptable_edge_bodies_route():
+    core = make_core("--policy", "round_robin")
+    assert core.select("generate", {}, {}).url is not None
+    assert core.select("completions", {}, {"model": "fake-model", "prompt": ""}).url is not None
 
 
 def test_unknown_model_is_404_and_generate_without_model_routes():

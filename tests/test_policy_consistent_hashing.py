@@ -32,6 +32,8 @@ def test_implicit_keys_forwarded_for_then_cookie():
     d = route(core, {"cookie": "sid=1"})
     assert (d.url, d.branch) == (RING.lookup("sid=1"), "implicit_key_hit")
     assert d.key is None
+    d = route(core, {"x-forwarded-for": "", "cookie": "sid=1"})  # [E] an empty XFF does not fall through
+    assert d.branch == "random_fallback"
 
 
 def test_authorization_is_not_a_key_in_1_13_and_overlong_keys_fall_back_to_random():

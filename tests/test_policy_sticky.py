@@ -94,10 +94,23 @@ def test_random_assignment_mode_overrides_delegate():
 
 def test_manual_and_consistent_hashing_are_not_wrapped():
     core = make_core("--policy", "consistent_hashing", "--routing-key-override")
-    route(core, None, rid="conv_t1")
+    assert route(core, None, rid="conv_t1").branch == "random_fallback"
     assert sample(core, "smg_routing_key_source_total", source="rid") == 0
+
+
+def test_manual_with_override_keys_by_stripped_rid_but_keeps_header_keys_raw_and_has_no_cap():
+    """Observed on 1.13.0: rid conv_t1 then conv_t2 -> vacant, occupied_hit; headers zz_t2, zz_t3 -> two
+    vacant; header beats rid; four concurrent requests of one key all go to its worker; no source counter."""
     core = make_core("--policy", "manual", "--routing-key-override")
-    assert route(core, None, rid="conv_t1").branch == "no_routing_id"
+    assert [route(core, None, rid=r).branch for r in ("conv_t1", "conv_t2")] == ["vacant", "occupied_hit"]
+    assert [route(core, k).branch for k in ("zz_t2", "zz_t3")] == ["vacant", "vacant"]
+    assert route(core, "other", rid="conv_t6").key == "other"
+    first = route(core, None, rid="cc_t1")
+    for _ in range(4):
+        d = route(core, None, rid="cc_t1")
+        core.begin(d)
+        assert (d.url, d.branch) == (first.url, "occupied_hit")
+    assert sample(core, "smg_routing_key_source_total", source="rid") == 0
 
 
 def test_overlong_rid_is_ignored():

@@ -47,12 +47,12 @@ class ConsistentHashingPolicy(Policy):
         if req.key is not None:
             url = self.ring.lookup(req.key, healthy.__contains__)
             return Choice(url, "routing_key_hit" if url else "no_healthy_workers", req.key)
-        for header in ("x-forwarded-for", "cookie"):
-            implicit = req.headers.get(header)
-            if implicit:
-                url = self.ring.lookup(implicit, healthy.__contains__)
-                if url:
-                    return Choice(url, "implicit_key_hit", None)
+        # [E] 1.13.0: x-forwarded-for if present (an empty one does not fall through to cookie), else cookie
+        implicit = req.headers.get("x-forwarded-for", req.headers.get("cookie"))
+        if implicit:
+            url = self.ring.lookup(implicit, healthy.__contains__)
+            if url:
+                return Choice(url, "implicit_key_hit", None)
         return Choice(self.ctx.rng.choice(workers).url, "random_fallback", None)
 
     def select(self, workers: list[Worker], req: RouteInput) -> Choice:

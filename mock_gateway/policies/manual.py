@@ -7,6 +7,10 @@ beyond two, so a key returns to its first worker once that is healthy again), ``
 Assignment modes: ``random``, ``min_load`` (gateway in-flight count), ``min_group`` (distinct keys in
 flight), ``delegate`` (min_load here; the sticky override asks the wrapped policy instead).
 Idle keys are evicted every ``--eviction-interval-secs`` once idle ``--max-idle-secs``.
+
+With ``--routing-key-override`` (1.13.0, observed): a request without a valid header key is keyed by its
+body ``rid`` with lineage suffixes stripped; header keys stay unstripped; no in-flight cap and no
+``smg_routing_key_source_total``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
+from mock_gateway.routing_key import strip_lineage, valid_key
 from mock_gateway.workers import Worker
 
 MAX_CANDIDATE_WORKERS = 2
@@ -93,7 +98,11 @@ class ManualPolicy(Policy):
         return choice
 
     def select(self, workers: list[Worker], req: RouteInput) -> Choice:
-        return self.route(workers, req.key, req.now, lambda: self.assign(workers))
+        key = req.key
+        if key is None and self.ctx.config.routing_key_override:  # [E] 1.13.0: rid (stripped), no cap
+            rid = valid_key(req.body.get("rid"))
+            key = strip_lineage(rid) if rid is not None else None
+        return self.route(workers, key, req.now, lambda: self.assign(workers))
 
     def tick(self, now: float) -> None:
         cfg = self.ctx.config
