@@ -185,7 +185,7 @@ class Gateway:
             self.core.metrics.upstream_responses.labels(
                 router_type="http", status_code="503", error_code=d.error_code or ""
             ).inc()
-            return error(503, d.error_code or "no_available_workers", d.message, type_="service_unavailable")
+            return error(503, d.error_code or "no_available_workers", d.message, type_="server_error")
         return error(d.status, d.error_code or "invalid_request", d.message, d.param)
 
     async def _attempt(

@@ -222,3 +222,50 @@ def test_virtual_time_keeps_requests_in_flight_until_x_sim_finish_and_polls_on_t
         post(client, chat(sim_time=5.0), key="k0")
         polls = [p for st in states for p in st.get("polls", [])]
         assert {p.get("sim_time") for p in polls} == {"0.0", "5.0"}
+
+
+def test_live_time_timers_evict_idle_keys_and_poll_loads_in_the_background(pool):
+    urls, states = pool
+    states[0]["loads"] = {"loads": [{"dp_rank": 0, "num_running_reqs": 50}]}
+    flags = [
+        "--policy",
+        "manual",
+        "--max-idle-secs",
+        "0.3",
+        "--eviction-interval-secs",
+        "0.1",
+        "--load-monitor-interval",
+        "0.1",
+    ]
+    with gateway(urls, *flags) as (client, core):
+        post(client, chat(), key="k")
+        assert "k" in core.policy.entries
+        deadline = time.monotonic() + 5
+        while "k" in core.policy.entries or len(states[1].get("polls", [])) < 3:
+            assert time.monotonic() < deadline, "live timers did not run"
+            time.sleep(0.05)
+        assert all("sim_time" not in p for p in states[1]["polls"])
+        assert core.registry.get(urls[0]).report.running == 50
+        assert sample(core, "smg_engine_running_requests", worker=urls[0], model=MODEL, dp_rank="0") == 50
+
+
+def test_live_least_load_avoids_a_worker_reporting_load(pool):
+    urls, states = pool
+    states[0]["loads"] = {"loads": [{"dp_rank": 0, "num_running_reqs": 50}]}
+    with gateway(urls, "--policy", "least_load", "--load-monitor-interval", "0.1") as (client, core):
+        while core.registry.get(urls[0]).report is None:
+            post(client, chat())
+        assert all(post(client, chat()).headers["x-smg-routed-worker-id"] != urls[0] for _ in range(10))
+
+
+def test_a_stream_stays_in_flight_until_it_ends(pool):
+    urls, states = pool
+    for st in states:
+        st["chunk_delay"] = 0.3
+    with gateway(urls, "--policy", "round_robin") as (client, core):
+        with client.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as r:
+            worker = r.headers["x-smg-routed-worker-id"]
+            assert core.registry.get(worker).load == 1
+            assert sample(core, "smg_worker_requests_active", worker=worker) == 1
+            r.read()
+        assert core.registry.get(worker).load == 0
