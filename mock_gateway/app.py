@@ -140,7 +140,7 @@ class Gateway:
             return error(400, "json_parse_error", "Missing Content-Type: application/json header")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: deep nesting
             return error(400, "invalid_json", f"JSON syntax error: Failed to parse the request body as JSON: {e}")
         raw_headers = {k.lower(): v for k, v in request.headers.items()}  # latin-1 decoded by the server
         headers = {k: upstream.utf8_header(v) for k, v in raw_headers.items()}
@@ -319,7 +319,7 @@ def create_app(config: GatewayConfig, core: GatewayCore | None = None, serve_met
     async def add_worker(request: Request) -> Response:
         try:
             body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             return error(400, "invalid_json", "JSON syntax error")
         url = body.get("url") if isinstance(body, dict) else None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):

@@ -26,11 +26,18 @@ class _Node:
 
 
 def _common(a: Sequence, b: Sequence, start: int) -> int:
+    """Length of the common prefix of ``a`` and ``b[start:]`` (slice comparisons run in C; bisect on a mismatch)."""
     n = min(len(a), len(b) - start)
-    i = 0
-    while i < n and a[i] == b[start + i]:
-        i += 1
-    return i
+    if a[:n] == b[start : start + n]:
+        return n
+    lo, hi = 0, n  # a[:lo] matches, a[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[start + lo : start + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class CharTree:
