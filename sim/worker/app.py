@@ -121,7 +121,7 @@ def create_app(
             raise _BadBody(400, "request body is empty; expected a JSON object")
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
             raise _BadBody(400, f"malformed JSON body: {e}") from None
 
     def sim_time_query(request: Request) -> float | None:
