@@ -120,7 +120,15 @@ class Gateway:
         endpoint = ROUTES[path]
         m = self.core.metrics
         m.http_requests.labels(method="POST", path=path).inc()
+        started = time.perf_counter()
         resp = await self._proxy(request, path, endpoint)
+        m.router_duration.labels(
+            router_type="http",
+            backend_type="regular",
+            connection_mode="http",
+            model=getattr(request.state, "model", "unknown"),
+            endpoint=endpoint,
+        ).observe(time.perf_counter() - started)
         code = ""
         if resp.status_code >= 400 and isinstance(resp, JSONResponse):
             with contextlib.suppress(Exception):
@@ -148,6 +156,8 @@ class Gateway:
         virtual = sim_t is not None
         if self.mode is None:
             self.mode = "virtual" if virtual else "live"
+        model = body.get("model") if isinstance(body, dict) else None
+        request.state.model = model if isinstance(model, str) else "unknown"
         now = sim_t if sim_t is not None else self.live_now()
         core.advance(now)
         urls = core.due_polls(core.clock)
