@@ -45,7 +45,10 @@ class AsyncUpstream(Protocol):
 
 
 def _dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # lone surrogates (valid JSON escapes, not UTF-8): keep them as \u escapes
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 class HttpUpstream:
