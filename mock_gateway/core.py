@@ -358,6 +358,7 @@ class GatewayCore:
                 for w in workers
                 if not w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage)
             ]
+            m.workers_overloaded.labels(model=label).set(len(workers) - len(fine))
             if not fine:
                 if cfg.worker_overload_shed:
                     m.overload_shed.labels(stage="selection").inc()

@@ -86,6 +86,9 @@ def http_gateway(argv):
         ["--policy", "consistent_hashing"],
         ["--policy", "least_load", "--load-monitor-interval", "2"],
         ["--policy", "power_of_two"],
+        ["--policy", "prefix_hash"],
+        ["--policy", "round_robin", "--routing-key-override"],
+        ["--policy", "random"],
     ],
 )
 def test_http_and_direct_give_identical_decisions(argv):

@@ -136,3 +136,37 @@ def test_removed_worker_is_purged_from_the_tree():
     core.remove_worker(holder)
     d = route(core, LONG)
     assert d.url != holder and d.branch == "expected_wait_fallback"
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+prompts = st.lists(
+    st.tuples(st.sampled_from(["alpha ", "beta ", "gamma "]), st.text("xyz ", max_size=8), st.integers(0, 3)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(prompts, st.integers(0, 100))
+def test_cache_aware_invariants(seq, seed):
+    """Property: the chosen worker then holds the whole text; a match above the threshold with an ungated
+    holder goes to a holder (tree_match); the branch is expected_wait_fallback exactly when rate <= threshold."""
+    core = make_core("--policy", "cache_aware", seed=seed)
+    tree = core.policy.trees["fake-model"]
+    for prefix, tail, extra_load in seq:
+        text = prefix * 6 + tail
+        matched, holders = tree.match(text)
+        rate = matched / len(text)
+        gated = core.policy.gated(list(core.registry))
+        d = route(core, text)
+        if rate > 0.3:
+            if any(h not in gated for h in holders):
+                assert d.branch == "tree_match" and d.url in holders and d.url not in gated
+            else:
+                assert d.url not in holders or d.branch == "tree_match"
+        else:
+            assert d.branch == "expected_wait_fallback"
+        assert tree.match(text) == (len(text), tree.match(text)[1]) and d.url in tree.match(text)[1]
+        for _ in range(extra_load):
+            core.begin(_decision_for(core, d.url))

@@ -117,3 +117,40 @@ def test_overlong_rid_is_ignored():
     core = make_core("--policy", "round_robin", "--routing-key-override")
     route(core, None, rid="r" * 129)
     assert sample(core, "smg_routing_key_source_total", source="rid") == 0
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ops = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=40)
+
+
+@given(ops, st.sampled_from(["round_robin", "random", "least_load", "cache_aware"]), st.integers(0, 100))
+def test_override_invariants(seq, policy, seed):
+    """Property: a keyed request goes to the key's first healthy candidate unless the key has 2 in flight
+    there (cap_respill); the pin only moves to a worker under the cap; finishing releases per-key counts."""
+    core = make_core("--policy", policy, "--routing-key-override", seed=seed)
+    open_tickets = []
+    for key, finish_one in seq:
+        if finish_one and open_tickets:
+            core.finish(open_tickets.pop(0))
+        entry = core.policy.sticky.entries.get(key)
+        before = list(entry.candidates) if entry else None
+        d = route(core, key)
+        assert d.url in W and d.key == key
+        if before is None:
+            assert d.branch == "vacant"
+        else:
+            pinned = before[0]
+            in_flight = core.registry.get(pinned).key_load.get(key, 0)
+            if in_flight >= 2:
+                assert d.branch == "cap_respill"
+                new_front = core.policy.sticky.entries[key].candidates[0]
+                if new_front != pinned:
+                    assert new_front == d.url and core.registry.get(d.url).key_load.get(key, 0) < 2
+            else:
+                assert (d.url, d.branch) == (pinned, "occupied_hit")
+        open_tickets.append(core.begin(d))
+    for t in open_tickets:
+        core.finish(t)
+    assert all(core.registry.get(u).key_load == {} and core.registry.get(u).load == 0 for u in W)
