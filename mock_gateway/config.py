@@ -19,6 +19,7 @@ POLICIES = [
     "manual",
     "consistent_hashing",
     "prefix_hash",
+    "bounded_load",  # testbed extension (mock_gateway/policies/bounded_load.py)
 ]
 
 
@@ -88,6 +89,15 @@ class GatewayConfig:
     log_level: str = "info"
     # testbed extension
     seed: int | None = None
+    # testbed extensions beyond SMG: bounded_load policy, manual --assignment-mode min_kv (docs/beyond-smg.md)
+    bounded_load_epsilon: float = 0.25
+    bounded_load_measure: str = "requests"
+    session_kv_idle_secs: float = 60.0
+    kv_capacity_tokens: int | None = None
+    kv_repin_queue_ratio: float = 2.0
+    kv_repin_queue_abs: int = 4
+    kv_repin_headroom: float = 0.2
+    kv_repin_cooldown_secs: float = 30.0
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -112,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--policy", choices=POLICIES, default=d.policy)
     a("--routing-key-headers", nargs="*", default=None)
     a("--routing-key-override", "--sticky-sessions", action="store_true")
-    a("--assignment-mode", choices=["random", "min_load", "min_group", "delegate"], default=None)
+    a("--assignment-mode", choices=["random", "min_load", "min_group", "delegate", "min_kv"], default=None)
     a("--max-idle-secs", "--sticky-key-idle-secs", type=float, default=d.max_idle_secs)
     a("--eviction-interval-secs", type=float, default=d.eviction_interval_secs)
     a("--cache-threshold", "--cache-match-threshold", type=float, default=d.cache_threshold)
@@ -167,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--prometheus-port", type=int, default=d.prometheus_port)
     a("--log-level", choices=["debug", "info", "warn", "error"], default=d.log_level)
     a("--seed", type=int, default=None, help="testbed extension: seed of the mock's random choices")
+    # testbed extensions beyond SMG (docs/beyond-smg.md)
+    a("--bounded-load-epsilon", type=float, default=d.bounded_load_epsilon, help="bounded_load: bound (1+eps)*avg")
+    a("--bounded-load-measure", choices=["requests", "kv"], default=d.bounded_load_measure,
+      help="bounded_load: load = in-flight requests or projected resident session KV")
+    a("--session-kv-idle-secs", type=float, default=d.session_kv_idle_secs,
+      help="bounded_load kv / min_kv: a key's context counts in its worker's working set until idle this long")
+    a("--kv-capacity-tokens", type=int, default=None,
+      help="min_kv: KV capacity per worker in tokens (default: polled max_total_num_tokens)")
+    a("--kv-repin-queue-ratio", type=float, default=d.kv_repin_queue_ratio)
+    a("--kv-repin-queue-abs", type=int, default=d.kv_repin_queue_abs)
+    a("--kv-repin-headroom", type=float, default=d.kv_repin_headroom)
+    a("--kv-repin-cooldown-secs", type=float, default=d.kv_repin_cooldown_secs)
     return p
 
 
