@@ -1,0 +1,224 @@
+"""Testbed extension, not an SMG feature: KV-aware key assignment, ``--policy manual --assignment-mode min_kv``.
+
+SMG's assignment modes look at request or key counts at first placement only. This mode keeps, from what
+the gateway routes, each key's projected context (prompt tokens + ``max_tokens``) and, per worker, the
+projected KV working set: the sum of the contexts of its *live* keys (routed within
+``--session-kv-idle-secs``). A new key goes to the worker with the smallest working set. An existing key
+is re-pinned when
+
+- ``repin_kv``: its worker's working set (the other live keys plus this key's new context) would exceed
+  the worker's KV capacity, and another worker can take the key with ``--kv-repin-headroom`` of its
+  capacity to spare; or
+- ``repin_queue``: its worker's in-flight count (without the key) is at least ``--kv-repin-queue-abs`` and
+  ``--kv-repin-queue-ratio`` times the mean over the available workers, and another worker is at or
+  below the mean.
+
+Hysteresis: the target conditions are strictly inside the trigger conditions (a target is never itself
+triggering), and a key re-pinned once is not re-pinned again for ``--kv-repin-cooldown-secs``.
+
+Capacity per worker: ``--kv-capacity-tokens`` if given, else the sum of ``max_total_num_tokens`` over the
+ranks of the worker's last polled ``/v1/loads``; unknown capacity disables the KV trigger for that worker.
+Context size: the request's ``input_ids`` length if it carries them, else the routing text's token count
+(``sim.tokenizer.encode``, the testbed's word-level tokenizer), plus ``max_tokens``.
+
+Everything else (branches, candidates, failover, idle eviction) is ``manual``'s. Under
+``--routing-key-override`` the shared sticky map uses ``min_kv`` for first placement only (no re-pin).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mock_gateway.policies.base import Choice, PolicyContext, RouteInput
+from mock_gateway.policies.manual import ManualPolicy
+from mock_gateway.workers import Worker
+from sim.tokenizer import encode
+
+NEG_INF = float("-inf")
+
+
+def context_tokens(body: Mapping[str, Any], text: str, tokens: list[int] | None = None) -> int:
+    """Projected KV of the request: prompt tokens (``input_ids`` or the routing text's tokens) + output budget."""
+    ids = body.get("input_ids")
+    if isinstance(ids, list) and ids:
+        prompt = len(ids)
+    elif tokens:
+        prompt = len(tokens)
+    else:
+        prompt = len(encode(text)) if text else 0
+    out = body.get("max_tokens", body.get("max_completion_tokens"))
+    if not isinstance(out, int) or isinstance(out, bool) or out < 0:
+        out = 0
+    return max(1, prompt + out)
+
+
+def kv_capacity(worker: Worker, override: int | None) -> int | None:
+    """KV capacity in tokens: the flag, else the polled ``max_total_num_tokens`` (summed over ranks), else None."""
+    if override:
+        return override
+    r = worker.report
+    if r is None:
+        return None
+    total = 0
+    for rank in r.ranks:
+        v = rank.get("max_total_num_tokens")
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            total += int(v)
+    return total or None
+
+
+@dataclass
+class Session:
+    worker: str
+    ctx: int
+    last: float
+
+
+class SessionKV:
+    """Projected resident session KV per worker: the sum of live keys' contexts (live = routed within ``live_secs``).
+
+    Pure bookkeeping over routed requests; ``touch`` records a routed request, ``expire`` drops keys idle
+    longer than ``live_secs`` from the working sets.
+    """
+
+    def __init__(self, live_secs: float) -> None:
+        self.live_secs = live_secs
+        self.live: OrderedDict[str, Session] = OrderedDict()  # least recently routed first
+        self.by_worker: dict[str, int] = {}
+
+    def expire(self, now: float) -> None:
+        while self.live:
+            key, s = next(iter(self.live.items()))
+            if now - s.last <= self.live_secs:
+                break
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        s = self.live.pop(key)
+        left = self.by_worker.get(s.worker, 0) - s.ctx
+        if left > 0:
+            self.by_worker[s.worker] = left
+        else:
+            self.by_worker.pop(s.worker, None)
+
+    def working_set(self, url: str) -> int:
+        return self.by_worker.get(url, 0)
+
+    def own(self, key: str | None, url: str) -> int:
+        """The key's live context on ``url`` (0 if it is not live there)."""
+        s = self.live.get(key) if key is not None else None
+        return s.ctx if s is not None and s.worker == url else 0
+
+    def touch(self, key: str, url: str, ctx: int, now: float) -> None:
+        if key in self.live:
+            self._drop(key)
+        self.live[key] = Session(url, ctx, now)
+        self.by_worker[url] = self.by_worker.get(url, 0) + ctx
+
+    def remove_worker(self, url: str) -> None:
+        for key in [k for k, s in self.live.items() if s.worker == url]:
+            self._drop(key)
+
+
+class KvAwarePolicy(ManualPolicy):
+    """``manual`` with ``--assignment-mode min_kv`` (see the module docstring)."""
+
+    name = "manual"
+
+    def __init__(self, ctx: PolicyContext, mode: str | None = None) -> None:
+        super().__init__(ctx, mode or "min_kv")
+        cfg = ctx.config
+        self.kv = SessionKV(cfg.session_kv_idle_secs)
+        self.repinned_at: dict[str, float] = {}
+
+    # -- measures --------------------------------------------------------------------------------
+    def capacity(self, w: Worker) -> int | None:
+        return kv_capacity(w, self.ctx.config.kv_capacity_tokens)
+
+    @staticmethod
+    def queue(w: Worker, key: str | None) -> int:
+        """In-flight requests on ``w`` other than the key's own."""
+        return w.load - (w.key_load.get(key, 0) if key is not None else 0)
+
+    def assign(self, workers: list[Worker], mode: str | None = None) -> Worker:
+        if (mode or self.mode) != "min_kv":
+            return super().assign(workers, mode)
+        best = min((self.kv.working_set(w.url), w.load) for w in workers)
+        return self.ctx.rng.choice([w for w in workers if (self.kv.working_set(w.url), w.load) == best])
+
+    # -- re-pin decision -------------------------------------------------------------------------
+    def repin_target(self, workers: list[Worker], key: str, pinned: Worker, ctx: int, now: float
+                     ) -> tuple[Worker, str] | None:
+        """Where to move ``key`` off ``pinned`` now, and why; None to stay."""
+        cfg = self.ctx.config
+        if now - self.repinned_at.get(key, NEG_INF) < cfg.kv_repin_cooldown_secs or len(workers) < 2:
+            return None
+        others = [w for w in workers if w.url != pinned.url]
+        cap = self.capacity(pinned)
+        projected = self.kv.working_set(pinned.url) - self.kv.own(key, pinned.url) + ctx
+        if cap is not None and projected > cap:
+            fits = []
+            for w in others:
+                c = self.capacity(w)
+                if c is not None and self.kv.working_set(w.url) - self.kv.own(key, w.url) + ctx <= (
+                    1.0 - cfg.kv_repin_headroom
+                ) * c:
+                    fits.append(w)
+            if fits:
+                return self._best(fits, key), "repin_kv"
+        queues = {w.url: self.queue(w, key) for w in workers}
+        mean = sum(queues.values()) / len(workers)
+        q = queues[pinned.url]
+        if q >= cfg.kv_repin_queue_abs and q >= cfg.kv_repin_queue_ratio * mean:
+            calm = [w for w in others if queues[w.url] <= mean]
+            if calm:
+                return self._best(calm, key), "repin_queue"
+        return None
+
+    def _best(self, workers: list[Worker], key: str) -> Worker:
+        def score(w: Worker) -> tuple[int, int]:
+            return self.kv.working_set(w.url) - self.kv.own(key, w.url), self.queue(w, key)
+
+        best = min(score(w) for w in workers)
+        return self.ctx.rng.choice([w for w in workers if score(w) == best])
+
+    # -- selection -------------------------------------------------------------------------------
+    def select(self, workers: list[Worker], req: RouteInput) -> Choice:
+        now, key = req.now, req.key
+        self.kv.expire(now)
+        ctx = context_tokens(req.body, req.text, req.tokens)
+        entry = self.entries.get(key) if key is not None else None
+        if entry is not None and workers:
+            healthy = {w.url: w for w in workers}
+            pinned = next((u for u in entry.candidates if u in healthy), None)
+            if pinned is not None:
+                move = self.repin_target(workers, key, healthy[pinned], ctx, now)  # type: ignore[arg-type]
+                if move is not None:
+                    target, branch = move
+                    entry.last_access = now
+                    entry.pin_front(target.url)
+                    self.repinned_at[key] = now  # type: ignore[index]
+                    self.kv.touch(key, target.url, ctx, now)  # type: ignore[arg-type]
+                    m = self.ctx.metrics
+                    m.manual_branch.labels(branch=branch).inc()
+                    m.manual_cache_entries.set(len(self.entries))
+                    return Choice(target.url, branch, key)
+        choice = self.route(workers, key, now, lambda: self.assign(workers))
+        if key is not None and choice.url is not None:
+            self.kv.touch(key, choice.url, ctx, now)
+        return choice
+
+    def evict_idle(self, now: float) -> int:
+        n = super().evict_idle(now)
+        for k in [k for k in self.repinned_at if k not in self.entries]:
+            del self.repinned_at[k]
+        return n
+
+    def on_worker_removed(self, url: str) -> None:
+        self.kv.remove_worker(url)
+
+
+__all__ = ["KvAwarePolicy", "SessionKV", "context_tokens", "kv_capacity"]
