@@ -81,6 +81,7 @@ REGISTRY: dict[str, str] = {
     "passthrough": "mock_gateway.policies.random:PassthroughPolicy",
     "power_of_two": "mock_gateway.policies.power_of_two:PowerOfTwoPolicy",
     "least_load": "mock_gateway.policies.least_load:LeastLoadPolicy",
+    "bounded_load": "mock_gateway.policies.bounded_load:BoundedLoadPolicy",  # testbed extension
 }
 
 
