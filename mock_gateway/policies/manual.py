@@ -43,6 +43,14 @@ class Entry:
 class ManualPolicy(Policy):
     name = "manual"
 
+    def __new__(cls, ctx: PolicyContext, mode: str | None = None) -> ManualPolicy:
+        """``--assignment-mode min_kv`` (testbed extension) is the KV-aware subclass in ``kv_aware.py``."""
+        if cls is ManualPolicy and (mode or ctx.config.assignment_mode) == "min_kv":
+            from mock_gateway.policies.kv_aware import KvAwarePolicy
+
+            cls = KvAwarePolicy
+        return super().__new__(cls)
+
     def __init__(self, ctx: PolicyContext, mode: str | None = None) -> None:
         super().__init__(ctx)
         self.mode = mode or ctx.config.assignment_mode or "random"
