@@ -219,7 +219,7 @@ def test_cache_aware_scripted_scenario(pool):
     flags = ["--policy", "cache_aware", "--load-monitor-interval", "1"]
 
     def scenario(client):
-        time.sleep(2.2)  # every worker has a load report (the first tick covers only early registrations)
+        time.sleep(1.6)  # every worker has a load report (the first tick covers only early registrations)
         got = send(
             client,
             [
@@ -229,7 +229,7 @@ def test_cache_aware_scripted_scenario(pool):
             ],
         )
         states[0]["loads"] = busy(100)
-        time.sleep(2.2)
+        time.sleep(1.6)
         got += send(
             client,
             [
@@ -250,14 +250,14 @@ def test_cache_aware_scripted_scenario(pool):
 
 
 def test_cache_aware_spill_gate_under_concurrency(pool):
-    """Nine concurrent requests sharing a prefix, held 2.5 s by the workers: the holder takes seven (at 7 in
+    """Nine concurrent requests sharing a prefix, held 1.5 s by the workers: the holder takes seven (at 7 in
     flight against a mean of 2.33 the 1.13.0 margin of 4 trips), the eighth spills, the ninth follows it."""
     urls, states = pool
     base = "hot shared prefix for the spill gate test " * 4
 
     def scenario(client):
         for st in states:
-            st["delay"] = 2.5
+            st["delay"] = 1.5
         got: dict[int, str] = {}
 
         def go(i):
