@@ -66,7 +66,8 @@ class HttpUpstream:
         url = f"{self.base_url}/{request.path}"
         if request.query:
             url = f"{url}?{request.query}"
-        headers = dict(request.headers)
+        # values as the ASGI server decoded them (latin-1), sent as the same bytes (httpx encodes str as ASCII)
+        headers = {k: v.encode("latin-1", "replace") if isinstance(v, str) else v for k, v in request.headers.items()}
         content = request.content
         if content is None and request.json is not None:
             content = _dumps(request.json)
