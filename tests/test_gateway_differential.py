@@ -283,6 +283,41 @@ def test_cache_aware_spill_gate_under_concurrency(pool):
         assert counters(m, "smg_cache_aware_policy_branch_total") == real_counts
 
 
+def test_sticky_override_cap_respill_sequence(pool):
+    """round_robin + --routing-key-override, one key, requests held 1.2 s and sent 0.15 s apart: the pin
+    moves after two in flight (cap_respill); the sequence and the manual counters match the real gateway."""
+    urls, states = pool
+
+    def scenario(client):
+        probe = send(client, [({}, chat(f"probe {i}")) for i in range(3)])  # round robin order, counter -> 3
+        for st in states:
+            st["delay"] = 1.2
+        got: dict[int, str] = {}
+
+        def go(i):
+            r = client.post("/v1/chat/completions", json=chat(f"q{i}"), headers={"x-smg-routing-key": "conv_t1"})
+            got[i] = r.headers["x-smg-routed-worker-id"]
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+            time.sleep(0.15)
+        for t in threads:
+            t.join()
+        for st in states:
+            st["delay"] = 0
+        return probe, [got[i] for i in range(5)]
+
+    flags = ["--policy", "round_robin", "--routing-key-override"]
+    with real(urls, *flags) as r:
+        probe, want = scenario(r)
+        real_counts = counters(r, "smg_manual_policy_branch_total")
+    assert real_counts.get("cap_respill", 0) >= 1
+    with mock(probe, *flags) as m:  # registered in the real gateway's order
+        assert scenario(m) == (probe, want)
+        assert counters(m, "smg_manual_policy_branch_total") == real_counts
+
+
 BAD = [
     ("/v1/chat/completions", b"nope"),
     ("/v1/chat/completions", b"[1]"),
