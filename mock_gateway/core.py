@@ -89,6 +89,15 @@ _REQUIRED = {"chat": ("model", "messages"), "completions": ("model", "prompt"), 
 ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer", "root"})
 
 
+def _token_ids(ids: list) -> bool:
+    def flat(xs: object) -> bool:
+        return isinstance(xs, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in xs
+        )
+
+    return flat(ids) or (bool(ids) and all(flat(x) for x in ids))
+
+
 def validate(endpoint: str, body: object, policy: str) -> Decision | None:
     """SMG's 4xx for a body it cannot deserialize (None when the body is acceptable).
 
@@ -123,10 +132,15 @@ def validate(endpoint: str, body: object, policy: str) -> Decision | None:
             role = m.get("role")
             if role is None:
                 return wrong(f"messages[{i}].role", "a role", "missing_required_parameter")
+            if not isinstance(role, str):
+                return wrong(f"messages[{i}].role", "a string")
             if role not in ROLES:
                 return wrong(f"messages[{i}].role", "one of " + ", ".join(sorted(ROLES)), "invalid_value")
             if "content" not in m and role not in ("assistant", "tool", "function"):
                 return wrong(f"messages[{i}].content", "content", "missing_required_parameter")
+            content = m.get("content")
+            if content is not None and not isinstance(content, str | list):
+                return wrong(f"messages[{i}].content", "a string or an array of content parts")
     if endpoint == "completions":
         if not isinstance(body["prompt"], str | list):
             return wrong("prompt", "a string or a sequence")
@@ -145,6 +159,9 @@ def validate(endpoint: str, body: object, policy: str) -> Decision | None:
         for f, typ in (("text", str), ("input_ids", list), ("sampling_params", Mapping)):
             if body.get(f) is not None and not isinstance(body[f], typ):
                 return wrong(f, typ.__name__)
+        ids = body.get("input_ids")
+        if ids is not None and not _token_ids(ids):
+            return wrong("input_ids", "an array of token ids or an array of token id arrays")
     return None
 
 

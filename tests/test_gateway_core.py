@@ -102,6 +102,27 @@ MSG = [{"role": "user", "content": "x"}]
             "invalid_value",
             "messages[0].role",
         ),
+        (
+            "chat",
+            {"model": "fake-model", "messages": [{"role": {}, "content": "x"}]},
+            400,
+            "invalid_type",
+            "messages[0].role",
+        ),
+        (
+            "chat",
+            {"model": "fake-model", "messages": [{"role": [], "content": "x"}]},
+            400,
+            "invalid_type",
+            "messages[0].role",
+        ),
+        (
+            "chat",
+            {"model": "fake-model", "messages": [{"role": "user", "content": 1}]},
+            400,
+            "invalid_type",
+            "messages[0].content",
+        ),
         ("chat", {"model": "fake-model", "messages": MSG, "stream": "yes"}, 400, "invalid_type", "stream"),
         ("chat", {"model": "fake-model", "messages": MSG, "max_tokens": "3"}, 400, "invalid_type", "max_tokens"),
         (
@@ -115,6 +136,8 @@ MSG = [{"role": "user", "content": "x"}]
         ("completions", {"model": "fake-model", "prompt": []}, 400, "prompt_empty", "prompt"),
         ("generate", {"text": 5}, 422, "invalid_type", "text"),
         ("generate", {"input_ids": "x"}, 422, "invalid_type", "input_ids"),
+        ("generate", {"input_ids": ["a"]}, 422, "invalid_type", "input_ids"),
+        ("generate", {"input_ids": [2**40]}, 422, "invalid_type", "input_ids"),
     ],
 )
 def test_bad_bodies_get_smgs_4xx(endpoint, body, status, code, param):
