@@ -233,3 +233,33 @@ def test_same_seed_same_decisions(policy):
         return out
 
     assert run(3) == run(3)
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+fields = st.sampled_from(
+    ["model", "messages", "prompt", "text", "input_ids", "stream", "max_tokens", "rid", "sampling_params", "sim_time"]
+)
+bodies = st.dictionaries(fields, json_values, max_size=5) | json_values
+messages = st.lists(st.dictionaries(st.sampled_from(["role", "content", "name"]), json_values, max_size=3), max_size=3)
+
+
+@given(
+    st.sampled_from(["chat", "completions", "generate"]),
+    bodies,
+    messages,
+    st.sampled_from(["manual", "cache_aware", "consistent_hashing", "prefix_hash", "least_load"]),
+)
+def test_any_json_body_gets_a_decision_never_an_exception(endpoint, body, msgs, policy):
+    core = make_core("--policy", policy, "--routing-key-override")
+    if isinstance(body, dict) and endpoint == "chat" and "messages" not in body:
+        body = {**body, "model": "fake-model", "messages": msgs}
+    d = core.select(endpoint, {"x-smg-routing-key": "k"}, body)
+    assert (d.url is not None) == (d.status == 200)
+    assert d.status in (200, 400, 404, 422, 503)
