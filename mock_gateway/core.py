@@ -244,13 +244,24 @@ class GatewayCore:
 
     def due_polls(self, now: float) -> list[str]:
         """The workers to poll for load now, if the ``--load-monitor-interval`` tick is due (marks it done)."""
-        if self._next_poll is None or now < self._next_poll or not len(self.registry):
+        if self._next_poll is None or now < self._next_poll or not len(self.registry) or not self.polls_loads:
             return []
         self._next_poll = now + max(self.config.load_monitor_interval, 1e-9)
         return [w.url for w in self.registry if w.ready]
 
     def poll_due(self, now: float) -> bool:
-        return self._next_poll is not None and now >= self._next_poll and len(self.registry) > 0
+        return self._next_poll is not None and now >= self._next_poll and len(self.registry) > 0 and self.polls_loads
+
+    @property
+    def polls_loads(self) -> bool:
+        """1.13.0 polls every group; ``--disable-load-monitoring`` polls only for a load-aware policy or
+        overload protection."""
+        cfg = self.config
+        return (
+            not cfg.disable_load_monitoring
+            or cfg.overload_protection
+            or cfg.policy in ("cache_aware", "least_load", "power_of_two")
+        )
 
     def record_load(self, url: str, load: Any, now: float) -> None:
         """A load report for ``url`` taken at ``now``; None or an unparsable answer makes it unavailable."""

@@ -39,6 +39,13 @@ def test_load_polls_are_due_every_interval_on_the_clock():
     assert core.due_polls(19.0) == []
 
 
+def test_disable_load_monitoring_polls_only_when_something_needs_loads():
+    quiet = ["--disable-load-monitoring", "--disable-worker-overload-protection"]
+    assert make_core("--policy", "round_robin", *quiet).due_polls(0.0) == []
+    assert make_core("--policy", "least_load", *quiet).due_polls(0.0) == W
+    assert make_core("--policy", "round_robin", "--disable-load-monitoring").due_polls(0.0) == W
+
+
 def test_route_counts_in_flight_and_metrics():
     core = make_core("--policy", "round_robin")
     d, t = core.route("chat", {}, chat(), now=0.5)

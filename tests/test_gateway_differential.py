@@ -318,6 +318,38 @@ def test_sticky_override_cap_respill_sequence(pool):
         assert counters(m, "smg_manual_policy_branch_total") == real_counts
 
 
+def test_manual_failover_on_a_retryable_status(pool):
+    """Four keys pinned to w0 (the only worker), w1 added at runtime, then w0 answers 503: each request tries
+    w0 (occupied_hit), is retried without it (occupied_miss once per key, then occupied_hit on w1); both
+    gateways count the same branches and answer 200 from w1."""
+    urls, states = pool
+
+    def scenario(client, core=None):
+        first = send(client, [({"x-smg-routing-key": f"k{i}"}, chat()) for i in range(4)])
+        assert set(first) == {urls[0]}
+        assert client.post("/workers", json={"url": urls[1]}).status_code == 202
+        deadline = time.monotonic() + 20
+        while (
+            sum(w["url"] == urls[1] and w.get("is_healthy", True) for w in client.get("/workers").json()["workers"]) < 1
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.2)  # the real gateway activates a worker a moment after listing it
+        states[0]["status"] = 503
+        got = send(client, [({"x-smg-routing-key": f"k{i}"}, chat()) for _ in range(2) for i in range(4)])
+        states[0].pop("status")
+        return got
+
+    with real(urls[:1], "--policy", "manual") as r:
+        want = scenario(r)
+        real_counts = counters(r, "smg_manual_policy_branch_total")
+    assert set(want) == {urls[1]}
+    states[0]["requests"].clear()
+    with mock(urls[:1], "--policy", "manual") as m:
+        assert scenario(m) == want
+        assert counters(m, "smg_manual_policy_branch_total") == real_counts
+
+
 BAD = [
     ("/v1/chat/completions", b"nope"),
     ("/v1/chat/completions", b"[1]"),
