@@ -1,0 +1,357 @@
+"""Hand-picked bad inputs for the three servers, each with the status it must get: a 4xx JSON error, never a 5xx.
+
+One stack on loopback serves the whole module: two mock workers <- the mock gateway (``--policy manual``) <- the
+session server. Payload caps are set low (1 MiB) so the "huge body" rows stay cheap. Rows that only touch a
+gateway or worker run against them directly; session rows use a live session that already has a turn, an
+unknown id, or a deleted one. Odd but valid input (lone surrogate escapes, NUL, bidi controls) must be served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import httpx
+import pytest
+
+from mock_gateway.app import create_app as gateway_app
+from mock_gateway.config import parse_args
+from session_server.app import ServerConfig
+from session_server.app import create_app as session_app
+from sim.engine.types import WorkerConfig
+from sim.procs import ThreadServer
+from sim.worker.app import create_app as worker_app
+from sim.worker.core import WorkerCore
+
+MODEL = "mock-model"
+CAP = 1 << 20  # payload cap of every server in this module
+KEY = "x-smg-routing-key"
+
+
+@dataclass
+class Stack:
+    worker: str
+    gateway: str
+    session: str
+    gateway_core: Any
+    sid: str  # a session with one committed turn
+    deleted: str  # a session that was created, used and deleted
+
+
+@contextlib.contextmanager
+def stack() -> Iterator[Stack]:
+    with contextlib.ExitStack() as es:
+        workers = [
+            es.enter_context(
+                ThreadServer(
+                    worker_app(
+                        WorkerCore(WorkerConfig(name=f"w{i}"), model_name=MODEL, context_length=8192),
+                        speedup=1000.0,
+                        max_payload_size=CAP,
+                    )
+                )
+            )
+            for i in range(2)
+        ]
+        argv = ["--worker-urls", *(w.url for w in workers), "--policy", "manual", "--seed", "1"]
+        argv += ["--worker-startup-check-interval", "0.05", "--max-payload-size", str(CAP), "--log-level", "error"]
+        gw_app = gateway_app(parse_args(argv))
+        gw = es.enter_context(ThreadServer(gw_app))
+        ss = es.enter_context(ThreadServer(session_app(ServerConfig(router_url=gw.url, max_body_bytes=CAP))))
+        with httpx.Client(trust_env=False, timeout=30) as c:
+            deadline = time.monotonic() + 15
+            while len(c.get(f"{gw.url}/workers").json()["workers"]) < 2:
+                assert time.monotonic() < deadline, "workers did not register"
+                time.sleep(0.02)
+            sid = c.post(f"{ss.url}/sessions").json()["session_id"]
+            assert c.post(f"{ss.url}/sessions/{sid}/v1/chat/completions", json=chat()).status_code == 200
+            deleted = c.post(f"{ss.url}/sessions").json()["session_id"]
+            assert c.post(f"{ss.url}/sessions/{deleted}/v1/chat/completions", json=chat()).status_code == 200
+            assert c.delete(f"{ss.url}/sessions/{deleted}").status_code == 204
+        yield Stack(workers[0].url, gw.url, ss.url, gw_app.state.gateway.core, sid, deleted)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Stack]:
+    with stack() as s:
+        yield s
+
+
+def chat(text: str = "hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 4, **extra}
+
+
+def raw_json(text: str) -> bytes:
+    return text.encode()
+
+
+DEEP_ARRAY = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+BIG_INT = b'{"model":"mock-model","messages":[{"role":"user","content":"a"}],"max_tokens":' + b"9" * 5000 + b"}"
+HUGE = json.dumps(chat("word " * (CAP // 5 + 10))).encode()  # just over the 1 MiB cap
+SURROGATE = b'{"model":"mock-model","messages":[{"role":"user","content":"\\ud800 \\udfff"}],"max_tokens":4}'
+BAD_UTF8 = b'{"model":"mock-model","messages":[{"role":"user","content":"\xff\xfe"}],"max_tokens":4}'
+ODD_TEXT = "\x00 \u202e\u200b\ufeff e\u0301 \U0001f600 \U0010ffff \t\r\n"
+
+
+@dataclass
+class Case:
+    id: str
+    server: str  # "worker" | "gateway" | "session"
+    path: str  # "{sid}" / "{deleted}" are replaced by the stack's session ids
+    expect: int
+    method: str = "POST"
+    content: bytes | None = None
+    json: Any = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    xfail: str | None = None
+    raw: bool = False  # sent over a plain socket (a declared length the body does not have)
+
+    def param(self):
+        marks = [pytest.mark.xfail(strict=True, reason=self.xfail)] if self.xfail else []
+        return pytest.param(self, id=f"{self.server}-{self.id}", marks=marks)
+
+
+def body_cases(server: str, path: str, *, no_ctype: int, deep_xfail: str | None = None) -> list[Case]:
+    """The malformed-body rows every inference route must answer with a 4xx."""
+    J = {"content-type": "application/json"}
+    return [
+        Case("invalid-json", server, path, 400, content=b'{"model": ', headers=J),
+        Case("trailing-garbage", server, path, 400, content=json.dumps(chat()).encode() + b"}x", headers=J),
+        Case("empty-body", server, path, 400, content=b"", headers=J),
+        Case("whitespace-body", server, path, 400, content=b"  \n ", headers=J),
+        Case("json-array", server, path, 400, json=[chat()]),
+        Case("json-string", server, path, 400, json="hello"),
+        Case("json-null", server, path, 400, content=b"null", headers=J),
+        Case("messages-string", server, path, 400, json=chat() | {"messages": "hi"}),
+        Case("messages-missing", server, path, 400, json={"model": MODEL, "max_tokens": 4}),
+        Case("message-not-object", server, path, 400, json=chat() | {"messages": [["user", "hi"]]}),
+        Case("max-tokens-string", server, path, 400, json=chat(max_tokens="4")),
+        Case("max-tokens-negative", server, path, 400, json=chat(max_tokens=-1)),
+        Case("max-tokens-float", server, path, 400, json=chat(max_tokens=2.5)),
+        Case("stream-string", server, path, 400, json=chat(stream="yes")),
+        Case("deep-array", server, path, 400, content=DEEP_ARRAY, headers=J, xfail=deep_xfail),
+        Case("deep-object", server, path, 400, content=DEEP_OBJECT, headers=J, xfail=deep_xfail),
+        Case("5000-digit-int", server, path, 400, content=BIG_INT, headers=J),
+        Case("nan-literal", server, path, 400, content=raw_json('{"model":"mock-model","messages":NaN}'), headers=J),
+        Case("invalid-utf8", server, path, 400, content=BAD_UTF8, headers=J),
+        Case("huge-body", server, path, 413, content=HUGE, headers=J),
+        Case(
+            "huge-declared-length",
+            server,
+            path,
+            413,
+            content=b"{}",
+            headers=J | {"content-length": str(CAP * 4)},
+            raw=True,
+        ),
+        Case(
+            "text-plain",
+            server,
+            path,
+            no_ctype,
+            content=json.dumps(chat()).encode(),
+            headers={"content-type": "text/plain"},
+        ),
+        # odd but valid Unicode is served, not refused
+        Case("lone-surrogates", server, path, 200, content=SURROGATE, headers=J),
+        Case("odd-unicode", server, path, 200, json=chat(ODD_TEXT)),
+    ]
+
+
+SS_DEEP = "session_server.core.parse_body catches ValueError but not RecursionError (500); owner: session server"
+
+PT = (
+    "session_server passthrough forwards the decoded path as is: NUL gives a 500 (httpx.InvalidURL), CR/LF a dropped "
+    "connection, %2e%2e / %3F / %23 change the upstream URL; core.passthrough_request should refuse them (400); "
+    "owner: session server"
+)
+
+CASES: list[Case] = [
+    # --- mock worker ----------------------------------------------------------------------------------
+    *body_cases("worker", "/v1/chat/completions", no_ctype=200),
+    Case("sim-time-string", "worker", "/v1/chat/completions", 400, json=chat(sim_time="now")),
+    Case("sim-time-negative", "worker", "/v1/chat/completions", 400, json=chat(sim_time=-1)),
+    Case("role-int", "worker", "/v1/chat/completions", 400, json=chat() | {"messages": [{"role": 1, "content": "x"}]}),
+    Case(
+        "content-int",
+        "worker",
+        "/v1/chat/completions",
+        400,
+        json=chat() | {"messages": [{"role": "user", "content": 1}]},
+    ),
+    Case("over-context", "worker", "/v1/chat/completions", 400, json=chat(max_tokens=10**6)),
+    Case("generate-ids-strings", "worker", "/generate", 400, json={"input_ids": ["a"]}),
+    Case("generate-ids-too-big", "worker", "/generate", 400, json={"input_ids": [2**40]}),
+    Case("generate-text-int", "worker", "/generate", 400, json={"text": 5}),
+    Case("completions-prompt-dict", "worker", "/v1/completions", 400, json={"model": MODEL, "prompt": {"a": 1}}),
+    Case("loads-sim-time-junk", "worker", "/v1/loads?sim_time=abc", 400, method="GET"),
+    Case("loads-sim-time-inf", "worker", "/v1/loads?sim_time=inf", 400, method="GET"),
+    Case("faults-unknown", "worker", "/admin/faults", 400, json={"explode": True}),
+    Case("faults-array", "worker", "/admin/faults", 400, json=[1]),
+    Case("faults-rate-range", "worker", "/admin/faults", 400, json={"fail_rate": 2}),
+    Case("unknown-route", "worker", "/v2/nothing", 404),
+    Case("wrong-method", "worker", "/v1/chat/completions", 405, method="GET"),
+    # --- mock gateway ---------------------------------------------------------------------------------
+    *body_cases("gateway", "/v1/chat/completions", no_ctype=400),
+    Case("role-int", "gateway", "/v1/chat/completions", 400, json=chat() | {"messages": [{"role": 1, "content": "x"}]}),
+    Case(
+        "role-object",
+        "gateway",
+        "/v1/chat/completions",
+        400,
+        json=chat() | {"messages": [{"role": {}, "content": "x"}]},
+    ),
+    Case(
+        "role-array",
+        "gateway",
+        "/v1/chat/completions",
+        400,
+        json=chat() | {"messages": [{"role": [], "content": "x"}]},
+    ),
+    Case("model-int", "gateway", "/v1/chat/completions", 400, json=chat() | {"model": 7}),
+    Case("unknown-model", "gateway", "/v1/chat/completions", 404, json=chat() | {"model": "no-such-model"}),
+    Case("completions-prompt-int", "gateway", "/v1/completions", 400, json={"model": MODEL, "prompt": 5}),
+    Case("generate-text-int", "gateway", "/generate", 422, json={"text": 5}),
+    Case("workers-junk-json", "gateway", "/workers", 400, content=b"{", headers={"content-type": "application/json"}),
+    Case("workers-bad-url", "gateway", "/workers", 400, json={"url": "ftp://x"}),
+    Case("workers-delete-unknown", "gateway", "/workers/no-such-worker", 404, method="DELETE"),
+    Case("unknown-route", "gateway", "/v2/nothing", 404),
+    # --- session server -------------------------------------------------------------------------------
+    *body_cases("session", "/sessions/{fresh}/v1/chat/completions", no_ctype=400, deep_xfail=SS_DEEP),
+    Case("stream-true", "session", "/sessions/{sid}/v1/chat/completions", 400, json=chat(stream=True)),
+    Case(
+        "role-missing",
+        "session",
+        "/sessions/{sid}/v1/chat/completions",
+        400,
+        json=chat() | {"messages": [{"content": "x"}]},
+    ),
+    Case(
+        "chat-unknown-sid",
+        "session",
+        "/sessions/0123456789abcdef0123456789abcdef/v1/chat/completions",
+        404,
+        json=chat(),
+    ),
+    Case("chat-deleted-sid", "session", "/sessions/{deleted}/v1/chat/completions", 404, json=chat()),
+    Case("get-unknown-sid", "session", "/sessions/nope", 404, method="GET"),
+    Case("get-deleted-sid", "session", "/sessions/{deleted}", 404, method="GET"),
+    Case("delete-unknown-sid", "session", "/sessions/nope", 404, method="DELETE"),
+    Case("delete-deleted-sid", "session", "/sessions/{deleted}", 404, method="DELETE"),
+    Case("passthrough-deleted-sid", "session", "/sessions/{deleted}/v1/models", 404, method="GET"),
+    Case("sid-10k-chars", "session", "/sessions/" + "a" * 10_000, 404, method="GET"),
+    Case("sid-unicode", "session", "/sessions/%E2%80%AE%F0%9F%98%80", 404, method="GET"),
+    Case("sid-encoded-slash", "session", "/sessions/{sid}%2Fx", 404, method="GET"),
+    # passthrough: whatever the path, the request stays on the router; paths that would change the URL's shape
+    # (dot segments, an injected query or fragment, control characters) are refused before anything is sent
+    Case("passthrough-control", "session", "/sessions/{sid}/v1/models", 200, method="GET"),
+    Case("passthrough-double-slash", "session", "/sessions/{sid}//v1/models", 200, method="GET"),
+    Case("passthrough-userinfo", "session", "/sessions/{sid}/@example.com/v1/models", 404, method="GET"),
+    Case("passthrough-unknown-sid", "session", "/sessions/nope/v1/models", 404, method="GET"),
+    Case("passthrough-huge-body", "session", "/sessions/{sid}/v1/models", 413, content=HUGE),
+    Case("passthrough-nul", "session", "/sessions/{sid}/v1/a%00b", 400, method="GET", xfail=PT),
+    Case("passthrough-crlf", "session", "/sessions/{sid}/v1/a%0D%0AX-Injected:%20y", 400, method="GET", xfail=PT),
+    Case("passthrough-dot-segments", "session", "/sessions/{sid}/%2e%2e/%2e%2e/workers", 400, method="GET", xfail=PT),
+    Case("passthrough-encoded-query", "session", "/sessions/{sid}/v1/models%3Fa=1", 400, method="GET", xfail=PT),
+    Case("passthrough-encoded-fragment", "session", "/sessions/{sid}/v1/models%23a", 400, method="GET", xfail=PT),
+    Case("unknown-route", "session", "/v2/nothing", 404),
+    Case("sessions-wrong-method", "session", "/sessions", 405, method="PUT"),
+]
+
+
+def send(env: Stack, case: Case) -> httpx.Response:
+    base = {"worker": env.worker, "gateway": env.gateway, "session": env.session}[case.server]
+    path = case.path.replace("{sid}", env.sid).replace("{deleted}", env.deleted)
+    if "{fresh}" in path:
+        with httpx.Client(trust_env=False, timeout=30) as c:
+            path = path.replace("{fresh}", c.post(f"{env.session}/sessions").json()["session_id"])
+    if case.raw:
+        return raw_send(base, case.method, path, case.headers, case.content or b"")
+    with httpx.Client(trust_env=False, timeout=30) as c:  # a fresh connection per row: no row can spoil the next
+        req = c.build_request(case.method, base + path, json=case.json, content=case.content, headers=case.headers)
+        return c.send(req)
+
+
+def raw_send(base: str, method: str, path: str, headers: dict[str, str], content: bytes) -> httpx.Response:
+    """One request written to a socket as is (headers may lie about the body); the answer parsed with h11."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method=method, target=path, headers=[("host", host), ("connection", "close"), *headers.items()]
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(conn.send(request) + content)  # the body bytes bypass h11, which would check the length
+        status, hdrs, body = 0, [], b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status, hdrs = event.status_code, [(k.decode(), v.decode()) for k, v in event.headers]
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+    return httpx.Response(status, headers=hdrs, content=body)
+
+
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
+def test_bad_input_gets_its_status(env: Stack, case: Case) -> None:
+    r = send(env, case)
+    assert r.status_code == case.expect, r.text[:300]
+    if r.status_code >= 400:
+        assert r.headers["content-type"].startswith("application/json"), r.text[:300]
+        assert r.json()  # a JSON error body, not a trace
+
+
+# --- routing keys at the gateway: invalid values count as absent, never as an error (smg-policies.md §1.2) --
+
+
+def branch(env: Stack, name: str) -> float:
+    v = env.gateway_core.metrics.registry.get_sample_value("smg_manual_policy_branch_total", {"branch": name})
+    return 0.0 if v is None else v
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        pytest.param(b"k" * 128, True, id="128-bytes"),
+        pytest.param("é".encode() * 64, True, id="128-bytes-utf8"),
+        pytest.param(b"k" * 129, False, id="129-bytes"),
+        pytest.param("é".encode() * 64 + b"k", False, id="129-bytes-utf8"),
+        pytest.param(b"", False, id="empty"),
+        pytest.param(b"\xff\xfe", False, id="not-utf8"),
+        pytest.param(b"a b\tc", True, id="space-tab"),
+    ],
+)
+def test_gateway_routing_key_validity(env: Stack, value: bytes, valid: bool) -> None:
+    before = {b: branch(env, b) for b in ("no_routing_id", "vacant", "occupied_hit")}
+    with httpx.Client(trust_env=False, timeout=30) as c:
+        for _ in range(2):
+            r = c.post(f"{env.gateway}/v1/chat/completions", json=chat(), headers={KEY: value})
+            assert r.status_code == 200, r.text[:300]
+    after = {b: branch(env, b) for b in before}
+    if valid:  # first request pins the key (or hits an earlier pin), the second hits it
+        assert after["no_routing_id"] == before["no_routing_id"]
+        assert after["occupied_hit"] >= before["occupied_hit"] + 1
+    else:
+        assert after["no_routing_id"] == before["no_routing_id"] + 2
+
+
+@pytest.mark.parametrize("value", [b"k" * 129, b"", b"\xff"], ids=["129-bytes", "empty", "not-utf8"])
+def test_session_server_replaces_a_bad_client_key(env: Stack, value: bytes) -> None:
+    """A client's own key header (whatever it holds) is replaced by the session id, so the turn is served."""
+    before = branch(env, "no_routing_id")
+    with httpx.Client(trust_env=False, timeout=30) as c:
+        sid = c.post(f"{env.session}/sessions").json()["session_id"]
+        r = c.post(f"{env.session}/sessions/{sid}/v1/chat/completions", json=chat(), headers={KEY: value})
+        assert r.status_code == 200, r.text[:300]
+        c.delete(f"{env.session}/sessions/{sid}")
+    assert branch(env, "no_routing_id") == before
