@@ -179,12 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=None, help="testbed extension: seed of the mock's random choices")
     # testbed extensions beyond SMG (docs/beyond-smg.md)
     a("--bounded-load-epsilon", type=float, default=d.bounded_load_epsilon, help="bounded_load: bound (1+eps)*avg")
-    a("--bounded-load-measure", choices=["requests", "kv"], default=d.bounded_load_measure,
-      help="bounded_load: load = in-flight requests or projected resident session KV")
-    a("--session-kv-idle-secs", type=float, default=d.session_kv_idle_secs,
-      help="bounded_load kv / min_kv: a key's context counts in its worker's working set until idle this long")
-    a("--kv-capacity-tokens", type=int, default=None,
-      help="min_kv: KV capacity per worker in tokens (default: polled max_total_num_tokens)")
+    a(
+        "--bounded-load-measure",
+        choices=["requests", "kv"],
+        default=d.bounded_load_measure,
+        help="bounded_load: load = in-flight requests or projected resident session KV",
+    )
+    a(
+        "--session-kv-idle-secs",
+        type=float,
+        default=d.session_kv_idle_secs,
+        help="bounded_load kv / min_kv: a key's context counts in its worker's working set until idle this long",
+    )
+    a(
+        "--kv-capacity-tokens",
+        type=int,
+        default=None,
+        help="min_kv: KV capacity per worker in tokens (default: polled max_total_num_tokens)",
+    )
     a("--kv-repin-queue-ratio", type=float, default=d.kv_repin_queue_ratio)
     a("--kv-repin-queue-abs", type=int, default=d.kv_repin_queue_abs)
     a("--kv-repin-headroom", type=float, default=d.kv_repin_headroom)
