@@ -3,7 +3,7 @@
 The FastAPI app (``app.py``) and the simulator's ``direct`` transport both drive this class, so the
 same routing code runs with and without HTTP. All random choices come from one ``random.Random(seed)``.
 
-API (``now`` is seconds on the caller's clock: virtual ``sim_time``, or ``time.monotonic()`` live;
+API (``now`` is seconds on the caller's one clock: virtual ``sim_time``, or live seconds since start;
 when omitted the core's clock is used)::
 
     core = GatewayCore(config: GatewayConfig, seed: int | None = None,
@@ -32,9 +32,14 @@ when omitted the core's clock is used)::
                                                # advance + select + begin, for the direct transport
                                                # (poll due_polls() and record_load() before it)
 
-``Decision.url`` is None when the request is refused; ``Decision.status`` / ``error_code`` then give
-SMG's answer (400 ``missing_required_parameter`` / ``invalid_request``, 404 ``model_not_found``,
-503 ``no_available_workers`` or ``worker_overload_protection_shed``).
+``Decision.url`` is None when the request is refused; ``Decision.status`` / ``error_code`` / ``param`` /
+``message`` then give SMG's answer (400 ``missing_required_parameter``, ``invalid_type``, ``empty_array``...;
+422 for ``/generate`` type errors; 404 ``model_not_found``; 503 ``no_available_workers`` or
+``worker_overload_protection_shed``). ``Decision.branch`` is the policy's branch label, ``Decision.key``
+the key the request is accounted under. In virtual time call, per request: ``advance(t)``, then
+``record_load`` for every URL of ``due_polls(t)``, then ``select``, ``begin``, and ``finish(ticket,
+virtual_finish=...)`` with the worker's finish time; retries re-run ``select`` with the failed URLs in
+``exclude`` and ``attempt`` counting up, after ``record_outcome(url, False, t)``.
 """
 
 from __future__ import annotations
