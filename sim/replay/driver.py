@@ -1,0 +1,297 @@
+"""Open-loop replay of a Mooncake trace straight to the gateway, in virtual time.
+
+Requests go out in timestamp order, each as a token request ``POST /generate`` with ``input_ids``
+(the block tokens), ``sampling_params.max_new_tokens`` = the trace's output length and ``sim_time`` =
+its timestamp, plus ``X-SMG-Routing-Key: <derived key>`` when the key is on. There is no session
+server: Mooncake has no sessions and the requests are independent (open loop). As SMG does with
+token requests, ``cache_aware`` matches the token ids in its token tree (the mock's ``CharTree`` over
+tuples of ids); ``prefix_hash`` hashes the first ids.
+
+Two transports, same results:
+
+- ``http``: the stack of ``sim.transports.http.HttpTransport`` (uvicorn workers and mock gateway on
+  loopback; its session server is started but unused), requests posted to the gateway's ``/generate``.
+- ``direct``: ``MooncakeDirect``, the gateway core and the worker engines in process, following
+  ``mock_gateway.app`` / ``sim.transports.direct.DirectGateway`` step for step (advance the clock, answer
+  due load polls, select, count in flight, serve, keep in flight until the virtual finish). Two short
+  cuts keep a 12k-request, 145M-token trace well under a minute, neither changing a decision: the
+  request's ids are validated once here (``select_with_tokens`` hands them to the policy instead of
+  the gateway's per-id Python check, ~2 ms per 12k ids) and the worker engine is called with the
+  int64 array instead of through ``WorkerCore.infer``'s JSON parsing, with the same answer
+  (``synth_answer(request_seed(seed, prompt))``) and the same timeline. ``tests/test_replay_driver.py``
+  checks both against the unshortened paths.
+
+Records: one ``sim.agents.RequestRecord`` per request; requests with equal derived keys form a
+"session" (for ``stickiness`` and ``eligible_reuse``), numbered in order of first appearance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mock_gateway.config import parse_args
+from mock_gateway.core import Decision, GatewayCore, validate
+from mock_gateway.policies.base import RouteInput
+from mock_gateway.routing_key import header_key, routing_text
+from sim import tokenizer
+from sim.agents import RequestRecord, SessionOutcome, WorkloadResult
+from sim.oracle import max_cacheable
+from sim.replay.mooncake import BlockCache, MooncakeRequest
+from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
+from sim.worker.core import WorkerCore
+
+ROUTING_HEADER = "x-smg-routing-key"
+
+
+@dataclass(frozen=True)
+class TraceItem:
+    """One request to send: the trace request, its routing key and its session number."""
+
+    request: MooncakeRequest
+    key: str
+    session: int
+    turn: int
+
+
+def plan_items(requests: Sequence[MooncakeRequest], keys: Sequence[str]) -> list[TraceItem]:
+    sessions: dict[str, int] = {}
+    turns: dict[str, int] = {}
+    out = []
+    for r, k in zip(requests, keys, strict=True):
+        s = sessions.setdefault(k, len(sessions))
+        t = turns.get(k, 0)
+        turns[k] = t + 1
+        out.append(TraceItem(r, k, s, t))
+    return out
+
+
+def body_of(r: MooncakeRequest, ids: list[int]) -> dict[str, Any]:
+    return {"input_ids": ids, "sampling_params": {"max_new_tokens": r.output_length}, "sim_time": r.timestamp}
+
+
+def shared_tokens(a: MooncakeRequest, b: MooncakeRequest) -> int:
+    """Tokens two requests' prompts share (equal leading block ids, partial last blocks included)."""
+    k = 0
+    for x, y in zip(a.hash_ids, b.hash_ids, strict=False):
+        if x != y:
+            break
+        k += 1
+    return min(k * 512, a.input_length, b.input_length)
+
+
+# ---- the gateway's selection with pre-validated token ids -----------------------------------------
+
+
+def select_with_tokens(core: GatewayCore, headers: Mapping[str, str], body: Mapping[str, Any], tokens: list[int],
+                       now: float, attempt: int = 0) -> Decision:
+    """``GatewayCore.select("generate", headers, body, now, attempt=attempt)`` for a body whose
+    ``input_ids`` are ``tokens`` and already known valid (non-empty list of ints in u32), minus the
+    per-id checks (in ``validate`` and ``routing_tokens``, ~5 ms per 12k ids). Mirrors
+    ``GatewayCore.select``; ``tests/test_replay_driver.py`` holds them equal.
+    Hook the gateway owner could add instead: ``GatewayCore.select(..., tokens=...)``."""
+    endpoint, cfg, m = "generate", core.config, core.metrics
+    bad = validate(endpoint, {**body, "input_ids": tokens[:1]}, cfg.policy)  # the other fields, as the gateway does
+    if bad is not None:
+        return bad
+    model = body.get("model")
+    if model == "unknown":
+        model = None
+    label = model or "unknown"
+    stream = bool(body.get("stream", False))
+    if attempt == 0:
+        m.router_requests.labels(router_type="http", backend_type="regular", connection_mode="http", model=label,
+                                 endpoint=endpoint, streaming=str(stream).lower()).inc()
+    if model is not None and not core.registry.for_model(model):
+        return Decision(None, endpoint, cfg.policy, model=label, status=404, error_code="model_not_found",
+                        message=f"No worker available for model '{model}'", stream=stream)
+    workers = core.available(model)
+    if workers and cfg.overload_protection:
+        fine = [w for w in workers
+                if not w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage)]
+        m.workers_overloaded.labels(model=label).set(len(workers) - len(fine))
+        if not fine:
+            if cfg.worker_overload_shed:
+                m.overload_shed.labels(stage="selection").inc()
+                return Decision(None, endpoint, cfg.policy, model=label, status=503,
+                                error_code="worker_overload_protection_shed", message="All workers are overloaded",
+                                stream=stream)
+            m.overload_fallback.labels(stage="selection").inc()
+            chosen = min(workers, key=lambda w: w.load)
+            key = header_key(headers, cfg.routing_key_headers)
+            return core._selected(Decision(chosen.url, endpoint, cfg.policy, "overload_fallback", key, label,
+                                           stream=stream))
+        workers = fine
+    req = RouteInput(endpoint=endpoint, headers=headers, body=body, model=model, text=routing_text(endpoint, body),
+                     tokens=tokens, key=header_key(headers, cfg.routing_key_headers), now=now)
+    choice = core.policy.select(workers, req)
+    if choice.url is None:
+        return Decision(None, endpoint, cfg.policy, choice.branch, model=label, status=503,
+                        error_code="no_available_workers",
+                        message="All workers are unavailable (circuit breaker open or unhealthy)", stream=stream)
+    key = choice.key if choice.key is not None else req.key
+    return core._selected(Decision(choice.url, endpoint, cfg.policy, choice.branch, key, label, stream=stream))
+
+
+# ---- transports -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    status: int
+    worker: str | None = None
+    arrival: float = 0.0
+    start: float = 0.0
+    first_token: float = 0.0
+    finish: float = 0.0
+    cached_tokens: int = 0
+    output_ids: list[int] | None = None
+    error: str | None = None
+
+
+class MooncakeDirect:
+    """Gateway core + worker engines in process (see the module docstring)."""
+
+    def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
+        configs = worker_configs(setup.scenario)
+        urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
+        self.cores = {u: WorkerCore(c, seed=setup.seed) for u, c in zip(urls, configs, strict=True)}
+        self.workers = [c.name for c in self.cores.values()]
+        self.config = parse_args(gateway_argv(setup, urls))
+        self.gateway = GatewayCore(self.config, now=0.0)
+        for url, w in self.cores.items():
+            self.gateway.add_worker(url, w.model_name)
+        self.seed = setup.seed
+
+    def send(self, r: MooncakeRequest, prompt: np.ndarray, ids: list[int], key: str | None) -> Served:
+        core, now = self.gateway, r.timestamp
+        body = body_of(r, ids)
+        headers = {ROUTING_HEADER: key} if key is not None else {}
+        core.advance(now)
+        for url in core.due_polls(core.clock):
+            core.record_load(url, self.cores[url].loads(core.clock), core.clock)
+        core.breaker_tick(core.clock)
+        d = select_with_tokens(core, headers, body, ids, now=core.clock)
+        if d.url is None:
+            return Served(d.status, error=f"{d.status}: {d.message}")
+        ticket = core.begin(d)
+        w = self.cores[d.url]
+        t = w.now(now)
+        text_seed = tokenizer.request_seed(self.seed, prompt)
+        _, output_ids = tokenizer.synth_answer(text_seed, r.output_length)
+        try:
+            timing = w.engine.submit(t, prompt, np.asarray(output_ids, dtype=np.int64))
+        except ValueError as e:
+            core.finish(ticket)
+            core.record_outcome(d.url, True, core.clock)  # a 4xx: not a breaker failure
+            return Served(400, w.name, error=f"400: the worker cannot admit this request: {e}")
+        w._count += 1
+        core.finish(ticket, virtual_finish=timing.finish)
+        core.record_outcome(d.url, True, core.clock)
+        return Served(200, w.name, timing.arrival, timing.start, timing.first_token, timing.finish,
+                      timing.cached_tokens, output_ids)
+
+    def gateway_metrics(self) -> str:
+        return self.gateway.metrics.render().decode()
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        from sim.transports.direct import engine_stats
+
+        return {c.name: engine_stats(c) for c in self.cores.values()}
+
+    def close(self) -> None:
+        pass
+
+
+class MooncakeHttp:
+    """Posts each request to a gateway URL (the http transport's mock gateway, or any SMG)."""
+
+    def __init__(self, transport: Any) -> None:
+        import httpx
+
+        self.transport = transport
+        self.workers = list(transport.workers)
+        self.client = httpx.Client(base_url=transport.gateway_url, timeout=httpx.Timeout(300.0, connect=10.0),
+                                   trust_env=False)
+
+    def send(self, r: MooncakeRequest, prompt: np.ndarray, ids: list[int], key: str | None) -> Served:
+        import httpx
+
+        from sim import vtime
+
+        headers = {"content-type": "application/json"}
+        if key is not None:
+            headers[ROUTING_HEADER] = key
+        try:
+            resp = self.client.post("/generate", json=body_of(r, ids), headers=headers)
+        except httpx.HTTPError as e:
+            return Served(0, error=f"transport: {type(e).__name__}: {e}")
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        if resp.status_code != 200:
+            msg = data.get("error", data.get("message", "")) if isinstance(data, dict) else ""
+            if isinstance(msg, dict):
+                msg = msg.get("message", "")
+            return Served(resp.status_code, error=f"{resp.status_code}: {msg}")
+        try:
+            sim = data[vtime.SIM_RESPONSE_FIELD]
+            return Served(200, str(sim["worker"]), float(sim["arrival"]), float(sim["start"]),
+                          float(sim["first_token"]), float(sim["finish"]), int(sim["cached_tokens"]),
+                          [int(t) for t in data["output_ids"]])
+        except (KeyError, TypeError, ValueError) as e:
+            return Served(resp.status_code, error=f"malformed answer: {type(e).__name__}: {e}")
+
+    def gateway_metrics(self) -> str:
+        return self.transport.gateway_metrics()
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        return self.transport.worker_stats()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def replay_mooncake(items: Sequence[TraceItem], sender: Any, routing_key: bool,
+                    on_request: Callable[[RequestRecord], None] | None = None) -> WorkloadResult:
+    """Send every item in order through ``sender`` (``MooncakeDirect`` or ``MooncakeHttp``); the records."""
+    result = WorkloadResult()
+    blocks = BlockCache()
+    outcomes: dict[int, SessionOutcome] = {}
+    last: dict[int, MooncakeRequest] = {}
+    for it in items:
+        r = it.request
+        out = outcomes.get(it.session)
+        if out is None:
+            out = outcomes[it.session] = SessionOutcome(it.session, it.key, start=r.timestamp)
+            result.sessions.append(out)
+        prompt, ids = blocks.request(r)
+        served = sender.send(r, prompt, ids, it.key if routing_key else None)
+        rec = RequestRecord(it.session, it.turn, False, r.timestamp, served.status, worker=served.worker)
+        if served.error is not None:
+            rec.error = served.error
+            if out.error is None:
+                out.error = f"turn {it.turn}: {served.error}"
+        else:
+            rec.arrival, rec.start, rec.first_token, rec.finish = (served.arrival, served.start, served.first_token,
+                                                                   served.finish)
+            rec.prompt_tokens, rec.cached_tokens = r.input_length, served.cached_tokens
+            rec.output_tokens = len(served.output_ids or ())
+            prev = last.get(it.session)
+            if prev is not None:
+                rec.eligible_tokens = min(shared_tokens(prev, r), max_cacheable(r.input_length))
+            rec.oracle_cached = result.oracle.observe(rec.arrival, rec.finish, prompt, served.output_ids or [])
+            last[it.session] = r
+            out.turns_done += 1
+            out.end = max(out.end, rec.finish)
+        result.requests.append(rec)
+        if on_request is not None:
+            on_request(rec)
+    result.end_time = max((r.finish for r in result.requests if r.ok), default=0.0)
+    result.oracle.finish()
+    return result
+
