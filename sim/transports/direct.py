@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mock_gateway import upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 from session_server.core import SessionCore, SessionError, UpstreamRequest, UpstreamResponse
@@ -23,7 +24,6 @@ from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, wo
 from sim.worker.core import WorkerCore
 
 ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}
-FORWARD_HEADERS = ("authorization", "x-correlation-id", "traceparent", "tracestate", "x-smg-routing-key")
 
 
 def _copy_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -35,61 +35,52 @@ def _copy_body(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def forwarded_headers(headers: dict[str, str]) -> dict[str, str]:
-    """SMG's allow-list of request headers passed on to a worker (lower-cased)."""
-    out = {}
-    for k, v in headers.items():
-        lk = k.lower()
-        if lk in FORWARD_HEADERS or lk.startswith("x-request-id"):
-            out[lk] = v
-    return out
-
-
 class DirectGateway:
-    """The gateway app's request path over a ``GatewayCore`` and in-process ``WorkerCore``s."""
+    """``mock_gateway.app``'s request path (``Gateway._proxy``/``_attempt``) over a ``GatewayCore`` and
+    in-process ``WorkerCore``s, step for step, minus HTTP and the wall-clock retry backoff."""
 
     def __init__(self, argv: list[str], workers: dict[str, WorkerCore]) -> None:
         self.config = parse_args(argv)
-        self.core = GatewayCore(self.config)
+        self.core = GatewayCore(self.config, now=0.0)
         self.workers = workers
-        for url, w in workers.items():
-            self.core.add_worker(url, w.model_name, now=0.0)
-
-    def _poll(self, now: float) -> None:
-        for url in self.core.due_polls(now):
-            self.core.record_load(url, self.workers[url].loads(now), now)
+        for url, w in workers.items():  # registration: all ready in the first round, in the given order
+            self.core.add_worker(url, w.model_name)
 
     def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
+        core, cfg = self.core, self.config
         endpoint = ENDPOINTS.get(req.path.strip("/"))
         if endpoint is None:
             return UpstreamResponse(404, {"content-type": "application/json"},
-                                    data={"error": {"message": f"no route {req.path}"}})
+                                    data={"error": {"message": f"no route {req.path}", "code": "not_found"}})
         body = req.json if req.json is not None else json.loads(req.content or b"null")
         headers = {k.lower(): v for k, v in req.headers.items()}
-        now = vtime.request_time(body) if isinstance(body, dict) else None
-        now = self.core.clock if now is None else now
-        self.core.advance(now)
-        self._poll(now)
-        exclude: list[str] = []
-        attempts = max(1, self.config.max_attempts)
+        sim_t = vtime.request_time(body) if isinstance(body, dict) else None
+        now = sim_t if sim_t is not None else core.clock
+        core.advance(now)
+        for url in core.due_polls(core.clock):  # load polls answered by the worker cores at the virtual time
+            core.record_load(url, self.workers[url].loads(core.clock), core.clock)
+        core.breaker_tick(core.clock)
         resp: UpstreamResponse | None = None
-        for attempt in range(attempts):
-            d = self.core.select(endpoint, headers, body, now, exclude=exclude, attempt=attempt)
+        for attempt in range(cfg.max_attempts):
+            d = core.select(endpoint, headers, body, now=core.clock, attempt=attempt)
             if d.url is None:
                 if resp is not None:
                     break
-                err = {"error": {"message": d.message, "type": d.error_code, "code": d.status}}
+                err = {"error": {"message": d.message, "type": "invalid_request_error", "param": None,
+                                 "code": d.error_code}}
                 return UpstreamResponse(d.status, {"content-type": "application/json"}, data=err)
-            ticket = self.core.begin(d, now)
-            reply = self.workers[d.url].infer(endpoint, _copy_body(body), now)
-            ok = reply.status < 500
-            self.core.record_outcome(d.url, ok, now)
-            finish = reply.timing.finish if reply.timing is not None else None
-            self.core.finish(ticket, virtual_finish=finish, now=now)
+            ticket = core.begin(d)
+            payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
+            reply = self.workers[d.url].infer(endpoint, payload)
+            vf = vtime.finish_time(reply.headers) if sim_t is not None else None
             resp = UpstreamResponse(reply.status, dict(reply.headers), data=reply.body)
-            if ok:
-                break
-            exclude.append(d.url)
+            core.finish(ticket, virtual_finish=vf)
+            if reply.status in upstream.RETRYABLE_STATUSES:
+                if reply.status not in upstream.BREAKER_NEUTRAL:
+                    core.record_outcome(d.url, False, core.clock)
+                continue
+            core.record_outcome(d.url, reply.status < 500, core.clock)
+            break
         assert resp is not None
         return resp
 
