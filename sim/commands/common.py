@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sim.runner import run_setup
 from sim.transports.pool import Setup
-from sim.workload import Scenario, ScenarioError, load_scenario, plan_sessions, planned_requests
+from sim.workload import Scenario, ScenarioError, load_scenario, parse_capacity, plan_sessions, planned_requests
 
 _progress_queue: Any = None
 PROGRESS_EVERY = 25
@@ -33,6 +33,31 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     if args.seed is not None:
         s = s.replace(seed=args.seed)
     return s
+
+
+def add_override_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, help="override the scenario's worker count")
+    p.add_argument("--kv-capacity-tokens", default=None, help="override KV capacity per worker (0 or inf: unbounded)")
+    p.add_argument("--sessions", type=int, default=None, help="override the number of sessions")
+
+
+def apply_overrides(s: Scenario, args: argparse.Namespace) -> Scenario:
+    changes: dict[str, Any] = {}
+    if getattr(args, "workers", None) is not None:
+        changes["workers"] = args.workers
+    if getattr(args, "kv_capacity_tokens", None) is not None:
+        changes["kv_capacity_tokens"] = parse_capacity(args.kv_capacity_tokens)
+    if getattr(args, "sessions", None) is not None:
+        changes["sessions"] = args.sessions
+    return s.replace(**changes) if changes else s
+
+
+def console_for(quiet: bool = False) -> Console:
+    """A console; when output is not a terminal, wide enough for the results table."""
+    c = Console(stderr=quiet)
+    if not c.is_terminal:
+        c = Console(width=200, stderr=quiet)
+    return c
 
 
 def default_jobs() -> int:
@@ -102,9 +127,22 @@ def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Consol
     return rows  # type: ignore[return-value]
 
 
+def ignored_gateway_flags(setups: Sequence[Setup]) -> list[str]:
+    """Flags the mock gateway accepts but does not model (it would ignore them silently in a run)."""
+    from mock_gateway.config import parse_args
+
+    out: list[str] = []
+    for s in setups:
+        for flag in parse_args(list(s.gateway_args)).ignored:
+            if flag not in out:
+                out.append(flag)
+    return out
+
+
 def fail(msg: str) -> int:
     Console(stderr=True).print(f"[red]error:[/red] {msg}")
     return 2
 
 
-__all__ = ["ScenarioError", "add_scenario_args", "default_jobs", "fail", "run_many", "scenario_from_args"]
+__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "apply_overrides", "console_for", "default_jobs",
+           "fail", "ignored_gateway_flags", "run_many", "scenario_from_args"]

@@ -14,9 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-
-from sim.commands.common import add_scenario_args, default_jobs, fail, run_many, scenario_from_args
+from sim.commands.common import add_scenario_args, console_for, default_jobs, fail, run_many, scenario_from_args
 from sim.report import findings, table, write_markdown, write_plots, write_results
 from sim.runner import COMPARE_POLICIES, make_setup
 from sim.workload import ScenarioError
@@ -36,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    console = Console()
+    console = console_for()
     try:
         scenario = scenario_from_args(args)
     except ScenarioError as e:

@@ -1,0 +1,85 @@
+"""``smg-testbed run``: one configuration of a scenario (one gateway policy, routing key on or off).
+
+Unknown flags are passed to the gateway, so any ``smg launch`` flag can be set, e.g.
+``smg-testbed run --policy cache_aware --cache-threshold 0.5``. With ``--transport external`` the
+agents talk to servers you started: ``--session-url`` (a session server) and/or ``--gateway-url``
+(a gateway; a session server is started in front of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sim.commands.common import (
+    add_override_args,
+    add_scenario_args,
+    apply_overrides,
+    console_for,
+    fail,
+    ignored_gateway_flags,
+    run_many,
+    scenario_from_args,
+)
+from sim.report import table, write_markdown, write_plots, write_results
+from sim.runner import PolicyConfig, make_setup, public
+from sim.workload import ScenarioError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smg-testbed run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_scenario_args(p)
+    add_override_args(p)
+    p.add_argument("--transport", choices=("http", "direct", "external"), default="http")
+    p.add_argument("--policy", default="manual", help="gateway --policy (default: manual)")
+    p.add_argument("--assignment-mode", default=None,
+                   help="gateway --assignment-mode (default: min_load for manual, unset otherwise)")
+    p.add_argument("--no-routing-key", dest="routing_key", action="store_false",
+                   help="run the session server with --no-routing-key")
+    p.add_argument("--session-url", default=None, help="external: a running session server")
+    p.add_argument("--gateway-url", default=None, help="external: a running gateway (SMG or mock)")
+    p.add_argument("--out", default=None, help="write results.json, report.md and plots here")
+    p.add_argument("--json", action="store_true", help="print the result row as JSON instead of a table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, gateway_extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    console = console_for(args.json)
+    try:
+        scenario = apply_overrides(scenario_from_args(args), args)
+    except ScenarioError as e:
+        return fail(str(e))
+    if args.transport == "external" and not (args.session_url or args.gateway_url):
+        return fail("--transport external needs --session-url and/or --gateway-url")
+    mode = args.assignment_mode or ("min_load" if args.policy == "manual" else None)
+    setup = make_setup(scenario, PolicyConfig(args.policy, mode, tuple(gateway_extra)), args.routing_key, args.seed)
+    for flag in ignored_gateway_flags([setup]):
+        console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
+    kwargs = {"session_url": args.session_url, "gateway_url": args.gateway_url} if args.transport == "external" else {}
+    try:
+        [row] = run_many([setup], args.transport, 1, console, kwargs, show_progress=not args.json)
+    except (ValueError, SystemExit) as e:  # bad gateway flags end in argparse's SystemExit
+        return fail(f"the gateway refused its flags {list(setup.gateway_args)}: {e}")
+    if args.json:
+        print(json.dumps(public(row), indent=1))
+    else:
+        console.print(table([row], title=f"{scenario.name} ({args.transport}): {setup.label}"))
+        for e in row["_meta"]["errors"][:5]:
+            console.print(f"  [yellow]error:[/yellow] {e}")
+    if args.out:
+        out = Path(args.out)
+        write_results(out, scenario.to_dict(), [row])
+        write_markdown(out, scenario.to_dict(), [row], write_plots(out, [row]), command="smg-testbed run")
+        if not args.json:
+            console.print(f"wrote {out}/results.json, report.md and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

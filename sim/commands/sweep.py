@@ -1,0 +1,157 @@
+"""``smg-testbed sweep``: a grid of configurations (assignment mode x workers x KV capacity x sessions x any
+gateway flag), run in parallel processes, written as one CSV and one JSON.
+
+Examples::
+
+    smg-testbed sweep --assignment-mode random min_load min_group --workers 4 8 16 --sessions 64 256
+    smg-testbed sweep --policy cache_aware --grid cache-threshold=0.1,0.3,0.5 --grid balance-abs-threshold=8,64
+    smg-testbed sweep --policy manual consistent_hashing --routing-key on off --kv-capacity-tokens 100000 400000
+
+``--assignment-mode`` applies to ``manual`` only. ``--grid FLAG=V1,V2`` takes an ``smg launch`` flag
+without its dashes; ``--grid FLAG=`` (no values) is not allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sim.commands.common import (
+    add_scenario_args,
+    console_for,
+    default_jobs,
+    fail,
+    ignored_gateway_flags,
+    run_many,
+    scenario_from_args,
+)
+from sim.runner import PolicyConfig, make_setup, public
+from sim.transports.pool import Setup
+from sim.workload import ScenarioError, parse_capacity
+
+CSV_FIELDS = ("policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens", "sessions", "grid_flags",
+              "gateway_args",
+              "kv_reuse", "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99",
+              "ttft_first_p50", "ttft_later_p50", "e2e_p50", "e2e_p99", "makespan", "imbalance",
+              "imbalance_requests", "requests", "sessions_run", "errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smg-testbed sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_scenario_args(p)
+    p.add_argument("--transport", choices=("direct", "http"), default="direct",
+                   help="direct: cores in-process (default, fast); http: real servers")
+    p.add_argument("--policy", nargs="+", default=["manual"], help="gateway policies (default: manual)")
+    p.add_argument("--assignment-mode", nargs="+", default=["random", "min_load", "min_group"],
+                   help="manual's assignment modes (default: random min_load min_group)")
+    p.add_argument("--workers", nargs="+", type=int, default=None, help="worker counts (default: the scenario's)")
+    p.add_argument("--kv-capacity-tokens", nargs="+", default=None,
+                   help="KV capacities per worker, tokens (0 or inf: unbounded; default: the scenario's)")
+    p.add_argument("--sessions", nargs="+", type=int, default=None, help="session counts (default: the scenario's)")
+    p.add_argument("--routing-key", nargs="+", choices=("on", "off"), default=["on"],
+                   help="with and/or without the routing key (default: on)")
+    p.add_argument("--grid", action="append", default=[], metavar="FLAG=V1,V2",
+                   help="any gateway flag and its values, e.g. cache-threshold=0.3,0.5 (repeatable)")
+    p.add_argument("--out", default=None, help="output directory (default: results/sweep-<scenario>)")
+    p.add_argument("--jobs", type=int, default=None, help="runs in parallel processes (default: CPU count)")
+    return p
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    out = []
+    for item in items:
+        flag, sep, values = item.partition("=")
+        flag = flag.strip().lstrip("-")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not flag or not vals:
+            raise ValueError(f"--grid wants FLAG=V1,V2,...; got {item!r}")
+        out.append((flag, vals))
+    return out
+
+
+def grid_setups(args: argparse.Namespace) -> list[Setup]:
+    base = scenario_from_args(args)
+    workers = args.workers or [base.workers]
+    kvs = [parse_capacity(k) for k in args.kv_capacity_tokens] if args.kv_capacity_tokens else [base.kv_capacity_tokens]
+    sessions = args.sessions or [base.sessions]
+    keys = [k == "on" for k in dict.fromkeys(args.routing_key)]
+    extra = parse_grid(args.grid)
+    extra_combos = list(itertools.product(*[[(f, v) for v in vals] for f, vals in extra])) or [()]
+    setups = []
+    for policy in dict.fromkeys(args.policy):
+        modes: list[str | None] = list(dict.fromkeys(args.assignment_mode)) if policy == "manual" else [None]
+        for mode, w, kv, n, key, combo in itertools.product(modes, workers, kvs, sessions, keys, extra_combos):
+            flags = tuple(x for f, v in combo for x in (f"--{f}", v))
+            scenario = base.replace(workers=w, kv_capacity_tokens=kv, sessions=n)
+            s = make_setup(scenario, PolicyConfig(policy, mode, flags), key, args.seed)
+            setups.append(Setup(s.scenario, s.gateway_args, s.routing_key, s.seed,
+                                f"{s.label} workers={w} kv={kv} sessions={n}", s.extra))
+    return setups
+
+
+def grid_flags(setup: Setup) -> tuple[str, ...]:
+    base = PolicyConfig(setup.extra["policy"], setup.extra["assignment_mode"]).gateway_args()
+    return setup.gateway_args[len(base):]
+
+
+def flat_row(setup: Setup, row: dict[str, Any]) -> dict[str, Any]:
+    s = setup.scenario
+    out = {**public(row), "workers": s.workers, "kv_capacity_tokens": s.kv_capacity_tokens,
+           "sessions": s.sessions, "sessions_run": row["sessions"], "gateway_args": " ".join(row["gateway_args"]),
+           "grid_flags": " ".join(grid_flags(setup))}
+    return {k: out.get(k) for k in CSV_FIELDS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    console = console_for()
+    if args.jobs is not None and args.jobs < 1:
+        return fail("--jobs must be >= 1")
+    try:
+        setups = grid_setups(args)
+    except (ScenarioError, ValueError) as e:
+        return fail(str(e))
+    for flag in ignored_gateway_flags(setups):
+        console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
+    base = setups[0].scenario
+    out = Path(args.out or f"results/sweep-{base.name}")
+    console.print(f"sweep: scenario [bold]{base.name}[/bold], {len(setups)} configurations over {args.transport}")
+    t0 = time.perf_counter()
+    try:
+        rows = run_many(setups, args.transport, args.jobs or default_jobs(), console)
+    except SystemExit as e:  # the gateway's argument parser refused a --grid flag
+        return fail(f"the gateway refused a --grid flag ({e})")
+    flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+        w.writeheader()
+        w.writerows(flat)
+    runs = [{**public(r), "workers_count": s.scenario.workers, "kv_capacity_tokens": s.scenario.kv_capacity_tokens,
+             "sessions_configured": s.scenario.sessions} for s, r in zip(setups, rows, strict=True)]
+    doc = {"scenario": base.to_dict(), "transport": args.transport, "runs": runs}
+    (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+    from rich.table import Table
+
+    t = Table(title=f"sweep: {base.name}")
+    cols = ("policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens", "sessions", "grid_flags",
+            "kv_reuse", "oracle_reuse", "ttft_p99", "makespan", "imbalance", "errors")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in flat:
+        t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    console.print(t)
+    console.print(f"wrote {out}/sweep.csv and {out}/sweep.json in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
