@@ -94,8 +94,9 @@ class GatewayConfig:
     bounded_load_measure: str = "requests"
     session_kv_idle_secs: float = 60.0
     kv_capacity_tokens: int | None = None
-    kv_repin_queue_ratio: float = 2.0
-    kv_repin_queue_abs: int = 4
+    kv_repin_queue_ratio: float = 1.5
+    kv_hot_min_keys: int = 1
+    kv_load_smoothing_secs: float = 20.0
     kv_repin_headroom: float = 0.2
     kv_repin_cooldown_secs: float = 30.0
     ignored: list[str] = field(default_factory=list)
@@ -197,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="min_kv: KV capacity per worker in tokens (default: polled max_total_num_tokens)",
     )
-    a("--kv-repin-queue-ratio", type=float, default=d.kv_repin_queue_ratio)
-    a("--kv-repin-queue-abs", type=int, default=d.kv_repin_queue_abs)
+    a("--kv-repin-queue-ratio", type=float, default=d.kv_repin_queue_ratio,
+      help="min_kv: a worker is hot when its smoothed in-flight per live key is this many times the median")
+    a("--kv-hot-min-keys", type=int, default=d.kv_hot_min_keys, help="min_kv: live keys a hot worker must hold")
+    a("--kv-load-smoothing-secs", type=float, default=d.kv_load_smoothing_secs)
     a("--kv-repin-headroom", type=float, default=d.kv_repin_headroom)
     a("--kv-repin-cooldown-secs", type=float, default=d.kv_repin_cooldown_secs)
     return p
