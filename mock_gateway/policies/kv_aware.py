@@ -9,12 +9,16 @@ is re-pinned when
 - ``repin_kv``: its worker's working set (the other live keys plus this key's new context) would exceed
   the worker's KV capacity, and another worker can take the key with ``--kv-repin-headroom`` of its
   capacity to spare; or
-- ``repin_queue``: its worker's in-flight count (without the key) is at least ``--kv-repin-queue-abs`` and
-  ``--kv-repin-queue-ratio`` times the mean over the available workers, and another worker is at or
-  below the mean.
+- ``repin_queue``: its worker is *hot*: the worker's in-flight requests per live key, smoothed in time
+  (``--kv-load-smoothing-secs``), is at least ``--kv-repin-queue-ratio`` times the median over the available
+  workers (and it holds at least ``--kv-hot-min-keys`` live keys). Tool and think time are the same
+  everywhere, so by Little's law a slow or queueing worker keeps its sessions in flight for a larger share of
+  their time whatever the number of keys it holds. The target is a worker that is not hot. New keys are not
+  placed on a hot worker either (a slow worker's sessions grow slowly, so it would otherwise look KV-light).
 
 Hysteresis: the target conditions are strictly inside the trigger conditions (a target is never itself
-triggering), and a key re-pinned once is not re-pinned again for ``--kv-repin-cooldown-secs``.
+triggering: it has ``--kv-repin-headroom`` of its KV capacity to spare, or it is not hot), and a key re-pinned
+once is not re-pinned again for ``--kv-repin-cooldown-secs``.
 
 Capacity per worker: ``--kv-capacity-tokens`` if given, else the sum of ``max_total_num_tokens`` over the
 ranks of the worker's last polled ``/v1/loads``; unknown capacity disables the KV trigger for that worker.
@@ -27,6 +31,7 @@ Everything else (branches, candidates, failover, idle eviction) is ``manual``'s.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,6 +93,7 @@ class SessionKV:
         self.live_secs = live_secs
         self.live: OrderedDict[str, Session] = OrderedDict()  # least recently routed first
         self.by_worker: dict[str, int] = {}
+        self.keys: dict[str, int] = {}
 
     def expire(self, now: float) -> None:
         while self.live:
@@ -98,6 +104,7 @@ class SessionKV:
 
     def _drop(self, key: str) -> None:
         s = self.live.pop(key)
+        self.keys[s.worker] -= 1
         left = self.by_worker.get(s.worker, 0) - s.ctx
         if left > 0:
             self.by_worker[s.worker] = left
@@ -117,6 +124,11 @@ class SessionKV:
             self._drop(key)
         self.live[key] = Session(url, ctx, now)
         self.by_worker[url] = self.by_worker.get(url, 0) + ctx
+        self.keys[url] = self.keys.get(url, 0) + 1
+
+    def count(self, url: str) -> int:
+        """Live keys on ``url``."""
+        return self.keys.get(url, 0)
 
     def remove_worker(self, url: str) -> None:
         for key in [k for k, s in self.live.items() if s.worker == url]:
@@ -133,54 +145,92 @@ class KvAwarePolicy(ManualPolicy):
         cfg = ctx.config
         self.kv = SessionKV(cfg.session_kv_idle_secs)
         self.repinned_at: dict[str, float] = {}
+        self.smoothed: dict[str, tuple[float, float]] = {}  # url -> (smoothed in-flight per live key, at)
 
     # -- measures --------------------------------------------------------------------------------
     def capacity(self, w: Worker) -> int | None:
         return kv_capacity(w, self.ctx.config.kv_capacity_tokens)
 
-    @staticmethod
-    def queue(w: Worker, key: str | None) -> int:
-        """In-flight requests on ``w`` other than the key's own."""
-        return w.load - (w.key_load.get(key, 0) if key is not None else 0)
+    def busy(self, w: Worker) -> float:
+        """In-flight requests per live key: the share of its sessions' time a worker keeps them in a request.
+
+        Tool and think time is the same everywhere, so a slow or queueing worker shows a higher share
+        (Little's law) whatever the number of keys it holds."""
+        return w.load / max(1, self.kv.count(w.url))
+
+    def observe(self, workers: list[Worker], now: float) -> None:
+        """Smooth ``busy`` per worker exponentially in time (``--kv-load-smoothing-secs``), at each request."""
+        tau = self.ctx.config.kv_load_smoothing_secs
+        for w in workers:
+            prev = self.smoothed.get(w.url)
+            b = self.busy(w)
+            if prev is None or tau <= 0:
+                self.smoothed[w.url] = (b, now)
+            else:
+                avg, at = prev
+                a = 1.0 - math.exp(-max(0.0, now - at) / tau)
+                self.smoothed[w.url] = (avg + a * (b - avg), now)
+
+    def pressure(self, w: Worker) -> float:
+        s = self.smoothed.get(w.url)
+        return s[0] if s is not None else self.busy(w)
+
+    def hot(self, workers: list[Worker]) -> set[str]:
+        """Workers with at least ``--kv-hot-min-keys`` live keys whose smoothed ``busy`` is at least
+        ``--kv-repin-queue-ratio`` times the (lower) median over ``workers``."""
+        cfg = self.ctx.config
+        if len(workers) < 2:
+            return set()
+        p = {w.url: self.pressure(w) for w in workers}
+        ref = sorted(p.values())[(len(p) - 1) // 2]
+        return {
+            u
+            for u, v in p.items()
+            if self.kv.count(u) >= cfg.kv_hot_min_keys and v > 0 and v >= cfg.kv_repin_queue_ratio * ref
+        }
 
     def assign(self, workers: list[Worker], mode: str | None = None) -> Worker:
+        """``min_kv``: the smallest projected working set among the workers that are not hot (ties: in-flight)."""
         if (mode or self.mode) != "min_kv":
             return super().assign(workers, mode)
-        best = min((self.kv.working_set(w.url), w.load) for w in workers)
-        return self.ctx.rng.choice([w for w in workers if (self.kv.working_set(w.url), w.load) == best])
+        hot = self.hot(workers)
+        pool = [w for w in workers if w.url not in hot] or workers
+        best = min((self.kv.working_set(w.url), w.load) for w in pool)
+        return self.ctx.rng.choice([w for w in pool if (self.kv.working_set(w.url), w.load) == best])
 
     # -- re-pin decision -------------------------------------------------------------------------
-    def repin_target(self, workers: list[Worker], key: str, pinned: Worker, ctx: int, now: float
-                     ) -> tuple[Worker, str] | None:
+    def repin_target(
+        self, workers: list[Worker], key: str, pinned: Worker, ctx: int, now: float
+    ) -> tuple[Worker, str] | None:
         """Where to move ``key`` off ``pinned`` now, and why; None to stay."""
         cfg = self.ctx.config
         if now - self.repinned_at.get(key, NEG_INF) < cfg.kv_repin_cooldown_secs or len(workers) < 2:
             return None
         others = [w for w in workers if w.url != pinned.url]
         cap = self.capacity(pinned)
-        projected = self.kv.working_set(pinned.url) - self.kv.own(key, pinned.url) + ctx
-        if cap is not None and projected > cap:
-            fits = []
-            for w in others:
-                c = self.capacity(w)
-                if c is not None and self.kv.working_set(w.url) - self.kv.own(key, w.url) + ctx <= (
-                    1.0 - cfg.kv_repin_headroom
-                ) * c:
-                    fits.append(w)
+        if cap is not None and self.kv.working_set(pinned.url) - self.kv.own(key, pinned.url) + ctx > cap:
+            fits = [w for w in others if self.has_room(w, key, ctx)]
             if fits:
                 return self._best(fits, key), "repin_kv"
-        queues = {w.url: self.queue(w, key) for w in workers}
-        mean = sum(queues.values()) / len(workers)
-        q = queues[pinned.url]
-        if q >= cfg.kv_repin_queue_abs and q >= cfg.kv_repin_queue_ratio * mean:
-            calm = [w for w in others if queues[w.url] <= mean]
+        hot = self.hot(workers)
+        if pinned.url in hot:
+            calm = [w for w in others if w.url not in hot]
             if calm:
                 return self._best(calm, key), "repin_queue"
         return None
 
+    def has_room(self, w: Worker, key: str, ctx: int) -> bool:
+        """The key fits on ``w`` with ``--kv-repin-headroom`` of its capacity to spare."""
+        c = self.capacity(w)
+        return (
+            c is not None
+            and self.kv.working_set(w.url) - self.kv.own(key, w.url) + ctx
+            <= (1.0 - self.ctx.config.kv_repin_headroom) * c
+        )
+
     def _best(self, workers: list[Worker], key: str) -> Worker:
         def score(w: Worker) -> tuple[int, int]:
-            return self.kv.working_set(w.url) - self.kv.own(key, w.url), self.queue(w, key)
+            return self.kv.working_set(w.url) - self.kv.own(key, w.url), w.load
 
         best = min(score(w) for w in workers)
         return self.ctx.rng.choice([w for w in workers if score(w) == best])
@@ -189,23 +239,23 @@ class KvAwarePolicy(ManualPolicy):
     def select(self, workers: list[Worker], req: RouteInput) -> Choice:
         now, key = req.now, req.key
         self.kv.expire(now)
+        self.observe(workers, now)
         ctx = context_tokens(req.body, req.text, req.tokens)
         entry = self.entries.get(key) if key is not None else None
-        if entry is not None and workers:
+        if key is not None and entry is not None and workers:
             healthy = {w.url: w for w in workers}
             pinned = next((u for u in entry.candidates if u in healthy), None)
-            if pinned is not None:
-                move = self.repin_target(workers, key, healthy[pinned], ctx, now)  # type: ignore[arg-type]
-                if move is not None:
-                    target, branch = move
-                    entry.last_access = now
-                    entry.pin_front(target.url)
-                    self.repinned_at[key] = now  # type: ignore[index]
-                    self.kv.touch(key, target.url, ctx, now)  # type: ignore[arg-type]
-                    m = self.ctx.metrics
-                    m.manual_branch.labels(branch=branch).inc()
-                    m.manual_cache_entries.set(len(self.entries))
-                    return Choice(target.url, branch, key)
+            move = self.repin_target(workers, key, healthy[pinned], ctx, now) if pinned is not None else None
+            if move is not None:
+                target, branch = move
+                entry.last_access = now
+                entry.pin_front(target.url)
+                self.repinned_at[key] = now
+                self.kv.touch(key, target.url, ctx, now)
+                m = self.ctx.metrics
+                m.manual_branch.labels(branch=branch).inc()
+                m.manual_cache_entries.set(len(self.entries))
+                return Choice(target.url, branch, key)
         choice = self.route(workers, key, now, lambda: self.assign(workers))
         if key is not None and choice.url is not None:
             self.kv.touch(key, choice.url, ctx, now)
@@ -219,6 +269,7 @@ class KvAwarePolicy(ManualPolicy):
 
     def on_worker_removed(self, url: str) -> None:
         self.kv.remove_worker(url)
+        self.smoothed.pop(url, None)
 
 
 __all__ = ["KvAwarePolicy", "SessionKV", "context_tokens", "kv_capacity"]
