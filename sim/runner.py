@@ -64,7 +64,7 @@ def make_setup(scenario: Scenario, policy: PolicyConfig, routing_key: bool, seed
 
 @contextlib.contextmanager
 def open_transport(kind: str, setup: Setup, *, session_url: str | None = None, gateway_url: str | None = None,
-                   worker_urls: Sequence[str] | None = None) -> Iterator[Transport]:
+                   worker_urls: Sequence[str] | None = None, metrics_url: str | None = None) -> Iterator[Transport]:
     """A transport for one run; everything it started is stopped on exit."""
     if kind == "direct":
         from sim.transports.direct import DirectTransport
@@ -78,7 +78,7 @@ def open_transport(kind: str, setup: Setup, *, session_url: str | None = None, g
         from sim.transports.http import ExternalTransport
 
         tr = ExternalTransport(setup, session_url=session_url, gateway_url=gateway_url,
-                               worker_urls=list(worker_urls or []))
+                               worker_urls=list(worker_urls or []), metrics_url=metrics_url)
     else:
         raise ValueError(f"unknown transport {kind!r} (one of {', '.join(TRANSPORTS)})")
     try:
@@ -89,11 +89,11 @@ def open_transport(kind: str, setup: Setup, *, session_url: str | None = None, g
 
 def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[RequestRecord], None] | None = None,
               session_url: str | None = None, gateway_url: str | None = None,
-              worker_urls: Sequence[str] | None = None) -> dict[str, Any]:
+              worker_urls: Sequence[str] | None = None, metrics_url: str | None = None) -> dict[str, Any]:
     """Run the scenario once under ``setup``; the row of measures (see module docstring)."""
     t0 = time.perf_counter()
     with open_transport(transport, setup, session_url=session_url, gateway_url=gateway_url,
-                        worker_urls=worker_urls) as tr:
+                        worker_urls=worker_urls, metrics_url=metrics_url) as tr:
         t1 = time.perf_counter()
         result = AgentRunner(setup.scenario, tr, on_request=on_request).run()
         t2 = time.perf_counter()

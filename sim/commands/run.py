@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the session server with --no-routing-key")
     p.add_argument("--session-url", default=None, help="external: a running session server")
     p.add_argument("--gateway-url", default=None, help="external: a running gateway (SMG or mock)")
+    p.add_argument("--metrics-url", default=None,
+                   help="external: the gateway's Prometheus URL (default <gateway-url>/metrics; smg: port 29000)")
     p.add_argument("--out", default=None, help="write results.json, report.md and plots here")
     p.add_argument("--json", action="store_true", help="print the result row as JSON instead of a table")
     return p
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = make_setup(scenario, PolicyConfig(args.policy, mode, tuple(gateway_extra)), args.routing_key, args.seed)
     for flag in ignored_gateway_flags([setup]):
         console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
-    kwargs = {"session_url": args.session_url, "gateway_url": args.gateway_url} if args.transport == "external" else {}
+    kwargs = ({"session_url": args.session_url, "gateway_url": args.gateway_url, "metrics_url": args.metrics_url}
+              if args.transport == "external" else {})
     try:
         [row] = run_many([setup], args.transport, 1, console, kwargs, show_progress=not args.json)
     except (ValueError, SystemExit) as e:  # bad gateway flags end in argparse's SystemExit

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from sim.procs import ThreadServer
+from sim.procs import LOOPBACK, ThreadServer, free_port
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import Setup, gateway_argv, port_salt, session_server_argv, stable_ports, worker_configs
 from sim.transports.pool import worker_urls as urls_of
@@ -82,11 +82,13 @@ def session_server_app(argv: list[str]):
     return create_app(config_from_args(build_parser().parse_args(argv)))
 
 
-def gateway_app(argv: list[str]):
+def gateway_app(argv: list[str], metrics_port: int):
+    """The mock gateway from its flags, with its Prometheus endpoint on loopback (as ``smg launch`` serves it)."""
     from mock_gateway.app import create_app
     from mock_gateway.config import parse_args
 
-    return create_app(parse_args(argv))
+    argv = [*argv, "--host", LOOPBACK, "--prometheus-host", LOOPBACK, "--prometheus-port", str(metrics_port)]
+    return create_app(parse_args(argv), serve_metrics=True)
 
 
 class HttpTransport(SessionClient):
@@ -109,7 +111,9 @@ class HttpTransport(SessionClient):
             for core, port in zip(self.worker_cores, ports, strict=True):
                 self._start(worker_app(core), port)
             self.worker_urls = urls_of(ports)
-            gw = self._start(gateway_app(gateway_argv(setup, self.worker_urls)))
+            metrics_port = free_port()
+            self.metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
+            gw = self._start(gateway_app(gateway_argv(setup, self.worker_urls), metrics_port))
             self.gateway_url = gw.url
             ss = self._start(session_server_app(session_server_argv(setup, gw.url)))
             super().__init__(ss.url)
@@ -129,7 +133,7 @@ class HttpTransport(SessionClient):
         self.servers.clear()
 
     def gateway_metrics(self) -> str:
-        return _get_text(f"{self.gateway_url}/metrics")
+        return _get_text(self.metrics_url)
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {c.name: self._engine_stats(c) for c in self.worker_cores}
@@ -146,11 +150,13 @@ class ExternalTransport(SessionClient):
     """Servers started elsewhere: a session server, a gateway (a local session server is put in front), or both."""
 
     def __init__(self, setup: Setup, session_url: str | None = None, gateway_url: str | None = None,
-                 worker_urls: list[str] | None = None) -> None:
+                 worker_urls: list[str] | None = None, metrics_url: str | None = None) -> None:
         if not session_url and not gateway_url:
             raise ValueError("the external transport needs --session-url and/or --gateway-url")
         self.setup = setup
         self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
+        # SMG serves Prometheus on its own port (--prometheus-port, default 29000); the mock on /metrics too
+        self.metrics_url = metrics_url or (f"{self.gateway_url}/metrics" if self.gateway_url else None)
         self.worker_urls = worker_urls or []
         self.workers: list[str] = []  # unknown up front: taken from the answers' x-sim-worker names
         self._server: ThreadServer | None = None
@@ -161,7 +167,7 @@ class ExternalTransport(SessionClient):
         super().__init__(session_url)
 
     def gateway_metrics(self) -> str:
-        return _get_text(f"{self.gateway_url}/metrics") if self.gateway_url else ""
+        return _get_text(self.metrics_url) if self.metrics_url else ""
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {}

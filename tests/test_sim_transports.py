@@ -1,0 +1,96 @@
+"""The runner through the real cores: the oracle bound, http == direct, bit-for-bit repeats, branch counters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, public, run_setup
+from sim.workload import Scenario, load_scenario
+
+TINY = Scenario(name="tiny", seed=7, workers=3, kv_capacity_tokens=20_000, sessions=10, group_size=5,
+                system_prompt_tokens=200, task_prompt_tokens=40, max_context_tokens=4000, retry_rate=0.15,
+                turns={"dist": "uniform", "low": 3, "high": 8},
+                output_tokens={"dist": "lognormal", "median": 40, "sigma": 0.5, "min": 4},
+                tool_output_tokens={"dist": "lognormal", "median": 80, "sigma": 0.8, "min": 4},
+                tool_latency={"dist": "lognormal", "median": 1.0, "sigma": 0.8})
+MANUAL = PolicyConfig("manual", "min_load")
+
+
+def without_transport(row: dict) -> dict:
+    return {k: v for k, v in public(row).items() if k != "transport"}
+
+
+@pytest.mark.parametrize("transport", ["direct", "http"])
+def test_one_worker_with_unbounded_kv_reaches_the_oracle(transport):
+    s = TINY.replace(workers=1, kv_capacity_tokens=None)
+    row = run_setup(make_setup(s, MANUAL, True), transport)
+    assert row["errors"] == 0 and row["requests"] > 40
+    assert row["kv_reuse"] == row["oracle_reuse"] > 0.5
+    assert row["stickiness"] == 1.0
+
+
+def test_bounded_kv_stays_under_the_oracle():
+    row = run_setup(make_setup(TINY.replace(workers=1, kv_capacity_tokens=3000), MANUAL, True), "direct")
+    assert row["errors"] == 0
+    assert row["kv_reuse"] < row["oracle_reuse"]
+    assert row["workers"][0]["peak_kv_tokens"] <= 3000 + 4000  # one oversized request may run alone
+
+
+@pytest.mark.parametrize("policy,key", [(MANUAL, True), (PolicyConfig("manual", "random"), False),
+                                        (PolicyConfig("consistent_hashing"), True), (PolicyConfig("cache_aware"), True)])
+def test_http_and_direct_agree_exactly(policy, key):
+    setup = make_setup(TINY, policy, key)
+    direct = run_setup(setup, "direct")
+    http = run_setup(setup, "http")
+    assert direct["errors"] == 0 and direct["retries"] > 0
+    assert json.dumps(without_transport(http)) == json.dumps(without_transport(direct))
+
+
+def test_http_runs_repeat_bit_for_bit():
+    setup = make_setup(TINY, PolicyConfig("manual", "random"), True)
+    a, b = run_setup(setup, "http"), run_setup(setup, "http")
+    assert json.dumps(public(a)) == json.dumps(public(b))
+
+
+def test_seed_changes_the_run():
+    a = run_setup(make_setup(TINY, PolicyConfig("manual", "random"), True), "direct")
+    b = run_setup(make_setup(TINY.replace(seed=8), PolicyConfig("manual", "random"), True, seed=8), "direct")
+    assert public(a) != public(b)
+
+
+def test_manual_branch_counters_match_sessions_and_turns():
+    on = run_setup(make_setup(TINY, MANUAL, True), "direct")
+    assert on["gateway_branches"]["manual"] == {"vacant": on["sessions"], "occupied_hit": on["requests"] - on["sessions"]}
+    off = run_setup(make_setup(TINY, MANUAL, False), "direct")
+    assert off["gateway_branches"]["manual"] == {"no_routing_id": off["requests"]}
+
+
+def test_per_worker_counts_add_up():
+    row = run_setup(make_setup(TINY, PolicyConfig("round_robin"), True), "direct")
+    ws = row["workers"]
+    assert [w["name"] for w in ws] == ["w0", "w1", "w2"]
+    assert sum(w["requests"] for w in ws) == row["requests"]
+    assert sum(w["prefill_tokens"] for w in ws) == row["prefill_tokens"]
+    assert all(w["peak_kv_tokens"] > 0 for w in ws)
+    assert row["imbalance"] >= 1.0
+
+
+def test_default_scenario_key_on_reaches_the_oracle_and_off_falls_to_round_robin():
+    s = load_scenario("default")
+    on = run_setup(make_setup(s, MANUAL, True), "direct")
+    off = run_setup(make_setup(s, MANUAL, False), "direct")
+    rr = run_setup(make_setup(s, PolicyConfig("round_robin"), True), "direct")
+    assert on["errors"] == off["errors"] == rr["errors"] == 0
+    assert on["kv_reuse"] >= 0.9 * on["oracle_reuse"]
+    assert abs(off["kv_reuse"] - rr["kv_reuse"]) < 0.05
+    assert off["kv_reuse"] < 0.75 * on["kv_reuse"]
+    assert on["gateway_branches"]["manual"]["vacant"] == s.sessions == on["sessions"]
+    assert on["gateway_branches"]["manual"]["occupied_hit"] == on["requests"] - s.sessions
+
+
+def test_compare_covers_the_issue_policies():
+    names = {p.name for p in COMPARE_POLICIES}
+    assert names == {"manual/random", "manual/min_load", "manual/min_group", "consistent_hashing", "cache_aware",
+                     "round_robin"}
