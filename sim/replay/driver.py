@@ -152,6 +152,18 @@ class Served:
     error: str | None = None
 
 
+def admission_error(w: WorkerCore, prompt: int, output: int) -> str | None:
+    """The worker's refusal of a request too long for its context or its KV capacity (``WorkerCore._parse``)."""
+    if prompt + output > w.context_length:
+        return (f"Requested token count exceeds the model's maximum context length of {w.context_length} tokens. "
+                f"You requested a total of {prompt + output} tokens: {prompt} tokens from the input messages and "
+                f"{output} tokens for the completion.")
+    cap = w.config.kv_capacity_tokens
+    if cap is not None and prompt + output > cap:
+        return f"request needs {prompt + output} KV tokens; the worker holds {cap}"
+    return None
+
+
 class MooncakeDirect:
     """Gateway core + worker engines in process (see the module docstring)."""
 
@@ -179,6 +191,11 @@ class MooncakeDirect:
             return Served(d.status, error=f"{d.status}: {d.message}")
         ticket = core.begin(d)
         w = self.cores[d.url]
+        refused = admission_error(w, r.input_length, r.output_length)
+        if refused is not None:  # WorkerCore._parse's 400s, before the engine
+            core.finish(ticket)
+            core.record_outcome(d.url, True, core.clock)
+            return Served(400, error=f"400: {refused}")
         t = w.now(now)
         text_seed = tokenizer.request_seed(self.seed, prompt)
         _, output_ids = tokenizer.synth_answer(text_seed, r.output_length)
@@ -237,7 +254,7 @@ class MooncakeHttp:
             msg = data.get("error", data.get("message", "")) if isinstance(data, dict) else ""
             if isinstance(msg, dict):
                 msg = msg.get("message", "")
-            return Served(resp.status_code, error=f"{resp.status_code}: {msg}")
+            return Served(resp.status_code, resp.headers.get(vtime.HEADER_WORKER), error=f"{resp.status_code}: {msg}")
         try:
             sim = data[vtime.SIM_RESPONSE_FIELD]
             return Served(200, str(sim["worker"]), float(sim["arrival"]), float(sim["start"]),
