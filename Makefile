@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/smg-testbed demo
+	$(BIN)/smg-testbed compare
 
 test: venv
 	$(BIN)/ruff check .
