@@ -1,0 +1,132 @@
+"""Simulated requests per wall-clock second for the ``direct`` and ``http`` transports, with peak memory.
+
+Each measurement runs in its own process (so its peak RSS is its own): the whole ``large`` scenario
+(or ``--sessions N`` of it) under ``manual/min_load`` with the routing key, through the real cores
+(``direct``) or the real uvicorn servers on loopback (``http``). Beside them, the rate of a chain of
+three no-op FastAPI servers hosted the same way as the ``http`` transport (uvicorn in threads, the
+client a sync ``httpx.Client``): the floor under ``http``, which has three hops too
+(agent -> session server -> gateway -> worker).
+
+    .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N] [--only direct|http|noop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure_transport(transport: str, scenario: str, sessions: int | None) -> dict:
+    from sim.runner import PolicyConfig, make_setup, run_setup
+    from sim.workload import load_scenario
+
+    s = load_scenario(scenario)
+    if sessions:
+        s = s.replace(sessions=sessions)
+    cpu0 = time.process_time()
+    row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
+    meta = row["_meta"]
+    return {"what": transport, "scenario": s.name, "sessions": row["sessions"], "requests": row["requests"],
+            "errors": row["errors"], "sim_seconds": meta["sim_seconds"], "startup_seconds": meta["startup_seconds"],
+            "requests_per_second": row["requests"] / meta["sim_seconds"],
+            "cpu_seconds": time.process_time() - cpu0, "kv_reuse": row["kv_reuse"],
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure_noop(n: int) -> dict:
+    import httpx
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+    from sim.procs import ThreadServer
+
+    def make(next_url: str | None) -> FastAPI:
+        app = FastAPI()
+        state: dict = {}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            body = await request.body()
+            if next_url is None:
+                return Response(b'{"choices":[{"message":{"role":"assistant","content":"ok"}}]}',
+                                media_type="application/json")
+            client = state.get("c") or state.setdefault("c", httpx.AsyncClient(trust_env=False))
+            r = await client.post(f"{next_url}/v1/chat/completions", content=body,
+                                  headers={"content-type": "application/json"})
+            return Response(r.content, media_type="application/json")
+
+        return app
+
+    servers: list[ThreadServer] = []
+    url = None
+    try:
+        for _ in range(3):
+            s = ThreadServer(make(url)).start()
+            servers.append(s)
+            url = s.url
+        payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
+                              "sim_time": 0.0}).encode()
+        headers = {"content-type": "application/json"}
+        with httpx.Client(trust_env=False) as c:
+            for _ in range(200):
+                c.post(f"{url}/v1/chat/completions", content=payload, headers=headers)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                c.post(f"{url}/v1/chat/completions", content=payload, headers=headers)
+            dt = time.perf_counter() - t0
+    finally:
+        for s in servers:
+            s.stop()
+    return {"what": "noop", "requests": n, "requests_per_second": n / dt, "cpu_seconds": time.process_time() - cpu0,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child(what: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", what, "--scenario", args.scenario, "--noop-requests",
+           str(args.noop_requests)]
+    if args.sessions:
+        cmd += ["--sessions", str(args.sessions)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", default="large")
+    p.add_argument("--sessions", type=int, default=None, help="run only this many sessions of the scenario")
+    p.add_argument("--noop-requests", type=int, default=3000)
+    p.add_argument("--only", choices=("direct", "http", "noop"), action="append", default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        res = measure_noop(args.noop_requests) if args.child == "noop" else measure_transport(
+            args.child, args.scenario, args.sessions)
+        print(json.dumps(res))
+        return 0
+    results = {}
+    for what in args.only or ["direct", "noop", "http"]:
+        results[what] = r = child(what, args)
+        extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
+                 f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}") if what != "noop" else \
+            f"{r['requests']} requests through 3 no-op FastAPI servers"
+        print(f"{what:>6}: {r['requests_per_second']:8.0f} simulated requests/s  "
+              f"peak RSS {r['peak_rss_mib']:6.0f} MiB  cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
+    if "http" in results and "noop" in results:
+        ratio = results["http"]["requests_per_second"] / results["noop"]["requests_per_second"]
+        print(f"http / no-op chain: {ratio:.2f} (goal >= 0.5)")
+    if "direct" in results:
+        print(f"direct / goal of 5,000 requests/s: {results['direct']['requests_per_second'] / 5000:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
