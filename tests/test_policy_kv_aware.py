@@ -1,0 +1,214 @@
+"""manual --assignment-mode min_kv (testbed extension): KV-aware placement, re-pins with hysteresis.
+
+Specification: a new key goes to the worker with the smallest projected KV working set (the sum of its live
+keys' contexts); a key is re-pinned when its worker's working set would exceed capacity (to a worker with
+headroom) or its worker is hot (to one that is not); a re-pinned key is not moved again within the cooldown.
+"""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mock_gateway.policies.kv_aware import KvAwarePolicy, SessionKV, context_tokens, kv_capacity
+from mock_gateway.policies.manual import ManualPolicy
+from mock_gateway.testing import chat, make_core, sample
+from mock_gateway.workers import Worker
+
+KEYS = [f"s{i}" for i in range(6)]
+
+
+def route(core, key=None, now=None, words=1, max_tokens=0, input_ids=None):
+    h = {"x-smg-routing-key": key} if key is not None else {}
+    body = chat(" ".join(["w"] * words), max_tokens=max_tokens)
+    if input_ids is not None:
+        body["input_ids"] = input_ids
+    return core.select("chat", h, body, now=now)
+
+
+def loads(cap):
+    return {
+        "loads": [
+            {
+                "dp_rank": 0,
+                "num_running_reqs": 0,
+                "num_waiting_reqs": 0,
+                "token_usage": 0.0,
+                "max_total_num_tokens": cap,
+            }
+        ]
+    }
+
+
+def test_min_kv_selects_the_kv_aware_subclass_and_other_modes_do_not():
+    assert type(make_core("--policy", "manual", "--assignment-mode", "min_kv").policy) is KvAwarePolicy
+    for mode in ("random", "min_load", "min_group", "delegate"):
+        assert type(make_core("--policy", "manual", "--assignment-mode", mode).policy) is ManualPolicy
+
+
+def test_context_is_input_ids_or_routing_text_tokens_plus_max_tokens():
+    assert context_tokens({"input_ids": [1, 2, 3], "max_tokens": 5}, "ignored text") == 8
+    assert context_tokens({"max_tokens": 2}, "three words here") == 5
+    assert context_tokens({}, "") == 1  # never zero: a key always weighs something
+    assert context_tokens({"max_tokens": True}, "a b") == 2  # a non-integer budget counts as none
+
+
+def test_capacity_from_the_flag_else_the_polled_max_total_num_tokens_summed_over_ranks():
+    w = Worker("u")
+    assert kv_capacity(w, None) is None
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", workers=1)
+    url = core.registry.urls()[0]
+    two_ranks = {"loads": [loads(100)["loads"][0], {**loads(150)["loads"][0], "dp_rank": 1}]}
+    core.record_load(url, two_ranks, now=0)
+    assert kv_capacity(core.registry.get(url), None) == 250
+    assert kv_capacity(core.registry.get(url), 64) == 64
+
+
+def test_session_kv_counts_live_keys_only_and_replaces_a_keys_context():
+    kv = SessionKV(live_secs=10)
+    kv.touch("a", "w1", 100, now=0)
+    kv.touch("b", "w1", 50, now=5)
+    kv.touch("a", "w1", 120, now=6)
+    assert (kv.working_set("w1"), kv.count("w1")) == (170, 2)
+    kv.expire(15.5)  # b idle 10.5 s
+    assert (kv.working_set("w1"), kv.count("w1"), kv.own("a", "w1")) == (120, 1, 120)
+    kv.touch("a", "w2", 130, now=16)  # moved
+    assert (kv.working_set("w1"), kv.working_set("w2")) == (0, 130)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=12), n=st.integers(2, 5))
+def test_a_new_key_goes_to_the_worker_with_the_smallest_working_set(sizes, n):
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", workers=n)
+    pol = core.policy
+    for i, size in enumerate(sizes):
+        before = {u: pol.kv.working_set(u) for u in core.registry.urls()}
+        d = route(core, f"k{i}", now=i, input_ids=list(range(size)))
+        assert d.branch == "vacant"
+        assert before[d.url] == min(before.values())  # nothing in flight: no worker is hot
+
+
+def test_a_key_stays_when_no_other_worker_has_headroom():
+    core = make_core(
+        "--policy",
+        "manual",
+        "--assignment-mode",
+        "min_kv",
+        "--kv-capacity-tokens",
+        "1000",
+        "--kv-repin-headroom",
+        "0.2",
+        workers=2,
+    )
+    a = route(core, "a", now=0, input_ids=list(range(400)))
+    b = route(core, "b", now=0, input_ids=list(range(300)))
+    assert a.url != b.url  # min_kv: b to the empty worker
+    c = route(core, "c", now=1, input_ids=list(range(100)))
+    assert c.url == b.url  # 300 < 400
+    grow = route(core, "c", now=2, input_ids=list(range(750)))  # 300 + 750 > 1000 here, 400 + 750 > 800 there
+    assert (grow.url, grow.branch) == (b.url, "occupied_hit")
+    alone = route(core, "a", now=3, input_ids=list(range(1200)))  # over capacity alone: nowhere to go
+    assert (alone.url, alone.branch) == (a.url, "occupied_hit")
+
+
+def test_repin_kv_moves_to_a_worker_with_headroom_and_not_back_within_the_cooldown():
+    core = make_core(
+        "--policy",
+        "manual",
+        "--assignment-mode",
+        "min_kv",
+        "--kv-capacity-tokens",
+        "1000",
+        "--kv-repin-headroom",
+        "0.2",
+        "--kv-repin-cooldown-secs",
+        "30",
+        workers=2,
+    )
+    a = route(core, "a", now=0, input_ids=list(range(600)))  # W1 = 600
+    b = route(core, "b", now=0, input_ids=list(range(700)))  # W2 = 700
+    c = route(core, "c", now=0, input_ids=list(range(100)))  # to W1 (600 < 700)
+    assert c.url == a.url and b.url != a.url
+    route(core, "b", now=1, input_ids=list(range(300)))  # W2 = 300
+    moved = route(core, "c", now=2, input_ids=list(range(500)))  # W1: 600 + 500 > 1000; W2: 300 + 500 <= 800
+    assert (moved.url, moved.branch) == (b.url, "repin_kv")
+    assert core.policy.entries["c"].candidates[0] == b.url
+    route(core, "a", now=5, input_ids=list(range(10)))  # W1 = 10
+    held = route(
+        core, "c", now=10, input_ids=list(range(750))
+    )  # W2: 300 + 750 > 1000, W1 has room, but c moved 8 s ago
+    assert (held.url, held.branch) == (b.url, "occupied_hit")
+    back = route(core, "c", now=40, input_ids=list(range(760)))  # cooldown over: W1 10 + 760 <= 800
+    assert (back.url, back.branch) == (a.url, "repin_kv")
+    assert sample(core, "smg_manual_policy_branch_total", branch="repin_kv") == 2
+
+
+def test_a_hot_worker_loses_its_keys_and_gets_no_new_ones():
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", "--kv-repin-queue-ratio", "1.5", workers=3)
+    first = route(core, "k", now=0, words=50)
+    others = [route(core, f"o{i}", now=0, words=10) for i in range(2)]
+    assert first.url not in {o.url for o in others}
+    core.begin(first, now=0)
+    core.registry.begin(first.url, "stuck")  # k's worker keeps requests in flight; the others are idle
+    fresh = route(core, "new", now=1, words=1)
+    assert fresh.url != first.url  # not placed on the hot worker though it is not the only light one
+    moved = route(core, "k", now=2, words=60)
+    assert moved.branch == "repin_queue" and moved.url != first.url
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("req"), st.sampled_from(KEYS[:4]), st.integers(100, 700)),
+        st.tuples(st.just("fin"), st.integers(0, 40), st.just(0)),
+        st.tuples(st.just("wait"), st.just(0), st.integers(1, 10)),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=ops, n=st.integers(2, 3), cap=st.sampled_from([1000, 1500]))
+def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap):
+    cooldown = 15.0
+    core = make_core(
+        "--policy",
+        "manual",
+        "--assignment-mode",
+        "min_kv",
+        "--kv-capacity-tokens",
+        str(cap),
+        "--kv-repin-cooldown-secs",
+        str(cooldown),
+        "--kv-repin-headroom",
+        "0.2",
+        workers=n,
+    )
+    pol = core.policy
+    now = 0.0
+    last_move: dict[str, float] = {}
+    tickets = []
+    for op, a, b in ops:
+        if op == "wait":
+            now += b
+            continue
+        if op == "fin":
+            if tickets:
+                core.finish(tickets.pop(a % len(tickets)), now=now)
+            continue
+        d = route(core, a, now=now, input_ids=list(range(b)))
+        if d.branch in ("repin_kv", "repin_queue"):
+            assert now - last_move.get(a, float("-inf")) >= cooldown  # no re-pin within the cooldown
+            last_move[a] = now
+            if d.branch == "repin_kv":  # the target had headroom for the key
+                assert pol.kv.working_set(d.url) <= 0.8 * cap
+            else:
+                assert d.url not in pol.hot(list(core.registry))
+            again = route(core, a, now=now, input_ids=list(range(b)))  # same state, same instant: no move back
+            assert (again.url, again.branch) == (d.url, "occupied_hit")
+        tickets.append(core.begin(d, now=now))
+
+
+def test_sticky_override_uses_min_kv_for_first_placement():
+    core = make_core("--policy", "cache_aware", "--routing-key-override", "--assignment-mode", "min_kv", workers=2)
+    assert type(core.policy.sticky) is KvAwarePolicy
+    d = core.select("chat", {"x-smg-routing-key": "k"}, chat("hi"), now=0)
+    assert d.branch == "vacant" and d.url is not None
