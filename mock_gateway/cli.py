@@ -33,5 +33,14 @@ def main(argv: list[str] | None = None) -> int:
             "ignoring smg launch flags the mock does not model: %s", " ".join(cfg.ignored)
         )
     app = create_app(cfg, serve_metrics=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=level if level != "info" else "warning", access_log=False)
+    # timeout_keep_alive: SMG keeps idle client connections open; uvicorn's 5 s default equals httpx's pool expiry,
+    # and a client reusing a connection the server is closing gets a ReadError (seen under load as a 502 upstream)
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=level if level != "info" else "warning",
+        access_log=False,
+        timeout_keep_alive=75,
+    )
     return 0
