@@ -112,5 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(config)
     except ValueError as e:
         parser.error(str(e))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # timeout_keep_alive above httpx's 5 s pool expiry: with uvicorn's 5 s default a client reusing a connection
+    # the server is just closing gets a ReadError
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, timeout_keep_alive=75)
     return 0
