@@ -59,16 +59,20 @@ def test_equal_ids_give_equal_tokens_wherever_they_appear():
     assert len(set(block_tokens([9], BLOCK).tolist())) > BLOCK - 5  # the rest look random
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(ids_st, st.integers(1, BLOCK)), min_size=1, max_size=12), st.integers(1, 6))
-def test_block_cache_gives_the_same_tokens_with_any_capacity(reqs, capacity):
-    cache = BlockCache(capacity)
-    for i, (ids, last) in enumerate(reqs):
-        r = req(i, ids, BLOCK * (len(ids) - 1) + last)
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(ids_st, st.integers(1, BLOCK)), min_size=1, max_size=12), st.integers(1, 6),
+       st.booleans())
+def test_block_cache_gives_the_same_tokens_with_any_capacity(reqs, capacity, counted):
+    rs = [req(i, ids, BLOCK * (len(ids) - 1) + last) for i, (ids, last) in enumerate(reqs)]
+    cache = BlockCache.for_requests(rs, capacity) if counted else BlockCache(capacity)
+    for r in rs:
         arr, lst = cache.request(r)
         want = block_tokens(r.hash_ids, r.input_length)
         assert np.array_equal(arr, want)
         assert lst == want.tolist()
+        assert len(cache._blocks) <= capacity
+    if counted:
+        assert not cache._blocks  # nothing is kept past its last use
 
 
 def test_load_sorts_by_timestamp_and_converts_to_seconds(tmp_path):

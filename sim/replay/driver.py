@@ -277,7 +277,7 @@ def replay_mooncake(items: Sequence[TraceItem], sender: Any, routing_key: bool,
                     on_request: Callable[[RequestRecord], None] | None = None) -> WorkloadResult:
     """Send every item in order through ``sender`` (``MooncakeDirect`` or ``MooncakeHttp``); the records."""
     result = WorkloadResult()
-    blocks = BlockCache()
+    blocks = BlockCache.for_requests(it.request for it in items)
     outcomes: dict[int, SessionOutcome] = {}
     last: dict[int, MooncakeRequest] = {}
     for it in items:

@@ -17,7 +17,6 @@ groups a conversation the way a session id would.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -118,43 +117,72 @@ def block_tokens(hash_ids: Sequence[int], input_length: int) -> np.ndarray:
 
 
 class BlockCache:
-    """Token ids per block, computed once and kept for the ``capacity`` most recently used blocks.
+    """Token ids per block for a replay, each block computed once while it has further uses.
 
     ``request(r)`` gives both forms a replay needs: the int64 array (for the engines) and the Python
-    list (for the gateway's JSON body). The list is assembled from per-block tuples of ints, so
-    requests share int objects (what a gateway's token tree holds) and no ``tolist`` runs per request.
+    list (for the gateway's body). Blocks that later requests use again (``remaining``, counted over
+    the replayed requests; None: assume every block recurs) are kept, as an array and a tuple of ints,
+    until their last use or until ``capacity`` blocks are held (least recently used first); a request's
+    list is assembled from those tuples, so requests share int objects (what a gateway's token tree
+    holds), and only its new tokens go through ``tolist``.
     """
 
-    def __init__(self, capacity: int = 32768) -> None:
+    def __init__(self, capacity: int = 16384, remaining: dict[int, int] | None = None) -> None:
         self.capacity = capacity
+        self.remaining = remaining
         self._blocks: OrderedDict[int, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
 
-    def _fill(self, missing: list[int]) -> None:
-        arr = block_tokens(missing, BLOCK * len(missing))
-        flat = arr.tolist()
-        for i, b in enumerate(missing):
-            self._blocks[b] = (arr[i * BLOCK : (i + 1) * BLOCK], tuple(flat[i * BLOCK : (i + 1) * BLOCK]))
-        while len(self._blocks) > self.capacity:
-            self._blocks.popitem(last=False)
+    @classmethod
+    def for_requests(cls, requests: Iterable[MooncakeRequest], capacity: int = 16384) -> BlockCache:
+        counts: dict[int, int] = {}
+        for r in requests:
+            for b in dict.fromkeys(r.hash_ids):
+                counts[b] = counts.get(b, 0) + 1
+        return cls(capacity, counts)
 
     def request(self, r: MooncakeRequest) -> tuple[np.ndarray, list[int]]:
-        blocks = self._blocks
-        missing = [b for b in dict.fromkeys(r.hash_ids) if b not in blocks]
-        if missing:
-            self._fill(missing)
-        parts = []
-        for b in r.hash_ids:
-            p = blocks.get(b)
-            if p is None:  # evicted by this very fill (a request longer than the capacity)
-                self._fill([b])
-                p = blocks[b]
-            blocks.move_to_end(b)
-            parts.append(p)
-        tail = r.input_length - BLOCK * (len(parts) - 1)
-        arr = np.concatenate([p[0] for p in parts])[: r.input_length]
-        ids = list(itertools.chain.from_iterable(p[1] for p in parts[:-1]))
-        ids.extend(parts[-1][1][:tail])
-        return arr, ids
+        blocks, remaining = self._blocks, self.remaining
+        new = [b for b in dict.fromkeys(r.hash_ids) if b not in blocks]
+        fresh: dict[int, np.ndarray] = {}
+        if new:
+            arr = block_tokens(new, BLOCK * len(new)).reshape(len(new), BLOCK)
+            fresh = {b: arr[i] for i, b in enumerate(new)}
+        parts: list[np.ndarray] = []
+        ids: list[int] = []
+        run_start = -1  # first position of a run of blocks without a cached tuple
+        for i, b in enumerate(r.hash_ids):
+            hit = blocks.get(b)
+            if hit is None:
+                parts.append(fresh[b])
+                if run_start < 0:
+                    run_start = i
+            else:
+                parts.append(hit[0])
+                if run_start >= 0:
+                    ids.extend(np.concatenate(parts[run_start:i]).tolist())
+                    run_start = -1
+                ids.extend(hit[1])
+        if run_start >= 0:
+            ids.extend(np.concatenate(parts[run_start:]).tolist())
+        del ids[r.input_length :]
+        out = np.concatenate(parts)[: r.input_length]
+        # keep what later requests use again; drop what they never will
+        for b in dict.fromkeys(r.hash_ids):
+            if remaining is None:
+                left = 1
+            else:
+                left = remaining.get(b, 1) - 1
+                remaining[b] = left
+            if left <= 0:
+                blocks.pop(b, None)
+            elif b in blocks:
+                blocks.move_to_end(b)
+            else:
+                blk = fresh[b]
+                blocks[b] = (blk, tuple(blk.tolist()))
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
+        return out, ids
 
 
 def common_block_prefix(requests: Iterable[MooncakeRequest]) -> int:
