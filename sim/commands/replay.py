@@ -11,7 +11,7 @@ Each ``--policy`` is one run (default: the ``compare`` set). The report holds th
 ``single_pool_reuse`` (one infinite cache that sees every request) and ``random_baseline_reuse``
 (the exact expected reuse of uniform random routing over ``--workers`` unbounded caches).
 Caches are unbounded unless ``--kv-capacity-tokens`` is given. The default transport is ``direct``
-(cores in process; the full conversation trace takes seconds per policy); ``http`` puts real
+(cores in process; the full conversation trace takes 10-15 s of CPU per policy but cache_aware); ``http`` puts real
 loopback servers in the loop. With ``--out DIR``: ``DIR/results.json`` (the ``compare`` schema with
 the baselines), ``DIR/report.md`` and plots. ``--write-sessions OUT`` converts TRACE to our sessions
 JSONL and exits.
