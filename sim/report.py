@@ -104,6 +104,18 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
         out.append(f"Among sticky configurations with the key, prefill work is most uneven under {config_name(worst)} "
                    f"(max/mean {worst['imbalance']:.2f}) and most even under {config_name(fairest)} "
                    f"({fairest['imbalance']:.2f}); makespan {worst['makespan']:.1f}s vs {fairest['makespan']:.1f}s.")
+    fast = min(runs, key=lambda r: r["makespan"])
+    slow = max(runs, key=lambda r: r["makespan"])
+    if slow["makespan"] > 1.05 * fast["makespan"]:
+        out.append(f"Makespan: shortest {fast['makespan']:.1f}s ({config_name(fast)}, key "
+                   f"{'on' if fast['routing_key'] else 'off'}), longest {slow['makespan']:.1f}s ({config_name(slow)}, "
+                   f"key {'on' if slow['routing_key'] else 'off'}).")
+    for mode in ("min_load", "random", "min_group"):
+        on, off = _find(runs, "manual", mode, True), _find(runs, "manual", mode, False)
+        if on and off and on["makespan"] > 1.1 * off["makespan"]:
+            out.append(f"Stickiness costs time here: manual/{mode} takes {on['makespan'] / off['makespan'] - 1:.0%} "
+                       "longer with the key than without, because pinned sessions cannot leave a slow or busy worker.")
+            break
     errs = sum(r["errors"] for r in runs)
     out.append("No run had errors." if errs == 0 else f"{errs} errors in total: see `errors` per run.")
     return out
