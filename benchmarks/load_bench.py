@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import ssl
 import sys
 import tempfile
 import time
@@ -53,6 +55,15 @@ class Stack:
     def memory(self) -> dict[str, dict[str, int]]:
         """``{server: {"rss": bytes, "hwm": bytes}}``: resident now and peak, from /proc/<pid>/status."""
         return {name: proc_memory(p.pid) for name, p in self.processes.items()}
+
+    def cpu(self) -> dict[str, float]:
+        return {name: proc_cpu(p.pid) for name, p in self.processes.items()}
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int) -> dict[str, int]:
@@ -162,6 +173,7 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     turn_latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
+    client_cpu: float = 0.0  # CPU seconds of the load generator (this process)
 
 
 def first_messages(seed: int) -> list[dict]:
@@ -203,15 +215,24 @@ async def agent_session(client: httpx.AsyncClient, result: LoadResult, seed: int
 
 
 async def run_load(session_url: str, sessions: int, turns: int, max_tokens: int = 16, seed: int = 0) -> LoadResult:
-    """``sessions`` agent sessions started together (one connection each)."""
+    """``sessions`` agent sessions started together, each with its own client and connection (one shared pool of
+    1,000 connections costs the client more CPU per request than all three servers together)."""
     result = LoadResult(sessions, turns)
-    limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
-    async with httpx.AsyncClient(base_url=session_url, timeout=TIMEOUT, limits=limits, trust_env=False) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(
-            *(agent_session(client, result, seed * 100_003 + i, turns, max_tokens) for i in range(sessions))
-        )
-        result.wall = time.perf_counter() - t0
+    tls = ssl.create_default_context()  # unused on http://, but each client would otherwise load its own (~0.8 MB)
+
+    async def one(i: int) -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(
+            base_url=session_url, timeout=TIMEOUT, limits=limits, trust_env=False, verify=tls
+        ) as c:
+            await agent_session(c, result, seed * 100_003 + i, turns, max_tokens)
+
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(sessions)))
+    result.wall = time.perf_counter() - t0
+    cpu1 = os.times()
+    result.client_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return result
 
 
@@ -248,16 +269,18 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def hop_table(lat: dict[str, list[float]]) -> str:
-    w, g, s = (lat[k] for k in ("worker", "gateway", "session_server"))
+    """Percentiles of each path, and of the per-request differences (the three requests of a sample are sent
+    back to back, so a difference is what the hop added under the same machine load)."""
+    w, g, s = (np.asarray(lat[k]) for k in ("worker", "gateway", "session_server"))
     rows = [
-        ("worker (direct)", pct(w, 50), pct(w, 99)),
-        ("gateway -> worker", pct(g, 50), pct(g, 99)),
-        ("session server -> gateway -> worker", pct(s, 50), pct(s, 99)),
-        ("added by the gateway", pct(g, 50) - pct(w, 50), pct(g, 99) - pct(w, 99)),
-        ("added by the session server", pct(s, 50) - pct(g, 50), pct(s, 99) - pct(g, 99)),
+        ("worker (direct)", w),
+        ("gateway -> worker", g),
+        ("session server -> gateway -> worker", s),
+        ("added by the gateway (gateway - worker, per sample)", g - w),
+        ("added by the session server (session server - gateway, per sample)", s - g),
     ]
     lines = ["| path | p50 ms | p99 ms |", "| --- | ---: | ---: |"]
-    lines += [f"| {name} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} |" for name, p50, p99 in rows]
+    lines += [f"| {name} | {pct(list(x), 50) * 1e3:.2f} | {pct(list(x), 99) * 1e3:.2f} |" for name, x in rows]
     return "\n".join(lines)
 
 
@@ -276,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         lat = hop_latencies(stack, args.hop_samples, args.max_tokens)
         print(f"## per-hop latency, {args.hop_samples} sequential requests each, {args.max_tokens} output tokens\n")
         print(hop_table(lat))
+        cpu0 = stack.cpu()
         res = asyncio.run(run_load(stack.session_url, args.sessions, args.turns, args.max_tokens))
         mem = stack.memory()
+        cpu = {name: t - cpu0[name] for name, t in stack.cpu().items()}
     turns = args.sessions * args.turns
     print(
         f"\n## load: {args.sessions} concurrent sessions x {args.turns} turns, {args.workers} workers, "
@@ -291,10 +316,15 @@ def main(argv: list[str] | None = None) -> int:
         f"turn latency p50 {pct(res.turn_latencies, 50) * 1e3:.0f} ms, p99 {pct(res.turn_latencies, 99) * 1e3:.0f} ms, "
         f"max {max(res.turn_latencies, default=float('nan')) * 1e3:.0f} ms\n"
     )
-    print("| process | RSS idle MiB | RSS after MiB | peak RSS (VmHWM) MiB |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| process | RSS idle MiB | RSS after MiB | peak RSS (VmHWM) MiB | CPU ms per turn |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, m in mem.items():
-        print(f"| {name} | {idle[name]['rss'] / 2**20:.0f} | {m['rss'] / 2**20:.0f} | {m['hwm'] / 2**20:.0f} |")
+        per_turn = cpu[name] / max(res.ok_turns, 1) * 1e3
+        print(
+            f"| {name} | {idle[name]['rss'] / 2**20:.0f} | {m['rss'] / 2**20:.0f} | {m['hwm'] / 2**20:.0f} "
+            f"| {per_turn:.1f} |"
+        )
+    print(f"| load generator (client) | | | | {res.client_cpu / max(res.ok_turns, 1) * 1e3:.1f} |")
     for e in res.errors[:10]:
         print("error:", e, file=sys.stderr)
     return 1 if res.errors else 0
