@@ -94,7 +94,7 @@ class DirectTransport:
     def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
         self.setup = setup
         configs = worker_configs(setup.scenario)
-        urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
+        urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs)))  # the URLs http would use
         self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed) for url, cfg in zip(urls, configs, strict=True)}
         self.workers = [c.name for c in self.worker_cores.values()]
         self.gateway = DirectGateway(gateway_argv(setup, urls), self.worker_cores)
