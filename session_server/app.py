@@ -75,6 +75,10 @@ class HttpUpstream:
                 headers["content-type"] = "application/json"
         try:
             r = await self.client.request(request.method, url, headers=headers, content=content)
+        except httpx.InvalidURL as e:  # a passthrough path no URL can carry: control characters, over 64 KiB
+            return UpstreamResponse(
+                400, {"content-type": "application/json"}, _dumps({"error": f"invalid path for the router: {e}"})
+            )
         except httpx.TransportError as e:
             return UpstreamResponse(
                 502,
