@@ -118,8 +118,9 @@ def main() -> int:
         extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
                  f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}") if what != "noop" else \
             f"{r['requests']} requests through 3 no-op FastAPI servers"
-        print(f"{what:>6}: {r['requests_per_second']:8.0f} simulated requests/s  "
-              f"peak RSS {r['peak_rss_mib']:6.0f} MiB  cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
+        print(f"{what:>6}: {r['requests_per_second']:8.0f} simulated requests/s "
+              f"({r['requests'] / r['cpu_seconds']:.0f} per CPU second)  peak RSS {r['peak_rss_mib']:4.0f} MiB  "
+              f"cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
     if "http" in results and "noop" in results:
         ratio = results["http"]["requests_per_second"] / results["noop"]["requests_per_second"]
         print(f"http / no-op chain: {ratio:.2f} (goal >= 0.5)")
