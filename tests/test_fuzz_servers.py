@@ -28,6 +28,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
 
 from mock_gateway.app import create_app as gateway_app
 from mock_gateway.config import parse_args
@@ -286,3 +287,121 @@ def test_session_routes_never_5xx(env: Stack, data: st.DataObject, method: str, 
     sid = data.draw(session_ids(env))
     url = f"{env.session}/sessions/{sid}" + (f"/{path}" if path else "")
     check(env.client.request(method, url, content=body, headers={"content-type": "application/json"}))
+
+
+# --- session server: random sequences of good and bad calls ---------------------------------------------
+
+
+class SessionSequences(RuleBasedStateMachine):
+    """Agents create sessions, take turns, retry the last turn, send junk, read and delete, in any order.
+
+    The model: per live session, the message lists it sent and the answers it got. Good calls must succeed,
+    a junk turn must get a 4xx and change nothing, a retry rolls back exactly one model turn (a 400 when the
+    only model turn is the first, which cannot be rolled back) and replaces its record, so the session holds one
+    record per model turn of its current history.
+    """
+
+    def __init__(self, env: Stack) -> None:
+        super().__init__()
+        self.env = env
+        self.live: dict[str, dict[str, Any]] = {}
+        self.gone: list[str] = []
+
+    sessions = Bundle("sessions")
+
+    def url(self, sid: str, suffix: str = "") -> str:
+        return f"{self.env.session}/sessions/{sid}{suffix}"
+
+    def records(self, sid: str) -> list:
+        r = self.env.client.get(self.url(sid))
+        assert r.status_code == 200, r.text[:300]
+        return r.json()["records"]
+
+    @rule(target=sessions)
+    def create(self) -> str:
+        r = self.env.client.post(f"{self.env.session}/sessions")
+        assert r.status_code == 200, r.text[:300]
+        sid = r.json()["session_id"]
+        self.live[sid] = {"sent": [], "answers": []}
+        return sid
+
+    def chat(self, sid: str, messages: list[dict]) -> httpx.Response:
+        return self.env.client.post(self.url(sid, "/v1/chat/completions"), json=chat() | {"messages": messages})
+
+    @rule(sid=sessions, text=st.text(max_size=40))
+    def turn(self, sid: str, text: str) -> None:
+        if sid not in self.live:
+            assert self.chat(sid, [{"role": "user", "content": text}]).status_code == 404
+            return
+        m = self.live[sid]
+        if m["sent"]:
+            messages = [
+                *m["sent"][-1],
+                {"role": "assistant", "content": m["answers"][-1]},
+                {"role": "tool", "content": text},
+            ]
+        else:
+            messages = [{"role": "system", "content": "fuzz"}, {"role": "user", "content": text}]
+        r = self.chat(sid, messages)
+        assert r.status_code == 200, r.text[:300]
+        m["sent"].append(messages)
+        m["answers"].append(r.json()["choices"][0]["message"]["content"])
+
+    @rule(sid=sessions)
+    def retry_last_turn(self, sid: str) -> None:
+        m = self.live.get(sid)
+        if m is None or not m["sent"]:
+            return
+        r = self.chat(sid, m["sent"][-1])
+        if len(m["sent"]) == 1:
+            assert r.status_code == 400 and "rollback failed" in r.text, r.text[:300]
+            return
+        assert r.status_code == 200, r.text[:300]
+        m["answers"][-1] = r.json()["choices"][0]["message"]["content"]
+
+    @rule(sid=sessions, body=raw_bodies)
+    def junk_turn(self, sid: str, body: bytes) -> None:
+        before = self.records(sid) if sid in self.live else None
+        r = self.env.client.post(
+            self.url(sid, "/v1/chat/completions"), content=body, headers={"content-type": "application/json"}
+        )
+        check(r)
+        if r.status_code == 200:  # the junk happened to be a valid turn (e.g. a mutation that changed nothing)
+            self.live.pop(sid, None)  # the model no longer knows its messages: stop driving this session
+            self.gone.append(sid)
+            self.env.client.delete(self.url(sid))
+            return
+        if before is not None:
+            assert self.records(sid) == before
+
+    @rule(sid=sessions)
+    def read(self, sid: str) -> None:
+        if sid in self.live:
+            records = self.records(sid)
+            assert [r["request"]["messages"] for r in records] == self.live[sid]["sent"]
+        else:
+            assert self.env.client.get(self.url(sid)).status_code == 404
+
+    @rule(sid=consumes(sessions))
+    def delete(self, sid: str) -> None:
+        expected = 204 if sid in self.live else 404
+        assert self.env.client.delete(self.url(sid)).status_code == expected
+        self.live.pop(sid, None)
+        self.gone.append(sid)
+        assert self.env.client.get(self.url(sid)).status_code == 404
+
+    @invariant()
+    def deleted_sessions_stay_gone(self) -> None:
+        for sid in self.gone[-3:]:
+            assert self.env.client.get(self.url(sid)).status_code == 404
+
+    def teardown(self) -> None:
+        for sid in self.live:
+            self.env.client.delete(self.url(sid))
+
+
+def test_session_sequences(env: Stack) -> None:
+    run_state_machine_as_test(
+        lambda: SessionSequences(env),
+        settings=settings(FUZZ, max_examples=max(5, FUZZ.max_examples // 4), stateful_step_count=20),
+    )
