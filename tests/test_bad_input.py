@@ -2,8 +2,10 @@
 
 One stack on loopback serves the whole module: two mock workers <- the mock gateway (``--policy manual``) <- the
 session server. Payload caps are set low (1 MiB) so the "huge body" rows stay cheap. Rows that only touch a
-gateway or worker run against them directly; session rows use a live session that already has a turn, an
-unknown id, or a deleted one. Odd but valid input (lone surrogate escapes, NUL, bidi controls) must be served.
+gateway or worker run against them directly; session rows use a fresh session, one that already has a turn, an
+unknown id or a deleted one. Odd but valid input (lone surrogate escapes, NUL, bidi controls) must be served.
+A ``text/plain`` chat body is served by the worker (it ignores the header), refused by the gateway (as SMG), and
+so refused by the session server too, which forwards the client's content type with the body (as miles does).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ ODD_TEXT = "\x00 \u202e\u200b\ufeff e\u0301 \U0001f600 \U0010ffff \t\r\n"
 class Case:
     id: str
     server: str  # "worker" | "gateway" | "session"
-    path: str  # "{sid}" / "{deleted}" are replaced by the stack's session ids
+    path: str  # "{sid}" / "{deleted}" are replaced by the stack's session ids, "{fresh}" by a new session's
     expect: int
     method: str = "POST"
     content: bytes | None = None
