@@ -124,16 +124,30 @@ class AgentRunner:
 
     # ---- one request --------------------------------------------------------------------------
 
+    def _body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        """The chat body; virtual time stamps it with ``sim_time`` (live time does not: ``sim.live``)."""
+        return {"model": MODEL, "messages": messages, "max_tokens": max_tokens,
+                vtime.SIM_TIME_FIELD: float(self.env.now)}
+
+    def _chat_steps(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
+                    max_tokens: int, prev_full: list[int] | None
+                    ) -> Generator[simpy.Event, Any, tuple[RequestRecord, list[int] | None, str]]:
+        """One request as SimPy steps: none in virtual time (the answer is immediate); live time waits."""
+        return self._chat(sid, plan, turn, retry, messages, max_tokens, prev_full)
+        yield  # unreachable: makes this a generator that never yields (sim.live overrides it)
+
     def _chat(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
               max_tokens: int, prev_full: list[int] | None) -> tuple[RequestRecord, list[int] | None, str]:
-        now = float(self.env.now)
-        body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, vtime.SIM_TIME_FIELD: now}
-        rec = RequestRecord(plan.index, turn, retry, now, 0)
+        rec = RequestRecord(plan.index, turn, retry, float(self.env.now), 0)
         try:
-            reply = self.transport.chat(sid, body)
+            reply = self.transport.chat(sid, self._body(messages, max_tokens))
         except TransportError as e:
             rec.error = f"transport: {e}"
             return rec, None, ""
+        return self._parse(rec, reply, messages, prev_full)
+
+    def _parse(self, rec: RequestRecord, reply: Reply, messages: list[dict[str, Any]],
+               prev_full: list[int] | None) -> tuple[RequestRecord, list[int] | None, str]:
         rec.status = reply.status
         if not reply.ok or not isinstance(reply.body, dict):
             rec.error = _error_text(reply)
@@ -194,7 +208,8 @@ class AgentRunner:
                                           {"role": "user", "content": self._task(plan.group)}]
         prev_full: list[int] | None = None
         for k, turn in enumerate(plan.turns):
-            rec, full, content = self._chat(sid, plan, k, False, messages, turn.output_tokens, prev_full)
+            rec, full, content = yield from self._chat_steps(sid, plan, k, False, messages, turn.output_tokens,
+                                                             prev_full)
             self._record(rec)
             if not rec.ok:
                 out.error = f"turn {k}: {rec.error}"
@@ -204,7 +219,8 @@ class AgentRunner:
             prev_full = full
             if turn.retry_output_tokens:
                 # the agent rejects this answer (say, a malformed tool call) and asks again at once
-                rec, full, content = self._chat(sid, plan, k, True, messages, turn.retry_output_tokens, prev_full)
+                rec, full, content = yield from self._chat_steps(sid, plan, k, True, messages,
+                                                                 turn.retry_output_tokens, prev_full)
                 self._record(rec)
                 if not rec.ok:
                     out.error = f"turn {k} retry: {rec.error}"
@@ -216,7 +232,9 @@ class AgentRunner:
             if k + 1 == len(plan.turns):
                 break
             messages = [*messages, {"role": "assistant", "content": content},
-                        {"role": "tool", "content": tool_output(self.scenario, plan.index, k, turn.tool_output_tokens)}]
+                        # the real SMG refuses a tool message without tool_call_id (400)
+                        {"role": "tool", "tool_call_id": f"call_{plan.index}_{k}",
+                         "content": tool_output(self.scenario, plan.index, k, turn.tool_output_tokens)}]
             wait = turn.tool_latency + turn.think_time
             if wait > 0:
                 yield env.timeout(wait)
