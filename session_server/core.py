@@ -432,8 +432,14 @@ class SessionCore:
         client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
         content: bytes,
     ) -> UpstreamRequest:
-        """The catch-all ``/sessions/{sid}/{path}``: forwarded as is to ``{router}/{path}``, not recorded."""
+        """The catch-all ``/sessions/{sid}/{path}``: forwarded as is to ``{router}/{path}``, not recorded.
+
+        A path that would change the shape of the router URL (dot segments, a decoded ``?`` or ``#``)
+        is refused: the request must stay a path on the router.
+        """
         self.open_session(sid)
+        if "?" in path or "#" in path or any(seg in (".", "..") for seg in path.split("/")):
+            raise BadRequestError(f"invalid passthrough path {path[:200]!r}: dot segments, '?' and '#' are not allowed")
         return UpstreamRequest(
             method=method.upper(),
             path=path.lstrip("/"),
@@ -458,6 +464,8 @@ class SessionCore:
             parsed = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequestError(f"invalid JSON body: {e}") from None
+        except RecursionError:
+            raise BadRequestError("invalid JSON body: nested too deeply") from None
         if not isinstance(parsed, dict):
             raise BadRequestError(f"request body must be a JSON object, got {type(parsed).__name__}")
         return parsed

@@ -177,14 +177,6 @@ def body_cases(server: str, path: str, *, no_ctype: int, deep_xfail: str | None 
     ]
 
 
-SS_DEEP = "session_server.core.parse_body catches ValueError but not RecursionError (500); owner: session server"
-
-PT = (
-    "session_server passthrough forwards the decoded path as is: %2e%2e (dot segments, which httpx then resolves), "
-    "%3F and %23 change the upstream URL's path, query or fragment; core.passthrough_request should refuse them "
-    "(400); owner: session server"
-)
-
 CASES: list[Case] = [
     # --- mock worker ----------------------------------------------------------------------------------
     *body_cases("worker", "/v1/chat/completions", no_ctype=200),
@@ -236,7 +228,7 @@ CASES: list[Case] = [
     Case("workers-delete-unknown", "gateway", "/workers/no-such-worker", 404, method="DELETE"),
     Case("unknown-route", "gateway", "/v2/nothing", 404),
     # --- session server -------------------------------------------------------------------------------
-    *body_cases("session", "/sessions/{fresh}/v1/chat/completions", no_ctype=400, deep_xfail=SS_DEEP),
+    *body_cases("session", "/sessions/{fresh}/v1/chat/completions", no_ctype=400),
     Case("stream-true", "session", "/sessions/{sid}/v1/chat/completions", 400, json=chat(stream=True)),
     Case(
         "role-missing",
@@ -275,9 +267,9 @@ CASES: list[Case] = [
     Case("passthrough-70k-path", "session", "/sessions/{sid}/" + "a" * 70_000, 400, method="GET", raw=True),
     # a path with a line feed matches no route (the {path:path} pattern stops at newlines): nothing is forwarded
     Case("passthrough-crlf", "session", "/sessions/{sid}/v1/a%0D%0AX-Injected:%20y", 404, method="GET"),
-    Case("passthrough-dot-segments", "session", "/sessions/{sid}/%2e%2e/%2e%2e/workers", 400, method="GET", xfail=PT),
-    Case("passthrough-encoded-query", "session", "/sessions/{sid}/v1/models%3Fa=1", 400, method="GET", xfail=PT),
-    Case("passthrough-encoded-fragment", "session", "/sessions/{sid}/v1/models%23a", 400, method="GET", xfail=PT),
+    Case("passthrough-dot-segments", "session", "/sessions/{sid}/%2e%2e/%2e%2e/workers", 400, method="GET"),
+    Case("passthrough-encoded-query", "session", "/sessions/{sid}/v1/models%3Fa=1", 400, method="GET"),
+    Case("passthrough-encoded-fragment", "session", "/sessions/{sid}/v1/models%23a", 400, method="GET"),
     Case("unknown-route", "session", "/v2/nothing", 404),
     Case("sessions-wrong-method", "session", "/sessions", 405, method="PUT"),
 ]
