@@ -141,9 +141,14 @@ class Gateway:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_payload_size:
             return error(413, "payload_too_large", f"Request body exceeds {cfg.max_payload_size} bytes")
-        raw = await request.body()
-        if len(raw) > cfg.max_payload_size:
-            return error(413, "payload_too_large", f"Request body exceeds {cfg.max_payload_size} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():  # count while streaming: an over-cap chunked body is never held whole
+            size += len(chunk)
+            if size > cfg.max_payload_size:
+                return error(413, "payload_too_large", f"Request body exceeds {cfg.max_payload_size} bytes")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         if "json" not in request.headers.get("content-type", ""):
             return error(400, "json_parse_error", "Missing Content-Type: application/json header")
         try:

@@ -401,14 +401,7 @@ async def pulled_before_answer(app: Any, path: str) -> tuple[int | None, int]:
     "server",
     [
         "worker",
-        pytest.param(
-            "gateway",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="mock_gateway reads a chunked body to the end (request.body()) before its size check; "
-                "owner: gateway (count while streaming, as the worker and session server do)",
-            ),
-        ),
+        "gateway",
         "session",
     ],
 )
