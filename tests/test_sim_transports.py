@@ -39,7 +39,8 @@ def test_bounded_kv_stays_under_the_oracle():
 
 
 @pytest.mark.parametrize("policy,key", [(MANUAL, True), (PolicyConfig("manual", "random"), False),
-                                        (PolicyConfig("consistent_hashing"), True), (PolicyConfig("cache_aware"), True)])
+                                        (PolicyConfig("consistent_hashing"), True),
+                                        (PolicyConfig("cache_aware"), True)])
 def test_http_and_direct_agree_exactly(policy, key):
     setup = make_setup(TINY, policy, key)
     direct = run_setup(setup, "direct")
@@ -62,7 +63,8 @@ def test_seed_changes_the_run():
 
 def test_manual_branch_counters_match_sessions_and_turns():
     on = run_setup(make_setup(TINY, MANUAL, True), "direct")
-    assert on["gateway_branches"]["manual"] == {"vacant": on["sessions"], "occupied_hit": on["requests"] - on["sessions"]}
+    sessions, requests = on["sessions"], on["requests"]
+    assert on["gateway_branches"]["manual"] == {"vacant": sessions, "occupied_hit": requests - sessions}
     off = run_setup(make_setup(TINY, MANUAL, False), "direct")
     assert off["gateway_branches"]["manual"] == {"no_routing_id": off["requests"]}
 
