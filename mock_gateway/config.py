@@ -97,6 +97,7 @@ class GatewayConfig:
     kv_repin_queue_ratio: float = 1.5
     kv_hot_min_keys: int = 1
     kv_load_smoothing_secs: float = 20.0
+    kv_repin_max_tokens: int = 4096
     kv_repin_headroom: float = 0.2
     kv_repin_cooldown_secs: float = 30.0
     ignored: list[str] = field(default_factory=list)
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="min_kv: a worker is hot when its smoothed in-flight per live key is this many times the median")
     a("--kv-hot-min-keys", type=int, default=d.kv_hot_min_keys, help="min_kv: live keys a hot worker must hold")
     a("--kv-load-smoothing-secs", type=float, default=d.kv_load_smoothing_secs)
+    a("--kv-repin-max-tokens", type=int, default=d.kv_repin_max_tokens,
+      help="min_kv: move a key off a hot worker only while its context is at most this (a move is a cold prefill)")
     a("--kv-repin-headroom", type=float, default=d.kv_repin_headroom)
     a("--kv-repin-cooldown-secs", type=float, default=d.kv_repin_cooldown_secs)
     return p
