@@ -13,7 +13,9 @@ is re-pinned when
   (``--kv-load-smoothing-secs``), is at least ``--kv-repin-queue-ratio`` times the median over the available
   workers (and it holds at least ``--kv-hot-min-keys`` live keys). Tool and think time are the same
   everywhere, so by Little's law a slow or queueing worker keeps its sessions in flight for a larger share of
-  their time whatever the number of keys it holds. The target is a worker that is not hot. New keys are not
+  their time whatever the number of keys it holds. The target is a worker that is not hot. Only keys whose
+  context is at most ``--kv-repin-max-tokens`` move (a move is a cold prefill of the whole context: caught
+  early, a session off a slow worker costs little; late, the move itself would be the tail latency). New keys are not
   placed on a hot worker either (a slow worker's sessions grow slowly, so it would otherwise look KV-light).
 
 Hysteresis: the target conditions are strictly inside the trigger conditions (a target is never itself
@@ -146,6 +148,7 @@ class KvAwarePolicy(ManualPolicy):
         self.kv = SessionKV(cfg.session_kv_idle_secs)
         self.repinned_at: dict[str, float] = {}
         self.smoothed: dict[str, tuple[float, float]] = {}  # url -> (smoothed in-flight per live key, at)
+        self.since: float | None = None  # first observation: the smoothing window grows to tau from here
 
     # -- measures --------------------------------------------------------------------------------
     def capacity(self, w: Worker) -> int | None:
@@ -159,16 +162,24 @@ class KvAwarePolicy(ManualPolicy):
         return w.load / max(1, self.kv.count(w.url))
 
     def observe(self, workers: list[Worker], now: float) -> None:
-        """Smooth ``busy`` per worker exponentially in time (``--kv-load-smoothing-secs``), at each request."""
-        tau = self.ctx.config.kv_load_smoothing_secs
+        """Smooth ``busy`` per worker exponentially in time (``--kv-load-smoothing-secs``), at each request.
+
+        A worker holding fewer than ``--kv-hot-min-keys`` live keys says nothing about its speed: its last
+        estimate is kept (so a slow worker that lost its keys is not refilled because it went quiet)."""
+        cfg = self.ctx.config
+        tau = cfg.kv_load_smoothing_secs
+        if self.since is None:
+            self.since = now
         for w in workers:
             prev = self.smoothed.get(w.url)
             b = self.busy(w)
-            if prev is None or tau <= 0:
+            if prev is not None and self.kv.count(w.url) < max(1, cfg.kv_hot_min_keys):
+                self.smoothed[w.url] = (prev[0], now)
+            elif prev is None or tau <= 0:
                 self.smoothed[w.url] = (b, now)
             else:
                 avg, at = prev
-                a = 1.0 - math.exp(-max(0.0, now - at) / tau)
+                a = 1.0 - math.exp(-max(0.0, now - at) / min(tau, max(now - (self.since or 0.0), 1e-9)))
                 self.smoothed[w.url] = (avg + a * (b - avg), now)
 
     def pressure(self, w: Worker) -> float:
@@ -176,18 +187,14 @@ class KvAwarePolicy(ManualPolicy):
         return s[0] if s is not None else self.busy(w)
 
     def hot(self, workers: list[Worker]) -> set[str]:
-        """Workers with at least ``--kv-hot-min-keys`` live keys whose smoothed ``busy`` is at least
-        ``--kv-repin-queue-ratio`` times the (lower) median over ``workers``."""
+        """Workers whose smoothed ``busy`` is positive and at least ``--kv-repin-queue-ratio`` times the (lower)
+        median over ``workers``."""
         cfg = self.ctx.config
         if len(workers) < 2:
             return set()
         p = {w.url: self.pressure(w) for w in workers}
         ref = sorted(p.values())[(len(p) - 1) // 2]
-        return {
-            u
-            for u, v in p.items()
-            if self.kv.count(u) >= cfg.kv_hot_min_keys and v > 0 and v >= cfg.kv_repin_queue_ratio * ref
-        }
+        return {u for u, v in p.items() if v > 0 and v >= cfg.kv_repin_queue_ratio * ref}
 
     def assign(self, workers: list[Worker], mode: str | None = None) -> Worker:
         """``min_kv``: the smallest projected working set among the workers that are not hot (ties: in-flight)."""
@@ -213,7 +220,7 @@ class KvAwarePolicy(ManualPolicy):
             if fits:
                 return self._best(fits, key), "repin_kv"
         hot = self.hot(workers)
-        if pinned.url in hot:
+        if pinned.url in hot and ctx <= cfg.kv_repin_max_tokens:
             calm = [w for w in others if w.url not in hot]
             if calm:
                 return self._best(calm, key), "repin_queue"
