@@ -1,0 +1,319 @@
+"""Live time (DESIGN.md "Time"): the SimPy workload paced against the wall clock, requests concurrent.
+
+Needed to put the real ``smg`` binary in the loop, which keeps its own wall-clock in-flight counts.
+
+- ``LiveEnvironment``: a SimPy environment whose clock follows the wall clock times ``speedup`` (model
+  seconds). Requests run in threads; when one returns, the environment is moved to the current wall time and
+  the waiting agent resumes. Tool latency and think time are waited out in scaled wall time.
+- ``LiveAgentRunner``: ``sim.agents.AgentRunner`` on that environment. Bodies carry no ``sim_time``, so the
+  workers wait out their modelled latency divided by ``speedup`` and the gateway releases in-flight counts when
+  answers end. A worker reports its timeline on its own clock; records are shifted onto the runner's clock
+  (finish = when the answer came back; durations as modelled). The oracle is fed in arrival order at the end.
+- ``LiveTransport``: mock workers (in-process uvicorn servers, live clock scaled by ``speedup``), a gateway
+  process (``mock`` or the real ``smg``, ``sim.real_smg``) and a session server, on loopback; ``kill_worker`` /
+  ``restart_worker`` crash a worker and bring it back on the same URL with an empty cache.
+
+``setup.extra`` carries ``gateway`` (``mock``/``smg``) and ``speedup``: ``live_setup(setup, gateway, speedup)``.
+``sim.runner.run_setup(setup, "live")`` runs it like any other transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+from sim.agents import AgentRunner, RequestRecord, WorkloadResult
+from sim.oracle import Oracle
+from sim.procs import ThreadServer
+from sim.real_smg import Gateway, gateway_process
+from sim.transports.base import Reply, TransportError
+from sim.transports.http import SessionClient, session_server_app
+from sim.transports.pool import Setup, port_salt, session_server_argv, stable_ports, worker_configs
+from sim.transports.pool import worker_urls as urls_of
+from sim.workload import Scenario, SessionPlan
+
+DEFAULT_SPEEDUP = 10.0
+KEEP_ALIVE = 75  # uvicorn's 5 s default races httpx's 5 s pool expiry (see mock_gateway/cli.py)
+
+
+def live_setup(setup: Setup, gateway: str = "mock", speedup: float = DEFAULT_SPEEDUP) -> Setup:
+    """``setup`` marked for a live run against ``gateway`` at ``speedup``."""
+    if not speedup > 0:
+        raise ValueError("speedup must be > 0")
+    return dataclasses.replace(setup, extra={**setup.extra, "gateway": gateway, "speedup": float(speedup)})
+
+
+class LiveEnvironment(simpy.Environment):
+    """SimPy paced by the wall clock: model time = (wall seconds since ``run``) * ``speedup``.
+
+    ``call(fn)`` runs ``fn`` in a thread and returns an event that succeeds with its result (or the
+    exception it raised) once it has returned; the environment is then at the wall time it returned at.
+    """
+
+    def __init__(self, speedup: float = 1.0, max_threads: int = 256) -> None:
+        super().__init__()
+        if not speedup > 0:
+            raise ValueError("speedup must be > 0")
+        self.speedup = speedup
+        self._t0: float | None = None
+        self._done: queue.Queue[tuple[simpy.Event, Any]] = queue.Queue()
+        self._pending = 0
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="live")
+
+    def wall_now(self) -> float:
+        """The current wall time in model seconds (0 before ``run``)."""
+        return 0.0 if self._t0 is None else (time.monotonic() - self._t0) * self.speedup
+
+    def call(self, fn: Callable[[], Any]) -> simpy.Event:
+        ev = self.event()
+        self._pending += 1
+
+        def work() -> None:
+            try:
+                value: Any = fn()
+            except BaseException as e:  # handed to the waiting process
+                value = e
+            self._done.put((ev, value))
+
+        self._pool.submit(work)
+        return ev
+
+    def _advance(self, t: float) -> None:
+        """Process every event due by ``t``, then set the clock to ``t``."""
+        while self.peek() <= t:
+            self.step()
+        if t > self._now:
+            self._now = t
+
+    def run(self, until: Any = None) -> Any:
+        if self._t0 is None:
+            self._t0 = time.monotonic() - self._now / self.speedup
+        limit = float("inf") if until is None else float(until)
+        try:
+            while True:
+                nxt = self.peek()
+                if (nxt == float("inf") and self._pending == 0) or self.wall_now() >= limit:
+                    return None
+                wall = self.wall_now()
+                if nxt <= wall:
+                    self.step()
+                    continue
+                timeout = min((nxt - wall) / self.speedup, 0.5)
+                try:
+                    ev, value = self._done.get(timeout=timeout)
+                except queue.Empty:
+                    continue
+                self._pending -= 1
+                self._advance(min(self.wall_now(), limit))
+                ev.succeed(value)
+        finally:
+            if self._pending == 0:
+                self._pool.shutdown(wait=False)
+
+
+class _DeferredOracle(Oracle):
+    """Collects observations (answers come back out of arrival order) and replays them sorted at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[Any]] = []
+
+    def observe(self, arrival, finish, prompt_ids, output_ids) -> int:  # type: ignore[override]
+        self.seen.append([arrival, finish, list(prompt_ids), list(output_ids), None])
+        return 0
+
+    def replay(self) -> Oracle:
+        real = Oracle()
+        for arrival, finish, prompt, output, rec in sorted(self.seen, key=lambda e: e[0]):
+            cached = real.observe(arrival, finish, prompt, output)
+            if rec is not None:
+                rec.oracle_cached = cached
+        real.finish()
+        return real
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Crash worker ``worker`` (index) at model time ``kill_at``; bring it back at ``restart_at`` (if set)."""
+
+    worker: int
+    kill_at: float
+    restart_at: float | None = None
+
+
+class LiveAgentRunner(AgentRunner):
+    """``AgentRunner`` in live time (module docstring); ``faults`` need a transport with kill/restart_worker."""
+
+    def __init__(self, scenario: Scenario, transport: Any, speedup: float = DEFAULT_SPEEDUP,
+                 plans: list[SessionPlan] | None = None, on_request: Callable[[RequestRecord], None] | None = None,
+                 until: float | None = None, faults: Sequence[Fault] = ()) -> None:
+        super().__init__(scenario, transport, plans, on_request, until)
+        self.env = LiveEnvironment(speedup)
+        self.speedup = speedup
+        self._oracle = _DeferredOracle()
+        self.result = WorkloadResult(oracle=self._oracle)
+        self.faults = list(faults)
+        self.fault_log: list[tuple[str, str, float]] = []  # (kill|restart, worker name, model time)
+
+    def _body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        return {"model": "mock-model", "messages": messages, "max_tokens": max_tokens}
+
+    def _chat_steps(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
+                    max_tokens: int, prev_full: list[int] | None
+                    ) -> Generator[simpy.Event, Any, tuple[RequestRecord, list[int] | None, str]]:
+        env = self.env
+        rec = RequestRecord(plan.index, turn, retry, float(env.now), 0)
+        body = self._body(messages, max_tokens)
+        value = yield env.call(lambda: (self.transport.chat(sid, body), env.wall_now()))
+        if isinstance(value, BaseException):
+            if not isinstance(value, TransportError):
+                raise value
+            rec.error = f"transport: {value}"
+            return rec, None, ""
+        reply, received = value
+        assert isinstance(reply, Reply)
+        n_seen = len(self._oracle.seen)
+        rec, full, content = self._parse(rec, reply, messages, prev_full)
+        if rec.ok:
+            # the worker's timeline is on its own clock: move it so that it ends when the answer came back
+            shift = received - rec.finish
+            rec.arrival, rec.start = rec.arrival + shift, rec.start + shift
+            rec.first_token, rec.finish = rec.first_token + shift, received
+            if len(self._oracle.seen) > n_seen:
+                entry = self._oracle.seen[-1]
+                entry[0], entry[1], entry[4] = rec.arrival, rec.finish, rec
+        return rec, full, content
+
+    def _fault(self, fault: Fault) -> Generator[simpy.Event, Any, None]:
+        env, tr = self.env, self.transport
+        name = tr.workers[fault.worker]
+        if fault.kill_at > env.now:
+            yield env.timeout(fault.kill_at - env.now)
+        yield env.call(lambda: tr.kill_worker(fault.worker))
+        self.fault_log.append(("kill", name, float(env.now)))
+        if fault.restart_at is not None:
+            if fault.restart_at > env.now:
+                yield env.timeout(fault.restart_at - env.now)
+            yield env.call(lambda: tr.restart_worker(fault.worker))
+            self.fault_log.append(("restart", name, float(env.now)))
+
+    def run(self) -> WorkloadResult:
+        for f in self.faults:
+            self.env.process(self._fault(f))
+        result = super().run()
+        result.oracle = self._oracle.replay()  # also fills in each record's oracle_cached
+        return result
+
+
+class LiveTransport(SessionClient):
+    """Live workers, a gateway process (mock or smg) and a session server on loopback, stopped by ``close()``."""
+
+    def __init__(self, setup: Setup, urls: list[str] | None = None, log_dir: Path | None = None) -> None:
+        from sim.transports.direct import engine_stats
+        from sim.worker.core import WorkerCore
+
+        self.setup = setup
+        self.kind = str(setup.extra.get("gateway", "mock"))
+        self.speedup = float(setup.extra.get("speedup", DEFAULT_SPEEDUP))
+        self._engine_stats = engine_stats
+        self._core_cls = WorkerCore
+        self._stack = contextlib.ExitStack()
+        self._lock = threading.Lock()
+        self.configs = worker_configs(setup.scenario)
+        self.ports = ([int(u.rsplit(":", 1)[1]) for u in urls] if urls
+                      else stable_ports(port_salt(setup), len(self.configs)))
+        self.worker_urls = urls_of(self.ports)
+        self.cores = [WorkerCore(cfg, seed=setup.seed) for cfg in self.configs]
+        self.retired: list[list[Any]] = [[] for _ in self.cores]  # cores replaced by a restart
+        self.workers = [c.name for c in self.cores]
+        self.servers: list[ThreadServer | None] = [None] * len(self.cores)
+        try:
+            for i in range(len(self.cores)):
+                self._serve(i)
+            log = (log_dir / f"gateway-{self.kind}.log") if log_dir else None
+            self.gateway: Gateway = self._stack.enter_context(
+                gateway_process(self.kind, setup.gateway_args, self.worker_urls, seed=setup.seed, log_path=log,
+                                grace=float(setup.extra.get("gateway_grace", 10.0))))
+            self.gateway_url = self.gateway.url
+            self.metrics_url = self.gateway.metrics_url
+            ss = ThreadServer(session_server_app(session_server_argv(setup, self.gateway_url)),
+                              timeout_keep_alive=KEEP_ALIVE).start()
+            self._stack.callback(ss.stop)
+            super().__init__(ss.url)
+        except BaseException:
+            self._close_servers()
+            raise
+
+    def _serve(self, i: int) -> None:
+        from sim.worker.app import create_app
+
+        server = ThreadServer(create_app(self.cores[i], speedup=self.speedup), port=self.ports[i],
+                              timeout_keep_alive=KEEP_ALIVE)
+        server.start()
+        self.servers[i] = server
+
+    def kill_worker(self, i: int) -> None:
+        """Crash worker ``i``: stop serving at once, dropping its connections."""
+        with self._lock:
+            server = self.servers[i]
+            if server is None:
+                return
+            server.server.force_exit = True
+            server.stop()
+            self.servers[i] = None
+
+    def restart_worker(self, i: int) -> None:
+        """Bring worker ``i`` back on the same URL as a fresh process would be: empty cache, same name."""
+        with self._lock:
+            if self.servers[i] is not None:
+                return
+            self.retired[i].append(self.cores[i])
+            self.cores[i] = self._core_cls(self.configs[i], seed=self.setup.seed)
+            self._serve(i)
+
+    def agent_runner(self, scenario: Scenario, on_request: Callable[[RequestRecord], None] | None = None,
+                     faults: Sequence[Fault] = ()) -> LiveAgentRunner:
+        return LiveAgentRunner(scenario, self, self.speedup, on_request=on_request, faults=faults)
+
+    def gateway_metrics(self) -> str:
+        from sim.transports.http import _get_text
+
+        return _get_text(self.metrics_url)
+
+    def worker_stats(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for i, core in enumerate(self.cores):
+            stats = [self._engine_stats(c) for c in [*self.retired[i], core]]
+            merged = dict(stats[-1])
+            merged["peak_kv_tokens"] = max(s["peak_kv_tokens"] for s in stats)
+            merged["evicted_tokens"] = sum(s["evicted_tokens"] for s in stats)
+            merged["busy_time"] = sum(s["busy_time"] for s in stats)
+            merged["restarts"] = len(self.retired[i])
+            out[core.name] = merged
+        return out
+
+    def _close_servers(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            for i, s in enumerate(self.servers):
+                if s is not None:
+                    s.stop()
+                    self.servers[i] = None
+
+    def close(self) -> None:
+        try:
+            if hasattr(self, "client"):
+                super().close()
+        finally:
+            self._close_servers()

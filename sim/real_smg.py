@@ -1,0 +1,175 @@
+"""Start a gateway process for a live-time run: the real ``smg launch`` (smg==1.13.0) or the mock, with the same flags.
+
+``gateway_process(kind, gateway_args, worker_urls, seed=...)`` is a context manager that starts the gateway on free
+loopback ports, waits until ``/readiness`` answers 200 (every worker registered), yields a ``Gateway`` (URL,
+Prometheus URL, process) and stops it by PID on exit. Both kinds get the same command line apart from the
+translation in ``smg_args``:
+
+- the testbed's extensions are refused for ``smg`` (``--policy bounded_load``, ``--assignment-mode min_kv``,
+  ``--bounded-load-*``/``--kv-*`` flags): SMG 1.13.0 has no such thing, so nothing could be compared;
+- ``--seed`` (the mock's seeded RNG) is dropped: SMG's random choices are not seedable;
+- ``LIVE_DEFAULTS`` are added unless the caller set them: fast registration (``--worker-startup-check-interval 1``;
+  the default 30 s would delay a late worker by half a minute), fast health checks and a short breaker timeout
+  (so that a killed worker is noticed and a restarted one readmitted within seconds, as in
+  smg-live-observations.md §6), and a 1 s load-monitor interval (load-aware policies see current engine loads).
+
+The real binary needs ``--host 127.0.0.1 --prometheus-host 127.0.0.1`` (both default to 0.0.0.0) and takes about
+5 s to exit after SIGTERM; runs that have read what they need may stop it sooner (``grace``), then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from sim.procs import LOOPBACK, Process, free_ports, python_module, smg_binary, spawn, wait_http
+
+GATEWAYS = ("mock", "smg")
+
+# flag -> value added when the caller did not set the flag (same for both gateways)
+LIVE_DEFAULTS: dict[str, str] = {
+    "--worker-startup-check-interval": "1",
+    "--health-check-interval-secs": "1",
+    "--health-check-timeout-secs": "1",
+    "--health-failure-threshold": "2",
+    "--health-success-threshold": "1",
+    "--cb-timeout-duration-secs": "5",
+    "--load-monitor-interval": "1",
+    "--log-level": "warn",
+}
+MOCK_ONLY_POLICIES = ("bounded_load",)
+MOCK_ONLY_MODES = ("min_kv",)
+MOCK_ONLY_FLAG_PREFIXES = ("--bounded-load-", "--kv-")
+READY_TIMEOUT = 60.0
+
+
+class GatewayFlagError(ValueError):
+    """Flags that cannot be given to the real SMG (a testbed extension)."""
+
+
+def _has(args: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def _value(args: Sequence[str], flag: str) -> str | None:
+    args = list(args)
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def without_flag(args: Sequence[str], flag: str) -> list[str]:
+    """``args`` without ``flag`` and its value (``--flag V`` or ``--flag=V``)."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if a.startswith(flag + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def with_defaults(args: Sequence[str], defaults: dict[str, str] = LIVE_DEFAULTS) -> list[str]:
+    """``args`` plus every default flag the caller did not set."""
+    out = list(args)
+    for flag, value in defaults.items():
+        if not _has(out, flag):
+            out += [flag, value]
+    return out
+
+
+def smg_args(gateway_args: Sequence[str]) -> list[str]:
+    """The policy flags as ``smg launch`` takes them (see the module docstring); raises ``GatewayFlagError``."""
+    args = without_flag(gateway_args, "--seed")
+    if (p := _value(args, "--policy")) in MOCK_ONLY_POLICIES:
+        raise GatewayFlagError(f"--policy {p} is a testbed extension; smg 1.13.0 does not have it")
+    if (m := _value(args, "--assignment-mode")) in MOCK_ONLY_MODES:
+        raise GatewayFlagError(f"--assignment-mode {m} is a testbed extension; smg 1.13.0 does not have it")
+    bad = [a for a in args if a.startswith(MOCK_ONLY_FLAG_PREFIXES)]
+    if bad:
+        raise GatewayFlagError(f"{', '.join(bad)}: testbed extensions; smg 1.13.0 does not have them")
+    return args
+
+
+def gateway_argv(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], port: int, metrics_port: int,
+                 seed: int | None = None) -> list[str]:
+    """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``) on loopback."""
+    if kind not in GATEWAYS:
+        raise ValueError(f"unknown gateway {kind!r} (one of {', '.join(GATEWAYS)})")
+    common = ["--host", LOOPBACK, "--port", str(port), "--prometheus-host", LOOPBACK,
+              "--prometheus-port", str(metrics_port), "--worker-urls", *worker_urls]
+    if kind == "smg":
+        binary = smg_binary()
+        if binary is None:
+            raise FileNotFoundError("the real gateway is not installed (pip install smg==1.13.0)")
+        return [binary, "launch", *common, *with_defaults(smg_args(gateway_args))]
+    args = list(gateway_args) if seed is None or _has(gateway_args, "--seed") else [*gateway_args, "--seed", str(seed)]
+    return python_module("mock_gateway", *common, *with_defaults(args))
+
+
+def wait_ready(url: str, workers: int, timeout: float = READY_TIMEOUT, proc: Process | None = None) -> None:
+    """Poll ``/readiness`` until it reports ``workers`` healthy workers (placements depend on the whole pool)."""
+    wait_http(f"{url}/readiness", timeout=timeout, proc=proc.popen if proc else None)
+    deadline = time.monotonic() + timeout
+    last: object = None
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and not proc.alive():
+                raise RuntimeError(f"gateway exited with {proc.popen.returncode}")
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                last = client.get(f"{url}/readiness").json()
+                if isinstance(last, dict) and last.get("healthy_workers") == workers:
+                    return
+            time.sleep(0.05)
+    raise TimeoutError(f"{url}: {workers} healthy workers not reached after {timeout}s (last: {last!r})")
+
+
+@dataclass
+class Gateway:
+    kind: str
+    url: str
+    metrics_url: str
+    process: Process
+    argv: list[str]
+
+    def log(self) -> str:
+        return self.process.log()
+
+
+@contextlib.contextmanager
+def gateway_process(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], *, seed: int | None = None,
+                    log_path: Path | None = None, grace: float = 10.0,
+                    ready_timeout: float = READY_TIMEOUT) -> Iterator[Gateway]:
+    """Start a gateway in front of running workers; stop it (SIGTERM, SIGKILL after ``grace`` s) on exit."""
+    port, metrics_port = free_ports(2)
+    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed)
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"live-{kind}-"))
+            log_path = Path(tmp) / "gateway.log"
+        proc = spawn(argv, log_path=log_path)
+        gw = Gateway(kind, f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{metrics_port}/metrics", proc, argv)
+        try:
+            wait_ready(gw.url, len(worker_urls), timeout=ready_timeout, proc=proc)
+        except (TimeoutError, RuntimeError) as e:
+            proc.stop(timeout=grace)
+            raise RuntimeError(f"{kind} gateway did not become ready: {e}\n{proc.log()[-2000:]}") from e
+        try:
+            yield gw
+        finally:
+            proc.stop(timeout=grace)
