@@ -154,6 +154,24 @@ def test_a_hot_worker_loses_its_keys_and_gets_no_new_ones():
     assert moved.branch == "repin_queue" and moved.url != first.url
 
 
+def test_a_key_with_a_large_context_stays_on_a_hot_worker():
+    def hot_setup():
+        core = make_core("--policy", "manual", "--assignment-mode", "min_kv", "--kv-repin-max-tokens", "100", workers=3)
+        first = route(core, "k", now=0, words=50)
+        route(core, "o1", now=0, words=10)
+        route(core, "o2", now=0, words=10)
+        for _ in range(2):
+            core.registry.begin(first.url, "stuck")  # k's worker keeps requests in flight, the others are idle
+        return core, first.url
+
+    core, pinned = hot_setup()
+    stay = route(core, "k", now=6, words=150)  # 150 tokens > 100: the cold prefill would cost more than it saves
+    assert (stay.url, stay.branch) == (pinned, "occupied_hit")
+    core, pinned = hot_setup()
+    moved = route(core, "k", now=6, words=90)  # the same state, a context under the cap: re-pinned
+    assert moved.branch == "repin_queue" and moved.url != pinned
+
+
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("req"), st.sampled_from(KEYS[:4]), st.integers(100, 700)),
