@@ -21,7 +21,7 @@ from sim.transports.base import Transport
 from sim.transports.pool import Setup
 from sim.workload import Scenario
 
-TRANSPORTS = ("http", "direct", "external")
+TRANSPORTS = ("http", "direct", "external", "live")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,10 @@ def open_transport(kind: str, setup: Setup, *, session_url: str | None = None, g
         from sim.transports.http import HttpTransport
 
         tr = HttpTransport(setup, list(worker_urls) if worker_urls else None)
+    elif kind == "live":  # live time, mock or real smg gateway (setup.extra: gateway, speedup; sim.live)
+        from sim.live import LiveTransport
+
+        tr = LiveTransport(setup, list(worker_urls) if worker_urls else None)
     elif kind == "external":
         from sim.transports.http import ExternalTransport
 
@@ -95,7 +99,9 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
     with open_transport(transport, setup, session_url=session_url, gateway_url=gateway_url,
                         worker_urls=worker_urls, metrics_url=metrics_url) as tr:
         t1 = time.perf_counter()
-        result = AgentRunner(setup.scenario, tr, on_request=on_request).run()
+        live = getattr(tr, "agent_runner", None)  # a live transport paces the agents against the wall clock
+        runner = live(setup.scenario, on_request) if live else AgentRunner(setup.scenario, tr, on_request=on_request)
+        result = runner.run()
         t2 = time.perf_counter()
         measures = summarize(result, list(tr.workers), tr.worker_stats(), tr.gateway_metrics())
     row: dict[str, Any] = {
@@ -108,6 +114,8 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         "seed": setup.seed,
         **measures,
     }
+    if transport == "live":
+        row["gateway"], row["speedup"] = setup.extra.get("gateway", "mock"), setup.extra.get("speedup")
     ok = [r for r in result.requests if r.ok]
     row["_meta"] = {
         "wall_seconds": time.perf_counter() - t0,
