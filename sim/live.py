@@ -317,3 +317,41 @@ class LiveTransport(SessionClient):
                 super().close()
         finally:
             self._close_servers()
+
+
+# ---- command-line options shared by run, compare and sweep -------------------------------------------------------
+
+
+def add_live_args(p: Any) -> None:
+    """``--gateway mock|smg``, ``--live`` and ``--speedup`` on an argparse parser."""
+    from sim.real_smg import GATEWAYS
+
+    p.add_argument("--gateway", choices=GATEWAYS, default="mock",
+                   help="mock: the Python mock (virtual time unless --live); smg: the real smg 1.13.0 binary, "
+                        "started with the same policy flags, in live time")
+    p.add_argument("--live", action="store_true", help="live time with the mock gateway too")
+    p.add_argument("--speedup", type=float, default=DEFAULT_SPEEDUP,
+                   help=f"live time: model seconds per wall second (default {DEFAULT_SPEEDUP:g})")
+
+
+def live_requested(args: Any) -> bool:
+    return getattr(args, "gateway", "mock") == "smg" or bool(getattr(args, "live", False))
+
+
+def live_problem(args: Any) -> str | None:
+    """Why the live options cannot be used as given (None when they can)."""
+    from sim.procs import smg_binary
+
+    if not live_requested(args):
+        return None
+    if not args.speedup > 0:
+        return "--speedup must be > 0"
+    if getattr(args, "transport", None) == "external":
+        return "--gateway smg / --live start their own servers; they do not combine with --transport external"
+    if args.gateway == "smg" and smg_binary() is None:
+        return "--gateway smg needs the real gateway (pip install smg==1.13.0)"
+    return None
+
+
+def live_setups(args: Any, setups: Sequence[Setup]) -> list[Setup]:
+    return [live_setup(s, args.gateway, args.speedup) for s in setups]

@@ -24,6 +24,7 @@ from sim.commands.common import (
     run_many,
     scenario_from_args,
 )
+from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import table, write_markdown, write_plots, write_results
 from sim.runner import PolicyConfig, make_setup, public
 from sim.workload import ScenarioError
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scenario_args(p)
     add_override_args(p)
     p.add_argument("--transport", choices=("http", "direct", "external"), default="http")
+    add_live_args(p)
     p.add_argument("--policy", default="manual", help="gateway --policy (default: manual)")
     p.add_argument("--assignment-mode", default=None,
                    help="gateway --assignment-mode (default: min_load for manual, unset otherwise)")
@@ -59,20 +61,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     if args.transport == "external" and not (args.session_url or args.gateway_url):
         return fail("--transport external needs --session-url and/or --gateway-url")
+    if problem := live_problem(args):
+        return fail(problem)
     mode = args.assignment_mode or ("min_load" if args.policy == "manual" else None)
     setup = make_setup(scenario, PolicyConfig(args.policy, mode, tuple(gateway_extra)), args.routing_key, args.seed)
-    for flag in ignored_gateway_flags([setup]):
+    transport = args.transport
+    if live_requested(args):  # --gateway smg / --live: live time (sim.live)
+        [setup], transport = live_setups(args, [setup]), "live"
+    for flag in ignored_gateway_flags([setup]) if args.gateway == "mock" else []:
         console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
     kwargs = ({"session_url": args.session_url, "gateway_url": args.gateway_url, "metrics_url": args.metrics_url}
               if args.transport == "external" else {})
     try:
-        [row] = run_many([setup], args.transport, 1, console, kwargs, show_progress=not args.json)
+        [row] = run_many([setup], transport, 1, console, kwargs, show_progress=not args.json)
     except (ValueError, SystemExit) as e:  # bad gateway flags end in argparse's SystemExit
         return fail(f"the gateway refused its flags {list(setup.gateway_args)}: {e}")
+    except RuntimeError as e:  # a live gateway process that did not come up
+        return fail(str(e))
+    where = f"live {args.gateway}, x{args.speedup:g}" if transport == "live" else transport
     if args.json:
         print(json.dumps(public(row), indent=1))
     else:
-        console.print(table([row], title=f"{scenario.name} ({args.transport}): {setup.label}"))
+        console.print(table([row], title=f"{scenario.name} ({where}): {setup.label}"))
         for e in row["_meta"]["errors"][:5]:
             console.print(f"  [yellow]error:[/yellow] {e}")
     if args.out:
