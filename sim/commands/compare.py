@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sim.commands.common import add_scenario_args, console_for, default_jobs, fail, run_many, scenario_from_args
+from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import findings, table, write_markdown, write_plots, write_results
 from sim.runner import COMPARE_POLICIES, make_setup
 from sim.workload import ScenarioError
@@ -26,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_scenario_args(p)
     p.add_argument("--transport", choices=("http", "direct"), default="http",
                    help="http: real servers on loopback (default); direct: the same cores in-process")
+    add_live_args(p)
     p.add_argument("--out", default=None, help="output directory (default: results/compare-<scenario>)")
-    p.add_argument("--jobs", type=int, default=None, help="runs in parallel processes (default: CPU count, max 8)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs in parallel processes (default: CPU count, max 8; live time: 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
@@ -41,15 +44,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     if args.jobs is not None and args.jobs < 1:
         return fail("--jobs must be >= 1")
+    if problem := live_problem(args):
+        return fail(problem)
     out = Path(args.out or f"results/compare-{scenario.name}")
     setups = [make_setup(scenario, pc, key, args.seed) for pc in COMPARE_POLICIES for key in (True, False)]
+    transport, jobs = args.transport, args.jobs or default_jobs()
+    if live_requested(args):  # --gateway smg / --live: live time, one run at a time (sim.live)
+        setups, transport, jobs = live_setups(args, setups), "live", args.jobs or 1
     console.print(f"compare: scenario [bold]{scenario.name}[/bold], {len(setups)} runs over "
-                  f"[bold]{args.transport}[/bold], seed {setups[0].seed}")
+                  f"[bold]{transport}[/bold]" + (f" ({args.gateway}, x{args.speedup:g})" if transport == "live" else "")
+                  + f", seed {setups[0].seed}")
     t0 = time.perf_counter()
-    rows = run_many(setups, args.transport, args.jobs or default_jobs(), console)
+    try:
+        rows = run_many(setups, transport, jobs, console)
+    except RuntimeError as e:  # a live gateway process that did not come up
+        return fail(str(e))
     wall = time.perf_counter() - t0
     console.print(table(rows, title=f"{scenario.name}: {rows[0]['sessions']} sessions, "
-                                    f"{scenario.workers} workers ({args.transport})"))
+                                    f"{scenario.workers} workers ({transport})"))
     for f in findings(rows):
         console.print(f"  - {f}")
     results = write_results(out, scenario.to_dict(), rows)

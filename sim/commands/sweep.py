@@ -32,6 +32,7 @@ from sim.commands.common import (
     run_many,
     scenario_from_args,
 )
+from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.runner import PolicyConfig, make_setup, public
 from sim.transports.pool import Setup
 from sim.workload import ScenarioError, parse_capacity
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scenario_args(p)
     p.add_argument("--transport", choices=("direct", "http"), default="direct",
                    help="direct: cores in-process (default, fast); http: real servers")
+    add_live_args(p)
     p.add_argument("--policy", nargs="+", default=["manual"], help="gateway policies (default: manual)")
     p.add_argument("--assignment-mode", nargs="+", default=["random", "min_load", "min_group"],
                    help="manual's assignment modes (default: random min_load min_group)")
@@ -115,20 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = console_for()
     if args.jobs is not None and args.jobs < 1:
         return fail("--jobs must be >= 1")
+    if problem := live_problem(args):
+        return fail(problem)
     try:
         setups = grid_setups(args)
     except (ScenarioError, ValueError) as e:
         return fail(str(e))
-    for flag in ignored_gateway_flags(setups):
+    transport, jobs = args.transport, args.jobs or default_jobs()
+    if live_requested(args):  # --gateway smg / --live: live time, one run at a time (sim.live)
+        setups, transport, jobs = live_setups(args, setups), "live", args.jobs or 1
+    for flag in ignored_gateway_flags(setups) if args.gateway == "mock" else []:
         console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
     base = setups[0].scenario
     out = Path(args.out or f"results/sweep-{base.name}")
-    console.print(f"sweep: scenario [bold]{base.name}[/bold], {len(setups)} configurations over {args.transport}")
+    console.print(f"sweep: scenario [bold]{base.name}[/bold], {len(setups)} configurations over {transport}")
     t0 = time.perf_counter()
     try:
-        rows = run_many(setups, args.transport, args.jobs or default_jobs(), console)
+        rows = run_many(setups, transport, jobs, console)
     except SystemExit as e:  # the gateway's argument parser refused a --grid flag
         return fail(f"the gateway refused a --grid flag ({e})")
+    except (ValueError, RuntimeError) as e:  # live: flags smg lacks, or a gateway process that did not come up
+        return fail(str(e))
     flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as f:
@@ -137,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         w.writerows(flat)
     runs = [{**public(r), "workers_count": s.scenario.workers, "kv_capacity_tokens": s.scenario.kv_capacity_tokens,
              "sessions_configured": s.scenario.sessions} for s, r in zip(setups, rows, strict=True)]
-    doc = {"scenario": base.to_dict(), "transport": args.transport, "runs": runs}
+    doc = {"scenario": base.to_dict(), "transport": transport, "runs": runs}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
     from rich.table import Table
 
