@@ -76,10 +76,11 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
     oracle = runs[0]["oracle_reuse"]
     out.append(f"The oracle (one infinite cache seeing every request) reuses {oracle:.1%} of prompt tokens; "
                "no routing can do better on this workload.")
-    best = max(runs, key=lambda r: r["kv_reuse"])
-    out.append(f"Best reuse: {config_name(best)} with the key {'on' if best['routing_key'] else 'off'}, "
-               f"{best['kv_reuse']:.1%} ({best['kv_reuse'] / oracle:.1%} of the oracle)." if oracle else
-               f"Best reuse: {config_name(best)}.")
+    best = max(r["kv_reuse"] for r in runs)
+    tops = [f"{config_name(r)} key {'on' if r['routing_key'] else 'off'}" for r in runs
+            if r["kv_reuse"] >= best - 5e-4]
+    out.append(f"Best reuse: {best:.1%}" + (f" ({best / oracle:.1%} of the oracle)" if oracle else "")
+               + f", reached by {', '.join(tops)}.")
     rr = _find(runs, "round_robin", None, True) or _find(runs, "round_robin", None, False)
     for mode in ("min_load", "random", "min_group"):
         on, off = _find(runs, "manual", mode, True), _find(runs, "manual", mode, False)
