@@ -62,9 +62,8 @@ def gateway_branches(metrics_text: str) -> dict[str, dict[str, int]]:
 def worker_table(records: list[RequestRecord], workers: list[str],
                  stats: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     names = list(workers)
-    for r in records:
-        if r.ok and r.worker is not None and r.worker not in names:
-            names.append(r.worker)
+    seen = {r.worker for r in records if r.ok and r.worker is not None} - set(names)
+    names += sorted(seen, key=lambda n: (len(n), n))  # workers known only from answers (external): w2 < w10
     rows = {n: {"name": n, "requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "prefill_tokens": 0,
                 "output_tokens": 0} for n in names}
     for r in records:
