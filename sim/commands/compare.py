@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         rows = run_many(setups, transport, jobs, console)
-    except RuntimeError as e:  # a live gateway process that did not come up
+    except (RuntimeError, OSError) as e:  # a live gateway process that did not come up, a port or server failure
         return fail(str(e))
     wall = time.perf_counter() - t0
     console.print(table(rows, title=f"{scenario.name}: {rows[0]['sessions']} sessions, "

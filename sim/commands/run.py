@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [row] = run_many([setup], transport, 1, console, kwargs, show_progress=not args.json)
     except (ValueError, SystemExit) as e:  # bad gateway flags end in argparse's SystemExit
         return fail(f"the gateway refused its flags {list(setup.gateway_args)}: {e}")
-    except RuntimeError as e:  # a live gateway process that did not come up
+    except (RuntimeError, OSError) as e:  # a live gateway process that did not come up, a port or server failure
         return fail(str(e))
     where = f"live {args.gateway}, x{args.speedup:g}" if transport == "live" else transport
     if args.json:
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_markdown(out, scenario.to_dict(), [row], write_plots(out, [row]), command="smg-testbed run")
         if not args.json:
             console.print(f"wrote {out}/results.json, report.md and plots")
-    return 0
+    return 1 if row["errors"] and not row["requests"] else 0  # nothing got through: say so in the exit status
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run_many(setups, transport, jobs, console)
     except SystemExit as e:  # the gateway's argument parser refused a --grid flag
         return fail(f"the gateway refused a --grid flag ({e})")
-    except (ValueError, RuntimeError) as e:  # live: flags smg lacks, or a gateway process that did not come up
+    except (ValueError, RuntimeError, OSError) as e:  # live: flags smg lacks, a gateway that did not come up
         return fail(str(e))
     flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
