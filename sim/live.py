@@ -199,8 +199,8 @@ class LiveAgentRunner(AgentRunner):
         name = tr.workers[fault.worker]
         if fault.kill_at > env.now:
             yield env.timeout(fault.kill_at - env.now)
+        self.fault_log.append(("kill", name, float(env.now)))  # requests sent from now on may find it gone
         yield env.call(lambda: tr.kill_worker(fault.worker))
-        self.fault_log.append(("kill", name, float(env.now)))
         if fault.restart_at is not None:
             if fault.restart_at > env.now:
                 yield env.timeout(fault.restart_at - env.now)
@@ -263,12 +263,12 @@ class LiveTransport(SessionClient):
         self.servers[i] = server
 
     def kill_worker(self, i: int) -> None:
-        """Crash worker ``i``: stop serving at once, dropping its connections."""
+        """Crash worker ``i``: stop accepting connections and close idle ones at once (answers already in
+        progress still complete: a uvicorn shutdown, quieter than cancelling them)."""
         with self._lock:
             server = self.servers[i]
             if server is None:
                 return
-            server.server.force_exit = True
             server.stop()
             self.servers[i] = None
 
