@@ -43,6 +43,9 @@ from sim.transports.pool import worker_urls as urls_of
 from sim.workload import Scenario, SessionPlan
 
 DEFAULT_SPEEDUP = 10.0
+# smg 1.13.0 takes ~5 s to exit after SIGTERM even when idle; a run has read what it needs by then, so after
+# this many seconds it gets SIGKILL (nothing of it persists)
+GATEWAY_GRACE = 2.0
 KEEP_ALIVE = 75  # uvicorn's 5 s default races httpx's 5 s pool expiry (see mock_gateway/cli.py)
 
 
@@ -243,7 +246,7 @@ class LiveTransport(SessionClient):
             log = (log_dir / f"gateway-{self.kind}.log") if log_dir else None
             self.gateway: Gateway = self._stack.enter_context(
                 gateway_process(self.kind, setup.gateway_args, self.worker_urls, seed=setup.seed, log_path=log,
-                                grace=float(setup.extra.get("gateway_grace", 10.0))))
+                                grace=float(setup.extra.get("gateway_grace", GATEWAY_GRACE))))
             self.gateway_url = self.gateway.url
             self.metrics_url = self.gateway.metrics_url
             ss = ThreadServer(session_server_app(session_server_argv(setup, self.gateway_url)),
