@@ -37,6 +37,12 @@ Scenario TOML (every table and key optional; built-ins live in ``sim/scenarios/*
     tool_output_tokens = { dist = "lognormal", median = 500, sigma = 1.0, min = 8 }
     tool_latency = { dist = "lognormal", median = 2.0, sigma = 1.0 }
     think_time = 0.0                 # a bare number is a constant
+
+    [[faults]]                       # optional, any number: see ``sim.faults`` (virtual seconds)
+    kind = "dead"                    # dead (worker, start, end) | slow (worker?, factor, start?, end?)
+    worker = 1                       # | error_rate (worker?, rate: upstream 5xx share)
+    start = 20.0                     # | rollback_rate (worker?, rate: 400 "rollback failed" share
+    end = 60.0                       #   of requests that carry input_ids)
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.faults import FaultError, FaultSpec, parse_faults
 from sim.tokenizer import GENERATION_PROMPT, synth_text
 
 ARRIVAL_PATTERNS = ("rollout", "poisson", "concurrency")
@@ -203,8 +210,14 @@ class Scenario:
     tool_output_tokens: Dist = field(default_factory=lambda: Dist("lognormal", median=500, sigma=1.0, min=8))
     tool_latency: Dist = field(default_factory=lambda: Dist("lognormal", median=2.0, sigma=1.0))
     think_time: Dist = field(default_factory=lambda: Dist("constant", value=0.0))
+    # faults (sim.faults): dead / slow workers, upstream 5xx and "rollback failed" rates, in virtual time
+    faults: tuple[FaultSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "faults", parse_faults(self.faults, self.workers))
+        except FaultError as e:
+            raise ScenarioError(str(e)) from e
         for k in ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "think_time"):
             object.__setattr__(self, k, Dist.parse(getattr(self, k), k))
         if self.workers < 1:
@@ -243,6 +256,8 @@ class Scenario:
             v = getattr(self, f.name)
             if isinstance(v, Dist):
                 v = v.to_dict()
+            elif f.name == "faults":
+                v = [x.to_dict() for x in v]
             elif isinstance(v, tuple):
                 v = list(v)
             out[f.name] = v
