@@ -6,7 +6,9 @@ Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/generate`` (strea
 
 Time: a body with ``sim_time`` puts the request on the virtual clock (DESIGN.md): the core's clock
 moves to it, due load polls are fetched with ``?sim_time=`` before routing, and the request stays in
-flight until the worker's ``x-sim-finish``. Otherwise the wall clock (seconds since start) is used,
+flight until the worker's ``x-sim-finish``; health rounds are due every ``--health-check-interval-secs``
+of virtual time and run in the request that reaches them (``GatewayCore.due_health``). Otherwise the
+wall clock (seconds since start) is used,
 in-flight ends with the response, and a background ticker runs the timers and load polls.
 """
 
@@ -87,7 +89,7 @@ class Gateway:
             )
         self.spawn(self.register(cfg.worker_urls))
         if not cfg.disable_health_check:
-            self.spawn(health.health_loop(self.core, self.client, self.now))
+            self.spawn(health.health_loop(self.core, self.client, self.now, lambda: self.mode != "virtual"))
         self.spawn(load_monitor.live_loop(self.core, self.client, self.live_now, lambda: self.mode == "live"))
 
     def spawn(self, coro) -> None:
@@ -169,6 +171,11 @@ class Gateway:
         if urls:
             assert self.client is not None
             await load_monitor.poll(core, self.client, urls, core.clock, virtual=virtual)
+        if virtual:  # health rounds on the virtual clock (sim.faults docstring)
+            urls = core.due_health(core.clock)
+            if urls:
+                assert self.client is not None
+                await health.probe_round(core, self.client, urls, core.clock)
         rid = upstream.request_id(raw_headers, endpoint)
         attempts = cfg.max_attempts
         last: Response | None = None

@@ -28,6 +28,8 @@ when omitted the core's clock is used)::
     core.breaker_tick(now: float) -> None      # open breakers half-open after --cb-timeout-duration-secs
                                                # (advance() calls it; breaker times are on the same clock)
     core.health_result(url: str, ok: bool, now: float) -> None          # one health probe's result
+    core.due_health(now: float) -> list[str]   # virtual time: URLs to probe now if a health round is due
+                                               # (every --health-check-interval-secs; marks it done)
     core.route(endpoint, headers, body, now) -> tuple[Decision, Ticket | None]
                                                # advance + select + begin, for the direct transport
                                                # (poll due_polls() and record_load() before it)
@@ -185,6 +187,7 @@ class GatewayCore:
         self.policy = policy
         self.clock = now
         self._next_poll: float | None = None
+        self._next_health: float | None = None  # virtual-time health rounds (due_health)
         self._ids = itertools.count(1)
         self._pending: list[tuple[float, int, Ticket]] = []  # released when the clock passes virtual finish
         self.inflight: dict[int, Ticket] = {}
@@ -211,6 +214,8 @@ class GatewayCore:
         self.policy.on_worker_added(w)
         if self._next_poll is None:
             self._next_poll = now  # the monitor's first tick fires when the group is created
+        if self._next_health is None:
+            self._next_health = now + cfg.health_check_interval_secs  # the checker's first round, one interval on
         m = self.metrics
         m.worker_health.labels(worker=url).set(1)
         m.worker_active.labels(worker=url).set(0)
@@ -253,6 +258,16 @@ class GatewayCore:
             return []
         self._next_poll = now + max(self.config.load_monitor_interval, 1e-9)
         return [w.url for w in self.registry if w.ready]
+
+    def due_health(self, now: float) -> list[str]:
+        """Virtual time: every worker's URL if a health round is due at ``now`` (then the next is one
+        ``--health-check-interval-secs`` later), else []. Rounds missed between two requests collapse into
+        one, as load polls do; the caller probes each URL and reports with ``health_result``."""
+        cfg = self.config
+        if cfg.disable_health_check or self._next_health is None or now < self._next_health:
+            return []
+        self._next_health = now + max(cfg.health_check_interval_secs, 1e-9)
+        return self.registry.urls()
 
     def poll_due(self, now: float) -> bool:
         return self._next_poll is not None and now >= self._next_poll and len(self.registry) > 0 and self.polls_loads

@@ -71,21 +71,34 @@ async def register_workers(
             await asyncio.sleep(interval)
 
 
-async def health_loop(core: GatewayCore, client: httpx.AsyncClient, clock: Callable[[], float]) -> None:
-    """Probe every worker's ``--health-check-endpoint`` each ``--health-check-interval-secs``."""
+async def probe_round(
+    core: GatewayCore, client: httpx.AsyncClient, urls: list[str], now: float | Callable[[], float]
+) -> None:
+    """Probe ``urls``' ``--health-check-endpoint`` concurrently; record the results at ``now`` (a time, or
+    a clock read once the probes are back)."""
+    cfg = core.config
+
+    async def probe(u: str) -> bool:
+        try:
+            r = await client.get(f"{u}{cfg.health_check_endpoint}", timeout=cfg.health_check_timeout_secs)
+            return r.is_success
+        except httpx.HTTPError:
+            return False
+
+    results = await asyncio.gather(*(probe(u) for u in urls))
+    t = now() if callable(now) else now
+    for u, ok in zip(urls, results, strict=True):
+        core.health_result(u, ok, t)
+
+
+async def health_loop(
+    core: GatewayCore, client: httpx.AsyncClient, clock: Callable[[], float], active: Callable[[], bool] = lambda: True
+) -> None:
+    """Probe every worker's ``--health-check-endpoint`` each ``--health-check-interval-secs`` of wall time,
+    while ``active()`` (off in virtual time: there ``GatewayCore.due_health`` drives the rounds)."""
     cfg = core.config
     while True:
         await asyncio.sleep(max(cfg.health_check_interval_secs, 0.05))
-        urls = core.registry.urls()
-
-        async def probe(u: str) -> bool:
-            try:
-                r = await client.get(f"{u}{cfg.health_check_endpoint}", timeout=cfg.health_check_timeout_secs)
-                return r.is_success
-            except httpx.HTTPError:
-                return False
-
-        results = await asyncio.gather(*(probe(u) for u in urls))
-        now = clock()
-        for u, ok in zip(urls, results, strict=True):
-            core.health_result(u, ok, now)
+        if not active():
+            continue
+        await probe_round(core, client, core.registry.urls(), clock)
