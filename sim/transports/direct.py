@@ -5,7 +5,8 @@ sim.worker.app) so that, for a seed, ``direct`` and ``http`` give identical resu
 core runs each turn with a synchronous upstream; the upstream is the gateway core (advance the
 virtual clock, take due load polls from the worker cores, select, count in flight, forward,
 record the outcome, keep the request in flight until the worker's virtual finish); the worker
-core answers with its modelled timeline. Bodies are copied where an adapter would have
+core answers with its modelled timeline. A worker marked dead (``sim.faults``) fails its attempts, load
+polls and health probes as a refused connection does in ``http``. Bodies are copied where an adapter would have
 re-serialized them, so no core can see another's objects.
 """
 
@@ -43,6 +44,7 @@ class DirectGateway:
         self.config = parse_args(argv)
         self.core = GatewayCore(self.config, now=0.0)
         self.workers = workers
+        self.dead: set[str] = set()  # workers whose server is down (sim.faults): attempts, polls, probes fail
         for url, w in workers.items():  # registration: all ready in the first round, in the given order
             self.core.add_worker(url, w.model_name)
 
@@ -58,29 +60,49 @@ class DirectGateway:
         now = sim_t if sim_t is not None else core.clock
         core.advance(now)
         for url in core.due_polls(core.clock):  # load polls answered by the worker cores at the virtual time
-            core.record_load(url, self.workers[url].loads(core.clock), core.clock)
+            core.record_load(url, None if url in self.dead else self.workers[url].loads(core.clock), core.clock)
+        if sim_t is not None:  # health rounds on the virtual clock, as the app probes them (sim.faults)
+            for url in core.due_health(core.clock):
+                core.health_result(url, url not in self.dead and self.workers[url].health()[0] < 300, core.clock)
         core.breaker_tick(core.clock)
         resp: UpstreamResponse | None = None
+        failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
+        m = core.metrics
         for attempt in range(cfg.max_attempts):
-            d = core.select(endpoint, headers, body, now=core.clock, attempt=attempt)
+            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt)
             if d.url is None:
                 if resp is not None:
                     break
-                err = {"error": {"message": d.message, "type": "invalid_request_error", "param": None,
-                                 "code": d.error_code}}
+                err = {"error": {"message": d.message, "type": "server_error" if d.status == 503
+                                 else "invalid_request_error", "param": d.param, "code": d.error_code}}
                 return UpstreamResponse(d.status, {"content-type": "application/json"}, data=err)
             ticket = core.begin(d)
-            payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
-            reply = self.workers[d.url].infer(endpoint, payload)
-            vf = vtime.finish_time(reply.headers) if sim_t is not None else None
-            resp = UpstreamResponse(reply.status, dict(reply.headers), data=reply.body)
-            core.finish(ticket, virtual_finish=vf)
-            if reply.status in upstream.RETRYABLE_STATUSES:
-                if reply.status not in upstream.BREAKER_NEUTRAL:
-                    core.record_outcome(d.url, False, core.clock)
-                continue
-            core.record_outcome(d.url, reply.status < 500, core.clock)
-            break
+            if d.url in self.dead:  # connection refused, as the app's httpx send fails
+                core.finish(ticket)
+                core.record_outcome(d.url, False, core.clock)
+                m.worker_errors.labels(worker_type="regular", connection_mode="http", error_type="backend_error").inc()
+                err = {"error": {"message": f"Failed to call upstream {d.url}: connection refused",
+                                 "type": "server_error", "param": None, "code": "call_upstream_connection_failed"}}
+                resp = UpstreamResponse(500, {"content-type": "application/json"}, data=err)
+                retryable = True
+            else:
+                payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
+                reply = self.workers[d.url].infer(endpoint, payload)
+                vf = vtime.finish_time(reply.headers) if sim_t is not None else None
+                resp = UpstreamResponse(reply.status, dict(reply.headers), data=reply.body)
+                core.finish(ticket, virtual_finish=vf)
+                retryable = reply.status in upstream.RETRYABLE_STATUSES
+                if retryable:
+                    if reply.status not in upstream.BREAKER_NEUTRAL:
+                        core.record_outcome(d.url, False, core.clock)
+                else:
+                    core.record_outcome(d.url, reply.status < 500, core.clock)
+            failed.append(d.url)
+            if not retryable or attempt + 1 >= cfg.max_attempts:
+                break
+            m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
+        if cfg.max_attempts > 1:
+            m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()  # as the app counts it
         assert resp is not None
         return resp
 
@@ -99,6 +121,8 @@ class DirectTransport:
         self.workers = [c.name for c in self.worker_cores.values()]
         self.gateway = DirectGateway(gateway_argv(setup, urls), self.worker_cores)
         self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed)
+        self.session_core = self.session
+        self._urls = list(self.worker_cores)
 
     @staticmethod
     def _reply(result: Any) -> Reply:
@@ -138,6 +162,13 @@ class DirectTransport:
 
     def gateway_metrics(self) -> str:
         return self.gateway.metrics_text()
+
+    # sim.faults.FaultTarget
+    def fault_cores(self) -> list[WorkerCore]:
+        return list(self.worker_cores.values())
+
+    def set_worker_dead(self, index: int, dead: bool) -> None:
+        (self.gateway.dead.add if dead else self.gateway.dead.discard)(self._urls[index])
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {c.name: engine_stats(c) for c in self.worker_cores.values()}

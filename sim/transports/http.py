@@ -6,6 +6,8 @@ the mock gateway from its ``smg launch``-style flags, and the session server fro
 (``--no-routing-key`` for the arm without the header). ``close()`` stops all of them. Worker URLs
 come from ``sim.transports.pool.stable_ports`` so that a run repeats exactly (the gateway hashes them).
 
+A dead worker (``sim.faults``) is a stopped worker server, started again on the same port when it recovers.
+
 ``ExternalTransport`` talks to servers somebody else started: a session server URL, or a gateway URL
 (then a local session server is started in front of it), or both.
 """
@@ -107,15 +109,20 @@ class HttpTransport(SessionClient):
                  else stable_ports(port_salt(setup), len(configs)))
         self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
         self.workers = [c.name for c in self.worker_cores]
+        self._worker_app = worker_app
+        self._worker_servers: list[ThreadServer] = []
+        self.session_core: Any = None
         try:
             for core, port in zip(self.worker_cores, ports, strict=True):
-                self._start(worker_app(core), port)
+                self._worker_servers.append(self._start(worker_app(core), port))
             self.worker_urls = urls_of(ports)
             metrics_port = free_port()
             self.metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
             gw = self._start(gateway_app(gateway_argv(setup, self.worker_urls), metrics_port))
             self.gateway_url = gw.url
-            ss = self._start(session_server_app(session_server_argv(setup, gw.url)))
+            ss_app = session_server_app(session_server_argv(setup, gw.url))
+            self.session_core = ss_app.state.core
+            ss = self._start(ss_app)
             super().__init__(ss.url)
         except BaseException:
             self._stop_all()
@@ -134,6 +141,19 @@ class HttpTransport(SessionClient):
 
     def gateway_metrics(self) -> str:
         return _get_text(self.metrics_url)
+
+    # sim.faults.FaultTarget
+    def fault_cores(self) -> list[Any]:
+        return list(self.worker_cores)
+
+    def set_worker_dead(self, index: int, dead: bool) -> None:
+        """Stop the worker's server (its port then refuses connections) or start it again on the same port."""
+        old = self._worker_servers[index]
+        if dead:
+            old.stop()
+            self.servers.remove(old)
+        else:
+            self._worker_servers[index] = self._start(self._worker_app(self.worker_cores[index]), old.port)
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {c.name: self._engine_stats(c) for c in self.worker_cores}
