@@ -28,6 +28,7 @@ Public API (``SessionCore``)::
     core.upstream_headers(sid, client_headers) -> dict         # client headers minus hop-by-hop + the routing key
     core.prepare_turn(sid, body: bytes | Mapping, client_headers, now) -> TurnPlan    # raises SessionError (4xx)
     core.retry_request(plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None  # the rollback retry
+    core.rollback_retries -> int                               # rollback retries sent so far
     core.commit_turn(plan: TurnPlan, resp: UpstreamResponse, now: float) -> TurnResult
     core.run_turn(sid, body, client_headers, upstream: Callable[[UpstreamRequest], UpstreamResponse],
                   now: float) -> TurnResult                    # the whole turn, synchronously (direct transport)
@@ -336,6 +337,7 @@ class SessionCore:
         self.instance_id = instance_id or uuid.uuid4().hex
         self._rng = random.Random(session_id_seed) if session_id_seed is not None else None
         self.sessions: dict[str, Session] = {}
+        self.rollback_retries = 0  # upstream "rollback failed" answers retried without input_ids
 
     # --- store ---------------------------------------------------------------------------------
 
@@ -569,6 +571,7 @@ class SessionCore:
         body = {k: v for k, v in plan.sent_body.items() if k != "input_ids"}
         plan.sent_body = body
         plan.attempts += 1
+        self.rollback_retries += 1
         plan.request = UpstreamRequest(
             method="POST", path=plan.request.path, headers=plan.request.headers, json=body, query=plan.request.query
         )
