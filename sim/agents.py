@@ -46,6 +46,7 @@ class RequestRecord:
     eligible_tokens: int = 0  # tokens the session's previous request made reusable (shared prefix, < prompt)
     oracle_cached: int = 0
     error: str | None = None
+    response: Any = field(default=None, repr=False, compare=False)  # the answer body, kept with ``keep_log``
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,39 @@ class SessionOutcome:
     start: float = 0.0
     end: float = 0.0
     error: str | None = None
+    # with ``AgentRunner(keep_log=True)``: the agent's own log of its successful turns, as the session
+    # server should hold them (a planned retry replaces the turn before it), and the records it held
+    log: list[TurnLog] = field(default_factory=list)
+    records: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class TurnLog:
+    """One successful turn as the agent saw it: what it sent and what it got back."""
+
+    turn: int
+    retry: bool
+    sim_time: float
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    response: Any
+
+
+def compare_records(log: list[TurnLog], records: list[dict[str, Any]]) -> list[str]:
+    """Differences between an agent's log and a session's records (empty: nothing lost, nothing duplicated,
+    same request and response for each committed turn, in order)."""
+    out = []
+    if len(log) != len(records):
+        out.append(f"{len(records)} records for {len(log)} logged turns")
+    for i, (t, r) in enumerate(zip(log, records, strict=False)):
+        req = r.get("request") or {}
+        if req.get("messages") != t.messages:
+            out.append(f"record {i}: request messages differ from turn {t.turn}")
+        if req.get(vtime.SIM_TIME_FIELD) != t.sim_time or req.get("max_tokens") != t.max_tokens:
+            out.append(f"record {i}: sim_time/max_tokens differ from turn {t.turn}")
+        if r.get("response") != t.response:
+            out.append(f"record {i}: response differs from turn {t.turn}")
+    return out
 
 
 @dataclass
@@ -111,8 +145,10 @@ class AgentRunner:
     """Runs every planned session of a scenario through a transport in one SimPy environment."""
 
     def __init__(self, scenario: Scenario, transport: Transport, plans: list[SessionPlan] | None = None,
-                 on_request: Callable[[RequestRecord], None] | None = None, until: float | None = None) -> None:
+                 on_request: Callable[[RequestRecord], None] | None = None, until: float | None = None,
+                 keep_log: bool = False) -> None:
         self.scenario = scenario
+        self.keep_log = keep_log
         self.transport = transport
         self.plans = plans if plans is not None else plan_sessions(scenario)
         self.on_request = on_request
@@ -153,6 +189,8 @@ class AgentRunner:
             rec.error = _error_text(reply)
             return rec, None, ""
         data = reply.body
+        if self.keep_log:
+            rec.response = data
         try:
             sim = data[vtime.SIM_RESPONSE_FIELD]
             choice = data["choices"][0]
@@ -214,6 +252,8 @@ class AgentRunner:
             if not rec.ok:
                 out.error = f"turn {k}: {rec.error}"
                 break
+            if self.keep_log:
+                out.log.append(TurnLog(k, False, rec.sent, messages, turn.output_tokens, rec.response))
             if rec.finish > env.now:
                 yield env.timeout(rec.finish - env.now)
             prev_full = full
@@ -225,6 +265,8 @@ class AgentRunner:
                 if not rec.ok:
                     out.error = f"turn {k} retry: {rec.error}"
                     break
+                if self.keep_log:  # the session server rolls the dropped answer back: this turn replaces it
+                    out.log[-1:] = [TurnLog(k, True, rec.sent, messages, turn.retry_output_tokens, rec.response)]
                 if rec.finish > env.now:
                     yield env.timeout(rec.finish - env.now)
                 prev_full = full
@@ -243,6 +285,8 @@ class AgentRunner:
             view = tr.get_session(sid)
             if view.ok and isinstance(view.body, dict) and isinstance(view.body.get("records"), list):
                 out.records_seen = len(view.body["records"])
+                if self.keep_log:
+                    out.records = view.body["records"]
                 if out.error is None and out.records_seen != out.turns_done:
                     out.error = f"session server holds {out.records_seen} records for {out.turns_done} turns"
             elif out.error is None:

@@ -14,6 +14,11 @@
 - ``imbalance``: max / mean of per-worker ``prefill_tokens`` (the dominant work of agent traffic);
   ``imbalance_requests`` the same over request counts.
 - ``errors``: failed requests plus sessions that failed outside a request (create, records, delete).
+- Faults (``sim.faults``): ``failed_turns`` (requests the agent got no answer for), ``gateway_retries``
+  (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
+  retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (``occupied_miss`` branches:
+  a key moved off its unavailable worker), ``worker_changes`` (consecutive successful requests of a
+  session on different workers). ``retries`` counts the agents' planned re-asks.
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ def gateway_branches(metrics_text: str) -> dict[str, dict[str, int]]:
     return {p: dict(sorted(b.items())) for p, b in sorted(out.items())}
 
 
+def metric_total(metrics_text: str, name: str) -> int:
+    """The sum of a counter's ``<name>_total`` samples over all labels (0 when absent)."""
+    total = 0.0
+    if metrics_text:
+        for fam in text_string_to_metric_families(metrics_text):
+            for s in fam.samples:
+                if s.name == f"{name}_total":
+                    total += s.value
+    return int(total)
+
+
 def worker_table(records: list[RequestRecord], workers: list[str],
                  stats: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     names = list(workers)
@@ -84,7 +100,8 @@ def worker_table(records: list[RequestRecord], workers: list[str],
 
 
 def summarize(result: WorkloadResult, workers: list[str],
-              worker_stats: Mapping[str, Mapping[str, Any]] | None = None, metrics_text: str = "") -> dict[str, Any]:
+              worker_stats: Mapping[str, Mapping[str, Any]] | None = None, metrics_text: str = "",
+              rollback_retries: int | None = None) -> dict[str, Any]:
     """All measures of one run as a flat dict (plus ``workers`` and ``gateway_branches``)."""
     reqs = result.requests
     ok = [r for r in reqs if r.ok]
@@ -103,6 +120,7 @@ def summarize(result: WorkloadResult, workers: list[str],
             follow += 1
             same += int(prev == r.worker)
         last_worker[r.session] = r.worker
+    branches = gateway_branches(metrics_text)
     table = worker_table(reqs, workers, worker_stats)
     n_workers = max(len(table), 1)
     prefill_per = [w["prefill_tokens"] for w in table]
@@ -141,7 +159,12 @@ def summarize(result: WorkloadResult, workers: list[str],
         "sessions": len(result.sessions),
         "failed_sessions": failed_sessions,
         "errors": request_errors + session_only_errors,
-        "gateway_branches": gateway_branches(metrics_text),
+        "failed_turns": request_errors,
+        "gateway_retries": metric_total(metrics_text, "smg_worker_retries"),
+        "rollback_retries": rollback_retries,
+        "re_pins": sum(b.get("occupied_miss", 0) for b in branches.values()),
+        "worker_changes": follow - same,
+        "gateway_branches": branches,
         "workers": table,
     }
     return out

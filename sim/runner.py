@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sim.agents import AgentRunner, RequestRecord
+from sim.faults import with_faults
 from sim.measures import summarize
 from sim.transports.base import Transport
 from sim.transports.pool import Setup
@@ -99,11 +100,15 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
     with open_transport(transport, setup, session_url=session_url, gateway_url=gateway_url,
                         worker_urls=worker_urls, metrics_url=metrics_url) as tr:
         t1 = time.perf_counter()
+        if setup.scenario.faults and transport in ("http", "direct"):
+            tr = with_faults(tr, setup.scenario.faults)
         live = getattr(tr, "agent_runner", None)  # a live transport paces the agents against the wall clock
         runner = live(setup.scenario, on_request) if live else AgentRunner(setup.scenario, tr, on_request=on_request)
         result = runner.run()
         t2 = time.perf_counter()
-        measures = summarize(result, list(tr.workers), tr.worker_stats(), tr.gateway_metrics())
+        ss = getattr(tr, "session_core", None)
+        measures = summarize(result, list(tr.workers), tr.worker_stats(), tr.gateway_metrics(),
+                             rollback_retries=getattr(ss, "rollback_retries", None))
     row: dict[str, Any] = {
         "label": setup.label,
         "policy": setup.extra.get("policy", _flag(setup.gateway_args, "--policy")),
