@@ -701,6 +701,9 @@ def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
     except (TypeError, ValueError, IndexError):
         raise UpstreamResponseError("malformed output_token_logprobs entries (want [logprob, token_id, ...])") from None
     prompt = choice.get("prompt_token_ids")
-    if not isinstance(prompt, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    if not isinstance(prompt, list) or not (
+        set(map(type, prompt)) <= {int}  # the JSON case, checked in C; else the exact per-item check
+        or all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
         raise UpstreamResponseError("upstream response lacks choices[0].prompt_token_ids (a list of ints)")
     return choice, [*prompt, *output]

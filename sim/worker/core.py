@@ -45,6 +45,7 @@ being ``<|im_end|>`` (finish_reason ``"stop"``, as with ``ignore_eos``); absent,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from collections.abc import Mapping
@@ -144,13 +145,26 @@ def _bool_field(body: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _token_ids(value: Any, param: str) -> list[int]:
+def _token_ids(value: Any, param: str) -> np.ndarray:
+    """A non-empty list of ids in [0, MAX_TOKEN_ID] as an int64 array (in-process callers may pass one)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu" and len(value):
+        if int(value.min()) < 0 or int(value.max()) > MAX_TOKEN_ID:
+            raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
+        return value.astype(np.int64, copy=False)
     if not isinstance(value, list) or not value:
         raise BadRequest(f"{param} must be a non-empty list of token ids (batches are not supported)", param=param)
+    if set(map(type, value)) == {int}:  # the JSON case, checked in C; anything else takes the exact loop below
+        try:
+            arr = np.fromiter(value, dtype=np.int64, count=len(value))
+        except OverflowError:
+            arr = None
+        if arr is not None and int(arr.min()) >= 0 and int(arr.max()) <= MAX_TOKEN_ID:
+            return arr
+        raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
     for t in value:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
-    return value
+    return np.array(value, dtype=np.int64)
 
 
 def _messages(value: Any) -> list[Mapping[str, Any]]:
@@ -176,7 +190,7 @@ def _text(value: Any, param: str) -> str:
 @dataclass(frozen=True)
 class _Parsed:
     route: str
-    prompt_ids: list[int]
+    prompt_ids: np.ndarray  # int64
     max_tokens: int
     stream: bool
     include_usage: bool
@@ -427,7 +441,7 @@ class WorkerCore:
                 raise BadRequest("sampling_params must be an object", param="sampling_params")
             max_tokens = _int_field(sp, "max_new_tokens", 1, where="sampling_params")
             logprobs = _bool_field(body, "return_logprob")
-        if not prompt_ids:
+        if not len(prompt_ids):
             raise BadRequest("the prompt has no tokens", param="prompt")
         if max_tokens is None:
             max_tokens = self.default_max_tokens
@@ -446,7 +460,7 @@ class WorkerCore:
         rid = body.get("rid")
         return _Parsed(
             route=route,
-            prompt_ids=list(prompt_ids),
+            prompt_ids=np.asarray(prompt_ids, dtype=np.int64),
             max_tokens=max_tokens,
             stream=stream,
             include_usage=include_usage,
@@ -521,6 +535,11 @@ def _logprobs(rseed: int, n: int) -> list[float]:
     return [round(-float(x), 6) for x in rng.exponential(0.3, size=n)]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _utf8(tok: str) -> bytes:
+    return tok.encode()
+
+
 def _token_text(tid: int, word: str | None) -> str:
     return word if word is not None else "<|im_end|>"
 
@@ -572,11 +591,15 @@ class _Answer:
         }
 
     def _openai_logprobs(self) -> dict[str, Any]:
-        content = []
-        for i, (lp, tid) in enumerate(zip(self.lps, self.output_ids, strict=True)):
-            tok = _token_text(tid, self.words[i] if i < len(self.words) else None)
-            content.append({"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []})
-        return {"content": content}
+        n = len(self.output_ids)
+        assert len(self.lps) == n
+        toks = self.words[:n] + [_token_text(0, None)] * (n - len(self.words))
+        return {
+            "content": [
+                {"token": tok, "logprob": lp, "bytes": list(_utf8(tok)), "top_logprobs": []}
+                for tok, lp in zip(toks, self.lps, strict=True)
+            ]
+        }
 
     def body(self) -> dict[str, Any]:
         r, core = self.req, self.core
@@ -595,7 +618,7 @@ class _Answer:
                 "matched_stop": tokenizer.IM_END,
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = list(r.prompt_ids)
+                choice["prompt_token_ids"] = r.prompt_ids.tolist()
             choice["meta_info"] = self.meta_info()
             out = {
                 "id": self.id,
@@ -615,7 +638,7 @@ class _Answer:
                 "meta_info": self.meta_info(),
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = list(r.prompt_ids)
+                choice["prompt_token_ids"] = r.prompt_ids.tolist()
             out = {
                 "id": self.id,
                 "object": "text_completion",
@@ -692,7 +715,7 @@ class _Answer:
             if last:
                 choice["matched_stop"] = tokenizer.IM_END
                 if r.return_prompt_token_ids:
-                    choice["prompt_token_ids"] = list(r.prompt_ids)
+                    choice["prompt_token_ids"] = r.prompt_ids.tolist()
                 choice["meta_info"] = self.meta_info()
             events.append({**base, "choices": [choice]})
             times.append(self._time_of(end))
