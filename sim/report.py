@@ -25,6 +25,20 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "requests", "{}"),
     ("errors", "errors", "{}"),
 )
+# shown when some run had faults at work (sim.faults; sim.measures names them)
+FAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("failed_turns", "failed turns", "{}"),
+    ("gateway_retries", "gw retries", "{}"),
+    ("rollback_retries", "rollback retries", "{}"),
+    ("re_pins", "re-pins", "{}"),
+)
+
+
+def columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """``COLUMNS``, plus ``FAULT_COLUMNS`` when any run failed a turn, retried or re-pinned a key."""
+    if any(row.get(k) for row in runs for k, _, _ in FAULT_COLUMNS):
+        return COLUMNS + FAULT_COLUMNS
+    return COLUMNS
 
 
 def config_name(row: dict[str, Any]) -> str:
@@ -45,18 +59,20 @@ def table(runs: list[dict[str, Any]], title: str = "") -> Table:
     t = Table(title=title or None, show_lines=False)
     t.add_column("policy", no_wrap=True)
     t.add_column("key", justify="center")
-    for _, header, _ in COLUMNS:
+    cols = columns(runs)
+    for _, header, _ in cols:
         t.add_column(header, justify="right")
     for row in runs:
-        t.add_row(config_name(row), "on" if row["routing_key"] else "off", *[_fmt(row, k, f) for k, _, f in COLUMNS])
+        t.add_row(config_name(row), "on" if row["routing_key"] else "off", *[_fmt(row, k, f) for k, _, f in cols])
     return t
 
 
 def markdown_table(runs: list[dict[str, Any]]) -> str:
-    headers = ["policy", "key", *[h for _, h, _ in COLUMNS]]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS)) + "|"]
+    cols = columns(runs)
+    headers = ["policy", "key", *[h for _, h, _ in cols]]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|"]
     for row in runs:
-        cells = [config_name(row), "on" if row["routing_key"] else "off", *[_fmt(row, k, f) for k, _, f in COLUMNS]]
+        cells = [config_name(row), "on" if row["routing_key"] else "off", *[_fmt(row, k, f) for k, _, f in cols]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
