@@ -18,7 +18,9 @@
   (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
   retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (``occupied_miss`` branches:
   a key moved off its unavailable worker), ``worker_changes`` (consecutive successful requests of a
-  session on different workers). ``retries`` counts the agents' planned re-asks.
+  session on different workers), ``record_mismatches`` (sessions whose records differ from the agent's
+  own log of successful turns: lost, duplicated or changed; None unless the agents kept logs, as they
+  do in fault runs). ``retries`` counts the agents' planned re-asks.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from sim.agents import RequestRecord, WorkloadResult
+from sim.agents import RequestRecord, WorkloadResult, compare_records
 
 BRANCH_SUFFIX = "_policy_branch"
 
@@ -121,6 +123,8 @@ def summarize(result: WorkloadResult, workers: list[str],
             same += int(prev == r.worker)
         last_worker[r.session] = r.worker
     branches = gateway_branches(metrics_text)
+    read = [s for s in result.sessions if s.records is not None]  # agents that kept a log (keep_log)
+    mismatches = sum(1 for s in read if compare_records(s.log, s.records or [])) if read else None
     table = worker_table(reqs, workers, worker_stats)
     n_workers = max(len(table), 1)
     prefill_per = [w["prefill_tokens"] for w in table]
@@ -164,6 +168,7 @@ def summarize(result: WorkloadResult, workers: list[str],
         "rollback_retries": rollback_retries,
         "re_pins": sum(b.get("occupied_miss", 0) for b in branches.values()),
         "worker_changes": follow - same,
+        "record_mismatches": mismatches,
         "gateway_branches": branches,
         "workers": table,
     }

@@ -31,6 +31,7 @@ FAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("gateway_retries", "gw retries", "{}"),
     ("rollback_retries", "rollback retries", "{}"),
     ("re_pins", "re-pins", "{}"),
+    ("record_mismatches", "record mismatches", "{}"),
 )
 
 

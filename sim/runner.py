@@ -101,10 +101,14 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
     with open_transport(transport, setup, session_url=session_url, gateway_url=gateway_url,
                         worker_urls=worker_urls, metrics_url=metrics_url) as tr:
         t1 = time.perf_counter()
-        if setup.scenario.faults and transport in ("http", "direct"):
-            tr = with_faults(tr, setup.scenario.faults)
+        faults = setup.scenario.faults
+        if faults:  # virtual-time faults (sim.faults); the agents then check their records against their own log
+            if transport not in ("http", "direct"):
+                raise ValueError(f"scenario faults need the http or direct transport, not {transport!r}")
+            tr = with_faults(tr, faults)
         live = getattr(tr, "agent_runner", None)  # a live transport paces the agents against the wall clock
-        runner = live(setup.scenario, on_request) if live else AgentRunner(setup.scenario, tr, on_request=on_request)
+        runner = (live(setup.scenario, on_request) if live
+                  else AgentRunner(setup.scenario, tr, on_request=on_request, keep_log=bool(faults)))
         with _few_gc_passes():
             result = runner.run()
         t2 = time.perf_counter()

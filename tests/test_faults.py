@@ -128,6 +128,7 @@ def test_http_and_direct_give_the_same_results_and_gateway_reactions_under_fault
     a, b = rows["direct"], rows["http"]
     assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {"transport": ("direct", "http")}
     assert a["re_pins"] > 0 and a["gateway_retries"] > 0 and a["rollback_retries"] > 0
+    assert a["record_mismatches"] == 0  # the agents of a fault run check their records against their logs
     names = ("smg_worker_health_checks_total", "smg_worker_cb_transitions_total", "smg_worker_retries_total",
              "smg_manual_policy_branch_total", "smg_worker_cb_outcomes_total")
     direct, http = counters(texts["direct"], *names), counters(texts["http"], *names)
@@ -236,5 +237,15 @@ def test_the_report_table_shows_fault_columns_only_when_faults_were_at_work():
     assert "re-pins" not in markdown_table([row])
     text = markdown_table([row, {**row, "failed_turns": 2, "gateway_retries": 7, "rollback_retries": 3, "re_pins": 4}])
     header, _, _, faulty = text.splitlines()[:4]
-    assert header.endswith("| failed turns | gw retries | rollback retries | re-pins |")
-    assert faulty.endswith("| 2 | 7 | 3 | 4 |")
+    assert header.endswith("| failed turns | gw retries | rollback retries | re-pins | record mismatches |")
+    assert faulty.endswith("| 2 | 7 | 3 | 4 | - |")
+
+
+def test_record_mismatches_counts_the_sessions_whose_records_differ_from_their_log():
+    result, m, _ = run_logged(tiny({"kind": "error_rate", "rate": 0.1}), "direct")
+    assert m["record_mismatches"] == 0
+    a, b = result.sessions[0], result.sessions[1]
+    assert a.records and b.records
+    a.records = a.records[:-1]  # one lost
+    b.records = [*b.records, b.records[-1]]  # one duplicated
+    assert summarize(result, ["w0", "w1", "w2"])["record_mismatches"] == 2
