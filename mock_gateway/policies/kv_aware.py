@@ -8,19 +8,23 @@ is re-pinned when
 
 - ``repin_kv``: its worker's working set (the other live keys plus this key's new context) would exceed
   the worker's KV capacity, and another worker can take the key with ``--kv-repin-headroom`` of its
-  capacity to spare; or
+  capacity to spare, or, when every worker is that full, with a projected working set at most
+  ``1 - headroom`` times the key's own worker's (its LRU thrashes less; on an over-full worker the key's
+  KV is likely evicted already, so the move costs little); or
 - ``repin_queue``: its worker is *hot*: the worker's in-flight requests per live key, smoothed in time
-  (``--kv-load-smoothing-secs``), is at least ``--kv-repin-queue-ratio`` times the median over the available
-  workers (and it holds at least ``--kv-hot-min-keys`` live keys). Tool and think time are the same
-  everywhere, so by Little's law a slow or queueing worker keeps its sessions in flight for a larger share of
-  their time whatever the number of keys it holds. The target is a worker that is not hot. Only keys whose
-  context is at most ``--kv-repin-max-tokens`` move (a move is a cold prefill of the whole context: caught
-  early, a session off a slow worker costs little; late, the move itself would be the tail latency). New keys are not
-  placed on a hot worker either (a slow worker's sessions grow slowly, so it would otherwise look KV-light).
+  (``--kv-load-smoothing-secs``; measured only while the worker holds ``--kv-hot-min-keys`` live keys, else
+  the last estimate is kept), is at least ``--kv-repin-queue-ratio`` times the median over the available
+  workers and ``HOT_MIN_GAP`` above it (no worker is hot in the first quarter of the smoothing window).
+  Tool and think time are the same everywhere, so by Little's law a slow or queueing worker keeps its
+  sessions in flight for a larger share of their time whatever the number of keys it holds. The target is
+  a worker that is not hot. Only keys whose context is at most ``--kv-repin-max-tokens`` move (a move is a
+  cold prefill of the whole context: caught early, a session leaves a slow worker cheaply; late, the move
+  itself would be the tail latency). New keys are not placed on a hot worker either (a slow worker's
+  sessions grow slowly, so it would otherwise look KV-light).
 
 Hysteresis: the target conditions are strictly inside the trigger conditions (a target is never itself
-triggering: it has ``--kv-repin-headroom`` of its KV capacity to spare, or it is not hot), and a key re-pinned
-once is not re-pinned again for ``--kv-repin-cooldown-secs``.
+triggering: it has ``--kv-repin-headroom`` of its KV capacity to spare or is that much lighter than the
+source, or it is not hot), and a key re-pinned once is not re-pinned again for ``--kv-repin-cooldown-secs``.
 
 Capacity per worker: ``--kv-capacity-tokens`` if given, else the sum of ``max_total_num_tokens`` over the
 ranks of the worker's last polled ``/v1/loads``; unknown capacity disables the KV trigger for that worker.
@@ -45,6 +49,7 @@ from mock_gateway.workers import Worker
 from sim.tokenizer import encode
 
 NEG_INF = float("-inf")
+HOT_MIN_GAP = 0.2  # a hot worker's busy share exceeds the median's by at least this much (absolute)
 
 
 def context_tokens(body: Mapping[str, Any], text: str, tokens: list[int] | None = None) -> int:
@@ -149,6 +154,7 @@ class KvAwarePolicy(ManualPolicy):
         self.repinned_at: dict[str, float] = {}
         self.smoothed: dict[str, tuple[float, float]] = {}  # url -> (smoothed in-flight per live key, at)
         self.since: float | None = None  # first observation: the smoothing window grows to tau from here
+        self.clock = 0.0  # time of the last observation
 
     # -- measures --------------------------------------------------------------------------------
     def capacity(self, w: Worker) -> int | None:
@@ -170,6 +176,7 @@ class KvAwarePolicy(ManualPolicy):
         tau = cfg.kv_load_smoothing_secs
         if self.since is None:
             self.since = now
+        self.clock = max(self.clock, now)
         for w in workers:
             prev = self.smoothed.get(w.url)
             b = self.busy(w)
@@ -187,14 +194,14 @@ class KvAwarePolicy(ManualPolicy):
         return s[0] if s is not None else self.busy(w)
 
     def hot(self, workers: list[Worker]) -> set[str]:
-        """Workers whose smoothed ``busy`` is positive and at least ``--kv-repin-queue-ratio`` times the (lower)
-        median over ``workers``."""
+        """Workers whose smoothed ``busy`` is at least ``--kv-repin-queue-ratio`` times the (lower) median over
+        ``workers`` and above it by ``HOT_MIN_GAP``; none before a quarter of the smoothing window has passed."""
         cfg = self.ctx.config
-        if len(workers) < 2:
-            return set()
+        if len(workers) < 2 or self.since is None or self.clock - self.since < cfg.kv_load_smoothing_secs / 4:
+            return set()  # warm-up: a quarter of the smoothing window before any worker is called hot
         p = {w.url: self.pressure(w) for w in workers}
         ref = sorted(p.values())[(len(p) - 1) // 2]
-        return {u for u, v in p.items() if v > 0 and v >= cfg.kv_repin_queue_ratio * ref}
+        return {u for u, v in p.items() if v >= cfg.kv_repin_queue_ratio * ref and v - ref >= HOT_MIN_GAP}
 
     def assign(self, workers: list[Worker], mode: str | None = None) -> Worker:
         """``min_kv``: the smallest projected working set among the workers that are not hot (ties: in-flight)."""
@@ -215,8 +222,12 @@ class KvAwarePolicy(ManualPolicy):
             return None
         others = [w for w in workers if w.url != pinned.url]
         cap = self.capacity(pinned)
-        if cap is not None and self.kv.working_set(pinned.url) - self.kv.own(key, pinned.url) + ctx > cap:
+        projected = self.kv.working_set(pinned.url) - self.kv.own(key, pinned.url) + ctx
+        if cap is not None and projected > cap:
             fits = [w for w in others if self.has_room(w, key, ctx)]
+            if not fits:  # everyone is full: a much lighter worker still thrashes less (the key's KV is likely gone)
+                keep = (1.0 - cfg.kv_repin_headroom) * projected
+                fits = [w for w in others if self.kv.working_set(w.url) - self.kv.own(key, w.url) + ctx <= keep]
             if fits:
                 return self._best(fits, key), "repin_kv"
         hot = self.hot(workers)
