@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from mock_gateway import health, load_monitor, upstream
 from mock_gateway.config import GatewayConfig
 from mock_gateway.core import Decision, GatewayCore
-from sim import vtime
+from sim import fastjson, vtime
 
 log = logging.getLogger("mock_gateway")
 ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/generate": "generate"}
@@ -154,7 +154,7 @@ class Gateway:
         if "json" not in request.headers.get("content-type", ""):
             return error(400, "json_parse_error", "Missing Content-Type: application/json header")
         try:
-            body = json.loads(raw)
+            body = fastjson.loads(raw)
         except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: deep nesting
             return error(400, "invalid_json", f"JSON syntax error: Failed to parse the request body as JSON: {e}")
         raw_headers = {k.lower(): v for k, v in request.headers.items()}  # latin-1 decoded by the server
@@ -217,7 +217,7 @@ class Gateway:
         core, cfg, m = self.core, self.config, self.core.metrics
         assert self.client is not None and d.url is not None
         ticket = core.begin(d)
-        payload = json.dumps(upstream.with_defaults(endpoint, body)).encode()
+        payload = fastjson.dumps(upstream.with_defaults(endpoint, body), ensure_ascii=True)
         req = self.client.build_request(
             "POST", f"{d.url}{path}", content=payload, headers=upstream.forward_headers(headers, cfg.api_key)
         )

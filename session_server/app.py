@@ -34,6 +34,7 @@ from session_server.core import (
     UpstreamResponse,
     response_headers,
 )
+from sim import fastjson
 
 
 class AsyncUpstream(Protocol):
@@ -46,7 +47,7 @@ class AsyncUpstream(Protocol):
 
 def _dumps(data: object) -> bytes:
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return fastjson.dumps(data)
     except UnicodeEncodeError:  # lone surrogates (valid JSON escapes, not UTF-8): keep them as \u escapes
         return json.dumps(data, separators=(",", ":")).encode()
 

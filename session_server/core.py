@@ -68,6 +68,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim import fastjson
 from sim import tokenizer as tok
 from sim.vtime import request_time
 
@@ -219,7 +220,7 @@ class UpstreamResponse:
         if not self.content:
             return None
         try:
-            return json.loads(self.content)
+            return fastjson.loads(self.content)
         except (ValueError, UnicodeDecodeError):
             return None
 
@@ -463,7 +464,7 @@ class SessionCore:
         if not body.strip():
             return {}
         try:
-            parsed = json.loads(body)
+            parsed = fastjson.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequestError(f"invalid JSON body: {e}") from None
         except RecursionError:

@@ -14,11 +14,11 @@ A dead worker (``sim.faults``) is a stopped worker server, started again on the 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
+from sim import fastjson
 from sim.procs import LOOPBACK, ThreadServer, free_port
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import Setup, gateway_argv, port_salt, session_server_argv, stable_ports, worker_configs
@@ -28,7 +28,7 @@ CLIENT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return fastjson.dumps(obj)
 
 
 class SessionClient:
@@ -47,7 +47,7 @@ class SessionClient:
         data: Any = {}
         if r.content:
             try:
-                data = json.loads(r.content)
+                data = fastjson.loads(r.content)
             except ValueError:
                 data = {"error": r.text[:500]}
         return Reply(r.status_code, data)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sim import vtime
+from sim import fastjson, vtime
 from sim.procs import ThreadServer
 from sim.worker.core import Reply, WorkerCore, error_body
 
@@ -39,7 +38,7 @@ DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return fastjson.dumps(obj)
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -120,7 +119,7 @@ def create_app(
         if not raw.strip():
             raise _BadBody(400, "request body is empty; expected a JSON object")
         try:
-            return json.loads(raw)
+            return fastjson.loads(raw)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
             raise _BadBody(400, f"malformed JSON body: {e}") from None
 
