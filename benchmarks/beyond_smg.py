@@ -177,7 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fresh and (out / "runs.json").exists():
         (out / "runs.json").unlink()
     runs = run(args.scenario, args.seeds, args.jobs, out)
-    md = [f"# Beyond SMG: results (seeds {' '.join(map(str, args.seeds))}, mean over seeds)", ""]
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    md = [f"# Beyond SMG: results (seeds {' '.join(map(str, args.seeds))}, mean over seeds; tree at {head})", "",
+          "Regenerate: `.venv/bin/python benchmarks/beyond_smg.py --scenario "
+          f"{' '.join(args.scenario)} --seeds {' '.join(map(str, args.seeds))} --out {args.out} --fresh`", ""]
     for name in args.scenario:
         rows = summarize(runs, name)
         plot(rows, name, out / f"{name}.png")
