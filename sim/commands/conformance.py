@@ -66,6 +66,9 @@ def run_side(setup: Setup, gateway: str, speedup: float, urls: list[str], faults
     s = live_setup(setup, gateway, speedup)
     s = Setup(s.scenario, s.gateway_args, s.routing_key, s.seed, s.label, {**s.extra, "gateway_grace": grace})
     t0 = time.perf_counter()
+    if log_dir is not None:  # one directory per run, so that no gateway log overwrites another
+        log_dir = log_dir / "logs" / "".join(c if c.isalnum() else "_" for c in f"{setup.label} {len(faults)}")
+        log_dir.mkdir(parents=True, exist_ok=True)
     tr = LiveTransport(s, urls, log_dir=log_dir)
     try:
         runner = tr.agent_runner(s.scenario, faults=faults)
