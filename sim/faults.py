@@ -72,45 +72,45 @@ class FaultSpec:
             f = spec
         else:
             if not isinstance(spec, Mapping):
-                raise FaultError(f"[[faults]]: expected a table, got {spec!r}")
+                raise FaultError(f"faults: expected a table, got {spec!r}")
             spec = dict(spec)
             kind = spec.pop("kind", None)
             if kind not in FAULT_KINDS:
-                raise FaultError(f"[[faults]]: kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+                raise FaultError(f"faults: kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
             allowed = {"worker", "start", "end"} | ({"factor"} if kind == "slow" else set()) | (
                 {"rate"} if kind in ("error_rate", "rollback_rate") else set())
             unknown = set(spec) - allowed
             if unknown:
-                raise FaultError(f"[[faults]] {kind}: unknown keys {sorted(unknown)} (known: {sorted(allowed)})")
+                raise FaultError(f"faults: {kind}: unknown keys {sorted(unknown)} (known: {sorted(allowed)})")
             kw: dict[str, Any] = {"kind": kind}
             w = spec.get("worker")
             if w is not None:
                 if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-                    raise FaultError(f"[[faults]] {kind}: worker must be a worker index >= 0, got {w!r}")
+                    raise FaultError(f"faults: {kind}: worker must be a worker index >= 0, got {w!r}")
                 kw["worker"] = w
             for k in ("start", "end", "factor", "rate"):
                 if k in spec:
                     v = spec[k]
                     if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-                        raise FaultError(f"[[faults]] {kind}: {k} must be a number, got {v!r}")
+                        raise FaultError(f"faults: {kind}: {k} must be a number, got {v!r}")
                     kw[k] = float(v)
             if kind == "dead" and kw.get("worker") is None:
-                raise FaultError("[[faults]] dead: needs a worker index")
+                raise FaultError("faults: dead: needs a worker index")
             if kind == "slow" and "factor" not in kw:
-                raise FaultError("[[faults]] slow: needs a factor")
+                raise FaultError("faults: slow: needs a factor")
             if kind in ("error_rate", "rollback_rate") and "rate" not in kw:
-                raise FaultError(f"[[faults]] {kind}: needs a rate")
+                raise FaultError(f"faults: {kind}: needs a rate")
             f = cls(**kw)
         if not 0.0 <= f.start < f.end:
-            raise FaultError(f"[[faults]] {f.kind}: needs 0 <= start < end")
+            raise FaultError(f"faults: {f.kind}: needs 0 <= start < end")
         if f.kind == "dead" and math.isinf(f.end):
-            raise FaultError("[[faults]] dead: needs an end (a worker dead for good is a smaller pool)")
+            raise FaultError("faults: dead: needs an end (a worker dead for good is a smaller pool)")
         if f.kind == "slow" and not (f.factor > 0 and math.isfinite(f.factor)):
-            raise FaultError("[[faults]] slow: factor must be a finite number > 0")
+            raise FaultError("faults: slow: factor must be a finite number > 0")
         if not 0.0 <= f.rate <= 1.0:
-            raise FaultError(f"[[faults]] {f.kind}: rate must be within [0, 1]")
+            raise FaultError(f"faults: {f.kind}: rate must be within [0, 1]")
         if workers is not None and f.worker is not None and f.worker >= workers:
-            raise FaultError(f"[[faults]] {f.kind}: worker {f.worker} does not exist ({workers} workers)")
+            raise FaultError(f"faults: {f.kind}: worker {f.worker} does not exist ({workers} workers)")
         return f
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def parse_faults(value: Any, workers: int | None = None) -> tuple[FaultSpec, ...
     if isinstance(value, Mapping):
         value = [value]
     if not isinstance(value, Sequence) or isinstance(value, str):
-        raise FaultError("faults must be a list of tables ([[faults]])")
+        raise FaultError("faults must be a list of tables (TOML: an array of tables named faults)")
     return tuple(FaultSpec.parse(v, workers) for v in value)
 
 

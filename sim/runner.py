@@ -104,7 +104,7 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         faults = setup.scenario.faults
         if faults:  # virtual-time faults (sim.faults); the agents then check their records against their own log
             if transport not in ("http", "direct"):
-                raise ValueError(f"scenario faults need the http or direct transport, not {transport!r}")
+                raise RuntimeError(f"scenario faults need the http or direct transport, not {transport!r}")
             tr = with_faults(tr, faults)
         live = getattr(tr, "agent_runner", None)  # a live transport paces the agents against the wall clock
         runner = (live(setup.scenario, on_request) if live
