@@ -27,7 +27,10 @@ function of the virtual time (``FaultPlan.state(i, t)``); ``FaultInjector`` appl
 before each request, at the request's ``sim_time``: rates and factors go to the worker cores'
 ``Faults`` (``sim.worker.core``), dead workers to ``transport.set_worker_dead(index, dead)`` (http:
 the worker's uvicorn server is stopped and later restarted on the same port; direct: the in-process
-gateway answers that worker's attempts, polls and probes as a connection failure). Which requests
+gateway answers that worker's attempts, polls and probes as a connection failure); it comes back with
+an empty radix cache, as a restarted SGLang does (the flush is skipped if the model still has requests
+in flight: answers are given at arrival in virtual time, so requests admitted before the death are
+served whole). Which requests
 fail is drawn by each worker's own fault RNG (seeded from the pool seed and the worker name), so a
 run is deterministic for a seed and identical in ``http`` and ``direct``.
 
@@ -193,6 +196,8 @@ class FaultInjector:
             if st == old:
                 continue
             if st.dead != old.dead:
+                if not st.dead:  # a restarted worker starts with an empty cache (unless requests are in flight)
+                    core.flush_cache(t)
                 self.target.set_worker_dead(i, st.dead)
             core.faults = dataclasses.replace(core.faults, slowdown=st.slowdown, fail_rate=st.fail_rate,
                                               rollback_fail_rate=st.rollback_fail_rate)

@@ -150,6 +150,8 @@ def test_a_dead_interval_re_pins_keys_and_they_move_back_after_recovery():
     moved = {r.session for r in ok if r.session in on_w1 and 4.0 <= r.sent < 10.0 and r.worker != "w1"}
     back = {r.session for r in ok if r.session in on_w1 and r.sent >= 10.0 and r.worker == "w1"}
     assert moved and back
+    first_back = min((r for r in ok if r.worker == "w1" and r.sent >= 10.0), key=lambda r: r.sent)
+    assert first_back.cached_tokens == 0  # restarted with an empty cache
     assert m["re_pins"] >= 1 and m["failed_turns"] == 0
     assert m["gateway_retries"] >= len(moved)  # each key first tried its dead worker, then was retried
     health = counters(metrics, "smg_worker_health_checks_total")
