@@ -89,7 +89,9 @@ class Gateway:
             )
         self.spawn(self.register(cfg.worker_urls))
         if not cfg.disable_health_check:
-            self.spawn(health.health_loop(self.core, self.client, self.now, lambda: self.mode != "virtual"))
+            # wall-clock rounds once the first inference request showed live time: before it the mode is
+            # unknown, and a virtual-time run must not see a probe the direct transport cannot repeat
+            self.spawn(health.health_loop(self.core, self.client, self.now, lambda: self.mode == "live"))
         self.spawn(load_monitor.live_loop(self.core, self.client, self.live_now, lambda: self.mode == "live"))
 
     def spawn(self, coro) -> None:
