@@ -251,3 +251,22 @@ def test_record_mismatches_counts_the_sessions_whose_records_differ_from_their_l
     a.records = a.records[:-1]  # one lost
     b.records = [*b.records, b.records[-1]]  # one duplicated
     assert summarize(result, ["w0", "w1", "w2"])["record_mismatches"] == 2
+
+
+@given(st.lists(st.floats(0, 30), min_size=1, max_size=30), st.floats(0.5, 10))
+def test_virtual_health_rounds_fall_due_once_per_interval_of_the_requests_clock(times, interval):
+    from mock_gateway.testing import make_core
+
+    core = make_core("--health-check-interval-secs", str(interval), workers=2)
+    rounds, last = [], None
+    for t in sorted(times):
+        urls = core.due_health(t)
+        if urls:
+            assert urls == core.registry.urls()
+            assert t >= interval and (last is None or t >= last + interval)
+            rounds.append(t)
+            last = t
+        else:
+            assert t < interval if last is None else t < last + interval
+    off = make_core("--health-check-interval-secs", str(interval), "--disable-health-check", workers=2)
+    assert all(off.due_health(t) == [] for t in sorted(times))
