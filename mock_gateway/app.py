@@ -193,14 +193,16 @@ class Gateway:
                 return result
             last, retryable = result
             failed.append(d.url)
-            if not retryable or attempt + 1 >= attempts:
+            if not retryable:
+                break
+            if attempt + 1 >= attempts:  # still failing after the last allowed attempt
+                if attempts > 1:
+                    m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
                 break
             m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
             delay = upstream.backoff(attempt + 1, cfg, self.jitter)
             m.retry_backoff.labels(attempt=str(attempt + 1)).observe(delay)
             await asyncio.sleep(delay)
-        if attempts > 1:
-            m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
         assert last is not None
         return last
 

@@ -133,6 +133,18 @@ def test_retryable_status_reruns_selection(pool):
             r = post(client, chat())
             assert r.status_code == 200 and r.headers["x-smg-routed-worker-id"] != urls[0]
         assert sample(core, "smg_worker_retries_total", worker_type="regular", endpoint="chat") >= 1
+        # every request found a healthy worker in time: no retry budget ran out
+        assert sample(core, "smg_worker_retries_exhausted_total", worker_type="regular", endpoint="chat") == 0
+
+
+def test_retries_exhausted_counts_only_requests_that_ran_out_of_attempts(pool):
+    urls, states = pool
+    for state in states:
+        state["status"] = 503
+    with gateway(urls, "--policy", "round_robin", "--retry-max-retries", "2") as (client, core):
+        assert post(client, chat()).status_code == 503
+        assert sample(core, "smg_worker_retries_exhausted_total", worker_type="regular", endpoint="chat") == 1
+        assert sample(core, "smg_worker_retries_total", worker_type="regular", endpoint="chat") == 1
 
 
 def test_connection_refused_is_retried_then_breaker_opens_and_disable_retries_gives_500(pool):

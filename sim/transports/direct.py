@@ -98,11 +98,13 @@ class DirectGateway:
                 else:
                     core.record_outcome(d.url, reply.status < 500, core.clock)
             failed.append(d.url)
-            if not retryable or attempt + 1 >= cfg.max_attempts:
+            if not retryable:
+                break
+            if attempt + 1 >= cfg.max_attempts:  # still failing after the last allowed attempt, as the app counts it
+                if cfg.max_attempts > 1:
+                    m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
                 break
             m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
-        if cfg.max_attempts > 1:
-            m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()  # as the app counts it
         assert resp is not None
         return resp
 
