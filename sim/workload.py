@@ -280,7 +280,8 @@ class Scenario:
                       "tool_latency": "tool_latency", "think_time": "think_time"},
         }
         for table, keys in tables.items():
-            if table in data and isinstance(data[table], Mapping):
+            if table in data and isinstance(data[table], Mapping) and "dist" not in data[table]:
+                # (a flat ``to_dict()`` mapping has a ``turns`` distribution, which carries ``dist``)
                 sub = dict(data.pop(table))
                 for k, v in sub.items():
                     if k not in keys:

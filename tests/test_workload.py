@@ -127,3 +127,9 @@ def test_distributions_respect_bounds(spec, seed):
     hi = spec.get("max", spec.get("high", max(spec.get("values", [np.inf]))))
     assert x.min() >= lo and x.max() <= hi
     assert Dist.parse(d.to_dict()) == d
+
+
+@pytest.mark.parametrize("name", ["default", "kv-pressure", "hot-worker", "large", "faults"])
+def test_a_scenario_round_trips_through_its_flat_dict(name):
+    s = load_scenario(name)
+    assert Scenario.from_dict(s.to_dict(), name=s.name) == s
