@@ -120,8 +120,9 @@ def test_failure_comparison_fails_when_keys_stay_away_or_never_move():
 @pytest.mark.real_smg
 @pytest.mark.skipif(smg_binary() is None, reason="smg 1.13.0 not installed")
 def test_small_conformance_run_against_the_real_smg(tmp_path):
-    code = conformance.main(["--sessions", "6", "--speedup", "20", "--policies", "consistent_hashing",
-                             "manual/min_load", "--failure-speedup", "5", "--out", str(tmp_path)])
+    code = conformance.main(["--sessions", "6", "--speedup", "30", "--policies", "consistent_hashing",
+                             "manual/min_load", "--failure-speedup", "8", "--kill-at", "1", "--restart-at", "2.5",
+                             "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "conformance.json").read_text())
     md = (tmp_path / "conformance.md").read_text()
     problems = [(p["comparison"]["policy"], c) for p in doc["policies"] for c in p["comparison"]["checks"]

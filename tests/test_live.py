@@ -130,7 +130,7 @@ def test_gateway_command_lines_are_loopback_and_carry_the_same_policy():
 
 
 def test_live_run_behind_the_mock_gateway():
-    setup = live_setup(make_setup(SMALL, PolicyConfig("manual", "min_group"), True), "mock", 20.0)
+    setup = live_setup(make_setup(SMALL, PolicyConfig("manual", "min_group"), True), "mock", 40.0)
     tr = LiveTransport(setup)
     bodies = []
     try:
@@ -165,7 +165,7 @@ def test_live_run_behind_the_mock_gateway():
 
 
 def test_a_crashed_worker_refuses_connections_and_comes_back_empty_on_its_url():
-    setup = live_setup(make_setup(SMALL.replace(sessions=2), PolicyConfig("consistent_hashing"), True), "mock", 20.0)
+    setup = live_setup(make_setup(SMALL.replace(sessions=2), PolicyConfig("consistent_hashing"), True), "mock", 40.0)
     tr = LiveTransport(setup)
     try:
         url = tr.worker_urls[1]
@@ -183,7 +183,7 @@ def test_a_crashed_worker_refuses_connections_and_comes_back_empty_on_its_url():
 
 def test_faults_are_logged_on_the_runner_clock():
     scenario = SMALL.replace(sessions=3)
-    setup = live_setup(make_setup(scenario, PolicyConfig("manual", "random"), True), "mock", 10.0)
+    setup = live_setup(make_setup(scenario, PolicyConfig("manual", "random"), True), "mock", 40.0)
     tr = LiveTransport(setup)
     try:
         runner = tr.agent_runner(scenario, faults=[Fault(0, 5.0, 12.0)])
@@ -199,9 +199,9 @@ def test_faults_are_logged_on_the_runner_clock():
 
 
 def test_run_setup_live_gives_a_row_with_gateway_and_speedup():
-    setup = live_setup(make_setup(SMALL.replace(sessions=2), PolicyConfig("prefix_hash"), True), "mock", 20.0)
+    setup = live_setup(make_setup(SMALL.replace(sessions=2), PolicyConfig("prefix_hash"), True), "mock", 40.0)
     row = run_setup(setup, "live")
-    assert row["transport"] == "live" and row["gateway"] == "mock" and row["speedup"] == 20.0
+    assert row["transport"] == "live" and row["gateway"] == "mock" and row["speedup"] == 40.0
     assert row["errors"] == 0 and row["requests"] == 24
     assert public(row)["gateway_branches"]["prefix_hash"]["ring_hit"] == 24
 
@@ -212,7 +212,7 @@ def test_run_setup_live_gives_a_row_with_gateway_and_speedup():
 @pytest.mark.real_smg
 @pytest.mark.skipif(smg_binary() is None, reason="smg 1.13.0 not installed")
 def test_run_command_against_the_real_smg(capsys):
-    code = run_cmd.main(["--scenario", "conformance", "--sessions", "3", "--gateway", "smg", "--speedup", "20",
+    code = run_cmd.main(["--scenario", "conformance", "--sessions", "3", "--gateway", "smg", "--speedup", "40",
                          "--policy", "consistent_hashing", "--json"])
     assert code == 0
     row = json.loads(capsys.readouterr().out)
