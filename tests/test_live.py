@@ -227,3 +227,23 @@ def test_run_command_against_the_real_smg(capsys):
 def test_run_command_refuses_testbed_policies_for_smg():
     assert run_cmd.main(["--scenario", "conformance", "--sessions", "1", "--gateway", "smg",
                          "--policy", "bounded_load", "--json"]) == 2
+
+
+def test_sweep_live_with_the_mock(tmp_path):
+    from sim.commands import sweep
+
+    code = sweep.main(["--scenario", "conformance", "--sessions", "2", "--policy", "consistent_hashing", "--live",
+                       "--speedup", "40", "--out", str(tmp_path)])
+    assert code == 0
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    assert doc["transport"] == "live"
+    [run] = doc["runs"]
+    assert run["gateway"] == "mock" and run["errors"] == 0 and run["requests"] == 24
+
+
+def test_live_options_are_checked():
+    from sim.commands import compare
+
+    assert compare.main(["--scenario", "conformance", "--live", "--speedup", "0"]) == 2
+    assert run_cmd.main(["--scenario", "conformance", "--live", "--transport", "external",
+                         "--gateway-url", "http://127.0.0.1:1"]) == 2
