@@ -137,3 +137,10 @@ def test_small_conformance_run_against_the_real_smg(tmp_path):
     for g in ("mock", "smg"):
         assert f[g]["occupied_miss"] > 0 and f[g]["keys_moved"] == f[g]["keys_pinned"] > 0
     assert "## consistent_hashing" in md and "## Failure" in md and "PASS" in md
+
+
+def test_testbed_policies_are_refused_before_anything_runs(tmp_path):
+    assert conformance.main(["--policies", "consistent_hashing", "bounded_load", "--out", str(tmp_path)]) == 2
+    assert conformance.main(["--failure-policy", "manual/min_kv", "--out", str(tmp_path)]) == 2
+    assert conformance.main(["--kill-at", "5", "--restart-at", "3", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "conformance.json").exists()

@@ -37,6 +37,7 @@ from sim.commands.common import add_scenario_args, console_for, fail, scenario_f
 from sim.live import DEFAULT_SPEEDUP, Fault, LiveTransport, live_setup
 from sim.measures import summarize
 from sim.procs import free_ports, smg_binary
+from sim.real_smg import smg_args
 from sim.runner import PolicyConfig, make_setup
 from sim.transports.pool import Setup, worker_urls
 from sim.workload import Scenario, ScenarioError
@@ -334,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario = _scenario(args)
         policies = [parse_policy(x) for x in args.policies]
         failure_policy = parse_policy(args.failure_policy)
+        for pc in [*policies, failure_policy]:  # refuse the testbed's extensions before anything runs
+            smg_args(pc.gateway_args())
     except (ScenarioError, ValueError) as e:
         return fail(str(e))
     out = Path(args.out or f"results/conformance-{scenario.name}")
