@@ -144,3 +144,10 @@ def test_testbed_policies_are_refused_before_anything_runs(tmp_path):
     assert conformance.main(["--failure-policy", "manual/min_kv", "--out", str(tmp_path)]) == 2
     assert conformance.main(["--kill-at", "5", "--restart-at", "3", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "conformance.json").exists()
+
+
+def test_routes_collapse_repeats_so_turn_counts_do_not_matter():
+    a = side({"k": [[0, "w1"], [1, "w1"], [2, "w0"], [3, "w0"], [4, "w1"]]}, CH)
+    assert conformance.route(a, "k") == ["w1", "w0", "w1"]
+    short = side({"a": [[0, "w0"]], "b": [[0, "w1"]], "c": [[0, "w2"], [5, "w2"], [9, "w2"]]}, CH)
+    assert compare_sides(PolicyConfig("consistent_hashing"), side(TL, CH), short)["placement"]["same_sequence"] == 3

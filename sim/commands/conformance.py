@@ -9,8 +9,9 @@ the re-pins (``occupied_miss``) and the moves back are compared.
 Checks (exit status 1 when one fails; the tolerances are justified in docs/conformance.md):
 
 - no errors on either side;
-- consistent_hashing and prefix_hash (with the key): every key's worker sequence identical (for prefix_hash
-  only while neither side took ``load_balance_walk``, which depends on in-flight counts), branch counters equal;
+- consistent_hashing and prefix_hash (with the key): every key's route (its workers in order, repeats
+  collapsed) identical (for prefix_hash only while neither side took ``load_balance_walk``, which depends on
+  in-flight counts), branch counters equal;
 - manual (any mode): branch counters equal (``vacant`` once per key, ``occupied_hit`` after) and stickiness 1.0;
 - manual min_load / min_group: the busiest worker's key count within ``--balance-tolerance`` keys;
 - ``kv_reuse`` within ``--kv-tolerance`` (placements equal, the cache may still differ by timing);
@@ -118,6 +119,17 @@ def key_counts(side: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def route(side: dict[str, Any], key: str) -> list[str | None]:
+    """The workers a key's requests went to, repeats collapsed: ``[w1]`` for a sticky key, ``[w0, w1, w0]`` for
+    one that was moved away and back. Independent of the number of turns (which plan a session id gets can
+    depend on timing when sessions start as others end)."""
+    out: list[str | None] = []
+    for _, w in side["timeline"].get(key, []):
+        if not out or out[-1] != w:
+            out.append(w)
+    return out
+
+
 def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
     return {"check": name, "ok": bool(ok), "detail": detail}
 
@@ -128,10 +140,7 @@ def compare_sides(policy: PolicyConfig, mock: dict[str, Any], smg: dict[str, Any
     checks = [_check("no errors", mock["errors"] == 0 and smg["errors"] == 0,
                      f"mock {mock['errors']}, smg {smg['errors']}")]
     keys = sorted(set(mock["timeline"]) | set(smg["timeline"]))
-    def seq(side: dict[str, Any], k: str) -> list[str | None]:
-        return [w for _, w in side["timeline"].get(k, [])]
-
-    same_seq = [k for k in keys if seq(mock, k) == seq(smg, k)]
+    same_seq = [k for k in keys if route(mock, k) == route(smg, k)]
     same_first = [k for k in keys if mock["first_worker"].get(k) == smg["first_worker"].get(k)]
     placement = {"keys": len(keys), "same_sequence": len(same_seq), "same_first_worker": len(same_first)}
     p = policy.policy
@@ -140,10 +149,10 @@ def compare_sides(policy: PolicyConfig, mock: dict[str, Any], smg: dict[str, Any
     if p in DETERMINISTIC:
         if p == "prefix_hash" and walks:
             checks.append(_check("placements (load_balance_walk taken: load-dependent, not checked)", True,
-                                 f"{len(same_seq)}/{len(keys)} keys with the same worker sequence"))
+                                 f"{len(same_seq)}/{len(keys)} keys with the same route"))
         else:
             checks.append(_check("placements exact", len(same_seq) == len(keys),
-                                 f"{len(same_seq)}/{len(keys)} keys with the same worker sequence"))
+                                 f"{len(same_seq)}/{len(keys)} keys with the same route"))
     if p in (*DETERMINISTIC, "manual") and not (p == "prefix_hash" and walks):
         checks.append(_check("branch counters equal", mock["branches"] == smg["branches"],
                              f"mock {mock['branches']}, smg {smg['branches']}"))
@@ -260,7 +269,7 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"{a.get('prefill_tokens', 0)} | {sk.get(w, 0)} / {b.get('requests', 0)} / "
                          f"{b.get('prefill_tokens', 0)} |")
         pl = cmp["placement"]
-        lines += ["", f"Placements: {pl['same_sequence']}/{pl['keys']} keys with the same worker sequence, "
+        lines += ["", f"Placements: {pl['same_sequence']}/{pl['keys']} keys with the same route (workers in order), "
                       f"{pl['same_first_worker']}/{pl['keys']} with the same first worker.", ""]
         lines += [f"- {'ok' if c['ok'] else '**FAIL**'}: {c['check']} ({c['detail']})" for c in cmp["checks"]]
         lines.append("")
