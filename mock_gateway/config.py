@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--kv-repin-queue-ratio", type=float, default=d.kv_repin_queue_ratio,
       help="min_kv: a worker is hot when its smoothed in-flight per live key is this many times the median")
-    a("--kv-hot-min-keys", type=int, default=d.kv_hot_min_keys, help="min_kv: live keys a hot worker must hold")
+    a("--kv-hot-min-keys", type=int, default=d.kv_hot_min_keys,
+      help="min_kv: a worker's busy share is measured only while it holds this many live keys")
     a("--kv-load-smoothing-secs", type=float, default=d.kv_load_smoothing_secs)
     a("--kv-repin-max-tokens", type=int, default=d.kv_repin_max_tokens,
       help="min_kv: move a key off a hot worker only while its context is at most this (a move is a cold prefill)")
