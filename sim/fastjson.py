@@ -10,7 +10,8 @@ error messages stay those of ``json``:
   own ``ValueError``/``RecursionError`` for bad input). Non-finite floats read that way come back as
   ``NonFinite`` (a ``float``), so that ``dumps`` writes them back as ``NaN``/``Infinity`` as ``json`` does.
 - ``dumps``: orjson refuses what ``json`` writes (integers beyond 64 bits, non-string keys, lone
-  surrogates, ``NonFinite``); those go to ``json.dumps`` (compact separators). numpy arrays and
+  surrogates, ``NonFinite``); those go to ``json.dumps`` (compact separators). A plain ``float``
+  NaN/Infinity (one not read by ``loads``) is written as ``null``: the cores never compute one. numpy arrays and
   integers are written as lists and ints. Floats may be spelled differently (``1e-7`` vs ``1e-07``):
   same value.
 """

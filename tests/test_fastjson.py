@@ -1,0 +1,97 @@
+"""sim.fastjson reads and writes what the stdlib json module reads and writes: same values, same errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sim import fastjson
+
+# JSON values, with what orjson treats differently from json: big ints, non-finite floats, any code point
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(1 << 70), max_value=1 << 70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5), max_leaves=20
+)
+
+
+def same(a: object, b: object) -> bool:
+    """Equal values of equal types, NaN equal to NaN."""
+    if type(a) is not type(b) and not (isinstance(a, float) and isinstance(b, float)):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def outcome(fn, raw):
+    try:
+        return "ok", fn(raw)
+    except (ValueError, RecursionError) as e:
+        return type(e).__name__, str(e)
+
+
+@given(values, st.booleans())
+def test_loads_gives_what_json_gives(value, ascii_only):
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    a, b = outcome(fastjson.loads, raw), outcome(json.loads, raw)
+    assert a[0] == b[0]
+    assert same(a[1], b[1]) if a[0] == "ok" else a[1] == b[1]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"1E400", b"-1e400", b"NaN", b"[Infinity,-Infinity]", b"18446744073709551616", b"-9223372036854775809",
+     b"\xef\xbb\xbf{}", b'"\\ud800"', b"", b"  ", b"\xff", b"{}\x00", b'"\x1f"', b"[" * 3000, b'{"a":1,"a":2}',
+     b"[1.0000000000000002]", b"123456789012345678901234567890.5"],
+)
+def test_loads_edge_cases_and_errors(raw):
+    a, b = outcome(fastjson.loads, raw), outcome(json.loads, raw)
+    assert a[0] == b[0]
+    assert same(a[1], b[1]) if a[0] == "ok" else a[1] == b[1]
+
+
+finite_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(1 << 70), max_value=1 << 70) | st.floats(allow_nan=False,
+    allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5), max_leaves=20,
+)
+
+
+@given(finite_values)  # non-finite floats: only those read by loads are written as json writes them (below)
+def test_dumps_writes_what_json_reads_back(value):
+    try:
+        expected = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # lone surrogates: json's error, and ASCII escapes on request
+        with pytest.raises(UnicodeEncodeError):
+            fastjson.dumps(value)
+        assert same(json.loads(fastjson.dumps(value, ensure_ascii=True)), value)
+        return
+    out = fastjson.dumps(value)
+    assert same(json.loads(out), json.loads(expected))
+    assert same(fastjson.loads(out), json.loads(expected))
+
+
+def test_non_finite_floats_read_back_are_written_as_json_writes_them():
+    raw = b'{"a":NaN,"b":[Infinity,-Infinity],"c":1e999}'
+    assert fastjson.dumps(fastjson.loads(raw)) == json.dumps(json.loads(raw), separators=(",", ":")).encode()
+
+
+def test_numpy_arrays_and_ints_are_written_as_lists_and_ints():
+    out = fastjson.dumps({"ids": np.arange(3, dtype=np.int64), "n": np.int64(7), 1: np.arange(2)})
+    assert json.loads(out) == {"ids": [0, 1, 2], "n": 7, "1": [0, 1]}

@@ -1,0 +1,55 @@
+"""The vectorised token-id checks accept and refuse exactly what the per-item rules accept and refuse."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from session_server.core import UpstreamResponseError, _parse_chat_response
+from sim.worker.core import MAX_TOKEN_ID, BadRequest, _token_ids
+
+items = (
+    st.integers(min_value=0, max_value=MAX_TOKEN_ID)
+    | st.integers(min_value=-(1 << 70), max_value=1 << 70)
+    | st.booleans()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=2)
+    | st.none()
+)
+id_lists = st.lists(items, max_size=8) | st.lists(st.integers(min_value=0, max_value=MAX_TOKEN_ID), max_size=8)
+
+
+def valid_ids(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID for t in value
+    )
+
+
+@given(id_lists)
+def test_worker_accepts_exactly_non_empty_lists_of_ids_in_range(value):
+    try:
+        out = _token_ids(value, "input_ids")
+    except BadRequest as e:
+        assert not valid_ids(value)
+        assert e.status == 400 and e.param == "input_ids"
+        return
+    assert valid_ids(value)
+    assert out.dtype == np.int64 and out.tolist() == value
+
+
+def chat_answer(prompt: object) -> dict:
+    meta = {"output_token_logprobs": [[-0.1, 7, None]], "completion_tokens": 1}
+    return {"choices": [{"message": {"role": "assistant", "content": "x"}, "meta_info": meta,
+                         "prompt_token_ids": prompt}]}
+
+
+@given(id_lists)
+def test_session_core_accepts_exactly_lists_of_ints_as_prompt_token_ids(value):
+    ok = all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    try:
+        _, ids = _parse_chat_response(chat_answer(value))
+    except UpstreamResponseError:
+        assert not ok
+        return
+    assert ok and ids == [*value, 7]
