@@ -10,6 +10,7 @@ registry (in-flight loads, engine reports) and the metrics. They do no I/O and r
 from __future__ import annotations
 
 import importlib
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 from mock_gateway.config import GatewayConfig
 from mock_gateway.metrics import GatewayMetrics
+from mock_gateway.ring import HashRing
 from mock_gateway.workers import Worker, WorkerRegistry
 
 
@@ -69,6 +71,47 @@ class Policy:
 
     def tick(self, now: float) -> None:
         pass
+
+
+class RingPolicy(Policy):
+    """A policy that places every worker on SMG's blake3 ring (consistent_hashing, prefix_hash, bounded_load)."""
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        super().__init__(ctx)
+        self.ring = HashRing()
+
+    def on_worker_added(self, worker: Worker) -> None:
+        self.ring.add(worker.url)
+
+    def on_worker_removed(self, url: str) -> None:
+        self.ring.remove(url)
+
+    def sync_ring(self, workers: list[Worker]) -> None:
+        """Place workers registered after the policy was built."""
+        for w in workers:
+            if w.url not in self.ring:
+                self.ring.add(w.url)
+
+
+@dataclass
+class Periodic:
+    """SMG's eviction loop on virtual time: the first tick arms it, then it is due once per ``interval`` elapsed.
+
+    A late tick fires once and skips the missed periods, keeping the schedule on the original grid.
+    """
+
+    next_at: float | None = None
+
+    def due(self, now: float, interval: float) -> bool:
+        if interval <= 0:
+            return False
+        if self.next_at is None:
+            self.next_at = now + interval
+            return False
+        if now < self.next_at:
+            return False
+        self.next_at += interval * max(1, math.floor((now - self.next_at) / interval) + 1)
+        return True
 
 
 REGISTRY: dict[str, str] = {

@@ -26,9 +26,8 @@ import math
 
 from prometheus_client import Counter
 
-from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
+from mock_gateway.policies.base import Choice, Periodic, PolicyContext, RingPolicy, RouteInput
 from mock_gateway.policies.kv_aware import SessionKV, context_tokens
-from mock_gateway.ring import HashRing
 from mock_gateway.workers import Worker
 
 MEASURES = ("requests", "kv")
@@ -39,7 +38,7 @@ def load_bound(loads: list[float], item: float, eps: float) -> int:
     return math.ceil((1.0 + eps) * (sum(loads) + item) / len(loads) - 1e-9)
 
 
-class BoundedLoadPolicy(Policy):
+class BoundedLoadPolicy(RingPolicy):
     name = "bounded_load"
 
     def __init__(self, ctx: PolicyContext) -> None:
@@ -49,10 +48,9 @@ class BoundedLoadPolicy(Policy):
             raise ValueError(f"--bounded-load-measure must be one of {MEASURES}")
         self.measure = cfg.bounded_load_measure
         self.eps = cfg.bounded_load_epsilon
-        self.ring = HashRing()
         self.kv = SessionKV(cfg.session_kv_idle_secs)
         self.pins: dict[str, tuple[str, float]] = {}  # key -> (worker url, last access)
-        self._next_eviction: float | None = None
+        self._eviction = Periodic()
         self.branches = Counter(
             "smg_bounded_load_policy_branch",
             "Bounded-load consistent hashing selection branch (testbed extension)",
@@ -60,11 +58,8 @@ class BoundedLoadPolicy(Policy):
             registry=ctx.metrics.registry,
         )
 
-    def on_worker_added(self, worker: Worker) -> None:
-        self.ring.add(worker.url)
-
     def on_worker_removed(self, url: str) -> None:
-        self.ring.remove(url)
+        super().on_worker_removed(url)
         self.kv.remove_worker(url)
 
     # -- load ------------------------------------------------------------------------------------
@@ -87,9 +82,7 @@ class BoundedLoadPolicy(Policy):
         if key is None:
             best = min(loads.values())
             return Choice(self.ctx.rng.choice([w for w in workers if loads[w.url] == best]).url, "no_routing_id")
-        for w in workers:  # workers registered after the policy was built
-            if w.url not in self.ring:
-                self.ring.add(w.url)
+        self.sync_ring(workers)
         pin = self.pins.get(key)
         if pin is not None and pin[0] in loads and loads[pin[0]] < bound:
             return Choice(pin[0], "hit", key)
@@ -115,13 +108,7 @@ class BoundedLoadPolicy(Policy):
     def tick(self, now: float) -> None:
         cfg = self.ctx.config
         interval, max_idle = cfg.eviction_interval_secs, cfg.max_idle_secs
-        if interval <= 0 or max_idle <= 0:
-            return
-        if self._next_eviction is None:
-            self._next_eviction = now + interval
-            return
-        if now < self._next_eviction:
+        if max_idle <= 0 or not self._eviction.due(now, interval):
             return
         for k in [k for k, (_, t) in self.pins.items() if now - t >= max_idle]:
             del self.pins[k]
-        self._next_eviction += interval * max(1, math.floor((now - self._next_eviction) / interval) + 1)

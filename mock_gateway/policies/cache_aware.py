@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from mock_gateway import selector
 from mock_gateway.char_tree import CharTree
-from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
+from mock_gateway.policies.base import Choice, Periodic, Policy, PolicyContext, RouteInput
 from mock_gateway.workers import Worker
 
 
@@ -31,7 +31,7 @@ class CacheAwarePolicy(Policy):
     def __init__(self, ctx: PolicyContext) -> None:
         super().__init__(ctx)
         self.trees: dict[str, CharTree] = {}
-        self._next_eviction: float | None = None
+        self._eviction = Periodic()
 
     def tree(self, model: str) -> CharTree:
         t = self.trees.get(model)
@@ -94,15 +94,8 @@ class CacheAwarePolicy(Policy):
         return Choice(chosen.url, branch)
 
     def tick(self, now: float) -> None:
-        interval = self.ctx.config.eviction_interval_secs
-        if interval <= 0:
-            return
-        if self._next_eviction is None:
-            self._next_eviction = now + interval
-            return
-        if now < self._next_eviction:
+        if not self._eviction.due(now, self.ctx.config.eviction_interval_secs):
             return
         for model, t in self.trees.items():
             t.evict(self.ctx.config.max_tree_size)
             self.ctx.metrics.cache_tree_chars.labels(model=model).set(t.total_size())
-        self._next_eviction += interval * max(1, math.floor((now - self._next_eviction) / interval) + 1)

@@ -8,25 +8,14 @@ Priority: ``x-smg-target-worker`` (an index into the available list: ``target_wo
 
 from __future__ import annotations
 
-from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
-from mock_gateway.ring import HashRing
+from mock_gateway.policies.base import Choice, RingPolicy, RouteInput
 from mock_gateway.workers import Worker
 
 TARGET_WORKER_HEADER = "x-smg-target-worker"
 
 
-class ConsistentHashingPolicy(Policy):
+class ConsistentHashingPolicy(RingPolicy):
     name = "consistent_hashing"
-
-    def __init__(self, ctx: PolicyContext) -> None:
-        super().__init__(ctx)
-        self.ring = HashRing()
-
-    def on_worker_added(self, worker: Worker) -> None:
-        self.ring.add(worker.url)
-
-    def on_worker_removed(self, url: str) -> None:
-        self.ring.remove(url)
 
     def _decide(self, workers: list[Worker], req: RouteInput) -> Choice:
         if not workers:
@@ -41,9 +30,7 @@ class ConsistentHashingPolicy(Policy):
                 return Choice(workers[idx].url, "target_worker_hit", req.key)
             return Choice(None, "target_worker_miss", req.key)
         healthy = {w.url for w in workers}
-        for w in workers:  # workers registered after the policy was built
-            if w.url not in self.ring:
-                self.ring.add(w.url)
+        self.sync_ring(workers)
         if req.key is not None:
             url = self.ring.lookup(req.key, healthy.__contains__)
             return Choice(url, "routing_key_hit" if url else "no_healthy_workers", req.key)

@@ -15,11 +15,10 @@ body ``rid`` with lineage suffixes stripped; header keys stay unstripped; no in-
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
+from mock_gateway.policies.base import Choice, Periodic, Policy, PolicyContext, RouteInput
 from mock_gateway.routing_key import strip_lineage, valid_key
 from mock_gateway.workers import Worker
 
@@ -55,7 +54,7 @@ class ManualPolicy(Policy):
         super().__init__(ctx)
         self.mode = mode or ctx.config.assignment_mode or "random"
         self.entries: dict[str, Entry] = {}
-        self._next_eviction: float | None = None
+        self._eviction = Periodic()
 
     # -- assignment modes ------------------------------------------------------------------------
     def _min_by(self, workers: list[Worker], measure: Callable[[Worker], int]) -> Worker:
@@ -115,15 +114,8 @@ class ManualPolicy(Policy):
     def tick(self, now: float) -> None:
         cfg = self.ctx.config
         interval, max_idle = cfg.eviction_interval_secs, cfg.max_idle_secs
-        if interval <= 0 or max_idle <= 0:
-            return
-        if self._next_eviction is None:
-            self._next_eviction = now + interval
-            return
-        if now < self._next_eviction:
-            return
-        self.evict_idle(now)
-        self._next_eviction += interval * max(1, math.floor((now - self._next_eviction) / interval) + 1)
+        if max_idle > 0 and self._eviction.due(now, interval):
+            self.evict_idle(now)
 
     def evict_idle(self, now: float) -> int:
         """Drop keys idle for ``max_idle_secs`` or more; the cache-entries gauge is left stale, as in SMG."""

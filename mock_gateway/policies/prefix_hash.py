@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from mock_gateway.policies.base import Choice, Policy, PolicyContext, RouteInput
-from mock_gateway.ring import HashRing, prefix_ring_key
+from mock_gateway.policies.base import Choice, RingPolicy, RouteInput
+from mock_gateway.ring import prefix_ring_key
 from mock_gateway.workers import Worker
 
 
@@ -29,18 +29,8 @@ def least_loaded(workers: list[Worker]) -> Worker:
     return min(workers, key=lambda w: w.load)
 
 
-class PrefixHashPolicy(Policy):
+class PrefixHashPolicy(RingPolicy):
     name = "prefix_hash"
-
-    def __init__(self, ctx: PolicyContext) -> None:
-        super().__init__(ctx)
-        self.ring = HashRing()
-
-    def on_worker_added(self, worker: Worker) -> None:
-        self.ring.add(worker.url)
-
-    def on_worker_removed(self, url: str) -> None:
-        self.ring.remove(url)
 
     def _decide(self, workers: list[Worker], req: RouteInput) -> Choice:
         if not workers:
@@ -48,9 +38,7 @@ class PrefixHashPolicy(Policy):
         data = key_bytes(req, self.ctx.config.prefix_token_count)
         if not data:
             return Choice(least_loaded(workers).url, "no_routing_key", req.key)
-        for w in workers:
-            if w.url not in self.ring:
-                self.ring.add(w.url)
+        self.sync_ring(workers)
         by_url = {w.url: w for w in workers}
         target = self.ring.lookup(prefix_ring_key(data), by_url.__contains__)
         if target is None:
