@@ -205,7 +205,8 @@ async def agent_session(client: httpx.AsyncClient, result: LoadResult, seed: int
             messages = [
                 *messages,
                 {"role": "assistant", "content": answer},
-                {"role": "tool", "content": tok.synth_text(seed * 31 + turn, 40)},
+                # SMG (and the mock gateway) refuse a tool message without tool_call_id
+                {"role": "tool", "content": tok.synth_text(seed * 31 + turn, 40), "tool_call_id": f"call_{turn}"},
             ]
         r = await client.delete(f"/sessions/{sid}")
         if r.status_code != 204:

@@ -105,6 +105,42 @@ def _token_ids(ids: list) -> bool:
     return flat(ids) or (bool(ids) and all(flat(x) for x in ids))
 
 
+def _serde_kind(v: object) -> str:
+    """How serde_json names an unexpected JSON value in its "invalid type" errors."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"boolean `{str(v).lower()}`"
+    if isinstance(v, int):
+        return f"integer `{v}`"
+    if isinstance(v, float):
+        return f"floating point `{v}`"
+    if isinstance(v, str):
+        return f"string {v!r}"
+    return "sequence" if isinstance(v, list) else "map"
+
+
+def _tool_message(endpoint: str, policy: str, i: int, m: Mapping) -> Decision | None:
+    """SMG 1.13.0's checks of a ``tool`` message (typed struct: ``content`` and a string ``tool_call_id`` required).
+
+    Observed: a non-string ``tool_call_id`` (null included) is 400 ``invalid_type`` with ``param`` ``messages[i]``;
+    a missing ``content`` is reported before a missing ``tool_call_id``, each 400 ``missing_required_parameter``
+    with ``param`` ``messages[i].<field>``; an empty string id is accepted.
+    """
+    prefix = f"Invalid JSON data: Failed to deserialize the JSON body into the target type: messages[{i}]: "
+    if "tool_call_id" in m and not isinstance(m["tool_call_id"], str):
+        msg = f"{prefix}invalid type: {_serde_kind(m['tool_call_id'])}, expected a string"
+        return _bad(endpoint, policy, "invalid_type", msg, f"messages[{i}]")
+    if "content" in m and not isinstance(m["content"], str | list):
+        return _bad(endpoint, policy, "invalid_type", f"{prefix}data did not match any variant of untagged enum "
+                    "MessageContent", f"messages[{i}]")
+    for f in ("content", "tool_call_id"):
+        if f not in m:
+            return _bad(endpoint, policy, "missing_required_parameter", f"{prefix}missing field `{f}`",
+                        f"messages[{i}].{f}")
+    return None
+
+
 def validate(endpoint: str, body: object, policy: str) -> Decision | None:
     """SMG's 4xx for a body it cannot deserialize (None when the body is acceptable).
 
@@ -143,7 +179,11 @@ def validate(endpoint: str, body: object, policy: str) -> Decision | None:
                 return wrong(f"messages[{i}].role", "a string")
             if role not in ROLES:
                 return wrong(f"messages[{i}].role", "one of " + ", ".join(sorted(ROLES)), "invalid_value")
-            if "content" not in m and role not in ("assistant", "tool", "function"):
+            if role == "tool":
+                if (bad := _tool_message(endpoint, policy, i, m)) is not None:
+                    return bad
+                continue
+            if "content" not in m and role not in ("assistant", "function"):
                 return wrong(f"messages[{i}].content", "content", "missing_required_parameter")
             content = m.get("content")
             if content is not None and not isinstance(content, str | list):

@@ -338,7 +338,7 @@ class SessionSequences(RuleBasedStateMachine):
             messages = [
                 *m["sent"][-1],
                 {"role": "assistant", "content": m["answers"][-1]},
-                {"role": "tool", "content": text},
+                {"role": "tool", "content": text, "tool_call_id": f"call_{len(m['sent'])}"},  # SMG requires the id
             ]
         else:
             messages = [{"role": "system", "content": "fuzz"}, {"role": "user", "content": text}]

@@ -159,6 +159,38 @@ def test_acceptable_edge_bodies_route():
     assert core.select("completions", {}, {"model": "fake-model", "prompt": ""}).url is not None
 
 
+def tool_chat(**tool) -> dict:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": "x"}, {"role": "tool", **tool}]}
+
+
+@pytest.mark.parametrize(
+    ("tool", "code", "param", "message_end"),
+    [  # as smg 1.13.0 answered (docs/conformance.md); its messages end with " at line L column C"
+        ({"content": "r"}, "missing_required_parameter", "messages[1].tool_call_id", "missing field `tool_call_id`"),
+        ({"content": "r", "tool_call_id": None}, "invalid_type", "messages[1]", "type: null, expected a string"),
+        ({"content": "r", "tool_call_id": 5}, "invalid_type", "messages[1]", "integer `5`, expected a string"),
+        ({"content": "r", "tool_call_id": True}, "invalid_type", "messages[1]", "boolean `true`, expected a string"),
+        ({"content": "r", "tool_call_id": ["a"]}, "invalid_type", "messages[1]", "sequence, expected a string"),
+        ({"content": "r", "tool_call_id": {}}, "invalid_type", "messages[1]", "map, expected a string"),
+        ({"tool_call_id": "c"}, "missing_required_parameter", "messages[1].content", "missing field `content`"),
+        ({}, "missing_required_parameter", "messages[1].content", "missing field `content`"),  # content first
+        ({"content": None, "tool_call_id": "c"}, "invalid_type", "messages[1]", "untagged enum MessageContent"),
+    ],
+)
+def test_tool_message_needs_content_and_a_string_tool_call_id(tool, code, param, message_end):
+    d = make_core("--policy", "round_robin").select("chat", {}, tool_chat(**tool))
+    assert (d.url, d.status, d.error_code, d.param) == (None, 400, code, param)
+    assert d.message.startswith("Invalid JSON data: Failed to deserialize the JSON body into the target type: ")
+    assert d.message.endswith(message_end)
+
+
+@pytest.mark.parametrize("tool_call_id", ["", "call_1"])
+def test_tool_message_with_a_string_id_routes(tool_call_id):
+    core = make_core("--policy", "round_robin")
+    assert core.select("chat", {}, tool_chat(content="r", tool_call_id=tool_call_id)).url is not None
+    assert core.select("chat", {}, tool_chat(content=[], tool_call_id=tool_call_id)).url is not None
+
+
 def test_unknown_model_is_404_and_generate_without_model_routes():
     core = make_core("--policy", "round_robin")
     d = core.select("chat", {}, chat(model="nope"))
@@ -254,7 +286,8 @@ fields = st.sampled_from(
     ["model", "messages", "prompt", "text", "input_ids", "stream", "max_tokens", "rid", "sampling_params", "sim_time"]
 )
 bodies = st.dictionaries(fields, json_values, max_size=5) | json_values
-messages = st.lists(st.dictionaries(st.sampled_from(["role", "content", "name"]), json_values, max_size=3), max_size=3)
+message_keys = st.sampled_from(["role", "content", "name", "tool_call_id"])
+messages = st.lists(st.dictionaries(message_keys, json_values, max_size=3), max_size=3)
 
 
 @given(
