@@ -5,7 +5,8 @@ mock gateway, in front of the same fake SGLang workers.
 - manual's branch counters are equal;
 - round_robin's sequence is equal for the same registration order;
 - cache_aware agrees on a scripted scenario whose choices are determined by reported loads;
-- malformed bodies get the same status and error code.
+- malformed bodies get the same status and error code;
+- tool messages (with, without and with a wrongly typed ``tool_call_id``) get the same status, code and param.
 """
 
 from __future__ import annotations
@@ -383,3 +384,37 @@ def test_bad_input_gets_the_same_status_and_code(pool):
                 got.append((path, content, r.status_code, r.json()["error"]["code"] if path != "/generate" else None))
             results.append(got)
     assert results[1] == results[0]
+
+
+TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+TOOL_IDS = [{}, {"tool_call_id": None}, {"tool_call_id": ""}, {"tool_call_id": 5}, {"tool_call_id": True},
+            {"tool_call_id": ["c1"]}, {"tool_call_id": {}}, {"tool_call_id": "c1"}]
+
+
+def tool_bodies():
+    head = [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}]
+    yield from ({"model": "fake-model", "messages": [*head, {"role": "tool", "content": "r", **t}]} for t in TOOL_IDS)
+    yield from (
+        {"model": "fake-model", "messages": [tool]}
+        for tool in (
+            {"role": "tool", "content": "r"},
+            {"role": "tool", "tool_call_id": "c1"},
+            {"role": "tool"},
+            {"role": "tool", "content": None, "tool_call_id": "c1"},
+        )
+    )
+
+
+def test_tool_messages_get_the_same_answer(pool):
+    urls, _ = pool
+    results = []
+    for gw in (real, mock):
+        with gw(urls[:1], "--policy", "round_robin") as c:
+            got = []
+            for body in tool_bodies():
+                r = c.post("/v1/chat/completions", json=body)
+                err = r.json().get("error") or {} if r.status_code != 200 else {}
+                got.append((r.status_code, err.get("code"), err.get("param"), err.get("type")))
+            results.append(got)
+    assert results[1] == results[0]
+    assert [s for s, *_ in results[0]].count(200) == 2  # "" and "c1"
