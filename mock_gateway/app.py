@@ -28,7 +28,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from mock_gateway import health, load_monitor, upstream
+from mock_gateway import health, load_monitor, retry, upstream
 from mock_gateway.config import GatewayConfig
 from mock_gateway.core import Decision, GatewayCore
 from sim import fastjson, vtime
@@ -209,13 +209,8 @@ class Gateway:
                 return result
             last, retryable = result
             failed.append(d.url)
-            if not retryable:
+            if not retry.retry_next(m, endpoint, attempt, attempts, retryable):
                 break
-            if attempt + 1 >= attempts:  # still failing after the last allowed attempt
-                if attempts > 1:
-                    m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
-                break
-            m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
             delay = upstream.backoff(attempt + 1, cfg, self.jitter)
             m.retry_backoff.labels(attempt=str(attempt + 1)).observe(delay)
             await asyncio.sleep(delay)
@@ -246,8 +241,7 @@ class Gateway:
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as e:
             core.finish(ticket)
-            core.record_outcome(d.url, False, self.now(virtual))
-            m.worker_errors.labels(worker_type="regular", connection_mode="http", error_type="backend_error").inc()
+            retry.settle_attempt(core, d.url, None, self.now(virtual))
             m.upstream_responses.labels(
                 router_type="http", status_code="500", error_code="call_upstream_connection_failed"
             ).inc()
@@ -258,14 +252,13 @@ class Gateway:
         out_headers = upstream.response_headers(resp.headers, d.url, rid)
         status = resp.status_code
         m.upstream_responses.labels(router_type="http", status_code=str(status), error_code="").inc()
-        if status in upstream.RETRYABLE_STATUSES:
+        if status in upstream.RETRYABLE_STATUSES:  # read the body first, then settle the attempt
             content = await resp.aread()
             await resp.aclose()
             core.finish(ticket, virtual_finish=vf)
-            if status not in upstream.BREAKER_NEUTRAL:
-                core.record_outcome(d.url, False, self.now(virtual))
-            return Response(content, status_code=status, headers=out_headers), True
-        core.record_outcome(d.url, status < 500, self.now(virtual))
+            retryable = retry.settle_attempt(core, d.url, status, self.now(virtual))
+            return Response(content, status_code=status, headers=out_headers), retryable
+        retry.settle_attempt(core, d.url, status, self.now(virtual))
         if d.stream and status == 200:
             return StreamingResponse(
                 self._relay(resp, ticket, vf),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mock_gateway import upstream
+from mock_gateway import retry, upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 from session_server.core import SessionCore, SessionError, UpstreamRequest, UpstreamResponse
@@ -79,32 +79,20 @@ class DirectGateway:
             ticket = core.begin(d)
             if d.url in self.dead:  # connection refused, as the app's httpx send fails
                 core.finish(ticket)
-                core.record_outcome(d.url, False, core.clock)
-                m.worker_errors.labels(worker_type="regular", connection_mode="http", error_type="backend_error").inc()
+                retryable = retry.settle_attempt(core, d.url, None, core.clock)
                 err = {"error": {"message": f"Failed to call upstream {d.url}: connection refused",
                                  "type": "server_error", "param": None, "code": "call_upstream_connection_failed"}}
                 resp = UpstreamResponse(500, {"content-type": "application/json"}, data=err)
-                retryable = True
             else:
                 payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
                 reply = self.workers[d.url].infer(endpoint, payload)
                 vf = vtime.finish_time(reply.headers) if sim_t is not None else None
                 resp = UpstreamResponse(reply.status, dict(reply.headers), data=reply.body)
                 core.finish(ticket, virtual_finish=vf)
-                retryable = reply.status in upstream.RETRYABLE_STATUSES
-                if retryable:
-                    if reply.status not in upstream.BREAKER_NEUTRAL:
-                        core.record_outcome(d.url, False, core.clock)
-                else:
-                    core.record_outcome(d.url, reply.status < 500, core.clock)
+                retryable = retry.settle_attempt(core, d.url, reply.status, core.clock)
             failed.append(d.url)
-            if not retryable:
+            if not retry.retry_next(m, endpoint, attempt, cfg.max_attempts, retryable):
                 break
-            if attempt + 1 >= cfg.max_attempts:  # still failing after the last allowed attempt, as the app counts it
-                if cfg.max_attempts > 1:
-                    m.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
-                break
-            m.retries.labels(worker_type="regular", endpoint=endpoint).inc()
         assert resp is not None
         return resp
 
