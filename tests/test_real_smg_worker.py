@@ -7,28 +7,13 @@ shows that the time field passes through the real gateway.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from sim import tokenizer, vtime
-from sim.procs import Process, consecutive_free_ports, free_ports, python_module, smg_binary, spawn, wait_http
-
-
-@contextlib.contextmanager
-def running(args: list[str], ready_url: str, timeout: float, log_path: Path) -> Iterator[Process]:
-    """Like ``sim.procs.running`` (whose readiness wait passes a ``Process`` where a ``Popen`` is expected)."""
-    proc = spawn(args, log_path=log_path)
-    try:
-        wait_http(ready_url, timeout=timeout, proc=proc.popen)
-        yield proc
-    finally:
-        proc.stop()
-
+from sim.procs import consecutive_free_ports, free_ports, python_module, running, smg_binary
 
 pytestmark = [pytest.mark.real_smg, pytest.mark.skipif(smg_binary() is None, reason="smg binary not installed")]
 

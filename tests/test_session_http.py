@@ -348,17 +348,12 @@ def test_cli_serves_and_no_routing_key_flag(launcher):
             "--session-id-seed",
             "5",
         ]
-        proc = procs.spawn(args)
-        try:
-            # (procs.running passes its Process where wait_http expects a Popen, so it cannot be used yet)
-            procs.wait_http(f"http://127.0.0.1:{port}/health", timeout=30, proc=proc.popen)
+        with procs.running(args, f"http://127.0.0.1:{port}/health", timeout=30):
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
                 sid = new_session(client)
                 assert sid == SessionCore(session_id_seed=5).create_session(0.0)
                 two_turns(client, sid)
             assert router.received[0].header_values(KEY) == []
-        finally:
-            proc.stop()
 
 
 def test_direct_server_answers_what_the_http_server_answers():

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from sim import vtime
-from sim.procs import Process, consecutive_free_ports, python_module, spawn, wait_http
+from sim.procs import consecutive_free_ports, python_module, running
 from sim.worker.cli import build_parser, main, make_cores
-
-
-@contextlib.contextmanager
-def running(args: list[str], ready_url: str, timeout: float, log_path: Path) -> Iterator[Process]:
-    """Like ``sim.procs.running`` (whose readiness wait passes a ``Process`` where a ``Popen`` is expected)."""
-    proc = spawn(args, log_path=log_path)
-    try:
-        wait_http(ready_url, timeout=timeout, proc=proc.popen)
-        yield proc
-    finally:
-        proc.stop()
 
 
 def test_one_process_serves_n_named_workers_and_the_exit_fault_ends_it(tmp_path):
