@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from mock_gateway.testing import make_core, urls  # noqa: E402
 from sim.procs import consecutive_free_ports, free_ports, python_module, smg_binary, spawn, wait_http  # noqa: E402
+from sim.real_smg import gateway_argv, wait_ready  # noqa: E402
 
 POLICIES = [
     ("manual", ["--assignment-mode", "min_load"]),
@@ -96,17 +97,6 @@ def server(args: list[str], ready: str, log: Path, ok=(200,)):
         proc.kill() if "smg" in Path(args[0]).name else proc.stop()
 
 
-def wait_workers(url: str, n: int) -> None:
-    deadline = time.monotonic() + 30
-    with httpx.Client(trust_env=False) as c:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                if c.get(f"{url}/readiness").json().get("healthy_workers") == n:
-                    return
-            time.sleep(0.1)
-    raise TimeoutError("gateway did not register the workers")
-
-
 def http_rates(args: argparse.Namespace, logdir: Path) -> list[tuple[str, str, float]]:
     out = []
     base = consecutive_free_ports(args.workers)
@@ -132,33 +122,14 @@ def http_rates(args: argparse.Namespace, logdir: Path) -> list[tuple[str, str, f
             ("consistent_hashing", True),
             ("cache_aware", False),
         ):
-            gws = [("mock", python_module("mock_gateway"))]
-            if smg_binary():
-                gws.append(("real smg", [smg_binary(), "launch"]))
-            for name, cmd in gws:
+            gws = [("mock", "mock")] + ([("real smg", "smg")] if smg_binary() else [])
+            for name, kind in gws:
                 port, pport = free_ports(2)
-                argv = [
-                    *cmd,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--prometheus-host",
-                    "127.0.0.1",
-                    "--prometheus-port",
-                    str(pport),
-                    "--worker-urls",
-                    *wurls,
-                    "--policy",
-                    policy,
-                    "--worker-startup-check-interval",
-                    "1",
-                    "--log-level",
-                    "warn",
-                ]
+                flags = ["--policy", policy, "--worker-startup-check-interval", "1", "--log-level", "warn"]
+                argv = gateway_argv(kind, flags, wurls, port, pport, defaults={})
                 gurl = f"http://127.0.0.1:{port}"
                 with server(argv, f"{gurl}/liveness", logdir / f"{name.replace(' ', '_')}-{policy}.log"):
-                    wait_workers(gurl, args.workers)
+                    wait_ready(gurl, args.workers, timeout=30)
                     out.append(
                         (
                             f"{name} gateway",

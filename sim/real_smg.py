@@ -107,8 +107,9 @@ def smg_args(gateway_args: Sequence[str]) -> list[str]:
 
 
 def gateway_argv(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], port: int, metrics_port: int,
-                 seed: int | None = None) -> list[str]:
-    """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``) on loopback."""
+                 seed: int | None = None, defaults: dict[str, str] = LIVE_DEFAULTS) -> list[str]:
+    """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``) on loopback; ``defaults={}``
+    gives exactly the caller's flags (benchmarks)."""
     if kind not in GATEWAYS:
         raise ValueError(f"unknown gateway {kind!r} (one of {', '.join(GATEWAYS)})")
     common = ["--host", LOOPBACK, "--port", str(port), "--prometheus-host", LOOPBACK,
@@ -117,9 +118,9 @@ def gateway_argv(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[s
         binary = smg_binary()
         if binary is None:
             raise FileNotFoundError("the real gateway is not installed (pip install smg==1.13.0)")
-        return [binary, "launch", *common, *with_defaults(smg_args(gateway_args))]
+        return [binary, "launch", *common, *with_defaults(smg_args(gateway_args), defaults)]
     args = list(gateway_args) if seed is None or _has(gateway_args, "--seed") else [*gateway_args, "--seed", str(seed)]
-    return python_module("mock_gateway", *common, *with_defaults(args))
+    return python_module("mock_gateway", *common, *with_defaults(args, defaults))
 
 
 def wait_ready(url: str, workers: int, timeout: float = READY_TIMEOUT, proc: Process | None = None) -> None:
