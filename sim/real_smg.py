@@ -57,7 +57,8 @@ def _has(args: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
-def _value(args: Sequence[str], flag: str) -> str | None:
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag V`` or ``--flag=V``, first wins), or None."""
     args = list(args)
     for i, a in enumerate(args):
         if a == flag and i + 1 < len(args):
@@ -96,9 +97,9 @@ def with_defaults(args: Sequence[str], defaults: dict[str, str] = LIVE_DEFAULTS)
 def smg_args(gateway_args: Sequence[str]) -> list[str]:
     """The policy flags as ``smg launch`` takes them (see the module docstring); raises ``GatewayFlagError``."""
     args = without_flag(gateway_args, "--seed")
-    if (p := _value(args, "--policy")) in MOCK_ONLY_POLICIES:
+    if (p := flag_value(args, "--policy")) in MOCK_ONLY_POLICIES:
         raise GatewayFlagError(f"--policy {p} is a testbed extension; smg 1.13.0 does not have it")
-    if (m := _value(args, "--assignment-mode")) in MOCK_ONLY_MODES:
+    if (m := flag_value(args, "--assignment-mode")) in MOCK_ONLY_MODES:
         raise GatewayFlagError(f"--assignment-mode {m} is a testbed extension; smg 1.13.0 does not have it")
     bad = [a for a in args if a.startswith(MOCK_ONLY_FLAG_PREFIXES)]
     if bad:

@@ -19,6 +19,7 @@ from typing import Any
 from sim.agents import AgentRunner, RequestRecord
 from sim.faults import with_faults
 from sim.measures import summarize
+from sim.real_smg import flag_value
 from sim.transports.base import Transport
 from sim.transports.pool import Setup
 from sim.workload import Scenario
@@ -158,13 +159,11 @@ def _few_gc_passes(enabled: bool = True) -> Iterator[None]:
 
 
 def _flag(args: Sequence[str], name: str) -> str | None:
-    args = list(args)
-    for i, a in enumerate(args):
-        if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return "cache_aware" if name == "--policy" else None
+    """A gateway flag's value; ``--policy`` defaults to ``cache_aware`` as in ``smg launch``."""
+    value = flag_value(args, name)
+    if value is None and name == "--policy":
+        return "cache_aware"
+    return value
 
 
 def public(row: dict[str, Any]) -> dict[str, Any]:
