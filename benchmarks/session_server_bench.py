@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 
 import httpx
@@ -98,39 +97,22 @@ def main(argv: list[str] | None = None) -> int:
 
     up_port, ss_port = procs.free_ports(2)
     up_url, ss_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{ss_port}"
-    upstream = procs.spawn(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "session_server.testing:noop_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(up_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+    upstream_args = procs.python_module(
+        "uvicorn",
+        "session_server.testing:noop_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(up_port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
     )
-    server = None
-    try:
-        procs.wait_http(f"{up_url}/health", proc=upstream.popen)
-        server = procs.spawn(
-            [
-                sys.executable,
-                "-m",
-                "session_server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ss_port),
-                "--router-url",
-                up_url,
-            ]
-        )
-        procs.wait_http(f"{ss_url}/health", proc=server.popen)
+    server_args = procs.python_module(
+        "session_server", "--host", "127.0.0.1", "--port", str(ss_port), "--router-url", up_url
+    )
+    with procs.running(upstream_args, f"{up_url}/health"), procs.running(server_args, f"{ss_url}/health"):
         n, t = args.sessions, args.turns
         asyncio.run(run_http(ss_url, 2, 2, 1, True))  # warm up
         rows = []
@@ -139,10 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             via = asyncio.run(run_http(ss_url, n, t, conc, True))
             rows.append((conc, direct, via))
         core_rate = run_core(n, t)
-    finally:
-        if server is not None:
-            server.stop()
-        upstream.stop()
 
     print(f"session server overhead: {n} sessions x {t} turns, no-op upstream, loopback")
     print(f"{'concurrency':>11}  {'direct turns/s':>14}  {'via session server':>18}  {'overhead ratio':>14}")
