@@ -162,17 +162,18 @@ def smg_binary() -> str | None:
 
 @contextlib.contextmanager
 def running(args: Sequence[str], ready_url: str, timeout: float = 30.0, log_path: Path | None = None,
-            ok: Sequence[int] = (200,), env: dict | None = None) -> Iterator[Process]:
-    """Run a server process for the duration of a ``with`` block; it is stopped on exit."""
+            ok: Sequence[int] = (200,), env: dict | None = None, grace: float = 10.0) -> Iterator[Process]:
+    """Run a server process for the duration of a ``with`` block; it is stopped on exit (SIGTERM, then
+    SIGKILL after ``grace`` seconds)."""
     proc = spawn(args, log_path=log_path, env=env)
     try:
         wait_http(ready_url, timeout=timeout, ok=ok, proc=proc.popen)
         yield proc
     except BaseException:
-        proc.stop()
+        proc.stop(timeout=grace)
         raise
     else:
-        proc.stop()
+        proc.stop(timeout=grace)
 
 
 class ThreadServer:

@@ -69,16 +69,6 @@ def session_server(router_url: str, **config) -> Iterator[str]:
         yield ss.url
 
 
-@contextlib.contextmanager
-def process(args: list[str], ready_url: str, log_path: Path) -> Iterator[procs.Process]:
-    proc = procs.spawn(args, log_path=log_path)
-    try:
-        procs.wait_http(ready_url, timeout=60, proc=proc.popen)
-        yield proc
-    finally:
-        proc.stop(timeout=2)  # smg's graceful shutdown lingers ~5 s; SIGKILL after 2 s keeps tests short
-
-
 def _mock_gateway_ready() -> bool:
     try:
         return importlib.util.find_spec("mock_gateway.cli") is not None
@@ -122,7 +112,8 @@ def gateway(
         args = [sys.executable, "-m", "sim.cli", "gateway", *flags]
     url = f"http://127.0.0.1:{port}"
     tmp_path.mkdir(parents=True, exist_ok=True)
-    with process(args, f"{url}/readiness", tmp_path / f"{kind}.log"):
+    # smg's graceful shutdown lingers ~5 s; SIGKILL after 2 s keeps tests short
+    with procs.running(args, f"{url}/readiness", timeout=60, log_path=tmp_path / f"{kind}.log", grace=2):
         yield url, f"http://127.0.0.1:{prom}/metrics"
 
 
