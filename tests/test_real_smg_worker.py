@@ -14,6 +14,7 @@ import pytest
 
 from sim import tokenizer, vtime
 from sim.procs import consecutive_free_ports, free_ports, python_module, running, smg_binary
+from sim.real_smg import gateway_argv, wait_ready
 
 pytestmark = [pytest.mark.real_smg, pytest.mark.skipif(smg_binary() is None, reason="smg binary not installed")]
 
@@ -29,35 +30,14 @@ def gateway(tmp_path_factory):
     workers = python_module(
         "sim.worker", "--host", "127.0.0.1", "--port", str(base), "--count", "3", "--model-name", MODEL, "--seed", "11"
     )
-    gw = [
-        "timeout",
-        "120",
-        smg_binary(),
-        "launch",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(gw_port),
-        "--prometheus-host",
-        "127.0.0.1",
-        "--prometheus-port",
-        str(prom_port),
-        "--worker-urls",
-        *urls,
-        "--policy",
-        "manual",
-        "--worker-startup-check-interval",
-        "1",
-    ]
+    flags = ["--policy", "manual", "--worker-startup-check-interval", "1"]
+    gw = ["timeout", "120", *gateway_argv("smg", flags, urls, gw_port, prom_port, defaults={})]
     with (
         running(workers, f"{urls[-1]}/health", timeout=30, log_path=logs / "workers.log"),
         running(gw, f"http://127.0.0.1:{gw_port}/readiness", timeout=60, log_path=logs / "smg.log"),
         httpx.Client(base_url=f"http://127.0.0.1:{gw_port}", timeout=30, trust_env=False) as client,
     ):
-        # /readiness turns 200 with the first ready worker; wait (bounded) for all three
-        deadline = time.monotonic() + 30
-        while client.get("/readiness").json().get("healthy_workers") != 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{gw_port}", 3, timeout=30)  # /readiness is 200 with the first ready worker
         yield client, urls
 
 
