@@ -40,9 +40,7 @@ ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/ge
 def error(
     status: int, code: str, message: str, param: str | None = None, type_: str = "invalid_request_error"
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
-    )
+    return JSONResponse(upstream.error_body(code, message, param, type_), status_code=status)
 
 
 def worker_id(url: str) -> str:
@@ -222,8 +220,8 @@ class Gateway:
             self.core.metrics.upstream_responses.labels(
                 router_type="http", status_code="503", error_code=d.error_code or ""
             ).inc()
-            return error(503, d.error_code or "no_available_workers", d.message, type_="server_error")
-        return error(d.status, d.error_code or "invalid_request", d.message, d.param)
+        status, body = upstream.refusal(d)
+        return JSONResponse(body, status_code=status)
 
     async def _attempt(
         self, d: Decision, path: str, endpoint: str, headers: dict[str, str], body: dict, rid: str, virtual: bool

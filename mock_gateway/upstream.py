@@ -5,9 +5,12 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mock_gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from mock_gateway.core import Decision
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 BREAKER_NEUTRAL = frozenset({429})  # retryable but not a circuit-breaker failure
@@ -87,6 +90,20 @@ def response_headers(upstream: Mapping[str, str], worker_url: str, request_id: s
 
 def request_id(headers: Mapping[str, str], endpoint: str) -> str:
     return headers.get("x-request-id") or f"{REQUEST_ID_PREFIX[endpoint]}{uuid.uuid4().hex}"
+
+
+def error_body(
+    code: str, message: str, param: str | None = None, type_: str = "invalid_request_error"
+) -> dict[str, Any]:
+    """SMG's OpenAI-style error object."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def refusal(d: Decision) -> tuple[int, dict[str, Any]]:
+    """Status and error body for a request no worker was selected for (``d.url`` is None)."""
+    if d.status == 503:
+        return 503, error_body(d.error_code or "no_available_workers", d.message, type_="server_error")
+    return d.status, error_body(d.error_code or "invalid_request", d.message, d.param)
 
 
 def backoff(attempt: int, cfg: GatewayConfig, rng: random.Random) -> float:

@@ -73,15 +73,14 @@ class DirectGateway:
             if d.url is None:
                 if resp is not None:
                     break
-                err = {"error": {"message": d.message, "type": "server_error" if d.status == 503
-                                 else "invalid_request_error", "param": d.param, "code": d.error_code}}
-                return UpstreamResponse(d.status, {"content-type": "application/json"}, data=err)
+                status, err = upstream.refusal(d)
+                return UpstreamResponse(status, {"content-type": "application/json"}, data=err)
             ticket = core.begin(d)
             if d.url in self.dead:  # connection refused, as the app's httpx send fails
                 core.finish(ticket)
                 retryable = retry.settle_attempt(core, d.url, None, core.clock)
-                err = {"error": {"message": f"Failed to call upstream {d.url}: connection refused",
-                                 "type": "server_error", "param": None, "code": "call_upstream_connection_failed"}}
+                err = upstream.error_body("call_upstream_connection_failed",
+                                          f"Failed to call upstream {d.url}: connection refused", type_="server_error")
                 resp = UpstreamResponse(500, {"content-type": "application/json"}, data=err)
             else:
                 payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
