@@ -27,10 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from mock_gateway.policies.base import REGISTRY
-from sim.commands.common import fail
+from sim.commands.common import console_for, fail
 from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, open_transport
 from sim.workload import ScenarioError, parse_capacity
 
@@ -105,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sim.replay import run as replay_run
     from sim.replay.mooncake import TraceError
 
-    console = Console()
+    console = console_for()
     try:
         kv = parse_capacity(args.kv_capacity_tokens)
         policies = parse_policies(args.policy, args.assignment_mode)
