@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,23 +21,19 @@ from typing import Any
 import h11
 import httpx
 import pytest
+from loopback_stack import loopback_stack
 
 from mock_gateway.app import create_app as gateway_app
 from mock_gateway.config import parse_args
 from session_server.app import ServerConfig
 from session_server.app import create_app as session_app
 from sim.engine.types import WorkerConfig
-from sim.procs import ThreadServer
 from sim.worker.app import create_app as worker_app
 from sim.worker.core import WorkerCore
 
 MODEL = "mock-model"
 CAP = 1 << 20  # payload cap of every server in this module
 KEY = "x-smg-routing-key"
-# uvicorn logs a 500's traceback, and Python 3.11 formats it with ast.parse in the server thread; racing pytest's
-# own ast.parse in the main thread that corrupts the AST recursion counter (CPython gh-106905: "AST constructor
-# recursion depth mismatch", an INTERNALERROR). A 500 is still seen, in the response.
-QUIET = "critical"
 
 
 @dataclass
@@ -53,38 +48,15 @@ class Stack:
 
 @contextlib.contextmanager
 def stack() -> Iterator[Stack]:
-    with contextlib.ExitStack() as es:
-        workers = [
-            es.enter_context(
-                ThreadServer(
-                    worker_app(
-                        WorkerCore(WorkerConfig(name=f"w{i}"), model_name=MODEL, context_length=8192),
-                        speedup=1000.0,
-                        max_payload_size=CAP,
-                    ),
-                    log_level=QUIET,
-                )
-            )
-            for i in range(2)
-        ]
-        argv = ["--worker-urls", *(w.url for w in workers), "--policy", "manual", "--seed", "1"]
-        argv += ["--worker-startup-check-interval", "0.05", "--max-payload-size", str(CAP), "--log-level", "error"]
-        gw_app = gateway_app(parse_args(argv))
-        gw = es.enter_context(ThreadServer(gw_app, log_level=QUIET))
-        ss = es.enter_context(
-            ThreadServer(session_app(ServerConfig(router_url=gw.url, max_body_bytes=CAP)), log_level=QUIET)
-        )
+    with loopback_stack(CAP, MODEL) as lb:
+        ss = lb.session
         with httpx.Client(trust_env=False, timeout=30) as c:
-            deadline = time.monotonic() + 15
-            while len(c.get(f"{gw.url}/workers").json()["workers"]) < 2:
-                assert time.monotonic() < deadline, "workers did not register"
-                time.sleep(0.02)
-            sid = c.post(f"{ss.url}/sessions").json()["session_id"]
-            assert c.post(f"{ss.url}/sessions/{sid}/v1/chat/completions", json=chat()).status_code == 200
-            deleted = c.post(f"{ss.url}/sessions").json()["session_id"]
-            assert c.post(f"{ss.url}/sessions/{deleted}/v1/chat/completions", json=chat()).status_code == 200
-            assert c.delete(f"{ss.url}/sessions/{deleted}").status_code == 204
-        yield Stack(workers[0].url, gw.url, ss.url, gw_app.state.gateway.core, sid, deleted)
+            sid = c.post(f"{ss}/sessions").json()["session_id"]
+            assert c.post(f"{ss}/sessions/{sid}/v1/chat/completions", json=chat()).status_code == 200
+            deleted = c.post(f"{ss}/sessions").json()["session_id"]
+            assert c.post(f"{ss}/sessions/{deleted}/v1/chat/completions", json=chat()).status_code == 200
+            assert c.delete(f"{ss}/sessions/{deleted}").status_code == 204
+        yield Stack(lb.worker, lb.gateway, ss, lb.gateway_core, sid, deleted)
 
 
 @pytest.fixture(scope="module")

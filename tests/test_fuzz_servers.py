@@ -15,11 +15,9 @@ answers those 500). ``FUZZ_EXAMPLES=1000`` runs a deeper search by hand.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import string
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,23 +27,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
-
-from mock_gateway.app import create_app as gateway_app
-from mock_gateway.config import parse_args
-from session_server.app import ServerConfig
-from session_server.app import create_app as session_app
-from sim.engine.types import WorkerConfig
-from sim.procs import ThreadServer
-from sim.worker.app import create_app as worker_app
-from sim.worker.core import WorkerCore
+from loopback_stack import loopback_stack
 
 MODEL = "mock-model"
 CAP = 256 * 1024
 KEY = "x-smg-routing-key"
-# uvicorn logs a 500's traceback, and Python 3.11 formats it with ast.parse in the server thread; racing pytest's
-# own ast.parse in the main thread that corrupts the AST recursion counter (CPython gh-106905: "AST constructor
-# recursion depth mismatch", an INTERNALERROR). A 500 is still seen, in the response.
-QUIET = "critical"
 # FUZZ_EXAMPLES=1000 for a deeper run by hand; CI keeps 60 per test (the whole file runs in ~10 s)
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
@@ -64,32 +50,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Stack]:
-    with contextlib.ExitStack() as es:
-        workers = [
-            es.enter_context(
-                ThreadServer(
-                    worker_app(
-                        WorkerCore(WorkerConfig(name=f"w{i}"), model_name=MODEL, context_length=8192),
-                        speedup=1000.0,
-                        max_payload_size=CAP,
-                    ),
-                    log_level=QUIET,
-                )
-            )
-            for i in range(2)
-        ]
-        argv = ["--worker-urls", *(w.url for w in workers), "--policy", "manual", "--seed", "1", "--log-level", "error"]
-        argv += ["--worker-startup-check-interval", "0.05", "--max-payload-size", str(CAP)]
-        gw = es.enter_context(ThreadServer(gateway_app(parse_args(argv)), log_level=QUIET))
-        ss = es.enter_context(
-            ThreadServer(session_app(ServerConfig(router_url=gw.url, max_body_bytes=CAP)), log_level=QUIET)
-        )
-        client = es.enter_context(httpx.Client(trust_env=False, timeout=30))
-        deadline = time.monotonic() + 15
-        while len(client.get(f"{gw.url}/workers").json()["workers"]) < 2:
-            assert time.monotonic() < deadline, "workers did not register"
-            time.sleep(0.02)
-        yield Stack(workers[0].url, gw.url, ss.url, client)
+    with loopback_stack(CAP, MODEL) as lb, httpx.Client(trust_env=False, timeout=30) as client:
+        yield Stack(lb.worker, lb.gateway, lb.session, client)
 
 
 # --- strategies ------------------------------------------------------------------------------------------
