@@ -53,14 +53,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mock_gateway.config import GatewayConfig
 from mock_gateway.metrics import GatewayMetrics
-from mock_gateway.policies.base import Policy, PolicyContext, RouteInput, policy_class
+from mock_gateway.policies.base import LAZY, Policy, PolicyContext, RouteInput, policy_class
 from mock_gateway.policies.sticky import UNWRAPPED, StickyOverride
-from mock_gateway.routing_key import header_key, routing_text, routing_tokens
-from mock_gateway.workers import CB_STATE_VALUE, CircuitBreaker, EngineReport, Worker, WorkerRegistry
+from mock_gateway.routing_key import header_key, int_ids
+from mock_gateway.workers import CB_OPEN, CB_STATE_VALUE, CircuitBreaker, EngineReport, Worker, WorkerRegistry
 
 ENDPOINTS = ("chat", "completions", "generate")
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -96,7 +99,12 @@ _REQUIRED = {"chat": ("model", "messages"), "completions": ("model", "prompt"), 
 ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer", "root"})
 
 
-def _token_ids(ids: list) -> bool:
+def _token_ids(ids: list | np.ndarray) -> bool:
+    """A list of token ids (ints in [0, 2**32)) or a non-empty list of such lists; or, from an in-process
+    caller, a 1-D integer array with the same range (checked vectorised)."""
+    if isinstance(ids, np.ndarray):
+        return int_ids(ids)
+
     def flat(xs: object) -> bool:
         return isinstance(xs, list) and all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in xs
@@ -141,6 +149,23 @@ def _tool_message(endpoint: str, policy: str, i: int, m: Mapping) -> Decision | 
     return None
 
 
+def _plain_messages(msgs: list) -> bool:
+    """Every message a dict with a known string role and string content (a ``tool`` message also a string
+    ``tool_call_id``): then all are acceptable. Otherwise the full check below names the first problem."""
+    for m in msgs:
+        if type(m) is not dict:
+            return False
+        role = m.get("role")
+        if type(m.get("content")) is not str or type(role) is not str:
+            return False
+        if role == "tool":
+            if type(m.get("tool_call_id")) is not str:
+                return False
+        elif role not in ROLES:
+            return False
+    return True
+
+
 def validate(endpoint: str, body: object, policy: str) -> Decision | None:
     """SMG's 4xx for a body it cannot deserialize (None when the body is acceptable).
 
@@ -169,7 +194,7 @@ def validate(endpoint: str, body: object, policy: str) -> Decision | None:
             return wrong("messages", "a sequence")
         if not msgs:
             return wrong("messages", "an array with minimum length 1", "empty_array")
-        for i, m in enumerate(msgs):
+        for i, m in enumerate(() if _plain_messages(msgs) else msgs):
             if not isinstance(m, Mapping):
                 return wrong(f"messages[{i}]", "a message object")
             role = m.get("role")
@@ -203,9 +228,10 @@ def validate(endpoint: str, body: object, policy: str) -> Decision | None:
             if not 0 <= v < 2**32:
                 return wrong(f, "u32", "integer_below_min_value" if v < 0 else "integer_above_max_value")
     if endpoint == "generate":
-        for f, typ in (("text", str), ("input_ids", list), ("sampling_params", Mapping)):
+        for f, typ, name in (("text", str, "str"), ("input_ids", list | np.ndarray, "list"),
+                             ("sampling_params", Mapping, "Mapping")):
             if body.get(f) is not None and not isinstance(body[f], typ):
-                return wrong(f, typ.__name__)
+                return wrong(f, name)
         ids = body.get("input_ids")
         if ids is not None and not _token_ids(ids):
             return wrong("input_ids", "an array of token ids or an array of token id arrays")
@@ -231,6 +257,25 @@ class GatewayCore:
         self._ids = itertools.count(1)
         self._pending: list[tuple[float, int, Ticket]] = []  # released when the clock passes virtual finish
         self.inflight: dict[int, Ticket] = {}
+        m = self.metrics  # label children cached per series (``.labels()`` costs ~4 us a call)
+        self._m_health = m.gauge_series(m.worker_health)
+        self._m_active = m.gauge_series(m.worker_active)
+        self._m_keys_active = m.gauge_series(m.worker_keys_active)
+        self._m_cb_state = m.gauge_series(m.cb_state)
+        self._m_cb_failures = m.gauge_series(m.cb_failures)
+        self._m_cb_successes = m.gauge_series(m.cb_successes)
+        self._m_cb_outcomes = m.series(m.cb_outcomes)
+        self._m_worker_requests = m.series(m.worker_requests)
+        self._m_router = m.series(m.router_requests)
+        self._m_selection = m.series(m.selection)
+        self._m_overloaded = m.series(m.workers_overloaded)
+        self._m_health_checks = m.series(m.health_checks)
+        self._m_load_polls = m.series(m.load_polls)
+        self._m_engine = [
+            m.series(g)
+            for g in (m.engine_running, m.engine_waiting, m.engine_token_usage, m.engine_gen_throughput,
+                      m.engine_cache_hit_rate)
+        ]
         self.policy.tick(now)
 
     # -- workers -----------------------------------------------------------------------------------
@@ -256,10 +301,9 @@ class GatewayCore:
             self._next_poll = now  # the monitor's first tick fires when the group is created
         if self._next_health is None:
             self._next_health = now + cfg.health_check_interval_secs  # the checker's first round, one interval on
-        m = self.metrics
-        m.worker_health.labels(worker=url).set(1)
-        m.worker_active.labels(worker=url).set(0)
-        m.cb_state.labels(worker=url).set(0)
+        self._m_health[url].set(1)
+        self._m_active[url].set(0)
+        self._m_cb_state[url].set(0)
         self._pool_gauge()
         return w
 
@@ -283,13 +327,15 @@ class GatewayCore:
     # -- clock -------------------------------------------------------------------------------------
     def advance(self, now: float) -> int:
         """Move the clock forward, release finished virtual requests and run periodic tasks."""
-        self.clock = max(self.clock, now)
+        if now > self.clock:
+            self.clock = now
+        clock, pending = self.clock, self._pending
         released = 0
-        while self._pending and self._pending[0][0] <= self.clock:
-            _, _, t = heapq.heappop(self._pending)
+        while pending and pending[0][0] <= clock:
+            _, _, t = heapq.heappop(pending)
             released += self._release(t)
-        self.policy.tick(self.clock)
-        self.breaker_tick(self.clock)
+        self.policy.tick(clock)
+        self.breaker_tick(clock)
         return released
 
     def due_polls(self, now: float) -> list[str]:
@@ -330,38 +376,36 @@ class GatewayCore:
             return
         w.report = EngineReport.parse(load, now)
         w.since_poll = [(t, n) for t, n in w.since_poll if t > now]  # the report already reflects them
-        m = self.metrics
-        m.load_polls.labels(worker=url, mode="poll").inc()
+        self._m_load_polls[(url, "poll")].inc()
         if w.report is not None:
+            fields = ("num_running_reqs", "num_waiting_reqs", "token_usage", "gen_throughput", "cache_hit_rate")
             for i, r in enumerate(w.report.ranks):
-                labels = {"worker": url, "model": w.model, "dp_rank": str(r.get("dp_rank", i))}
-                m.engine_running.labels(**labels).set(float(r.get("num_running_reqs", 0) or 0))
-                m.engine_waiting.labels(**labels).set(float(r.get("num_waiting_reqs", 0) or 0))
-                m.engine_token_usage.labels(**labels).set(float(r.get("token_usage", 0) or 0))
-                m.engine_gen_throughput.labels(**labels).set(float(r.get("gen_throughput", 0) or 0))
-                m.engine_cache_hit_rate.labels(**labels).set(float(r.get("cache_hit_rate", 0) or 0))
+                labels = (url, w.model, str(r.get("dp_rank", i)))
+                for series, f in zip(self._m_engine, fields, strict=True):
+                    series[labels].set(float(r.get(f, 0) or 0))
 
     # -- health and breaker ----------------------------------------------------------------------
     def _cb_metrics(self, w: Worker, transition: tuple[str, str] | None) -> None:
-        m = self.metrics
         if transition is not None:
-            m.cb_transitions.labels(worker=w.url, **{"from": transition[0], "to": transition[1]}).inc()
-        m.cb_state.labels(worker=w.url).set(CB_STATE_VALUE[w.breaker.state])
-        m.cb_failures.labels(worker=w.url).set(w.breaker.consecutive_failures)
-        m.cb_successes.labels(worker=w.url).set(w.breaker.consecutive_successes)
+            self.metrics.cb_transitions.labels(worker=w.url, **{"from": transition[0], "to": transition[1]}).inc()
+        b, url = w.breaker, w.url
+        self._m_cb_state[url].set(CB_STATE_VALUE[b.state])
+        self._m_cb_failures[url].set(b.consecutive_failures)
+        self._m_cb_successes[url].set(b.consecutive_successes)
 
     def record_outcome(self, url: str, ok: bool, now: float) -> None:
         w = self.registry.get(url)
         if w is None:
             return
-        self.metrics.cb_outcomes.labels(worker=url, outcome="success" if ok else "failure").inc()
+        self._m_cb_outcomes[(url, "success" if ok else "failure")].inc()
         self._cb_metrics(w, w.breaker.record(ok, now))
 
     def breaker_tick(self, now: float) -> None:
-        for w in self.registry:
-            t = w.breaker.tick(now)
-            if t is not None:
-                self._cb_metrics(w, t)
+        for w in self.registry.values():
+            if w.breaker.state == CB_OPEN:  # only an open breaker has a timer
+                t = w.breaker.tick(now)
+                if t is not None:
+                    self._cb_metrics(w, t)
 
     def health_result(self, url: str, ok: bool, now: float) -> None:
         """One probe: Ready -> NotReady after ``failure_threshold`` failures, -> Failed after 3x that;
@@ -370,7 +414,7 @@ class GatewayCore:
         if w is None:
             return
         cfg = self.config
-        self.metrics.health_checks.labels(worker_type="regular", result="success" if ok else "failure").inc()
+        self._m_health_checks[("regular", "success" if ok else "failure")].inc()
         if ok:
             w.health_failures = 0
             w.health_successes += 1
@@ -387,13 +431,20 @@ class GatewayCore:
                 w.status = "failed"
             elif w.health_failures >= cfg.health_failure_threshold and w.ready:
                 w.status = "not_ready"
-        self.metrics.worker_health.labels(worker=url).set(1 if w.ready else 0)
+        self._m_health[url].set(1 if w.ready else 0)
 
     # -- selection ---------------------------------------------------------------------------------
     def available(self, model: str | None, exclude: Iterable[str] = ()) -> list[Worker]:
         """Ready workers of the model whose breaker allows a request (before overload protection)."""
-        ex = set(exclude)
-        return [w for w in self.registry.for_model(model) if w.ready and w.breaker.can_execute() and w.url not in ex]
+        out = [
+            w
+            for w in self.registry.of_model(model)
+            if w.status == "ready" and (w.breaker.state != CB_OPEN or not w.breaker.enabled)
+        ]
+        if exclude:
+            ex = set(exclude)
+            out = [w for w in out if w.url not in ex]
+        return out
 
     def select(
         self,
@@ -420,15 +471,8 @@ class GatewayCore:
         stream = bool(body.get("stream", False))
         m = self.metrics
         if attempt == 0:
-            m.router_requests.labels(
-                router_type="http",
-                backend_type="regular",
-                connection_mode="http",
-                model=label,
-                endpoint=endpoint,
-                streaming=str(stream).lower(),
-            ).inc()
-        if model is not None and not self.registry.for_model(model):
+            self._m_router[("http", "regular", "http", label, endpoint, "true" if stream else "false")].inc()
+        if model is not None and not self.registry.of_model(model):
             return Decision(
                 None,
                 endpoint,
@@ -441,12 +485,9 @@ class GatewayCore:
             )
         workers = self.available(model, exclude)
         if workers and cfg.overload_protection:
-            fine = [
-                w
-                for w in workers
-                if not w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage)
-            ]
-            m.workers_overloaded.labels(model=label).set(len(workers) - len(fine))
+            wcap, ucap = cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage
+            fine = [w for w in workers if (r := w.report) is None or not (r.waiting >= wcap or r.token_usage >= ucap)]
+            self._m_overloaded[label].set(len(workers) - len(fine))
             if not fine:
                 if cfg.worker_overload_shed:
                     m.overload_shed.labels(stage="selection").inc()
@@ -467,17 +508,9 @@ class GatewayCore:
                     Decision(chosen.url, endpoint, cfg.policy, "overload_fallback", key, label, stream=stream)
                 )
             workers = fine
-        req = RouteInput(
-            endpoint=endpoint,
-            headers=headers,
-            body=body,
-            model=model,
-            text=routing_text(endpoint, body),
-            tokens=routing_tokens(endpoint, headers, body),
-            key=header_key(headers, cfg.routing_key_headers),
-            now=now,
-            exclude=frozenset(exclude),
-        )
+        # text and tokens are computed only if the policy reads them
+        key = header_key(headers, cfg.routing_key_headers)
+        req = RouteInput(endpoint, headers, body, model, None, LAZY, key, now, frozenset(exclude) if exclude else _NONE)
         choice = self.policy.select(workers, req)
         if choice.url is None:
             return Decision(
@@ -495,9 +528,7 @@ class GatewayCore:
         return self._selected(Decision(choice.url, endpoint, cfg.policy, choice.branch, key, label, stream=stream))
 
     def _selected(self, d: Decision) -> Decision:
-        self.metrics.selection.labels(
-            worker_type="regular", connection_mode="http", model=d.model, policy=d.policy
-        ).inc()
+        self._m_selection[("regular", "http", d.model, d.policy)].inc()
         return d
 
     # -- in-flight accounting -----------------------------------------------------------------------
@@ -509,8 +540,9 @@ class GatewayCore:
         self.inflight[t.id] = t
         self.registry.begin(t.url, t.key)
         w = self.registry.get(t.url)
-        self.metrics.worker_requests.labels(worker=t.url, model=w.model if w else decision.model).inc()
-        self._load_gauges(t.url)
+        self._m_worker_requests[(t.url, w.model if w else decision.model)].inc()
+        if w is not None:
+            self._load_gauges(w)
         return t
 
     def finish(self, ticket: Ticket, virtual_finish: float | None = None, now: float | None = None) -> None:
@@ -529,14 +561,14 @@ class GatewayCore:
         ticket.done = True
         self.inflight.pop(ticket.id, None)
         self.registry.end(ticket.url, ticket.key)
-        self._load_gauges(ticket.url)
+        w = self.registry.get(ticket.url)
+        if w is not None:
+            self._load_gauges(w)
         return 1
 
-    def _load_gauges(self, url: str) -> None:
-        w = self.registry.get(url)
-        if w is not None:
-            self.metrics.worker_active.labels(worker=url).set(w.load)
-            self.metrics.worker_keys_active.labels(worker=url).set(w.routing_key_load)
+    def _load_gauges(self, w: Worker) -> None:
+        self._m_active[w.url].set(w.load)
+        self._m_keys_active[w.url].set(len(w.key_load))
 
     # -- convenience for the direct transport --------------------------------------------------------
     def route(

@@ -1,10 +1,58 @@
-"""Prometheus series with SMG 1.13.0's names and label keys, in the gateway's own CollectorRegistry."""
+"""Prometheus series with SMG 1.13.0's names and label keys, in the gateway's own CollectorRegistry.
+
+Hot paths reach label children through ``GatewayMetrics.series(metric)``: a dict from label values (a string
+for a one-label metric, else the tuple in label order) to the child, which ``.labels()`` creates on first use
+(so a series appears exactly when it did before) and the dict keeps; ``.labels()`` itself costs ~4 us a call.
+``gauge_series`` children also skip a ``set`` to the value they already hold: only for gauges that nothing
+else sets through ``.labels()``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 RATIO_BUCKETS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+class Series(dict):
+    """Label values -> child of one metric, created by ``metric.labels`` on first lookup."""
+
+    __slots__ = ("metric",)
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, key: str | tuple[str, ...]) -> Any:
+        child = self.metric.labels(*key) if type(key) is tuple else self.metric.labels(key)
+        self[key] = child
+        return child
+
+
+class LastGauge:
+    """A gauge child that remembers the value it was last set to and skips setting it again."""
+
+    __slots__ = ("child", "last")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.last: float | None = None
+
+    def set(self, value: float) -> None:
+        if value != self.last:
+            self.last = value
+            self.child.set(value)
+
+
+class GaugeSeries(Series):
+    __slots__ = ()
+
+    def __missing__(self, key: str | tuple[str, ...]) -> LastGauge:
+        child = LastGauge(self.metric.labels(*key) if type(key) is tuple else self.metric.labels(key))
+        self[key] = child
+        return child
 
 
 class GatewayMetrics:
@@ -103,6 +151,23 @@ class GatewayMetrics:
         )
         self.http_requests = c("smg_http_requests", "Total HTTP requests by method and path", ("method", "path"))
         self.http_responses = c("smg_http_responses", "Total HTTP responses", ("path", "status_code", "error_code"))
+
+        self._series: dict[int, Series] = {}
+
+    def series(self, metric: Any) -> Series:
+        """The cached label children of ``metric`` (one of this object's metrics)."""
+        s = self._series.get(id(metric))
+        if s is None:
+            s = self._series[id(metric)] = Series(metric)
+        return s
+
+    def gauge_series(self, gauge: Gauge) -> GaugeSeries:
+        """Cached children of a gauge that only the gateway core sets, skipping unchanged values."""
+        s = self._series.get(id(gauge))
+        if s is None:
+            s = self._series[id(gauge)] = GaugeSeries(gauge)
+        assert isinstance(s, GaugeSeries)
+        return s
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

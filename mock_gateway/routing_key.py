@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 ROUTING_KEY_MAX_BYTES = 128
 DEFAULT_ROUTING_KEY_HEADER = "x-smg-routing-key"
 _R_SUFFIX = re.compile(r"_r\d+$")
@@ -20,6 +22,8 @@ _T_SUFFIX = re.compile(r"_t\d+$")
 
 def valid_key(value: object) -> str | None:
     """The value if it is a usable routing key, else None (never an error)."""
+    if type(value) is str and value.isascii():  # the common case: ASCII is valid UTF-8, one byte a character
+        return value if 0 < len(value) <= ROUTING_KEY_MAX_BYTES else None
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -34,9 +38,11 @@ def valid_key(value: object) -> str | None:
 def header_key(headers: Mapping[str, str], names: Sequence[str]) -> str | None:
     """The first valid value among the configured headers (names compared lower-case)."""
     for name in names:
-        key = valid_key(headers.get(name.lower()))
-        if key is not None:
-            return key
+        value = headers.get(name) if name.islower() else headers.get(name.lower())
+        if value is not None:
+            key = valid_key(value)
+            if key is not None:
+                return key
     return None
 
 
@@ -77,18 +83,29 @@ def routing_text(endpoint: str, body: Mapping[str, Any]) -> str:
 
     Chat: every message's text (content, then ``reasoning_content``) joined by single spaces, empty
     parts skipped, roles not included. Completions: ``prompt`` (a list joined by spaces). Generate: ``text``.
+    Only computed when a policy reads it (``RouteInput.text`` is lazy).
     """
     if endpoint == "chat":
         parts: list[str] = []
+        add = parts.append
         messages = body.get("messages")
         if isinstance(messages, list):
             for m in messages:
-                if not isinstance(m, Mapping):
+                if type(m) is not dict and not isinstance(m, Mapping):
                     continue
-                for field in ("content", "reasoning_content"):
-                    t = _content_text(m.get(field))
+                c = m.get("content")
+                if type(c) is str:  # the common case, inline
+                    if c:
+                        add(c)
+                elif c is not None:
+                    t = _content_text(c)
                     if t:
-                        parts.append(t)
+                        add(t)
+                r = m.get("reasoning_content")
+                if r is not None:
+                    t = _content_text(r)
+                    if t:
+                        add(t)
         return " ".join(parts)
     if endpoint == "completions":
         prompt = body.get("prompt")
@@ -101,8 +118,20 @@ def routing_text(endpoint: str, body: Mapping[str, Any]) -> str:
     return text if isinstance(text, str) else ""
 
 
+def int_ids(ids: np.ndarray) -> bool:
+    """A 1-D integer array of token ids, each in ``[0, 2**32)`` (an in-process caller's ``input_ids``)."""
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        return False
+    if ids.size == 0:
+        return True
+    if ids.size <= 16:  # numpy call overhead exceeds the work on tiny arrays
+        return all(0 <= i < 2**32 for i in ids.tolist())
+    return bool(ids.min() >= 0) and bool(ids.max() < 2**32)
+
+
 def routing_tokens(endpoint: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> list[int] | None:
-    """Token ids the request carries: a valid ``x-smg-routing-tokens`` header, else generate's ``input_ids``."""
+    """Token ids the request carries: a valid ``x-smg-routing-tokens`` header, else generate's ``input_ids``
+    (a list of ints, or an in-process caller's 1-D integer array, given back as a list)."""
     raw = headers.get("x-smg-routing-tokens")
     if raw is not None and 0 < len(raw.encode("utf-8", "replace")) <= 4096:
         try:
@@ -113,6 +142,8 @@ def routing_tokens(endpoint: str, headers: Mapping[str, str], body: Mapping[str,
             pass
     if endpoint == "generate":
         ids = body.get("input_ids")
+        if isinstance(ids, np.ndarray):
+            return ids.tolist() if ids.ndim == 1 and ids.size and ids.dtype.kind in "iu" else None
         if isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             return ids
     return None

@@ -6,7 +6,7 @@ the order SMG's policies see (round_robin's sequence, consistent_hashing's targe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +156,7 @@ class WorkerRegistry:
 
     def __init__(self) -> None:
         self._workers: dict[str, Worker] = {}
+        self._by_model: dict[str | None, tuple[Worker, ...]] = {}  # of_model's answers, dropped on add/remove
 
     def __contains__(self, url: object) -> bool:
         return url in self._workers
@@ -166,13 +167,19 @@ class WorkerRegistry:
     def __iter__(self):
         return iter(list(self._workers.values()))
 
+    def values(self) -> ValuesView[Worker]:
+        """The workers in registration order, without a copy (do not add or remove while iterating)."""
+        return self._workers.values()
+
     def get(self, url: str) -> Worker | None:
         return self._workers.get(url)
 
     def add(self, worker: Worker) -> Worker:
+        self._by_model.clear()
         return self._workers.setdefault(worker.url, worker)
 
     def remove(self, url: str) -> Worker | None:
+        self._by_model.clear()
         return self._workers.pop(url, None)
 
     def urls(self) -> list[str]:
@@ -181,6 +188,13 @@ class WorkerRegistry:
     def for_model(self, model: str | None) -> list[Worker]:
         """Workers serving ``model`` (all of them for None, a model-less request)."""
         return [w for w in self._workers.values() if model is None or w.model == model]
+
+    def of_model(self, model: str | None) -> tuple[Worker, ...]:
+        """``for_model`` as a cached tuple (a worker's model does not change once registered)."""
+        ws = self._by_model.get(model)
+        if ws is None:
+            ws = self._by_model[model] = tuple(self.for_model(model))
+        return ws
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(w.model for w in self._workers.values()))

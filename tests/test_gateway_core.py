@@ -303,3 +303,76 @@ def test_any_json_body_gets_a_decision_never_an_exception(endpoint, body, msgs, 
     d = core.select(endpoint, {"x-smg-routing-key": "k"}, body)
     assert (d.url is not None) == (d.status == 200)
     assert d.status in (200, 400, 404, 422, 503)
+
+
+# -- fast paths: an in-process caller's int64 input_ids, the message pre-check, the lazy routing text ----------
+
+import numpy as np  # noqa: E402
+
+from mock_gateway import core as core_module  # noqa: E402
+from mock_gateway.policies import base as policy_base  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [[], [0], [5, 7, 2**32 - 1], list(range(40)), [-1], [2**32], [1, -5] * 20, [*range(30), 2**40]],
+)
+@pytest.mark.parametrize("policy", ["round_robin", "cache_aware", "prefix_hash"])
+def test_generate_input_ids_as_an_int64_array_are_checked_and_routed_as_the_list(ids, policy):
+    def decide(input_ids):
+        core = make_core("--policy", policy)
+        d = core.select("generate", {}, {"input_ids": input_ids})
+        return d.url, d.branch, d.status, d.error_code, d.param, d.message
+
+    assert decide(np.array(ids, dtype=np.int64)) == decide(ids)
+
+
+@pytest.mark.parametrize(
+    "arr", [np.array([1.0, 2.0]), np.array([True, False]), np.zeros((0, 3), dtype=np.int64), np.array([[-1, 2]])]
+)
+def test_an_array_of_the_wrong_kind_is_refused_like_a_bad_list(arr):
+    d = make_core("--policy", "round_robin").select("generate", {}, {"input_ids": arr})
+    assert (d.url, d.status, d.error_code, d.param) == (None, 422, "invalid_type", "input_ids")
+
+
+def test_the_routing_text_is_extracted_only_for_a_policy_that_reads_it(monkeypatch):
+    calls = []
+    real = policy_base.routing_text
+    monkeypatch.setattr(policy_base, "routing_text", lambda *a: calls.append(a) or real(*a))
+    make_core("--policy", "manual").route("chat", {"x-smg-routing-key": "k"}, chat("a b c"), now=0.0)
+    make_core("--policy", "consistent_hashing").route("chat", {"x-smg-routing-key": "k"}, chat("a b c"), now=0.0)
+    assert calls == []
+    make_core("--policy", "cache_aware").route("chat", {}, chat("a b c"), now=0.0)
+    assert len(calls) == 1
+
+
+roles = st.sampled_from(["user", "assistant", "tool", "system", "function", "bogus"]) | json_values
+plainish = st.lists(
+    st.fixed_dictionaries(
+        {"role": roles, "content": st.text(max_size=3) | json_values},
+        optional={"tool_call_id": st.text(max_size=3) | json_values, "reasoning_content": json_values},
+    )
+    | json_values,
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(plainish)
+def test_the_message_pre_check_only_skips_what_the_full_check_accepts(msgs):
+    body = {"model": "fake-model", "messages": msgs}
+    fast = core_module.validate("chat", body, "manual")
+    full_only = core_module._plain_messages
+    try:
+        core_module._plain_messages = lambda _m: False
+        full = core_module.validate("chat", body, "manual")
+    finally:
+        core_module._plain_messages = full_only
+    assert (fast is None) == (full is None)
+    if fast is not None:
+        assert (fast.status, fast.error_code, fast.param, fast.message) == (
+            full.status,
+            full.error_code,
+            full.param,
+            full.message,
+        )

@@ -13,26 +13,67 @@ import importlib
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mock_gateway.config import GatewayConfig
 from mock_gateway.metrics import GatewayMetrics
 from mock_gateway.ring import HashRing
+from mock_gateway.routing_key import routing_text, routing_tokens
 from mock_gateway.workers import Worker, WorkerRegistry
 
 
-@dataclass
+class _Lazy:
+    """Marks a ``RouteInput`` field not computed yet."""
+
+    __slots__ = ()
+
+
+LAZY = _Lazy()
+
+
 class RouteInput:
-    endpoint: str  # "chat" | "completions" | "generate"
-    headers: Mapping[str, str]  # lower-cased names
-    body: Mapping[str, Any]
-    model: str | None  # None for a model-less request
-    text: str  # routing text (cache_aware, prefix_hash)
-    tokens: list[int] | None  # routing token ids, when the request carries them
-    key: str | None  # the valid header routing key, unstripped (None if absent)
-    now: float = 0.0
-    exclude: frozenset[str] = field(default_factory=frozenset)
+    """One request as a policy sees it. ``text`` and ``tokens`` are computed on first read when not given
+    (most policies never read the routing text, whose extraction is O(conversation))."""
+
+    __slots__ = ("_text", "_tokens", "body", "endpoint", "exclude", "headers", "key", "model", "now")
+
+    def __init__(
+        self,
+        endpoint: str,  # "chat" | "completions" | "generate"
+        headers: Mapping[str, str],  # lower-cased names
+        body: Mapping[str, Any],
+        model: str | None,  # None for a model-less request
+        text: str | None = None,  # routing text (cache_aware, prefix_hash); None: routing_text(endpoint, body)
+        tokens: list[int] | _Lazy | None = LAZY,  # routing token ids; LAZY: routing_tokens(endpoint, headers, body)
+        key: str | None = None,  # the valid header routing key, unstripped (None if absent)
+        now: float = 0.0,
+        exclude: frozenset[str] = frozenset(),
+    ) -> None:
+        self.endpoint = endpoint
+        self.headers = headers
+        self.body = body
+        self.model = model
+        self._text = text
+        self._tokens = tokens
+        self.key = key
+        self.now = now
+        self.exclude = exclude
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = routing_text(self.endpoint, self.body)
+        return self._text
+
+    @property
+    def tokens(self) -> list[int] | None:
+        if self._tokens is LAZY:
+            self._tokens = routing_tokens(self.endpoint, self.headers, self.body)
+        return self._tokens  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"RouteInput({self.endpoint!r}, model={self.model!r}, key={self.key!r}, now={self.now!r})"
 
 
 @dataclass
