@@ -12,16 +12,19 @@ reach the servers in nondecreasing virtual time: the run is deterministic for a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import simpy
 
 from sim import tokenizer, vtime
+from sim.engine.radix import as_ids
 from sim.oracle import Oracle, max_cacheable
 from sim.transports.base import Reply, Transport, TransportError
-from sim.workload import Scenario, SessionPlan, plan_sessions, system_prompt, task_prompt, tool_output
+from sim.workload import Scenario, SessionPlan, ToolTexts, plan_sessions, system_prompt, task_prompt
 
 MODEL = "mock-model"
 
@@ -113,9 +116,12 @@ class WorkloadResult:
     end_time: float = 0.0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists (fast when one extends the other)."""
+def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """Length of the longest common prefix of two token sequences (lists or int arrays)."""
     n = min(len(a), len(b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        eq = as_ids(a)[:n] == as_ids(b)[:n]
+        return n if eq.all() else int(eq.argmin())
     if a[:n] == b[:n]:
         return n
     lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
@@ -126,6 +132,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         else:
             hi = mid
     return lo
+
+
+_second = itemgetter(1)
+
+
+def _output_ids(logprobs: list[Any]) -> np.ndarray:
+    """The token ids of ``meta_info.output_token_logprobs`` entries ``[logprob, token_id, ...]``."""
+    try:
+        return np.fromiter(map(_second, logprobs), np.int64, len(logprobs))
+    except (TypeError, ValueError, OverflowError):  # not plain ints: int() decides, as it always did
+        return np.array([int(t[1]) for t in logprobs], dtype=np.int64)
 
 
 def _error_text(reply: Reply) -> str:
@@ -157,6 +174,7 @@ class AgentRunner:
         self.result = WorkloadResult()
         self._system = system_prompt(scenario)
         self._tasks: dict[int, str] = {}
+        self._tools = ToolTexts(scenario, self.plans)
 
     # ---- one request --------------------------------------------------------------------------
 
@@ -166,14 +184,14 @@ class AgentRunner:
                 vtime.SIM_TIME_FIELD: float(self.env.now)}
 
     def _chat_steps(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
-                    max_tokens: int, prev_full: list[int] | None
-                    ) -> Generator[simpy.Event, Any, tuple[RequestRecord, list[int] | None, str]]:
+                    max_tokens: int, prev_full: np.ndarray | None
+                    ) -> Generator[simpy.Event, Any, tuple[RequestRecord, np.ndarray | None, str]]:
         """One request as SimPy steps: none in virtual time (the answer is immediate); live time waits."""
         return self._chat(sid, plan, turn, retry, messages, max_tokens, prev_full)
         yield  # unreachable: makes this a generator that never yields (sim.live overrides it)
 
     def _chat(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
-              max_tokens: int, prev_full: list[int] | None) -> tuple[RequestRecord, list[int] | None, str]:
+              max_tokens: int, prev_full: np.ndarray | None) -> tuple[RequestRecord, np.ndarray | None, str]:
         rec = RequestRecord(plan.index, turn, retry, float(self.env.now), 0)
         try:
             reply = self.transport.chat(sid, self._body(messages, max_tokens))
@@ -183,7 +201,10 @@ class AgentRunner:
         return self._parse(rec, reply, messages, prev_full)
 
     def _parse(self, rec: RequestRecord, reply: Reply, messages: list[dict[str, Any]],
-               prev_full: list[int] | None) -> tuple[RequestRecord, list[int] | None, str]:
+               prev_full: np.ndarray | None) -> tuple[RequestRecord, np.ndarray | None, str]:
+        """Fill ``rec`` from the answer; also the conversation's token ids so far (prompt + output, int64)
+        and the answer's text. Token ids stay int64 arrays (an in-process upstream may hand them over as
+        such), so a turn costs the agent O(new tokens) in Python."""
         rec.status = reply.status
         if not reply.ok or not isinstance(reply.body, dict):
             rec.error = _error_text(reply)
@@ -195,15 +216,16 @@ class AgentRunner:
             sim = data[vtime.SIM_RESPONSE_FIELD]
             choice = data["choices"][0]
             content = choice["message"]["content"] or ""
-            output_ids = [int(t[1]) for t in choice["meta_info"]["output_token_logprobs"]]
-            prompt_ids = choice.get("prompt_token_ids")
-            if prompt_ids is None:  # an upstream that does not echo them: the template is additive
-                prompt_ids = tokenizer.render(messages, True)
+            output_ids = _output_ids(choice["meta_info"]["output_token_logprobs"])
+            prompt = choice.get("prompt_token_ids")
+            if prompt is None:  # an upstream that does not echo them: the template is additive
+                prompt = tokenizer.render(messages, True)
+            prompt_ids = as_ids(prompt)
             rec.worker = str(sim.get("worker")) if sim.get("worker") is not None else None
             rec.arrival, rec.start = float(sim["arrival"]), float(sim["start"])
             rec.first_token, rec.finish = float(sim["first_token"]), float(sim["finish"])
             rec.cached_tokens = int(sim["cached_tokens"])
-        except (KeyError, IndexError, TypeError, ValueError) as e:
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:
             rec.error = f"malformed answer: {type(e).__name__}: {e}"
             return rec, None, ""
         rec.prompt_tokens = len(prompt_ids)
@@ -211,7 +233,7 @@ class AgentRunner:
         if prev_full is not None:
             rec.eligible_tokens = min(common_prefix(prev_full, prompt_ids), max_cacheable(len(prompt_ids)))
         rec.oracle_cached = self.result.oracle.observe(rec.arrival, rec.finish, prompt_ids, output_ids)
-        return rec, [*prompt_ids, *output_ids], content
+        return rec, np.concatenate((prompt_ids, output_ids)), content
 
     def _record(self, rec: RequestRecord) -> None:
         self.result.requests.append(rec)
@@ -244,7 +266,7 @@ class AgentRunner:
         out.session_id = sid
         messages: list[dict[str, Any]] = [{"role": "system", "content": self._system},
                                           {"role": "user", "content": self._task(plan.group)}]
-        prev_full: list[int] | None = None
+        prev_full: np.ndarray | None = None
         for k, turn in enumerate(plan.turns):
             rec, full, content = yield from self._chat_steps(sid, plan, k, False, messages, turn.output_tokens,
                                                              prev_full)
@@ -276,7 +298,7 @@ class AgentRunner:
             messages = [*messages, {"role": "assistant", "content": content},
                         # the real SMG refuses a tool message without tool_call_id (400)
                         {"role": "tool", "tool_call_id": f"call_{plan.index}_{k}",
-                         "content": tool_output(self.scenario, plan.index, k, turn.tool_output_tokens)}]
+                         "content": self._tools.text(plan.index, k, turn.tool_output_tokens)}]
             wait = turn.tool_latency + turn.think_time
             if wait > 0:
                 yield env.timeout(wait)

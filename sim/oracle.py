@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sim.engine.radix import RadixCache
+from sim.engine.radix import RadixCache, as_ids
 
 
 class Oracle:
@@ -41,9 +41,9 @@ class Oracle:
         arrival = max(arrival, self._now)  # arrivals are nondecreasing; guard against float noise
         self._now = arrival
         self._flush(arrival)
-        prompt = np.asarray(prompt_ids, dtype=np.int64)
+        prompt = as_ids(prompt_ids)  # no copy for an int64 array
         cached = self.cache.peek(prompt[: max_cacheable(len(prompt))]) if len(prompt) else 0
-        full = np.concatenate([prompt, np.asarray(output_ids, dtype=np.int64)])
+        full = np.concatenate((prompt, as_ids(output_ids)))
         heapq.heappush(self._pending, (max(finish, arrival), self._seq, full))
         self._seq += 1
         self.prompt_tokens += len(prompt)

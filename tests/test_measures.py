@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sim.agents import RequestRecord, WorkloadResult, common_prefix, run_workload
 from sim.measures import gateway_branches, summarize
@@ -62,6 +65,14 @@ def test_common_prefix():
     assert common_prefix([1, 2, 3, 4], [1, 2, 9, 4]) == 2
     assert common_prefix([], [1]) == 0
     assert common_prefix([5] * 1000 + [1], [5] * 1000 + [2]) == 1000
+
+
+@given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.integers(0, 3), max_size=40))
+def test_common_prefix_of_arrays_is_that_of_lists(a, b):
+    want = common_prefix(a, b)
+    assert want == next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    arr_a, arr_b = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
+    assert common_prefix(arr_a, arr_b) == common_prefix(arr_a, b) == common_prefix(a, arr_b) == want
 
 
 def test_errors_are_counted():

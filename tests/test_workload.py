@@ -12,11 +12,15 @@ from sim.workload import (
     Dist,
     Scenario,
     ScenarioError,
+    ToolTexts,
     builtin_names,
     first_prompt_tokens,
     load_scenario,
     plan_sessions,
     planned_requests,
+    stream_seed,
+    stream_seeds,
+    tool_output,
 )
 
 
@@ -133,3 +137,26 @@ def test_distributions_respect_bounds(spec, seed):
 def test_a_scenario_round_trips_through_its_flat_dict(name):
     s = load_scenario(name)
     assert Scenario.from_dict(s.to_dict(), name=s.name) == s
+
+
+@given(st.integers(0, 2**64 - 1), st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+                                           min_size=1, max_size=20))
+def test_stream_seeds_are_stream_seed_for_many_keys_at_once(seed, keys):
+    a = np.array([k[0] for k in keys])
+    b = np.array([k[1] for k in keys])
+    assert stream_seeds(seed, 3, a, b).tolist() == [stream_seed(seed, 3, x, y) for x, y in keys]
+    assert stream_seeds(seed, a).tolist() == [stream_seed(seed, x) for x, _ in keys]
+    with pytest.raises(ValueError):
+        stream_seeds(seed, np.array([-1]))
+
+
+@given(st.integers(0, 2**32), st.integers(1, 12), st.lists(st.integers(-2, 700), min_size=1, max_size=6))
+def test_tool_texts_are_tool_output(seed, sessions, lengths):
+    s = Scenario(seed=seed, sessions=sessions, group_size=3, turns={"dist": "uniform", "low": 1, "high": 6})
+    plans = plan_sessions(s)
+    tools = ToolTexts(s, plans)
+    for p in plans[:3]:
+        for k in range(len(p.turns) + 1):  # one turn past the plan: the definition answers it
+            for n in lengths:
+                assert tools.text(p.index, k, n) == tool_output(s, p.index, k, n)
+    assert tools.text(sessions + 5, 0, 9) == tool_output(s, sessions + 5, 0, 9)
