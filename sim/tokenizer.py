@@ -44,7 +44,7 @@ def word_id(word: str) -> int:
 
 def encode(text: str) -> list[int]:
     """Token ids of a text: one id per whitespace-separated word."""
-    return [word_id(w) for w in text.split()]
+    return list(map(word_id, text.split()))
 
 
 def content_text(content: Any) -> str:
@@ -69,7 +69,7 @@ def content_text(content: Any) -> str:
 def render_message(message: Mapping[str, Any]) -> list[int]:
     """Token ids of one chat message under the template."""
     role = str(message.get("role", "user"))
-    return [IM_START, word_id(role), *encode(content_text(message.get("content"))), IM_END]
+    return [IM_START, word_id(role), *map(word_id, content_text(message.get("content")).split()), IM_END]
 
 
 GENERATION_PROMPT: tuple[int, ...] = (IM_START, word_id("assistant"))
@@ -101,9 +101,43 @@ def _vocab() -> tuple[tuple[str, ...], np.ndarray]:
     return tuple(words), ids
 
 
+@functools.cache
+def _vocab_spaced() -> np.ndarray:
+    """Every vocabulary word followed by one space, as fixed-width bytes (all words are 6 ASCII letters)."""
+    words = _vocab()[0]
+    width = len(words[0]) + 1
+    assert all(len(w) + 1 == width and w.isascii() for w in words)
+    return np.array([(w + " ").encode() for w in words], dtype=f"S{width}")
+
+
 def vocabulary() -> tuple[str, ...]:
     """The words a simulated model or tool emits (synthetic, pronounceable, all distinct)."""
     return _vocab()[0]
+
+
+def synth_indices(seed: int, n: int) -> np.ndarray:
+    """Vocabulary indices of ``synth_words(seed, n)`` (int64), drawn as
+    ``np.random.default_rng(seed).integers(0, VOCAB_SIZE, size=n)`` draws them.
+
+    That call maps each 32-bit output of the PCG64 stream (the low half of each 64-bit output
+    first) to ``(u32 * VOCAB_SIZE) >> 32`` (Lemire's method, which never rejects for a power-of-two
+    range); taking the raw outputs directly skips ``Generator.integers``' per-call overhead.
+    """
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    raw = np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
+    return (raw.view("<u4")[:n] >> _VOCAB_SHIFT).astype(np.int64)
+
+
+_VOCAB_SHIFT = 32 - (VOCAB_SIZE.bit_length() - 1)
+assert 1 << (32 - _VOCAB_SHIFT) == VOCAB_SIZE  # the shortcut above needs a power-of-two vocabulary
+
+
+def _synth_text(idx: np.ndarray) -> str:
+    """The words of vocabulary indices ``idx`` joined by single spaces (vectorised)."""
+    if not len(idx):
+        return ""
+    return _vocab_spaced()[idx].tobytes()[:-1].decode("ascii")
 
 
 def synth_words(seed: int, n: int) -> tuple[list[str], list[int]]:
@@ -111,14 +145,13 @@ def synth_words(seed: int, n: int) -> tuple[list[str], list[int]]:
     if n <= 0:
         return [], []
     words, ids = _vocab()
-    rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
-    idx = rng.integers(0, VOCAB_SIZE, size=n)
-    return [words[i] for i in idx], ids[idx].tolist()
+    idx = synth_indices(seed, n)
+    return [words[i] for i in idx.tolist()], ids[idx].tolist()
 
 
 def synth_text(seed: int, n: int) -> str:
     """A deterministic text of exactly ``n`` tokens (for tool outputs, prompts, tasks)."""
-    return " ".join(synth_words(seed, n)[0])
+    return _synth_text(synth_indices(seed, n))
 
 
 def synth_answer(seed: int, completion_tokens: int) -> tuple[str, list[int]]:
@@ -127,12 +160,22 @@ def synth_answer(seed: int, completion_tokens: int) -> tuple[str, list[int]]:
     Returns the content text (what ``choices[0].message.content`` carries) and the output ids
     (what ``meta_info.output_token_logprobs`` carries). ``completion_tokens`` is at least 1.
     """
-    words, ids = synth_words(seed, max(completion_tokens, 1) - 1)
-    return " ".join(words), [*ids, IM_END]
+    text, ids, _ = synth_answer_array(seed, completion_tokens)
+    return text, ids.tolist()
+
+
+def synth_answer_array(seed: int, completion_tokens: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """``synth_answer`` with the output ids as an int64 array, plus the content words' vocabulary indices."""
+    idx = synth_indices(seed, max(completion_tokens, 1) - 1)
+    ids = np.empty(len(idx) + 1, dtype=np.int64)
+    ids[:-1] = _vocab()[1][idx]
+    ids[-1] = IM_END
+    return _synth_text(idx), ids, idx
 
 
 def request_seed(seed: int, prompt_ids: Sequence[int]) -> int:
     """A seed for a request's output: the same prompt and seed give the same answer."""
-    h = xxhash.xxh64(seed=seed & 0xFFFFFFFFFFFFFFFF)
-    h.update(np.asarray(prompt_ids, dtype=np.int64).tobytes())
-    return h.intdigest()
+    arr = np.asarray(prompt_ids, dtype=np.int64)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return xxhash.xxh64_intdigest(arr, seed & 0xFFFFFFFFFFFFFFFF)

@@ -1,5 +1,7 @@
 """The shared tokenizer and chat template: determinism and the token-in/token-out prefix invariant."""
 
+import numpy as np
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -48,3 +50,31 @@ def test_vocabulary_words_are_distinct_tokens():
     words = tok.vocabulary()
     assert len(set(words)) == len(words) == tok.VOCAB_SIZE
     assert len({tok.word_id(w) for w in words}) == tok.VOCAB_SIZE
+
+
+seeds64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+
+
+@given(seeds64, st.integers(min_value=-1, max_value=300))
+def test_synth_words_are_the_documented_numpy_draws(seed, n):
+    """The fast path draws exactly what ``default_rng(seed).integers(0, VOCAB_SIZE, size=n)`` draws."""
+    words, ids = tok.vocabulary(), [tok.word_id(w) for w in tok.vocabulary()]
+    want = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF).integers(0, tok.VOCAB_SIZE, size=max(n, 0)).tolist()
+    assert tok.synth_indices(seed, n).tolist() == want
+    assert tok.synth_words(seed, n) == ([words[i] for i in want], [ids[i] for i in want])
+    assert tok.synth_text(seed, n) == " ".join(words[i] for i in want)
+
+
+@given(seeds64, st.integers(min_value=0, max_value=200))
+def test_synth_answer_array_matches_synth_answer(seed, n):
+    text, ids, idx = tok.synth_answer_array(seed, n)
+    assert ids.dtype == np.int64 and (text, ids.tolist()) == tok.synth_answer(seed, n)
+    assert idx.tolist() == tok.synth_indices(seed, max(n, 1) - 1).tolist()
+
+
+@given(seeds64, st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=40))
+def test_request_seed_depends_on_the_ids_not_their_container(seed, ids):
+    arr = np.array(ids, dtype=np.int64)
+    strided = np.repeat(arr, 2)[::2]
+    assert tok.request_seed(seed, ids) == tok.request_seed(seed, arr) == tok.request_seed(seed, strided)
+    assert tok.request_seed(seed, ids) == xxhash.xxh64_intdigest(arr.tobytes(), seed & 0xFFFFFFFFFFFFFFFF)

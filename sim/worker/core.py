@@ -148,7 +148,9 @@ def _bool_field(body: Mapping[str, Any], key: str) -> bool:
 def _token_ids(value: Any, param: str) -> np.ndarray:
     """A non-empty list of ids in [0, MAX_TOKEN_ID] as an int64 array (in-process callers may pass one)."""
     if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu" and len(value):
-        if int(value.min()) < 0 or int(value.max()) > MAX_TOKEN_ID:
+        arr = value.astype(np.int64, copy=False) if value.dtype.kind == "i" else value
+        # one reduction: negative int64 values read as huge uint64 ones
+        if int(arr.view(np.uint64).max() if arr.dtype.itemsize == 8 else arr.max()) > MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
         return value.astype(np.int64, copy=False)
     if not isinstance(value, list) or not value:
@@ -170,6 +172,11 @@ def _token_ids(value: Any, param: str) -> np.ndarray:
 def _messages(value: Any) -> list[Mapping[str, Any]]:
     if not isinstance(value, list) or not value:
         raise BadRequest("messages must be a non-empty list", param="messages")
+    for m in value:  # the common case, checked cheaply; any doubt takes the exact loop below
+        if type(m) is not dict or type(m.get("role")) is not str or type(m.get("content")) not in _CONTENT_TYPES:
+            break
+    else:
+        return value
     for i, m in enumerate(value):
         if not isinstance(m, Mapping):
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
@@ -179,6 +186,9 @@ def _messages(value: Any) -> list[Mapping[str, Any]]:
         if content is not None and not isinstance(content, str | list):
             raise BadRequest(f"messages[{i}].content must be a string, a list of parts or null", param="messages")
     return value
+
+
+_CONTENT_TYPES = (str, type(None), list)
 
 
 def _text(value: Any, param: str) -> str:
@@ -458,9 +468,11 @@ class WorkerCore:
                 f"request needs {len(prompt_ids) + max_tokens} KV tokens; the worker holds {cap}", param="max_tokens"
             )
         rid = body.get("rid")
+        if type(prompt_ids) is not np.ndarray:
+            prompt_ids = np.array(prompt_ids, dtype=np.int64)
         return _Parsed(
             route=route,
-            prompt_ids=np.asarray(prompt_ids, dtype=np.int64),
+            prompt_ids=prompt_ids,
             max_tokens=max_tokens,
             stream=stream,
             include_usage=include_usage,
@@ -496,12 +508,13 @@ class WorkerCore:
 
         self._apply_slowdown()  # also when a caller set ``core.faults`` directly
         rseed = tokenizer.request_seed(self.seed, req.prompt_ids)
-        text, output_ids = tokenizer.synth_answer(rseed, req.max_tokens)
+        text, output_arr, vocab_idx = tokenizer.synth_answer_array(rseed, req.max_tokens)
         try:
-            timing = self.engine.submit(t, req.prompt_ids, output_ids)
+            timing = self.engine.submit(t, req.prompt_ids, output_arr)
         except ValueError as e:
             return _bad(f"the worker cannot admit this request: {e}")
         self._count += 1
+        output_ids = output_arr.tolist()
         logprobs = _logprobs(rseed, len(output_ids))
         headers.update(
             {
@@ -511,7 +524,7 @@ class WorkerCore:
                 vtime.HEADER_FINISH: repr(timing.finish),
             }
         )
-        ctx = _Answer(self, req, timing, text, output_ids, logprobs, rseed)
+        ctx = _Answer(self, req, timing, text, output_ids, logprobs, rseed, vocab_idx)
         if req.stream:
             events, times = ctx.events()
             return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual)
@@ -532,16 +545,18 @@ class WorkerCore:
 def _logprobs(rseed: int, n: int) -> list[float]:
     """Deterministic plausible log-probabilities for an answer's tokens."""
     rng = np.random.default_rng((rseed ^ 0x5EED_10C9) & 0xFFFFFFFFFFFFFFFF)
-    return [round(-float(x), 6) for x in rng.exponential(0.3, size=n)]
+    return [round(-x, 6) for x in rng.exponential(0.3, size=n).tolist()]
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _utf8(tok: str) -> bytes:
-    return tok.encode()
+@functools.cache
+def _vocab_tokens() -> tuple[tuple[str, ...], tuple[list[int], ...]]:
+    """Every vocabulary word then ``<|im_end|>`` (index ``VOCAB_SIZE``), and their UTF-8 bytes as lists
+    (copied into each answer, never handed out)."""
+    toks = (*tokenizer.vocabulary(), _IM_END_TEXT)
+    return toks, tuple(list(t.encode()) for t in toks)
 
 
-def _token_text(tid: int, word: str | None) -> str:
-    return word if word is not None else "<|im_end|>"
+_IM_END_TEXT = "<|im_end|>"
 
 
 class _Answer:
@@ -556,10 +571,12 @@ class _Answer:
         output_ids: list[int],
         logprobs: list[float],
         rseed: int,
+        vocab_idx: np.ndarray | None = None,
     ) -> None:
         self.core, self.req, self.timing = core, req, timing
         self.text, self.output_ids, self.lps = text, output_ids, logprobs
-        self.words = text.split() if text else []
+        self.vocab_idx = vocab_idx  # the content words' vocabulary indices (synth_answer_array)
+        self._words: list[str] | None = None
         prefix = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gen"}[req.route]
         self.id = req.rid or f"{prefix}-{xxhash.xxh64_hexdigest(f'{core.name}/{core._count}/{rseed}'.encode())}"
         self.created = int(timing.arrival)
@@ -590,16 +607,30 @@ class _Answer:
             "weight_version": "default",
         }
 
+    @property
+    def words(self) -> list[str]:
+        if self._words is None:
+            self._words = self.text.split() if self.text else []
+        return self._words
+
     def _openai_logprobs(self) -> dict[str, Any]:
         n = len(self.output_ids)
         assert len(self.lps) == n
-        toks = self.words[:n] + [_token_text(0, None)] * (n - len(self.words))
-        return {
-            "content": [
-                {"token": tok, "logprob": lp, "bytes": list(_utf8(tok)), "top_logprobs": []}
-                for tok, lp in zip(toks, self.lps, strict=True)
+        if self.vocab_idx is not None and len(self.vocab_idx) == n - 1:
+            toks, blists = _vocab_tokens()
+            idx = self.vocab_idx.tolist()
+            idx.append(len(toks) - 1)  # <|im_end|>
+            entries = [
+                {"token": toks[i], "logprob": lp, "bytes": blists[i][:], "top_logprobs": []}
+                for i, lp in zip(idx, self.lps, strict=True)
             ]
-        }
+        else:
+            words = self.words[:n] + [_IM_END_TEXT] * (n - len(self.words))
+            entries = [
+                {"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []}
+                for tok, lp in zip(words, self.lps, strict=True)
+            ]
+        return {"content": entries}
 
     def body(self) -> dict[str, Any]:
         r, core = self.req, self.core
