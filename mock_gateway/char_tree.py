@@ -27,6 +27,8 @@ class _Node:
 
 def _common(a: Sequence, b: Sequence, start: int) -> int:
     """Length of the common prefix of ``a`` and ``b[start:]`` (slice comparisons run in C; bisect on a mismatch)."""
+    if type(b) is str and b.startswith(a, start):  # the common case, a whole edge, compared without copies
+        return len(a)
     n = min(len(a), len(b) - start)
     if a[:n] == b[start : start + n]:
         return n

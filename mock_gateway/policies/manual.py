@@ -55,18 +55,20 @@ class ManualPolicy(Policy):
         self.mode = mode or ctx.config.assignment_mode or "random"
         self.entries: dict[str, Entry] = {}
         self._eviction = Periodic()
+        self._branches = ctx.metrics.series(ctx.metrics.manual_branch)
 
     # -- assignment modes ------------------------------------------------------------------------
-    def _min_by(self, workers: list[Worker], measure: Callable[[Worker], int]) -> Worker:
-        best = min(measure(w) for w in workers)
-        return self.ctx.rng.choice([w for w in workers if measure(w) == best])
+    def _min_by(self, workers: list[Worker], values: list[int]) -> Worker:
+        """Uniformly one of the workers with the smallest value."""
+        best = min(values)
+        return self.ctx.rng.choice([w for w, v in zip(workers, values, strict=True) if v == best])
 
     def assign(self, workers: list[Worker], mode: str | None = None) -> Worker:
         mode = mode or self.mode
         if mode in ("min_load", "delegate"):
-            return self._min_by(workers, lambda w: w.load)
+            return self._min_by(workers, [w.load for w in workers])
         if mode == "min_group":
-            return self._min_by(workers, lambda w: w.routing_key_load)
+            return self._min_by(workers, [len(w.key_load) for w in workers])
         return self.ctx.rng.choice(workers)
 
     # -- selection -------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ class ManualPolicy(Policy):
                     choice = Choice(new.url, "cap_respill", key)
                 else:
                     choice = Choice(pinned, "occupied_hit", key)
-        m.manual_branch.labels(branch=choice.branch).inc()
+        self._branches[choice.branch].inc()
         m.manual_cache_entries.set(len(self.entries))
         return choice
 
