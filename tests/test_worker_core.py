@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sim import tokenizer, vtime
 from sim.engine.types import WorkerConfig
-from sim.worker.core import Faults, WorkerCore
+from sim.worker.core import Faults, WorkerCore, _logprobs, _neg_round6
 
 words = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
 contents = st.lists(words, min_size=0, max_size=12).map(" ".join)
@@ -165,3 +166,34 @@ def test_failed_requests_leave_the_cache_untouched():
     c.faults = Faults()
     assert c.infer("chat", {**body, "sim_time": 1.0}).body["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert c.engine.stats.requests == 1
+
+
+halfway = st.integers(0, 10**9).map(lambda k: (k + 0.5) / 1e6)
+near_halfway = st.tuples(halfway, st.integers(-3, 3)).map(lambda t: float(np.nextafter(t[0], np.inf * t[1])))
+logprob_floats = st.floats(0, 1e12, allow_nan=False) | halfway | near_halfway
+
+
+@given(st.lists(logprob_floats, max_size=60))
+def test_logprob_rounding_is_pythons_round_bit_for_bit(xs):
+    """The vectorised rounding of answer logprobs gives exactly ``round(-x, 6)``, halfway cases included."""
+    got = _neg_round6(np.array(xs, dtype=np.float64))
+    assert [v.hex() for v in got] == [round(-x, 6).hex() for x in xs]
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 120))
+def test_answer_logprobs_are_rounded_exponential_draws(rseed, n):
+    draws = np.random.default_rng((rseed ^ 0x5EED_10C9) & 0xFFFFFFFFFFFFFFFF).exponential(0.3, size=n).tolist()
+    assert _logprobs(rseed, n) == [round(-x, 6) for x in draws]
+
+
+def test_logprobs_carry_the_answer_words_and_their_bytes():
+    core = WorkerCore(WorkerConfig(name="w0"), seed=3)
+    body = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 30, "logprobs": True}
+    reply = core.infer("chat", body)
+    choice = reply.body["choices"][0]
+    entries = choice["logprobs"]["content"]
+    toks = [*choice["message"]["content"].split(), "<|im_end|>"]
+    assert [e["token"] for e in entries] == toks
+    assert all(bytes(e["bytes"]) == e["token"].encode() and e["top_logprobs"] == [] for e in entries)
+    assert [e["logprob"] for e in entries] == [lp for lp, _, _ in choice["meta_info"]["output_token_logprobs"]]
+    assert len({id(e["bytes"]) for e in entries}) == len(entries)  # fresh lists, never shared between answers

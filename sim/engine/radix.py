@@ -135,11 +135,11 @@ class RadixCache:
     def _common(self, key: np.ndarray, ids: np.ndarray, pos: int, limit: int) -> int:
         """Length of the common prefix of ``key`` and ``ids[pos:limit]``, rounded down to pages."""
         m = min(len(key), limit - pos)
-        eq = key[:m] == ids[pos : pos + m]
-        if eq.all():
+        a, b = key[:m], ids[pos : pos + m]
+        if a.tobytes() == b.tobytes():  # the common case (a whole edge matches), cheapest as a memcmp
             common = m
         else:
-            common = int(eq.argmin())
+            common = int((a == b).argmin())
         p = self.page_size
         return common if p == 1 else common - common % p
 

@@ -545,7 +545,28 @@ class WorkerCore:
 def _logprobs(rseed: int, n: int) -> list[float]:
     """Deterministic plausible log-probabilities for an answer's tokens."""
     rng = np.random.default_rng((rseed ^ 0x5EED_10C9) & 0xFFFFFFFFFFFFFFFF)
-    return [round(-x, 6) for x in rng.exponential(0.3, size=n).tolist()]
+    return _neg_round6(rng.exponential(0.3, size=n))
+
+
+def _neg_round6(x: np.ndarray) -> list[float]:
+    """``[round(-v, 6) for v in x.tolist()]``, bit for bit, vectorised for longer arrays.
+
+    ``rint(v * 1e6) / 1e6`` is the double nearest ``k / 10**6`` (an exact quotient, correctly rounded), which is
+    what ``round`` returns for the correctly rounded ``k``; the two ``k`` can differ only when the rounded product
+    ``v * 1e6`` lies within a few ulps of a half-integer (or is too large to have a fraction), and those few
+    elements are recomputed with ``round``.
+    """
+    if len(x) < 16:
+        return [round(-v, 6) for v in x.tolist()]
+    z = x * 1e6
+    risky = np.abs(z - np.floor(z) - 0.5) <= 4 * np.spacing(z)
+    risky |= ~(np.abs(z) < 2.0**52)
+    out: list[float] = (-(np.rint(z) / 1e6)).tolist()
+    if risky.any():
+        xs = x.tolist()
+        for i in np.flatnonzero(risky).tolist():
+            out[i] = round(-xs[i], 6)
+    return out
 
 
 @functools.cache
