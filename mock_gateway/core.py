@@ -375,7 +375,7 @@ class GatewayCore:
         if w is None:
             return
         w.report = EngineReport.parse(load, now)
-        w.since_poll = [(t, n) for t, n in w.since_poll if t > now]  # the report already reflects them
+        w.drop_credits(now)  # the report already reflects them
         self._m_load_polls[(url, "poll")].inc()
         if w.report is not None:
             fields = ("num_running_reqs", "num_waiting_reqs", "token_usage", "gen_throughput", "cache_hit_rate")

@@ -43,13 +43,18 @@ def reported_score(w: Worker, cfg: GatewayConfig) -> float:
 
 def scores(cands: Sequence[Worker], cfg: GatewayConfig, now: float) -> list[float]:
     """Expected-wait score of every candidate (lower is better)."""
-    fresh = [is_fresh(w, cfg, now) for w in cands]
-    if not any(fresh):
+    horizon = 3 * max(cfg.load_monitor_interval, 1e-9)  # is_fresh, inlined
+    rep: list[float | None] = [
+        reported_score(w, cfg) if (r := w.report) is not None and now - r.at <= horizon else None for w in cands
+    ]
+    fresh = [s for s in rep if s is not None]
+    if not fresh:
         return [float(w.load) for w in cands]
-    rep = [reported_score(w, cfg) if f else 0.0 for w, f in zip(cands, fresh, strict=True)]
-    best = min(s for s, f in zip(rep, fresh, strict=True) if f)
+    best = min(fresh)
+    if len(fresh) == len(rep):
+        return fresh
     per_req = cfg.least_load_mean_prefill_tokens / cfg.least_load_default_throughput
-    return [s if f else best + w.load * per_req for w, s, f in zip(cands, rep, fresh, strict=True)]
+    return [s if s is not None else best + w.load * per_req for w, s in zip(cands, rep, strict=True)]
 
 
 def argmin_random(values: Sequence[float], rng: random.Random) -> int:
@@ -76,7 +81,7 @@ def veto_waiting(cands: Sequence[Worker], cfg: GatewayConfig) -> list[Worker]:
 
 
 def credit(w: Worker, tokens: int, now: float) -> None:
-    w.since_poll.append((now, tokens))
+    w.credit(now, tokens)
 
 
 def select(cands: Sequence[Worker], cfg: GatewayConfig, rng: random.Random, now: float, tokens: int) -> Worker:

@@ -133,6 +133,7 @@ class Worker:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     health_failures: int = 0
     health_successes: int = 0
+    _credited: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)  # (len(since_poll), its sum)
 
     @property
     def ready(self) -> bool:
@@ -144,7 +145,24 @@ class Worker:
         return len(self.key_load)
 
     def since_poll_tokens(self) -> int:
-        return sum(t for _, t in self.since_poll)
+        """Tokens credited since the last report (a running sum, recomputed if ``since_poll`` was changed
+        other than through ``credit``/``drop_credits``)."""
+        n, total = self._credited
+        if n != len(self.since_poll):
+            total = sum(t for _, t in self.since_poll)
+            self._credited = (len(self.since_poll), total)
+        return total
+
+    def credit(self, now: float, tokens: int) -> None:
+        """Credit a dispatch of ``tokens`` at ``now`` until the next load report."""
+        total = self.since_poll_tokens() + tokens  # summed in list order, as sum() over the list would
+        self.since_poll.append((now, tokens))
+        self._credited = (len(self.since_poll), total)
+
+    def drop_credits(self, upto: float) -> None:
+        """A report taken at ``upto`` already reflects the dispatches credited up to then."""
+        self.since_poll = [(t, n) for t, n in self.since_poll if t > upto]
+        self._credited = (len(self.since_poll), sum(t for _, t in self.since_poll))
 
     def overloaded(self, waiting_cap: int, usage_cap: float) -> bool:
         r = self.report
