@@ -66,7 +66,10 @@ import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import is_, itemgetter
 from typing import Any
+
+import numpy as np
 
 from sim import fastjson
 from sim import tokenizer as tok
@@ -106,6 +109,9 @@ DROP_RESPONSE_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive", "server", "date"}
 )
 _MESSAGE_FIELDS = ("role", "content", "reasoning_content", "tool_calls")
+_EMPTY_IDS = np.empty(0, dtype=np.int64)
+_EMPTY_IDS.flags.writeable = False
+_second = itemgetter(1)
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -171,14 +177,26 @@ def message_matches(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(_empty_to_none(a.get(k)) == _empty_to_none(b.get(k)) for k in _MESSAGE_FIELDS)
 
 
-def common_prefix_len(stored: list[Mapping[str, Any]], request: list[Mapping[str, Any]]) -> int:
-    """Length of the longest prefix on which the two message lists match message by message."""
-    n = 0
-    for a, b in zip(stored, request, strict=False):
-        if not message_matches(a, b):
+def common_prefix_len(stored: list[Mapping[str, Any]], request: list[Mapping[str, Any]], start: int = 0) -> int:
+    """Length of the longest prefix on which the two message lists match message by message.
+
+    ``start``: the first ``start`` messages are known to match (e.g. they are the very same objects).
+    """
+    n = start
+    for i in range(start, min(len(stored), len(request))):
+        if not message_matches(stored[i], request[i]):
             break
-        n += 1
+        n = i + 1
     return n
+
+
+def identical_prefix_len(a: list[Any], b: list[Any]) -> int:
+    """How many leading items of two lists are the very same objects (one pass in C)."""
+    same = list(map(is_, a, b))
+    try:
+        return same.index(False)
+    except ValueError:
+        return len(same)
 
 
 def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> list[int]:
@@ -268,6 +286,8 @@ class Session:
     last_access: float
     messages: list[dict[str, Any]] = field(default_factory=list)  # last request's messages + the reply
     checkpoints: list[list[int]] = field(default_factory=list)  # prompt + output ids, one per model turn
+    # the same ids as read-only int64 arrays (a ``token_arrays`` core; None otherwise or when they overflow int64)
+    checkpoint_arrays: list[np.ndarray | None] = field(default_factory=list)
     reply_positions: list[int] = field(default_factory=list)  # index in ``messages`` of each model reply
     records: list[dict[str, Any]] = field(default_factory=list)  # one per committed turn
     version: int = 0  # bumped by every commit: the stale-update guard
@@ -295,6 +315,7 @@ class TurnPlan:
     base_checkpoint: list[int]  # the stored tokens the turn continues ([] on the first turn)
     expected_version: int
     request: UpstreamRequest
+    base_array: np.ndarray | None = None  # base_checkpoint as an int64 array (``token_arrays`` cores)
     attempts: int = 1
     done: bool = False
 
@@ -317,7 +338,12 @@ class SessionCore:
         idle_ttl: float | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         instance_id: str | None = None,
+        token_arrays: bool = False,
     ) -> None:
+        """``token_arrays``: send ``input_ids`` upstream as read-only int64 numpy arrays, not lists (for
+        in-process upstreams that take arrays, e.g. the simulator's ``direct`` wiring; records then hold the
+        arrays too). Same ids; each checkpoint is kept as an array too, extended by the new tokens only (ids
+        that do not fit int64 fall back to lists). An HTTP adapter keeps the default (plain JSON lists)."""
         roles = []
         for role in allowed_append_roles:
             r = role.lower()
@@ -338,6 +364,7 @@ class SessionCore:
         self.idle_ttl = idle_ttl
         self.max_body_bytes = max_body_bytes
         self.instance_id = instance_id or uuid.uuid4().hex
+        self.token_arrays = token_arrays
         self._rng = random.Random(session_id_seed) if session_id_seed is not None else None
         self.sessions: dict[str, Session] = {}
         self.rollback_retries = 0  # upstream "rollback failed" answers retried without input_ids
@@ -476,13 +503,15 @@ class SessionCore:
         return parsed
 
     @staticmethod
-    def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    def _check_messages(messages: Any, validated: int = 0) -> list[dict[str, Any]]:
+        """``validated``: the first messages are already known valid (objects this core checked before)."""
         if not isinstance(messages, list):
             got = "missing" if messages is None else type(messages).__name__
             raise BadRequestError(f"'messages' must be a list of message objects ({got})")
         if not messages:
             raise BadRequestError("'messages' must not be empty")
-        for i, m in enumerate(messages):
+        for i in range(validated, len(messages)):
+            m = messages[i]
             if not isinstance(m, dict):
                 raise BadRequestError(f"messages[{i}] must be an object, got {type(m).__name__}")
             role = m.get("role")
@@ -490,9 +519,11 @@ class SessionCore:
                 raise BadRequestError(f"messages[{i}].role must be a non-empty string")
         return messages
 
-    def _rollback_point(self, s: Session, messages: list[dict[str, Any]]) -> int:
-        """How many model turns the request keeps (``num_assistant`` for a plain append)."""
-        match = common_prefix_len(s.messages, messages)
+    def _rollback_point(self, s: Session, messages: list[dict[str, Any]], matched: int = 0) -> int:
+        """How many model turns the request keeps (``num_assistant`` for a plain append).
+
+        ``matched``: the first messages are known to match the stored ones."""
+        match = common_prefix_len(s.messages, messages, matched)
         if match >= len(s.messages):
             return s.num_assistant
         keep = sum(1 for pos in s.reply_positions if pos < match)
@@ -535,8 +566,15 @@ class SessionCore:
         """Validate a chat request and build the upstream request. Changes nothing but bookkeeping."""
         s = self.open_session(sid)
         data = self.parse_body(body)
+        raw = data.get("messages")
+        # An in-process caller resends the very message objects of its previous request: those were checked
+        # (and matched) when that request was prepared, so only the rest is looked at (O(new messages)).
+        # The stored reply (last message) is the upstream's, never checked, so it does not count.
+        known = 0
+        if s.messages and isinstance(raw, list):
+            known = min(identical_prefix_len(s.messages, raw), len(s.messages) - 1)
         # a copy of the list: an in-process caller appending to its own list must not change the records
-        messages = data["messages"] = list(self._check_messages(data.get("messages")))
+        messages = data["messages"] = list(self._check_messages(raw, known))
         if data.get("stream") is True:
             raise BadRequestError("stream=true is not supported by the session server")
         data.update(FORCED_FIELDS)
@@ -544,12 +582,20 @@ class SessionCore:
         sent = dict(data)
         keep = 0
         base: list[int] = []
+        base_array = _EMPTY_IDS if self.token_arrays else None
         if s.num_assistant:
-            keep = self._rollback_point(s, messages)
+            keep = self._rollback_point(s, messages, known)
             stored_len = s.reply_positions[keep - 1] + 1 if keep < s.num_assistant else len(s.messages)
             appended = self._check_append(stored_len, messages)
             base = s.checkpoints[keep - 1]
-            sent["input_ids"] = merge_tokens(base, appended)
+            base_array = s.checkpoint_arrays[keep - 1]
+            if base_array is None:
+                sent["input_ids"] = merge_tokens(base, appended)
+            else:  # the same ids as merge_tokens, with O(new tokens) Python work
+                new = tok.render(appended, add_generation_prompt=True)
+                ids = np.concatenate((base_array, np.fromiter(new, np.int64, len(new))))
+                ids.flags.writeable = False
+                sent["input_ids"] = ids
         headers = self.upstream_headers(sid, client_headers)
         request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent)
         s.inflight += 1
@@ -563,6 +609,7 @@ class SessionCore:
             base_checkpoint=base,
             expected_version=s.version,
             request=request,
+            base_array=base_array,
         )
 
     def retry_request(self, plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None:
@@ -602,7 +649,7 @@ class SessionCore:
             )
         data = resp.json()
         try:
-            choice, all_ids = _parse_chat_response(data)
+            choice, prompt, output = _chat_parts(data)
         except UpstreamResponseError as e:
             return TurnResult(
                 status=e.status, body={"error": e.message}, retried=plan.retried, outcome="invalid_upstream"
@@ -614,7 +661,8 @@ class SessionCore:
             return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="stale")
         base = plan.base_checkpoint
         cut = len(base) - MAX_TRIM_TOKENS
-        if all_ids[:cut] != base[:cut]:
+        all_ids = [*prompt, *output]
+        if all_ids[:cut] != (base if cut == len(base) else base[:cut]):
             first = next(
                 (i for i, (a, b) in enumerate(zip(all_ids, base, strict=False)) if a != b), min(len(all_ids), cut)
             )
@@ -630,13 +678,14 @@ class SessionCore:
                 outcome="invalid_upstream",
             )
         keep = plan.keep
-        del s.checkpoints[keep:], s.records[keep:], s.reply_positions[keep:]
+        del s.checkpoints[keep:], s.checkpoint_arrays[keep:], s.records[keep:], s.reply_positions[keep:]
         reply = dict(choice["message"])
         reply.setdefault("role", "assistant")
         s.messages = [*plan.messages, reply]
         s.reply_positions.append(len(plan.messages))
         s.checkpoints.append(all_ids)
-        vt = request_time(plan.sent_body)
+        s.checkpoint_arrays.append(_extend_array(plan.base_array, all_ids, len(base)))
+        vt = _request_time(plan.sent_body)
         s.records.append(
             {
                 "timestamp": vt if vt is not None else now,
@@ -677,8 +726,38 @@ class SessionCore:
         return self.commit_turn(plan, resp, now)
 
 
+def _request_time(body: Mapping[str, Any]) -> float | None:
+    """``vtime.request_time``, with the common case (a plain finite float) first."""
+    v = body.get("sim_time")
+    if type(v) is float and 0.0 <= v < float("inf"):
+        return v
+    return request_time(body)
+
+
+def _extend_array(base_array: np.ndarray | None, all_ids: list[int], base_len: int) -> np.ndarray | None:
+    """``all_ids`` (validated ints, starting with the ``base_len`` ids ``base_array`` holds) as a read-only int64
+    array: the base's array + the new ids converted. None without a base array or when an id overflows int64."""
+    if base_array is None:
+        return None
+    tail = all_ids[base_len:] if base_len else all_ids
+    try:
+        arr = np.fromiter(tail, np.int64, len(tail))
+    except OverflowError:
+        return None
+    if base_len:
+        arr = np.concatenate((base_array, arr))
+    arr.flags.writeable = False
+    return arr
+
+
 def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
     """``choices[0]`` and ``prompt_token_ids + output ids`` of a 200 chat answer; 502 when malformed."""
+    choice, prompt, output = _chat_parts(data)
+    return choice, [*prompt, *output]
+
+
+def _chat_parts(data: Any) -> tuple[dict[str, Any], list[int], list[int]]:
+    """``choices[0]``, ``prompt_token_ids`` and the output ids of a 200 chat answer; 502 when malformed."""
     if not isinstance(data, dict):
         raise UpstreamResponseError("upstream returned a non-JSON or non-object body with status 200")
     choices = data.get("choices")
@@ -699,14 +778,22 @@ def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
             f"upstream response has {len(logprobs)} output_token_logprobs but "
             f"completion_tokens={meta.get('completion_tokens')!r}"
         )
-    try:
-        output = [int(t[1]) for t in logprobs]
-    except (TypeError, ValueError, IndexError):
-        raise UpstreamResponseError("malformed output_token_logprobs entries (want [logprob, token_id, ...])") from None
+    try:  # the usual case (plain int ids), in C; anything else takes the exact per-item rule below
+        output = list(map(_second, logprobs))
+        plain = list(map(type, output)).count(int) == len(output)
+    except Exception:
+        plain = False
+    if not plain:
+        try:
+            output = [int(t[1]) for t in logprobs]
+        except (TypeError, ValueError, IndexError):
+            raise UpstreamResponseError(
+                "malformed output_token_logprobs entries (want [logprob, token_id, ...])"
+            ) from None
     prompt = choice.get("prompt_token_ids")
     if not isinstance(prompt, list) or not (
-        set(map(type, prompt)) <= {int}  # the JSON case, checked in C; else the exact per-item check
+        list(map(type, prompt)).count(int) == len(prompt)  # the JSON case, checked in C; else the exact check
         or all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
     ):
         raise UpstreamResponseError("upstream response lacks choices[0].prompt_token_ids (a list of ints)")
-    return choice, [*prompt, *output]
+    return choice, prompt, output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +24,12 @@ from sim import tokenizer as tok
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
+def as_json(body: dict) -> dict:
+    """The body an HTTP upstream would parse: token-id arrays (``token_arrays`` cores) become lists."""
+    ids = body.get("input_ids")
+    return {**body, "input_ids": ids.tolist()} if isinstance(ids, np.ndarray) else body
+
+
 def upstream_of(router: FakeRouter, log: list[UpstreamRequest] | None = None):
     """An in-process upstream: the fake router's answer, or its queued failures."""
 
@@ -32,7 +39,7 @@ def upstream_of(router: FakeRouter, log: list[UpstreamRequest] | None = None):
         if router.failures:
             status, body = router.failures.popleft()
             return UpstreamResponse(status, {"content-type": "application/json"}, data=body)
-        return UpstreamResponse(200, {"content-type": "application/json"}, data=router.answer(req.json))
+        return UpstreamResponse(200, {"content-type": "application/json"}, data=router.answer(as_json(req.json)))
 
     return send
 
@@ -432,9 +439,10 @@ ops = st.lists(
 )
 
 
-@given(ops)
-def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consistent(script):
-    core, router = SessionCore(), FakeRouter()
+@pytest.mark.parametrize("arrays", [False, True])
+@given(script=ops)
+def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consistent(arrays, script):
+    core, router = SessionCore(token_arrays=arrays), FakeRouter()
     sid = core.create_session(0.0)
     s = core.sessions[sid]
     open_plans = []
@@ -444,7 +452,7 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
                 continue
             plan = open_plans.pop(pick % len(open_plans))
             resp = (
-                UpstreamResponse(200, data=router.answer(plan.request.json))
+                UpstreamResponse(200, data=router.answer(as_json(plan.request.json)))
                 if status == 200
                 else UpstreamResponse(status, content=b'{"error": "x"}')
             )
@@ -470,6 +478,10 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
                 assert e.status == 400
         # invariants
         assert len(s.records) == len(s.checkpoints) == len(s.reply_positions) == s.num_assistant
+        assert len(s.checkpoint_arrays) == s.num_assistant
+        assert [a.tolist() if arrays else a for a in s.checkpoint_arrays] == (
+            s.checkpoints if arrays else [None] * s.num_assistant
+        )
         assert s.inflight == len(open_plans)
         for i, (rec, ckpt, pos) in enumerate(zip(s.records, s.checkpoints, s.reply_positions, strict=True)):
             choice = rec["response"]["choices"][0]
@@ -477,7 +489,7 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
             assert s.messages[pos]["content"] == choice["message"]["content"]
             if i:
                 assert ckpt[: len(s.checkpoints[i - 1])] == s.checkpoints[i - 1]
-                assert rec["request"]["input_ids"] == choice["prompt_token_ids"]
+                assert as_json(rec["request"])["input_ids"] == choice["prompt_token_ids"]
         if s.messages:
             assert s.reply_positions[-1] == len(s.messages) - 1
             assert s.checkpoints[-1] == tok.render(s.messages, add_generation_prompt=False)
@@ -492,3 +504,90 @@ def test_records_do_not_change_when_an_in_process_caller_reuses_its_lists():
     assert core.get_view(sid)["records"][0]["request"]["messages"] == [{"role": "user", "content": "q"}]
     assert core.run_turn(sid, body, (), upstream_of(router)).status == 200
     assert len(core.sessions[sid].messages) == 4
+
+
+# --- in-process fast paths: int64 token arrays, resent message objects -----------------------------
+
+
+def run_agent(core: SessionCore, tools: list[str], retry_at: int | None, log: list) -> tuple[str, list]:
+    """An agent as sim.agents runs one: it resends its own message objects and retries one turn."""
+    router = FakeRouter(seed=3)
+    sid = core.create_session(0.0)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "task alpha beta"}]
+    results = []
+    for i, tool_text in enumerate([*tools, None]):
+        r = core.run_turn(sid, {"messages": messages, "max_tokens": 3 + i}, (), upstream_of(router, log))
+        if i == retry_at:  # the agent drops that answer and asks again with the same messages
+            r = core.run_turn(sid, {"messages": messages, "max_tokens": 2}, (), upstream_of(router, log))
+        assert r.status == 200, r.body
+        results.append(r.body)
+        if tool_text is None:
+            break
+        messages = [
+            *messages,
+            {"role": "assistant", "content": reply_of(r)["content"]},
+            {"role": "tool", "content": tool_text, "tool_call_id": str(i)},
+        ]
+    return sid, results
+
+
+@given(tool_texts, st.none() | st.integers(1, 5))  # a retry of the first turn has nothing to roll back to
+def test_token_arrays_send_and_keep_the_same_ids_as_read_only_int64_arrays(tools, retry_at):
+    plain, arrays = SessionCore(), SessionCore(token_arrays=True)
+    log_p, log_a = [], []
+    sid_p, res_p = run_agent(plain, tools, retry_at, log_p)
+    sid_a, res_a = run_agent(arrays, tools, retry_at, log_a)
+    assert res_p == res_a and len(log_p) == len(log_a)
+    for p, a in zip(log_p, log_a, strict=True):
+        assert as_json(a.json) == p.json
+        ids = a.json.get("input_ids")
+        if ids is not None:
+            assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and not ids.flags.writeable
+    sp, sa = plain.sessions[sid_p], arrays.sessions[sid_a]
+    assert sa.checkpoints == sp.checkpoints and [a.tolist() for a in sa.checkpoint_arrays] == sp.checkpoints
+    assert all(not a.flags.writeable for a in sa.checkpoint_arrays)
+    assert sp.checkpoint_arrays == [None] * sp.num_assistant
+    assert arrays.get_view(sid_a)["metadata"] == plain.get_view(sid_p)["metadata"]
+    assert [as_json(r["request"]) for r in arrays.get_view(sid_a)["records"]] == [
+        r["request"] for r in plain.get_view(sid_p)["records"]
+    ]
+
+
+def test_ids_beyond_int64_fall_back_to_lists():
+    core, log = SessionCore(token_arrays=True), []
+    sid = core.create_session(0.0)
+    messages = [{"role": "user", "content": "q"}]
+
+    def huge(req: UpstreamRequest) -> UpstreamResponse:  # answers one id that no int64 holds, then <|im_end|>
+        log.append(req)
+        prompt = as_json(req.json).get("input_ids") or tok.render(req.json["messages"])
+        meta = {"output_token_logprobs": [[-0.1, 2**70, None], [-0.1, tok.IM_END, None]], "completion_tokens": 2}
+        choice = {"message": {"role": "assistant", "content": "big"}, "prompt_token_ids": prompt, "meta_info": meta}
+        return UpstreamResponse(200, data={"choices": [choice]})
+
+    r = core.run_turn(sid, {"messages": messages}, (), huge)
+    s = core.sessions[sid]
+    assert r.status == 200 and s.checkpoint_arrays == [None]
+    messages = [*messages, reply_of(r), {"role": "tool", "content": "t"}]
+    assert core.run_turn(sid, {"messages": messages}, (), huge).status == 200
+    sent = log[-1].json["input_ids"]
+    assert isinstance(sent, list) and sent[: len(s.checkpoints[0])] == s.checkpoints[0] and 2**70 in sent
+    assert s.checkpoint_arrays == [None, None] and s.checkpoints[1][: len(sent)] == sent
+
+
+def test_resent_message_objects_are_still_checked_after_the_known_prefix():
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    r = chat(core, sid, messages, router)
+    for bad, needle in [
+        ("not a message", "messages[3] must be an object"),
+        ({"role": ""}, "messages[3].role must be a non-empty string"),
+        ({"role": "user", "content": "u"}, "messages[3] has role 'user'"),
+    ]:
+        r2 = chat(core, sid, [*messages, reply_of(r), bad], router)
+        assert r2.status == 400 and needle in r2.body["error"]
+    # the resent objects are the ones checked before; a different earlier message is still a rollback error
+    r3 = chat(core, sid, [messages[0], {"role": "user", "content": "other"}, reply_of(r)], router)
+    assert r3.status == 400 and "rollback failed" in r3.body["error"]
+    assert len(core.sessions[sid].records) == 1

@@ -6,14 +6,20 @@ core runs each turn with a synchronous upstream; the upstream is the gateway cor
 virtual clock, take due load polls from the worker cores, select, count in flight, forward,
 record the outcome, keep the request in flight until the worker's virtual finish); the worker
 core answers with its modelled timeline. A worker marked dead (``sim.faults``) fails its attempts, load
-polls and health probes as a refused connection does in ``http``. Bodies are copied where an adapter would have
-re-serialized them, so no core can see another's objects.
+polls and health probes as a refused connection does in ``http``.
+
+Objects cross cores by reference where nobody mutates them, and are copied where a core changes them: the session
+core copies the client's body and its message list (parse_body), the gateway hands the worker a new top-level body
+(``upstream.with_defaults``). Message dicts and response bodies are shared and treated as read-only by every core;
+token ids travel as read-only int64 arrays (``SessionCore(token_arrays=True)``), which the worker core takes as is.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import numpy as np
 
 from mock_gateway import retry, upstream
 from mock_gateway.config import parse_args
@@ -25,15 +31,14 @@ from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, wo
 from sim.worker.core import WorkerCore
 
 ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}
+_CLIENT_HEADERS = {"content-type": "application/json"}  # what the agents' HTTP client sends
 
 
-def _copy_body(body: dict[str, Any]) -> dict[str, Any]:
-    """What a JSON round trip gives, for the parts anyone mutates: the body, its messages, each message."""
-    out = dict(body)
-    msgs = out.get("messages")
-    if isinstance(msgs, list):
-        out["messages"] = [dict(m) if isinstance(m, dict) else m for m in msgs]
-    return out
+def _reads_input_ids(config: Any) -> bool:
+    """Whether the gateway's policy sizes a request by its ``input_ids`` list (``kv_aware.context_tokens``),
+    which does not take an int64 array: those gateways get a list, as over HTTP."""
+    return ((config.policy == "manual" and config.assignment_mode == "min_kv")
+            or (config.policy == "bounded_load" and config.bounded_load_measure == "kv"))
 
 
 class DirectGateway:
@@ -45,6 +50,7 @@ class DirectGateway:
         self.core = GatewayCore(self.config, now=0.0)
         self.workers = workers
         self.dead: set[str] = set()  # workers whose server is down (sim.faults): attempts, polls, probes fail
+        self._list_ids = _reads_input_ids(self.config)
         for url, w in workers.items():  # registration: all ready in the first round, in the given order
             self.core.add_worker(url, w.model_name)
 
@@ -57,6 +63,9 @@ class DirectGateway:
         body = req.json if req.json is not None else json.loads(req.content or b"null")
         headers = {k.lower(): v for k, v in req.headers.items()}
         sim_t = vtime.request_time(body) if isinstance(body, dict) else None
+        select_body = body
+        if self._list_ids and isinstance(body, dict) and isinstance(body.get("input_ids"), np.ndarray):
+            select_body = {**body, "input_ids": body["input_ids"].tolist()}
         now = sim_t if sim_t is not None else core.clock
         core.advance(now)
         for url in core.due_polls(core.clock):  # load polls answered by the worker cores at the virtual time
@@ -69,7 +78,7 @@ class DirectGateway:
         failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
         m = core.metrics
         for attempt in range(cfg.max_attempts):
-            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt)
+            d = core.select(endpoint, headers, select_body, now=core.clock, exclude=failed, attempt=attempt)
             if d.url is None:
                 if resp is not None:
                     break
@@ -86,7 +95,7 @@ class DirectGateway:
                 payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
                 reply = self.workers[d.url].infer(endpoint, payload)
                 vf = vtime.finish_time(reply.headers) if sim_t is not None else None
-                resp = UpstreamResponse(reply.status, dict(reply.headers), data=reply.body)
+                resp = UpstreamResponse(reply.status, reply.headers, data=reply.body)  # read, never changed
                 core.finish(ticket, virtual_finish=vf)
                 retryable = retry.settle_attempt(core, d.url, reply.status, core.clock)
             failed.append(d.url)
@@ -109,7 +118,7 @@ class DirectTransport:
         self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed) for url, cfg in zip(urls, configs, strict=True)}
         self.workers = [c.name for c in self.worker_cores.values()]
         self.gateway = DirectGateway(gateway_argv(setup, urls), self.worker_cores)
-        self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed)
+        self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed, token_arrays=True)
         self.session_core = self.session
         self._urls = list(self.worker_cores)
 
@@ -132,8 +141,7 @@ class DirectTransport:
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
         now = vtime.request_time(body) or 0.0
-        result = self.session.run_turn(session_id, _copy_body(body), {"content-type": "application/json"},
-                                       self.gateway, now)
+        result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now)
         return self._reply(result)
 
     def get_session(self, session_id: str) -> Reply:
