@@ -22,7 +22,7 @@ import simpy
 
 from sim import tokenizer, vtime
 from sim.engine.radix import as_ids
-from sim.oracle import Oracle, max_cacheable
+from sim.oracle import Oracle, Turn, max_cacheable
 from sim.transports.base import Reply, Transport, TransportError
 from sim.workload import Scenario, SessionPlan, ToolTexts, plan_sessions, system_prompt, task_prompt
 
@@ -175,6 +175,7 @@ class AgentRunner:
         self._system = system_prompt(scenario)
         self._tasks: dict[int, str] = {}
         self._tools = ToolTexts(scenario, self.plans)
+        self._turns: dict[int, Turn] = {}  # per session: its last request as the oracle saw it
 
     # ---- one request --------------------------------------------------------------------------
 
@@ -230,10 +231,21 @@ class AgentRunner:
             return rec, None, ""
         rec.prompt_tokens = len(prompt_ids)
         rec.output_tokens = len(output_ids)
+        shared = 0
         if prev_full is not None:
-            rec.eligible_tokens = min(common_prefix(prev_full, prompt_ids), max_cacheable(len(prompt_ids)))
-        rec.oracle_cached = self.result.oracle.observe(rec.arrival, rec.finish, prompt_ids, output_ids)
-        return rec, np.concatenate((prompt_ids, output_ids)), content
+            shared = common_prefix(prev_full, prompt_ids)
+            rec.eligible_tokens = min(shared, max_cacheable(len(prompt_ids)))
+        full = np.concatenate((prompt_ids, output_ids))
+        oracle = self.result.oracle
+        if type(oracle).observe is Oracle.observe:  # the plain oracle: the conversation's path is not re-compared
+            prev = self._turns.get(rec.session)
+            if prev is None or prev.full is not prev_full:
+                prev, shared = None, 0
+            rec.oracle_cached, self._turns[rec.session] = oracle.observe_turn(rec.arrival, rec.finish, prompt_ids,
+                                                                              full, prev, shared)
+        else:
+            rec.oracle_cached = oracle.observe(rec.arrival, rec.finish, prompt_ids, output_ids)
+        return rec, full, content
 
     def _record(self, rec: RequestRecord) -> None:
         self.result.requests.append(rec)
@@ -303,6 +315,7 @@ class AgentRunner:
             if wait > 0:
                 yield env.timeout(wait)
         out.end = float(env.now)
+        self._turns.pop(plan.index, None)
         try:
             view = tr.get_session(sid)
             if view.ok and isinstance(view.body, dict) and isinstance(view.body.get("records"), list):

@@ -5,7 +5,13 @@ the worker engine's visibility rules exactly (``sim.engine.core``): a prompt is 
 arrival against everything *finished* by then, at most ``prompt[:-1]`` (one token is always
 computed), and prompt + output enter the cache at the request's finish. A worker's cache only
 ever holds a subset of that, so no routing can beat it, and a single worker with unbounded KV
-reaches it exactly. It reuses the engine's ``RadixCache`` (capacity None), not a second tree.
+reaches it exactly.
+
+The cache is a small append-only radix tree (``PrefixTree``) rather than the engine's
+``RadixCache``: nothing is ever evicted, so it needs no LRU stamps, and it hands out cursors (where a
+sequence ends in the tree) from which the next turn of a conversation is matched and inserted,
+comparing only its new tokens (``Oracle.observe_turn``). It matches exactly what an unbounded
+``RadixCache`` of the same page size matches (tests/test_measures.py checks the two side by side).
 """
 
 from __future__ import annotations
@@ -15,15 +21,130 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sim.engine.radix import RadixCache, as_ids
+from sim.engine.radix import as_ids
+
+
+class _Node:
+    __slots__ = ("children", "key", "parent", "start")
+
+    def __init__(self, key: np.ndarray, start: int, parent: _Node | None) -> None:
+        self.key = key  # edge label from the parent (a view of some inserted sequence)
+        self.start = start  # tokens above this node: the key spans [start, start + len(key))
+        self.parent = parent
+        self.children: dict[int | bytes, _Node] = {}
+
+
+Cursor = tuple[_Node, int]  # (node, pos): ids[:pos] lies on the path to node, within node's span or at its end
+
+
+class PrefixTree:
+    """Append-only radix tree over int64 token ids in whole pages: ``match`` (longest stored prefix) and
+    ``insert``, both optionally resumed from a cursor of a sequence known to share ``pos`` tokens."""
+
+    def __init__(self, page_size: int = 1) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        self.page_size = page_size
+        self.root = _Node(np.empty(0, dtype=np.int64), 0, None)
+        self.tokens = 0  # stored tokens (edge labels)
+
+    def _child_key(self, ids: np.ndarray, pos: int) -> int | bytes:
+        if self.page_size == 1:
+            return int(ids[pos])
+        return ids[pos : pos + self.page_size].tobytes()
+
+    def _common(self, key: np.ndarray, off: int, ids: np.ndarray, pos: int, limit: int) -> int:
+        """Common prefix of ``key[off:]`` and ``ids[pos:limit]``, in whole pages."""
+        m = min(len(key) - off, limit - pos)
+        if m <= 0:
+            return 0
+        eq = key[off : off + m] == ids[pos : pos + m]
+        common = m if eq.all() else int(eq.argmin())
+        p = self.page_size
+        return common if p == 1 else common - common % p
+
+    def _resume(self, cursor: Cursor | None, pos: int) -> Cursor:
+        """A cursor at ``pos`` (<= the cursor's position) on the cursor's path: climb above later splits."""
+        if cursor is None or pos <= 0:
+            return self.root, 0
+        node = cursor[0]
+        while node.parent is not None and pos <= node.start:
+            node = node.parent
+        return node, pos
+
+    def _walk(self, ids: np.ndarray, limit: int, node: _Node, pos: int) -> Cursor:
+        """Follow ``ids[pos:limit]`` down from ``(node, pos)``; where the match ends."""
+        off = pos - node.start
+        if off < len(node.key):  # resumed inside an edge
+            c = self._common(node.key, off, ids, pos, limit)
+            pos += c
+            if off + c < len(node.key):
+                return node, pos
+        while pos < limit:
+            child = node.children.get(self._child_key(ids, pos))
+            if child is None:
+                break
+            c = self._common(child.key, 0, ids, pos, limit)
+            node, pos = child, pos + c
+            if c < len(child.key):
+                break
+        return node, pos
+
+    def _limit(self, n: int) -> int:
+        return n - n % self.page_size
+
+    def match(self, ids: Sequence[int] | np.ndarray, cursor: Cursor | None = None, shared: int = 0) -> Cursor:
+        """Where the longest stored prefix of ``ids`` ends (its length is the cursor's ``pos``). With ``cursor``
+        of a stored sequence whose first ``shared`` tokens equal those of ``ids``, only the rest is compared."""
+        arr = as_ids(ids)
+        limit = self._limit(len(arr))
+        node, pos = self._resume(cursor, self._limit(min(shared, limit, cursor[1] if cursor else 0)))
+        return self._walk(arr, limit, node, pos)
+
+    def insert(self, ids: Sequence[int] | np.ndarray, cursor: Cursor | None = None, shared: int = 0) -> Cursor:
+        """Store ``ids`` (whole pages; kept as views: do not mutate them); the cursor at its end."""
+        arr = as_ids(ids)
+        limit = self._limit(len(arr))
+        node, pos = self.match(arr, cursor, shared)
+        if pos == limit:
+            return node, pos
+        off = pos - node.start
+        if off < len(node.key):  # diverges inside an edge: split it
+            parent = node.parent
+            assert parent is not None
+            upper = _Node(node.key[:off], node.start, parent)
+            parent.children[self._child_key(node.key, 0)] = upper
+            node.key, node.start, node.parent = node.key[off:], pos, upper
+            upper.children[self._child_key(node.key, 0)] = node
+            node = upper
+        if node.parent is not None and not node.children:  # a leaf: extend its label in place
+            node.key = arr[node.start : limit]
+        else:
+            leaf = _Node(arr[pos:limit], pos, node)
+            node.children[self._child_key(arr, pos)] = leaf
+            node = leaf
+        self.tokens += limit - pos
+        return node, limit
+
+
+class Turn:
+    """One observed request, for ``Oracle.observe_turn``: its prompt + output and, once that entered the
+    cache, where it ends there."""
+
+    __slots__ = ("cursor", "full", "start")
+
+    def __init__(self, full: np.ndarray, start: Cursor) -> None:
+        self.full = full
+        self.start = start  # where the prompt's match ended: full[:start[1]] is in the cache
+        self.cursor: Cursor | None = None
 
 
 class Oracle:
     """Feed requests in nondecreasing arrival order with ``observe``; read ``reuse``."""
 
     def __init__(self, page_size: int = 1) -> None:
-        self.cache = RadixCache(capacity=None, page_size=page_size)
-        self._pending: list[tuple[float, int, np.ndarray]] = []  # (finish, seq, prompt + output)
+        self.cache = PrefixTree(page_size=page_size)
+        self._pending: list[tuple[float, int, Turn]] = []  # (finish, seq, turn)
         self._seq = 0
         self._now = 0.0
         self.prompt_tokens = 0
@@ -32,24 +153,36 @@ class Oracle:
 
     def _flush(self, now: float) -> None:
         while self._pending and self._pending[0][0] <= now:
-            finish, _, ids = heapq.heappop(self._pending)
-            self.cache.insert(ids, finish)
+            t = heapq.heappop(self._pending)[2]
+            t.cursor = self.cache.insert(t.full, t.start, t.start[1])
 
     def observe(self, arrival: float, finish: float, prompt_ids: Sequence[int] | np.ndarray,
                 output_ids: Sequence[int] | np.ndarray) -> int:
         """Account one request; returns the prompt tokens the infinite cache held at its arrival."""
+        prompt = as_ids(prompt_ids)  # no copy for an int64 array
+        return self.observe_turn(arrival, finish, prompt, np.concatenate((prompt, as_ids(output_ids))))[0]
+
+    def observe_turn(self, arrival: float, finish: float, prompt: np.ndarray, full: np.ndarray,
+                     prev: Turn | None = None, shared: int = 0) -> tuple[int, Turn]:
+        """``observe`` for a conversation: ``prompt`` (int64) and ``full`` = prompt + output; ``prev`` an earlier
+        ``Turn`` whose ``full`` shares its first ``shared`` tokens with ``prompt``, whose path in the cache is
+        then not compared again. Returns the cached tokens and this request's ``Turn``."""
         arrival = max(arrival, self._now)  # arrivals are nondecreasing; guard against float noise
         self._now = arrival
         self._flush(arrival)
-        prompt = as_ids(prompt_ids)  # no copy for an int64 array
-        cached = self.cache.peek(prompt[: max_cacheable(len(prompt))]) if len(prompt) else 0
-        full = np.concatenate((prompt, as_ids(output_ids)))
-        heapq.heappush(self._pending, (max(finish, arrival), self._seq, full))
+        n = len(prompt)
+        cap = max_cacheable(n)
+        cursor = prev.cursor if prev is not None else None  # None until prev's answer entered the cache
+        shared = min(shared, cap) if cursor is not None else 0
+        matched = self.cache.match(prompt[:cap], cursor, shared) if n else (self.cache.root, 0)
+        cached = matched[1]
+        turn = Turn(full, matched)  # the cache only grows: inserting prompt + output resumes where this match ended
+        heapq.heappush(self._pending, (max(finish, arrival), self._seq, turn))
         self._seq += 1
-        self.prompt_tokens += len(prompt)
+        self.prompt_tokens += n
         self.cached_tokens += cached
         self.requests += 1
-        return cached
+        return cached, turn
 
     def finish(self) -> None:
         """Insert every pending answer (end of run)."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.agents import RequestRecord, WorkloadResult, common_prefix, run_workload
+from sim.engine.radix import RadixCache
 from sim.measures import gateway_branches, summarize
 from sim.oracle import Oracle
 from sim.transports.fake import FakeTransport
@@ -73,6 +76,55 @@ def test_common_prefix_of_arrays_is_that_of_lists(a, b):
     assert want == next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     arr_a, arr_b = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
     assert common_prefix(arr_a, arr_b) == common_prefix(arr_a, b) == common_prefix(a, arr_b) == want
+
+
+class _RadixOracle:
+    """The reference: the worker engine's RadixCache, unbounded, fed in the oracle's order."""
+
+    def __init__(self, page_size: int) -> None:
+        self.cache = RadixCache(capacity=None, page_size=page_size)
+        self.pending: list[tuple[float, int, list[int]]] = []
+
+    def observe(self, seq: int, arrival: float, finish: float, prompt: list[int], output: list[int]) -> int:
+        while self.pending and self.pending[0][0] <= arrival:
+            f, _, ids = heapq.heappop(self.pending)
+            self.cache.insert(ids, f)
+        cached = self.cache.peek(prompt[:max(len(prompt) - 1, 0)]) if prompt else 0
+        heapq.heappush(self.pending, (max(finish, arrival), seq, prompt + output))
+        return cached
+
+
+_requests = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 12), st.lists(st.integers(0, 2), max_size=8),
+                               st.lists(st.integers(0, 2), max_size=4), st.floats(0, 3), st.floats(0, 4)),
+                     min_size=1, max_size=30)
+
+
+@given(_requests, st.integers(1, 3))
+def test_oracle_matches_an_unbounded_radix_cache_with_or_without_conversation_hints(reqs, page):
+    ref, plain, hinted = _RadixOracle(page), Oracle(page_size=page), Oracle(page_size=page)
+    fulls: list[list[int]] = []
+    turns = []
+    t = 0.0
+    for seq, (parent, keep, extra, output, gap, dur) in enumerate(reqs):
+        t += gap
+        base = fulls[parent % len(fulls)] if fulls and parent else []
+        prompt = base[:keep] + extra if keep < len(base) else base + extra
+        want = ref.observe(seq, t, t + dur, prompt, output)
+        assert plain.observe(t, t + dur, prompt, output) == want
+        prev = turns[parent % len(turns)] if turns and parent else None
+        shared = common_prefix(prev.full, prompt) if prev is not None else 0
+        arr = np.array(prompt, dtype=np.int64)
+        got, turn = hinted.observe_turn(t, t + dur, arr, np.array(prompt + output, dtype=np.int64), prev, shared)
+        assert got == want
+        fulls.append(prompt + output)
+        turns.append(turn)
+    for o in (plain, hinted):
+        o.finish()
+        assert o.cached_tokens == plain.cached_tokens and o.prompt_tokens == plain.prompt_tokens
+    ref.observe(len(reqs), float("inf"), float("inf"), [], [])  # everything in
+    for f in fulls:
+        want = ref.cache.peek([*f, 9])
+        assert plain.cache.match([*f, 9])[1] == hinted.cache.match([*f, 9])[1] == want
 
 
 def test_errors_are_counted():
