@@ -1,19 +1,34 @@
 """Prometheus series with SMG 1.13.0's names and label keys, in the gateway's own CollectorRegistry.
 
-Hot paths reach label children through ``GatewayMetrics.series(metric)``: a dict from label values (a string
-for a one-label metric, else the tuple in label order) to the child, which ``.labels()`` creates on first use
-(so a series appears exactly when it did before) and the dict keeps; ``.labels()`` itself costs ~4 us a call.
-``gauge_series`` children also skip a ``set`` to the value they already hold: only for gauges that nothing
-else sets through ``.labels()``.
+Hot paths reach label children through per-metric dicts from label values (a string for a one-label metric,
+else the tuple in label order), filled by ``.labels()`` on first use, so a series appears exactly when it did
+with ``.labels()`` (which costs ~4 us a call):
+
+- ``series(metric)``: the children themselves;
+- ``counts(counter)``: deferred increments: ``inc()`` bumps a plain running total; the difference is added to
+  the child when the registry is next collected;
+- ``gauges(gauge)``: deferred values: ``set()`` keeps the value; the child is set to it (if it changed) when
+  the registry is next collected. Only for gauges that nothing else sets through ``.labels()``.
+
+Deferred writes are applied by a collector registered before every series, so any reader (``render``, the
+metrics server, ``registry.get_sample_value``) sees exactly the values immediate writes would have left. One
+thread (the core's) writes; collection may run on another: a running total or a value has a single writer and
+the collector only reads it, under its own lock.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 RATIO_BUCKETS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def _child(metric: Any, key: str | tuple[str, ...]) -> Any:
+    return metric.labels(*key) if type(key) is tuple else metric.labels(key)
 
 
 class Series(dict):
@@ -26,38 +41,87 @@ class Series(dict):
         self.metric = metric
 
     def __missing__(self, key: str | tuple[str, ...]) -> Any:
-        child = self.metric.labels(*key) if type(key) is tuple else self.metric.labels(key)
-        self[key] = child
+        child = self[key] = _child(self.metric, key)
         return child
 
 
-class LastGauge:
-    """A gauge child that remembers the value it was last set to and skips setting it again."""
+class Tally:
+    """A counter child's increments, added to it at the next collection."""
 
-    __slots__ = ("child", "last")
+    __slots__ = ("applied", "child", "n")
 
     def __init__(self, child: Any) -> None:
         self.child = child
-        self.last: float | None = None
+        self.n = 0  # running total, written by the core's thread only
+        self.applied = 0  # how much of it the child holds
+
+    def inc(self, amount: int = 1) -> None:
+        self.n += amount
+
+    def flush(self) -> None:
+        n = self.n
+        if n != self.applied:
+            self.child.inc(n - self.applied)
+            self.applied = n
+
+
+class DeferredGauge:
+    """A gauge child's latest value, written to it at the next collection if it changed."""
+
+    __slots__ = ("child", "value", "written")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.value: float | None = None
+        self.written: float | None = None
 
     def set(self, value: float) -> None:
-        if value != self.last:
-            self.last = value
-            self.child.set(value)
+        self.value = value
+
+    def flush(self) -> None:
+        v = self.value
+        if v is not None and v != self.written:
+            self.child.set(v)
+            self.written = v
+
+
+class CountSeries(Series):
+    __slots__ = ()
+
+    def __missing__(self, key: str | tuple[str, ...]) -> Tally:
+        t = self[key] = Tally(_child(self.metric, key))
+        return t
 
 
 class GaugeSeries(Series):
     __slots__ = ()
 
-    def __missing__(self, key: str | tuple[str, ...]) -> LastGauge:
-        child = LastGauge(self.metric.labels(*key) if type(key) is tuple else self.metric.labels(key))
-        self[key] = child
-        return child
+    def __missing__(self, key: str | tuple[str, ...]) -> DeferredGauge:
+        g = self[key] = DeferredGauge(_child(self.metric, key))
+        return g
+
+
+class _Flush:
+    """Registered first in the registry: applies the deferred writes before any series is collected."""
+
+    def __init__(self, flush: Any) -> None:
+        self.flush = flush
+
+    def describe(self) -> Iterable[Any]:
+        return ()
+
+    def collect(self) -> Iterable[Any]:
+        self.flush()
+        return ()
 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._series: dict[int, Series] = {}
+        self._deferred: list[CountSeries | GaugeSeries] = []
+        self._flush_lock = threading.Lock()
+        r.register(_Flush(self.flush))
 
         def c(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, labels, registry=r)
@@ -152,22 +216,34 @@ class GatewayMetrics:
         self.http_requests = c("smg_http_requests", "Total HTTP requests by method and path", ("method", "path"))
         self.http_responses = c("smg_http_responses", "Total HTTP responses", ("path", "status_code", "error_code"))
 
-        self._series: dict[int, Series] = {}
 
-    def series(self, metric: Any) -> Series:
-        """The cached label children of ``metric`` (one of this object's metrics)."""
+    def _cached(self, metric: Any, kind: type[Series]) -> Any:
         s = self._series.get(id(metric))
         if s is None:
-            s = self._series[id(metric)] = Series(metric)
+            s = self._series[id(metric)] = kind(metric)
+            if kind is not Series:
+                self._deferred.append(s)  # type: ignore[arg-type]
+        assert type(s) is kind, f"{metric} is already used as a {type(s).__name__}"
         return s
 
-    def gauge_series(self, gauge: Gauge) -> GaugeSeries:
-        """Cached children of a gauge that only the gateway core sets, skipping unchanged values."""
-        s = self._series.get(id(gauge))
-        if s is None:
-            s = self._series[id(gauge)] = GaugeSeries(gauge)
-        assert isinstance(s, GaugeSeries)
-        return s
+    def series(self, metric: Any) -> Series:
+        """The label children of ``metric`` (one of this object's metrics), cached."""
+        return self._cached(metric, Series)
+
+    def counts(self, counter: Counter) -> CountSeries:
+        """Deferred increments of ``counter``'s children (see the module docstring)."""
+        return self._cached(counter, CountSeries)
+
+    def gauges(self, gauge: Gauge) -> GaugeSeries:
+        """Deferred values of ``gauge``'s children; only for a gauge nothing sets through ``.labels()``."""
+        return self._cached(gauge, GaugeSeries)
+
+    def flush(self) -> None:
+        """Apply every deferred write (runs before each collection of the registry)."""
+        with self._flush_lock:
+            for s in list(self._deferred):
+                for d in list(s.values()):
+                    d.flush()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

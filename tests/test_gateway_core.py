@@ -376,3 +376,53 @@ def test_the_message_pre_check_only_skips_what_the_full_check_accepts(msgs):
             full.param,
             full.message,
         )
+
+
+# -- deferred metric writes -------------------------------------------------------------------------------
+
+import threading  # noqa: E402
+
+from mock_gateway.metrics import GatewayMetrics  # noqa: E402
+
+
+def test_deferred_counts_and_gauges_are_what_any_reader_sees():
+    m = GatewayMetrics()
+    branches, active = m.counts(m.manual_branch), m.gauges(m.worker_active)
+    for _ in range(3):
+        branches["vacant"].inc()
+    m.manual_branch.labels(branch="vacant").inc()  # an immediate write to the same series adds up
+    active["w"].set(4)
+    active["w"].set(2)
+    get = m.registry.get_sample_value
+    assert get("smg_manual_policy_branch_total", {"branch": "vacant"}) == 4
+    assert get("smg_worker_requests_active", {"worker": "w"}) == 2
+    active["w"].set(7)
+    branches["vacant"].inc()
+    text = m.render().decode()
+    assert 'smg_manual_policy_branch_total{branch="vacant"} 5.0' in text
+    assert 'smg_worker_requests_active{worker="w"} 7.0' in text
+    assert get("smg_manual_policy_branch_total", {"branch": "occupied_hit"}) is None  # no series before first use
+
+
+def test_collecting_on_another_thread_while_counting_loses_and_doubles_nothing():
+    m = GatewayMetrics()
+    tally, gauge = m.counts(m.selection)[("regular", "http", "m", "manual")], m.gauges(m.worker_active)["w"]
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            m.render()
+
+    threads = [threading.Thread(target=scrape) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(1, 20001):
+        tally.inc()
+        gauge.set(i)
+    stop.set()
+    for t in threads:
+        t.join()
+    get = m.registry.get_sample_value
+    labels = {"worker_type": "regular", "connection_mode": "http", "model": "m", "policy": "manual"}
+    assert get("smg_worker_selection_total", labels) == 20000
+    assert get("smg_worker_requests_active", {"worker": "w"}) == 20000

@@ -90,7 +90,7 @@ class CacheAwarePolicy(Policy):
                 chosen, branch = self._ew(workers, req), "expected_wait_fallback"
         tree.insert(seq, chosen.url)
         if branch is not None:
-            m.series(m.ca_branch)[branch].inc()
+            m.counts(m.ca_branch)[branch].inc()
         return Choice(chosen.url, branch)
 
     def tick(self, now: float) -> None:

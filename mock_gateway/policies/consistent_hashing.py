@@ -44,5 +44,5 @@ class ConsistentHashingPolicy(RingPolicy):
 
     def select(self, workers: list[Worker], req: RouteInput) -> Choice:
         choice = self._decide(workers, req)
-        self.ctx.metrics.series(self.ctx.metrics.ch_branch)[choice.branch].inc()
+        self.ctx.metrics.counts(self.ctx.metrics.ch_branch)[choice.branch].inc()
         return choice

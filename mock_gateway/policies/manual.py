@@ -55,7 +55,7 @@ class ManualPolicy(Policy):
         self.mode = mode or ctx.config.assignment_mode or "random"
         self.entries: dict[str, Entry] = {}
         self._eviction = Periodic()
-        self._branches = ctx.metrics.series(ctx.metrics.manual_branch)
+        self._branches = ctx.metrics.counts(ctx.metrics.manual_branch)
 
     # -- assignment modes ------------------------------------------------------------------------
     def _min_by(self, workers: list[Worker], values: list[int]) -> Worker:

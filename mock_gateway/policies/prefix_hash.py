@@ -56,5 +56,5 @@ class PrefixHashPolicy(RingPolicy):
 
     def select(self, workers: list[Worker], req: RouteInput) -> Choice:
         choice = self._decide(workers, req)
-        self.ctx.metrics.series(self.ctx.metrics.ph_branch)[choice.branch].inc()
+        self.ctx.metrics.counts(self.ctx.metrics.ph_branch)[choice.branch].inc()
         return choice

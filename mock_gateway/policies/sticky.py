@@ -39,7 +39,7 @@ class StickyOverride(Policy):
         if found is None:
             return self.inner.select(workers, req)
         key, source = found
-        self.ctx.metrics.series(self.ctx.metrics.key_source)[source].inc()
+        self.ctx.metrics.counts(self.ctx.metrics.key_source)[source].inc()
         return self.sticky.route(workers, key, req.now, lambda: self._pick(workers, req), cap=STICKY_INFLIGHT_CAP)
 
     def on_worker_added(self, worker: Worker) -> None:
