@@ -147,12 +147,17 @@ def _bool_field(body: Mapping[str, Any], key: str) -> bool:
 
 def _token_ids(value: Any, param: str) -> np.ndarray:
     """A non-empty list of ids in [0, MAX_TOKEN_ID] as an int64 array (in-process callers may pass one)."""
+    return _checked_ids(value, param)[0]
+
+
+def _checked_ids(value: Any, param: str) -> tuple[np.ndarray, list[int] | None]:
+    """``_token_ids``, plus ``value`` itself when it is a list of plain ``int``s (to echo without re-boxing)."""
     if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu" and len(value):
         arr = value.astype(np.int64, copy=False) if value.dtype.kind == "i" else value
         # one reduction: negative int64 values read as huge uint64 ones
         if int(arr.view(np.uint64).max() if arr.dtype.itemsize == 8 else arr.max()) > MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
-        return value.astype(np.int64, copy=False)
+        return value.astype(np.int64, copy=False), None
     if not isinstance(value, list) or not value:
         raise BadRequest(f"{param} must be a non-empty list of token ids (batches are not supported)", param=param)
     if set(map(type, value)) == {int}:  # the JSON case, checked in C; anything else takes the exact loop below
@@ -161,12 +166,12 @@ def _token_ids(value: Any, param: str) -> np.ndarray:
         except OverflowError:
             arr = None
         if arr is not None and int(arr.min()) >= 0 and int(arr.max()) <= MAX_TOKEN_ID:
-            return arr
+            return arr, value
         raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
     for t in value:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
-    return np.array(value, dtype=np.int64)
+    return np.array(value, dtype=np.int64), None
 
 
 def _messages(value: Any) -> list[Mapping[str, Any]]:
@@ -197,10 +202,11 @@ def _text(value: Any, param: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Parsed:
     route: str
     prompt_ids: np.ndarray  # int64
+    prompt_list: list[int] | None  # the same ids as a list of plain ints, when the request brought one
     max_tokens: int
     stream: bool
     include_usage: bool
@@ -208,6 +214,10 @@ class _Parsed:
     return_prompt_token_ids: bool
     logprobs: bool
     rid: str | None
+
+    def prompt_token_ids(self) -> list[int]:
+        """The prompt ids for ``prompt_token_ids``: a fresh list (a copy of the request's list when it had one)."""
+        return self.prompt_list.copy() if self.prompt_list is not None else self.prompt_ids.tolist()
 
 
 class WorkerCore:
@@ -412,16 +422,17 @@ class WorkerCore:
             raise BadRequest("stream_options must be an object", param="stream_options")
         include_usage = bool(stream_options and stream_options.get("include_usage") is True)
         n = _int_field(body, "n", 1)
+        prompt_list: list[int] | None = None
         if n not in (None, 1):
             raise BadRequest("only n=1 is supported", param="n")
         has_input_ids = body.get("input_ids") is not None
         if route == "chat":
             if has_input_ids:
-                prompt_ids = _token_ids(body["input_ids"], "input_ids")
+                prompt_ids, prompt_list = _checked_ids(body["input_ids"], "input_ids")
                 if body.get("messages") is not None:
                     _messages(body["messages"])
             else:
-                prompt_ids = tokenizer.render(_messages(body.get("messages")), add_generation_prompt=True)
+                prompt_ids = prompt_list = tokenizer.render(_messages(body.get("messages")), add_generation_prompt=True)
             max_tokens = _int_field(body, "max_tokens", 1)
             if max_tokens is None:
                 max_tokens = _int_field(body, "max_completion_tokens", 1)
@@ -473,6 +484,7 @@ class WorkerCore:
         return _Parsed(
             route=route,
             prompt_ids=prompt_ids,
+            prompt_list=prompt_list,
             max_tokens=max_tokens,
             stream=stream,
             include_usage=include_usage,
@@ -570,11 +582,14 @@ def _neg_round6(x: np.ndarray) -> list[float]:
 
 
 @functools.cache
-def _vocab_tokens() -> tuple[tuple[str, ...], tuple[list[int], ...]]:
-    """Every vocabulary word then ``<|im_end|>`` (index ``VOCAB_SIZE``), and their UTF-8 bytes as lists
-    (copied into each answer, never handed out)."""
-    toks = (*tokenizer.vocabulary(), _IM_END_TEXT)
-    return toks, tuple(list(t.encode()) for t in toks)
+def _logprob_templates() -> tuple[dict[str, Any], ...]:
+    """One OpenAI ``logprobs.content`` entry per vocabulary word, then one for ``<|im_end|>`` (index
+    ``VOCAB_SIZE``). Answers get shallow copies: their ``bytes`` and ``top_logprobs`` lists are shared by
+    every answer and must be treated as read-only (nothing in the testbed writes to an answer body)."""
+    return tuple(
+        {"token": t, "logprob": 0.0, "bytes": list(t.encode()), "top_logprobs": []}
+        for t in (*tokenizer.vocabulary(), _IM_END_TEXT)
+    )
 
 
 _IM_END_TEXT = "<|im_end|>"
@@ -638,13 +653,14 @@ class _Answer:
         n = len(self.output_ids)
         assert len(self.lps) == n
         if self.vocab_idx is not None and len(self.vocab_idx) == n - 1:
-            toks, blists = _vocab_tokens()
+            templates = _logprob_templates()
             idx = self.vocab_idx.tolist()
-            idx.append(len(toks) - 1)  # <|im_end|>
-            entries = [
-                {"token": toks[i], "logprob": lp, "bytes": blists[i][:], "top_logprobs": []}
-                for i, lp in zip(idx, self.lps, strict=True)
-            ]
+            idx.append(len(templates) - 1)  # <|im_end|>
+            entries = []
+            for i, lp in zip(idx, self.lps, strict=True):
+                e = templates[i].copy()
+                e["logprob"] = lp
+                entries.append(e)
         else:
             words = self.words[:n] + [_IM_END_TEXT] * (n - len(self.words))
             entries = [
@@ -670,7 +686,7 @@ class _Answer:
                 "matched_stop": tokenizer.IM_END,
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = r.prompt_ids.tolist()
+                choice["prompt_token_ids"] = r.prompt_token_ids()
             choice["meta_info"] = self.meta_info()
             out = {
                 "id": self.id,
@@ -690,7 +706,7 @@ class _Answer:
                 "meta_info": self.meta_info(),
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = r.prompt_ids.tolist()
+                choice["prompt_token_ids"] = r.prompt_token_ids()
             out = {
                 "id": self.id,
                 "object": "text_completion",
@@ -767,7 +783,7 @@ class _Answer:
             if last:
                 choice["matched_stop"] = tokenizer.IM_END
                 if r.return_prompt_token_ids:
-                    choice["prompt_token_ids"] = r.prompt_ids.tolist()
+                    choice["prompt_token_ids"] = r.prompt_token_ids()
                 choice["meta_info"] = self.meta_info()
             events.append({**base, "choices": [choice]})
             times.append(self._time_of(end))
