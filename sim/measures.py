@@ -36,23 +36,25 @@ from sim.agents import RequestRecord, WorkloadResult, compare_records
 BRANCH_SUFFIX = "_policy_branch"
 
 
-def percentile(values: Iterable[float], q: float) -> float:
-    arr = np.fromiter(values, dtype=float)
+def percentile(values: Iterable[float] | np.ndarray, q: float) -> float:
+    arr = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=float)
     if arr.size == 0:
         return 0.0
     return float(np.percentile(arr, q))
+
+
+def _families(metrics_text: str) -> list[Any]:
+    return list(text_string_to_metric_families(metrics_text)) if metrics_text else []
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def gateway_branches(metrics_text: str) -> dict[str, dict[str, int]]:
+def gateway_branches(metrics_text: str, families: list[Any] | None = None) -> dict[str, dict[str, int]]:
     """``{policy: {branch: count}}`` from ``smg_<policy>_policy_branch_total{branch=...}`` counters."""
     out: dict[str, dict[str, int]] = {}
-    if not metrics_text:
-        return out
-    for fam in text_string_to_metric_families(metrics_text):
+    for fam in _families(metrics_text) if families is None else families:
         name = fam.name
         if not (name.startswith("smg_") and name.endswith(BRANCH_SUFFIX)):
             continue
@@ -66,14 +68,13 @@ def gateway_branches(metrics_text: str) -> dict[str, dict[str, int]]:
     return {p: dict(sorted(b.items())) for p, b in sorted(out.items())}
 
 
-def metric_total(metrics_text: str, name: str) -> int:
+def metric_total(metrics_text: str, name: str, families: list[Any] | None = None) -> int:
     """The sum of a counter's ``<name>_total`` samples over all labels (0 when absent)."""
     total = 0.0
-    if metrics_text:
-        for fam in text_string_to_metric_families(metrics_text):
-            for s in fam.samples:
-                if s.name == f"{name}_total":
-                    total += s.value
+    for fam in _families(metrics_text) if families is None else families:
+        for s in fam.samples:
+            if s.name == f"{name}_total":
+                total += s.value
     return int(total)
 
 
@@ -82,17 +83,18 @@ def worker_table(records: list[RequestRecord], workers: list[str],
     names = list(workers)
     seen = {r.worker for r in records if r.ok and r.worker is not None} - set(names)
     names += sorted(seen, key=lambda n: (len(n), n))  # workers known only from answers (external): w2 < w10
-    rows = {n: {"name": n, "requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "prefill_tokens": 0,
-                "output_tokens": 0} for n in names}
-    for r in records:
-        if not r.ok or r.worker is None:
-            continue
-        row = rows[r.worker]
-        row["requests"] += 1
-        row["prompt_tokens"] += r.prompt_tokens
-        row["cached_tokens"] += r.cached_tokens
-        row["prefill_tokens"] += r.prompt_tokens - r.cached_tokens
-        row["output_tokens"] += r.output_tokens
+    pos = {n: i for i, n in enumerate(names)}
+    served = [(pos[r.worker], r.prompt_tokens, r.cached_tokens, r.output_tokens) for r in records
+              if r.error is None and r.worker is not None]
+    cols = np.array(served, dtype=np.int64).reshape(-1, 4)
+    who = cols[:, 0]
+    sums = [np.bincount(who, minlength=len(names)).tolist()]
+    for c in (1, 2, 3):  # integer sums per worker (exact, unlike float weights)
+        acc = np.zeros(len(names), dtype=np.int64)
+        np.add.at(acc, who, cols[:, c])
+        sums.append(acc.tolist())
+    rows = {n: {"name": n, "requests": sums[0][i], "prompt_tokens": sums[1][i], "cached_tokens": sums[2][i],
+                "prefill_tokens": sums[1][i] - sums[2][i], "output_tokens": sums[3][i]} for i, n in enumerate(names)}
     for n, row in rows.items():
         row["kv_reuse"] = _ratio(row["cached_tokens"], row["prompt_tokens"])
         extra = (stats or {}).get(n) or {}
@@ -106,13 +108,18 @@ def summarize(result: WorkloadResult, workers: list[str],
               rollback_retries: int | None = None) -> dict[str, Any]:
     """All measures of one run as a flat dict (plus ``workers`` and ``gateway_branches``)."""
     reqs = result.requests
-    ok = [r for r in reqs if r.ok]
-    prompt = sum(r.prompt_tokens for r in ok)
-    cached = sum(r.cached_tokens for r in ok)
-    later = [r for r in ok if not (r.turn == 0 and not r.retry)]
-    first = [r for r in ok if r.turn == 0 and not r.retry]
-    eligible = sum(r.eligible_tokens for r in later)
-    eligible_hit = sum(min(r.cached_tokens, r.eligible_tokens) for r in later)
+    ok = [r for r in reqs if r.error is None]
+    # one pass over the records into columns; sums over int64, times as float64 (the same IEEE arithmetic)
+    ints = np.array([(r.prompt_tokens, r.cached_tokens, r.output_tokens, r.eligible_tokens,
+                      r.turn == 0 and not r.retry, r.retry) for r in ok], dtype=np.int64).reshape(-1, 6)
+    times = np.array([(r.arrival, r.first_token, r.finish) for r in ok], dtype=float).reshape(-1, 3)
+    prompt_col, cached_col, later_m = ints[:, 0], ints[:, 1], ints[:, 4] == 0
+    prompt = int(prompt_col.sum())
+    cached = int(cached_col.sum())
+    eligible = int(ints[later_m, 3].sum())
+    eligible_hit = int(np.minimum(cached_col[later_m], ints[later_m, 3]).sum())
+    ttft = times[:, 1] - times[:, 0]
+    e2e = times[:, 2] - times[:, 0]
     # stickiness: consecutive successful requests of a session on the same worker
     last_worker: dict[int, str | None] = {}
     follow = same = 0
@@ -120,9 +127,10 @@ def summarize(result: WorkloadResult, workers: list[str],
         prev = last_worker.get(r.session, "")
         if prev != "":
             follow += 1
-            same += int(prev == r.worker)
+            same += prev == r.worker
         last_worker[r.session] = r.worker
-    branches = gateway_branches(metrics_text)
+    families = _families(metrics_text)
+    branches = gateway_branches(metrics_text, families)
     read = [s for s in result.sessions if s.records is not None]  # agents that kept a log (keep_log)
     mismatches = sum(1 for s in read if compare_records(s.log, s.records or [])) if read else None
     table = worker_table(reqs, workers, worker_stats)
@@ -135,9 +143,7 @@ def summarize(result: WorkloadResult, workers: list[str],
     request_errors = sum(1 for r in reqs if not r.ok)
     session_only_errors = sum(1 for s in result.sessions
                               if s.error is not None and not s.error.startswith("turn "))
-    starts = [r.sent for r in reqs]
-    finishes = [r.finish for r in ok]
-    makespan = (max(finishes) - min(starts)) if finishes and starts else 0.0
+    makespan = (float(times[:, 2].max()) - min(r.sent for r in reqs)) if ok else 0.0
     out: dict[str, Any] = {
         "kv_reuse": _ratio(cached, prompt),
         "oracle_reuse": result.oracle.reuse,
@@ -146,25 +152,25 @@ def summarize(result: WorkloadResult, workers: list[str],
         "prefill_tokens": prompt - cached,
         "prompt_tokens": prompt,
         "cached_tokens": cached,
-        "output_tokens": sum(r.output_tokens for r in ok),
-        "ttft_p50": percentile((r.ttft for r in ok), 50),
-        "ttft_p99": percentile((r.ttft for r in ok), 99),
-        "ttft_first_p50": percentile((r.ttft for r in first), 50),
-        "ttft_first_p99": percentile((r.ttft for r in first), 99),
-        "ttft_later_p50": percentile((r.ttft for r in later), 50),
-        "ttft_later_p99": percentile((r.ttft for r in later), 99),
-        "e2e_p50": percentile((r.e2e for r in ok), 50),
-        "e2e_p99": percentile((r.e2e for r in ok), 99),
+        "output_tokens": int(ints[:, 2].sum()),
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p99": percentile(ttft, 99),
+        "ttft_first_p50": percentile(ttft[~later_m], 50),
+        "ttft_first_p99": percentile(ttft[~later_m], 99),
+        "ttft_later_p50": percentile(ttft[later_m], 50),
+        "ttft_later_p99": percentile(ttft[later_m], 99),
+        "e2e_p50": percentile(e2e, 50),
+        "e2e_p99": percentile(e2e, 99),
         "makespan": makespan,
         "imbalance": _ratio(max(prefill_per, default=0), mean_prefill),
         "imbalance_requests": _ratio(max(req_per, default=0), mean_req),
         "requests": len(ok),
-        "retries": sum(1 for r in ok if r.retry),
+        "retries": int(ints[:, 5].sum()),
         "sessions": len(result.sessions),
         "failed_sessions": failed_sessions,
         "errors": request_errors + session_only_errors,
         "failed_turns": request_errors,
-        "gateway_retries": metric_total(metrics_text, "smg_worker_retries"),
+        "gateway_retries": metric_total(metrics_text, "smg_worker_retries", families),
         "rollback_retries": rollback_retries,
         "re_pins": sum(b.get("occupied_miss", 0) for b in branches.values()),
         "worker_changes": follow - same,
