@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim import tokenizer, vtime
+from sim import fastjson, tokenizer, vtime
 from sim.engine.types import WorkerConfig
 from sim.worker.core import Faults, WorkerCore, _logprobs, _neg_round6
 
@@ -197,3 +197,20 @@ def test_logprobs_carry_the_answer_words_and_their_bytes():
     assert all(bytes(e["bytes"]) == e["token"].encode() and e["top_logprobs"] == [] for e in entries)
     assert [e["logprob"] for e in entries] == [lp for lp, _, _ in choice["meta_info"]["output_token_logprobs"]]
     assert len({id(e) for e in entries}) == len(entries)  # one entry object per token
+
+
+@given(messages, st.integers(1, 30), st.booleans())
+def test_token_arrays_answers_carry_the_same_prompt_ids_as_an_array(msgs, n, ids_in):
+    """``token_arrays=True`` (in-process callers) changes only the container of ``prompt_token_ids``."""
+    prompt = tokenizer.render(msgs)
+    body = {"messages": msgs, "max_tokens": n, "return_prompt_token_ids": True, "sim_time": 0.0}
+    if ids_in:
+        body["input_ids"] = np.array(prompt, dtype=np.int64)
+    plain = WorkerCore(WorkerConfig(name="w0"), seed=1).infer("chat", dict(body)).body
+    arrays = WorkerCore(WorkerConfig(name="w0"), seed=1, token_arrays=True).infer("chat", dict(body)).body
+    got = arrays["choices"][0]["prompt_token_ids"]
+    assert isinstance(got, np.ndarray) and got.dtype == np.int64 and not got.flags.writeable
+    assert plain["choices"][0]["prompt_token_ids"] == got.tolist() == prompt
+    assert fastjson.dumps(arrays) == fastjson.dumps(plain)
+    if ids_in:
+        assert body["input_ids"].flags.writeable  # the caller's array is left as it was

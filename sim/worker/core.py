@@ -9,6 +9,10 @@ API (all methods are synchronous and take the current time as an argument):
     ``config`` is a ``sim.engine.WorkerConfig``; ``seed`` is the *pool* seed, which decides answers
     (``synth_answer(request_seed(seed, prompt_ids), n)``), so every worker of a pool gives the same
     answer to the same prompt. A separate per-worker fault RNG is seeded from ``(seed, name)``.
+    ``token_arrays=True`` (for in-process callers such as the ``direct`` transport): ``prompt_token_ids``
+    in answers is a read-only 1-D int64 numpy array instead of a list (same ids; ``sim.fastjson``
+    writes it as the same JSON list), so a prompt is never re-boxed into Python ints. HTTP adapters
+    keep the default (lists).
 
 ``core.infer(route, body, now=None) -> Reply``
     ``route`` is ``"chat"`` (``/v1/chat/completions``), ``"completions"`` (``/v1/completions``) or
@@ -233,6 +237,7 @@ class WorkerCore:
         context_length: int = 1 << 20,
         faults: Faults | None = None,
         engine: Any = None,
+        token_arrays: bool = False,
     ) -> None:
         from sim.engine import Engine  # late import: the engine module is heavier than its types
 
@@ -244,6 +249,7 @@ class WorkerCore:
         self.context_length = context_length
         self.faults = faults or Faults()
         self.engine = engine if engine is not None else Engine(config)
+        self.token_arrays = token_arrays
         self._fault_rng = random.Random(f"{seed}/{config.name}/faults")
         self._clock = 0.0
         self._count = 0
@@ -669,6 +675,13 @@ class _Answer:
             ]
         return {"content": entries}
 
+    def _prompt_token_ids(self) -> list[int] | np.ndarray:
+        if self.core.token_arrays:
+            ids = self.req.prompt_ids.view()
+            ids.flags.writeable = False
+            return ids
+        return self.req.prompt_token_ids()
+
     def body(self) -> dict[str, Any]:
         r, core = self.req, self.core
         if r.route == "generate":
@@ -686,7 +699,7 @@ class _Answer:
                 "matched_stop": tokenizer.IM_END,
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = r.prompt_token_ids()
+                choice["prompt_token_ids"] = self._prompt_token_ids()
             choice["meta_info"] = self.meta_info()
             out = {
                 "id": self.id,
@@ -706,7 +719,7 @@ class _Answer:
                 "meta_info": self.meta_info(),
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = r.prompt_token_ids()
+                choice["prompt_token_ids"] = self._prompt_token_ids()
             out = {
                 "id": self.id,
                 "object": "text_completion",
@@ -783,7 +796,7 @@ class _Answer:
             if last:
                 choice["matched_stop"] = tokenizer.IM_END
                 if r.return_prompt_token_ids:
-                    choice["prompt_token_ids"] = r.prompt_token_ids()
+                    choice["prompt_token_ids"] = self._prompt_token_ids()
                 choice["meta_info"] = self.meta_info()
             events.append({**base, "choices": [choice]})
             times.append(self._time_of(end))
