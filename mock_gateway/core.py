@@ -257,6 +257,7 @@ class GatewayCore:
         self._ids = itertools.count(1)
         self._pending: list[tuple[float, int, Ticket]] = []  # released when the clock passes virtual finish
         self.inflight: dict[int, Ticket] = {}
+        self._open: set[str] = set()  # workers whose breaker is open (every transition passes _cb_metrics)
         m = self.metrics  # cached label children, most with deferred writes (see metrics.py)
         self._m_health = m.gauges(m.worker_health)
         self._m_active = m.gauges(m.worker_active)
@@ -311,6 +312,7 @@ class GatewayCore:
         w = self.registry.remove(url)
         if w is None:
             return False
+        self._open.discard(url)
         self.policy.on_worker_removed(url)
         self._pool_gauge()
         return True
@@ -389,6 +391,10 @@ class GatewayCore:
         if transition is not None:
             self.metrics.cb_transitions.labels(worker=w.url, **{"from": transition[0], "to": transition[1]}).inc()
         b, url = w.breaker, w.url
+        if b.state == CB_OPEN:
+            self._open.add(url)
+        else:
+            self._open.discard(url)
         self._m_cb_state[url].set(CB_STATE_VALUE[b.state])
         self._m_cb_failures[url].set(b.consecutive_failures)
         self._m_cb_successes[url].set(b.consecutive_successes)
@@ -401,6 +407,8 @@ class GatewayCore:
         self._cb_metrics(w, w.breaker.record(ok, now))
 
     def breaker_tick(self, now: float) -> None:
+        if not self._open:
+            return
         for w in self.registry.values():
             if w.breaker.state == CB_OPEN:  # only an open breaker has a timer
                 t = w.breaker.tick(now)

@@ -8,6 +8,7 @@ position, walking clockwise (with wrap) past workers that are not healthy.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Iterable
 
 import blake3
@@ -16,8 +17,9 @@ import xxhash
 VIRTUAL_NODES_PER_WORKER = 150
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def position(data: str | bytes) -> int:
-    """Ring position of a key: ``u64::from_le_bytes(blake3(data)[0..8])``."""
+    """Ring position of a key: ``u64::from_le_bytes(blake3(data)[0..8])`` (memoized: sticky keys recur)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     return int.from_bytes(blake3.blake3(data).digest()[:8], "little")
