@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import NamedTuple
 
 MATCHED_TENANTS_CAP = 8
 
@@ -42,6 +43,18 @@ def _common(a: Sequence, b: Sequence, start: int) -> int:
     return lo
 
 
+class Walk(NamedTuple):
+    """Where ``seq`` runs in the tree: the nodes it passes whole, the position after them, and the child
+    it enters partly (``common`` units of its label) or None; valid while the tree's version holds."""
+
+    version: int
+    seq: Sequence
+    path: list[_Node]
+    i: int
+    partial: _Node | None
+    common: int
+
+
 class CharTree:
     """Radix tree keyed by characters (or token ids) whose nodes record which tenants hold them."""
 
@@ -49,25 +62,38 @@ class CharTree:
         self.root = _Node("", None)
         self.tenant_size: dict[str, int] = {}
         self._stamp = 0
+        self._version = 0  # bumped by every change of the tree's shape or tenants
 
     # -- queries ---------------------------------------------------------------------------------
     def match(self, seq: Sequence) -> tuple[int, list[str]]:
         """(units matched, up to 8 tenants of the deepest node reached); no tenants when nothing matched."""
-        node, i, last = self.root, 0, self.root
-        n = len(seq)
+        matched, tenants, _ = self.match_walk(seq)
+        return matched, tenants
+
+    def match_walk(self, seq: Sequence) -> tuple[int, list[str], Walk]:
+        """``match``, plus the walk, which ``insert`` of the same ``seq`` reuses if the tree has not changed."""
+        w = self._walk(seq)
+        matched = w.i + w.common
+        if matched == 0:
+            return 0, [], w
+        last = w.partial if w.partial is not None else w.path[-1]
+        ten = last.tenants
+        return matched, sorted(ten, key=lambda t: -ten[t])[:MATCHED_TENANTS_CAP], w
+
+    def _walk(self, seq: Sequence) -> Walk:
+        path: list[_Node] = []
+        node, i, n = self.root, 0, len(seq)
         while i < n:
             child = node.children.get(seq[i])
             if child is None:
                 break
             common = _common(child.label, seq, i)
-            i += common
-            last = child
             if common < len(child.label):
-                break
+                return Walk(self._version, seq, path, i, child, common)
+            path.append(child)
+            i += common
             node = child
-        if i == 0:
-            return 0, []
-        return i, sorted(last.tenants, key=lambda t: -last.tenants[t])[:MATCHED_TENANTS_CAP]
+        return Walk(self._version, seq, path, i, None, 0)
 
     def total_size(self) -> int:
         return sum(self.tenant_size.values())
@@ -81,32 +107,36 @@ class CharTree:
             self.tenant_size[tenant] = self.tenant_size.get(tenant, 0) + len(node.label)
         node.tenants[tenant] = stamp
 
-    def insert(self, seq: Sequence, tenant: str) -> None:
-        """Record that ``tenant`` holds the whole of ``seq`` (and so every prefix of it)."""
+    def insert(self, seq: Sequence, tenant: str, walk: Walk | None = None) -> None:
+        """Record that ``tenant`` holds the whole of ``seq`` (and so every prefix of it); ``walk`` from
+        ``match_walk(seq)`` saves walking the tree again if nothing changed it since."""
+        if walk is None or walk.version != self._version or walk.seq is not seq:
+            walk = self._walk(seq)
+        self._version += 1
         self._stamp += 1
         stamp = self._stamp
-        node = self.root
-        self._touch(node, tenant, stamp)
-        i, n = 0, len(seq)
-        while i < n:
-            child = node.children.get(seq[i])
-            if child is None:
-                leaf = _Node(seq[i:], node)
-                node.children[seq[i]] = leaf
-                self._touch(leaf, tenant, stamp)
-                return
-            common = _common(child.label, seq, i)
-            if common < len(child.label):  # split the edge: mid takes the common part and the child's tenants
-                mid = _Node(child.label[:common], node)
-                mid.tenants = dict(child.tenants)
-                node.children[seq[i]] = mid
-                child.label = child.label[common:]
-                child.parent = mid
-                mid.children[child.label[0]] = child
-                child = mid
-            self._touch(child, tenant, stamp)
+        touch = self._touch
+        touch(self.root, tenant, stamp)
+        for node in walk.path:  # edges seq runs through whole
+            touch(node, tenant, stamp)
+        node = walk.path[-1] if walk.path else self.root
+        i, n = walk.i, len(seq)
+        child = walk.partial
+        if child is not None:  # split the edge: mid takes the common part and the child's tenants
+            common = walk.common
+            mid = _Node(child.label[:common], node)
+            mid.tenants = dict(child.tenants)
+            node.children[seq[i]] = mid
+            child.label = child.label[common:]
+            child.parent = mid
+            mid.children[child.label[0]] = child
+            touch(mid, tenant, stamp)
             i += common
-            node = child
+            node = mid
+        if i < n:  # the rest hangs below as a new leaf (after a split, seq differs from the old child there)
+            leaf = _Node(seq[i:], node)
+            node.children[seq[i]] = leaf
+            touch(leaf, tenant, stamp)
 
     def _is_tenant_leaf(self, node: _Node, tenant: str) -> bool:
         return tenant in node.tenants and not any(tenant in c.tenants for c in node.children.values())
@@ -122,6 +152,7 @@ class CharTree:
         total = self.total_size()
         if total <= max_size:
             return 0
+        self._version += 1
         heap: list[tuple[int, int, str, _Node]] = []
         seq = 0
         stack = [self.root]
@@ -154,6 +185,7 @@ class CharTree:
 
     def remove_tenant(self, tenant: str) -> None:
         """Purge a tenant from every node (a worker was removed)."""
+        self._version += 1
         stack = [self.root]
         order = []
         while stack:

@@ -170,3 +170,39 @@ def test_cache_aware_invariants(seq, seed):
         assert tree.match(text) == (len(text), tree.match(text)[1]) and d.url in tree.match(text)[1]
         for _ in range(extra_load):
             core.begin(_decision_for(core, d.url))
+
+
+from mock_gateway.char_tree import CharTree  # noqa: E402
+
+
+def _shape(tree: CharTree) -> list:
+    def node(n) -> list:
+        return [n.label, sorted(n.tenants.items()), [node(c) for _, c in sorted(n.children.items())]]
+
+    return [node(tree.root), sorted(tree.tenant_size.items())]
+
+
+ops = st.lists(
+    st.tuples(st.text("ab c", max_size=10), st.sampled_from(["w1", "w2", "w3"]), st.booleans(), st.integers(0, 30)),
+    max_size=25,
+)
+
+
+@given(ops)
+def test_inserting_along_the_match_walk_builds_the_same_tree_as_a_fresh_insert(steps):
+    """Property: insert(seq, t, walk) from match_walk(seq) == insert(seq, t); a walk made stale by another
+    change of the tree (an insert, an eviction) is not reused."""
+    plain, walked = CharTree(), CharTree()
+    stale = None
+    for seq, tenant, evict, size in steps:
+        assert plain.match(seq) == walked.match_walk(seq)[:2]
+        _, _, walk = walked.match_walk(seq)
+        plain.insert(seq, tenant)
+        walked.insert(seq, tenant, walk)
+        if stale is not None:  # a walk of an earlier state, for the same text, must be walked again
+            plain.insert(stale[0], "w9")
+            walked.insert(stale[0], "w9", stale[1])
+        stale = (seq, walk)
+        if evict:
+            assert plain.evict(size) == walked.evict(size)
+        assert _shape(plain) == _shape(walked)

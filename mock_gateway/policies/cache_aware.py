@@ -70,10 +70,11 @@ class CacheAwarePolicy(Policy):
             return Choice(None)
         seq: Sequence = tuple(req.tokens) if req.tokens else req.text
         tree = self.tree(workers[0].model)
+        walk = None
         if self.kv_imbalanced(workers):
             chosen, branch = self._ew(workers, req), None
         else:
-            matched, tenants = tree.match(seq)
+            matched, tenants, walk = tree.match_walk(seq)
             rate = matched / len(seq) if seq else 0.0
             m.ca_match_ratio.observe(rate)
             if rate > self.ctx.config.cache_threshold:
@@ -88,7 +89,7 @@ class CacheAwarePolicy(Policy):
                 branch = "tree_match" if chosen in holders else "spill"
             else:
                 chosen, branch = self._ew(workers, req), "expected_wait_fallback"
-        tree.insert(seq, chosen.url)
+        tree.insert(seq, chosen.url, walk)
         if branch is not None:
             m.counts(m.ca_branch)[branch].inc()
         return Choice(chosen.url, branch)
