@@ -569,24 +569,29 @@ def plan_sessions(scenario: Scenario) -> list[SessionPlan]:
     plans = []
     pos = 0
     first = first_prompt_tokens(scenario)
+    limit, step = scenario.max_context_tokens, MESSAGE_OVERHEAD + len(GENERATION_PROMPT)
+    # plain Python numbers up front (tolist gives the same ints and floats as int()/float() of each element)
+    counts_l, out_l, tool_l, retry_l, retry_tok_l = (turn_counts.tolist(), out_tok.tolist(), tool_tok.tolist(),
+                                                     retry.tolist(), retry_tok.tolist())
+    lat_l, think_l = tool_lat.tolist(), think.tolist()
     for i in range(n):
         turns: list[TurnPlan] = []
         prompt = first
-        for k in range(int(turn_counts[i])):
+        for k in range(counts_l[i]):
             j = pos + k
-            out = int(out_tok[j])
-            if prompt + out > scenario.max_context_tokens:
-                out = scenario.max_context_tokens - prompt
+            out = out_l[j]
+            if prompt + out > limit:
+                out = limit - prompt
                 if out < 2 or k > 0:
                     break  # the context is full: the session ends
-            rt = int(retry_tok[j]) if (k > 0 and retry[j]) else 0
-            if rt and prompt + rt > scenario.max_context_tokens:
+            rt = retry_tok_l[j] if (k > 0 and retry_l[j]) else 0
+            if rt and prompt + rt > limit:
                 rt = 0
-            turns.append(TurnPlan(out, int(tool_tok[j]), float(tool_lat[j]), float(think[j]), rt))
-            prompt += (rt or out) + MESSAGE_OVERHEAD + int(tool_tok[j]) + len(GENERATION_PROMPT)
+            turns.append(TurnPlan(out, tool_l[j], lat_l[j], think_l[j], rt))
+            prompt += (rt or out) + step + tool_l[j]
         if not turns:  # the first prompt alone is near the limit: one short turn
-            turns.append(TurnPlan(2, 1, float(tool_lat[pos]), float(think[pos]), 0))
-        pos += int(turn_counts[i])
+            turns.append(TurnPlan(2, 1, lat_l[pos], think_l[pos], 0))
+        pos += counts_l[i]
         plans.append(SessionPlan(i, i // scenario.group_size, starts[i], tuple(turns)))
     return plans
 
