@@ -42,9 +42,24 @@ def word_id(word: str) -> int:
     return FIRST_WORD_ID + xxhash.xxh32_intdigest(word.encode("utf-8", "surrogatepass")) % _WORD_SPACE
 
 
+_KNOWN: dict[str, int] = {}  # word -> id for words seen before (a plain dict lookup is cheaper than word_id's)
+_KNOWN_LIMIT = 1 << 18
+
+
+def _word_ids(words: list[str]) -> list[int]:
+    try:
+        return list(map(_KNOWN.__getitem__, words))
+    except KeyError:
+        ids = list(map(word_id, words))
+        if len(_KNOWN) + len(ids) > _KNOWN_LIMIT:
+            _KNOWN.clear()
+        _KNOWN.update(zip(words, ids, strict=True))
+        return ids
+
+
 def encode(text: str) -> list[int]:
     """Token ids of a text: one id per whitespace-separated word."""
-    return list(map(word_id, text.split()))
+    return _word_ids(text.split())
 
 
 def content_text(content: Any) -> str:
@@ -69,7 +84,7 @@ def content_text(content: Any) -> str:
 def render_message(message: Mapping[str, Any]) -> list[int]:
     """Token ids of one chat message under the template."""
     role = str(message.get("role", "user"))
-    return [IM_START, word_id(role), *map(word_id, content_text(message.get("content")).split()), IM_END]
+    return [IM_START, word_id(role), *_word_ids(content_text(message.get("content")).split()), IM_END]
 
 
 GENERATION_PROMPT: tuple[int, ...] = (IM_START, word_id("assistant"))
@@ -98,6 +113,7 @@ def _vocab() -> tuple[tuple[str, ...], np.ndarray]:
         a, b, c = i % 16, (i // 16) % 16, (i // 256) % 16
         words.append(_SYLLABLES[a] + _SYLLABLES[b] + _SYLLABLES[c])
     ids = np.array([word_id(w) for w in words], dtype=np.int64)
+    _KNOWN.update(zip(words, ids.tolist(), strict=True))
     return tuple(words), ids
 
 

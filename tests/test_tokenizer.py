@@ -78,3 +78,13 @@ def test_request_seed_depends_on_the_ids_not_their_container(seed, ids):
     strided = np.repeat(arr, 2)[::2]
     assert tok.request_seed(seed, ids) == tok.request_seed(seed, arr) == tok.request_seed(seed, strided)
     assert tok.request_seed(seed, ids) == xxhash.xxh64_intdigest(arr.tobytes(), seed & 0xFFFFFFFFFFFFFFFF)
+
+
+@given(st.lists(st.sampled_from(["<|im_start|>", "<|im_end|>", "<pad>", "kalomi", "x"]) | texts, max_size=8))
+def test_encode_is_word_id_per_word_cold_and_warm(parts):
+    text = " ".join(parts)
+    want = [tok.word_id(w) for w in text.split()]
+    assert tok.encode(text) == want  # maybe learning the words
+    assert tok.encode(text) == want  # from the known words
+    rendered = tok.render_message({"role": "tool", "content": text})
+    assert rendered == [tok.IM_START, tok.word_id("tool"), *want, tok.IM_END]
