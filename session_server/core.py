@@ -66,6 +66,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import is_, itemgetter
 from typing import Any
 
@@ -285,9 +286,8 @@ class Session:
     created: float
     last_access: float
     messages: list[dict[str, Any]] = field(default_factory=list)  # last request's messages + the reply
-    checkpoints: list[list[int]] = field(default_factory=list)  # prompt + output ids, one per model turn
-    # the same ids as read-only int64 arrays (a ``token_arrays`` core; None otherwise or when they overflow int64)
-    checkpoint_arrays: list[np.ndarray | None] = field(default_factory=list)
+    # prompt + output ids, one per model turn: lists, or read-only int64 arrays in a ``token_arrays`` core
+    checkpoints: list[list[int] | np.ndarray] = field(default_factory=list)
     reply_positions: list[int] = field(default_factory=list)  # index in ``messages`` of each model reply
     records: list[dict[str, Any]] = field(default_factory=list)  # one per committed turn
     version: int = 0  # bumped by every commit: the stale-update guard
@@ -300,7 +300,7 @@ class Session:
 
     @property
     def token_ids(self) -> list[int]:
-        return self.checkpoints[-1] if self.checkpoints else []
+        return _as_list(self.checkpoints[-1]) if self.checkpoints else []
 
 
 @dataclass
@@ -312,10 +312,9 @@ class TurnPlan:
     sent_body: dict[str, Any]  # the body actually sent (last attempt); recorded on success
     messages: list[dict[str, Any]]
     keep: int  # model turns kept (< num_assistant when the turn rolls one back)
-    base_checkpoint: list[int]  # the stored tokens the turn continues ([] on the first turn)
+    base_checkpoint: list[int] | np.ndarray  # the stored tokens the turn continues (empty on the first turn)
     expected_version: int
     request: UpstreamRequest
-    base_array: np.ndarray | None = None  # base_checkpoint as an int64 array (``token_arrays`` cores)
     attempts: int = 1
     done: bool = False
 
@@ -342,8 +341,8 @@ class SessionCore:
     ) -> None:
         """``token_arrays``: send ``input_ids`` upstream as read-only int64 numpy arrays, not lists (for
         in-process upstreams that take arrays, e.g. the simulator's ``direct`` wiring; records then hold the
-        arrays too). Same ids; each checkpoint is kept as an array too, extended by the new tokens only (ids
-        that do not fit int64 fall back to lists). An HTTP adapter keeps the default (plain JSON lists)."""
+        arrays too). Same ids; checkpoints are kept as arrays (contiguous: cheap to extend, compare and free),
+        and ids that do not fit int64 fall back to lists. An HTTP adapter keeps the default (JSON lists)."""
         roles = []
         for role in allowed_append_roles:
             r = role.lower()
@@ -581,21 +580,19 @@ class SessionCore:
         data.pop("input_ids", None)
         sent = dict(data)
         keep = 0
-        base: list[int] = []
-        base_array = _EMPTY_IDS if self.token_arrays else None
+        base: list[int] | np.ndarray = _EMPTY_IDS if self.token_arrays else []
         if s.num_assistant:
             keep = self._rollback_point(s, messages, known)
             stored_len = s.reply_positions[keep - 1] + 1 if keep < s.num_assistant else len(s.messages)
             appended = self._check_append(stored_len, messages)
             base = s.checkpoints[keep - 1]
-            base_array = s.checkpoint_arrays[keep - 1]
-            if base_array is None:
-                sent["input_ids"] = merge_tokens(base, appended)
-            else:  # the same ids as merge_tokens, with O(new tokens) Python work
+            if isinstance(base, np.ndarray):  # the same ids as merge_tokens, with O(new tokens) Python work
                 new = tok.render(appended, add_generation_prompt=True)
-                ids = np.concatenate((base_array, np.fromiter(new, np.int64, len(new))))
+                ids = np.concatenate((base, np.fromiter(new, np.int64, len(new))))
                 ids.flags.writeable = False
                 sent["input_ids"] = ids
+            else:
+                sent["input_ids"] = merge_tokens(base, appended)
         headers = self.upstream_headers(sid, client_headers)
         request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent)
         s.inflight += 1
@@ -609,7 +606,6 @@ class SessionCore:
             base_checkpoint=base,
             expected_version=s.version,
             request=request,
-            base_array=base_array,
         )
 
     def retry_request(self, plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None:
@@ -661,8 +657,14 @@ class SessionCore:
             return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="stale")
         base = plan.base_checkpoint
         cut = len(base) - MAX_TRIM_TOKENS
-        all_ids = [*prompt, *output]
-        if all_ids[:cut] != (base if cut == len(base) else base[:cut]):
+        all_ids = _new_checkpoint(prompt, output, base)
+        if isinstance(all_ids, np.ndarray):  # base is an array too: compare the bytes
+            ok = cut <= 0 or (len(all_ids) >= cut and all_ids[:cut].tobytes() == base[:cut].tobytes())
+        else:
+            base = _as_list(base)
+            ok = all_ids[:cut] == base[:cut]
+        if not ok:
+            all_ids, base = _as_list(all_ids), _as_list(base)
             first = next(
                 (i for i, (a, b) in enumerate(zip(all_ids, base, strict=False)) if a != b), min(len(all_ids), cut)
             )
@@ -678,13 +680,12 @@ class SessionCore:
                 outcome="invalid_upstream",
             )
         keep = plan.keep
-        del s.checkpoints[keep:], s.checkpoint_arrays[keep:], s.records[keep:], s.reply_positions[keep:]
+        del s.checkpoints[keep:], s.records[keep:], s.reply_positions[keep:]
         reply = dict(choice["message"])
         reply.setdefault("role", "assistant")
         s.messages = [*plan.messages, reply]
         s.reply_positions.append(len(plan.messages))
         s.checkpoints.append(all_ids)
-        s.checkpoint_arrays.append(_extend_array(plan.base_array, all_ids, len(base)))
         vt = _request_time(plan.sent_body)
         s.records.append(
             {
@@ -734,20 +735,22 @@ def _request_time(body: Mapping[str, Any]) -> float | None:
     return request_time(body)
 
 
-def _extend_array(base_array: np.ndarray | None, all_ids: list[int], base_len: int) -> np.ndarray | None:
-    """``all_ids`` (validated ints, starting with the ``base_len`` ids ``base_array`` holds) as a read-only int64
-    array: the base's array + the new ids converted. None without a base array or when an id overflows int64."""
-    if base_array is None:
-        return None
-    tail = all_ids[base_len:] if base_len else all_ids
-    try:
-        arr = np.fromiter(tail, np.int64, len(tail))
-    except OverflowError:
-        return None
-    if base_len:
-        arr = np.concatenate((base_array, arr))
-    arr.flags.writeable = False
-    return arr
+def _as_list(ids: list[int] | np.ndarray) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else ids
+
+
+def _new_checkpoint(prompt: list[int], output: list[int], base: list[int] | np.ndarray) -> list[int] | np.ndarray:
+    """``prompt + output`` (validated ints) as the session keeps it: a read-only int64 array when the base is
+    one (a ``token_arrays`` core) and every id fits, else a list."""
+    if isinstance(base, np.ndarray):
+        try:
+            arr = np.fromiter(chain(prompt, output), np.int64, len(prompt) + len(output))
+        except OverflowError:
+            pass
+        else:
+            arr.flags.writeable = False
+            return arr
+    return [*prompt, *output]
 
 
 def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:

@@ -30,6 +30,14 @@ def as_json(body: dict) -> dict:
     return {**body, "input_ids": ids.tolist()} if isinstance(ids, np.ndarray) else body
 
 
+def ids_of(ids) -> list[int]:
+    """Token ids as a list, whether kept as a list or (``token_arrays``) as a read-only int64 array."""
+    if isinstance(ids, np.ndarray):
+        assert ids.dtype == np.int64 and ids.ndim == 1 and not ids.flags.writeable
+        return ids.tolist()
+    return ids
+
+
 def upstream_of(router: FakeRouter, log: list[UpstreamRequest] | None = None):
     """An in-process upstream: the fake router's answer, or its queued failures."""
 
@@ -478,21 +486,19 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
                 assert e.status == 400
         # invariants
         assert len(s.records) == len(s.checkpoints) == len(s.reply_positions) == s.num_assistant
-        assert len(s.checkpoint_arrays) == s.num_assistant
-        assert [a.tolist() if arrays else a for a in s.checkpoint_arrays] == (
-            s.checkpoints if arrays else [None] * s.num_assistant
-        )
+        assert all(isinstance(c, np.ndarray) == arrays for c in s.checkpoints)
+        checkpoints = [ids_of(c) for c in s.checkpoints]
         assert s.inflight == len(open_plans)
-        for i, (rec, ckpt, pos) in enumerate(zip(s.records, s.checkpoints, s.reply_positions, strict=True)):
+        for i, (rec, ckpt, pos) in enumerate(zip(s.records, checkpoints, s.reply_positions, strict=True)):
             choice = rec["response"]["choices"][0]
             assert ckpt == choice["prompt_token_ids"] + [t[1] for t in choice["meta_info"]["output_token_logprobs"]]
             assert s.messages[pos]["content"] == choice["message"]["content"]
             if i:
-                assert ckpt[: len(s.checkpoints[i - 1])] == s.checkpoints[i - 1]
+                assert ckpt[: len(checkpoints[i - 1])] == checkpoints[i - 1]
                 assert as_json(rec["request"])["input_ids"] == choice["prompt_token_ids"]
         if s.messages:
             assert s.reply_positions[-1] == len(s.messages) - 1
-            assert s.checkpoints[-1] == tok.render(s.messages, add_generation_prompt=False)
+            assert checkpoints[-1] == s.token_ids == tok.render(s.messages, add_generation_prompt=False)
 
 
 def test_records_do_not_change_when_an_in_process_caller_reuses_its_lists():
@@ -544,9 +550,8 @@ def test_token_arrays_send_and_keep_the_same_ids_as_read_only_int64_arrays(tools
         if ids is not None:
             assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and not ids.flags.writeable
     sp, sa = plain.sessions[sid_p], arrays.sessions[sid_a]
-    assert sa.checkpoints == sp.checkpoints and [a.tolist() for a in sa.checkpoint_arrays] == sp.checkpoints
-    assert all(not a.flags.writeable for a in sa.checkpoint_arrays)
-    assert sp.checkpoint_arrays == [None] * sp.num_assistant
+    assert all(isinstance(c, list) for c in sp.checkpoints) and all(isinstance(c, np.ndarray) for c in sa.checkpoints)
+    assert [ids_of(c) for c in sa.checkpoints] == sp.checkpoints
     assert arrays.get_view(sid_a)["metadata"] == plain.get_view(sid_p)["metadata"]
     assert [as_json(r["request"]) for r in arrays.get_view(sid_a)["records"]] == [
         r["request"] for r in plain.get_view(sid_p)["records"]
@@ -567,12 +572,12 @@ def test_ids_beyond_int64_fall_back_to_lists():
 
     r = core.run_turn(sid, {"messages": messages}, (), huge)
     s = core.sessions[sid]
-    assert r.status == 200 and s.checkpoint_arrays == [None]
+    assert r.status == 200 and isinstance(s.checkpoints[0], list) and s.checkpoints[0][-2] == 2**70
     messages = [*messages, reply_of(r), {"role": "tool", "content": "t"}]
     assert core.run_turn(sid, {"messages": messages}, (), huge).status == 200
     sent = log[-1].json["input_ids"]
     assert isinstance(sent, list) and sent[: len(s.checkpoints[0])] == s.checkpoints[0] and 2**70 in sent
-    assert s.checkpoint_arrays == [None, None] and s.checkpoints[1][: len(sent)] == sent
+    assert isinstance(s.checkpoints[1], list) and s.checkpoints[1][: len(sent)] == sent
 
 
 def test_resent_message_objects_are_still_checked_after_the_known_prefix():
