@@ -9,6 +9,8 @@ with ``.labels()`` (which costs ~4 us a call):
   the child when the registry is next collected;
 - ``gauges(gauge)``: deferred values: ``set()`` keeps the value; the child is set to it (if it changed) when
   the registry is next collected. Only for gauges that nothing else sets through ``.labels()``.
+- ``manual_cache_entries`` (set on every manual decision) is itself such a deferred gauge (``set()`` only; the
+  prometheus Gauge is ``manual_cache_entries_gauge``).
 
 Deferred writes are applied by a collector registered before every series, so any reader (``render``, the
 metrics server, ``registry.get_sample_value``) sees exactly the values immediate writes would have left. One
@@ -120,6 +122,7 @@ class GatewayMetrics:
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
         self._series: dict[int, Series] = {}
         self._deferred: list[CountSeries | GaugeSeries] = []
+        self._deferred_single: list[DeferredGauge] = []  # unlabelled gauges
         self._flush_lock = threading.Lock()
         r.register(_Flush(self.flush))
 
@@ -131,9 +134,12 @@ class GatewayMetrics:
 
         # policies
         self.manual_branch = c("smg_manual_policy_branch", "Manual policy selection branch", ("branch",))
-        self.manual_cache_entries = g(
+        self.manual_cache_entries_gauge = g(
             "smg_manual_policy_cache_entries", "Number of routing entries in manual policy cache"
         )
+        # set() on every manual decision: deferred; every writer goes through this object, so the last set() wins
+        self.manual_cache_entries = DeferredGauge(self.manual_cache_entries_gauge)
+        self._deferred_single.append(self.manual_cache_entries)
         self.ch_branch = c(
             "smg_consistent_hashing_policy_branch", "Consistent hashing policy selection branch", ("branch",)
         )
@@ -241,6 +247,8 @@ class GatewayMetrics:
     def flush(self) -> None:
         """Apply every deferred write (runs before each collection of the registry)."""
         with self._flush_lock:
+            for d in self._deferred_single:
+                d.flush()
             for s in list(self._deferred):
                 for d in list(s.values()):
                     d.flush()
