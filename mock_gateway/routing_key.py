@@ -48,6 +48,8 @@ def header_key(headers: Mapping[str, str], names: Sequence[str]) -> str | None:
 
 def strip_lineage(key: str) -> str:
     """``conv_t2_r1`` -> ``conv``: drop one trailing ``_r<digits>``, then one ``_t<digits>``; keep raw if empty."""
+    if "_" not in key:  # nothing to strip (e.g. a uuid hex session id)
+        return key
     stripped = _T_SUFFIX.sub("", _R_SUFFIX.sub("", key, count=1), count=1)
     return stripped or key
 
@@ -78,16 +80,20 @@ def _content_text(content: object) -> str:
     return ""
 
 
-def routing_text(endpoint: str, body: Mapping[str, Any]) -> str:
+def routing_text(endpoint: str, body: Mapping[str, Any], limit: int | None = None) -> str:
     """The text SMG matches in cache_aware and hashes in prefix_hash (``extract_text_for_routing``).
 
     Chat: every message's text (content, then ``reasoning_content``) joined by single spaces, empty
     parts skipped, roles not included. Completions: ``prompt`` (a list joined by spaces). Generate: ``text``.
-    Only computed when a policy reads it (``RouteInput.text`` is lazy).
+    Only computed when a policy reads it (``RouteInput.text`` is lazy). ``limit``: only the first ``limit``
+    characters are needed (``routing_text(e, b, n) == routing_text(e, b)[:n]``; chat stops joining early).
     """
     if endpoint == "chat":
         parts: list[str] = []
         add = parts.append
+        size = counted = 0
+        if limit is not None and limit < 0:  # a slice from the end needs the whole text
+            return routing_text(endpoint, body)[:limit]
         messages = body.get("messages")
         if isinstance(messages, list):
             for m in messages:
@@ -106,16 +112,21 @@ def routing_text(endpoint: str, body: Mapping[str, Any]) -> str:
                     t = _content_text(r)
                     if t:
                         add(t)
-        return " ".join(parts)
+                if limit is not None and len(parts) > counted:  # stop once the parts hold ``limit`` characters
+                    size += sum(map(len, parts[counted:]))
+                    counted = len(parts)
+                    if size >= limit:
+                        break
+        return " ".join(parts)[:limit]
     if endpoint == "completions":
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            return prompt
+            return prompt[:limit]
         if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-            return " ".join(prompt)
+            return " ".join(prompt)[:limit]
         return ""
     text = body.get("text")
-    return text if isinstance(text, str) else ""
+    return text[:limit] if isinstance(text, str) else ""
 
 
 def int_ids(ids: np.ndarray) -> bool:

@@ -426,3 +426,25 @@ def test_collecting_on_another_thread_while_counting_loses_and_doubles_nothing()
     labels = {"worker_type": "regular", "connection_mode": "http", "model": "m", "policy": "manual"}
     assert get("smg_worker_selection_total", labels) == 20000
     assert get("smg_worker_requests_active", {"worker": "w"}) == 20000
+
+
+from mock_gateway.routing_key import routing_text, strip_lineage  # noqa: E402
+
+chat_parts = st.one_of(st.text("ab ", max_size=6), st.lists(st.text("xy", max_size=3), max_size=2), st.none())
+
+
+@given(
+    st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": chat_parts},
+                                   optional={"reasoning_content": chat_parts}) | json_values, max_size=6),
+    st.integers(-5, 40),
+)
+def test_a_routing_text_prefix_is_the_prefix_of_the_routing_text(msgs, n):
+    for endpoint, body in (("chat", {"messages": msgs}), ("completions", {"prompt": "abc def " * 3}),
+                           ("generate", {"text": "hello world"})):
+        assert routing_text(endpoint, body, n) == routing_text(endpoint, body)[:n]
+
+
+@pytest.mark.parametrize(("key", "stripped"), [("conv_t2_r1", "conv"), ("conv_r1", "conv"), ("conv_t2", "conv"),
+                                                ("abc123", "abc123"), ("_r1", "_r1"), ("a_b", "a_b")])
+def test_strip_lineage(key, stripped):
+    assert strip_lineage(key) == stripped

@@ -66,6 +66,12 @@ class RouteInput:
             self._text = routing_text(self.endpoint, self.body)
         return self._text
 
+    def text_prefix(self, n: int) -> str:
+        """``text[:n]``, without extracting the whole routing text if it is not already known."""
+        if self._text is not None:
+            return self._text[:n]
+        return routing_text(self.endpoint, self.body, n)
+
     @property
     def tokens(self) -> list[int] | None:
         if self._tokens is LAZY:

@@ -22,7 +22,7 @@ def key_bytes(req: RouteInput, prefix_token_count: int) -> bytes:
     if req.tokens:
         ids = req.tokens[:prefix_token_count]
         return struct.pack(f"<{len(ids)}I", *ids)
-    return req.text[: 4 * prefix_token_count].encode("utf-8")
+    return req.text_prefix(4 * prefix_token_count).encode("utf-8")
 
 
 def least_loaded(workers: list[Worker]) -> Worker:
