@@ -34,6 +34,10 @@ when omitted the core's clock is used)::
                                                # advance + select + begin, for the direct transport
                                                # (poll due_polls() and record_load() before it)
 
+An in-process caller may give ``input_ids`` as a 1-D integer numpy array (checked as a list is, vectorised:
+ids in [0, 2**32)); JSON bodies only ever carry lists. The routing text and routing tokens are extracted only
+if the policy reads them (``RouteInput`` is lazy), and metrics writes are deferred to collection (metrics.py).
+
 ``Decision.url`` is None when the request is refused; ``Decision.status`` / ``error_code`` / ``param`` /
 ``message`` then give SMG's answer (400 ``missing_required_parameter``, ``invalid_type``, ``empty_array``...;
 422 for ``/generate`` type errors; 404 ``model_not_found``; 503 ``no_available_workers`` or
