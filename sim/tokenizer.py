@@ -139,12 +139,18 @@ def synth_indices(seed: int, n: int) -> np.ndarray:
     first) to ``(u32 * VOCAB_SIZE) >> 32`` (Lemire's method, which never rejects for a power-of-two
     range); taking the raw outputs directly skips ``Generator.integers``' per-call overhead.
     """
+    return _draw(seed, n).astype(np.int64)
+
+
+def _draw(seed: int, n: int) -> np.ndarray:
+    """``synth_indices`` as uint32."""
     if n <= 0:
-        return np.empty(0, dtype=np.int64)
+        return np.empty(0, dtype=np.uint32)
     raw = np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
-    return (raw.view("<u4")[:n] >> _VOCAB_SHIFT).astype(np.int64)
+    return raw.view(_U32_LE)[:n] >> _VOCAB_SHIFT
 
 
+_U32_LE = np.dtype("<u4")
 _VOCAB_SHIFT = 32 - (VOCAB_SIZE.bit_length() - 1)
 assert 1 << (32 - _VOCAB_SHIFT) == VOCAB_SIZE  # the shortcut above needs a power-of-two vocabulary
 
@@ -181,10 +187,11 @@ def synth_answer(seed: int, completion_tokens: int) -> tuple[str, list[int]]:
 
 
 def synth_answer_array(seed: int, completion_tokens: int) -> tuple[str, np.ndarray, np.ndarray]:
-    """``synth_answer`` with the output ids as an int64 array, plus the content words' vocabulary indices."""
-    idx = synth_indices(seed, max(completion_tokens, 1) - 1)
+    """``synth_answer`` with the output ids as an int64 array, plus the content words' vocabulary indices
+    (unsigned integers)."""
+    idx = _draw(seed, max(completion_tokens, 1) - 1)
     ids = np.empty(len(idx) + 1, dtype=np.int64)
-    ids[:-1] = _vocab()[1][idx]
+    _vocab()[1].take(idx, out=ids[:-1])
     ids[-1] = IM_END
     return _synth_text(idx), ids, idx
 
