@@ -34,7 +34,8 @@ from session_server.core import (
     UpstreamResponse,
     response_headers,
 )
-from sim import fastjson
+from sim import fasthttp, fastjson
+from sim.fasthttp import FastPathApp
 
 
 class AsyncUpstream(Protocol):
@@ -53,20 +54,26 @@ def _dumps(data: object) -> bytes:
 
 
 class HttpUpstream:
-    """One pooled ``httpx.AsyncClient`` to the router; a transport error becomes a synthetic 502."""
+    """One pooled httpx transport to the router (``sim.fasthttp``); a transport error becomes a synthetic 502."""
 
     def __init__(self, base_url: str, timeout: float | None = None, max_connections: int = 1024) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=None),
-            trust_env=False,
+        self.client = fasthttp.AsyncPool(
+            timeout=timeout, limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=None)
         )
+        self._urls: dict[str, httpx.URL] = {}  # parsed once: the chat path of every turn
+
+    def _url(self, request: UpstreamRequest) -> httpx.URL:
+        if request.query:
+            return httpx.URL(f"{self.base_url}/{request.path}?{request.query}")
+        url = self._urls.get(request.path)
+        if url is None:
+            url = httpx.URL(f"{self.base_url}/{request.path}")
+            if len(self._urls) < 64:  # passthrough paths are the client's: keep only a few
+                self._urls[request.path] = url
+        return url
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        url = f"{self.base_url}/{request.path}"
-        if request.query:
-            url = f"{url}?{request.query}"
         # values as the ASGI server decoded them (latin-1), sent as the same bytes (httpx encodes str as ASCII)
         headers = {k: v.encode("latin-1", "replace") if isinstance(v, str) else v for k, v in request.headers.items()}
         content = request.content
@@ -75,7 +82,7 @@ class HttpUpstream:
             if not any(k.lower() == "content-type" for k in headers):
                 headers["content-type"] = "application/json"
         try:
-            r = await self.client.request(request.method, url, headers=headers, content=content)
+            r = await self.client.fetch(request.method, self._url(request), headers, content)
         except httpx.InvalidURL as e:  # a passthrough path no URL can carry: control characters, over 64 KiB
             return UpstreamResponse(
                 400, {"content-type": "application/json"}, _dumps({"error": f"invalid path for the router: {e}"})
@@ -148,6 +155,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_CHAT_PREFIX, _CHAT_SUFFIX = "/sessions/", "/v1/chat/completions"
+
+
+def _chat_params(path: str) -> dict[str, str] | None:
+    """``{"sid": ...}`` for ``/sessions/{sid}/v1/chat/completions`` (``sid`` one non-empty path segment)."""
+    if path.startswith(_CHAT_PREFIX) and path.endswith(_CHAT_SUFFIX):
+        sid = path[len(_CHAT_PREFIX) : -len(_CHAT_SUFFIX)]
+        if sid and "/" not in sid:
+            return {"sid": sid}
+    return None
+
+
 def create_app(
     config: ServerConfig | None = None,
     *,
@@ -184,7 +203,7 @@ def create_app(
             app.state.upstream = None
             await up.aclose()
 
-    app = FastAPI(title="smg-testbed session server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastPathApp(title="smg-testbed session server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.core = core
     app.state.config = config
 
@@ -242,6 +261,8 @@ def create_app(
         finally:
             core.abandon(plan)  # no-op once committed; releases the plan if the request was cancelled
         return _turn_response(result)
+
+    app.fast_route("POST", _chat_params, lambda request: chat(request.path_params["sid"], request))
 
     @app.api_route("/sessions/{sid}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def passthrough(sid: str, path: str, request: Request) -> Response:

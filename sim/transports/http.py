@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 
-from sim import fastjson
+from sim import fasthttp, fastjson
 from sim.procs import LOOPBACK, ThreadServer, free_port
+from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import Setup, gateway_argv, port_salt, session_server_argv, stable_ports, worker_configs
 from sim.transports.pool import worker_urls as urls_of
@@ -31,17 +32,20 @@ def _dumps(obj: Any) -> bytes:
     return fastjson.dumps(obj)
 
 
+_JSON = {"content-type": "application/json"}
+
+
 class SessionClient:
-    """The agent side of the session server protocol over one pooled ``httpx.Client``."""
+    """The agent side of the session server protocol over one pooled httpx transport (``sim.fasthttp``)."""
 
     def __init__(self, session_url: str) -> None:
         self.session_url = session_url.rstrip("/")
-        self.client = httpx.Client(base_url=self.session_url, timeout=CLIENT_TIMEOUT, trust_env=False)
+        self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT)
 
     def _call(self, method: str, path: str, body: Any = None) -> Reply:
-        headers = {"content-type": "application/json"} if body is not None else None
         try:
-            r = self.client.request(method, path, content=_dumps(body) if body is not None else None, headers=headers)
+            r = self.client.fetch(method, self.session_url + path, _JSON if body is not None else None,
+                                  _dumps(body) if body is not None else None)
         except httpx.HTTPError as e:
             raise TransportError(f"{method} {path}: {type(e).__name__}: {e}") from e
         data: Any = {}
@@ -120,6 +124,9 @@ class HttpTransport(SessionClient):
             self.metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
             gw = self._start(gateway_app(gateway_argv(setup, self.worker_urls), metrics_port))
             self.gateway_url = gw.url
+            # the gateway registers its workers in the background: a first request before that finds none
+            # (a 404 that the direct transport never gives, seen when the machine is busy)
+            wait_ready(gw.url, len(configs))
             ss_app = session_server_app(session_server_argv(setup, gw.url))
             self.session_core = ss_app.state.core
             ss = self._start(ss_app)

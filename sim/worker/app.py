@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim import fastjson, vtime
+from sim.fasthttp import FastPathApp
 from sim.procs import ThreadServer
 from sim.worker.core import Reply, WorkerCore, error_body
 
@@ -83,7 +84,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app of one worker. ``on_exit`` is what the ``exit`` fault calls (the CLI stops
     this worker's server); without it the ``exit`` fault is refused."""
-    app = FastAPI(title=f"mock SGLang worker {core.name}", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastPathApp(title=f"mock SGLang worker {core.name}", docs_url=None, redoc_url=None, openapi_url=None)
     clock = LiveClock(speedup)
     app.state.core = core
     app.state.clock = clock
@@ -234,6 +235,8 @@ def create_app(
     async def generate(request: Request) -> Response:
         return await serve("generate", request)
 
+    for path, endpoint in (("/v1/chat/completions", chat), ("/v1/completions", completions), ("/generate", generate)):
+        app.fast_route("POST", path, endpoint)
     return app
 
 
