@@ -98,6 +98,10 @@ class PrefixTree:
         of a stored sequence whose first ``shared`` tokens equal those of ``ids``, only the rest is compared."""
         arr = as_ids(ids)
         limit = self._limit(len(arr))
+        if cursor is not None:
+            node, pos = cursor
+            if pos <= shared and pos <= limit and not node.children and pos == node.start + len(node.key):
+                return cursor  # resumed at the end of a leaf: nothing stored beyond (a conversation's next turn)
         node, pos = self._resume(cursor, self._limit(min(shared, limit, cursor[1] if cursor else 0)))
         return self._walk(arr, limit, node, pos)
 
