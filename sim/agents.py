@@ -204,8 +204,10 @@ class AgentRunner:
     def _parse(self, rec: RequestRecord, reply: Reply, messages: list[dict[str, Any]],
                prev_full: np.ndarray | None) -> tuple[RequestRecord, np.ndarray | None, str]:
         """Fill ``rec`` from the answer; also the conversation's token ids so far (prompt + output, int64)
-        and the answer's text. Token ids stay int64 arrays (an in-process upstream may hand them over as
-        such), so a turn costs the agent O(new tokens) in Python."""
+        and the answer's text. Token ids are int64 arrays throughout (an in-process upstream hands the prompt
+        over as one, JSON as a list converted once): the per-turn Python work is O(new tokens), the rest is
+        vectorised (the prefix shared with the previous turn) or skipped (the oracle resumes the
+        conversation's path: ``Oracle.observe_turn``)."""
         rec.status = reply.status
         if not reply.ok or not isinstance(reply.body, dict):
             rec.error = _error_text(reply)
