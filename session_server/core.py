@@ -175,7 +175,11 @@ def message_matches(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """miles' ``message_matches``: equal role, content, reasoning_content, tool_calls (None == "" == [])."""
     if a == b:  # the common case (a resent message), in C; differs only for a NaN held by both dicts
         return True
-    return all(_empty_to_none(a.get(k)) == _empty_to_none(b.get(k)) for k in _MESSAGE_FIELDS)
+    for k in _MESSAGE_FIELDS:
+        x, y = a.get(k), b.get(k)
+        if (x is not None or y is not None) and _empty_to_none(x) != _empty_to_none(y):
+            return False
+    return True
 
 
 def common_prefix_len(stored: list[Mapping[str, Any]], request: list[Mapping[str, Any]], start: int = 0) -> int:
@@ -739,28 +743,36 @@ def _as_list(ids: list[int] | np.ndarray) -> list[int]:
     return ids.tolist() if isinstance(ids, np.ndarray) else ids
 
 
-def _new_checkpoint(prompt: list[int], output: list[int], base: list[int] | np.ndarray) -> list[int] | np.ndarray:
+def _new_checkpoint(
+    prompt: list[int] | np.ndarray, output: list[int], base: list[int] | np.ndarray
+) -> list[int] | np.ndarray:
     """``prompt + output`` (validated ints) as the session keeps it: a read-only int64 array when the base is
     one (a ``token_arrays`` core) and every id fits, else a list."""
     if isinstance(base, np.ndarray):
         try:
-            arr = np.fromiter(chain(prompt, output), np.int64, len(prompt) + len(output))
+            if isinstance(prompt, np.ndarray):  # an in-process upstream's array: no per-id work
+                arr = np.concatenate((prompt, np.fromiter(output, np.int64, len(output))))
+            else:
+                arr = np.fromiter(chain(prompt, output), np.int64, len(prompt) + len(output))
         except OverflowError:
             pass
         else:
             arr.flags.writeable = False
             return arr
-    return [*prompt, *output]
+    return [*_as_list(prompt), *output]
 
 
 def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
     """``choices[0]`` and ``prompt_token_ids + output ids`` of a 200 chat answer; 502 when malformed."""
     choice, prompt, output = _chat_parts(data)
-    return choice, [*prompt, *output]
+    return choice, [*_as_list(prompt), *output]
 
 
-def _chat_parts(data: Any) -> tuple[dict[str, Any], list[int], list[int]]:
-    """``choices[0]``, ``prompt_token_ids`` and the output ids of a 200 chat answer; 502 when malformed."""
+def _chat_parts(data: Any) -> tuple[dict[str, Any], list[int] | np.ndarray, list[int]]:
+    """``choices[0]``, ``prompt_token_ids`` and the output ids of a 200 chat answer; 502 when malformed.
+
+    ``prompt_token_ids`` may be a 1-D int64 array from an in-process upstream: already typed, taken as is.
+    """
     if not isinstance(data, dict):
         raise UpstreamResponseError("upstream returned a non-JSON or non-object body with status 200")
     choices = data.get("choices")
@@ -794,6 +806,8 @@ def _chat_parts(data: Any) -> tuple[dict[str, Any], list[int], list[int]]:
                 "malformed output_token_logprobs entries (want [logprob, token_id, ...])"
             ) from None
     prompt = choice.get("prompt_token_ids")
+    if isinstance(prompt, np.ndarray) and prompt.dtype == np.int64 and prompt.ndim == 1:
+        return choice, prompt, output
     if not isinstance(prompt, list) or not (
         list(map(type, prompt)).count(int) == len(prompt)  # the JSON case, checked in C; else the exact check
         or all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)

@@ -596,3 +596,41 @@ def test_resent_message_objects_are_still_checked_after_the_known_prefix():
     r3 = chat(core, sid, [messages[0], {"role": "user", "content": "other"}, reply_of(r)], router)
     assert r3.status == 400 and "rollback failed" in r3.body["error"]
     assert len(core.sessions[sid].records) == 1
+
+
+@pytest.mark.parametrize("arrays", [False, True])
+def test_an_int64_prompt_echo_from_an_in_process_upstream_is_taken_as_is(arrays):
+    """An in-process upstream may echo ``prompt_token_ids`` as a 1-D int64 array: same session as with a list."""
+
+    def run(echo_array: bool) -> tuple[SessionCore, str]:
+        core, router = SessionCore(token_arrays=arrays), FakeRouter(seed=9)
+        sid = core.create_session(0.0)
+
+        def send(req: UpstreamRequest) -> UpstreamResponse:
+            data = router.answer(as_json(req.json))
+            if echo_array:
+                choice = data["choices"][0]
+                choice["prompt_token_ids"] = np.array(choice["prompt_token_ids"], dtype=np.int64)
+            return UpstreamResponse(200, data=data)
+
+        messages = [{"role": "user", "content": "q"}]
+        for tool in ("a b", "c d e"):
+            r = core.run_turn(sid, {"messages": messages}, (), send)
+            assert r.status == 200 and r.recorded
+            messages = [*messages, reply_of(r), {"role": "tool", "content": tool}]
+        return core, sid
+
+    (c1, s1), (c2, s2) = run(False), run(True)
+    assert [ids_of(c) for c in c1.sessions[s1].checkpoints] == [ids_of(c) for c in c2.sessions[s2].checkpoints]
+    assert c1.get_view(s1)["metadata"] == c2.get_view(s2)["metadata"]
+
+
+def test_a_prompt_echo_array_of_another_dtype_is_refused_as_before():
+    core = SessionCore(token_arrays=True)
+    sid = core.create_session(0.0)
+    data = FakeRouter().answer({"messages": [{"role": "user", "content": "q"}]})
+    data["choices"][0]["prompt_token_ids"] = np.array(data["choices"][0]["prompt_token_ids"], dtype=np.float64)
+    r = core.run_turn(
+        sid, {"messages": [{"role": "user", "content": "q"}]}, (), lambda req: UpstreamResponse(200, data=data)
+    )
+    assert r.status == 502 and "prompt_token_ids" in r.body["error"] and not core.sessions[sid].records

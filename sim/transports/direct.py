@@ -34,6 +34,14 @@ ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "ge
 _CLIENT_HEADERS = {"content-type": "application/json"}  # what the agents' HTTP client sends
 
 
+def _request_time(body: Any) -> float | None:
+    """``vtime.request_time``, with the agents' case (a finite non-negative float in a dict) first."""
+    v = body.get(vtime.SIM_TIME_FIELD) if type(body) is dict else None
+    if type(v) is float and 0.0 <= v < float("inf"):
+        return v
+    return vtime.request_time(body)
+
+
 def _reads_input_ids(config: Any) -> bool:
     """Whether the gateway's policy sizes a request by its ``input_ids`` list (``kv_aware.context_tokens``),
     which does not take an int64 array: those gateways get a list, as over HTTP."""
@@ -62,7 +70,7 @@ class DirectGateway:
                                     data={"error": {"message": f"no route {req.path}", "code": "not_found"}})
         body = req.json if req.json is not None else json.loads(req.content or b"null")
         headers = {k.lower(): v for k, v in req.headers.items()}
-        sim_t = vtime.request_time(body) if isinstance(body, dict) else None
+        sim_t = _request_time(body) if isinstance(body, dict) else None
         select_body = body
         if self._list_ids and isinstance(body, dict) and isinstance(body.get("input_ids"), np.ndarray):
             select_body = {**body, "input_ids": body["input_ids"].tolist()}
@@ -140,7 +148,7 @@ class DirectTransport:
             return Reply(e.status, {"error": e.message})
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
-        now = vtime.request_time(body) or 0.0
+        now = _request_time(body) or 0.0
         result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now)
         return self._reply(result)
 
