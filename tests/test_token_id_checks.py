@@ -53,3 +53,25 @@ def test_session_core_accepts_exactly_lists_of_ints_as_prompt_token_ids(value):
         assert not ok
         return
     assert ok and ids == [*value, 7]
+
+
+int_dtypes = st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64])
+
+
+@given(st.lists(st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1), min_size=1, max_size=8), int_dtypes,
+       st.booleans())
+def test_worker_accepts_exactly_integer_arrays_of_ids_in_range(values, dtype, strided):
+    """In-process callers may pass a 1-D integer array: same rule as for lists, whatever the width or layout."""
+    info = np.iinfo(dtype)
+    values = [v for v in values if info.min <= v <= info.max] or [0]
+    arr = np.array(values, dtype=dtype)
+    if strided:
+        arr = np.repeat(arr, 2)[::2]
+    try:
+        out = _token_ids(arr, "input_ids")
+    except BadRequest as e:
+        assert not all(0 <= v <= MAX_TOKEN_ID for v in values)
+        assert e.status == 400 and e.param == "input_ids"
+        return
+    assert all(0 <= v <= MAX_TOKEN_ID for v in values)
+    assert out.dtype == np.int64 and out.tolist() == values

@@ -154,11 +154,18 @@ def _token_ids(value: Any, param: str) -> np.ndarray:
     return _checked_ids(value, param)[0]
 
 
+_INT64 = np.dtype(np.int64)
+_max_of = np.maximum.reduce
+
+
 def _checked_ids(value: Any, param: str) -> tuple[np.ndarray, list[int] | None]:
     """``_token_ids``, plus ``value`` itself when it is a list of plain ``int``s (to echo without re-boxing)."""
     if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu" and len(value):
+        if value.dtype == _INT64:  # the in-process case; one reduction: negative ids read as huge uint64 ones
+            if int(_max_of(value.view(np.uint64))) > MAX_TOKEN_ID:
+                raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
+            return value, None
         arr = value.astype(np.int64, copy=False) if value.dtype.kind == "i" else value
-        # one reduction: negative int64 values read as huge uint64 ones
         if int(arr.view(np.uint64).max() if arr.dtype.itemsize == 8 else arr.max()) > MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
         return value.astype(np.int64, copy=False), None
