@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.agents import RequestRecord, WorkloadResult, common_prefix, run_workload
+from sim.agents import AgentRunner, RequestRecord, WorkloadResult, common_prefix, run_workload
 from sim.engine.radix import RadixCache
 from sim.measures import gateway_branches, summarize
 from sim.oracle import Oracle
@@ -40,6 +40,25 @@ def test_no_affinity_loses_reuse_but_not_the_oracle():
     assert spread["stickiness"] < 0.5 < sticky["stickiness"]
     assert spread["prefill_tokens"] > sticky["prefill_tokens"]
     assert sum(w["requests"] for w in spread["workers"]) == spread["requests"]
+
+
+class _PlainOracle(Oracle):
+    """Overrides ``observe``: the agents then feed it request by request, without conversation hints."""
+
+    def observe(self, arrival, finish, prompt_ids, output_ids):  # type: ignore[override]
+        return super().observe(arrival, finish, prompt_ids, output_ids)
+
+
+def test_conversation_hints_do_not_change_the_oracle():
+    hinted = AgentRunner(SMALL.replace(workers=2), FakeTransport(2, sticky=False))
+    hinted.run()
+    plain = AgentRunner(SMALL.replace(workers=2), FakeTransport(2, sticky=False))
+    plain.result.oracle = _PlainOracle()
+    plain.run()
+    a, b = hinted.result.requests, plain.result.requests
+    assert len(a) == len(b) > 8 and any(r.retry for r in a)
+    assert [r.oracle_cached for r in a] == [r.oracle_cached for r in b]
+    assert hinted.result.oracle.reuse == plain.result.oracle.reuse > 0
 
 
 def test_sessions_read_their_records():
