@@ -5,9 +5,13 @@ Each measurement runs in its own process (so its peak RSS is its own): the whole
 (``direct``) or the real uvicorn servers on loopback (``http``). Beside them, the rate of a chain of
 three no-op FastAPI servers hosted the same way as the ``http`` transport (uvicorn in threads, the
 client a sync ``httpx.Client``): the floor under ``http``, which has three hops too
-(agent -> session server -> gateway -> worker).
+(agent -> session server -> gateway -> worker). ``noop`` sends a tiny "hello" body; ``noop-sized`` sends
+and answers, on each of the three hops, bodies of the mean sizes the ``http`` run carried on that hop
+(counted by its clients, ``sim.fasthttp.traffic``; from the ``http`` run of the same invocation, else
+from a short ``http`` run of 100 sessions made for it), so it is the floor for the bytes ``http`` moves.
 
-    .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N] [--only direct|http|noop]
+    .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N]
+        [--only direct|http|noop|noop-sized]
 """
 
 from __future__ import annotations
@@ -33,46 +37,66 @@ def measure_transport(transport: str, scenario: str, sessions: int | None) -> di
     cpu0 = time.process_time()
     row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
     meta = row["_meta"]
+    from sim.fasthttp import traffic
+
     return {"what": transport, "scenario": s.name, "sessions": row["sessions"], "requests": row["requests"],
             "errors": row["errors"], "sim_seconds": meta["sim_seconds"], "startup_seconds": meta["startup_seconds"],
             "requests_per_second": row["requests"] / meta["sim_seconds"],
             "cpu_seconds": time.process_time() - cpu0, "kv_reuse": row["kv_reuse"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "traffic": traffic()}
 
 
-def measure_noop(n: int) -> dict:
+HOPS = ("agent -> session server", "session server -> gateway", "gateway -> worker")
+
+
+def hop_sizes(traffic: dict) -> list[tuple[int, int]]:
+    """(request bytes, response bytes) per hop, front to back, from an ``http`` result's ``traffic``."""
+    return [(round(traffic[h]["request_bytes"]), round(traffic[h]["response_bytes"])) for h in HOPS]
+
+
+def _body(size: int) -> bytes:
+    """A JSON body of exactly ``size`` bytes (at least 8)."""
+    return b'{"x":"' + b"a" * max(size - 8, 0) + b'"}'
+
+
+def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
+    """The three-server no-op chain: with ``sizes`` (per hop, front to back), each server forwards a body
+    of the next hop's request size and answers one of its own hop's response size; else "hello" bodies."""
     import httpx
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
 
     from sim.procs import ThreadServer
 
-    def make(next_url: str | None) -> FastAPI:
+    def make(next_url: str | None, hop: int) -> FastAPI:
         app = FastAPI()
         state: dict = {}
+        forward = _body(sizes[hop + 1][0]) if sizes and next_url else None
+        answer = _body(sizes[hop][1]) if sizes else None
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
             body = await request.body()
             if next_url is None:
-                return Response(b'{"choices":[{"message":{"role":"assistant","content":"ok"}}]}',
+                return Response(answer or b'{"choices":[{"message":{"role":"assistant","content":"ok"}}]}',
                                 media_type="application/json")
             client = state.get("c") or state.setdefault("c", httpx.AsyncClient(trust_env=False))
-            r = await client.post(f"{next_url}/v1/chat/completions", content=body,
+            r = await client.post(f"{next_url}/v1/chat/completions", content=forward or body,
                                   headers={"content-type": "application/json"})
-            return Response(r.content, media_type="application/json")
+            return Response(answer or r.content, media_type="application/json")
 
         return app
 
     servers: list[ThreadServer] = []
     url = None
     try:
-        for _ in range(3):
-            s = ThreadServer(make(url)).start()
+        for hop in (2, 1, 0):  # back to front
+            s = ThreadServer(make(url, hop)).start()
             servers.append(s)
             url = s.url
-        payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
-                              "sim_time": 0.0}).encode()
+        payload = _body(sizes[0][0]) if sizes else json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
+             "sim_time": 0.0}).encode()
         headers = {"content-type": "application/json"}
         with httpx.Client(trust_env=False) as c:
             for _ in range(200):
@@ -84,15 +108,18 @@ def measure_noop(n: int) -> dict:
     finally:
         for s in servers:
             s.stop()
-    return {"what": "noop", "requests": n, "requests_per_second": n / dt, "cpu_seconds": time.process_time() - cpu0,
+    return {"what": "noop-sized" if sizes else "noop", "requests": n, "requests_per_second": n / dt,
+            "cpu_seconds": time.process_time() - cpu0, "sizes": sizes,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def child(what: str, args: argparse.Namespace) -> dict:
+def child(what: str, args: argparse.Namespace, sessions: int | None = None, sizes: list | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", what, "--scenario", args.scenario, "--noop-requests",
            str(args.noop_requests)]
-    if args.sessions:
-        cmd += ["--sessions", str(args.sessions)]
+    if sessions or args.sessions:
+        cmd += ["--sessions", str(sessions or args.sessions)]
+    if sizes:
+        cmd += ["--hop-sizes", json.dumps(sizes)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{out.stderr[-2000:]}")
@@ -104,26 +131,42 @@ def main() -> int:
     p.add_argument("--scenario", default="large")
     p.add_argument("--sessions", type=int, default=None, help="run only this many sessions of the scenario")
     p.add_argument("--noop-requests", type=int, default=3000)
-    p.add_argument("--only", choices=("direct", "http", "noop"), action="append", default=None)
+    p.add_argument("--only", choices=("direct", "http", "noop", "noop-sized"), action="append", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--hop-sizes", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        res = measure_noop(args.noop_requests) if args.child == "noop" else measure_transport(
-            args.child, args.scenario, args.sessions)
+        if args.child in ("noop", "noop-sized"):
+            res = measure_noop(args.noop_requests, json.loads(args.hop_sizes) if args.hop_sizes else None)
+        else:
+            res = measure_transport(args.child, args.scenario, args.sessions)
         print(json.dumps(res))
         return 0
     results = {}
-    for what in args.only or ["direct", "noop", "http"]:
-        results[what] = r = child(what, args)
-        extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
-                 f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}") if what != "noop" else \
-            f"{r['requests']} requests through 3 no-op FastAPI servers"
-        print(f"{what:>6}: {r['requests_per_second']:8.0f} simulated requests/s "
+    for what in args.only or ["direct", "noop", "http", "noop-sized"]:
+        sizes = None
+        if what == "noop-sized":
+            traffic = results["http"]["traffic"] if "http" in results else child("http", args, 100)["traffic"]
+            sizes = hop_sizes(traffic)
+        results[what] = r = child(what, args, sizes=sizes)
+        if what in ("direct", "http"):
+            extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
+                     f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}")
+        elif sizes:
+            extra = f"{r['requests']} requests through 3 no-op FastAPI servers, bodies per hop (req/resp bytes) " + \
+                ", ".join(f"{a}/{b}" for a, b in sizes)
+        else:
+            extra = f"{r['requests']} requests through 3 no-op FastAPI servers"
+        print(f"{what:>10}: {r['requests_per_second']:8.0f} simulated requests/s "
               f"({r['requests'] / r['cpu_seconds']:.0f} per CPU second)  peak RSS {r['peak_rss_mib']:4.0f} MiB  "
               f"cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
-    if "http" in results and "noop" in results:
-        ratio = results["http"]["requests_per_second"] / results["noop"]["requests_per_second"]
-        print(f"http / no-op chain: {ratio:.2f} (goal >= 0.5)")
+        if what == "http" and r.get("traffic"):
+            print("            body bytes per request, by hop (req/resp): " + ", ".join(
+                f"{h} {t['request_bytes']:.0f}/{t['response_bytes']:.0f}" for h, t in r["traffic"].items()))
+    for floor, name in (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (http's body sizes)")):
+        if "http" in results and floor in results:
+            ratio = results["http"]["requests_per_second"] / results[floor]["requests_per_second"]
+            print(f"http / {name}: {ratio:.2f} (goal >= 0.5)")
     if "direct" in results:
         print(f"direct / goal of 5,000 requests/s: {results['direct']['requests_per_second'] / 5000:.2f}")
     return 0

@@ -93,6 +93,7 @@ class Gateway:
                 timeout=self.config.request_timeout_secs,
                 limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
                 headers=httpx.Headers(),
+                label="gateway -> worker",
             )
         return client
 
@@ -282,6 +283,7 @@ class Gateway:
         finally:
             await resp.aclose()
             core.finish(ticket, virtual_finish=vf)
+        client.count(resp)
         return Response(content, status_code=status, headers=out_headers)
 
     async def _relay(self, resp: httpx.Response, ticket, vf: float | None) -> AsyncIterator[bytes]:

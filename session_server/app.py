@@ -59,7 +59,9 @@ class HttpUpstream:
     def __init__(self, base_url: str, timeout: float | None = None, max_connections: int = 1024) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = fasthttp.AsyncPool(
-            timeout=timeout, limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=None)
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=None),
+            label="session server -> gateway",
         )
         self._urls: dict[str, httpx.URL] = {}  # parsed once: the chat path of every turn
 
@@ -93,6 +95,7 @@ class HttpUpstream:
                 {"content-type": "application/json"},
                 _dumps({"error": f"backend transport error: {type(e).__name__}: {e}"}),
             )
+        self.client.count(r)
         return UpstreamResponse(r.status_code, dict(r.headers), r.content)
 
     async def aclose(self) -> None:

@@ -25,6 +25,16 @@ from starlette.types import Message, Receive, Scope, Send
 
 HeaderValues = Mapping[str, str] | Mapping[str, bytes] | Mapping[str, str | bytes]
 
+# body bytes per labelled hop in this process: label -> [requests, request bytes, response bytes]
+# (benchmarks/sim_bench.py sizes its no-op chain after the http transport's real traffic)
+TRAFFIC: dict[str, list[int]] = {}
+
+
+def traffic() -> dict[str, dict[str, float]]:
+    """Per labelled hop: requests and mean request/response body bytes so far."""
+    return {label: {"requests": n, "request_bytes": sent / n, "response_bytes": received / n}
+            for label, (n, sent, received) in TRAFFIC.items() if n}
+
 
 @functools.cache
 def client_headers() -> httpx.Headers:
@@ -34,9 +44,18 @@ def client_headers() -> httpx.Headers:
 
 
 class _Base:
-    def __init__(self, timeout: httpx.Timeout | float | None, headers: httpx.Headers | None) -> None:
+    def __init__(self, timeout: httpx.Timeout | float | None, headers: httpx.Headers | None, label: str | None
+                 ) -> None:
         self.timeout = {"timeout": httpx.Timeout(timeout).as_dict()}
         self.headers = client_headers() if headers is None else headers
+        self.counts = TRAFFIC.setdefault(label, [0, 0, 0]) if label else None
+
+    def count(self, response: httpx.Response) -> None:
+        """Add a read response and its request to the pool's ``TRAFFIC`` label (if it has one)."""
+        if self.counts is not None:
+            self.counts[0] += 1
+            self.counts[1] += len(response.request.content)
+            self.counts[2] += len(response.content)
 
     def request(self, method: str, url: httpx.URL | str, headers: HeaderValues | None, content: bytes | None
                 ) -> httpx.Request:
@@ -53,8 +72,8 @@ class AsyncPool(_Base):
     ``headers=httpx.Headers()`` sends only what each request sets (no user-agent)."""
 
     def __init__(self, *, timeout: httpx.Timeout | float | None = None, limits: httpx.Limits | None = None,
-                 headers: httpx.Headers | None = None) -> None:
-        super().__init__(timeout, headers)
+                 headers: httpx.Headers | None = None, label: str | None = None) -> None:
+        super().__init__(timeout, headers, label)
         self.transport = httpx.AsyncHTTPTransport(trust_env=False, **({"limits": limits} if limits else {}))
 
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
@@ -81,8 +100,8 @@ class Pool(_Base):
     """The blocking twin of ``AsyncPool`` over one ``httpx.HTTPTransport``."""
 
     def __init__(self, *, timeout: httpx.Timeout | float | None = None, limits: httpx.Limits | None = None,
-                 headers: httpx.Headers | None = None) -> None:
-        super().__init__(timeout, headers)
+                 headers: httpx.Headers | None = None, label: str | None = None) -> None:
+        super().__init__(timeout, headers, label)
         self.transport = httpx.HTTPTransport(trust_env=False, **({"limits": limits} if limits else {}))
 
     def fetch(self, method: str, url: httpx.URL | str, headers: HeaderValues | None = None,

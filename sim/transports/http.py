@@ -40,14 +40,16 @@ class SessionClient:
 
     def __init__(self, session_url: str) -> None:
         self.session_url = session_url.rstrip("/")
-        self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT)
+        self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT, label="agent -> session server")
 
-    def _call(self, method: str, path: str, body: Any = None) -> Reply:
+    def _call(self, method: str, path: str, body: Any = None, count: bool = False) -> Reply:
         try:
             r = self.client.fetch(method, self.session_url + path, _JSON if body is not None else None,
                                   _dumps(body) if body is not None else None)
         except httpx.HTTPError as e:
             raise TransportError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        if count:
+            self.client.count(r)
         data: Any = {}
         if r.content:
             try:
@@ -60,7 +62,7 @@ class SessionClient:
         return self._call("POST", "/sessions", {})
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
-        return self._call("POST", f"/sessions/{session_id}/v1/chat/completions", body)
+        return self._call("POST", f"/sessions/{session_id}/v1/chat/completions", body, count=True)
 
     def get_session(self, session_id: str) -> Reply:
         return self._call("GET", f"/sessions/{session_id}")
