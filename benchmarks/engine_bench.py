@@ -7,6 +7,14 @@ of one pre-drawn token array per session, so the driver copies nothing and the f
 engine's. Prints figures plainly; asserts nothing about speed.
 
     .venv/bin/python benchmarks/engine_bench.py [--sessions 2000] [--workers 16] [--profile]
+
+``--worker SCENARIO`` measures the whole worker core instead (``WorkerCore.infer``: parsing, answer
+synthesis, the engine, the JSON body): it runs the scenario (``--sessions`` of them, default 300)
+through the ``direct`` transport once, recording every request its worker cores receive, then replays
+those requests into fresh cores and prints the CPU time per request (best of ``--repeat``) and its
+split (engine ``submit`` alone, replayed the same way).
+
+    .venv/bin/python benchmarks/engine_bench.py --worker large [--sessions 300] [--profile]
 """
 
 from __future__ import annotations
@@ -112,9 +120,102 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def record_worker_calls(scenario: str, sessions: int) -> tuple[list, list]:
+    """Run ``scenario`` through ``direct`` once; every core's (config, kwargs) and every infer call it got."""
+    import copy
+
+    from sim.runner import PolicyConfig, make_setup, run_setup
+    from sim.worker import core as wcore
+    from sim.workload import load_scenario
+
+    cores: list = []
+    calls: list = []
+    orig_init, orig_infer = wcore.WorkerCore.__init__, wcore.WorkerCore.infer
+
+    def init(self, config, **kw):
+        orig_init(self, config, **kw)
+        self._bench_id = len(cores)
+        cores.append((config, kw))
+
+    def infer(self, route, body, now=None):
+        calls.append((self._bench_id, route, copy.deepcopy(body), now))  # before the core sees it
+        return orig_infer(self, route, body, now)
+
+    wcore.WorkerCore.__init__, wcore.WorkerCore.infer = init, infer
+    try:
+        sc = load_scenario(scenario)
+        run_setup(make_setup(sc.replace(sessions=sessions), PolicyConfig("manual", "min_load"), True), "direct")
+    finally:
+        wcore.WorkerCore.__init__, wcore.WorkerCore.infer = orig_init, orig_infer
+    return cores, calls
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, float]:
+    from sim.engine import core as ecore
+    from sim.worker.core import WorkerCore
+
+    cores, calls = record_worker_calls(args.worker, args.sessions or 300)
+    n = len(calls)
+    best = best_submit = float("inf")
+    for _ in range(args.repeat):
+        workers = [WorkerCore(cfg, **{**kw, "token_arrays": args.token_arrays}) for cfg, kw in cores]
+        bodies = [dict(body) for _, _, body, _ in calls]  # the core may add keys to a body it is given
+        submits: list = []
+        orig_submit = ecore.Engine.submit
+
+        def submit(self, now, prompt, output, _orig=orig_submit, _log=submits):
+            _log.append((self, now, prompt, output))
+            return _orig(self, now, prompt, output)
+
+        ecore.Engine.submit = submit  # type: ignore[method-assign]
+        try:
+            c0 = time.process_time()
+            for (i, route, _, now), body in zip(calls, bodies, strict=True):
+                workers[i].infer(route, body, now)
+            cpu = time.process_time() - c0
+        finally:
+            ecore.Engine.submit = orig_submit  # type: ignore[method-assign]
+        engines = {id(e): Engine(e.config) for e, *_ in submits}
+        c0 = time.process_time()
+        for e, now, prompt, output in submits:
+            engines[id(e)].submit(now, prompt, output)
+        best_submit = min(best_submit, time.process_time() - c0)
+        best = min(best, cpu - _wrapper_cost(len(submits)))
+    prompt_tokens = [len(b["input_ids"]) for _, _, b, _ in calls if b.get("input_ids") is not None]
+    return {
+        "requests": n,
+        "worker_us_per_req": 1e6 * best / n,
+        "engine_submit_us_per_req": 1e6 * best_submit / n,
+        "rest_of_worker_us_per_req": 1e6 * (best - best_submit) / n,
+        "requests_with_input_ids": len(prompt_tokens),
+        "mean_prompt_tokens": float(np.mean(prompt_tokens)) if prompt_tokens else 0.0,
+        "mean_output_tokens": float(np.mean([b.get("max_tokens") or 0 for _, _, b, _ in calls])),
+    }
+
+
+def _wrapper_cost(calls: int) -> float:
+    """CPU seconds the submit-recording wrapper adds for ``calls`` calls (measured, subtracted)."""
+    log: list = []
+
+    def inner(*a):
+        return a
+
+    def wrapped(*a, _log=log):
+        _log.append(a)
+        return inner(*a)
+
+    c0 = time.process_time()
+    for _ in range(calls):
+        wrapped(1, 2, 3, 4)
+    mid = time.process_time()
+    for _ in range(calls):
+        inner(1, 2, 3, 4)
+    return max(0.0, (mid - c0) - (time.process_time() - mid))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, default=2000, help="sessions in total")
+    ap.add_argument("--sessions", type=int, default=None, help="sessions in total (default 2000; --worker: 300)")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--live", type=int, default=12, help="concurrent sessions per worker")
     ap.add_argument("--turns", type=int, default=30)
@@ -126,7 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lists", action="store_true", help="pass Python lists (as JSON-fed callers do), not arrays")
     ap.add_argument("--profile", action="store_true", help="run under cProfile and print the top functions")
+    ap.add_argument("--worker", metavar="SCENARIO", help="time WorkerCore.infer on SCENARIO's recorded requests")
+    ap.add_argument("--repeat", type=int, default=3, help="--worker: replays (the best one counts)")
+    ap.add_argument("--token-arrays", action="store_true", help="--worker: replay into WorkerCore(token_arrays=True)")
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    args.sessions = args.sessions or 2000
     print(f"python {platform.python_version()} numpy {np.__version__} on {platform.machine()} {platform.processor()}")
     print(
         f"{args.sessions} sessions x {args.turns} turns over {args.workers} workers, {args.live} live per worker, "
@@ -145,6 +252,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:28s} {value:,.3f}" if isinstance(value, float) else f"{key:28s} {value:,}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(f"{'peak_rss_mib':28s} {rss / 1024:,.1f}")
+    return 0
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    print(f"python {platform.python_version()} numpy {np.__version__} on {platform.machine()} {platform.processor()}")
+    print(f"WorkerCore.infer on the requests of {args.worker} ({args.sessions or 300} "
+          "sessions, direct, manual/min_load with the routing key), replayed into fresh cores; CPU time")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        res = prof.runcall(run_worker, args)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    else:
+        res = run_worker(args)
+    for key, value in res.items():
+        print(f"{key:28s} {value:,.1f}" if isinstance(value, float) else f"{key:28s} {value:,}")
     return 0
 
 
