@@ -29,7 +29,7 @@ from sim.workload import Scenario, SessionPlan, ToolTexts, plan_sessions, system
 MODEL = "mock-model"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
     """One chat request as the agent saw it (times are virtual seconds)."""
 
@@ -120,8 +120,10 @@ def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) 
     """Length of the longest common prefix of two token sequences (lists or int arrays)."""
     n = min(len(a), len(b))
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        eq = as_ids(a)[:n] == as_ids(b)[:n]
-        return n if eq.all() else int(eq.argmin())
+        x, y = as_ids(a)[:n], as_ids(b)[:n]
+        if x.tobytes() == y.tobytes():  # the usual case, a memcmp (cheaper than a ufunc and a reduction)
+            return n
+        return int((x == y).argmin())
     if a[:n] == b[:n]:
         return n
     lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
