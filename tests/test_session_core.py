@@ -634,3 +634,30 @@ def test_a_prompt_echo_array_of_another_dtype_is_refused_as_before():
         sid, {"messages": [{"role": "user", "content": "q"}]}, (), lambda req: UpstreamResponse(200, data=data)
     )
     assert r.status == 502 and "prompt_token_ids" in r.body["error"] and not core.sessions[sid].records
+
+
+def test_an_echo_of_the_sent_id_objects_passes_and_anything_else_is_still_checked_per_id():
+    """The echo of ``input_ids`` object for object needs no type check; an equal echo with a bool is still a 502."""
+    core, router = SessionCore(), FakeRouter()
+    sid = core.create_session(0.0)
+    messages = [{"role": "user", "content": "q"}]
+    r = chat(core, sid, messages, router)
+    messages = [*messages, reply_of(r), {"role": "tool", "content": "t u"}]
+
+    def echo(swap_bool: bool):
+        def send(req: UpstreamRequest) -> UpstreamResponse:
+            data = router.answer(req.json)
+            choice = data["choices"][0]
+            assert choice["prompt_token_ids"] is req.json["input_ids"]  # the fake router echoes the very list
+            ids = choice["prompt_token_ids"] = list(req.json["input_ids"])
+            if swap_bool:
+                ids[ids.index(tok.IM_START)] = True  # == 1, but a JSON true is not a token id
+            return UpstreamResponse(200, data=data)
+
+        return send
+
+    bad = core.run_turn(sid, {"messages": messages}, (), echo(True))
+    assert bad.status == 502 and "prompt_token_ids" in bad.body["error"] and len(core.sessions[sid].records) == 1
+    good = core.run_turn(sid, {"messages": messages}, (), echo(False))
+    assert good.status == 200 and good.recorded
+    assert core.sessions[sid].token_ids == tok.render([*messages, reply_of(good)], add_generation_prompt=False)
