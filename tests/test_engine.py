@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.engine import Engine, LatencyModel, WorkerConfig
+from sim.engine import Engine, LatencyModel, RequestTiming, WorkerConfig
 
 
 def ids(seed: int, n: int) -> np.ndarray:
@@ -310,3 +310,13 @@ def test_output_slices_that_follow_the_prompt_are_joined_without_a_copy_and_corr
     assert np.array_equal(strided, np.concatenate([tokens[0:40:2], tokens[40:50]]))
     grid = ids(2, 60).reshape(6, 10)
     assert np.array_equal(_join(grid[1], grid[2, :4]), np.concatenate([grid[1], grid[2, :4]]))
+
+
+def test_timings_are_ordinary_frozen_request_timings():
+    """The engine builds its RequestTiming objects on a fast path: they must be indistinguishable."""
+    t = Engine(WorkerConfig()).submit(1.5, list(range(1000, 1100)), [7, 8, 9])
+    same = RequestTiming(**dataclasses.asdict(t))
+    assert type(t) is RequestTiming and t == same and hash(t) == hash(same) and repr(t) == repr(same)
+    assert dataclasses.astuple(t) == (1.5, t.start, t.first_token, t.finish, 100, 0, 3, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.finish = 0.0  # type: ignore[misc]

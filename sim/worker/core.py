@@ -674,11 +674,9 @@ class _Answer:
             templates = _logprob_templates()
             idx = self.vocab_idx.tolist()
             idx.append(len(templates) - 1)  # <|im_end|>
-            entries = []
-            for i, lp in zip(idx, self.lps, strict=True):
-                e = templates[i].copy()
+            entries = list(map(dict.copy, map(templates.__getitem__, idx)))  # copies made in C
+            for e, lp in zip(entries, self.lps, strict=True):
                 e["logprob"] = lp
-                entries.append(e)
         else:
             words = self.words[:n] + [_IM_END_TEXT] * (n - len(self.words))
             entries = [
