@@ -131,6 +131,21 @@ def vocabulary() -> tuple[str, ...]:
     return _vocab()[0]
 
 
+class _SeedSequence(np.random.SeedSequence):
+    """``SeedSequence`` whose ``generate_state`` skips the ``np.errstate`` wrapper numpy puts around it: the
+    wrapped function does its arithmetic on C integers (nothing for errstate to catch), and the wrapper's
+    context switch is a fifth of a generator's construction time."""
+
+    _plain = np.random.SeedSequence.generate_state
+    generate_state = getattr(_plain, "__wrapped__", _plain)
+    del _plain
+
+
+def pcg64(seed: int) -> np.random.PCG64:
+    """``np.random.PCG64(seed)`` (the same state) for an int seed in [0, 2**64), built a little faster."""
+    return np.random.PCG64(_SeedSequence(seed))
+
+
 def synth_indices(seed: int, n: int) -> np.ndarray:
     """Vocabulary indices of ``synth_words(seed, n)`` (int64), drawn as
     ``np.random.default_rng(seed).integers(0, VOCAB_SIZE, size=n)`` draws them.
@@ -146,7 +161,7 @@ def _draw(seed: int, n: int) -> np.ndarray:
     """``synth_indices`` as uint32."""
     if n <= 0:
         return np.empty(0, dtype=np.uint32)
-    raw = np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
+    raw = pcg64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
     return raw.view(_U32_LE)[:n] >> _VOCAB_SHIFT
 
 

@@ -1,5 +1,7 @@
 """The shared tokenizer and chat template: determinism and the token-in/token-out prefix invariant."""
 
+import warnings
+
 import numpy as np
 import xxhash
 from hypothesis import given
@@ -88,3 +90,13 @@ def test_encode_is_word_id_per_word_cold_and_warm(parts):
     assert tok.encode(text) == want  # from the known words
     rendered = tok.render_message({"role": "tool", "content": text})
     assert rendered == [tok.IM_START, tok.word_id("tool"), *want, tok.IM_END]
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_pcg64_is_numpys_pcg64_for_the_seed(seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing for the skipped errstate to silence
+        with np.errstate(all="raise"):
+            fast = tok.pcg64(seed)
+    assert fast.state == np.random.PCG64(seed).state
+    assert fast.random_raw(3).tolist() == np.random.PCG64(seed).random_raw(3).tolist()

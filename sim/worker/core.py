@@ -569,7 +569,7 @@ class WorkerCore:
 
 def _logprobs(rseed: int, n: int) -> list[float]:
     """Deterministic plausible log-probabilities for an answer's tokens."""
-    rng = np.random.default_rng((rseed ^ 0x5EED_10C9) & 0xFFFFFFFFFFFFFFFF)
+    rng = np.random.Generator(tokenizer.pcg64((rseed ^ 0x5EED_10C9) & 0xFFFFFFFFFFFFFFFF))  # = default_rng(seed)
     return _neg_round6(rng.exponential(0.3, size=n))
 
 
