@@ -206,7 +206,8 @@ def identical_prefix_len(a: list[Any], b: list[Any]) -> int:
 
 def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> list[int]:
     """The ``default`` TITO merge: stored tokens verbatim + appended messages + generation prompt."""
-    return [*checkpoint, *tok.render(appended, add_generation_prompt=False), *tok.GENERATION_PROMPT]
+    new = tok.render(appended, add_generation_prompt=True)  # == render(appended, False) + GENERATION_PROMPT
+    return checkpoint + new if type(checkpoint) is list else [*checkpoint, *new]
 
 
 def seeded_uuid4_hex(rng: random.Random) -> str:
@@ -650,7 +651,7 @@ class SessionCore:
         data = resp.json()
         sent_ids = plan.sent_body.get("input_ids")
         try:
-            choice, prompt, output, echoed = _chat_parts(data, sent_ids if type(sent_ids) is list else None)
+            choice, prompt, output, echoed = _chat_parts(data, sent_ids)
         except UpstreamResponseError as e:
             return TurnResult(
                 status=e.status, body={"error": e.message}, retried=plan.retried, outcome="invalid_upstream"
@@ -762,7 +763,7 @@ def _new_checkpoint(
         else:
             arr.flags.writeable = False
             return arr
-    return [*_as_list(prompt), *output]
+    return _as_list(prompt) + output
 
 
 def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
@@ -772,7 +773,7 @@ def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
 
 
 def _chat_parts(
-    data: Any, sent_ids: list[int] | None = None
+    data: Any, sent_ids: list[int] | np.ndarray | None = None
 ) -> tuple[dict[str, Any], list[int] | np.ndarray, list[int], bool]:
     """``choices[0]``, ``prompt_token_ids``, the output ids of a 200 chat answer and whether the prompt is
     ``sent_ids`` echoed object for object (see below); 502 when malformed.
@@ -816,12 +817,12 @@ def _chat_parts(
             ) from None
     prompt = choice.get("prompt_token_ids")
     if isinstance(prompt, np.ndarray) and prompt.dtype == np.int64 and prompt.ndim == 1:
-        return choice, prompt, output, False
+        return choice, prompt, output, prompt is sent_ids
     if (
         sent_ids is not None
         and type(prompt) is list
         and len(prompt) == len(sent_ids)
-        and all(map(is_, prompt, sent_ids))
+        and (prompt is sent_ids or all(map(is_, prompt, sent_ids)))
     ):
         return choice, prompt, output, True
     if not isinstance(prompt, list) or not (

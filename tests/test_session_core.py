@@ -602,15 +602,17 @@ def test_resent_message_objects_are_still_checked_after_the_known_prefix():
 def test_an_int64_prompt_echo_from_an_in_process_upstream_is_taken_as_is(arrays):
     """An in-process upstream may echo ``prompt_token_ids`` as a 1-D int64 array: same session as with a list."""
 
-    def run(echo_array: bool) -> tuple[SessionCore, str]:
+    def run(echo: str) -> tuple[SessionCore, str]:
         core, router = SessionCore(token_arrays=arrays), FakeRouter(seed=9)
         sid = core.create_session(0.0)
 
         def send(req: UpstreamRequest) -> UpstreamResponse:
             data = router.answer(as_json(req.json))
-            if echo_array:
-                choice = data["choices"][0]
+            choice = data["choices"][0]
+            if echo == "array":
                 choice["prompt_token_ids"] = np.array(choice["prompt_token_ids"], dtype=np.int64)
+            elif echo == "sent" and isinstance(req.json.get("input_ids"), np.ndarray):
+                choice["prompt_token_ids"] = req.json["input_ids"]  # the very array sent
             return UpstreamResponse(200, data=data)
 
         messages = [{"role": "user", "content": "q"}]
@@ -620,9 +622,10 @@ def test_an_int64_prompt_echo_from_an_in_process_upstream_is_taken_as_is(arrays)
             messages = [*messages, reply_of(r), {"role": "tool", "content": tool}]
         return core, sid
 
-    (c1, s1), (c2, s2) = run(False), run(True)
-    assert [ids_of(c) for c in c1.sessions[s1].checkpoints] == [ids_of(c) for c in c2.sessions[s2].checkpoints]
-    assert c1.get_view(s1)["metadata"] == c2.get_view(s2)["metadata"]
+    (c1, s1), (c2, s2), (c3, s3) = run("list"), run("array"), run("sent")
+    for c, sid in ((c2, s2), (c3, s3)):
+        assert [ids_of(x) for x in c1.sessions[s1].checkpoints] == [ids_of(x) for x in c.sessions[sid].checkpoints]
+        assert c1.get_view(s1)["metadata"] == c.get_view(sid)["metadata"]
 
 
 def test_a_prompt_echo_array_of_another_dtype_is_refused_as_before():
