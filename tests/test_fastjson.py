@@ -113,3 +113,29 @@ def test_integer_arrays_are_written_as_the_lists_they_hold(xs, dtype, strided):
     assert fastjson.dumps({"input_ids": arr}) == b'{"input_ids":' + expected + b"}"
     big = 1 << 70  # orjson refuses it: the stdlib fallback must still write the array as a list
     assert json.loads(fastjson.dumps([big, arr])) == [big, arr.tolist()]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"12345678901234567890", b"[1,12345678901234567890]", b"-9223372036854775809", b"[0.00012345678901234567]",
+     b"12345678901234567890.5", b"[12345678901234567890e-3,1]", b'{"a":1.2345678901234567890123e-5}',
+     b'["digits 123456789012345678901 in a string"]', b"[1e-0000000000000000000001]", b"0.00012345678901234567",
+     b"[0.1234567890123456789,123456789012345678901234]", b"18446744073709551615", b"[99999999999999999999]"],
+)
+def test_long_digit_runs_read_as_json_reads_them(raw):
+    """Long integers go to json (orjson would read some as floats); long runs inside floats stay with orjson,
+    which rounds them as json does."""
+    a, b = fastjson.loads(raw), json.loads(raw)
+    assert same(a, b), (a, b)
+
+
+@given(st.lists(st.floats(min_value=-1e-3, max_value=1e-3, allow_nan=False) | st.integers(), max_size=20))
+def test_small_floats_and_any_integers_read_as_json_reads_them(values):
+    raw = json.dumps(values).encode()
+    assert same(fastjson.loads(raw), json.loads(raw))
+
+
+def test_a_float_with_a_long_digit_run_is_not_sent_to_json():
+    assert not fastjson._has_long_integer(b"[0.00012345678901234567,1.5,-0.0001234567890123456]")
+    assert fastjson._has_long_integer(b"[0.5,12345678901234567890]")
+    assert fastjson._has_long_integer(b"12345678901234567890")
