@@ -447,7 +447,8 @@ class SessionCore:
         A key the client sent under the configured name, in any letter case, is replaced. With the
         routing key off, client headers pass through untouched (miles before the header existed).
         """
-        items = client_headers.items() if isinstance(client_headers, Mapping) else client_headers
+        mapping = type(client_headers) is dict or isinstance(client_headers, Mapping)  # dict first: no ABC check
+        items = client_headers.items() if mapping else client_headers
         key_lower = self.routing_key_header.lower()
         out: dict[str, str] = {}
         for name, value in items:
@@ -490,7 +491,7 @@ class SessionCore:
         """A chat body as a dict; 400 for invalid JSON or a non-object, 413 when too large."""
         if body is None:
             return {}
-        if isinstance(body, Mapping):
+        if type(body) is dict or isinstance(body, Mapping):  # dict first: no ABC check
             return dict(body)
         if len(body) > self.max_body_bytes:
             raise BodyTooLargeError(f"request body too large: {len(body)} bytes (limit {self.max_body_bytes})")
