@@ -214,3 +214,19 @@ def test_token_arrays_answers_carry_the_same_prompt_ids_as_an_array(msgs, n, ids
     assert fastjson.dumps(arrays) == fastjson.dumps(plain)
     if ids_in:
         assert body["input_ids"].flags.writeable  # the caller's array is left as it was
+
+
+@given(messages, st.integers(1, 20), st.booleans())
+def test_the_prompt_echo_is_the_requests_own_ids_object(msgs, n, token_arrays):
+    """An in-process caller gets its own input_ids back (lists always; read-only int64 arrays with token_arrays)."""
+    prompt = tokenizer.render(msgs)
+    frozen = np.array(prompt, dtype=np.int64)
+    frozen.flags.writeable = False
+    core = WorkerCore(WorkerConfig(name="w0"), seed=1, token_arrays=token_arrays)
+    for ids in (list(prompt), frozen):
+        body = {"messages": msgs, "input_ids": ids, "max_tokens": n, "return_prompt_token_ids": True}
+        echo = core.infer("chat", body).body["choices"][0]["prompt_token_ids"]
+        if token_arrays == isinstance(ids, np.ndarray):
+            assert echo is ids
+        else:
+            assert type(echo) is (np.ndarray if token_arrays else list) and list(echo) == prompt

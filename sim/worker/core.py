@@ -12,7 +12,9 @@ API (all methods are synchronous and take the current time as an argument):
     ``token_arrays=True`` (for in-process callers such as the ``direct`` transport): ``prompt_token_ids``
     in answers is a read-only 1-D int64 numpy array instead of a list (same ids; ``sim.fastjson``
     writes it as the same JSON list), so a prompt is never re-boxed into Python ints. HTTP adapters
-    keep the default (lists).
+    keep the default (lists). Either way the echo is the request's own ``input_ids`` object when it is
+    of that kind (a list, or a read-only int64 array), so an in-process caller can recognise its ids by
+    identity; answers, like requests, are read-only to everyone.
 
 ``core.infer(route, body, now=None) -> Reply``
     ``route`` is ``"chat"`` (``/v1/chat/completions``), ``"completions"`` (``/v1/completions``) or
@@ -227,8 +229,8 @@ class _Parsed:
     rid: str | None
 
     def prompt_token_ids(self) -> list[int]:
-        """The prompt ids for ``prompt_token_ids``: a fresh list (a copy of the request's list when it had one)."""
-        return self.prompt_list.copy() if self.prompt_list is not None else self.prompt_ids.tolist()
+        """The prompt ids for ``prompt_token_ids`` as a list: the request's own list when it sent one."""
+        return self.prompt_list if self.prompt_list is not None else self.prompt_ids.tolist()
 
 
 class WorkerCore:
@@ -687,8 +689,10 @@ class _Answer:
 
     def _prompt_token_ids(self) -> list[int] | np.ndarray:
         if self.core.token_arrays:
-            ids = self.req.prompt_ids.view()
-            ids.flags.writeable = False
+            ids = self.req.prompt_ids  # the caller's own int64 array when it sent one
+            if ids.flags.writeable:
+                ids = ids.view()
+                ids.flags.writeable = False
             return ids
         return self.req.prompt_token_ids()
 
