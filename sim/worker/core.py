@@ -431,27 +431,37 @@ class WorkerCore:
     # ---- inference ----------------------------------------------------------------------------
 
     def _parse(self, route: str, body: Mapping[str, Any]) -> _Parsed:
-        stream = _bool_field(body, "stream")
-        stream_options = body.get("stream_options")
+        get = body.get
+        stream = get("stream")
+        if stream is not True and stream is not False:  # the plain cases inline, the rest via the helper
+            stream = _bool_field(body, "stream")
+        stream_options = get("stream_options")
         if stream_options is not None and not isinstance(stream_options, Mapping):
             raise BadRequest("stream_options must be an object", param="stream_options")
         include_usage = bool(stream_options and stream_options.get("include_usage") is True)
-        n = _int_field(body, "n", 1)
+        if get("n") is not None:
+            n = _int_field(body, "n", 1)
+            if n not in (None, 1):
+                raise BadRequest("only n=1 is supported", param="n")
         prompt_list: list[int] | None = None
-        if n not in (None, 1):
-            raise BadRequest("only n=1 is supported", param="n")
-        has_input_ids = body.get("input_ids") is not None
+        input_ids = get("input_ids")
+        has_input_ids = input_ids is not None
         if route == "chat":
+            messages = get("messages")
             if has_input_ids:
-                prompt_ids, prompt_list = _checked_ids(body["input_ids"], "input_ids")
-                if body.get("messages") is not None:
-                    _messages(body["messages"])
+                prompt_ids, prompt_list = _checked_ids(input_ids, "input_ids")
+                if messages is not None:
+                    _messages(messages)
             else:
-                prompt_ids = prompt_list = tokenizer.render(_messages(body.get("messages")), add_generation_prompt=True)
-            max_tokens = _int_field(body, "max_tokens", 1)
-            if max_tokens is None:
-                max_tokens = _int_field(body, "max_completion_tokens", 1)
-            logprobs = _bool_field(body, "logprobs")
+                prompt_ids = prompt_list = tokenizer.render(_messages(messages), add_generation_prompt=True)
+            max_tokens = get("max_tokens")
+            if type(max_tokens) is not int or max_tokens < 1:
+                max_tokens = _int_field(body, "max_tokens", 1)
+                if max_tokens is None:
+                    max_tokens = _int_field(body, "max_completion_tokens", 1)
+            logprobs = get("logprobs")
+            if logprobs is not True and logprobs is not False:
+                logprobs = _bool_field(body, "logprobs")
         elif route == "completions":
             prompt = body.get("prompt")
             if has_input_ids:
@@ -493,9 +503,12 @@ class WorkerCore:
             raise BadRequest(
                 f"request needs {len(prompt_ids) + max_tokens} KV tokens; the worker holds {cap}", param="max_tokens"
             )
-        rid = body.get("rid")
+        rid = get("rid")
         if type(prompt_ids) is not np.ndarray:
             prompt_ids = np.array(prompt_ids, dtype=np.int64)
+        echo = get("return_prompt_token_ids")
+        if echo is not True and echo is not False:
+            echo = _bool_field(body, "return_prompt_token_ids")
         return _Parsed(
             route=route,
             prompt_ids=prompt_ids,
@@ -504,7 +517,7 @@ class WorkerCore:
             stream=stream,
             include_usage=include_usage,
             has_input_ids=has_input_ids,
-            return_prompt_token_ids=_bool_field(body, "return_prompt_token_ids"),
+            return_prompt_token_ids=echo,
             logprobs=logprobs,
             rid=rid if isinstance(rid, str) else None,
         )
