@@ -165,11 +165,24 @@ class RadixCache:
     ) -> tuple[int, Node]:
         """Like ``_walk`` but starting below ``node``, whose path is known to match ``ids[:pos]``."""
         start = pos
+        page = self.page_size
         while pos < limit:
-            child = node.children.get(self._child_key(ids, pos))
+            # _child_key and _common, inlined (the hot loop of every match and insert)
+            child = node.children.get(ids.item(pos) if page == 1 else ids[pos : pos + page].tobytes())
             if child is None:
                 break
-            common = self._common(child.key, ids, pos, limit)
+            key = child.key
+            m = len(key)
+            if limit - pos < m:
+                m = limit - pos
+                key = key[:m]
+            part = ids[pos : pos + m]
+            if key.tobytes() == part.tobytes():
+                common = m
+            else:
+                common = int((key == part).argmin())
+            if page != 1:
+                common -= common % page
             if common < len(child.key):
                 if common > 0 and split:
                     child = self._split(child, common)
