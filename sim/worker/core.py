@@ -173,12 +173,12 @@ def _checked_ids(value: Any, param: str) -> tuple[np.ndarray, list[int] | None]:
         return value.astype(np.int64, copy=False), None
     if not isinstance(value, list) or not value:
         raise BadRequest(f"{param} must be a non-empty list of token ids (batches are not supported)", param=param)
-    if set(map(type, value)) == {int}:  # the JSON case, checked in C; anything else takes the exact loop below
+    if list(map(type, value)).count(int) == len(value):  # the JSON case, in C; anything else: the exact loop below
         try:
             arr = np.fromiter(value, dtype=np.int64, count=len(value))
         except OverflowError:
             arr = None
-        if arr is not None and int(arr.min()) >= 0 and int(arr.max()) <= MAX_TOKEN_ID:
+        if arr is not None and int(_max_of(arr.view(np.uint64))) <= MAX_TOKEN_ID:  # negatives read as huge
             return arr, value
         raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
     for t in value:
