@@ -298,6 +298,10 @@ class Session:
     version: int = 0  # bumped by every commit: the stale-update guard
     closing: bool = False
     inflight: int = 0
+    # token_arrays: checkpoints and sent input_ids are read-only prefix views of this buffer; ids are only ever
+    # written at ``token_end`` (so no view's ids change), appending a turn's ids without copying the context
+    token_buffer: np.ndarray | None = field(default=None, repr=False)
+    token_end: int = 0
 
     @property
     def num_assistant(self) -> int:
@@ -594,9 +598,7 @@ class SessionCore:
             base = s.checkpoints[keep - 1]
             if isinstance(base, np.ndarray):  # the same ids as merge_tokens, with O(new tokens) Python work
                 new = tok.render(appended, add_generation_prompt=True)
-                ids = np.concatenate((base, np.fromiter(new, np.int64, len(new))))
-                ids.flags.writeable = False
-                sent["input_ids"] = ids
+                sent["input_ids"] = _extend_ids(s, base, new)
             else:
                 sent["input_ids"] = merge_tokens(base, appended)
         headers = self.upstream_headers(sid, client_headers)
@@ -664,7 +666,7 @@ class SessionCore:
             return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="stale")
         base = plan.base_checkpoint
         cut = len(base) - MAX_TRIM_TOKENS
-        all_ids = _new_checkpoint(prompt, output, base)
+        all_ids = _new_checkpoint(s, prompt, output, base)
         if echoed:  # the very ids sent, which start with the base's own objects
             ok = True
         elif isinstance(all_ids, np.ndarray):  # base is an array too: compare the bytes
@@ -748,15 +750,32 @@ def _as_list(ids: list[int] | np.ndarray) -> list[int]:
     return ids.tolist() if isinstance(ids, np.ndarray) else ids
 
 
+def _extend_ids(s: Session, head: np.ndarray, tail: list[int]) -> np.ndarray:
+    """``head + tail`` as a read-only int64 view of the session's token buffer: written in place after ``head``
+    when ``head`` is the buffer's written prefix (the usual next turn), else into a new buffer (first turn,
+    rollback, a turn that failed after its ids were written). Raises OverflowError for ids beyond int64."""
+    n, m = len(head), len(tail)
+    buf = s.token_buffer
+    if buf is None or head.base is not buf or n != s.token_end or n + m > len(buf):
+        new = np.empty(max(2 * (n + m), 1024), dtype=np.int64)
+        new[:n] = head
+        buf = new
+    buf[n : n + m] = tail
+    s.token_buffer, s.token_end = buf, n + m
+    view = buf[: n + m]
+    view.flags.writeable = False
+    return view
+
+
 def _new_checkpoint(
-    prompt: list[int] | np.ndarray, output: list[int], base: list[int] | np.ndarray
+    s: Session, prompt: list[int] | np.ndarray, output: list[int], base: list[int] | np.ndarray
 ) -> list[int] | np.ndarray:
     """``prompt + output`` (validated ints) as the session keeps it: a read-only int64 array when the base is
     one (a ``token_arrays`` core) and every id fits, else a list."""
     if isinstance(base, np.ndarray):
         try:
             if isinstance(prompt, np.ndarray):  # an in-process upstream's array: no per-id work
-                arr = np.concatenate((prompt, np.fromiter(output, np.int64, len(output))))
+                return _extend_ids(s, prompt, output)
             else:
                 arr = np.fromiter(chain(prompt, output), np.int64, len(prompt) + len(output))
         except OverflowError:

@@ -454,16 +454,17 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
     sid = core.create_session(0.0)
     s = core.sessions[sid]
     open_plans = []
+    seen: list[tuple[np.ndarray, list[int]]] = []  # every id array handed out, with its ids at that time
     for op, pick, status in script:
         if op == "finish":
             if not open_plans:
                 continue
             plan = open_plans.pop(pick % len(open_plans))
-            resp = (
-                UpstreamResponse(200, data=router.answer(as_json(plan.request.json)))
-                if status == 200
-                else UpstreamResponse(status, content=b'{"error": "x"}')
-            )
+            data = router.answer(as_json(plan.request.json))
+            sent = plan.request.json.get("input_ids")
+            if isinstance(sent, np.ndarray):  # echoed as the very array, as the worker core does in-process
+                data["choices"][0]["prompt_token_ids"] = sent
+            resp = UpstreamResponse(200, data=data) if status == 200 else UpstreamResponse(status, content=b'{"e": 1}')
             before = s.version
             r = core.commit_turn(plan, resp)
             assert r.recorded == (r.outcome == "recorded") and (s.version == before + 1) == r.recorded
@@ -484,18 +485,25 @@ def test_any_interleaving_of_turns_keeps_records_checkpoints_and_messages_consis
                 open_plans.append(core.prepare_turn(sid, {"messages": messages, "max_tokens": 1 + pick % 3}))
             except SessionError as e:
                 assert e.status == 400
-        # invariants
+            else:
+                sent = open_plans[-1].request.json.get("input_ids")
+                if isinstance(sent, np.ndarray):
+                    seen.append((sent, sent.tolist()))
+        # invariants: arrays once handed out never change (the session appends to its buffer, never rewrites)
+        seen.extend((c, c.tolist()) for c in s.checkpoints if isinstance(c, np.ndarray))
+        assert all(a.tolist() == ids for a, ids in seen)
         assert len(s.records) == len(s.checkpoints) == len(s.reply_positions) == s.num_assistant
         assert all(isinstance(c, np.ndarray) == arrays for c in s.checkpoints)
         checkpoints = [ids_of(c) for c in s.checkpoints]
         assert s.inflight == len(open_plans)
         for i, (rec, ckpt, pos) in enumerate(zip(s.records, checkpoints, s.reply_positions, strict=True)):
             choice = rec["response"]["choices"][0]
-            assert ckpt == choice["prompt_token_ids"] + [t[1] for t in choice["meta_info"]["output_token_logprobs"]]
+            prompt = ids_of(choice["prompt_token_ids"])
+            assert ckpt == prompt + [t[1] for t in choice["meta_info"]["output_token_logprobs"]]
             assert s.messages[pos]["content"] == choice["message"]["content"]
             if i:
                 assert ckpt[: len(checkpoints[i - 1])] == checkpoints[i - 1]
-                assert as_json(rec["request"])["input_ids"] == choice["prompt_token_ids"]
+                assert as_json(rec["request"])["input_ids"] == prompt
         if s.messages:
             assert s.reply_positions[-1] == len(s.messages) - 1
             assert checkpoints[-1] == s.token_ids == tok.render(s.messages, add_generation_prompt=False)
