@@ -16,6 +16,7 @@ Public API (``SessionCore``)::
         idle_ttl=None,                       # seconds: sessions idle longer are dropped on the next create
         max_body_bytes=DEFAULT_MAX_BODY_BYTES,
         instance_id=None,                    # default uuid4().hex, stable for the core's lifetime
+        token_arrays=False,                  # True (in-process upstreams): input_ids/checkpoints as int64 arrays
     )
     core.health() -> dict                                      # {"status": "ok", "session_server_instance_id": ...}
     core.create_session(now: float) -> str                     # raises SessionLimitError (503)
@@ -29,9 +30,9 @@ Public API (``SessionCore``)::
     core.prepare_turn(sid, body: bytes | Mapping, client_headers, now) -> TurnPlan    # raises SessionError (4xx)
     core.retry_request(plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None  # the rollback retry
     core.rollback_retries -> int                               # rollback retries sent so far
-    core.commit_turn(plan: TurnPlan, resp: UpstreamResponse, now: float) -> TurnResult
+    core.commit_turn(plan: TurnPlan, resp: UpstreamResponse, now: float, *, relay_headers=True) -> TurnResult
     core.run_turn(sid, body, client_headers, upstream: Callable[[UpstreamRequest], UpstreamResponse],
-                  now: float) -> TurnResult                    # the whole turn, synchronously (direct transport)
+                  now: float, *, relay_headers=True) -> TurnResult  # the whole turn, synchronously (direct)
     core.passthrough_request(sid, method, path, query, client_headers, content) -> UpstreamRequest  # catch-all
 
 A turn is ``prepare_turn`` (under the session lock) -> ``plan.request`` sent upstream (no lock) ->
@@ -637,11 +638,15 @@ class SessionCore:
             plan.done = True
             plan.session.inflight -= 1
 
-    def commit_turn(self, plan: TurnPlan, resp: UpstreamResponse, now: float = 0.0) -> TurnResult:
-        """Record a successful turn (or decide not to) and say what the client gets."""
+    def commit_turn(
+        self, plan: TurnPlan, resp: UpstreamResponse, now: float = 0.0, *, relay_headers: bool = True
+    ) -> TurnResult:
+        """Record a successful turn (or decide not to) and say what the client gets.
+
+        ``relay_headers=False``: leave ``TurnResult.headers`` empty (an in-process caller that reads no headers)."""
         self.abandon(plan)
         s = plan.session
-        headers = response_headers(resp.headers)
+        headers = response_headers(resp.headers) if relay_headers else {}
         if resp.status != 200:
             return TurnResult(
                 status=resp.status,
@@ -721,6 +726,8 @@ class SessionCore:
         client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
         upstream: Callable[[UpstreamRequest], UpstreamResponse],
         now: float = 0.0,
+        *,
+        relay_headers: bool = True,
     ) -> TurnResult:
         """A whole turn with a synchronous upstream: what the HTTP adapter does, minus HTTP and locks."""
         try:
@@ -735,7 +742,7 @@ class SessionCore:
         except BaseException:
             self.abandon(plan)
             raise
-        return self.commit_turn(plan, resp, now)
+        return self.commit_turn(plan, resp, now, relay_headers=relay_headers)
 
 
 def _request_time(body: Mapping[str, Any]) -> float | None:

@@ -672,3 +672,16 @@ def test_an_echo_of_the_sent_id_objects_passes_and_anything_else_is_still_checke
     good = core.run_turn(sid, {"messages": messages}, (), echo(False))
     assert good.status == 200 and good.recorded
     assert core.sessions[sid].token_ids == tok.render([*messages, reply_of(good)], add_generation_prompt=False)
+
+
+def test_relay_headers_off_leaves_the_result_headers_empty_and_changes_nothing_else():
+    results = []
+    for relay in (True, False):
+        core, router = SessionCore(session_id_seed=1), FakeRouter()
+        sid = core.create_session(0.0)
+        body = {"messages": [{"role": "user", "content": "q"}]}
+        r = core.run_turn(sid, body, (), upstream_of(router), relay_headers=relay)
+        results.append((r, core.get_view(sid)))
+    (on, view_on), (off, view_off) = results
+    assert on.headers == {"content-type": "application/json"} and off.headers == {}
+    assert (on.status, on.body, on.outcome) == (off.status, off.body, off.outcome) and view_on == view_off
