@@ -100,6 +100,7 @@ class GatewayConfig:
     kv_repin_max_tokens: int = 4096
     kv_repin_headroom: float = 0.2
     kv_repin_cooldown_secs: float = 30.0
+    kv_repin_load_epsilon: float | None = None  # min_kv: re-pin off a worker over the bounded-load bound (None: off)
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -208,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="min_kv: move a key off a hot worker only while its context is at most this (a move is a cold prefill)")
     a("--kv-repin-headroom", type=float, default=d.kv_repin_headroom)
     a("--kv-repin-cooldown-secs", type=float, default=d.kv_repin_cooldown_secs)
+    a("--kv-repin-load-epsilon", type=float, default=d.kv_repin_load_epsilon,
+      help="min_kv: re-pin a key off a worker whose in-flight requests reach ceil((1+eps)*average) (default off)")
     return p
 
 

@@ -256,3 +256,86 @@ def test_sticky_override_uses_min_kv_for_first_placement():
     assert type(core.policy.sticky) is KvAwarePolicy
     d = core.select("chat", {"x-smg-routing-key": "k"}, chat("hi"), now=0)
     assert d.branch == "vacant" and d.url is not None
+
+
+def waiting(n):
+    return {"loads": [{**loads(100_000)["loads"][0], "num_waiting_reqs": n}]}
+
+
+def load_setup(*flags):
+    """Three workers, one key each; k's worker holds 4 requests in flight and polls 2 waiting."""
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", "--kv-repin-queue-ratio", "100", *flags,
+                     workers=3)
+    first = route(core, "k", now=0, words=50)
+    others = [route(core, f"o{i}", now=0, words=50) for i in range(2)]
+    assert len({first.url, *(o.url for o in others)}) == 3
+    for _ in range(4):
+        core.registry.begin(first.url, "stuck")
+    for url in core.registry.urls():
+        core.record_load(url, waiting(2 if url == first.url else 0), now=0)
+    return core, first.url, [o.url for o in others]
+
+
+def test_repin_load_is_off_by_default():
+    core, _, _ = load_setup()
+    assert route(core, "k", now=1, words=60).branch == "occupied_hit"
+
+
+def test_repin_load_moves_a_key_off_a_queueing_worker_over_the_bound_to_the_least_loaded():
+    core, _, (o1, o2) = load_setup("--kv-repin-load-epsilon", "0.5")
+    core.registry.begin(o1, "busy")  # o1 has one in flight, o2 none: o2 is the least loaded under the bound
+    moved = route(core, "k", now=1, words=60)  # bound ceil(1.5 * (4 + 1 + 0 + 1) / 3) = 3 <= 4
+    assert (moved.url, moved.branch) == (o2, "repin_load")
+    again = route(core, "k", now=2, words=70)  # the cooldown keeps it there
+    assert (again.url, again.branch) == (o2, "occupied_hit")
+
+
+def test_repin_load_needs_the_worker_to_report_waiting_requests():
+    core, pinned, _ = load_setup("--kv-repin-load-epsilon", "0.5")
+    core.record_load(pinned, waiting(0), now=0.5)  # over the bound, but nothing is queued: in-flight noise
+    assert route(core, "k", now=1, words=60).branch == "occupied_hit"
+
+
+def test_repin_load_stays_under_the_bound():
+    core, _, _ = load_setup("--kv-repin-load-epsilon", "2.0")  # bound ceil(3 * 6 / 3) = 6 > 4
+    assert route(core, "k", now=1, words=60).branch == "occupied_hit"
+
+
+def test_repin_load_never_moves_to_a_queueing_worker():
+    core, _, others = load_setup("--kv-repin-load-epsilon", "0.5")
+    for url in others:
+        core.record_load(url, waiting(1), now=0.5)
+    assert route(core, "k", now=1, words=60).branch == "occupied_hit"
+
+
+@settings(max_examples=60, deadline=None)
+@given(inflight=st.lists(st.integers(0, 8), min_size=2, max_size=5), eps=st.sampled_from([0.1, 0.5, 1.0]),
+       queued=st.lists(st.booleans(), min_size=5, max_size=5))
+def test_repin_load_target_is_under_the_bound_not_queueing_and_least_loaded(inflight, eps, queued):
+    n = len(inflight)
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", "--kv-repin-queue-ratio", "100",
+                     "--kv-repin-load-epsilon", str(eps), workers=n)
+    urls = core.registry.urls()
+    pinned = route(core, "k", now=0, words=5).url
+    for url, m, q in zip(urls, inflight, queued, strict=False):
+        for _ in range(m):
+            core.registry.begin(url, "x")
+        core.record_load(url, waiting(1 if q else 0), now=0)
+    before = {u: core.registry.get(u).load for u in urls}
+    out = route(core, "k", now=1, words=6)
+    bound = -(-(1 + eps) * (sum(before.values()) + 1) // n)
+    if out.branch == "repin_load":
+        assert before[pinned] >= bound - 1e-9 and core.registry.get(pinned).report.waiting > 0
+        assert before[out.url] < bound and core.registry.get(out.url).report.waiting == 0
+        assert before[out.url] == min(v for u, v in before.items() if u != pinned and v < bound
+                                      and core.registry.get(u).report.waiting == 0)
+    else:
+        assert out.url == pinned
+
+
+def test_context_counts_an_int64_input_ids_array_as_a_list():
+    import numpy as np
+
+    ids = list(range(40))
+    assert context_tokens({"input_ids": np.arange(40, dtype=np.int64), "max_tokens": 2}, "") == \
+        context_tokens({"input_ids": ids, "max_tokens": 2}, "") == 42

@@ -22,20 +22,13 @@ Branch counter: ``smg_bounded_load_policy_branch_total{branch}``.
 
 from __future__ import annotations
 
-import math
-
 from prometheus_client import Counter
 
 from mock_gateway.policies.base import Choice, Periodic, PolicyContext, RingPolicy, RouteInput
-from mock_gateway.policies.kv_aware import SessionKV, context_tokens
+from mock_gateway.policies.kv_aware import SessionKV, context_tokens, load_bound
 from mock_gateway.workers import Worker
 
 MEASURES = ("requests", "kv")
-
-
-def load_bound(loads: list[float], item: float, eps: float) -> int:
-    """``ceil((1 + eps) * (sum(loads) + item) / n)``: the load a worker must be under to take the item."""
-    return math.ceil((1.0 + eps) * (sum(loads) + item) / len(loads) - 1e-9)
 
 
 class BoundedLoadPolicy(RingPolicy):

@@ -22,6 +22,14 @@ is re-pinned when
   itself would be the tail latency). New keys are not placed on a hot worker either (a slow worker's
   sessions grow slowly, so it would otherwise look KV-light).
 
+- ``repin_load`` (off unless ``--kv-repin-load-epsilon EPS`` is given): its worker's in-flight requests
+  reach the bounded-load bound ``ceil((1 + EPS) * average)`` (Mirrokni, Thorup and Zadimoghaddam; the
+  average counts the request being placed) *and* the worker's last polled ``/v1/loads`` reports waiting
+  requests; the target is the least loaded worker under the bound whose last report shows none waiting.
+  The queueing gate keeps the ordinary in-flight fluctuation of closed-loop agents (which crosses such a
+  bound all the time at small loads) from moving keys; it fires when KV admission or the prefill lane
+  makes requests wait (``kv-bound``: a rollout whose makespan KV capacity sets).
+
 Hysteresis: the target conditions are strictly inside the trigger conditions (a target is never itself
 triggering: it has ``--kv-repin-headroom`` of its KV capacity to spare or is that much lighter than the
 source, or it is not hot), and a key re-pinned once is not re-pinned again for ``--kv-repin-cooldown-secs``.
@@ -43,19 +51,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mock_gateway.policies.base import Choice, PolicyContext, RouteInput
 from mock_gateway.policies.manual import ManualPolicy
 from mock_gateway.workers import Worker
 from sim.tokenizer import encode
 
 NEG_INF = float("-inf")
+
+
+def load_bound(loads: list[float], item: float, eps: float) -> int:
+    """``ceil((1 + eps) * (sum(loads) + item) / n)``: the load a worker must be under to take the item
+    (Mirrokni, Thorup and Zadimoghaddam's bounded-load rule)."""
+    return math.ceil((1.0 + eps) * (sum(loads) + item) / len(loads) - 1e-9)
+
+
 HOT_MIN_GAP = 0.2  # a hot worker's busy share exceeds the median's by at least this much (absolute)
 
 
 def context_tokens(body: Mapping[str, Any], text: str, tokens: list[int] | None = None) -> int:
     """Projected KV of the request: prompt tokens (``input_ids`` or the routing text's tokens) + output budget."""
     ids = body.get("input_ids")
-    if isinstance(ids, list) and ids:
+    if isinstance(ids, list | np.ndarray) and len(ids):  # an in-process caller may pass an int64 array
         prompt = len(ids)
     elif tokens:
         prompt = len(tokens)
@@ -140,6 +158,11 @@ class SessionKV:
     def remove_worker(self, url: str) -> None:
         for key in [k for k, s in self.live.items() if s.worker == url]:
             self._drop(key)
+
+
+def queueing(w: Worker) -> bool:
+    """The worker's last polled load report shows requests waiting (for KV or the prefill lane)."""
+    return w.report is not None and w.report.waiting > 0
 
 
 class KvAwarePolicy(ManualPolicy):
@@ -230,6 +253,15 @@ class KvAwarePolicy(ManualPolicy):
                 fits = [w for w in others if self.kv.working_set(w.url) - self.kv.own(key, w.url) + ctx <= keep]
             if fits:
                 return self._best(fits, key), "repin_kv"
+        eps = cfg.kv_repin_load_epsilon
+        if eps is not None:
+            loads = {w.url: w.load for w in workers}
+            bound = load_bound(list(loads.values()), 1, eps)
+            if loads[pinned.url] >= bound and queueing(pinned):
+                under = [w for w in others if loads[w.url] < bound and not queueing(w)]
+                if under:
+                    least = min(loads[w.url] for w in under)
+                    return self._best([w for w in under if loads[w.url] == least], key), "repin_load"
         hot = self.hot(workers)
         if pinned.url in hot and ctx <= cfg.kv_repin_max_tokens:
             calm = [w for w in others if w.url not in hot]
@@ -290,4 +322,4 @@ class KvAwarePolicy(ManualPolicy):
         self.smoothed.pop(url, None)
 
 
-__all__ = ["KvAwarePolicy", "SessionKV", "context_tokens", "kv_capacity"]
+__all__ = ["KvAwarePolicy", "SessionKV", "context_tokens", "kv_capacity", "load_bound"]
