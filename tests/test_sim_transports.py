@@ -96,3 +96,25 @@ def test_compare_covers_the_issue_policies():
     names = {p.name for p in COMPARE_POLICIES}
     assert names == {"manual/random", "manual/min_load", "manual/min_group", "consistent_hashing", "cache_aware",
                      "round_robin"}
+
+
+def test_direct_worker_urls_do_not_depend_on_ports_other_processes_hold():
+    """The gateway hashes worker URLs, so ``direct`` must not probe the machine's ports to choose them."""
+    import socket
+
+    from sim.transports.direct import DirectTransport
+    from sim.transports.pool import port_salt, stable_ports
+
+    setup = make_setup(TINY, PolicyConfig("consistent_hashing"), True)
+    usual = stable_ports(port_salt(setup), TINY.workers, check=False)
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", usual[0]))
+        except OSError:
+            pytest.skip("the usual port is taken by something else already")
+        held.listen()
+        t = DirectTransport(setup)
+        try:
+            assert list(t.worker_cores) == [f"http://127.0.0.1:{p}" for p in usual]
+        finally:
+            t.close()

@@ -128,7 +128,9 @@ class DirectTransport:
     def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
         self.setup = setup
         configs = worker_configs(setup.scenario)
-        urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs)))  # the URLs http would use
+        # the URLs http uses when their block is free; never probed here, so a run does not depend on what
+        # else the machine has bound (the gateway hashes URLs: another block is another ring)
+        urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
         self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed, token_arrays=TOKEN_ARRAYS)
                              for url, cfg in zip(urls, configs, strict=True)}
         self.workers = [c.name for c in self.worker_cores.values()]

@@ -14,6 +14,7 @@ A dead worker (``sim.faults``) is a stopped worker server, started again on the 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import httpx
@@ -113,6 +114,9 @@ class HttpTransport(SessionClient):
         configs = worker_configs(setup.scenario)
         ports = ([int(u.rsplit(":", 1)[1]) for u in urls] if urls
                  else stable_ports(port_salt(setup), len(configs)))
+        if not urls and ports != stable_ports(port_salt(setup), len(configs), check=False):
+            warnings.warn(f"{setup.label}: the workers' usual ports are taken, so they run on {ports[0]}..; hash-based "
+                          "policies see other URLs and this run may differ from direct", RuntimeWarning, stacklevel=2)
         self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
         self.workers = [c.name for c in self.worker_cores]
         self._worker_app = worker_app
