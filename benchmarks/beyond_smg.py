@@ -39,6 +39,7 @@ SMG_RULES: dict[str, PolicyConfig] = {
 }
 NEW_RULES: dict[str, PolicyConfig] = {
     "manual/min_kv": PolicyConfig("manual", "min_kv"),
+    "manual/min_kv+load": PolicyConfig("manual", "min_kv", ("--kv-repin-load-epsilon", "0.5")),
     "bounded_load/requests": PolicyConfig("bounded_load", None, ("--bounded-load-measure", "requests")),
     "bounded_load/kv": PolicyConfig("bounded_load", None, ("--bounded-load-measure", "kv")),
 }
