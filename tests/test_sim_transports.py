@@ -118,3 +118,14 @@ def test_direct_worker_urls_do_not_depend_on_ports_other_processes_hold():
             assert list(t.worker_cores) == [f"http://127.0.0.1:{p}" for p in usual]
         finally:
             t.close()
+
+
+def test_kv_bound_makespan_is_set_by_kv_capacity():
+    """kv-bound exists so that routing can move the rollout's makespan: with the same workload on an
+    unbounded cache the step is much shorter (in kv-pressure it is not: tool time sets it there)."""
+    s = load_scenario("kv-bound")
+    bounded = run_setup(make_setup(s, MANUAL, True), "direct")
+    unbounded = run_setup(make_setup(s.replace(kv_capacity_tokens=10**9), MANUAL, True), "direct")
+    assert unbounded["kv_reuse"] == pytest.approx(unbounded["oracle_reuse"])
+    assert unbounded["makespan"] < 0.9 * bounded["makespan"]
+    assert bounded["kv_reuse"] < 0.8 * unbounded["kv_reuse"]

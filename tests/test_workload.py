@@ -133,7 +133,7 @@ def test_distributions_respect_bounds(spec, seed):
     assert Dist.parse(d.to_dict()) == d
 
 
-@pytest.mark.parametrize("name", ["default", "kv-pressure", "hot-worker", "large", "faults"])
+@pytest.mark.parametrize("name", ["default", "kv-pressure", "kv-bound", "hot-worker", "large", "faults"])
 def test_a_scenario_round_trips_through_its_flat_dict(name):
     s = load_scenario(name)
     assert Scenario.from_dict(s.to_dict(), name=s.name) == s
