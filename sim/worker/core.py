@@ -526,11 +526,13 @@ class WorkerCore:
         """Serve one inference request (see the module docstring)."""
         if route not in ROUTES:
             return _bad(f"unknown route {route!r}", status=404)
-        if not isinstance(body, Mapping):
+        if type(body) is not dict and not isinstance(body, Mapping):
             return _bad("request body must be a JSON object")
-        sim_time = vtime.request_time(body)
-        if body.get(vtime.SIM_TIME_FIELD) is not None and sim_time is None:
-            return _bad("sim_time must be a finite non-negative number", param=vtime.SIM_TIME_FIELD)
+        sim_time = body.get(vtime.SIM_TIME_FIELD)
+        if type(sim_time) is not float or not 0.0 <= sim_time < math.inf:  # else: what request_time gives
+            sim_time = vtime.request_time(body)
+            if body.get(vtime.SIM_TIME_FIELD) is not None and sim_time is None:
+                return _bad("sim_time must be a finite non-negative number", param=vtime.SIM_TIME_FIELD)
         try:
             req = self._parse(route, body)
         except BadRequest as e:
