@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
-
 from mock_gateway import retry, upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
@@ -48,13 +46,6 @@ def _request_time(body: Any) -> float | None:
     return vtime.request_time(body)
 
 
-def _reads_input_ids(config: Any) -> bool:
-    """Whether the gateway's policy sizes a request by its ``input_ids`` list (``kv_aware.context_tokens``),
-    which does not take an int64 array: those gateways get a list, as over HTTP."""
-    return ((config.policy == "manual" and config.assignment_mode == "min_kv")
-            or (config.policy == "bounded_load" and config.bounded_load_measure == "kv"))
-
-
 class DirectGateway:
     """``mock_gateway.app``'s request path (``Gateway._proxy``/``_attempt``) over a ``GatewayCore`` and
     in-process ``WorkerCore``s, step for step, minus HTTP and the wall-clock retry backoff."""
@@ -64,7 +55,6 @@ class DirectGateway:
         self.core = GatewayCore(self.config, now=0.0)
         self.workers = workers
         self.dead: set[str] = set()  # workers whose server is down (sim.faults): attempts, polls, probes fail
-        self._list_ids = _reads_input_ids(self.config)
         for url, w in workers.items():  # registration: all ready in the first round, in the given order
             self.core.add_worker(url, w.model_name)
 
@@ -77,9 +67,6 @@ class DirectGateway:
         body = req.json if req.json is not None else json.loads(req.content or b"null")
         headers = {k.lower(): v for k, v in req.headers.items()}
         sim_t = _request_time(body) if isinstance(body, dict) else None
-        select_body = body
-        if self._list_ids and isinstance(body, dict) and isinstance(body.get("input_ids"), np.ndarray):
-            select_body = {**body, "input_ids": body["input_ids"].tolist()}
         now = sim_t if sim_t is not None else core.clock
         core.advance(now)
         for url in core.due_polls(core.clock):  # load polls answered by the worker cores at the virtual time
@@ -92,7 +79,7 @@ class DirectGateway:
         failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
         m = core.metrics
         for attempt in range(cfg.max_attempts):
-            d = core.select(endpoint, headers, select_body, now=core.clock, exclude=failed, attempt=attempt)
+            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt)
             if d.url is None:
                 if resp is not None:
                     break
