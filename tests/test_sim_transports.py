@@ -105,7 +105,7 @@ def test_direct_worker_urls_do_not_depend_on_ports_other_processes_hold():
     from sim.transports.direct import DirectTransport
     from sim.transports.pool import port_salt, stable_ports
 
-    setup = make_setup(TINY, PolicyConfig("consistent_hashing"), True)
+    setup = make_setup(TINY, PolicyConfig("prefix_hash"), True)  # a setup no other test runs over http
     usual = stable_ports(port_salt(setup), TINY.workers, check=False)
     with socket.socket() as held:
         try:

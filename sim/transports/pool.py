@@ -38,6 +38,7 @@ def _ports_free(base: int, n: int) -> bool:
         for p in range(base, base + n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
             s.bind((LOOPBACK, p))
         return True
     except OSError:
