@@ -229,6 +229,9 @@ class UpstreamRequest:
     json: Any = None
     content: bytes | None = None
     query: str = ""
+    # in-process upstreams only (an HTTP adapter sends nothing of it): the first that many ``json["messages"]`` are
+    # the very objects of a request this upstream answered 200 before, so it may skip re-validating them
+    known_messages: int = 0
 
 
 @dataclass
@@ -603,7 +606,9 @@ class SessionCore:
             else:
                 sent["input_ids"] = merge_tokens(base, appended)
         headers = self.upstream_headers(sid, client_headers)
-        request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent)
+        # s.messages[:-1] are the previous committed turn's request messages, which the upstream answered 200
+        request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent,
+                                  known_messages=known)
         s.inflight += 1
         s.last_access = now
         return TurnPlan(
@@ -628,7 +633,8 @@ class SessionCore:
         plan.attempts += 1
         self.rollback_retries += 1
         plan.request = UpstreamRequest(
-            method="POST", path=plan.request.path, headers=plan.request.headers, json=body, query=plan.request.query
+            method="POST", path=plan.request.path, headers=plan.request.headers, json=body, query=plan.request.query,
+            known_messages=plan.request.known_messages,
         )
         return plan.request
 

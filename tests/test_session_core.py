@@ -685,3 +685,48 @@ def test_relay_headers_off_leaves_the_result_headers_empty_and_changes_nothing_e
     (on, view_on), (off, view_off) = results
     assert on.headers == {"content-type": "application/json"} and off.headers == {}
     assert (on.status, on.body, on.outcome) == (off.status, off.body, off.outcome) and view_on == view_off
+
+
+# --- known_messages: the gateway re-validates only what it has not accepted before (in-process only) -------------
+
+gw_messages = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "robot", "", 3]),
+                               "content": st.sampled_from(["x", None, 5, ["p"]])},
+                              optional={"tool_call_id": st.sampled_from(["1", None, 2])}),
+        st.sampled_from(["not a message", None, 7]),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(gw_messages, gw_messages)
+def test_known_messages_skip_only_a_prefix_the_gateway_accepted_and_answer_the_same(prefix, rest):
+    """With ``known_messages=k`` for k leading messages that passed the gateway's check, ``validate`` gives the
+    same answer (None or the same 4xx naming the same index) as the full check of the whole list."""
+    from mock_gateway.core import validate
+
+    body = {"model": "m", "messages": [*prefix, *rest]}
+    k = len(prefix)
+    if validate("chat", {"model": "m", "messages": prefix}, "manual") is not None:
+        return  # not a prefix the gateway would ever have accepted
+    full, fast = validate("chat", body, "manual"), validate("chat", body, "manual", known_messages=k)
+    assert (full is None) == (fast is None)
+    if full is not None:
+        assert (full.status, full.error_code, full.message) == (fast.status, fast.error_code, fast.message)
+
+
+def test_a_turn_tells_an_in_process_upstream_how_many_resent_messages_it_answered_200_before():
+    core, router, log = SessionCore(), FakeRouter(), []
+    sid = core.create_session(0.0)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    r = chat(core, sid, messages, router, log=log)
+    assert log[-1].known_messages == 0  # a first turn: nothing answered before
+    nxt = [*messages, reply_of(r), {"role": "tool", "content": "t", "tool_call_id": "1"}]
+    chat(core, sid, nxt, router, log=log)
+    assert log[-1].known_messages == 2  # the two request messages; never the reply, which came from upstream
+    copies = [dict(m) for m in nxt]  # equal but other objects (e.g. parsed from JSON): nothing is known
+    router.failures.append((500, {"error": "boom"}))
+    chat(core, sid, [*copies, reply_of(r)], router, log=log)
+    assert log[-1].known_messages == 0

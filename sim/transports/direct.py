@@ -79,7 +79,8 @@ class DirectGateway:
         failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
         m = core.metrics
         for attempt in range(cfg.max_attempts):
-            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt)
+            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt,
+                            known_messages=req.known_messages)
             if d.url is None:
                 if resp is not None:
                     break
