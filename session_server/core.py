@@ -20,7 +20,7 @@ Public API (``SessionCore``)::
     )
     core.health() -> dict                                      # {"status": "ok", "session_server_instance_id": ...}
     core.create_session(now: float) -> str                     # raises SessionLimitError (503)
-    core.get_view(sid: str) -> dict                            # {"session_id", "records", "metadata"}; 404
+    core.get_view(sid: str, *, id_arrays=False) -> dict        # {"session_id", "records", "metadata"}; 404
     core.session(sid: str) -> Session                          # raises SessionNotFoundError (404) when unknown
     core.open_session(sid: str) -> Session                     # same, and 404 while the session is closing
     core.begin_delete(sid: str) -> Session                     # marks closing; 404 if unknown or already closing
@@ -419,12 +419,21 @@ class SessionCore:
             raise SessionNotFoundError(sid)
         return s
 
-    def get_view(self, sid: str) -> dict[str, Any]:
+    def get_view(self, sid: str, *, id_arrays: bool = False) -> dict[str, Any]:
+        """``id_arrays``: ``accumulated_token_ids`` as the session's read-only int64 array when it keeps one (for
+        in-process callers, as its records hold arrays; no O(context) list), else a list as HTTP answers."""
         s = self.session(sid)
+        ids: list[int] | np.ndarray = []
+        if s.checkpoints:
+            last = s.checkpoints[-1]
+            if isinstance(last, np.ndarray):
+                ids = last if id_arrays else last.tolist()
+            else:
+                ids = list(last)
         return {
             "session_id": sid,
             "records": list(s.records),
-            "metadata": {"accumulated_token_ids": list(s.token_ids), "max_trim_tokens": MAX_TRIM_TOKENS},
+            "metadata": {"accumulated_token_ids": ids, "max_trim_tokens": MAX_TRIM_TOKENS},
         }
 
     def begin_delete(self, sid: str) -> Session:

@@ -724,9 +724,24 @@ def test_a_turn_tells_an_in_process_upstream_how_many_resent_messages_it_answere
     r = chat(core, sid, messages, router, log=log)
     assert log[-1].known_messages == 0  # a first turn: nothing answered before
     nxt = [*messages, reply_of(r), {"role": "tool", "content": "t", "tool_call_id": "1"}]
-    chat(core, sid, nxt, router, log=log)
+    r2 = chat(core, sid, nxt, router, log=log)
     assert log[-1].known_messages == 2  # the two request messages; never the reply, which came from upstream
-    copies = [dict(m) for m in nxt]  # equal but other objects (e.g. parsed from JSON): nothing is known
-    router.failures.append((500, {"error": "boom"}))
-    chat(core, sid, [*copies, reply_of(r)], router, log=log)
-    assert log[-1].known_messages == 0
+    # equal but other objects (e.g. parsed from JSON): nothing is known
+    copies = [dict(m) for m in [*nxt, reply_of(r2), {"role": "tool", "content": "u", "tool_call_id": "2"}]]
+    assert chat(core, sid, copies, router, log=log).status == 200
+    assert len(log) == 3 and log[-1].known_messages == 0
+
+
+def test_an_in_process_view_may_hold_the_read_only_id_array_with_the_same_ids():
+    core, router = SessionCore(token_arrays=True), FakeRouter()
+    sid = core.create_session(0.0)
+    conversation(core, sid, router, ["one two"])
+    plain, arrays = core.get_view(sid), core.get_view(sid, id_arrays=True)
+    assert type(plain["metadata"]["accumulated_token_ids"]) is list
+    assert ids_of(arrays["metadata"]["accumulated_token_ids"]) == plain["metadata"]["accumulated_token_ids"]
+    assert arrays["records"] == plain["records"]
+    lists = SessionCore()  # a list-keeping core answers lists either way
+    sid2 = lists.create_session(0.0)
+    conversation(lists, sid2, FakeRouter(), ["one two"])
+    assert lists.get_view(sid2, id_arrays=True) == lists.get_view(sid2)
+    assert lists.get_view(sid2)["metadata"]["accumulated_token_ids"] == plain["metadata"]["accumulated_token_ids"]

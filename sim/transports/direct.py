@@ -152,7 +152,7 @@ class DirectTransport:
 
     def get_session(self, session_id: str) -> Reply:
         try:
-            return Reply(200, self.session.get_view(session_id))
+            return Reply(200, self.session.get_view(session_id, id_arrays=TOKEN_ARRAYS))
         except SessionError as e:
             return Reply(e.status, {"error": e.message})
 
