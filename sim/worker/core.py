@@ -616,15 +616,12 @@ def _neg_round6(x: np.ndarray) -> list[float]:
 
 
 @functools.cache
-def _logprob_templates() -> tuple[dict[str, Any], ...]:
-    """One OpenAI ``logprobs.content`` entry per vocabulary word, then one for ``<|im_end|>`` (index
-    ``VOCAB_SIZE``). Answers get shallow copies: their ``bytes`` and ``top_logprobs`` lists are shared by
-    every answer and must be treated as read-only (nothing in the testbed writes to an answer body)."""
-    no_top: list[Any] = []  # one object for all (fewer cache lines touched per answer)
-    return tuple(
-        {"token": t, "logprob": 0.0, "bytes": list(t.encode()), "top_logprobs": no_top}
-        for t in (*tokenizer.vocabulary(), _IM_END_TEXT)
-    )
+def _logprob_columns() -> tuple[tuple[str, ...], tuple[list[int], ...], list[Any]]:
+    """The ``token`` and ``bytes`` of an OpenAI ``logprobs.content`` entry per vocabulary word, then for
+    ``<|im_end|>`` (index ``VOCAB_SIZE``), and the empty ``top_logprobs`` list. Answers share these lists
+    (fewer objects to build and free per token): they are read-only, as is every answer body."""
+    tokens = (*tokenizer.vocabulary(), _IM_END_TEXT)
+    return tokens, tuple(list(t.encode()) for t in tokens), []
 
 
 _IM_END_TEXT = "<|im_end|>"
@@ -688,12 +685,13 @@ class _Answer:
         n = len(self.output_ids)
         assert len(self.lps) == n
         if self.vocab_idx is not None and len(self.vocab_idx) == n - 1:
-            templates = _logprob_templates()
+            tokens, nbytes, no_top = _logprob_columns()
             idx = self.vocab_idx.tolist()
-            idx.append(len(templates) - 1)  # <|im_end|>
-            entries = list(map(dict.copy, map(templates.__getitem__, idx)))  # copies made in C
-            for e, lp in zip(entries, self.lps, strict=True):
-                e["logprob"] = lp
+            idx.append(len(tokens) - 1)  # <|im_end|>
+            entries = [
+                {"token": tokens[i], "logprob": lp, "bytes": nbytes[i], "top_logprobs": no_top}
+                for i, lp in zip(idx, self.lps, strict=True)
+            ]
         else:
             words = self.words[:n] + [_IM_END_TEXT] * (n - len(self.words))
             entries = [
