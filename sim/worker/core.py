@@ -601,18 +601,20 @@ def _neg_round6(x: np.ndarray) -> list[float]:
     if len(x) < 16:
         return [round(-v, 6) for v in x.tolist()]
     z = x * 1e6
-    if not np.abs(z).max() < 2.0**32:
+    k = _rint(z)
+    if not _max_of(_abs(k)) < 2.0**32:  # also NaN
         return [round(-v, 6) for v in x.tolist()]
-    k = np.rint(z)
-    off = np.abs(z - k)
-    off -= 0.5
-    risky = np.abs(off, out=off) < 1e-5
     out: list[float] = (k / -1e6).tolist()
-    if risky.any():
+    z -= k
+    off = _abs(z, out=z)  # <= 0.5
+    if _max_of(off) > 0.5 - 1e-5:
         xs = x.tolist()
-        for i in np.flatnonzero(risky).tolist():
+        for i in np.flatnonzero(off > 0.5 - 1e-5).tolist():
             out[i] = round(-xs[i], 6)
     return out
+
+
+_rint, _abs = np.rint, np.absolute
 
 
 @functools.cache
