@@ -11,12 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from session_server.core import (
+    _VOCAB_TEXT_MIN_CHARS,
     FORCED_FIELDS,
     SessionCore,
     SessionError,
     UpstreamRequest,
     UpstreamResponse,
     message_matches,
+    render_ids,
+    vocab_text_ids,
 )
 from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
 from sim import tokenizer as tok
@@ -745,3 +748,51 @@ def test_an_in_process_view_may_hold_the_read_only_id_array_with_the_same_ids():
     conversation(lists, sid2, FakeRouter(), ["one two"])
     assert lists.get_view(sid2, id_arrays=True) == lists.get_view(sid2)
     assert lists.get_view(sid2)["metadata"]["accumulated_token_ids"] == plain["metadata"]["accumulated_token_ids"]
+
+
+# --- vocabulary texts tokenized in numpy: the tokenizer's ids, or no answer ---------------------------------------
+
+vocab_words = st.sampled_from(tok.vocabulary())
+separators = st.sampled_from([" ", " ", " ", "  ", "\t", "\n", "\x1c", "", " \u00a0"])
+edits = st.sampled_from([None, "upper", "non_ascii", "lead_space", "trail_space", "other_word", "cut"])
+
+
+def vocab_text(words: list[str], sep: str, edit: str | None, at: int) -> str:
+    words = list(words)
+    i = at % len(words)
+    if edit == "upper":
+        words[i] = words[i].upper()
+    elif edit == "non_ascii":
+        words[i] = words[i][:3] + "\u00e9" + words[i][4:]
+    elif edit == "other_word":
+        words[i] = "zz" + words[i][2:]  # six letters, not three syllables of the vocabulary
+    elif edit == "cut":
+        words[i] = words[i][:5]
+    text = sep.join(words)
+    return {"lead_space": " " + text, "trail_space": text + " "}.get(edit, text)
+
+
+@given(st.lists(vocab_words, min_size=1, max_size=150), separators, edits, st.integers(0, 10**6))
+def test_vocab_texts_get_the_tokenizers_ids_and_anything_else_no_answer(words, sep, edit, at):
+    text = vocab_text(words, sep, edit, at)
+    ids = vocab_text_ids(text)
+    if ids is not None:
+        assert ids.dtype == np.int64 and ids.tolist() == tok.encode(text)
+    if sep == " " and edit is None:
+        assert ids is not None  # plain vocabulary text always takes the fast path
+
+
+@given(st.lists(st.tuples(st.sampled_from(["tool", "user", "assistant", "", 7]),
+                          st.lists(vocab_words, min_size=1, max_size=160), separators, edits, st.integers(0, 999),
+                          st.booleans()), max_size=4))
+def test_render_ids_are_the_tokenizers_render_with_the_generation_prompt(specs):
+    messages = []
+    for role, words, sep, edit, at, as_parts in specs:
+        text = vocab_text(words, sep, edit, at)
+        content = [{"type": "text", "text": text}] if as_parts else text
+        messages.append({"role": role, "content": content})
+    got = render_ids(messages)
+    assert (got.tolist() if isinstance(got, np.ndarray) else got) == tok.render(messages, add_generation_prompt=True)
+    long_plain = [m for m in messages if type(m["content"]) is str and len(m["content"]) >= _VOCAB_TEXT_MIN_CHARS
+                  and vocab_text_ids(m["content"]) is not None]
+    assert isinstance(got, np.ndarray) == bool(long_plain)
