@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -146,6 +147,58 @@ def pcg64(seed: int) -> np.random.PCG64:
     return np.random.PCG64(_SeedSequence(seed))
 
 
+_M32 = 0xFFFFFFFF
+_M128 = (1 << 128) - 1
+_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645  # PCG's default 128-bit LCG multiplier
+
+
+def _hash_consts() -> tuple[int, ...]:
+    """``SeedSequence.generate_state``'s running hash constants (INIT_B times MULT_B**i, mod 2**32)."""
+    out = [0x8B51F9DD]
+    for _ in range(8):
+        out.append(out[-1] * 0x58F38DED & _M32)
+    return tuple(out)
+
+
+def _pcg64_state(seed: int, _h: tuple[int, ...] = _hash_consts()) -> tuple[int, int]:
+    """The ``(state, inc)`` of ``np.random.PCG64(seed)`` for an int seed in [0, 2**64).
+
+    numpy's ``SeedSequence`` mixes the entropy into its pool (in C); the rest of ``PCG64.__init__`` is redone
+    here on Python ints, which costs less than its numpy scaffolding: ``generate_state(4, uint64)``'s eight
+    hashed pool words, then PCG's ``srandom(initstate, initseq)``. A 2-word entropy array gives the pool of
+    the int seed (zero words pad a short entropy anyway).
+    """
+    p0, p1, p2, p3 = _SeedSequence(np.array((seed & _M32, seed >> 32), dtype=np.uint32)).pool.tolist()
+    w0 = (p0 ^ _h[0]) * _h[1] & _M32
+    w1 = (p1 ^ _h[1]) * _h[2] & _M32
+    w2 = (p2 ^ _h[2]) * _h[3] & _M32
+    w3 = (p3 ^ _h[3]) * _h[4] & _M32
+    w4 = (p0 ^ _h[4]) * _h[5] & _M32
+    w5 = (p1 ^ _h[5]) * _h[6] & _M32
+    w6 = (p2 ^ _h[6]) * _h[7] & _M32
+    w7 = (p3 ^ _h[7]) * _h[8] & _M32
+    initstate = (w0 ^ w0 >> 16) << 64 | (w1 ^ w1 >> 16) << 96 | (w2 ^ w2 >> 16) | (w3 ^ w3 >> 16) << 32
+    inc = ((w4 ^ w4 >> 16) << 65 | (w5 ^ w5 >> 16) << 97 | (w6 ^ w6 >> 16) << 1 | (w7 ^ w7 >> 16) << 33 | 1) & _M128
+    return ((inc + initstate) * _PCG_MULT + inc) & _M128, inc
+
+
+_per_thread = threading.local()
+
+
+def reseeded_pcg64(seed: int) -> np.random.PCG64:
+    """This thread's one ``PCG64``, re-seeded in place to ``np.random.PCG64(seed)``'s state (seed in
+    [0, 2**64)). It is valid until the next call in the same thread: draw from it at once, never keep it."""
+    try:
+        bg, st = _per_thread.pcg64
+    except AttributeError:
+        bg = np.random.PCG64(0)
+        st = bg.state
+        _per_thread.pcg64 = bg, st
+    st["state"]["state"], st["state"]["inc"] = _pcg64_state(seed)
+    bg.state = st  # also clears the buffered 32-bit half, as a fresh generator has none
+    return bg
+
+
 def synth_indices(seed: int, n: int) -> np.ndarray:
     """Vocabulary indices of ``synth_words(seed, n)`` (int64), drawn as
     ``np.random.default_rng(seed).integers(0, VOCAB_SIZE, size=n)`` draws them.
@@ -161,7 +214,7 @@ def _draw(seed: int, n: int) -> np.ndarray:
     """``synth_indices`` as uint32."""
     if n <= 0:
         return np.empty(0, dtype=np.uint32)
-    raw = pcg64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
+    raw = reseeded_pcg64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
     return raw.view(_U32_LE)[:n] >> _VOCAB_SHIFT
 
 

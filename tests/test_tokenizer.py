@@ -100,3 +100,14 @@ def test_pcg64_is_numpys_pcg64_for_the_seed(seed):
             fast = tok.pcg64(seed)
     assert fast.state == np.random.PCG64(seed).state
     assert fast.random_raw(3).tolist() == np.random.PCG64(seed).random_raw(3).tolist()
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1))
+def test_reseeded_pcg64_is_numpys_pcg64_for_the_seed_whatever_came_before(before, seed):
+    """The reused per-thread generator is re-seeded to exactly ``PCG64(seed)``, even after draws that left
+    a buffered 32-bit half behind."""
+    used = tok.reseeded_pcg64(before)
+    np.random.Generator(used).integers(0, 7, size=3, dtype=np.uint32)  # leaves has_uint32 set
+    fresh = tok.reseeded_pcg64(seed)
+    assert fresh.state == np.random.PCG64(seed).state
+    assert fresh.random_raw(3).tolist() == np.random.PCG64(seed).random_raw(3).tolist()
