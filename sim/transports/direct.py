@@ -12,7 +12,9 @@ Objects cross cores by reference where nobody mutates them, and are copied where
 core copies the client's body and its message list (parse_body), the gateway hands the worker a new top-level body
 (``upstream.with_defaults``). Message dicts, token ids and response bodies are shared and treated as read-only by
 every core. Token ids travel as read-only int64 arrays (see ``TOKEN_ARRAYS``), and the worker echoes the session's
-``input_ids`` object itself, which the session core recognises by identity (no per-id work).
+``input_ids`` object itself, which the session core recognises by identity (no per-id work). The session core
+tells the gateway how many leading messages are the very objects of a request the gateway answered 200 before
+(``UpstreamRequest.known_messages``), and the gateway validates only the others (same 4xx for anything bad).
 """
 
 from __future__ import annotations
