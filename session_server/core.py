@@ -62,7 +62,6 @@ Semantics (miles ``deploy`` baseline, shared/specs/miles-session-server.md, with
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import uuid
@@ -212,71 +211,13 @@ def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> li
     return checkpoint + new if type(checkpoint) is list else [*checkpoint, *new]
 
 
-# Texts of vocabulary words (what the simulated tools and model emit) tokenized in numpy: every word of
-# ``tok.vocabulary()`` is three two-letter syllables, so a text of n words joined by single spaces is n rows of
-# 7 bytes whose syllables index a table. Shorter texts are cheaper in the tokenizer's own Python.
-_VOCAB_TEXT_MIN_CHARS = 420  # 60 words: below this the tokenizer is about as fast (measured on `large`)
-_ROW = np.dtype([("syl", "<u2", (3,)), ("sep", "u1")])
-_NOT_A_SYLLABLE = -(1 << 40)
-
-
-@functools.cache
-def _vocab_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Per syllable position, 2-byte code -> offset into ``ids`` (negative: not a syllable); ``ids``: the word
-    ids by syllable triple. None when the vocabulary is not built that way (then nothing takes the fast path)."""
-    words = tok.vocabulary()
-    if not all(len(w) == 6 and w.isascii() and w.isalpha() for w in words):
-        return None
-    syl = sorted({w[i : i + 2] for w in words for i in (0, 2, 4)})
-    ns = len(syl)
-    pos = {x: k for k, x in enumerate(syl)}
-    tables = [np.full(1 << 16, _NOT_A_SYLLABLE, np.int64) for _ in range(3)]
-    for k, x in enumerate(syl):
-        code = x.encode("ascii")
-        for i, t in enumerate(tables):
-            t[code[0] | code[1] << 8] = k * ns**i
-    ids = np.full(ns**3, -1, np.int64)
-    for w in words:
-        ids[pos[w[:2]] + pos[w[2:4]] * ns + pos[w[4:]] * ns * ns] = tok.word_id(w)
-    if (ids < 0).any():  # not every syllable triple is a word
-        return None
-    ids.flags.writeable = False
-    return tables[0], tables[1], tables[2], ids
-
-
-def vocab_text_ids(text: str) -> np.ndarray | None:
-    """``tok.encode(text)`` as an int64 array when ``text`` is vocabulary words joined by single spaces (no
-    other whitespace), else None."""
-    tables = _vocab_tables()
-    if tables is None:
-        return None
-    try:
-        b = text.encode("ascii")
-    except UnicodeEncodeError:
-        return None
-    n, r = divmod(len(b) + 1, 7)
-    if r or not n:
-        return None
-    b += b" "
-    if b[6::7].count(32) != n:  # a single space after every word (other bytes fail the syllable lookup)
-        return None
-    t0, t1, t2, ids = tables
-    syl = np.frombuffer(b, _ROW)["syl"]
-    at = t0[syl[:, 0]]
-    at += t1[syl[:, 1]]
-    at += t2[syl[:, 2]]
-    if at.min() < 0:
-        return None
-    return ids[at]
-
-
 def render_ids(appended: list[Mapping[str, Any]]) -> list[int] | np.ndarray:
     """``tok.render(appended, add_generation_prompt=True)``, long vocabulary-word contents tokenized in numpy
     (then an int64 array, else the tokenizer's list)."""
     parts: list[Any] | None = None
     for i, m in enumerate(appended):
         c = m.get("content")
-        if type(c) is str and len(c) >= _VOCAB_TEXT_MIN_CHARS and (ids := vocab_text_ids(c)) is not None:
+        if type(c) is str and len(c) >= tok.VOCAB_TEXT_MIN_CHARS and (ids := tok.vocab_text_ids(c)) is not None:
             if parts is None:  # every part non-empty (an empty list would be float64 to numpy)
                 parts = [tok.render(appended[:i], add_generation_prompt=False)] if i else []
             parts += ((tok.IM_START, tok.word_id(str(m.get("role", "user")))), ids, (tok.IM_END,))

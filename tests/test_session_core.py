@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from session_server.core import (
-    _VOCAB_TEXT_MIN_CHARS,
     FORCED_FIELDS,
     SessionCore,
     SessionError,
@@ -19,7 +18,6 @@ from session_server.core import (
     UpstreamResponse,
     message_matches,
     render_ids,
-    vocab_text_ids,
 )
 from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
 from sim import tokenizer as tok
@@ -775,7 +773,7 @@ def vocab_text(words: list[str], sep: str, edit: str | None, at: int) -> str:
 @given(st.lists(vocab_words, min_size=1, max_size=150), separators, edits, st.integers(0, 10**6))
 def test_vocab_texts_get_the_tokenizers_ids_and_anything_else_no_answer(words, sep, edit, at):
     text = vocab_text(words, sep, edit, at)
-    ids = vocab_text_ids(text)
+    ids = tok.vocab_text_ids(text)
     if ids is not None:
         assert ids.dtype == np.int64 and ids.tolist() == tok.encode(text)
     if sep == " " and edit is None:
@@ -793,6 +791,6 @@ def test_render_ids_are_the_tokenizers_render_with_the_generation_prompt(specs):
         messages.append({"role": role, "content": content})
     got = render_ids(messages)
     assert (got.tolist() if isinstance(got, np.ndarray) else got) == tok.render(messages, add_generation_prompt=True)
-    long_plain = [m for m in messages if type(m["content"]) is str and len(m["content"]) >= _VOCAB_TEXT_MIN_CHARS
-                  and vocab_text_ids(m["content"]) is not None]
+    long_plain = [m for m in messages if type(m["content"]) is str and len(m["content"]) >= tok.VOCAB_TEXT_MIN_CHARS
+                  and tok.vocab_text_ids(m["content"]) is not None]
     assert isinstance(got, np.ndarray) == bool(long_plain)
