@@ -129,3 +129,27 @@ def test_kv_bound_makespan_is_set_by_kv_capacity():
     assert unbounded["kv_reuse"] == pytest.approx(unbounded["oracle_reuse"])
     assert unbounded["makespan"] < 0.9 * bounded["makespan"]
     assert bounded["kv_reuse"] < 0.8 * unbounded["kv_reuse"]
+
+
+def test_http_waits_for_its_usual_ports_before_taking_another_block():
+    """A port of the usual block held for a moment (a client's ephemeral port) does not change the URLs."""
+    import socket
+    import threading
+
+    from sim.transports.pool import stable_ports
+
+    salt = "test-wait-for-usual-ports"
+    usual = stable_ports(salt, 3, check=False)
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", usual[1]))
+    except OSError:
+        held.close()
+        pytest.skip("the usual port is taken by something else already")
+    held.listen()
+    threading.Timer(0.3, held.close).start()
+    assert stable_ports(salt, 3, wait=5.0) == usual
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", usual[1]))
+        again.listen()
+        assert stable_ports(salt, 3, wait=0.2) != usual  # held past the wait: the next free block

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 
 import xxhash
@@ -62,12 +63,19 @@ def port_candidates(salt: str, n: int, count: int = 64) -> list[int]:
     return out
 
 
-def stable_ports(salt: str, n: int, check: bool = True) -> list[int]:
+def stable_ports(salt: str, n: int, check: bool = True, wait: float = 5.0) -> list[int]:
     """``n`` consecutive loopback ports from ``port_candidates``: the first block that is free
-    (``check``), or the first block regardless (the ``direct`` transport binds nothing)."""
+    (``check``), or the first block regardless (the ``direct`` transport binds nothing).
+
+    The first block is waited for up to ``wait`` seconds before another is taken: what usually holds one of
+    its ports is a client connection of this machine that happened to get it as its ephemeral port, and
+    such connections end; another block means other worker URLs, hence another hash ring."""
     cands = port_candidates(salt, n)
     if not check:
         return list(range(cands[0], cands[0] + n))
+    deadline = time.monotonic() + wait
+    while not _ports_free(cands[0], n) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for base in cands:
         if _ports_free(base, n):
             return list(range(base, base + n))
