@@ -153,9 +153,29 @@ def _tool_message(endpoint: str, policy: str, i: int, m: Mapping) -> Decision | 
     return None
 
 
+def _function_message(endpoint: str, policy: str, i: int, m: Mapping) -> Decision | None:
+    """SMG 1.13.0's checks of a ``function`` message (typed struct: string ``content`` and string ``name``).
+
+    Observed: a non-string ``content`` or ``name`` (null included) is 400 ``invalid_type`` with ``param``
+    ``messages[i]``, the first such field in the body's order; then a missing ``content``, then a missing ``name``,
+    each 400 ``missing_required_parameter`` with ``param`` ``messages[i].<field>``; an empty name is accepted.
+    """
+    prefix = f"Invalid JSON data: Failed to deserialize the JSON body into the target type: messages[{i}]: "
+    for f, v in m.items():
+        if f in ("content", "name") and not isinstance(v, str):
+            return _bad(endpoint, policy, "invalid_type", f"{prefix}invalid type: {_serde_kind(v)}, expected a string",
+                        f"messages[{i}]")
+    for f in ("content", "name"):
+        if f not in m:
+            return _bad(endpoint, policy, "missing_required_parameter", f"{prefix}missing field `{f}`",
+                        f"messages[{i}].{f}")
+    return None
+
+
 def _plain_messages(msgs: list) -> bool:
     """Every message a dict with a known string role and string content (a ``tool`` message also a string
-    ``tool_call_id``): then all are acceptable. Otherwise the full check below names the first problem."""
+    ``tool_call_id``, a ``function`` message a string ``name``): then all are acceptable. Otherwise the full
+    check below names the first problem."""
     for m in msgs:
         if type(m) is not dict:
             return False
@@ -164,6 +184,9 @@ def _plain_messages(msgs: list) -> bool:
             return False
         if role == "tool":
             if type(m.get("tool_call_id")) is not str:
+                return False
+        elif role == "function":
+            if type(m.get("name")) is not str:
                 return False
         elif role not in ROLES:
             return False
@@ -214,8 +237,9 @@ def validate(endpoint: str, body: object, policy: str, known_messages: int = 0) 
                 return wrong(f"messages[{i}].role", "a string")
             if role not in ROLES:
                 return wrong(f"messages[{i}].role", "one of " + ", ".join(sorted(ROLES)), "invalid_value")
-            if role == "tool":
-                if (bad := _tool_message(endpoint, policy, i, m)) is not None:
+            if role in ("tool", "function"):
+                check = _tool_message if role == "tool" else _function_message
+                if (bad := check(endpoint, policy, i, m)) is not None:
                     return bad
                 continue
             if "content" not in m and role not in ("assistant", "function"):

@@ -418,3 +418,28 @@ def test_tool_messages_get_the_same_answer(pool):
             results.append(got)
     assert results[1] == results[0]
     assert [s for s, *_ in results[0]].count(200) == 2  # "" and "c1"
+
+
+FUNCTION_MESSAGES = [{"role": "function", "content": "r"}, {"role": "function", "name": "f", "content": "r"},
+                     {"role": "function", "name": "f"}, {"role": "function", "name": None, "content": "r"},
+                     {"role": "function", "name": 5, "content": "r"}, {"role": "function", "name": "", "content": "r"},
+                     {"role": "function", "name": "f", "content": None}, {"role": "function"},
+                     {"role": "function", "name": "f", "content": [{"type": "text", "text": "r"}]},
+                     {"role": "function", "content": 1, "name": 2}, {"role": "function", "name": 2, "content": 1}]
+
+
+def test_function_messages_get_the_same_answer(pool):
+    urls, _ = pool
+    results = []
+    for gw in (real, mock):
+        with gw(urls[:1], "--policy", "round_robin") as c:
+            got = []
+            for fn in FUNCTION_MESSAGES:
+                body = {"model": "fake-model", "messages": [{"role": "user", "content": "x"}, fn]}
+                r = c.post("/v1/chat/completions", json=body)
+                err = r.json().get("error") or {} if r.status_code != 200 else {}
+                got.append((r.status_code, err.get("code"), err.get("param"), err.get("type"),
+                            (err.get("message") or "").split(" at line ")[0]))  # serde adds the JSON position
+            results.append(got)
+    assert results[1] == results[0]
+    assert [s for s, *_ in results[0]].count(200) == 2  # a name, "" included, and string content
