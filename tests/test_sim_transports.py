@@ -38,20 +38,30 @@ def test_bounded_kv_stays_under_the_oracle():
     assert row["workers"][0]["peak_kv_tokens"] <= 3000 + 4000  # one oversized request may run alone
 
 
+def usual_urls(setup) -> list[str]:
+    """The worker URLs ``http`` takes by itself: the usual block, or the next free one when a port of it is held
+    (then ``direct`` is given the same, so both transports see the same ring; README "Limits")."""
+    from sim.transports.pool import port_salt, stable_ports, worker_urls
+
+    return worker_urls(stable_ports(port_salt(setup), setup.scenario.workers))
+
+
 @pytest.mark.parametrize("policy,key", [(MANUAL, True), (PolicyConfig("manual", "random"), False),
                                         (PolicyConfig("consistent_hashing"), True),
                                         (PolicyConfig("cache_aware"), True)])
 def test_http_and_direct_agree_exactly(policy, key):
     setup = make_setup(TINY, policy, key)
-    direct = run_setup(setup, "direct")
-    http = run_setup(setup, "http")
+    urls = usual_urls(setup)
+    direct = run_setup(setup, "direct", worker_urls=urls)
+    http = run_setup(setup, "http", worker_urls=urls)
     assert direct["errors"] == 0 and direct["retries"] > 0
     assert json.dumps(without_transport(http)) == json.dumps(without_transport(direct))
 
 
 def test_http_runs_repeat_bit_for_bit():
     setup = make_setup(TINY, PolicyConfig("manual", "random"), True)
-    a, b = run_setup(setup, "http"), run_setup(setup, "http")
+    urls = usual_urls(setup)
+    a, b = run_setup(setup, "http", worker_urls=urls), run_setup(setup, "http", worker_urls=urls)
     assert json.dumps(public(a)) == json.dumps(public(b))
 
 
