@@ -142,11 +142,6 @@ class _SeedSequence(np.random.SeedSequence):
     del _plain
 
 
-def pcg64(seed: int) -> np.random.PCG64:
-    """``np.random.PCG64(seed)`` (the same state) for an int seed in [0, 2**64), built a little faster."""
-    return np.random.PCG64(_SeedSequence(seed))
-
-
 _M32 = 0xFFFFFFFF
 _M128 = (1 << 128) - 1
 _PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645  # PCG's default 128-bit LCG multiplier
