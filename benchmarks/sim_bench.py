@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastapi import Request
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,10 +65,14 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
     """The three-server no-op chain: with ``sizes`` (per hop, front to back), each server forwards a body
     of the next hop's request size and answers one of its own hop's response size; else "hello" bodies."""
     import httpx
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import Response
 
     from sim.procs import ThreadServer
+
+    # ``Request`` must be a module global: under ``from __future__ import annotations`` FastAPI resolves the
+    # endpoint's annotation by name in the module, and an unresolved ``Request`` makes ``request`` a required
+    # query parameter (every call a 422 from the first server, which is what this chain measured until stop 12)
 
     def make(next_url: str | None, hop: int) -> FastAPI:
         app = FastAPI()
@@ -83,6 +89,8 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
             client = state.get("c") or state.setdefault("c", httpx.AsyncClient(trust_env=False))
             r = await client.post(f"{next_url}/v1/chat/completions", content=forward or body,
                                   headers={"content-type": "application/json"})
+            if r.status_code != 200:  # pass a failure on: the client refuses it
+                return Response(r.content, status_code=r.status_code, media_type="application/json")
             return Response(answer or r.content, media_type="application/json")
 
         return app
@@ -99,11 +107,17 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
              "sim_time": 0.0}).encode()
         headers = {"content-type": "application/json"}
         with httpx.Client(trust_env=False) as c:
+
+            def post() -> None:
+                r = c.post(f"{url}/v1/chat/completions", content=payload, headers=headers)
+                if r.status_code != 200:
+                    raise RuntimeError(f"the no-op chain answered {r.status_code}: {r.text[:300]}")
+
             for _ in range(200):
-                c.post(f"{url}/v1/chat/completions", content=payload, headers=headers)
+                post()
             t0, cpu0 = time.perf_counter(), time.process_time()
             for _ in range(n):
-                c.post(f"{url}/v1/chat/completions", content=payload, headers=headers)
+                post()
             dt = time.perf_counter() - t0
     finally:
         for s in servers:
