@@ -42,10 +42,12 @@ class SessionClient:
     def __init__(self, session_url: str) -> None:
         self.session_url = session_url.rstrip("/")
         self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT, label="agent -> session server")
+        self._chat_urls: dict[str, httpx.URL] = {}  # parsed once per session (httpx parses a str URL per request)
 
-    def _call(self, method: str, path: str, body: Any = None, count: bool = False) -> Reply:
+    def _call(self, method: str, path: str, body: Any = None, count: bool = False,
+              url: httpx.URL | None = None) -> Reply:
         try:
-            r = self.client.fetch(method, self.session_url + path, _JSON if body is not None else None,
+            r = self.client.fetch(method, url or self.session_url + path, _JSON if body is not None else None,
                                   _dumps(body) if body is not None else None)
         except httpx.HTTPError as e:
             raise TransportError(f"{method} {path}: {type(e).__name__}: {e}") from e
@@ -63,12 +65,17 @@ class SessionClient:
         return self._call("POST", "/sessions", {})
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
-        return self._call("POST", f"/sessions/{session_id}/v1/chat/completions", body, count=True)
+        path = f"/sessions/{session_id}/v1/chat/completions"
+        url = self._chat_urls.get(session_id)
+        if url is None:
+            url = self._chat_urls[session_id] = httpx.URL(self.session_url + path)
+        return self._call("POST", path, body, count=True, url=url)
 
     def get_session(self, session_id: str) -> Reply:
         return self._call("GET", f"/sessions/{session_id}")
 
     def delete_session(self, session_id: str) -> Reply:
+        self._chat_urls.pop(session_id, None)
         return self._call("DELETE", f"/sessions/{session_id}")
 
     def close(self) -> None:
