@@ -161,6 +161,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 _CHAT_PREFIX, _CHAT_SUFFIX = "/sessions/", "/v1/chat/completions"
 
 
+def _session_params(path: str) -> dict[str, str] | None:
+    """``{"sid": ...}`` for ``/sessions/{sid}`` (``sid`` one non-empty path segment, as FastAPI matches it)."""
+    if path.startswith(_CHAT_PREFIX):
+        sid = path[len(_CHAT_PREFIX) :]
+        if sid and "/" not in sid:
+            return {"sid": sid}
+    return None
+
+
 def _chat_params(path: str) -> dict[str, str] | None:
     """``{"sid": ...}`` for ``/sessions/{sid}/v1/chat/completions`` (``sid`` one non-empty path segment)."""
     if path.startswith(_CHAT_PREFIX) and path.endswith(_CHAT_SUFFIX):
@@ -266,6 +275,15 @@ def create_app(
         return _turn_response(result)
 
     app.fast_route("POST", _chat_params, lambda request: chat(request.path_params["sid"], request))
+    # the agent's other calls, once per session each, past FastAPI's per-request machinery too (same answers:
+    # the JSONResponse FastAPI makes of the returned dict, the same exception handlers)
+
+    async def _create(_: Request) -> Response:
+        return JSONResponse(await create_session())
+
+    app.fast_route("POST", "/sessions", _create)
+    app.fast_route("GET", _session_params, lambda request: get_session(request.path_params["sid"]))
+    app.fast_route("DELETE", _session_params, lambda request: delete_session(request.path_params["sid"]))
 
     @app.api_route("/sessions/{sid}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def passthrough(sid: str, path: str, request: Request) -> Response:
