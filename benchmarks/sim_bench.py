@@ -61,9 +61,10 @@ def _body(size: int) -> bytes:
     return b'{"x":"' + b"a" * max(size - 8, 0) + b'"}'
 
 
-def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
+def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int = 200) -> dict:
     """The three-server no-op chain: with ``sizes`` (per hop, front to back), each server forwards a body
-    of the next hop's request size and answers one of its own hop's response size; else "hello" bodies."""
+    of the next hop's request size and answers one of its own hop's response size; else "hello" bodies.
+    ``hits`` and ``received`` (front to back): requests each server served and the body bytes it last got."""
     import httpx
     from fastapi import FastAPI
     from fastapi.responses import Response
@@ -74,6 +75,8 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
     # endpoint's annotation by name in the module, and an unresolved ``Request`` makes ``request`` a required
     # query parameter (every call a 422 from the first server, which is what this chain measured until stop 12)
 
+    hits, received = [0, 0, 0], [0, 0, 0]
+
     def make(next_url: str | None, hop: int) -> FastAPI:
         app = FastAPI()
         state: dict = {}
@@ -83,6 +86,8 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
             body = await request.body()
+            hits[hop] += 1
+            received[hop] = len(body)
             if next_url is None:
                 return Response(answer or b'{"choices":[{"message":{"role":"assistant","content":"ok"}}]}',
                                 media_type="application/json")
@@ -113,7 +118,7 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
                 if r.status_code != 200:
                     raise RuntimeError(f"the no-op chain answered {r.status_code}: {r.text[:300]}")
 
-            for _ in range(200):
+            for _ in range(warmup):
                 post()
             t0, cpu0 = time.perf_counter(), time.process_time()
             for _ in range(n):
@@ -123,7 +128,7 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None) -> dict:
         for s in servers:
             s.stop()
     return {"what": "noop-sized" if sizes else "noop", "requests": n, "requests_per_second": n / dt,
-            "cpu_seconds": time.process_time() - cpu0, "sizes": sizes,
+            "cpu_seconds": time.process_time() - cpu0, "sizes": sizes, "hits": hits, "received": received,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

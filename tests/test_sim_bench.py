@@ -1,0 +1,41 @@
+"""``benchmarks/sim_bench.py``'s no-op chain is a chain: every request crosses all three servers.
+
+Until stop 12 its endpoint's ``Request`` annotation did not resolve, every call was a 422 from the first
+server, and nothing noticed: the "floor" measured one failing hop. No wall time is asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("sim_bench", Path(__file__).parents[1] / "benchmarks" / "sim_bench.py")
+assert _spec is not None and _spec.loader is not None
+sim_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sim_bench)
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+def test_the_noop_chain_forwards_every_request_through_three_servers() -> None:
+    r = sim_bench.measure_noop(12, warmup=3)
+    assert r["requests"] == 12
+    assert r["hits"] == [15, 15, 15]
+    assert r["requests_per_second"] > 0
+
+
+def test_the_sized_noop_chain_carries_each_hops_request_size() -> None:
+    sizes = [(1500, 700), (2600, 900), (3100, 1200)]
+    r = sim_bench.measure_noop(5, sizes, warmup=1)
+    assert r["hits"] == [6, 6, 6]
+    assert r["received"] == [1500, 2600, 3100]
+
+
+def test_body_is_json_of_the_exact_size() -> None:
+    import json
+
+    for size in (8, 9, 100, 28_117):
+        body = sim_bench._body(size)
+        assert len(body) == size
+        assert json.loads(body) == {"x": "a" * (size - 8)}
