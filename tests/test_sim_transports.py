@@ -163,3 +163,21 @@ def test_http_waits_for_its_usual_ports_before_taking_another_block():
         again.bind(("127.0.0.1", usual[1]))
         again.listen()
         assert stable_ports(salt, 3, wait=0.2) != usual  # held past the wait: the next free block
+
+
+def test_port_holders_names_the_sockets_on_a_port():
+    """What the http warning reports when the usual block is taken: a listener, a client's ephemeral port."""
+    import socket
+
+    from sim.transports.pool import port_holders
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.socket() as client:
+            client.connect(("127.0.0.1", port))
+            ephemeral = client.getsockname()[1]
+            held = port_holders([port, ephemeral])
+    assert "LISTEN" in held[port]
+    assert "ESTABLISHED" in held[ephemeral]

@@ -23,7 +23,15 @@ from sim import fasthttp, fastjson
 from sim.procs import LOOPBACK, ThreadServer, free_port
 from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
-from sim.transports.pool import Setup, gateway_argv, port_salt, session_server_argv, stable_ports, worker_configs
+from sim.transports.pool import (
+    Setup,
+    gateway_argv,
+    port_holders,
+    port_salt,
+    session_server_argv,
+    stable_ports,
+    worker_configs,
+)
 from sim.transports.pool import worker_urls as urls_of
 
 CLIENT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -121,9 +129,12 @@ class HttpTransport(SessionClient):
         configs = worker_configs(setup.scenario)
         ports = ([int(u.rsplit(":", 1)[1]) for u in urls] if urls
                  else stable_ports(port_salt(setup), len(configs)))
-        if not urls and ports != stable_ports(port_salt(setup), len(configs), check=False):
-            warnings.warn(f"{setup.label}: the workers' usual ports are taken, so they run on {ports[0]}..; hash-based "
-                          "policies see other URLs and this run may differ from direct", RuntimeWarning, stacklevel=2)
+        usual = stable_ports(port_salt(setup), len(configs), check=False)
+        if not urls and ports != usual:
+            held = {p: states for p, states in port_holders(usual).items() if states != ["TIME_WAIT"]}
+            warnings.warn(f"{setup.label}: the workers' usual ports are taken ({held or 'holder unknown'}), so they "
+                          f"run on {ports[0]}..; hash-based policies see other URLs and this run may differ from "
+                          "direct", RuntimeWarning, stacklevel=2)
         self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
         self.workers = [c.name for c in self.worker_cores]
         self._worker_app = worker_app

@@ -63,13 +63,19 @@ def port_candidates(salt: str, n: int, count: int = 64) -> list[int]:
     return out
 
 
-def stable_ports(salt: str, n: int, check: bool = True, wait: float = 5.0) -> list[int]:
+USUAL_PORTS_WAIT = 60.0
+
+
+def stable_ports(salt: str, n: int, check: bool = True, wait: float = USUAL_PORTS_WAIT) -> list[int]:
     """``n`` consecutive loopback ports from ``port_candidates``: the first block that is free
     (``check``), or the first block regardless (the ``direct`` transport binds nothing).
 
     The first block is waited for up to ``wait`` seconds before another is taken: what usually holds one of
-    its ports is a client connection of this machine that happened to get it as its ephemeral port, and
-    such connections end; another block means other worker URLs, hence another hash ring."""
+    its ports is a client connection of this machine that happened to get it as its ephemeral port (the
+    candidates overlap Linux's ephemeral range), and such connections end; another block means other worker
+    URLs, hence another hash ring and other results for hash-based policies. The wait is long because the
+    likeliest holder is a kept-alive connection of another run going on at the same time (``compare --jobs``
+    runs setups side by side), which lasts as long as that run."""
     cands = port_candidates(salt, n)
     if not check:
         return list(range(cands[0], cands[0] + n))
@@ -80,6 +86,30 @@ def stable_ports(salt: str, n: int, check: bool = True, wait: float = 5.0) -> li
         if _ports_free(base, n):
             return list(range(base, base + n))
     raise RuntimeError(f"no block of {n} free loopback ports found")
+
+
+_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+def port_holders(ports: list[int]) -> dict[int, list[str]]:
+    """The TCP sockets of this machine bound to each of ``ports`` (their states, from ``/proc/net/tcp``;
+    empty where it cannot be read): why a usual block was not free."""
+    wanted, out = set(ports), {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if port in wanted:
+                out.setdefault(port, []).append(_TCP_STATES.get(int(fields[3], 16), fields[3]))
+    return out
 
 
 def worker_urls(ports: list[int]) -> list[str]:
