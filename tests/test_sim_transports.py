@@ -181,3 +181,22 @@ def test_port_holders_names_the_sockets_on_a_port():
             held = port_holders([port, ephemeral])
     assert "LISTEN" in held[port]
     assert "ESTABLISHED" in held[ephemeral]
+
+
+@pytest.mark.parametrize("transport", ["direct", "http", "external", "live"])
+def test_runs_tune_the_cyclic_gc_and_give_it_back(transport):
+    """direct: no cyclic GC; http/external: young passes every 10,000 net allocations; live: untouched. The
+    caller's settings come back afterwards, also when the run fails."""
+    import gc
+
+    from sim.runner import _gc_for
+
+    before, enabled = gc.get_threshold(), gc.isenabled()
+    with pytest.raises(RuntimeError), _gc_for(transport):
+        if transport == "direct":
+            assert not gc.isenabled()
+        else:
+            assert gc.isenabled()
+            assert gc.get_threshold() == ((10_000, *before[1:]) if transport in ("http", "external") else before)
+        raise RuntimeError("the run failed")
+    assert gc.get_threshold() == before and gc.isenabled() == enabled
