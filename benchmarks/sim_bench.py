@@ -9,9 +9,12 @@ client a sync ``httpx.Client``): the floor under ``http``, which has three hops 
 and answers, on each of the three hops, bodies of the mean sizes the ``http`` run carried on that hop
 (counted by its clients, ``sim.fasthttp.traffic``; from the ``http`` run of the same invocation, else
 from a short ``http`` run of 100 sessions made for it), so it is the floor for the bytes ``http`` moves.
+``noop-json`` is the floor for the protocol's JSON: the same chain, each party parsing and writing real bodies
+sampled from the ``http`` run (every 97th of each hop) as its role in ``http`` does, and fetching record views
+as often as ``http``'s agents did; the gap between ``http`` and it is the simulator's own work.
 
     .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N]
-        [--only direct|http|noop|noop-sized]
+        [--only direct|http|noop|noop-sized|noop-json]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,17 +33,27 @@ from fastapi import Request
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure_transport(transport: str, scenario: str, sessions: int | None) -> dict:
+def measure_transport(transport: str, scenario: str, sessions: int | None, samples_path: str | None = None
+                      ) -> dict:
+    from sim import fasthttp
     from sim.runner import PolicyConfig, make_setup, run_setup
     from sim.workload import load_scenario
 
     s = load_scenario(scenario)
     if sessions:
         s = s.replace(sessions=sessions)
+    if samples_path:
+        fasthttp.SAMPLE_EVERY = SAMPLE_EVERY
     cpu0 = time.process_time()
     row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
     meta = row["_meta"]
     from sim.fasthttp import traffic
+
+    if samples_path:
+        views = fasthttp.TRAFFIC.get(VIEWS, [0])[0]
+        Path(samples_path).write_text(json.dumps({
+            "bodies": {label: [[a.decode(), b.decode()] for a, b in kept] for label, kept in fasthttp.SAMPLES.items()},
+            "requests_per_view": row["requests"] / views if views else 0.0}))
 
     return {"what": transport, "scenario": s.name, "sessions": row["sessions"], "requests": row["requests"],
             "errors": row["errors"], "sim_seconds": meta["sim_seconds"], "startup_seconds": meta["startup_seconds"],
@@ -49,6 +63,8 @@ def measure_transport(transport: str, scenario: str, sessions: int | None) -> di
 
 
 HOPS = ("agent -> session server", "session server -> gateway", "gateway -> worker")
+VIEWS = "agent -> session server (records)"
+SAMPLE_EVERY = 97  # every 97th exchange of each hop is kept for the JSON floor (up to sim.fasthttp.SAMPLE_LIMIT)
 
 
 def hop_sizes(traffic: dict) -> list[tuple[int, int]]:
@@ -61,15 +77,30 @@ def _body(size: int) -> bytes:
     return b'{"x":"' + b"a" * max(size - 8, 0) + b'"}'
 
 
-def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int = 200) -> dict:
+def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int = 200,
+                 replay: dict | None = None) -> dict:
     """The three-server no-op chain: with ``sizes`` (per hop, front to back), each server forwards a body
     of the next hop's request size and answers one of its own hop's response size; else "hello" bodies.
-    ``hits`` and ``received`` (front to back): requests each server served and the body bytes it last got."""
+    ``hits`` and ``received`` (front to back): requests each server served and the body bytes it last got.
+
+    ``replay`` (``http``'s sampled bodies per hop label and its requests per record view, as ``measure_transport``
+    writes them): the JSON floor.
+    Every party does the JSON work of its role in ``http`` on real bodies and nothing else: the client encodes
+    a sampled agent request and parses the answer; each server parses what it gets, encodes a sampled request
+    for the next hop, parses that answer and encodes a sampled answer of its own; and the client fetches a
+    sampled record view (encoded by the front server, parsed by the client) as often as ``http``'s agents did."""
     import httpx
     from fastapi import FastAPI
     from fastapi.responses import Response
 
     from sim.procs import ThreadServer
+
+    if replay:
+        from sim import fastjson  # numpy with it: the plain chains stay as they were
+    bodies = replay["bodies"] if replay else {}
+    objs = [[(fastjson.loads(a), fastjson.loads(b)) for a, b in bodies[h]] for h in HOPS] if replay else None
+    views = [fastjson.loads(b) for _, b in bodies.get(VIEWS, [])] or None
+    view_every = round(replay["requests_per_view"]) if replay and views else 0
 
     # ``Request`` must be a module global: under ``from __future__ import annotations`` FastAPI resolves the
     # endpoint's annotation by name in the module, and an unresolved ``Request`` makes ``request`` a required
@@ -83,11 +114,19 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
         forward = _body(sizes[hop + 1][0]) if sizes and next_url else None
         answer = _body(sizes[hop][1]) if sizes else None
 
+        @app.get("/view")
+        async def view() -> Response:
+            assert views is not None
+            hits[hop] += 1
+            return Response(fastjson.dumps(views[hits[hop] % len(views)]), media_type="application/json")
+
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
             body = await request.body()
             hits[hop] += 1
             received[hop] = len(body)
+            if objs is not None:
+                return await replayed(body)
             if next_url is None:
                 return Response(answer or b'{"choices":[{"message":{"role":"assistant","content":"ok"}}]}',
                                 media_type="application/json")
@@ -97,6 +136,20 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
             if r.status_code != 200:  # pass a failure on: the client refuses it
                 return Response(r.content, status_code=r.status_code, media_type="application/json")
             return Response(answer or r.content, media_type="application/json")
+
+        async def replayed(body: bytes) -> Response:
+            assert objs is not None
+            fastjson.loads(body)
+            mine = objs[hop][hits[hop] % len(objs[hop])]
+            if next_url is not None:
+                client = state.get("c") or state.setdefault("c", httpx.AsyncClient(trust_env=False))
+                nxt = objs[hop + 1][hits[hop] % len(objs[hop + 1])]
+                r = await client.post(f"{next_url}/v1/chat/completions", content=fastjson.dumps(nxt[0]),
+                                      headers={"content-type": "application/json"})
+                if r.status_code != 200:
+                    return Response(r.content, status_code=r.status_code, media_type="application/json")
+                fastjson.loads(r.content)
+            return Response(fastjson.dumps(mine[1]), media_type="application/json")
 
         return app
 
@@ -113,10 +166,22 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
         headers = {"content-type": "application/json"}
         with httpx.Client(trust_env=False) as c:
 
+            sent = 0
+
             def post() -> None:
-                r = c.post(f"{url}/v1/chat/completions", content=payload, headers=headers)
+                nonlocal sent
+                body = fastjson.dumps(objs[0][sent % len(objs[0])][0]) if objs else payload
+                sent += 1
+                r = c.post(f"{url}/v1/chat/completions", content=body, headers=headers)
                 if r.status_code != 200:
                     raise RuntimeError(f"the no-op chain answered {r.status_code}: {r.text[:300]}")
+                if objs:
+                    fastjson.loads(r.content)
+                    if view_every and sent % view_every == 0:
+                        v = c.get(f"{url}/view")
+                        if v.status_code != 200:
+                            raise RuntimeError(f"the no-op chain answered {v.status_code}: {v.text[:300]}")
+                        fastjson.loads(v.content)
 
             for _ in range(warmup):
                 post()
@@ -127,18 +192,22 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
     finally:
         for s in servers:
             s.stop()
-    return {"what": "noop-sized" if sizes else "noop", "requests": n, "requests_per_second": n / dt,
+    return {"what": "noop-json" if replay else "noop-sized" if sizes else "noop", "requests": n,
+            "requests_per_second": n / dt,
             "cpu_seconds": time.process_time() - cpu0, "sizes": sizes, "hits": hits, "received": received,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def child(what: str, args: argparse.Namespace, sessions: int | None = None, sizes: list | None = None) -> dict:
+def child(what: str, args: argparse.Namespace, sessions: int | None = None, sizes: list | None = None,
+          samples: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", what, "--scenario", args.scenario, "--noop-requests",
            str(args.noop_requests)]
     if sessions or args.sessions:
         cmd += ["--sessions", str(sessions or args.sessions)]
     if sizes:
         cmd += ["--hop-sizes", json.dumps(sizes)]
+    if samples:
+        cmd += ["--samples", samples]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{out.stderr[-2000:]}")
@@ -150,45 +219,68 @@ def main() -> int:
     p.add_argument("--scenario", default="large")
     p.add_argument("--sessions", type=int, default=None, help="run only this many sessions of the scenario")
     p.add_argument("--noop-requests", type=int, default=3000)
-    p.add_argument("--only", choices=("direct", "http", "noop", "noop-sized"), action="append", default=None)
+    p.add_argument("--only", choices=WHAT, action="append", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--hop-sizes", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--samples", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         if args.child in ("noop", "noop-sized"):
             res = measure_noop(args.noop_requests, json.loads(args.hop_sizes) if args.hop_sizes else None)
+        elif args.child == "noop-json":
+            res = measure_noop(args.noop_requests, replay=json.loads(Path(args.samples).read_text()))
         else:
-            res = measure_transport(args.child, args.scenario, args.sessions)
+            res = measure_transport(args.child, args.scenario, args.sessions,
+                                    args.samples if args.child == "http" else None)
         print(json.dumps(res))
         return 0
     results = {}
-    for what in args.only or ["direct", "noop", "http", "noop-sized"]:
-        sizes = None
-        if what == "noop-sized":
-            traffic = results["http"]["traffic"] if "http" in results else child("http", args, 100)["traffic"]
-            sizes = hop_sizes(traffic)
-        results[what] = r = child(what, args, sizes=sizes)
-        if what in ("direct", "http"):
-            extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
-                     f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}")
-        elif sizes:
-            extra = f"{r['requests']} requests through 3 no-op FastAPI servers, bodies per hop (req/resp bytes) " + \
-                ", ".join(f"{a}/{b}" for a, b in sizes)
-        else:
-            extra = f"{r['requests']} requests through 3 no-op FastAPI servers"
-        print(f"{what:>10}: {r['requests_per_second']:8.0f} simulated requests/s "
-              f"({r['requests'] / r['cpu_seconds']:.0f} per CPU second)  peak RSS {r['peak_rss_mib']:4.0f} MiB  "
-              f"cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
-        if what == "http" and r.get("traffic"):
-            print("            body bytes per request, by hop (req/resp): " + ", ".join(
-                f"{h} {t['request_bytes']:.0f}/{t['response_bytes']:.0f}" for h, t in r["traffic"].items()))
-    for floor, name in (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (http's body sizes)")):
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = str(Path(tmp) / "http-bodies.json")
+        for what in args.only or list(WHAT):
+            sizes = None
+            if what in ("noop-sized", "noop-json") and "http" not in results:
+                results["_http100"] = child("http", args, 100, samples=samples)  # a short run for the bodies
+            if what == "noop-sized":
+                sizes = hop_sizes(results.get("http", results.get("_http100"))["traffic"])
+            body_file = samples if what in ("http", "noop-json") else None
+            results[what] = r = child(what, args, sizes=sizes, samples=body_file)
+            report(what, r, sizes)
+    floors = (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (http's body sizes)"),
+              ("noop-json", "JSON floor (no-op chain doing http's JSON work)"))
+    for floor, name in floors:
         if "http" in results and floor in results:
             ratio = results["http"]["requests_per_second"] / results[floor]["requests_per_second"]
-            print(f"http / {name}: {ratio:.2f} (goal >= 0.5)")
+            print(f"http / {name}: {ratio:.2f}" + (" (goal >= 0.5)" if floor != "noop-json" else ""))
+    if "noop" in results and "noop-json" in results:
+        ratio = results["noop-json"]["requests_per_second"] / results["noop"]["requests_per_second"]
+        print(f"JSON floor / no-op chain: {ratio:.2f} (what the protocol's JSON alone leaves of the chain's rate)")
     if "direct" in results:
         print(f"direct / goal of 5,000 requests/s: {results['direct']['requests_per_second'] / 5000:.2f}")
     return 0
+
+
+WHAT = ("direct", "noop", "http", "noop-sized", "noop-json")
+
+
+def report(what: str, r: dict, sizes: list | None) -> None:
+    if what in ("direct", "http"):
+        extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
+                 f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}")
+    elif sizes:
+        extra = f"{r['requests']} requests through 3 no-op FastAPI servers, bodies per hop (req/resp bytes) " + \
+            ", ".join(f"{a}/{b}" for a, b in sizes)
+    elif what == "noop-json":
+        extra = (f"{r['requests']} requests through 3 FastAPI servers parsing and writing http's sampled bodies, "
+                 "with its record views")
+    else:
+        extra = f"{r['requests']} requests through 3 no-op FastAPI servers"
+    print(f"{what:>10}: {r['requests_per_second']:8.0f} simulated requests/s "
+          f"({r['requests'] / r['cpu_seconds']:.0f} per CPU second)  peak RSS {r['peak_rss_mib']:4.0f} MiB  "
+          f"cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
+    if what == "http" and r.get("traffic"):
+        print("            body bytes per request, by hop (req/resp): " + ", ".join(
+            f"{h} {t['request_bytes']:.0f}/{t['response_bytes']:.0f}" for h, t in r["traffic"].items()))
 
 
 if __name__ == "__main__":

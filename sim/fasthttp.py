@@ -28,6 +28,10 @@ HeaderValues = Mapping[str, str] | Mapping[str, bytes] | Mapping[str, str | byte
 # body bytes per labelled hop in this process: label -> [requests, request bytes, response bytes]
 # (benchmarks/sim_bench.py sizes its no-op chain after the http transport's real traffic)
 TRAFFIC: dict[str, list[int]] = {}
+# every SAMPLE_EVERY-th counted exchange's (request body, response body) per label, up to SAMPLE_LIMIT of them;
+# off unless a benchmark sets SAMPLE_EVERY (sim_bench.py replays them in its JSON floor)
+SAMPLES: dict[str, list[tuple[bytes, bytes]]] = {}
+SAMPLE_EVERY, SAMPLE_LIMIT = 0, 32
 
 
 def traffic() -> dict[str, dict[str, float]]:
@@ -48,14 +52,22 @@ class _Base:
                  ) -> None:
         self.timeout = {"timeout": httpx.Timeout(timeout).as_dict()}
         self.headers = client_headers() if headers is None else headers
+        self.label = label
         self.counts = TRAFFIC.setdefault(label, [0, 0, 0]) if label else None
 
-    def count(self, response: httpx.Response) -> None:
-        """Add a read response and its request to the pool's ``TRAFFIC`` label (if it has one)."""
-        if self.counts is not None:
-            self.counts[0] += 1
-            self.counts[1] += len(response.request.content)
-            self.counts[2] += len(response.content)
+    def count(self, response: httpx.Response, label: str | None = None) -> None:
+        """Add a read response and its request to ``label``'s ``TRAFFIC`` (by default the pool's own label, if
+        it has one)."""
+        label = label or self.label
+        counts = self.counts if label == self.label else TRAFFIC.setdefault(label, [0, 0, 0]) if label else None
+        if counts is not None:
+            counts[0] += 1
+            counts[1] += len(response.request.content)
+            counts[2] += len(response.content)
+            if SAMPLE_EVERY and (counts[0] - 1) % SAMPLE_EVERY == 0:
+                kept = SAMPLES.setdefault(label, [])
+                if len(kept) < SAMPLE_LIMIT:
+                    kept.append((response.request.content, response.content))
 
     def request(self, method: str, url: httpx.URL | str, headers: HeaderValues | None, content: bytes | None
                 ) -> httpx.Request:

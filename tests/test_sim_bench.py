@@ -39,3 +39,21 @@ def test_body_is_json_of_the_exact_size() -> None:
         body = sim_bench._body(size)
         assert len(body) == size
         assert json.loads(body) == {"x": "a" * (size - 8)}
+
+
+def test_the_json_floor_parses_and_writes_each_hops_sampled_bodies():
+    import json
+
+    def body(**kw):
+        return json.dumps(kw, separators=(",", ":"))
+
+    bodies = {h: [[body(hop=h, i=i, ids=list(range(40 * k))), body(answer=h, i=i)] for i in range(3)]
+              for k, h in enumerate(sim_bench.HOPS, 1)}
+    bodies[sim_bench.VIEWS] = [["", body(records=[{"turn": t} for t in range(5)])]]
+    r = sim_bench.measure_noop(8, warmup=1, replay={"bodies": bodies, "requests_per_view": 3})
+    views = 9 // 3
+    assert r["what"] == "noop-json"
+    assert r["hits"] == [9 + views, 9, 9]  # the front server also served the record views
+    # each server got a request of its own hop, re-encoded from the parsed sample: the same bytes
+    assert r["received"][1] in {len(b[0]) for b in bodies[sim_bench.HOPS[1]]}
+    assert r["received"][2] in {len(b[0]) for b in bodies[sim_bench.HOPS[2]]}

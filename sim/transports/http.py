@@ -42,6 +42,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 _JSON = {"content-type": "application/json"}
+CHAT_HOP, VIEW_HOP = "agent -> session server", "agent -> session server (records)"  # sim.fasthttp.TRAFFIC labels
 
 
 class SessionClient:
@@ -49,10 +50,10 @@ class SessionClient:
 
     def __init__(self, session_url: str) -> None:
         self.session_url = session_url.rstrip("/")
-        self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT, label="agent -> session server")
+        self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT, label=CHAT_HOP)
         self._chat_urls: dict[str, httpx.URL] = {}  # parsed once per session (httpx parses a str URL per request)
 
-    def _call(self, method: str, path: str, body: Any = None, count: bool = False,
+    def _call(self, method: str, path: str, body: Any = None, count: str | None = None,
               url: httpx.URL | None = None) -> Reply:
         try:
             r = self.client.fetch(method, url or self.session_url + path, _JSON if body is not None else None,
@@ -60,7 +61,7 @@ class SessionClient:
         except httpx.HTTPError as e:
             raise TransportError(f"{method} {path}: {type(e).__name__}: {e}") from e
         if count:
-            self.client.count(r)
+            self.client.count(r, count)
         data: Any = {}
         if r.content:
             try:
@@ -77,10 +78,10 @@ class SessionClient:
         url = self._chat_urls.get(session_id)
         if url is None:
             url = self._chat_urls[session_id] = httpx.URL(self.session_url + path)
-        return self._call("POST", path, body, count=True, url=url)
+        return self._call("POST", path, body, count=CHAT_HOP, url=url)
 
     def get_session(self, session_id: str) -> Reply:
-        return self._call("GET", f"/sessions/{session_id}")
+        return self._call("GET", f"/sessions/{session_id}", count=VIEW_HOP)
 
     def delete_session(self, session_id: str) -> Reply:
         self._chat_urls.pop(session_id, None)
