@@ -23,6 +23,10 @@ import httpx
 import uvicorn
 
 LOOPBACK = "127.0.0.1"
+# for short-lived polling clients: the server closes each connection after its answer, so the TIME_WAIT of the
+# close (60 s on Linux) sits on the server's port; a client closing first leaves it on its ephemeral port, where
+# it blocks binding (even with SO_REUSEADDR) a port that a later run's workers may need (sim.transports.pool)
+SERVER_CLOSES = {"connection": "close"}
 
 
 def free_port() -> int:
@@ -73,7 +77,7 @@ def wait_http(
     """Poll ``url`` until it answers one of the ``ok`` statuses; raise TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: object = None
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
+    with httpx.Client(timeout=2.0, trust_env=False, headers=SERVER_CLOSES) as client:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +202,28 @@ def test_runs_tune_the_cyclic_gc_and_give_it_back(transport):
             assert gc.get_threshold() == ((10_000, *before[1:]) if transport in ("http", "external") else before)
         raise RuntimeError("the run failed")
     assert gc.get_threshold() == before and gc.isenabled() == enabled
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
+def test_an_http_run_leaves_no_time_wait_on_a_client_port():
+    """Every connection of an http run is closed by its server first, so the 60 s TIME_WAIT of each close sits
+    on a server's own port. On a client's ephemeral port it would block binding that port (SO_REUSEADDR or not)
+    for 60 s, and ephemeral ports fall inside the blocks later runs need for their workers."""
+    from sim.agents import run_workload
+    from sim.transports.http import HttpTransport
+
+    tr = HttpTransport(make_setup(TINY.replace(sessions=4), MANUAL, True))
+    try:
+        result = run_workload(tr.setup.scenario, tr)
+        assert result.requests and all(r.ok for r in result.requests)
+        assert tr.gateway_metrics()
+        servers = {s.port for s in tr.servers} | {int(tr.metrics_url.rsplit(":", 1)[1].split("/")[0])}
+    finally:
+        tr.close()
+    client_side = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+        if fields[3] == "06" and remote in servers and local not in servers:
+            client_side.append((local, remote))
+    assert client_side == []

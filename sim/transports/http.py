@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from sim import fasthttp, fastjson
-from sim.procs import LOOPBACK, ThreadServer, free_port
+from sim.procs import LOOPBACK, SERVER_CLOSES, ThreadServer, free_port
 from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import (
@@ -93,7 +93,7 @@ class SessionClient:
 
 def _get_text(url: str) -> str:
     try:
-        with httpx.Client(timeout=CLIENT_TIMEOUT, trust_env=False) as c:
+        with httpx.Client(timeout=CLIENT_TIMEOUT, trust_env=False, headers=SERVER_CLOSES) as c:
             r = c.get(url)
             return r.text if r.status_code == 200 else ""
     except httpx.HTTPError:
@@ -167,7 +167,12 @@ class HttpTransport(SessionClient):
         return server
 
     def _stop_all(self) -> None:
-        for s in reversed(self.servers):
+        # back to front, workers first: each server then closes its kept-alive connections before their client
+        # does, so the closing side's TIME_WAIT (60 s on Linux) sits on the server's own port, where it does not
+        # block binding again. A client that closes first leaves it on its ephemeral port instead, which blocks
+        # any bind there for 60 s, even with SO_REUSEADDR: ~20 such ports per run, each a possible port of a
+        # later run's usual worker block (sim.transports.pool.stable_ports).
+        for s in self.servers:
             s.stop()
         self.servers.clear()
 
@@ -192,10 +197,10 @@ class HttpTransport(SessionClient):
 
     def close(self) -> None:
         try:
-            if hasattr(self, "client"):
-                super().close()
-        finally:
             self._stop_all()
+        finally:
+            if hasattr(self, "client"):
+                super().close()  # after the session server: it closed the agent's connection first
 
 
 class ExternalTransport(SessionClient):

@@ -39,7 +39,8 @@ def _ports_free(base: int, n: int) -> bool:
         for p in range(base, base + n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+            # as uvicorn binds: the TIME_WAIT of connections a server accepted there is then no obstacle (they
+            # inherit SO_REUSEADDR); that of a client socket that had the port as its ephemeral one still is
             s.bind((LOOPBACK, p))
         return True
     except OSError:
@@ -63,7 +64,7 @@ def port_candidates(salt: str, n: int, count: int = 64) -> list[int]:
     return out
 
 
-USUAL_PORTS_WAIT = 60.0
+USUAL_PORTS_WAIT = 61.0  # Linux's TIME_WAIT lasts 60 s
 
 
 def stable_ports(salt: str, n: int, check: bool = True, wait: float = USUAL_PORTS_WAIT) -> list[int]:
@@ -71,11 +72,12 @@ def stable_ports(salt: str, n: int, check: bool = True, wait: float = USUAL_PORT
     (``check``), or the first block regardless (the ``direct`` transport binds nothing).
 
     The first block is waited for up to ``wait`` seconds before another is taken: what usually holds one of
-    its ports is a client connection of this machine that happened to get it as its ephemeral port (the
-    candidates overlap Linux's ephemeral range), and such connections end; another block means other worker
-    URLs, hence another hash ring and other results for hash-based policies. The wait is long because the
-    likeliest holder is a kept-alive connection of another run going on at the same time (``compare --jobs``
-    runs setups side by side), which lasts as long as that run."""
+    its ports is a client socket of this machine that got it as its ephemeral port (the candidates overlap
+    Linux's ephemeral range): a kept-alive connection of a run going on beside this one (``compare --jobs``),
+    which lasts that run, or the TIME_WAIT a client leaves when it closes a connection first, which blocks the
+    port for 60 s even to SO_REUSEADDR (the http transport's own connections are closed by their servers
+    first, so they leave none). Another block means other worker URLs, hence another hash ring and other
+    results for hash-based policies."""
     cands = port_candidates(salt, n)
     if not check:
         return list(range(cands[0], cands[0] + n))
