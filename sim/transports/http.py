@@ -231,8 +231,8 @@ class ExternalTransport(SessionClient):
 
     def close(self) -> None:
         try:
-            super().close()
-        finally:
-            if self._server is not None:
+            if self._server is not None:  # first, so that it closes the agent's connection (see _stop_all)
                 self._server.stop()
                 self._server = None
+        finally:
+            super().close()
