@@ -10,7 +10,7 @@ and answers, on each of the three hops, bodies of the mean sizes the ``http`` ru
 (counted by its clients, ``sim.fasthttp.traffic``; from the ``http`` run of the same invocation, else
 from a short ``http`` run of 100 sessions made for it), so it is the floor for the bytes ``http`` moves.
 ``noop-json`` is the floor for the protocol's JSON: the same chain, each party parsing and writing real bodies
-sampled from the ``http`` run (every 97th of each hop) as its role in ``http`` does, and fetching record views
+sampled from the ``http`` run (8 per hop, uniformly) as its role in ``http`` does, and fetching record views
 as often as ``http``'s agents did; the gap between ``http`` and it is the simulator's own work.
 
     .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N]
@@ -43,9 +43,10 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
     if sessions:
         s = s.replace(sessions=sessions)
     if samples_path:
-        fasthttp.SAMPLE_EVERY = SAMPLE_EVERY
+        fasthttp.SAMPLE_SIZE = SAMPLE_SIZE
     cpu0 = time.process_time()
     row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples are written
     meta = row["_meta"]
     from sim.fasthttp import traffic
 
@@ -59,12 +60,12 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
             "errors": row["errors"], "sim_seconds": meta["sim_seconds"], "startup_seconds": meta["startup_seconds"],
             "requests_per_second": row["requests"] / meta["sim_seconds"],
             "cpu_seconds": time.process_time() - cpu0, "kv_reuse": row["kv_reuse"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "traffic": traffic()}
+            "peak_rss_mib": peak_rss_mib, "traffic": traffic()}
 
 
 HOPS = ("agent -> session server", "session server -> gateway", "gateway -> worker")
 VIEWS = "agent -> session server (records)"
-SAMPLE_EVERY = 97  # every 97th exchange of each hop is kept for the JSON floor (up to sim.fasthttp.SAMPLE_LIMIT)
+SAMPLE_SIZE = 8  # exchanges of each hop kept for the JSON floor, uniform over the run (~9 MB held: 8 record views)
 
 
 def hop_sizes(traffic: dict) -> list[tuple[int, int]]:

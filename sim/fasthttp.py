@@ -13,6 +13,7 @@ request's, as ``httpx.Client`` merges them; ``Host`` and ``Content-Length`` as `
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,10 +29,11 @@ HeaderValues = Mapping[str, str] | Mapping[str, bytes] | Mapping[str, str | byte
 # body bytes per labelled hop in this process: label -> [requests, request bytes, response bytes]
 # (benchmarks/sim_bench.py sizes its no-op chain after the http transport's real traffic)
 TRAFFIC: dict[str, list[int]] = {}
-# every SAMPLE_EVERY-th counted exchange's (request body, response body) per label, up to SAMPLE_LIMIT of them;
-# off unless a benchmark sets SAMPLE_EVERY (sim_bench.py replays them in its JSON floor)
+# a uniform sample of SAMPLE_SIZE counted exchanges (request body, response body) per label, by reservoir
+# sampling; off (0) unless a benchmark sets it (sim_bench.py replays them in its JSON floor)
 SAMPLES: dict[str, list[tuple[bytes, bytes]]] = {}
-SAMPLE_EVERY, SAMPLE_LIMIT = 0, 32
+SAMPLE_SIZE = 0
+_SAMPLER = random.Random(0)
 
 
 def traffic() -> dict[str, dict[str, float]]:
@@ -64,10 +66,12 @@ class _Base:
             counts[0] += 1
             counts[1] += len(response.request.content)
             counts[2] += len(response.content)
-            if SAMPLE_EVERY and (counts[0] - 1) % SAMPLE_EVERY == 0:
+            if SAMPLE_SIZE:
                 kept = SAMPLES.setdefault(label, [])
-                if len(kept) < SAMPLE_LIMIT:
+                if len(kept) < SAMPLE_SIZE:
                     kept.append((response.request.content, response.content))
+                elif (j := _SAMPLER.randrange(counts[0])) < SAMPLE_SIZE:
+                    kept[j] = (response.request.content, response.content)
 
     def request(self, method: str, url: httpx.URL | str, headers: HeaderValues | None, content: bytes | None
                 ) -> httpx.Request:

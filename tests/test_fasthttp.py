@@ -102,15 +102,21 @@ def test_pools_raise_httpx_errors_and_count_labelled_traffic(echo_url):
     assert fasthttp.traffic()["test hop"]["requests"] >= 1
 
 
-def test_count_under_another_label_and_sample_every_nth_exchange(echo_url, monkeypatch):
-    monkeypatch.setattr(fasthttp, "SAMPLE_EVERY", 2)
+def test_count_under_another_label_and_keep_a_sample_of_the_exchanges(echo_url, monkeypatch):
+    monkeypatch.setattr(fasthttp, "SAMPLE_SIZE", 2)
     monkeypatch.setattr(fasthttp, "SAMPLES", {})
+    bodies = [b"a", b"bb", b"ccc", b"dddd", b"eeeee", b"ffffff"]
     with fasthttp.Pool(timeout=2.0, label="sampled hop") as pool:
-        for body in (b"a", b"bb", b"ccc"):
-            pool.count(pool.fetch("POST", echo_url + "/x", None, body), "sampled hop (other)")
-    assert fasthttp.TRAFFIC["sampled hop (other)"][:2] == [3, 6]
+        for body in bodies:
+            r = pool.fetch("POST", echo_url + "/x", None, body)
+            pool.count(r, "sampled hop (other)")
+            if body == b"bb":
+                assert [req for req, _ in fasthttp.SAMPLES["sampled hop (other)"]] == [b"a", b"bb"]  # room left
+    assert fasthttp.TRAFFIC["sampled hop (other)"][:2] == [6, 21]
     assert "sampled hop" not in fasthttp.traffic()  # nothing counted under the pool's own label
-    assert [req for req, _ in fasthttp.SAMPLES["sampled hop (other)"]] == [b"a", b"ccc"]  # the 1st, 3rd, ...
+    kept = fasthttp.SAMPLES["sampled hop (other)"]
+    assert len(kept) == 2 and len({req for req, _ in kept}) == 2 and {req for req, _ in kept} <= set(bodies)
+    assert all(resp for _, resp in kept)  # with their answers
 
 
 class Refused(Exception):
