@@ -227,3 +227,22 @@ def test_an_http_run_leaves_no_time_wait_on_a_client_port():
         if fields[3] == "06" and remote in servers and local not in servers:
             client_side.append((local, remote))
     assert client_side == []
+
+
+def test_a_port_whose_server_closed_its_connections_is_free_again_at_once():
+    """The TIME_WAIT a stopped server leaves on its own port does not keep the next run off it (both bind with
+    SO_REUSEADDR), so a setup run twice in a row gets its usual block both times without waiting."""
+    import httpx
+    from fastapi import FastAPI
+
+    from sim.procs import ThreadServer
+    from sim.transports.pool import _ports_free, port_holders
+
+    app = FastAPI()
+    app.get("/x")(lambda: {})
+    server = ThreadServer(app).start()
+    with httpx.Client(trust_env=False) as client:
+        assert client.get(f"{server.url}/x").status_code == 200
+        server.stop()  # the server closes the kept-alive connection first
+    assert "TIME_WAIT" in port_holders([server.port]).get(server.port, [])
+    assert _ports_free(server.port, 1)

@@ -41,6 +41,7 @@ def _ports_free(base: int, n: int) -> bool:
             socks.append(s)
             # as uvicorn binds: the TIME_WAIT of connections a server accepted there is then no obstacle (they
             # inherit SO_REUSEADDR); that of a client socket that had the port as its ephemeral one still is
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((LOOPBACK, p))
         return True
     except OSError:
