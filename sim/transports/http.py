@@ -132,7 +132,7 @@ class HttpTransport(SessionClient):
                  else stable_ports(port_salt(setup), len(configs)))
         usual = stable_ports(port_salt(setup), len(configs), check=False)
         if not urls and ports != usual:
-            held = {p: states for p, states in port_holders(usual).items() if states != ["TIME_WAIT"]}
+            held = port_holders(usual)  # a client's TIME_WAIT counts: it blocks the bind (sim.transports.pool)
             warnings.warn(f"{setup.label}: the workers' usual ports are taken ({held or 'holder unknown'}), so they "
                           f"run on {ports[0]}..; hash-based policies see other URLs and this run may differ from "
                           "direct", RuntimeWarning, stacklevel=2)
