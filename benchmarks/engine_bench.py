@@ -25,6 +25,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -213,6 +214,19 @@ def _wrapper_cost(calls: int) -> float:
     return max(0.0, (mid - c0) - (time.process_time() - mid))
 
 
+def _run(fn: Callable[[argparse.Namespace], dict], args: argparse.Namespace, profile_lines: int) -> dict:
+    """``fn(args)``, under cProfile (its top ``profile_lines`` functions by own time printed) with ``--profile``."""
+    if not args.profile:
+        return fn(args)
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    res = prof.runcall(fn, args)
+    pstats.Stats(prof).sort_stats("tottime").print_stats(profile_lines)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=None, help="sessions in total (default 2000; --worker: 300)")
@@ -239,15 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.sessions} sessions x {args.turns} turns over {args.workers} workers, {args.live} live per worker, "
         f"capacity {args.capacity or 'unbounded'} tokens/worker"
     )
-    if args.profile:
-        import cProfile
-        import pstats
-
-        prof = cProfile.Profile()
-        res = prof.runcall(run, args)
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
-    else:
-        res = run(args)
+    res = _run(run, args, 18)
     for key, value in res.items():
         print(f"{key:28s} {value:,.3f}" if isinstance(value, float) else f"{key:28s} {value:,}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -259,15 +265,7 @@ def worker_main(args: argparse.Namespace) -> int:
     print(f"python {platform.python_version()} numpy {np.__version__} on {platform.machine()} {platform.processor()}")
     print(f"WorkerCore.infer on the requests of {args.worker} ({args.sessions or 300} "
           "sessions, direct, manual/min_load with the routing key), replayed into fresh cores; CPU time")
-    if args.profile:
-        import cProfile
-        import pstats
-
-        prof = cProfile.Profile()
-        res = prof.runcall(run_worker, args)
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-    else:
-        res = run_worker(args)
+    res = _run(run_worker, args, 25)
     for key, value in res.items():
         print(f"{key:28s} {value:,.1f}" if isinstance(value, float) else f"{key:28s} {value:,}")
     return 0

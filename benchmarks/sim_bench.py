@@ -30,6 +30,8 @@ from pathlib import Path
 
 from fastapi import Request
 
+from sim.transports.http import CHAT_HOP, VIEW_HOP
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,8 +65,8 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
             "peak_rss_mib": peak_rss_mib, "traffic": traffic()}
 
 
-HOPS = ("agent -> session server", "session server -> gateway", "gateway -> worker")
-VIEWS = "agent -> session server (records)"
+HOPS = (CHAT_HOP, "session server -> gateway", "gateway -> worker")  # sim.fasthttp.TRAFFIC labels, front to back
+VIEWS = VIEW_HOP
 SAMPLE_SIZE = 8  # exchanges of each hop kept for the JSON floor, uniform over the run (~9 MB held: 8 record views)
 
 

@@ -158,13 +158,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_CHAT_PREFIX, _CHAT_SUFFIX = "/sessions/", "/v1/chat/completions"
+_SESSION_PREFIX, _CHAT_SUFFIX = "/sessions/", "/v1/chat/completions"
 
 
 def _session_params(path: str) -> dict[str, str] | None:
     """``{"sid": ...}`` for ``/sessions/{sid}`` (``sid`` one non-empty path segment, as FastAPI matches it)."""
-    if path.startswith(_CHAT_PREFIX):
-        sid = path[len(_CHAT_PREFIX) :]
+    if path.startswith(_SESSION_PREFIX):
+        sid = path[len(_SESSION_PREFIX) :]
         if sid and "/" not in sid:
             return {"sid": sid}
     return None
@@ -172,11 +172,7 @@ def _session_params(path: str) -> dict[str, str] | None:
 
 def _chat_params(path: str) -> dict[str, str] | None:
     """``{"sid": ...}`` for ``/sessions/{sid}/v1/chat/completions`` (``sid`` one non-empty path segment)."""
-    if path.startswith(_CHAT_PREFIX) and path.endswith(_CHAT_SUFFIX):
-        sid = path[len(_CHAT_PREFIX) : -len(_CHAT_SUFFIX)]
-        if sid and "/" not in sid:
-            return {"sid": sid}
-    return None
+    return _session_params(path[: -len(_CHAT_SUFFIX)]) if path.endswith(_CHAT_SUFFIX) else None
 
 
 def create_app(
