@@ -18,6 +18,7 @@ import uvicorn
 
 from mock_gateway.app import create_app
 from mock_gateway.config import build_parser, parse_args
+from sim.procs import UVICORN_DEFAULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,5 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         log_level=level if level != "info" else "warning",
         access_log=False,
         timeout_keep_alive=75,
+        **UVICORN_DEFAULTS,
     )
     return 0

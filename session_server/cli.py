@@ -10,6 +10,7 @@ import uvicorn
 
 from session_server.app import ServerConfig, create_app
 from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER, VALID_ROLES
+from sim.procs import UVICORN_DEFAULTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,5 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     # timeout_keep_alive above httpx's 5 s pool expiry: with uvicorn's 5 s default a client reusing a connection
     # the server is just closing gets a ReadError
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, timeout_keep_alive=75)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=75,
+        **UVICORN_DEFAULTS,
+    )
     return 0

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from mock_gateway.app import create_app as gateway_app
 from mock_gateway.config import parse_args
 from session_server.app import ServerConfig
 from session_server.app import create_app as session_app
+from sim import procs
 from sim.engine.types import WorkerConfig
 from sim.worker.app import create_app as worker_app
 from sim.worker.core import WorkerCore
@@ -263,6 +266,22 @@ def send(env: Stack, case: Case) -> httpx.Response:
         return c.send(req)
 
 
+HEAD_PIECE = 8192
+
+
+def send_head_in_pieces(sock: socket.socket, head: bytes) -> None:
+    """Write a request head in 8 KiB pieces with a pause between them, so the server reads it in several parts.
+
+    The outcome must not depend on how TCP segments the head: h11's default limit on an incomplete head
+    (16 KiB) once let a 70 KiB path through when it arrived in one read and refused it as text/plain when not.
+    """
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(0, len(head), HEAD_PIECE):
+        if i:
+            time.sleep(0.002)
+        sock.sendall(head[i : i + HEAD_PIECE])
+
+
 def raw_send(base: str, method: str, path: str, headers: dict[str, str], content: bytes) -> httpx.Response:
     """One request written to a socket as is (headers may lie about the body); the answer parsed with h11."""
     host, port = base.removeprefix("http://").split(":")
@@ -271,7 +290,8 @@ def raw_send(base: str, method: str, path: str, headers: dict[str, str], content
         method=method, target=path, headers=[("host", host), ("connection", "close"), *headers.items()]
     )
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(conn.send(request) + content)  # the body bytes bypass h11, which would check the length
+        send_head_in_pieces(sock, conn.send(request))
+        sock.sendall(content)  # the body bytes bypass h11, which would check the length
         status, hdrs, body = 0, [], b""
         while True:
             event = conn.next_event()
@@ -391,3 +411,62 @@ def test_chunked_body_is_refused_before_it_is_all_read(server: str) -> None:
     status, pulled = asyncio.run(pulled_before_answer(app, path))
     assert status == 413
     assert pulled <= CAP + 2 * 65536, f"pulled {pulled} bytes of a body capped at {CAP}"
+
+
+# --- the servers as their commands start them: a long request head split across reads reaches the app ---------
+
+
+@contextlib.contextmanager
+def cli_chain() -> Iterator[dict[str, str]]:
+    """A worker, the mock gateway and the session server, each started by its own command."""
+    worker, gateway, prom, session = procs.free_ports(4)
+    url = {
+        "worker": f"http://127.0.0.1:{worker}",
+        "gateway": f"http://127.0.0.1:{gateway}",
+        "session": f"http://127.0.0.1:{session}",
+    }
+    loopback = ("--host", "127.0.0.1")
+    worker_args = procs.python_module("sim.worker", *loopback, "--port", str(worker), "--count", "1")
+    gateway_args = procs.python_module(
+        "sim.cli",
+        "gateway",
+        *loopback,
+        "--port",
+        str(gateway),
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(prom),
+        "--worker-urls",
+        url["worker"],
+        "--policy",
+        "manual",
+    )
+    session_args = [
+        sys.executable,
+        "-m",
+        "session_server",
+        *loopback,
+        "--port",
+        str(session),
+        "--router-url",
+        url["gateway"],
+    ]
+    with (
+        procs.running(worker_args, f"{url['worker']}/health", timeout=30),
+        procs.running(gateway_args, f"{url['gateway']}/readiness", timeout=30),
+        procs.running(session_args, f"{url['session']}/health", timeout=30),
+    ):
+        yield url
+
+
+def test_commands_parse_long_request_heads_whatever_their_segmentation() -> None:
+    with cli_chain() as url:
+        for server, path in [
+            ("worker", "/" + "a" * 40_000),
+            ("gateway", "/" + "a" * 40_000),
+            ("session", "/sessions/" + "0" * 32 + "/" + "a" * 40_000),
+        ]:
+            r = raw_send(url[server], "GET", path, {}, b"")
+            assert r.headers.get("content-type", "").startswith("application/json"), (server, r.status_code, r.text)
+            assert 400 <= r.status_code < 500, (server, r.status_code, r.text)

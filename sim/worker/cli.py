@@ -21,6 +21,7 @@ from collections.abc import Generator, Sequence
 import uvicorn
 
 from sim.engine.types import LatencyModel, WorkerConfig
+from sim.procs import UVICORN_DEFAULTS
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
 from sim.worker.core import Faults, WorkerCore
 
@@ -154,6 +155,7 @@ async def serve(args: argparse.Namespace, socks: Sequence[socket.socket]) -> int
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            **UVICORN_DEFAULTS,
         )
         servers.append(_Server(config))
 
