@@ -14,7 +14,7 @@ sampled from the ``http`` run (8 per hop, uniformly) as its role in ``http`` doe
 as often as ``http``'s agents did; the gap between ``http`` and it is the simulator's own work.
 
     .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N]
-        [--only direct|http|noop|noop-sized|noop-json]
+        [--only direct|http|noop|noop-sized|noop-json] [--repeat N]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,10 +224,15 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=None, help="run only this many sessions of the scenario")
     p.add_argument("--noop-requests", type=int, default=3000)
     p.add_argument("--only", choices=WHAT, action="append", default=None)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the selection this many times, interleaved, and print each ratio's median (the rates "
+                        "move by up to ~10%% between invocations on an idle machine)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--hop-sizes", default=None, help=argparse.SUPPRESS)
     p.add_argument("--samples", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     if args.child:
         if args.child in ("noop", "noop-sized"):
             res = measure_noop(args.noop_requests, json.loads(args.hop_sizes) if args.hop_sizes else None)
@@ -237,6 +243,16 @@ def main() -> int:
                                     args.samples if args.child == "http" else None)
         print(json.dumps(res))
         return 0
+    rounds = [run_round(args, i, args.repeat) for i in range(args.repeat)]
+    if args.repeat > 1:
+        summarize(rounds)
+    return 0
+
+
+def run_round(args: argparse.Namespace, index: int, repeat: int) -> dict[str, float]:
+    """One measurement of each selected row, printed as it comes; returns this round's ratios."""
+    if repeat > 1:
+        print(f"round {index + 1} of {repeat}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         samples = str(Path(tmp) / "http-bodies.json")
@@ -249,18 +265,39 @@ def main() -> int:
             body_file = samples if what in ("http", "noop-json") else None
             results[what] = r = child(what, args, sizes=sizes, samples=body_file)
             report(what, r, sizes)
-    floors = (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (http's body sizes)"),
-              ("noop-json", "JSON floor (no-op chain doing http's JSON work)"))
-    for floor, name in floors:
+    ratios = {}
+    for floor, name in FLOORS:
         if "http" in results and floor in results:
-            ratio = results["http"]["requests_per_second"] / results[floor]["requests_per_second"]
+            ratios[f"http / {name}"] = ratio = results["http"]["requests_per_second"] / results[floor][
+                "requests_per_second"]
             print(f"http / {name}: {ratio:.2f}" + (" (goal >= 0.5)" if floor != "noop-json" else ""))
     if "noop" in results and "noop-json" in results:
-        ratio = results["noop-json"]["requests_per_second"] / results["noop"]["requests_per_second"]
-        print(f"JSON floor / no-op chain: {ratio:.2f} (what the protocol's JSON alone leaves of the chain's rate)")
+        ratios[JSON_SHARE] = ratio = results["noop-json"]["requests_per_second"] / results["noop"][
+            "requests_per_second"]
+        print(f"{JSON_SHARE}: {ratio:.2f} (what the protocol's JSON alone leaves of the chain's rate)")
     if "direct" in results:
-        print(f"direct / goal of 5,000 requests/s: {results['direct']['requests_per_second'] / 5000:.2f}")
-    return 0
+        ratios[DIRECT_GOAL] = ratio = results["direct"]["requests_per_second"] / 5000
+        print(f"{DIRECT_GOAL}: {ratio:.2f}")
+    for what, r in results.items():
+        if not what.startswith("_"):
+            ratios[f"{what} requests/s"] = r["requests_per_second"]
+    return ratios
+
+
+def summarize(rounds: list[dict[str, float]]) -> None:
+    """Each figure's median and range over the rounds."""
+    print(f"over {len(rounds)} rounds: median (min-max)")
+    for key in rounds[0]:
+        values = [r[key] for r in rounds]
+        fmt = "{:.0f}" if key.endswith("requests/s") else "{:.2f}"
+        print(f"  {key}: {fmt.format(statistics.median(values))} "
+              f"({fmt.format(min(values))}-{fmt.format(max(values))})")
+
+
+FLOORS = (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (http's body sizes)"),
+          ("noop-json", "JSON floor (no-op chain doing http's JSON work)"))
+JSON_SHARE = "JSON floor / no-op chain"
+DIRECT_GOAL = "direct / goal of 5,000 requests/s"
 
 
 WHAT = ("direct", "noop", "http", "noop-sized", "noop-json")

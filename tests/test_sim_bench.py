@@ -57,3 +57,13 @@ def test_the_json_floor_parses_and_writes_each_hops_sampled_bodies():
     # each server got a request of its own hop, re-encoded from the parsed sample: the same bytes
     assert r["received"][1] in {len(b[0]) for b in bodies[sim_bench.HOPS[1]]}
     assert r["received"][2] in {len(b[0]) for b in bodies[sim_bench.HOPS[2]]}
+
+
+def test_repeated_rounds_are_summarized_by_their_median_and_range(capsys):
+    rounds = [{"http / no-op chain (tiny bodies)": r, "http requests/s": 150.0 + 10 * i}
+              for i, r in enumerate([0.42, 0.55, 0.45])]
+    sim_bench.summarize(rounds)
+    out = capsys.readouterr().out
+    assert "over 3 rounds" in out
+    assert "http / no-op chain (tiny bodies): 0.45 (0.42-0.55)" in out
+    assert "http requests/s: 160 (150-170)" in out
