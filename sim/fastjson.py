@@ -26,11 +26,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-# digits -> "d", what may stand next to a float's digits (".", "e", "E") -> "f", the rest -> " "
-_CLASSES = bytes(ord("d") if 48 <= i < 58 else ord("f") if i in b".eE" else ord(" ") for i in range(256))
-_LONG = b"d" * 19  # shorter integers always fit in int64, so orjson reads them as json does
-_LONG_AFTER = b" " + _LONG
-_D, _F = ord("d"), ord("f")
+_LONG_RUN = 19  # shorter integers always fit in int64, so orjson reads them as json does
+_FLOATY = frozenset(b".eE")  # what may stand next to a float's digits
+_ZERO = np.uint8(48)
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -56,24 +54,21 @@ def _stdlib_loads(raw: bytes | bytearray | memoryview | str) -> Any:
 def _has_long_integer(data: bytes | bytearray) -> bool:
     """A run of 19+ digits with no ``.``/``e``/``E`` on either side: an integer token orjson may read as a
     float (or digits in a string: then json reads it, to be safe). Runs inside floats (``0.000123...`` with
-    17 significant digits, long mantissas) are left to orjson, which rounds them as ``float()`` does."""
-    t = data.translate(_CLASSES)
-    n = len(t)
-    if t.startswith(_LONG):
-        start = 0
-    else:
-        start = t.find(_LONG_AFTER) + 1  # the run's first digit, or 0: no run
-        if not start:
-            return False
-    while True:
-        j = start + 19
-        while j < n and t[j] == _D:
-            j += 1
-        if j == n or t[j] != _F:
+    17 significant digits, long mantissas) are left to orjson, which rounds them as ``float()`` does.
+
+    Vectorised: every body crosses this check before orjson, and a byte-wise scan cost as much as the parse."""
+    n = len(data)
+    if n < _LONG_RUN:
+        return False
+    digit = np.zeros(n + 2, np.bool_)  # padded with a non-digit on each side, so runs start and end in pairs
+    np.less(np.frombuffer(data, np.uint8) - _ZERO, 10, out=digit[1:-1])  # wraps below "0": not a digit
+    edges = np.flatnonzero(digit[1:] != digit[:-1])  # each run's first digit, then the index after its last
+    starts, ends = edges[::2], edges[1::2]
+    for k in np.flatnonzero(ends - starts >= _LONG_RUN).tolist():
+        lo, hi = int(starts[k]), int(ends[k])
+        if (lo == 0 or data[lo - 1] not in _FLOATY) and (hi == n or data[hi] not in _FLOATY):
             return True
-        start = t.find(_LONG_AFTER, j) + 1
-        if not start:
-            return False
+    return False
 
 
 def loads(raw: bytes | bytearray | memoryview | str) -> Any:

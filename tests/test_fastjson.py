@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -139,3 +140,15 @@ def test_a_float_with_a_long_digit_run_is_not_sent_to_json():
     assert not fastjson._has_long_integer(b"[0.00012345678901234567,1.5,-0.0001234567890123456]")
     assert fastjson._has_long_integer(b"[0.5,12345678901234567890]")
     assert fastjson._has_long_integer(b"12345678901234567890")
+
+
+LONG_INTEGER = re.compile(rb"(?<![0-9.eE])[0-9]{19,}(?![0-9.eE])")  # the definition, read slowly
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"", b".", b"e", b"E", b"-", b",", b" ", b'"', b"x", b"\xff"]),
+                          st.integers(0, 24)), max_size=12), st.booleans())
+def test_the_long_integer_check_is_its_definition(pieces, as_bytearray):
+    """Digit runs of every length around 19, next to what may or may not belong to a float."""
+    data = b"".join(sep + (b"9876543210" * 3)[:length] for sep, length in pieces)
+    data = bytearray(data) if as_bytearray else data
+    assert fastjson._has_long_integer(data) == bool(LONG_INTEGER.search(data)), data
