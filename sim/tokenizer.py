@@ -5,8 +5,9 @@ what makes radix-cache reuse measurable without a real tokenizer.
 
 Rules:
 - A word is a maximal run of non-whitespace characters (``str.split()``); whitespace is not a token.
-- Special tokens have small fixed ids; every other word maps to ``FIRST_WORD_ID + xxh32(word)``,
-  so there is no vocabulary file and no out-of-vocabulary word.
+- Special tokens have small fixed ids; the synthetic vocabulary's words (``vocabulary()``) have the ids
+  ``FIRST_WORD_ID + index``; every other word hashes (xxh32) into the rest of ``[0, VOCAB_IDS)``, a real
+  vocabulary's size, so there is no vocabulary file and no out-of-vocabulary word.
 - The chat template renders each message on its own, so rendering is additive:
   ``render(a + b) == render(a) + render(b)``. A message is
   ``<|im_start|> role <content words> <|im_end|>`` and the generation prompt is
@@ -31,16 +32,40 @@ PAD = 0
 SPECIAL_TOKENS: dict[str, int] = {"<pad>": PAD, "<|im_start|>": IM_START, "<|im_end|>": IM_END}
 FIRST_WORD_ID = 1000
 EOS_TOKEN_ID = IM_END
-_WORD_SPACE = (1 << 32) - FIRST_WORD_ID  # ids stay within u32, as real vocabularies do
+# Ids are below this, as in a real model's vocabulary (Qwen2.5's 151,936 embedding rows; Llama 3 has 128,256):
+# at most 6 digits in JSON, so the bodies that carry ids (input_ids, echoed prompt ids, records) have the size
+# they have against real workers.
+VOCAB_IDS = 151_936
+
+# the synthetic vocabulary (what simulated models and tools emit): every word of three of these syllables
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "de", "pa", "zu", "gi", "fo", "he", "jo", "wy")
+VOCAB_SIZE = 4096
+_SYLLABLE_INDEX = {x: i for i, x in enumerate(_SYLLABLES)}
+_HASHED_FIRST = FIRST_WORD_ID + VOCAB_SIZE
+_HASHED_SPACE = VOCAB_IDS - _HASHED_FIRST
+
+
+def _vocab_index(word: str) -> int | None:
+    """Index of a synthetic vocabulary word (``vocabulary()[i]``), else None."""
+    if len(word) != 6:
+        return None
+    a, b, c = (_SYLLABLE_INDEX.get(word[i : i + 2]) for i in (0, 2, 4))
+    if a is None or b is None or c is None:
+        return None
+    return a + 16 * b + 256 * c
 
 
 @functools.lru_cache(maxsize=1 << 18)
 def word_id(word: str) -> int:
-    """Token id of one whitespace-free word."""
+    """Token id of one whitespace-free word: the vocabulary words have ids of their own (so no two of them
+    share one); any other word hashes into the rest of the id space."""
     special = SPECIAL_TOKENS.get(word)
     if special is not None:
         return special
-    return FIRST_WORD_ID + xxhash.xxh32_intdigest(word.encode("utf-8", "surrogatepass")) % _WORD_SPACE
+    index = _vocab_index(word)
+    if index is not None:
+        return FIRST_WORD_ID + index
+    return _HASHED_FIRST + xxhash.xxh32_intdigest(word.encode("utf-8", "surrogatepass")) % _HASHED_SPACE
 
 
 _KNOWN: dict[str, int] = {}  # word -> id for words seen before (a plain dict lookup is cheaper than word_id's)
@@ -102,10 +127,6 @@ def render(messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = 
 
 
 # --- deterministic "model output" -------------------------------------------------------------
-
-_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "de", "pa", "zu", "gi", "fo", "he", "jo", "wy")
-VOCAB_SIZE = 4096
-
 
 @functools.cache
 def _vocab() -> tuple[tuple[str, ...], np.ndarray]:

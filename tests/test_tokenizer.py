@@ -45,13 +45,29 @@ def test_synth_text_has_exactly_n_tokens(seed, n):
 def test_content_parts_and_none():
     assert tok.content_text(None) == ""
     assert tok.content_text([{"type": "text", "text": "a b"}, {"type": "image_url"}, "c"]) == "a b c"
-    assert all(0 <= t < 2**32 for t in tok.encode("héllo wörld ☃ \u0000x"))
+    assert all(0 <= t < tok.VOCAB_IDS for t in tok.encode("héllo wörld ☃ \u0000x"))
 
 
 def test_vocabulary_words_are_distinct_tokens():
     words = tok.vocabulary()
     assert len(set(words)) == len(words) == tok.VOCAB_SIZE
     assert len({tok.word_id(w) for w in words}) == tok.VOCAB_SIZE
+    assert [tok.word_id(w) for w in words] == list(range(tok.FIRST_WORD_ID, tok.FIRST_WORD_ID + tok.VOCAB_SIZE))
+
+
+@given(st.text(min_size=1, max_size=12).filter(lambda w: w.split() == [w])
+       | st.sampled_from([*tok.vocabulary(), *tok.SPECIAL_TOKENS, "kalomix", "kalom", "KALOMI"]))
+def test_every_word_has_an_id_of_a_real_vocabularys_size(word):
+    """Ids fit a real model's vocabulary (at most 6 digits in JSON); a word outside the synthetic vocabulary
+    never takes the id of one inside it (so generated text and prompt text stay distinguishable)."""
+    i = tok.word_id(word)
+    assert 0 <= i < tok.VOCAB_IDS
+    if word in tok.SPECIAL_TOKENS:
+        assert i == tok.SPECIAL_TOKENS[word]
+    elif word in set(tok.vocabulary()):
+        assert i == tok.FIRST_WORD_ID + tok.vocabulary().index(word)
+    else:
+        assert i >= tok.FIRST_WORD_ID + tok.VOCAB_SIZE
 
 
 seeds64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
