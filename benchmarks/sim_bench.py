@@ -280,7 +280,7 @@ def run_round(args: argparse.Namespace, index: int, repeat: int) -> dict[str, fl
         print(f"{DIRECT_GOAL}: {ratio:.2f}")
     for what, r in results.items():
         if not what.startswith("_"):
-            ratios[f"{what} requests/s"] = r["requests_per_second"]
+            ratios[f"{what} {RATE}"] = r["requests_per_second"]
     return ratios
 
 
@@ -289,7 +289,7 @@ def summarize(rounds: list[dict[str, float]]) -> None:
     print(f"over {len(rounds)} rounds: median (min-max)")
     for key in rounds[0]:
         values = [r[key] for r in rounds]
-        fmt = "{:.0f}" if key.endswith("requests/s") else "{:.2f}"
+        fmt = "{:.0f}" if key.endswith(RATE) else "{:.2f}"
         print(f"  {key}: {fmt.format(statistics.median(values))} "
               f"({fmt.format(min(values))}-{fmt.format(max(values))})")
 
@@ -298,6 +298,7 @@ FLOORS = (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (ht
           ("noop-json", "JSON floor (no-op chain doing http's JSON work)"))
 JSON_SHARE = "JSON floor / no-op chain"
 DIRECT_GOAL = "direct / goal of 5,000 requests/s"
+RATE = "(simulated requests/s)"
 
 
 WHAT = ("direct", "noop", "http", "noop-sized", "noop-json")

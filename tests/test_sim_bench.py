@@ -60,10 +60,11 @@ def test_the_json_floor_parses_and_writes_each_hops_sampled_bodies():
 
 
 def test_repeated_rounds_are_summarized_by_their_median_and_range(capsys):
-    rounds = [{"http / no-op chain (tiny bodies)": r, "http requests/s": 150.0 + 10 * i}
-              for i, r in enumerate([0.42, 0.55, 0.45])]
+    rounds = [{"http / no-op chain (tiny bodies)": r, sim_bench.DIRECT_GOAL: r + 0.1,
+               f"http {sim_bench.RATE}": 150.0 + 10 * i} for i, r in enumerate([0.42, 0.55, 0.45])]
     sim_bench.summarize(rounds)
     out = capsys.readouterr().out
     assert "over 3 rounds" in out
     assert "http / no-op chain (tiny bodies): 0.45 (0.42-0.55)" in out
-    assert "http requests/s: 160 (150-170)" in out
+    assert f"{sim_bench.DIRECT_GOAL}: 0.55 (0.52-0.65)" in out
+    assert f"http {sim_bench.RATE}: 160 (150-170)" in out
