@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -50,7 +49,7 @@ def _dumps(data: object) -> bytes:
     try:
         return fastjson.dumps(data)
     except UnicodeEncodeError:  # lone surrogates (valid JSON escapes, not UTF-8): keep them as \u escapes
-        return json.dumps(data, separators=(",", ":")).encode()
+        return fastjson.dumps(data, ensure_ascii=True)
 
 
 class HttpUpstream:
@@ -238,7 +237,7 @@ def create_app(
     @app.get("/sessions/{sid}")
     async def get_session(sid: str) -> Response:
         # serialized directly: FastAPI's encoder would walk every token id of every record
-        return Response(_dumps(core.get_view(sid)), media_type="application/json")
+        return Response(_dumps(core.get_view(sid, raw_json=True)), media_type="application/json")
 
     @app.delete("/sessions/{sid}")
     async def delete_session(sid: str) -> Response:

@@ -437,10 +437,18 @@ class SessionCore:
             raise SessionNotFoundError(sid)
         return s
 
-    def get_view(self, sid: str, *, id_arrays: bool = False) -> dict[str, Any]:
+    def get_view(self, sid: str, *, id_arrays: bool = False, raw_json: bool = False) -> dict[str, Any]:
         """``id_arrays``: ``accumulated_token_ids`` as the session's read-only int64 array when it keeps one (for
-        in-process callers, as its records hold arrays; no O(context) list), else a list as HTTP answers."""
+        in-process callers, as its records hold arrays; no O(context) list), else a list as HTTP answers.
+        ``raw_json``: records' responses that arrived as bytes stay ``fastjson.RawJSON`` (for a caller that
+        writes the view out with ``fastjson.dumps``), else they are parsed."""
         s = self.session(sid)
+        records = list(s.records)
+        if not raw_json:
+            records = [
+                {**r, "response": r["response"].value()} if isinstance(r["response"], fastjson.RawJSON) else r
+                for r in records
+            ]
         ids: list[int] | np.ndarray = []
         if s.checkpoints:
             last = s.checkpoints[-1]
@@ -450,7 +458,7 @@ class SessionCore:
                 ids = list(last)
         return {
             "session_id": sid,
-            "records": list(s.records),
+            "records": records,
             "metadata": {"accumulated_token_ids": ids, "max_trim_tokens": MAX_TRIM_TOKENS},
         }
 
@@ -741,7 +749,8 @@ class SessionCore:
                 "method": "POST",
                 "path": CHAT_PATH,
                 "request": plan.sent_body,
-                "response": data,
+                # an answer that came as bytes is kept as those bytes: records are written out, not read
+                "response": fastjson.RawJSON(resp.content) if resp.content and resp.data is None else data,
                 "status_code": 200,
             }
         )

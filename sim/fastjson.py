@@ -88,7 +88,39 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
         return _stdlib_loads(raw)
 
 
+class RawJSON:
+    """A JSON document kept as the bytes it arrived in, written back verbatim by ``dumps``.
+
+    For stored documents that are written out again but not read (the session server's records of upstream
+    answers): no Python objects for their thousands of token ids to hold in memory or for the cyclic GC to
+    traverse, and no re-encoding. ``value()`` parses it."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def value(self) -> Any:
+        return loads(self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawJSON) and other.raw == self.raw
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RawJSON({self.raw[:60]!r}{'...' if len(self.raw) > 60 else ''})"
+
+
+def _orjson_default(obj: Any) -> Any:
+    if type(obj) is RawJSON:
+        return orjson.Fragment(obj.raw)
+    return _default(obj)
+
+
 def _default(obj: Any) -> Any:
+    if isinstance(obj, RawJSON):  # json.dumps cannot splice bytes in: it writes the parsed value
+        return obj.value()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.integer):
@@ -104,6 +136,6 @@ def dumps(obj: Any, *, ensure_ascii: bool = False) -> bytes:
     With ``ensure_ascii=False`` a string with lone surrogates raises ``UnicodeEncodeError``, as
     ``json.dumps(...).encode()`` does."""
     try:
-        return orjson.dumps(obj, default=_default, option=_OPTIONS)
+        return orjson.dumps(obj, default=_orjson_default, option=_OPTIONS)
     except orjson.JSONEncodeError:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=ensure_ascii, default=_default).encode()

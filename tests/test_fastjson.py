@@ -152,3 +152,14 @@ def test_the_long_integer_check_is_its_definition(pieces, as_bytearray):
     data = b"".join(sep + (b"9876543210" * 3)[:length] for sep, length in pieces)
     data = bytearray(data) if as_bytearray else data
     assert fastjson._has_long_integer(data) == bool(LONG_INTEGER.search(data)), data
+
+
+def test_raw_json_is_written_verbatim_and_as_its_value_where_json_writes():
+    raw = b'{"b":1e-05, "a":[1,2,3],"s":"\xc3\xa9"}'  # spacing and spelling of its own: kept as they are
+    doc = {"records": [{"response": fastjson.RawJSON(raw)}], "n": 1}
+    assert fastjson.dumps(doc) == b'{"records":[{"response":' + raw + b'}],"n":1}'
+    # an integer beyond 64 bits elsewhere sends the document to json, which writes the parsed value
+    big = {**doc, "n": 2**70}
+    assert json.loads(fastjson.dumps(big)) == {"records": [{"response": json.loads(raw)}], "n": 2**70}
+    assert fastjson.RawJSON(raw).value() == json.loads(raw)
+    assert fastjson.RawJSON(raw) == fastjson.RawJSON(bytes(raw)) != fastjson.RawJSON(b"{}")

@@ -17,7 +17,7 @@ from session_server.app import ServerConfig, create_app
 from session_server.core import SessionCore, UpstreamResponse
 from session_server.direct import DirectSessionServer
 from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
-from sim import procs
+from sim import fastjson, procs
 from sim import tokenizer as tok
 
 KEY = "x-smg-routing-key"
@@ -113,6 +113,29 @@ def test_each_turn_appends_one_record_and_the_token_prefix_grows():
         # the fake router's cache sees the stored prefix from turn 2 on
         caches = [c["meta_info"]["cached_tokens"] for c in (rec["response"]["choices"][0] for rec in view["records"])]
         assert caches[0] == 0 and all(c == len(p) for c, p in zip(caches[1:], prefixes, strict=False))
+
+
+def test_a_view_carries_each_answer_as_the_upstream_wrote_it():
+    """Records keep an answer that came as bytes as those bytes (``fastjson.RawJSON``): the view splices them in
+    unchanged, in-process callers of the core get the parsed value, and both say the same."""
+    with stack() as (client, _router, app):
+        sid = new_session(client)
+        answers = []
+        messages = [{"role": "user", "content": "find the bug é☃"}]
+        for k in range(3):
+            r = turn(client, sid, messages)
+            assert r.status_code == 200
+            answers.append(r.content)  # the upstream's bytes, relayed as they came
+            messages = [*messages, reply(r), {"role": "tool", "content": f"result {k}"}]
+        raw = client.get(f"/sessions/{sid}").content
+        for answer in answers:
+            assert b'"response":' + answer + b',"status_code":200' in raw
+        view = json.loads(raw)
+        assert [rec["response"] for rec in view["records"]] == [json.loads(a) for a in answers]
+        core = app.state.core
+        assert core.get_view(sid) == view  # parsed for in-process callers
+        kept = core.get_view(sid, raw_json=True)["records"]
+        assert all(isinstance(rec["response"], fastjson.RawJSON) for rec in kept)
 
 
 # --- the routing key -----------------------------------------------------------------------------
