@@ -226,7 +226,7 @@ def main() -> int:
     p.add_argument("--only", choices=WHAT, action="append", default=None)
     p.add_argument("--repeat", type=int, default=1,
                    help="run the selection this many times, interleaved, and print each ratio's median (the rates "
-                        "move by up to ~10%% between invocations on an idle machine)")
+                        "move by up to ~12%% between invocations on an idle machine)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--hop-sizes", default=None, help=argparse.SUPPRESS)
     p.add_argument("--samples", default=None, help=argparse.SUPPRESS)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -442,16 +441,9 @@ def cli_chain() -> Iterator[dict[str, str]]:
         "--policy",
         "manual",
     )
-    session_args = [
-        sys.executable,
-        "-m",
-        "session_server",
-        *loopback,
-        "--port",
-        str(session),
-        "--router-url",
-        url["gateway"],
-    ]
+    session_args = procs.python_module(
+        "session_server", *loopback, "--port", str(session), "--router-url", url["gateway"]
+    )
     with (
         procs.running(worker_args, f"{url['worker']}/health", timeout=30),
         procs.running(gateway_args, f"{url['gateway']}/readiness", timeout=30),
