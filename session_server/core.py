@@ -20,7 +20,7 @@ Public API (``SessionCore``)::
     )
     core.health() -> dict                                      # {"status": "ok", "session_server_instance_id": ...}
     core.create_session(now: float) -> str                     # raises SessionLimitError (503)
-    core.get_view(sid: str, *, id_arrays=False) -> dict        # {"session_id", "records", "metadata"}; 404
+    core.get_view(sid: str, *, id_arrays=False, deferred=False) -> dict  # {"session_id", "records", "metadata"}; 404
     core.session(sid: str) -> Session                          # raises SessionNotFoundError (404) when unknown
     core.open_session(sid: str) -> Session                     # same, and 404 while the session is closing
     core.begin_delete(sid: str) -> Session                     # marks closing; 404 if unknown or already closing
@@ -254,17 +254,22 @@ class UpstreamRequest:
 
 @dataclass
 class UpstreamResponse:
-    """The router's answer. An in-process upstream may set ``data`` (parsed JSON) instead of ``content``."""
+    """The router's answer. An in-process upstream may set ``data`` (parsed JSON) instead of ``content``, or for
+    a 200 chat answer ``answer`` (a ``fastjson.ChatAnswer``: read typed, recorded as is, its body built only when
+    somebody reads it)."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes = b""
     data: Any = None
+    answer: fastjson.ChatAnswer | None = None
 
     def json(self) -> Any:
         """The parsed JSON body, or None when there is none or it does not parse."""
         if self.data is not None:
             return self.data
+        if self.answer is not None:
+            return self.answer.value()
         if not self.content:
             return None
         try:
@@ -275,8 +280,8 @@ class UpstreamResponse:
     def text(self) -> str:
         if self.content:
             return self.content.decode("utf-8", errors="replace")
-        if self.data is not None:
-            return json.dumps(self.data)
+        if self.data is not None or self.answer is not None:
+            return json.dumps(self.json())
         return ""
 
 
@@ -437,16 +442,17 @@ class SessionCore:
             raise SessionNotFoundError(sid)
         return s
 
-    def get_view(self, sid: str, *, id_arrays: bool = False, raw_json: bool = False) -> dict[str, Any]:
+    def get_view(self, sid: str, *, id_arrays: bool = False, deferred: bool = False) -> dict[str, Any]:
         """``id_arrays``: ``accumulated_token_ids`` as the session's read-only int64 array when it keeps one (for
         in-process callers, as its records hold arrays; no O(context) list), else a list as HTTP answers.
-        ``raw_json``: records' responses that arrived as bytes stay ``fastjson.RawJSON`` (for a caller that
-        writes the view out with ``fastjson.dumps``), else they are parsed."""
+        ``deferred``: records' responses kept deferred (``fastjson.Deferred``: the bytes an answer came in, an
+        in-process upstream's typed answer) stay so, for a caller that writes the view out with
+        ``fastjson.dumps`` or reads only some records; else they are given as parsed JSON."""
         s = self.session(sid)
         records = list(s.records)
-        if not raw_json:
+        if not deferred:
             records = [
-                {**r, "response": r["response"].value()} if isinstance(r["response"], fastjson.RawJSON) else r
+                {**r, "response": r["response"].value()} if isinstance(r["response"], fastjson.Deferred) else r
                 for r in records
             ]
         ids: list[int] | np.ndarray = []
@@ -696,14 +702,21 @@ class SessionCore:
                 retried=plan.retried,
                 outcome="upstream_error",
             )
-        data = resp.json()
         sent_ids = plan.sent_body.get("input_ids")
-        try:
-            choice, prompt, output, echoed = _chat_parts(data, sent_ids)
-        except UpstreamResponseError as e:
-            return TurnResult(
-                status=e.status, body={"error": e.message}, retried=plan.retried, outcome="invalid_upstream"
-            )
+        answer = resp.answer
+        data: Any
+        if answer is not None and resp.data is None and not resp.content:  # typed, well-formed by its type
+            data, message, prompt, output = answer, answer.message, answer.prompt_ids, answer.output_ids
+            echoed = prompt is sent_ids
+        else:
+            data = resp.json()
+            try:
+                choice, prompt, output, echoed = _chat_parts(data, sent_ids)
+            except UpstreamResponseError as e:
+                return TurnResult(
+                    status=e.status, body={"error": e.message}, retried=plan.retried, outcome="invalid_upstream"
+                )
+            message = choice["message"]
         content = resp.content or None
         if s.closing or self.sessions.get(s.session_id) is not s:
             return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="closing")
@@ -737,7 +750,7 @@ class SessionCore:
             )
         keep = plan.keep
         del s.checkpoints[keep:], s.records[keep:], s.reply_positions[keep:]
-        reply = dict(choice["message"])
+        reply = dict(message)
         reply.setdefault("role", "assistant")
         s.messages = [*plan.messages, reply]
         s.reply_positions.append(len(plan.messages))
@@ -749,7 +762,8 @@ class SessionCore:
                 "method": "POST",
                 "path": CHAT_PATH,
                 "request": plan.sent_body,
-                # an answer that came as bytes is kept as those bytes: records are written out, not read
+                # an answer that came as bytes is kept as those bytes, a typed one as is: records are written out,
+                # not read (``get_view`` parses or builds them for a caller that reads them)
                 "response": fastjson.RawJSON(resp.content) if resp.content and resp.data is None else data,
                 "status_code": 200,
             }
@@ -831,7 +845,7 @@ def _new_checkpoint(
         else:
             arr.flags.writeable = False
             return arr
-    return _as_list(prompt) + output
+    return _as_list(prompt) + _as_list(output)
 
 
 def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:

@@ -29,6 +29,7 @@ from session_server.core import (
     UpstreamResponse,
     response_headers,
 )
+from sim import fastjson
 
 Upstream = Callable[[UpstreamRequest], UpstreamResponse]
 
@@ -83,7 +84,9 @@ class DirectSessionServer:
     ) -> DirectReply:
         r = self.core.run_turn(sid, body, headers, self.upstream, now)
         data = r.body
-        if data is None and r.content:
+        if isinstance(data, fastjson.Deferred):  # an in-process upstream's typed answer: its body, as HTTP gives it
+            data = data.value()
+        elif data is None and r.content:
             try:
                 data = json.loads(r.content)
             except ValueError:

@@ -22,6 +22,7 @@ import simpy
 
 from sim import tokenizer, vtime
 from sim.engine.radix import as_ids
+from sim.fastjson import Deferred
 from sim.oracle import Oracle, Turn, max_cacheable
 from sim.transports.base import Reply, Transport, TransportError
 from sim.workload import Scenario, SessionPlan, ToolTexts, plan_sessions, system_prompt, task_prompt
@@ -103,7 +104,10 @@ def compare_records(log: list[TurnLog], records: list[dict[str, Any]]) -> list[s
             out.append(f"record {i}: request messages differ from turn {t.turn}")
         if req.get(vtime.SIM_TIME_FIELD) != t.sim_time or req.get("max_tokens") != t.max_tokens:
             out.append(f"record {i}: sim_time/max_tokens differ from turn {t.turn}")
-        if r.get("response") != t.response:
+        response = r.get("response")
+        if isinstance(response, Deferred):  # a record kept deferred by an in-process session server
+            response = response.value()
+        if response != t.response:
             out.append(f"record {i}: response differs from turn {t.turn}")
     return out
 
@@ -211,21 +215,26 @@ class AgentRunner:
         vectorised (the prefix shared with the previous turn) or skipped (the oracle resumes the
         conversation's path: ``Oracle.observe_turn``)."""
         rec.status = reply.status
-        if not reply.ok or not isinstance(reply.body, dict):
+        answer = reply.answer
+        if answer is None and (not reply.ok or not isinstance(reply.body, dict)):
             rec.error = _error_text(reply)
             return rec, None, ""
-        data = reply.body
         if self.keep_log:
-            rec.response = data
+            rec.response = reply.body
         try:
-            sim = data[vtime.SIM_RESPONSE_FIELD]
-            choice = data["choices"][0]
-            content = choice["message"]["content"] or ""
-            output_ids = _output_ids(choice["meta_info"]["output_token_logprobs"])
-            prompt = choice.get("prompt_token_ids")
-            if prompt is None:  # an upstream that does not echo them: the template is additive
-                prompt = tokenizer.render(messages, True)
-            prompt_ids = as_ids(prompt)
+            if answer is not None:  # an in-process answer, typed (its body is built only if read)
+                sim, content = answer.sim, answer.message["content"] or ""
+                output_ids, prompt_ids = answer.output_ids, answer.prompt_ids
+            else:
+                data = reply.body
+                sim = data[vtime.SIM_RESPONSE_FIELD]
+                choice = data["choices"][0]
+                content = choice["message"]["content"] or ""
+                output_ids = _output_ids(choice["meta_info"]["output_token_logprobs"])
+                prompt = choice.get("prompt_token_ids")
+                if prompt is None:  # an upstream that does not echo them: the template is additive
+                    prompt = tokenizer.render(messages, True)
+                prompt_ids = as_ids(prompt)
             rec.worker = str(sim.get("worker")) if sim.get("worker") is not None else None
             rec.arrival, rec.start = float(sim["arrival"]), float(sim["start"])
             rec.first_token, rec.finish = float(sim["first_token"]), float(sim["finish"])

@@ -88,7 +88,33 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
         return _stdlib_loads(raw)
 
 
-class RawJSON:
+class Deferred:
+    """A JSON value held in another form until someone reads it: ``value()`` gives it as parsed JSON (the same
+    object on every call; treat it as read-only). ``dumps`` writes a deferred value as its value."""
+
+    __slots__ = ()
+
+    def value(self) -> Any:
+        raise NotImplementedError
+
+
+class ChatAnswer(Deferred):
+    """A 200 chat completion from an in-process upstream, its body built only when ``value()`` is asked for.
+
+    What a session server and an agent read of a body is at hand typed, equal to the body's fields once built:
+    ``message`` (``choices[0].message``), ``prompt_ids`` (``choices[0].prompt_token_ids``, a read-only int64
+    array), ``output_ids`` (the ids of ``choices[0].meta_info.output_token_logprobs``, a read-only int64
+    array) and ``sim`` (the body's ``sim`` object). Most bodies of a simulation are never read whole (a
+    session's records are counted, not read): their thousands of per-token objects are never made."""
+
+    __slots__ = ()
+    message: dict[str, Any]
+    prompt_ids: np.ndarray
+    output_ids: np.ndarray
+    sim: dict[str, Any]
+
+
+class RawJSON(Deferred):
     """A JSON document kept as the bytes it arrived in, written back verbatim by ``dumps``.
 
     For stored documents that are written out again but not read (the session server's records of upstream
@@ -119,7 +145,7 @@ def _orjson_default(obj: Any) -> Any:
 
 
 def _default(obj: Any) -> Any:
-    if isinstance(obj, RawJSON):  # json.dumps cannot splice bytes in: it writes the parsed value
+    if isinstance(obj, Deferred):  # json.dumps cannot splice bytes in: it writes the parsed value
         return obj.value()
     if isinstance(obj, np.ndarray):
         return obj.tolist()

@@ -163,3 +163,13 @@ def test_raw_json_is_written_verbatim_and_as_its_value_where_json_writes():
     assert json.loads(fastjson.dumps(big)) == {"records": [{"response": json.loads(raw)}], "n": 2**70}
     assert fastjson.RawJSON(raw).value() == json.loads(raw)
     assert fastjson.RawJSON(raw) == fastjson.RawJSON(bytes(raw)) != fastjson.RawJSON(b"{}")
+
+
+def test_a_deferred_value_is_written_as_its_value_by_either_encoder():
+    class Later(fastjson.Deferred):
+        def value(self):
+            return {"ids": np.arange(3), "x": 0.5}
+
+    later = Later()
+    assert fastjson.dumps({"r": later}) == b'{"r":{"ids":[0,1,2],"x":0.5}}'
+    assert json.loads(fastjson.dumps({"r": later, "n": 2**70})) == {"r": {"ids": [0, 1, 2], "x": 0.5}, "n": 2**70}

@@ -794,3 +794,52 @@ def test_render_ids_are_the_tokenizers_render_with_the_generation_prompt(specs):
     long_plain = [m for m in messages if type(m["content"]) is str and len(m["content"]) >= tok.VOCAB_TEXT_MIN_CHARS
                   and tok.vocab_text_ids(m["content"]) is not None]
     assert isinstance(got, np.ndarray) == bool(long_plain)
+
+
+def worker_upstream(deferred: bool):
+    """An in-process mock worker (``token_arrays``), answering with bodies or (``deferred``) typed answers."""
+    from sim.engine.types import WorkerConfig
+    from sim.worker.core import WorkerCore
+
+    worker = WorkerCore(WorkerConfig(name="w0", kv_capacity_tokens=100_000), seed=5, token_arrays=True)
+
+    def send(req: UpstreamRequest) -> UpstreamResponse:
+        reply = worker.infer("chat", dict(req.json), deferred=deferred)
+        return UpstreamResponse(reply.status, reply.headers, data=reply.body, answer=reply.answer)
+
+    return send
+
+
+@given(tool_texts, st.none() | st.integers(1, 5))
+def test_typed_answers_are_recorded_as_is_and_read_as_the_bodies_they_defer(tools, retry_at):
+    """A session core fed typed answers (``UpstreamResponse.answer``) sends, keeps and answers what it does when
+    fed their bodies; its records hold the answers unbuilt until a view is read whole."""
+    from sim.fastjson import ChatAnswer, dumps
+
+    views, sids, results = [], [], []
+    for deferred in (False, True):
+        core, up = SessionCore(token_arrays=True), worker_upstream(deferred)
+        sid = core.create_session(0.0)
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "task alpha beta"}]
+        got = []
+        for i, tool_text in enumerate([*tools, None]):
+            r = core.run_turn(sid, {"messages": messages, "max_tokens": 3 + i}, (), up)
+            if i == retry_at:  # the agent drops that answer and asks again with the same messages
+                r = core.run_turn(sid, {"messages": messages, "max_tokens": 2}, (), up)
+            assert r.status == 200 and r.recorded, r.body
+            assert isinstance(r.body, ChatAnswer) == deferred
+            body = r.body.value() if deferred else r.body
+            got.append(dumps(body))
+            if tool_text is None:
+                break
+            content = body["choices"][0]["message"]["content"]
+            messages = [*messages, {"role": "assistant", "content": content},
+                        {"role": "tool", "content": tool_text, "tool_call_id": str(i)}]
+        kept = core.get_view(sid, deferred=True)["records"]
+        assert all(isinstance(rec["response"], ChatAnswer) == deferred for rec in kept)
+        views.append(dumps(core.get_view(sid, id_arrays=True)))
+        assert dumps(core.get_view(sid, deferred=True)) == views[-1]  # written out, a kept answer is its body
+        sids.append(sid)
+        results.append(got)
+    assert results[0] == results[1]
+    assert views[0] == views[1].replace(sids[1].encode(), sids[0].encode())

@@ -134,7 +134,7 @@ def test_a_view_carries_each_answer_as_the_upstream_wrote_it():
         assert [rec["response"] for rec in view["records"]] == [json.loads(a) for a in answers]
         core = app.state.core
         assert core.get_view(sid) == view  # parsed for in-process callers
-        kept = core.get_view(sid, raw_json=True)["records"]
+        kept = core.get_view(sid, deferred=True)["records"]
         assert all(isinstance(rec["response"], fastjson.RawJSON) for rec in kept)
 
 

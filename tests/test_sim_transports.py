@@ -246,3 +246,42 @@ def test_a_port_whose_server_closed_its_connections_is_free_again_at_once():
         server.stop()  # the server closes the kept-alive connection first
     assert "TIME_WAIT" in port_holders([server.port]).get(server.port, [])
     assert _ports_free(server.port, 1)
+
+
+class ViewSpy:
+    """A transport that keeps the session views its agents read."""
+
+    def __init__(self, transport) -> None:
+        self.transport, self.views = transport, []
+
+    def get_session(self, session_id):
+        reply = self.transport.get_session(session_id)
+        self.views.append(reply.body)
+        return reply
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+def test_direct_builds_answer_bodies_only_when_read_and_they_are_what_http_carries():
+    """``direct`` hands a worker's chat answers to the session core and the agents typed (``fastjson.ChatAnswer``):
+    a run builds none of their bodies (agents count records, they do not read them); read whole, every session's
+    records are the ones the ``http`` stack's session server answers with."""
+    from sim.agents import AgentRunner
+    from sim.fastjson import ChatAnswer, dumps, loads
+    from sim.runner import open_transport
+
+    setup = make_setup(TINY.replace(sessions=4), MANUAL, True)
+    urls = usual_urls(setup)
+    records = {}
+    for transport in ("direct", "http"):
+        with open_transport(transport, setup, worker_urls=urls) as tr:
+            spy = ViewSpy(tr)
+            result = AgentRunner(setup.scenario, spy).run()
+        assert len(spy.views) == len(result.sessions) == 4 and all(s.error is None for s in result.sessions)
+        records[transport] = [v["records"] for v in spy.views]
+    direct = [r["response"] for rs in records["direct"] for r in rs]
+    assert direct and all(isinstance(r, ChatAnswer) for r in direct)
+    assert not any(r._body for r in direct)  # never built
+    built = [[{**r, "response": r["response"].value()} for r in rs] for rs in records["direct"]]
+    assert loads(dumps(built)) == records["http"]

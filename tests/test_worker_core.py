@@ -230,3 +230,38 @@ def test_the_prompt_echo_is_the_requests_own_ids_object(msgs, n, token_arrays):
             assert echo is ids
         else:
             assert type(echo) is (np.ndarray if token_arrays else list) and list(echo) == prompt
+
+
+@given(messages, st.integers(1, 40), st.booleans(), st.floats(0, 1e4))
+def test_a_deferred_answer_is_the_body_it_defers_and_its_typed_fields_read_the_same(msgs, n, ids_in, t):
+    """``infer(deferred=True)`` hands a chat answer over typed; built, its body is the one ``infer`` answers with,
+    and the fields read typed (message, prompt and output ids, sim) equal the body's."""
+    body = {"messages": msgs, "max_tokens": n, "logprobs": True, "return_prompt_token_ids": True, "sim_time": t}
+    if ids_in:
+        body["input_ids"] = np.array(tokenizer.render(msgs), dtype=np.int64)
+    eager = core(token_arrays=True).infer("chat", dict(body))
+    reply = core(token_arrays=True).infer("chat", dict(body), deferred=True)
+    assert reply.body is None and isinstance(reply.answer, fastjson.ChatAnswer)
+    assert reply.status == eager.status == 200 and reply.headers == eager.headers
+    ans = reply.answer
+    built = ans.value()
+    assert ans.value() is built  # built once
+    assert fastjson.dumps(built) == fastjson.dumps(eager.body)
+    choice = built["choices"][0]
+    assert ans.message == choice["message"] and ans.sim == built["sim"]
+    assert ans.prompt_ids.tolist() == list(choice["prompt_token_ids"])
+    assert ans.output_ids.tolist() == [e[1] for e in choice["meta_info"]["output_token_logprobs"]]
+    assert not ans.output_ids.flags.writeable and not ans.prompt_ids.flags.writeable
+
+
+def test_deferred_applies_to_plain_chat_answers_that_echo_their_prompt_only():
+    base = {"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 5, "sim_time": 0.0,
+            "return_prompt_token_ids": True}
+    cases = [("chat", {**base, "stream": True}, True), ("chat", {**base, "return_prompt_token_ids": False}, True),
+             ("chat", base, False), ("completions", {"prompt": "hi", "max_tokens": 3}, True),
+             ("generate", {"text": "hi", "sampling_params": {"max_new_tokens": 3}}, True)]
+    for route, body, token_arrays in cases:
+        reply = core(token_arrays=token_arrays).infer(route, body, deferred=True)
+        assert reply.status == 200 and reply.answer is None, (route, body, token_arrays)
+    bad = core(token_arrays=True).infer("chat", {**base, "max_tokens": 0}, deferred=True)
+    assert bad.status == 400 and bad.answer is None and bad.body["message"]

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from sim.fastjson import ChatAnswer
 
 
 class TransportError(RuntimeError):
     """The transport itself failed (connection refused, server crashed): not an HTTP status."""
 
 
-@dataclass
 class Reply:
-    """An HTTP-like answer: status code and decoded JSON body (``{}`` when there is none)."""
+    """An HTTP-like answer: status code and decoded JSON body (``{}`` when there is none).
 
-    status: int
-    body: Any = field(default_factory=dict)
+    An in-process transport may give a chat answer as ``answer`` (a ``fastjson.ChatAnswer``) instead: ``body``
+    is then built from it on first read."""
+
+    __slots__ = ("_body", "answer", "status")
+
+    def __init__(self, status: int, body: Any = None, answer: ChatAnswer | None = None) -> None:
+        self.status = status
+        self._body = {} if body is None and answer is None else body
+        self.answer = answer
+
+    @property
+    def body(self) -> Any:
+        if self._body is None:
+            self._body = self.answer.value() if self.answer is not None else {}
+        return self._body
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reply) and (self.status, self.body) == (other.status, other.body)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Reply(status={self.status!r}, body={self.body!r})"
 
 
 class Transport(Protocol):

@@ -11,8 +11,11 @@ polls and health probes as a refused connection does in ``http``.
 Objects cross cores by reference where nobody mutates them, and are copied where a core changes them: the session
 core copies the client's body and its message list (parse_body), the gateway hands the worker a new top-level body
 (``upstream.with_defaults``). Message dicts, token ids and response bodies are shared and treated as read-only by
-every core. Token ids travel as read-only int64 arrays (see ``TOKEN_ARRAYS``), and the worker echoes the session's
-``input_ids`` object itself, which the session core recognises by identity (no per-id work). The session core
+every core. A worker's 200 chat answer crosses the gateway and the session core typed (``fastjson.ChatAnswer``):
+they read its message and id arrays, the session records it as is, and its JSON body (thousands of per-token
+objects) is built only if somebody reads it, the same body ``http`` carries. Token ids travel as read-only int64
+arrays (see ``TOKEN_ARRAYS``), and the worker echoes the session's ``input_ids`` object itself, which the session
+core recognises by identity (no per-id work). The session core
 tells the gateway how many leading messages are the very objects of a request the gateway answered 200 before
 (``UpstreamRequest.known_messages``), and the gateway validates only the others (same 4xx for anything bad).
 """
@@ -26,7 +29,7 @@ from mock_gateway import retry, upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 from session_server.core import SessionCore, SessionError, UpstreamRequest, UpstreamResponse
-from sim import vtime
+from sim import fastjson, vtime
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import WorkerCore
@@ -97,9 +100,10 @@ class DirectGateway:
                 resp = UpstreamResponse(500, {"content-type": "application/json"}, data=err)
             else:
                 payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
-                reply = self.workers[d.url].infer(endpoint, payload)
+                reply = self.workers[d.url].infer(endpoint, payload, deferred=True)
                 vf = vtime.finish_time(reply.headers) if sim_t is not None else None
-                resp = UpstreamResponse(reply.status, reply.headers, data=reply.body)  # read, never changed
+                # read, never changed; a chat answer typed, its body built if somebody reads it (fastjson.ChatAnswer)
+                resp = UpstreamResponse(reply.status, reply.headers, data=reply.body, answer=reply.answer)
                 core.finish(ticket, virtual_finish=vf)
                 retryable = retry.settle_attempt(core, d.url, reply.status, core.clock)
             failed.append(d.url)
@@ -132,6 +136,8 @@ class DirectTransport:
 
     @staticmethod
     def _reply(result: Any) -> Reply:
+        if isinstance(result.body, fastjson.ChatAnswer):
+            return Reply(result.status, answer=result.body)
         if result.content is not None:
             try:
                 body = json.loads(result.content) if result.content else {}
@@ -154,7 +160,8 @@ class DirectTransport:
 
     def get_session(self, session_id: str) -> Reply:
         try:
-            return Reply(200, self.session.get_view(session_id, id_arrays=TOKEN_ARRAYS))
+            # records' answers stay deferred (fastjson.Deferred): agents count them, read them only to check a log
+            return Reply(200, self.session.get_view(session_id, id_arrays=TOKEN_ARRAYS, deferred=True))
         except SessionError as e:
             return Reply(e.status, {"error": e.message})
 

@@ -64,7 +64,7 @@ import xxhash
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from sim import tokenizer, vtime
+from sim import fastjson, tokenizer, vtime
 from sim.engine.types import EngineLoad, RequestTiming, WorkerConfig
 
 Route = Literal["chat", "completions", "generate"]
@@ -115,6 +115,7 @@ class Reply:
 
     status: int
     body: dict[str, Any] | None = None
+    answer: fastjson.ChatAnswer | None = None  # instead of ``body``: see ``WorkerCore.infer(deferred=True)``
     events: list[dict[str, Any]] | None = None
     event_times: list[float] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
@@ -522,8 +523,12 @@ class WorkerCore:
             rid=rid if isinstance(rid, str) else None,
         )
 
-    def infer(self, route: str, body: Any, now: float | None = None) -> Reply:
-        """Serve one inference request (see the module docstring)."""
+    def infer(self, route: str, body: Any, now: float | None = None, *, deferred: bool = False) -> Reply:
+        """Serve one inference request (see the module docstring).
+
+        ``deferred``: an in-process caller that takes a 200 chat answer as a ``fastjson.ChatAnswer``
+        (``Reply.answer``, no ``body``) where it can (not streamed, echoing ``prompt_token_ids``, a
+        ``token_arrays`` core); anything else comes as usual."""
         if route not in ROUTES:
             return _bad(f"unknown route {route!r}", status=404)
         if type(body) is not dict and not isinstance(body, Mapping):
@@ -556,8 +561,6 @@ class WorkerCore:
         except ValueError as e:
             return _bad(f"the worker cannot admit this request: {e}")
         self._count += 1
-        output_ids = output_arr.tolist()
-        logprobs = _logprobs(rseed, len(output_ids))
         headers.update(
             {
                 vtime.HEADER_ARRIVAL: repr(timing.arrival),
@@ -566,11 +569,13 @@ class WorkerCore:
                 vtime.HEADER_FINISH: repr(timing.finish),
             }
         )
-        ctx = _Answer(self, req, timing, text, output_ids, logprobs, rseed, vocab_idx)
+        ctx = _Answer(self, req, timing, text, output_arr, rseed, vocab_idx)
         if req.stream:
             events, times = ctx.events()
             return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual)
-        return Reply(200, body=ctx.body(), headers=headers, timing=timing, virtual=virtual)
+        if deferred and req.route == "chat" and req.return_prompt_token_ids and self.token_arrays:
+            return Reply(200, answer=ctx, headers=headers, timing=timing, virtual=virtual)
+        return Reply(200, body=ctx.value(), headers=headers, timing=timing, virtual=virtual)
 
     def sim_object(self, timing: RequestTiming) -> dict[str, Any]:
         return {
@@ -629,8 +634,14 @@ def _logprob_columns() -> tuple[tuple[str, ...], tuple[list[int], ...], list[Any
 _IM_END_TEXT = "<|im_end|>"
 
 
-class _Answer:
-    """Builds the JSON body or the stream events of one served request."""
+class _Answer(fastjson.ChatAnswer):
+    """Builds the JSON body or the stream events of one served request.
+
+    Only what every caller needs is made up front (the timing, the text, the output ids as an array); the
+    per-token objects of a body (logprobs, ``[logprob, id, None]`` entries), its id and the body itself wait for
+    the first call that needs them, and give the same values whenever that is: everything they depend on is
+    fixed here. As a ``fastjson.ChatAnswer`` (``infer(..., deferred=True)``) a chat answer is handed to an
+    in-process session server typed, its body built only if somebody reads it."""
 
     def __init__(
         self,
@@ -638,18 +649,51 @@ class _Answer:
         req: _Parsed,
         timing: RequestTiming,
         text: str,
-        output_ids: list[int],
-        logprobs: list[float],
+        output_arr: np.ndarray,
         rseed: int,
         vocab_idx: np.ndarray | None = None,
     ) -> None:
         self.core, self.req, self.timing = core, req, timing
-        self.text, self.output_ids, self.lps = text, output_ids, logprobs
+        self.text, self.output_ids = text, output_arr
+        self.output_ids.flags.writeable = False
         self.vocab_idx = vocab_idx  # the content words' vocabulary indices (synth_answer_array)
+        self._rseed, self._serial = rseed, core._count
         self._words: list[str] | None = None
-        prefix = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gen"}[req.route]
-        self.id = req.rid or f"{prefix}-{xxhash.xxh64_hexdigest(f'{core.name}/{core._count}/{rseed}'.encode())}"
+        self._body: dict[str, Any] | None = None
         self.created = int(timing.arrival)
+
+    @functools.cached_property
+    def id(self) -> str:
+        req = self.req
+        if req.rid:
+            return req.rid
+        prefix = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gen"}[req.route]
+        return f"{prefix}-{xxhash.xxh64_hexdigest(f'{self.core.name}/{self._serial}/{self._rseed}'.encode())}"
+
+    @functools.cached_property
+    def lps(self) -> list[float]:
+        return _logprobs(self._rseed, len(self.output_ids))
+
+    @functools.cached_property
+    def output_list(self) -> list[int]:
+        return self.output_ids.tolist()
+
+    @functools.cached_property
+    def message(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"role": "assistant", "content": self.text, "reasoning_content": None, "tool_calls": None}
+
+    @functools.cached_property
+    def prompt_ids(self) -> np.ndarray:  # type: ignore[override]
+        return self._prompt_token_ids()  # an array: deferred answers are made for token_arrays cores only
+
+    @functools.cached_property
+    def sim(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.core.sim_object(self.timing)
+
+    def value(self) -> dict[str, Any]:
+        if self._body is None:
+            self._body = self.body()
+        return self._body
 
     def usage(self) -> dict[str, Any]:
         p, c = self.timing.prompt_tokens, self.timing.output_tokens
@@ -670,7 +714,7 @@ class _Answer:
             "completion_tokens": n,
             "cached_tokens": t.cached_tokens,
             "output_token_logprobs": [
-                [lp, tid, None] for lp, tid in zip(self.lps[:n], self.output_ids[:n], strict=True)
+                [lp, tid, None] for lp, tid in zip(self.lps[:n], self.output_list[:n], strict=True)
             ],
             "e2e_latency": t.finish - t.arrival,
             "queue_time": t.start - t.arrival,
@@ -716,13 +760,13 @@ class _Answer:
         if r.route == "generate":
             out: dict[str, Any] = {
                 "text": self.text,
-                "output_ids": list(self.output_ids),
+                "output_ids": list(self.output_list),
                 "meta_info": self.meta_info(),
             }
         elif r.route == "chat":
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": self.text, "reasoning_content": None, "tool_calls": None},
+                "message": self.message,
                 "logprobs": self._openai_logprobs() if r.logprobs else None,
                 "finish_reason": "stop",
                 "matched_stop": tokenizer.IM_END,
@@ -757,7 +801,7 @@ class _Answer:
                 "choices": [choice],
                 "usage": self.usage(),
             }
-        out[vtime.SIM_RESPONSE_FIELD] = core.sim_object(self.timing)
+        out[vtime.SIM_RESPONSE_FIELD] = self.sim
         return out
 
     def _pieces(self) -> list[int]:
@@ -785,7 +829,7 @@ class _Answer:
         if r.route == "generate":
             for end in ends:
                 events.append(
-                    {"text": text_upto(end), "output_ids": self.output_ids[:end], "meta_info": self.meta_info(end)}
+                    {"text": text_upto(end), "output_ids": self.output_list[:end], "meta_info": self.meta_info(end)}
                 )
                 times.append(self._time_of(end))
             events[-1][vtime.SIM_RESPONSE_FIELD] = core.sim_object(t)
