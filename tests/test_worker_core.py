@@ -265,3 +265,19 @@ def test_deferred_applies_to_plain_chat_answers_that_echo_their_prompt_only():
         assert reply.status == 200 and reply.answer is None, (route, body, token_arrays)
     bad = core(token_arrays=True).infer("chat", {**base, "max_tokens": 0}, deferred=True)
     assert bad.status == 400 and bad.answer is None and bad.body["message"]
+
+
+@given(messages, st.data())
+def test_known_messages_skip_only_their_prefix_and_answer_the_same(msgs, data):
+    """``known_messages`` (in-process callers) spares re-checking messages a worker accepted before: a valid list
+    gets the same answer whatever the count; a bad message after the known ones is still refused."""
+    ids = np.array(tokenizer.render(msgs), dtype=np.int64)
+    body = {"messages": msgs, "input_ids": ids, "max_tokens": 4, "sim_time": 0.0, "return_prompt_token_ids": True}
+    known = data.draw(st.integers(0, len(msgs)))
+    want = core(token_arrays=True).infer("chat", dict(body))
+    got = core(token_arrays=True).infer("chat", dict(body), known_messages=known)
+    assert got.status == want.status == 200 and fastjson.dumps(got.body) == fastjson.dumps(want.body)
+    at = data.draw(st.integers(known, len(msgs)))
+    bad = [*msgs[:at], {"role": 7, "content": "x"}, *msgs[at:]]
+    refused = core(token_arrays=True).infer("chat", {**body, "messages": bad}, known_messages=known)
+    assert refused.status == 400 and refused.body["message"] == f"messages[{at}].role must be a string"

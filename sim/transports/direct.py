@@ -100,7 +100,7 @@ class DirectGateway:
                 resp = UpstreamResponse(500, {"content-type": "application/json"}, data=err)
             else:
                 payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
-                reply = self.workers[d.url].infer(endpoint, payload, deferred=True)
+                reply = self.workers[d.url].infer(endpoint, payload, deferred=True, known_messages=req.known_messages)
                 vf = vtime.finish_time(reply.headers) if sim_t is not None else None
                 # read, never changed; a chat answer typed, its body built if somebody reads it (fastjson.ChatAnswer)
                 resp = UpstreamResponse(reply.status, reply.headers, data=reply.body, answer=reply.answer)

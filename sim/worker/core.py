@@ -188,10 +188,12 @@ def _checked_ids(value: Any, param: str) -> tuple[np.ndarray, list[int] | None]:
     return np.array(value, dtype=np.int64), None
 
 
-def _messages(value: Any) -> list[Mapping[str, Any]]:
+def _messages(value: Any, known: int = 0) -> list[Mapping[str, Any]]:
+    """``value`` if it is a valid message list, else BadRequest. ``known``: the first that many messages are
+    objects found valid before (read-only, so still valid): only the rest are looked at."""
     if not isinstance(value, list) or not value:
         raise BadRequest("messages must be a non-empty list", param="messages")
-    for m in value:  # the common case, checked cheaply; any doubt takes the exact loop below
+    for m in value[known:] if known else value:  # the common case, checked cheaply; any doubt: the loop below
         if type(m) is not dict or type(m.get("role")) is not str or type(m.get("content")) not in _CONTENT_TYPES:
             break
     else:
@@ -431,7 +433,7 @@ class WorkerCore:
 
     # ---- inference ----------------------------------------------------------------------------
 
-    def _parse(self, route: str, body: Mapping[str, Any]) -> _Parsed:
+    def _parse(self, route: str, body: Mapping[str, Any], known_messages: int = 0) -> _Parsed:
         get = body.get
         stream = get("stream")
         if stream is not True and stream is not False:  # the plain cases inline, the rest via the helper
@@ -452,7 +454,7 @@ class WorkerCore:
             if has_input_ids:
                 prompt_ids, prompt_list = _checked_ids(input_ids, "input_ids")
                 if messages is not None:
-                    _messages(messages)
+                    _messages(messages, known_messages)
             else:
                 prompt_ids = prompt_list = tokenizer.render(_messages(messages), add_generation_prompt=True)
             max_tokens = get("max_tokens")
@@ -523,12 +525,15 @@ class WorkerCore:
             rid=rid if isinstance(rid, str) else None,
         )
 
-    def infer(self, route: str, body: Any, now: float | None = None, *, deferred: bool = False) -> Reply:
+    def infer(self, route: str, body: Any, now: float | None = None, *, deferred: bool = False,
+              known_messages: int = 0) -> Reply:
         """Serve one inference request (see the module docstring).
 
-        ``deferred``: an in-process caller that takes a 200 chat answer as a ``fastjson.ChatAnswer``
+        In-process callers only: ``deferred``: the caller takes a 200 chat answer as a ``fastjson.ChatAnswer``
         (``Reply.answer``, no ``body``) where it can (not streamed, echoing ``prompt_token_ids``, a
-        ``token_arrays`` core); anything else comes as usual."""
+        ``token_arrays`` core); anything else comes as usual. ``known_messages``: the first that many chat
+        ``messages`` are the very objects of a request a worker answered 200 before (they passed this same
+        check then, and nobody changes them), so only the rest are checked (same answer, O(new messages))."""
         if route not in ROUTES:
             return _bad(f"unknown route {route!r}", status=404)
         if type(body) is not dict and not isinstance(body, Mapping):
@@ -539,7 +544,7 @@ class WorkerCore:
             if body.get(vtime.SIM_TIME_FIELD) is not None and sim_time is None:
                 return _bad("sim_time must be a finite non-negative number", param=vtime.SIM_TIME_FIELD)
         try:
-            req = self._parse(route, body)
+            req = self._parse(route, body, known_messages)
         except BadRequest as e:
             return _bad(str(e), e.param, e.status)
         t = self.now(sim_time if sim_time is not None else now)
