@@ -212,12 +212,16 @@ def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> li
 
 
 def render_ids(appended: list[Mapping[str, Any]]) -> list[int] | np.ndarray:
-    """``tok.render(appended, add_generation_prompt=True)``, long vocabulary-word contents tokenized in numpy
-    (then an int64 array, else the tokenizer's list)."""
+    """``tok.render(appended, add_generation_prompt=True)``, contents whose ids are known (``tok.made_text_ids``)
+    taken as they are and long vocabulary-word contents tokenized in numpy (then an int64 array, else the
+    tokenizer's list)."""
     parts: list[Any] | None = None
     for i, m in enumerate(appended):
         c = m.get("content")
-        if type(c) is str and len(c) >= tok.VOCAB_TEXT_MIN_CHARS and (ids := tok.vocab_text_ids(c)) is not None:
+        if type(c) is str and (
+            (ids := tok.made_text_ids(c)) is not None
+            or (len(c) >= tok.VOCAB_TEXT_MIN_CHARS and (ids := tok.vocab_text_ids(c)) is not None)
+        ):
             if parts is None:  # every part non-empty (an empty list would be float64 to numpy)
                 parts = [tok.render(appended[:i], add_generation_prompt=False)] if i else []
             parts += ((tok.IM_START, tok.word_id(str(m.get("role", "user")))), ids, (tok.IM_END,))

@@ -320,6 +320,26 @@ def _vocab_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | N
     return tables[0], tables[1], tables[2], ids
 
 
+# Texts this process made from vocabulary indices (the simulated tools' outputs), with their ids, until somebody
+# tokenizes them: the session server then takes the ids instead of reading the text again. A memo of ``encode``
+# (same ids by construction), so a text made elsewhere, or dropped from here, is simply tokenized.
+_MADE: dict[str, np.ndarray] = {}
+_MADE_LIMIT = 1 << 13  # texts outstanding at once (one per session between its turns, in the simulator)
+
+
+def remember_vocab_text(text: str, idx: np.ndarray) -> None:
+    """Note that ``text`` is the vocabulary words ``idx`` (indices into ``vocabulary()``) joined by single spaces:
+    the next ``made_text_ids(text)`` gives ``encode(text)`` as an int64 array without reading the text."""
+    if len(_MADE) >= _MADE_LIMIT:
+        _MADE.clear()
+    _MADE[text] = _vocab()[1].take(idx)
+
+
+def made_text_ids(text: str) -> np.ndarray | None:
+    """``encode(text)`` (int64) for a text noted by ``remember_vocab_text`` and not taken since, else None."""
+    return _MADE.pop(text, None)
+
+
 def vocab_text_ids(text: str) -> np.ndarray | None:
     """``encode(text)`` as an int64 array when ``text`` is vocabulary words joined by single spaces (no
     other whitespace), else None."""

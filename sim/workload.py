@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from sim.faults import FaultError, FaultSpec, parse_faults
-from sim.tokenizer import GENERATION_PROMPT, VOCAB_SIZE, synth_text, vocabulary
+from sim.tokenizer import GENERATION_PROMPT, VOCAB_SIZE, remember_vocab_text, synth_text, vocabulary
 
 ARRIVAL_PATTERNS = ("rollout", "poisson", "concurrency")
 DIST_KINDS = ("constant", "uniform", "lognormal", "exponential", "normal", "choice")
@@ -526,7 +526,9 @@ class ToolTexts:
             # what that draw is for a power-of-two range: Lemire's bounded integer never rejects, each value is
             # the top bits of the next 32-bit output, and those are the halves of the 64-bit outputs, low first
             idx = bg.random_raw((n + 1) // 2).view(np.uint32)[:n] >> self._shift
-        return self._table.take(idx, axis=0).tobytes()[:-1].decode("ascii")
+        text = self._table.take(idx, axis=0).tobytes()[:-1].decode("ascii")
+        remember_vocab_text(text, idx)  # the session server takes these ids instead of tokenizing the text again
+        return text
 
 
 def system_prompt(scenario: Scenario) -> str:

@@ -782,18 +782,27 @@ def test_vocab_texts_get_the_tokenizers_ids_and_anything_else_no_answer(words, s
 
 @given(st.lists(st.tuples(st.sampled_from(["tool", "user", "assistant", "", 7]),
                           st.lists(vocab_words, min_size=1, max_size=160), separators, edits, st.integers(0, 999),
-                          st.booleans()), max_size=4))
+                          st.booleans(), st.booleans()), max_size=4))
 def test_render_ids_are_the_tokenizers_render_with_the_generation_prompt(specs):
-    messages = []
-    for role, words, sep, edit, at, as_parts in specs:
+    """Long vocabulary texts go through numpy and texts made from vocabulary words (``tok.remember_vocab_text``,
+    as the simulated tools' are) give their noted ids: either way the tokenizer's ids."""
+    messages, made = [], []
+    for role, words, sep, edit, at, as_parts, noted in specs:
         text = vocab_text(words, sep, edit, at)
         content = [{"type": "text", "text": text}] if as_parts else text
         messages.append({"role": role, "content": content})
-    got = render_ids(messages)
-    assert (got.tolist() if isinstance(got, np.ndarray) else got) == tok.render(messages, add_generation_prompt=True)
+        if noted and sep == " " and edit is None:
+            tok.remember_vocab_text(text, np.array([tok.vocabulary().index(w) for w in words]))
+            made.append(text)
     long_plain = [m for m in messages if type(m["content"]) is str and len(m["content"]) >= tok.VOCAB_TEXT_MIN_CHARS
                   and tok.vocab_text_ids(m["content"]) is not None]
-    assert isinstance(got, np.ndarray) == bool(long_plain)
+    got = render_ids(messages)
+    assert (got.tolist() if isinstance(got, np.ndarray) else got) == tok.render(messages, add_generation_prompt=True)
+    plain_made = [t for t in made if any(m["content"] is t for m in messages)]
+    assert isinstance(got, np.ndarray) == bool(long_plain or plain_made)
+    assert all(tok.made_text_ids(t) is None for t in plain_made)  # taken
+    for t in made:  # left by the parts-list contents, which are not looked up
+        tok.made_text_ids(t)
 
 
 def worker_upstream(deferred: bool):

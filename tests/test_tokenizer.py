@@ -120,3 +120,15 @@ def test_reseeded_pcg64_is_numpys_pcg64_for_the_seed_whatever_came_before(before
             fresh = tok.reseeded_pcg64(seed)
     assert fresh.state == np.random.PCG64(seed).state
     assert fresh.random_raw(3).tolist() == np.random.PCG64(seed).random_raw(3).tolist()
+
+
+@given(st.lists(st.integers(0, tok.VOCAB_SIZE - 1), min_size=1, max_size=50), st.text(max_size=20))
+def test_a_made_text_gives_its_tokenizer_ids_once(idx, other):
+    """``remember_vocab_text`` is a memo of ``encode`` for texts made from vocabulary words: taken once, the same
+    ids the tokenizer gives; a text nobody noted gives None (its caller tokenizes it)."""
+    text = " ".join(tok.vocabulary()[i] for i in idx)
+    tok.remember_vocab_text(text, np.array(idx))
+    got = tok.made_text_ids(text)
+    assert got is not None and got.dtype == np.int64 and got.tolist() == tok.encode(text)
+    assert tok.made_text_ids(text) is None
+    assert other == text or tok.made_text_ids(other) is None

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sim import tokenizer
 from sim.workload import (
     MESSAGE_OVERHEAD,
     Dist,
@@ -158,5 +159,8 @@ def test_tool_texts_are_tool_output(seed, sessions, lengths):
     for p in plans[:3]:
         for k in range(len(p.turns) + 1):  # one turn past the plan: the definition answers it
             for n in lengths:
-                assert tools.text(p.index, k, n) == tool_output(s, p.index, k, n)
+                text = tools.text(p.index, k, n)
+                assert text == tool_output(s, p.index, k, n)
+                made = tokenizer.made_text_ids(text)  # the ids it noted, if any, are the tokenizer's
+                assert made is None or made.tolist() == tokenizer.encode(text)
     assert tools.text(sessions + 5, 0, 9) == tool_output(s, sessions + 5, 0, 9)
