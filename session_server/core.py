@@ -75,6 +75,7 @@ import numpy as np
 
 from sim import fastjson
 from sim import tokenizer as tok
+from sim.tokenizer import render_ids
 from sim.vtime import request_time
 
 CHAT_PATH = "/v1/chat/completions"
@@ -209,28 +210,6 @@ def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> li
     """The ``default`` TITO merge: stored tokens verbatim + appended messages + generation prompt."""
     new = tok.render(appended, add_generation_prompt=True)  # == render(appended, False) + GENERATION_PROMPT
     return checkpoint + new if type(checkpoint) is list else [*checkpoint, *new]
-
-
-def render_ids(appended: list[Mapping[str, Any]]) -> list[int] | np.ndarray:
-    """``tok.render(appended, add_generation_prompt=True)``, contents whose ids are known (``tok.made_text_ids``)
-    taken as they are and long vocabulary-word contents tokenized in numpy (then an int64 array, else the
-    tokenizer's list)."""
-    parts: list[Any] | None = None
-    for i, m in enumerate(appended):
-        c = m.get("content")
-        if type(c) is str and (
-            (ids := tok.made_text_ids(c)) is not None
-            or (len(c) >= tok.VOCAB_TEXT_MIN_CHARS and (ids := tok.vocab_text_ids(c)) is not None)
-        ):
-            if parts is None:  # every part non-empty (an empty list would be float64 to numpy)
-                parts = [tok.render(appended[:i], add_generation_prompt=False)] if i else []
-            parts += ((tok.IM_START, tok.word_id(str(m.get("role", "user")))), ids, (tok.IM_END,))
-        elif parts is not None:
-            parts.append(tok.render_message(m))
-    if parts is None:
-        return tok.render(appended, add_generation_prompt=True)
-    parts.append(tok.GENERATION_PROMPT)
-    return np.concatenate(parts, dtype=np.int64)
 
 
 def seeded_uuid4_hex(rng: random.Random) -> str:

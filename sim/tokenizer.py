@@ -364,3 +364,25 @@ def vocab_text_ids(text: str) -> np.ndarray | None:
     if at.min() < 0:
         return None
     return ids[at]
+
+
+def render_ids(appended: list[Mapping[str, Any]]) -> list[int] | np.ndarray:
+    """``render(appended, add_generation_prompt=True)``, contents whose ids are known (``made_text_ids``)
+    taken as they are and long vocabulary-word contents tokenized in numpy (then an int64 array, else the
+    tokenizer's list)."""
+    parts: list[Any] | None = None
+    for i, m in enumerate(appended):
+        c = m.get("content")
+        if type(c) is str and (
+            (ids := made_text_ids(c)) is not None
+            or (len(c) >= VOCAB_TEXT_MIN_CHARS and (ids := vocab_text_ids(c)) is not None)
+        ):
+            if parts is None:  # every part non-empty (an empty list would be float64 to numpy)
+                parts = [render(appended[:i], add_generation_prompt=False)] if i else []
+            parts += ((IM_START, word_id(str(m.get("role", "user")))), ids, (IM_END,))
+        elif parts is not None:
+            parts.append(render_message(m))
+    if parts is None:
+        return render(appended, add_generation_prompt=True)
+    parts.append(GENERATION_PROMPT)
+    return np.concatenate(parts, dtype=np.int64)

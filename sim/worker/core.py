@@ -455,6 +455,8 @@ class WorkerCore:
                 prompt_ids, prompt_list = _checked_ids(input_ids, "input_ids")
                 if messages is not None:
                     _messages(messages, known_messages)
+            elif self.token_arrays:  # an array is all an in-process caller is echoed: long texts tokenized in numpy
+                prompt_ids = tokenizer.render_ids(_messages(messages, known_messages))
             else:
                 prompt_ids = prompt_list = tokenizer.render(_messages(messages), add_generation_prompt=True)
             max_tokens = get("max_tokens")
