@@ -667,35 +667,45 @@ class _Answer(fastjson.ChatAnswer):
         self._rseed, self._serial = rseed, core._count
         self._words: list[str] | None = None
         self._body: dict[str, Any] | None = None
+        self._id: str | None = None
+        self._lps: list[float] | None = None
+        self._output_list: list[int] | None = None
+        self._prompt: np.ndarray | list[int] | None = None
         self.created = int(timing.arrival)
+        self.message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
+        self.sim = core.sim_object(timing)
 
-    @functools.cached_property
+    # built on first use (plain properties: functools.cached_property takes a lock per read on Python 3.11)
+    @property
     def id(self) -> str:
-        req = self.req
-        if req.rid:
-            return req.rid
-        prefix = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gen"}[req.route]
-        return f"{prefix}-{xxhash.xxh64_hexdigest(f'{self.core.name}/{self._serial}/{self._rseed}'.encode())}"
+        if self._id is None:
+            req = self.req
+            if req.rid:
+                self._id = req.rid
+            else:
+                prefix = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gen"}[req.route]
+                key = f"{self.core.name}/{self._serial}/{self._rseed}".encode()
+                self._id = f"{prefix}-{xxhash.xxh64_hexdigest(key)}"
+        return self._id
 
-    @functools.cached_property
+    @property
     def lps(self) -> list[float]:
-        return _logprobs(self._rseed, len(self.output_ids))
+        if self._lps is None:
+            self._lps = _logprobs(self._rseed, len(self.output_ids))
+        return self._lps
 
-    @functools.cached_property
+    @property
     def output_list(self) -> list[int]:
-        return self.output_ids.tolist()
+        if self._output_list is None:
+            self._output_list = self.output_ids.tolist()
+        return self._output_list
 
-    @functools.cached_property
-    def message(self) -> dict[str, Any]:  # type: ignore[override]
-        return {"role": "assistant", "content": self.text, "reasoning_content": None, "tool_calls": None}
-
-    @functools.cached_property
+    @property
     def prompt_ids(self) -> np.ndarray:  # type: ignore[override]
-        return self._prompt_token_ids()  # an array: deferred answers are made for token_arrays cores only
-
-    @functools.cached_property
-    def sim(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.core.sim_object(self.timing)
+        """``prompt_token_ids`` (an array for a ``token_arrays`` core, as deferred answers always are)."""
+        if self._prompt is None:
+            self._prompt = self._prompt_token_ids()
+        return self._prompt  # type: ignore[return-value]
 
     def value(self) -> dict[str, Any]:
         if self._body is None:
