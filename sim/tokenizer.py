@@ -324,14 +324,19 @@ def _vocab_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | N
 # tokenizes them: the session server then takes the ids instead of reading the text again. A memo of ``encode``
 # (same ids by construction), so a text made elsewhere, or dropped from here, is simply tokenized.
 _MADE: dict[str, np.ndarray] = {}
-_MADE_LIMIT = 1 << 13  # texts outstanding at once (one per session between its turns, in the simulator)
+# texts held at most (the oldest go first): one per session between two of its turns in the simulator, and never
+# more than ~15 MB when nobody takes them (a session server in another process)
+_MADE_LIMIT = 2048
 
 
 def remember_vocab_text(text: str, idx: np.ndarray) -> None:
     """Note that ``text`` is the vocabulary words ``idx`` (indices into ``vocabulary()``) joined by single spaces:
     the next ``made_text_ids(text)`` gives ``encode(text)`` as an int64 array without reading the text."""
-    if len(_MADE) >= _MADE_LIMIT:
-        _MADE.clear()
+    while len(_MADE) >= _MADE_LIMIT:
+        try:
+            del _MADE[next(iter(_MADE))]
+        except (StopIteration, KeyError, RuntimeError):  # another thread took or noted one meanwhile
+            break
     _MADE[text] = _vocab()[1].take(idx)
 
 

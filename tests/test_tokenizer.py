@@ -132,3 +132,17 @@ def test_a_made_text_gives_its_tokenizer_ids_once(idx, other):
     assert got is not None and got.dtype == np.int64 and got.tolist() == tok.encode(text)
     assert tok.made_text_ids(text) is None
     assert other == text or tok.made_text_ids(other) is None
+
+
+def test_noted_texts_are_bounded_and_the_oldest_go_first():
+    """A process whose tool texts are tokenized elsewhere (an external session server) holds only the newest."""
+    pairs = [(i % 4096, (i * 7) % 4096) for i in range(3000)]  # distinct texts of two vocabulary words
+    texts = [" ".join(tok.vocabulary()[j] for j in p) for p in pairs]
+    try:
+        for t, p in zip(texts, pairs, strict=True):
+            tok.remember_vocab_text(t, np.array(p))
+        assert len(tok._MADE) == tok._MADE_LIMIT
+        assert tok.made_text_ids(texts[0]) is None
+        assert tok.made_text_ids(texts[-1]).tolist() == tok.encode(texts[-1])
+    finally:
+        tok._MADE.clear()
