@@ -15,9 +15,9 @@ every core. A worker's 200 chat answer crosses the gateway and the session core 
 they read its message and id arrays, the session records it as is, and its JSON body (thousands of per-token
 objects) is built only if somebody reads it, the same body ``http`` carries. Token ids travel as read-only int64
 arrays (see ``TOKEN_ARRAYS``), and the worker echoes the session's ``input_ids`` object itself, which the session
-core recognises by identity (no per-id work). The session core
-tells the gateway how many leading messages are the very objects of a request the gateway answered 200 before
-(``UpstreamRequest.known_messages``), and the gateway validates only the others (same 4xx for anything bad).
+core recognises by identity (no per-id work). The session core tells the gateway and the worker how many leading
+messages are the very objects of a request answered 200 before (``UpstreamRequest.known_messages``), and they
+validate only the others (same 4xx for anything bad).
 """
 
 from __future__ import annotations

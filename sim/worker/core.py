@@ -458,7 +458,7 @@ class WorkerCore:
             elif self.token_arrays:  # an array is all an in-process caller is echoed: long texts tokenized in numpy
                 prompt_ids = tokenizer.render_ids(_messages(messages, known_messages))
             else:
-                prompt_ids = prompt_list = tokenizer.render(_messages(messages), add_generation_prompt=True)
+                prompt_ids = prompt_list = tokenizer.render(_messages(messages, known_messages), True)
             max_tokens = get("max_tokens")
             if type(max_tokens) is not int or max_tokens < 1:
                 max_tokens = _int_field(body, "max_tokens", 1)
@@ -849,7 +849,7 @@ class _Answer(fastjson.ChatAnswer):
                     {"text": text_upto(end), "output_ids": self.output_list[:end], "meta_info": self.meta_info(end)}
                 )
                 times.append(self._time_of(end))
-            events[-1][vtime.SIM_RESPONSE_FIELD] = core.sim_object(t)
+            events[-1][vtime.SIM_RESPONSE_FIELD] = self.sim
             return events, times
         obj = "chat.completion.chunk" if r.route == "chat" else "text_completion"
         base = {"id": self.id, "object": obj, "created": self.created, "model": core.model_name}
@@ -893,7 +893,7 @@ class _Answer(fastjson.ChatAnswer):
         if r.include_usage:
             events.append({**base, "choices": [], "usage": self.usage()})
             times.append(t.finish)
-        events[-1][vtime.SIM_RESPONSE_FIELD] = core.sim_object(t)
+        events[-1][vtime.SIM_RESPONSE_FIELD] = self.sim
         return events, times
 
 
