@@ -242,7 +242,7 @@ class UpstreamResponse:
     somebody reads it)."""
 
     status: int
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
     content: bytes = b""
     data: Any = None
     answer: fastjson.ChatAnswer | None = None
@@ -312,6 +312,7 @@ class Session:
     # written at ``token_end`` (so no view's ids change), appending a turn's ids without copying the context
     token_buffer: np.ndarray | None = field(default=None, repr=False)
     token_end: int = 0
+    token_view: np.ndarray | None = field(default=None, repr=False)  # the buffer, read-only: views are sliced from it
 
     @property
     def num_assistant(self) -> int:
@@ -804,12 +805,12 @@ def _extend_ids(s: Session, head: np.ndarray, tail: list[int]) -> np.ndarray:
     if buf is None or head.base is not buf or n != s.token_end or n + m > len(buf):
         new = np.empty(max(2 * (n + m), 1024), dtype=np.int64)
         new[:n] = head
-        buf = new
+        buf = s.token_buffer = new
+        ro = s.token_view = new.view()
+        ro.flags.writeable = False
     buf[n : n + m] = tail
-    s.token_buffer, s.token_end = buf, n + m
-    view = buf[: n + m]
-    view.flags.writeable = False
-    return view
+    s.token_end = n + m
+    return s.token_view[: n + m]  # read-only, and its base is ``buf`` (numpy collapses view chains)
 
 
 def _new_checkpoint(

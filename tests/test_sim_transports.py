@@ -248,6 +248,20 @@ def test_a_port_whose_server_closed_its_connections_is_free_again_at_once():
     assert _ports_free(server.port, 1)
 
 
+def test_direct_reads_the_workers_timelines_typed_and_writes_no_timeline_headers(monkeypatch):
+    """The in-process gateway takes a worker's virtual finish from ``Reply.timing`` (the value ``x-sim-finish``
+    would carry, exactly), so a ``direct`` run renders no worker headers (its results are ``http``'s:
+    ``test_http_and_direct_agree_exactly``)."""
+    from sim.worker.core import Reply
+
+    reads = []
+    rendered = Reply.headers.fget
+    monkeypatch.setattr(Reply, "headers", property(lambda r: reads.append(r) or rendered(r), Reply.headers.fset))
+    setup = make_setup(TINY.replace(sessions=3), MANUAL, True)
+    row = run_setup(setup, "direct")
+    assert row["errors"] == 0 and row["requests"] > 3 and reads == []
+
+
 class ViewSpy:
     """A transport that keeps the session views its agents read."""
 

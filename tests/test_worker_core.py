@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sim import fastjson, tokenizer, vtime
 from sim.engine.types import WorkerConfig
-from sim.worker.core import Faults, WorkerCore, _logprobs, _neg_round6
+from sim.worker.core import Faults, Reply, WorkerCore, _logprobs, _neg_round6
 
 words = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
 contents = st.lists(words, min_size=0, max_size=12).map(" ".join)
@@ -88,6 +88,24 @@ def test_timelines_are_ordered_and_reported_consistently(steps):
         assert reply.headers[vtime.HEADER_WORKER] == "w0"
         usage = reply.body["meta_info"] if route == "generate" else reply.body["usage"]
         assert 0 <= sim["cached_tokens"] < usage["prompt_tokens"]
+
+
+def test_a_served_reply_carries_its_timeline_in_headers_written_when_read():
+    """The four x-sim-* headers are the timing's exact reprs, made on first read; failures carry only the worker."""
+    c = core()
+    reply = c.infer("chat", {"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 5, "sim_time": 2.5})
+    t = reply.timing
+    assert reply.status == 200 and t is not None
+    assert "_headers" in Reply.__slots__ and reply._headers == {vtime.HEADER_WORKER: "w0"}  # nothing written yet
+    want = {vtime.HEADER_WORKER: "w0", vtime.HEADER_ARRIVAL: repr(t.arrival), vtime.HEADER_START: repr(t.start),
+            vtime.HEADER_FIRST_TOKEN: repr(t.first_token), vtime.HEADER_FINISH: repr(t.finish)}
+    assert reply.headers == want and reply.headers is reply.headers
+    assert vtime.finish_time(reply.headers) == t.finish == reply.body["sim"]["finish"]
+    c.faults.fail_rate = 1.0
+    failed = c.infer("chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "sim_time": 3.0})
+    assert failed.status == 500 and failed.headers == {vtime.HEADER_WORKER: "w0"}
+    bad = c.infer("chat", {"messages": [], "sim_time": 3.0})
+    assert bad.status == 400 and bad.headers == {}
 
 
 @given(messages, st.integers(1, 80), st.sampled_from(["chat", "completions", "generate"]))

@@ -23,6 +23,7 @@ validate only the others (same 4xx for anything bad).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mock_gateway import retry, upstream
@@ -32,6 +33,7 @@ from session_server.core import SessionCore, SessionError, UpstreamRequest, Upst
 from sim import fastjson, vtime
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
+from sim.worker.core import Reply as WorkerReply
 from sim.worker.core import WorkerCore
 
 ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}
@@ -49,6 +51,25 @@ def _request_time(body: Any) -> float | None:
     if type(v) is float and 0.0 <= v < float("inf"):
         return v
     return vtime.request_time(body)
+
+
+class _ReplyHeaders(Mapping[str, str]):
+    """A worker reply's headers, rendered (``Reply.headers``) only if somebody reads them: nobody does in a
+    ``direct`` run, which relays no headers."""
+
+    __slots__ = ("_reply",)
+
+    def __init__(self, reply: WorkerReply) -> None:
+        self._reply = reply
+
+    def __getitem__(self, key: str) -> str:
+        return self._reply.headers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._reply.headers)
+
+    def __len__(self) -> int:
+        return len(self._reply.headers)
 
 
 class DirectGateway:
@@ -101,9 +122,12 @@ class DirectGateway:
             else:
                 payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
                 reply = self.workers[d.url].infer(endpoint, payload, deferred=True, known_messages=req.known_messages)
-                vf = vtime.finish_time(reply.headers) if sim_t is not None else None
+                if sim_t is None:
+                    vf = None
+                else:  # what x-sim-finish says (repr round-trips a float exactly), without writing it out
+                    vf = reply.timing.finish if reply.timing is not None else vtime.finish_time(reply.headers)
                 # read, never changed; a chat answer typed, its body built if somebody reads it (fastjson.ChatAnswer)
-                resp = UpstreamResponse(reply.status, reply.headers, data=reply.body, answer=reply.answer)
+                resp = UpstreamResponse(reply.status, _ReplyHeaders(reply), data=reply.body, answer=reply.answer)
                 core.finish(ticket, virtual_finish=vf)
                 retryable = retry.settle_attempt(core, d.url, reply.status, core.clock)
             failed.append(d.url)

@@ -55,7 +55,7 @@ import functools
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -109,22 +109,52 @@ class Faults:
         return dataclasses.asdict(self)
 
 
-@dataclass
 class Reply:
-    """What an adapter sends back for one request."""
+    """What an adapter sends back for one request.
 
-    status: int
-    body: dict[str, Any] | None = None
-    answer: fastjson.ChatAnswer | None = None  # instead of ``body``: see ``WorkerCore.infer(deferred=True)``
-    events: list[dict[str, Any]] | None = None
-    event_times: list[float] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-    timing: RequestTiming | None = None
-    virtual: bool = True
+    ``headers``: the worker's name and, for a served request, its virtual timeline (``vtime.HEADER_ARRIVAL``
+    ...). The timeline's header strings are made on first read of ``headers``: an in-process caller that reads
+    ``timing`` instead never pays for four float reprs per request."""
+
+    __slots__ = ("_headers", "_timed", "answer", "body", "event_times", "events", "status", "timing", "virtual")
+
+    def __init__(self, status: int, body: dict[str, Any] | None = None, answer: fastjson.ChatAnswer | None = None,
+                 events: list[dict[str, Any]] | None = None, event_times: list[float] | None = None,
+                 headers: dict[str, str] | None = None, timing: RequestTiming | None = None,
+                 virtual: bool = True) -> None:
+        self.status = status
+        self.body = body
+        self.answer = answer  # instead of ``body``: see ``WorkerCore.infer(deferred=True)``
+        self.events = events
+        self.event_times = [] if event_times is None else event_times
+        self._headers = {} if headers is None else headers
+        self.timing = timing
+        self.virtual = virtual
+        self._timed = timing is None or status != 200  # the timeline headers are written (or there are none)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = self._headers
+        if not self._timed:
+            self._timed = True
+            t = self.timing
+            assert t is not None
+            h[vtime.HEADER_ARRIVAL] = repr(t.arrival)
+            h[vtime.HEADER_START] = repr(t.start)
+            h[vtime.HEADER_FIRST_TOKEN] = repr(t.first_token)
+            h[vtime.HEADER_FINISH] = repr(t.finish)
+        return h
+
+    @headers.setter
+    def headers(self, value: dict[str, str]) -> None:
+        self._headers, self._timed = value, True
 
     @property
     def stream(self) -> bool:
         return self.events is not None
+
+    def __repr__(self) -> str:
+        return f"Reply(status={self.status!r}, headers={self.headers!r}, timing={self.timing!r})"
 
 
 def _bad(message: str, param: str | None = None, status: int = 400) -> Reply:
@@ -567,15 +597,7 @@ class WorkerCore:
             timing = self.engine.submit(t, req.prompt_ids, output_arr)
         except ValueError as e:
             return _bad(f"the worker cannot admit this request: {e}")
-        self._count += 1
-        headers.update(
-            {
-                vtime.HEADER_ARRIVAL: repr(timing.arrival),
-                vtime.HEADER_START: repr(timing.start),
-                vtime.HEADER_FIRST_TOKEN: repr(timing.first_token),
-                vtime.HEADER_FINISH: repr(timing.finish),
-            }
-        )
+        self._count += 1  # the timeline headers come with ``timing`` (``Reply.headers`` writes them when read)
         ctx = _Answer(self, req, timing, text, output_arr, rseed, vocab_idx)
         if req.stream:
             events, times = ctx.events()
