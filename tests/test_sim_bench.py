@@ -68,3 +68,17 @@ def test_repeated_rounds_are_summarized_by_their_median_and_range(capsys):
     assert "http / no-op chain (tiny bodies): 0.45 (0.42-0.55)" in out
     assert f"{sim_bench.DIRECT_GOAL}: 0.55 (0.52-0.65)" in out
     assert f"http {sim_bench.RATE}: 160 (150-170)" in out
+
+
+@pytest.mark.skipif(__import__("shutil").which("valgrind") is None, reason="valgrind is not installed")
+def test_the_instruction_count_sees_a_run_and_grows_with_its_requests() -> None:
+    """``benchmarks/instr_bench.py`` counts a real ``direct`` run under cachegrind, the same count every time
+    (no figure is asserted)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "instr_bench.py"
+    spec = importlib.util.spec_from_file_location("instr_bench", path)
+    assert spec is not None and spec.loader is not None
+    instr_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(instr_bench)
+    small, again, big = (instr_bench.count(n, instr_bench.ROOT) for n in (1, 1, 3))
+    assert 0 < small[1] < big[1] and 0 < small[0] < big[0]
+    assert again[1] == small[1] and abs(again[0] - small[0]) < small[0] * 1e-4
