@@ -292,6 +292,8 @@ class GatewayCore:
         self._pending: list[tuple[float, int, Ticket]] = []  # released when the clock passes virtual finish
         self.inflight: dict[int, Ticket] = {}
         self._open: set[str] = set()  # workers whose breaker is open (every transition passes _cb_metrics)
+        self._not_ready: set[str] = set()  # workers whose status is not "ready" (set only by health_result)
+        self._overloaded: set[str] = set()  # workers whose last load report is over a cap (reports: record_load)
         m = self.metrics  # cached label children, most with deferred writes (see metrics.py)
         self._m_health = m.gauges(m.worker_health)
         self._m_active = m.gauges(m.worker_active)
@@ -347,6 +349,8 @@ class GatewayCore:
         if w is None:
             return False
         self._open.discard(url)
+        self._not_ready.discard(url)
+        self._overloaded.discard(url)
         self.policy.on_worker_removed(url)
         self._pool_gauge()
         return True
@@ -411,6 +415,11 @@ class GatewayCore:
         if w is None:
             return
         w.report = EngineReport.parse(load, now)
+        cfg = self.config
+        if w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage):
+            self._overloaded.add(url)
+        else:
+            self._overloaded.discard(url)
         w.drop_credits(now)  # the report already reflects them
         self._m_load_polls[(url, "poll")].inc()
         if w.report is not None:
@@ -473,16 +482,23 @@ class GatewayCore:
                 w.status = "failed"
             elif w.health_failures >= cfg.health_failure_threshold and w.ready:
                 w.status = "not_ready"
+        if w.ready:
+            self._not_ready.discard(url)
+        else:
+            self._not_ready.add(url)
         self._m_health[url].set(1 if w.ready else 0)
 
     # -- selection ---------------------------------------------------------------------------------
     def available(self, model: str | None, exclude: Iterable[str] = ()) -> list[Worker]:
         """Ready workers of the model whose breaker allows a request (before overload protection)."""
-        out = [
-            w
-            for w in self.registry.of_model(model)
-            if w.status == "ready" and (w.breaker.state != CB_OPEN or not w.breaker.enabled)
-        ]
+        if self._open or self._not_ready:
+            out = [
+                w
+                for w in self.registry.of_model(model)
+                if w.status == "ready" and (w.breaker.state != CB_OPEN or not w.breaker.enabled)
+            ]
+        else:  # every worker ready, no breaker open (the usual case): all of them, without looking at each
+            out = list(self.registry.of_model(model))
         if exclude:
             ex = set(exclude)
             out = [w for w in out if w.url not in ex]
@@ -530,8 +546,8 @@ class GatewayCore:
             )
         workers = self.available(model, exclude)
         if workers and cfg.overload_protection:
-            wcap, ucap = cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage
-            fine = [w for w in workers if (r := w.report) is None or not (r.waiting >= wcap or r.token_usage >= ucap)]
+            overloaded = self._overloaded  # by their last load reports, kept up to date by record_load
+            fine = [w for w in workers if w.url not in overloaded] if overloaded else workers
             self._m_overloaded[label].set(len(workers) - len(fine))
             if not fine:
                 if cfg.worker_overload_shed:

@@ -274,8 +274,63 @@ def test_same_seed_same_decisions(policy):
     assert run(3) == run(3)
 
 
-from hypothesis import given  # noqa: E402
+from hypothesis import example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["health", "outcome", "load", "tick", "remove", "add"]),
+        st.integers(0, 2),
+        st.booleans(),
+        st.integers(0, 12),
+        st.floats(0.0, 1.0),
+    ),
+    max_size=40,
+)
+
+
+@given(events)
+@example([("load", 0, True, 12, 0.9), ("remove", 0, True, 0, 0.0), ("add", 0, True, 0, 0.0)])
+@example([("health", 1, False, 0, 0.0), ("remove", 1, True, 0, 0.0), ("add", 1, True, 0, 0.0)])
+@example([("outcome", 2, False, 0, 0.0), ("outcome", 2, False, 0, 0.0), ("tick", 0, True, 0, 0.0),
+          ("tick", 0, True, 0, 0.0), ("tick", 0, True, 0, 0.0), ("outcome", 2, True, 0, 0.0)])
+def test_the_candidate_workers_are_always_the_ready_closed_not_overloaded_ones(evs):
+    """``available`` and overload protection skip their per-worker checks while the sets kept by health,
+    breaker and load-report events say nothing is out; under any sequence of those events (and workers
+    leaving and coming back) both give what checking every worker gives."""
+    core = make_core("--policy", "round_robin", "--cb-failure-threshold", "2", "--cb-timeout-duration-secs", "3",
+                     "--cb-success-threshold", "1", "--health-failure-threshold", "1",
+                     "--health-success-threshold", "1")
+    cfg, now = core.config, 0.0
+    for kind, i, ok, waiting, usage in evs:
+        now += 1.0
+        url = W[i]
+        if kind == "health":
+            core.health_result(url, ok, now)
+        elif kind == "outcome":
+            core.record_outcome(url, ok, now)
+        elif kind == "load":
+            core.record_load(url, {"loads": [{"num_waiting_reqs": waiting, "token_usage": usage}]}, now)
+        elif kind == "tick":
+            core.advance(now)
+        elif kind == "remove":
+            core.remove_worker(url)
+        else:
+            core.add_worker(url, "fake-model")
+        every = [w for w in core.registry.of_model("fake-model")
+                 if w.status == "ready" and (w.breaker.state != "open" or not w.breaker.enabled)]
+        assert core.available("fake-model") == every
+        over = {w.url for w in core.registry.values()
+                if w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage)}
+        assert core._overloaded == over
+        d = core.select("chat", {}, chat(), now=now)
+        fine = [w for w in every if w.url not in over]
+        if fine:
+            assert d.url in {w.url for w in fine} and d.branch != "overload_fallback"
+        elif every:
+            assert d.branch == "overload_fallback"
+        else:
+            assert d.url is None
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),
