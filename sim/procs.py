@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -27,6 +28,18 @@ LOOPBACK = "127.0.0.1"
 # close (60 s on Linux) sits on the server's port; a client closing first leaves it on its ephemeral port, where
 # it blocks binding (even with SO_REUSEADDR) a port that a later run's workers may need (sim.transports.pool)
 SERVER_CLOSES = {"connection": "close"}
+_RESET_ON_CLOSE = (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def polling_client(timeout: float) -> httpx.Client:
+    """A client for short-lived polls and scrapes on loopback that never leaves a TIME_WAIT on its own port.
+
+    It asks the server to close each connection after its answer (``SERVER_CLOSES``), so the close's TIME_WAIT sits
+    on the server's port. That alone is a race: a server that is slow to close (a busy event loop) lets the client,
+    done reading, close first now and then. So the client's sockets also linger 0 s: a close the client makes first
+    is a reset, which leaves no TIME_WAIT on either side (the answer was read whole before it)."""
+    transport = httpx.HTTPTransport(socket_options=[_RESET_ON_CLOSE])
+    return httpx.Client(timeout=timeout, trust_env=False, headers=SERVER_CLOSES, transport=transport)
 # h11 refuses a request head (request line + headers) still incomplete past this many bytes with its own text/plain
 # 400. Its default, 16 KiB, made the outcome depend on TCP segmentation: a 20 KiB path read in one piece reached the
 # app (and its JSON error), read in two it did not. Every server here parses heads up to 1 MiB.
@@ -82,7 +95,7 @@ def wait_http(
     """Poll ``url`` until it answers one of the ``ok`` statuses; raise TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: object = None
-    with httpx.Client(timeout=2.0, trust_env=False, headers=SERVER_CLOSES) as client:
+    with polling_client(2.0) as client:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from sim.procs import LOOPBACK, SERVER_CLOSES, Process, free_ports, python_module, smg_binary, spawn, wait_http
+from sim.procs import LOOPBACK, Process, free_ports, polling_client, python_module, smg_binary, spawn, wait_http
 
 GATEWAYS = ("mock", "smg")
 
@@ -129,7 +129,7 @@ def wait_ready(url: str, workers: int, timeout: float = READY_TIMEOUT, proc: Pro
     wait_http(f"{url}/readiness", timeout=timeout, proc=proc.popen if proc else None)
     deadline = time.monotonic() + timeout
     last: object = None
-    with httpx.Client(timeout=2.0, trust_env=False, headers=SERVER_CLOSES) as client:
+    with polling_client(2.0) as client:
         while time.monotonic() < deadline:
             if proc is not None and not proc.alive():
                 raise RuntimeError(f"gateway exited with {proc.popen.returncode}")

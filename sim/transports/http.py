@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from sim import fasthttp, fastjson
-from sim.procs import LOOPBACK, SERVER_CLOSES, ThreadServer, free_port
+from sim.procs import LOOPBACK, ThreadServer, free_port, polling_client
 from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import (
@@ -93,7 +93,7 @@ class SessionClient:
 
 def _get_text(url: str) -> str:
     try:
-        with httpx.Client(timeout=CLIENT_TIMEOUT, trust_env=False, headers=SERVER_CLOSES) as c:
+        with polling_client(CLIENT_TIMEOUT) as c:
             r = c.get(url)
             return r.text if r.status_code == 200 else ""
     except httpx.HTTPError:
