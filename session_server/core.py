@@ -179,6 +179,8 @@ def message_matches(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         return True
     for k in _MESSAGE_FIELDS:
         x, y = a.get(k), b.get(k)
+        if x == y and type(x) is type(y):  # equal values of one type normalise alike (a stored reply's None fields)
+            continue
         if (x is not None or y is not None) and _empty_to_none(x) != _empty_to_none(y):
             return False
     return True
