@@ -63,6 +63,7 @@ Semantics (miles ``deploy`` baseline, shared/specs/miles-session-server.md, with
 from __future__ import annotations
 
 import json
+import math
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -789,7 +790,7 @@ class SessionCore:
 def _request_time(body: Mapping[str, Any]) -> float | None:
     """``vtime.request_time``, with the common case (a plain finite float) first."""
     v = body.get("sim_time")
-    if type(v) is float and 0.0 <= v < float("inf"):
+    if type(v) is float and 0.0 <= v < math.inf:
         return v
     return request_time(body)
 

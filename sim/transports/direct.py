@@ -23,6 +23,7 @@ validate only the others (same 4xx for anything bad).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ TOKEN_ARRAYS = True
 def _request_time(body: Any) -> float | None:
     """``vtime.request_time``, with the agents' case (a finite non-negative float in a dict) first."""
     v = body.get(vtime.SIM_TIME_FIELD) if type(body) is dict else None
-    if type(v) is float and 0.0 <= v < float("inf"):
+    if type(v) is float and 0.0 <= v < math.inf:
         return v
     return vtime.request_time(body)
 
