@@ -206,7 +206,7 @@ def validate(endpoint: str, body: object, policy: str, known_messages: int = 0) 
     ``integer_below_min_value``. ``/generate`` answers type errors with 422 (SMG sends plain text there;
     the mock keeps the JSON error shape).
     """
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):  # a dict first: the ABC check costs more
         return _bad(endpoint, policy, "invalid_type", "Invalid JSON data: expected a JSON object")
     for f in _REQUIRED[endpoint]:
         if body.get(f) is None:
@@ -524,7 +524,7 @@ class GatewayCore:
         bad = validate(endpoint, body, cfg.policy, known_messages)
         if bad is not None:
             return bad
-        assert isinstance(body, Mapping)
+        assert type(body) is dict or isinstance(body, Mapping)
         model = body.get("model")
         if endpoint == "generate" and model == "unknown":
             model = None
