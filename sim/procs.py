@@ -28,6 +28,11 @@ LOOPBACK = "127.0.0.1"
 # close (60 s on Linux) sits on the server's port; a client closing first leaves it on its ephemeral port, where
 # it blocks binding (even with SO_REUSEADDR) a port that a later run's workers may need (sim.transports.pool)
 SERVER_CLOSES = {"connection": "close"}
+# h11 refuses a request head (request line + headers) still incomplete past this many bytes with its own text/plain
+# 400. Its default, 16 KiB, made the outcome depend on TCP segmentation: a 20 KiB path read in one piece reached the
+# app (and its JSON error), read in two it did not. Every server here parses heads up to 1 MiB.
+MAX_REQUEST_HEAD = 1 << 20
+UVICORN_DEFAULTS = {"http": "h11", "h11_max_incomplete_event_size": MAX_REQUEST_HEAD}
 _RESET_ON_CLOSE = (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
@@ -40,11 +45,6 @@ def polling_client(timeout: float) -> httpx.Client:
     is a reset, which leaves no TIME_WAIT on either side (the answer was read whole before it)."""
     transport = httpx.HTTPTransport(socket_options=[_RESET_ON_CLOSE])
     return httpx.Client(timeout=timeout, trust_env=False, headers=SERVER_CLOSES, transport=transport)
-# h11 refuses a request head (request line + headers) still incomplete past this many bytes with its own text/plain
-# 400. Its default, 16 KiB, made the outcome depend on TCP segmentation: a 20 KiB path read in one piece reached the
-# app (and its JSON error), read in two it did not. Every server here parses heads up to 1 MiB.
-MAX_REQUEST_HEAD = 1 << 20
-UVICORN_DEFAULTS = {"http": "h11", "h11_max_incomplete_event_size": MAX_REQUEST_HEAD}
 
 
 def free_port() -> int:
