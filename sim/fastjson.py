@@ -63,13 +63,14 @@ def _has_long_integer(data: bytes | bytearray) -> bool:
         return False
     # any run of 19 digits at all? window[i] = digit[i : i + w] all digits, for w doubling to 16, then 19: a few
     # cheap passes, and almost every body has none (then nothing else is looked at)
-    window = np.less(np.frombuffer(data, np.uint8) - _ZERO, 10)  # wraps below "0": not a digit
+    is_digit = np.less(np.frombuffer(data, np.uint8) - _ZERO, 10)  # wraps below "0": not a digit
+    window = is_digit
     for shift in _WINDOW_SHIFTS:
         window = window[:-shift] & window[shift:]
     if not window.any():
         return False
     digit = np.zeros(n + 2, np.bool_)  # padded with a non-digit on each side, so runs start and end in pairs
-    np.less(np.frombuffer(data, np.uint8) - _ZERO, 10, out=digit[1:-1])  # wraps below "0": not a digit
+    digit[1:-1] = is_digit
     edges = np.flatnonzero(digit[1:] != digit[:-1])  # each run's first digit, then the index after its last
     starts, ends = edges[::2], edges[1::2]
     for k in np.flatnonzero(ends - starts >= _LONG_RUN).tolist():

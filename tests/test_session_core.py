@@ -97,7 +97,7 @@ message_dicts = st.dictionaries(st.sampled_from(["role", "content", "reasoning_c
 
 
 @given(message_dicts, message_dicts)
-def test_message_equality_is_mileses_field_by_field_rule(a, b):
+def test_message_equality_is_miles_field_by_field_rule(a, b):
     """Equal on role, content, reasoning_content and tool_calls, with None, "" and [] alike (miles'
     ``message_matches``), whatever shortcuts the implementation takes; values of any JSON type, NaN included."""
     def norm(v):
