@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mock_gateway.testing import make_core, urls  # noqa: E402
-from sim.procs import consecutive_free_ports, free_ports, python_module, smg_binary, spawn, wait_http  # noqa: E402
 from sim.real_smg import gateway_argv, wait_ready  # noqa: E402
+from testbed_common.procs import consecutive_free_ports, free_ports, python_module, smg_binary, spawn, wait_http  # noqa: E402
 
 POLICIES = [
     ("manual", ["--assignment-mode", "min_load"]),

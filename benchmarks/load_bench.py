@@ -14,7 +14,7 @@ divided by ``--speedup``. Two measurements:
   resident memory of each server process (``VmHWM`` in ``/proc/<pid>/status``; psutil is not needed).
 
 Run: ``.venv/bin/python benchmarks/load_bench.py [--sessions 1000 --turns 5 --workers 4 --speedup 1000]``.
-``tests/test_load.py`` drives the same functions with fewer sessions.
+``tests/e2e/test_load.py`` drives the same functions with fewer sessions.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from sim import procs
-from sim import tokenizer as tok
+from testbed_common import procs
+from testbed_common import tokenizer as tok
 
 MODEL = "mock-model"
 TIMEOUT = httpx.Timeout(300.0, connect=30.0)

@@ -22,8 +22,8 @@ import httpx
 
 from session_server.core import SessionCore, UpstreamResponse
 from session_server.testing import noop_answer
-from sim import procs
-from sim import tokenizer as tok
+from testbed_common import procs
+from testbed_common import tokenizer as tok
 
 BODY = {"model": "noop", "max_tokens": 1}
 

@@ -7,7 +7,7 @@ three no-op FastAPI servers hosted the same way as the ``http`` transport (uvico
 client a sync ``httpx.Client``): the floor under ``http``, which has three hops too
 (agent -> session server -> gateway -> worker). ``noop`` sends a tiny "hello" body; ``noop-sized`` sends
 and answers, on each of the three hops, bodies of the mean sizes the ``http`` run carried on that hop
-(counted by its clients, ``sim.fasthttp.traffic``; from the ``http`` run of the same invocation, else
+(counted by its clients, ``testbed_common.fasthttp.traffic``; from the ``http`` run of the same invocation, else
 from a short ``http`` run of 100 sessions made for it), so it is the floor for the bytes ``http`` moves.
 ``noop-json`` is the floor for the protocol's JSON: the same chain, each party parsing and writing real bodies
 sampled from the ``http`` run (8 per hop, uniformly) as its role in ``http`` does, and fetching record views
@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def measure_transport(transport: str, scenario: str, sessions: int | None, samples_path: str | None = None
                       ) -> dict:
-    from sim import fasthttp
     from sim.runner import PolicyConfig, make_setup, run_setup
     from sim.workload import load_scenario
+    from testbed_common import fasthttp
 
     s = load_scenario(scenario)
     if sessions:
@@ -51,7 +51,7 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
     row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples are written
     meta = row["_meta"]
-    from sim.fasthttp import traffic
+    from testbed_common.fasthttp import traffic
 
     if samples_path:
         views = fasthttp.TRAFFIC.get(VIEWS, [0])[0]
@@ -66,7 +66,7 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
             "peak_rss_mib": peak_rss_mib, "traffic": traffic()}
 
 
-HOPS = (CHAT_HOP, "session server -> gateway", "gateway -> worker")  # sim.fasthttp.TRAFFIC labels, front to back
+HOPS = (CHAT_HOP, "session server -> gateway", "gateway -> worker")  # fasthttp.TRAFFIC labels, front to back
 VIEWS = VIEW_HOP
 SAMPLE_SIZE = 8  # exchanges of each hop kept for the JSON floor, uniform over the run (~9 MB held: 8 record views)
 
@@ -97,10 +97,10 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
     from fastapi import FastAPI
     from fastapi.responses import Response
 
-    from sim.procs import ThreadServer
+    from testbed_common.procs import ThreadServer
 
     if replay:
-        from sim import fastjson  # numpy with it: the plain chains stay as they were
+        from testbed_common import fastjson  # numpy with it: the plain chains stay as they were
     bodies = replay["bodies"] if replay else {}
     objs = [[(fastjson.loads(a), fastjson.loads(b)) for a, b in bodies[h]] for h in HOPS] if replay else None
     views = [fastjson.loads(b) for _, b in bodies.get(VIEWS, [])] or None

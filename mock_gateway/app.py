@@ -31,8 +31,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from mock_gateway import health, load_monitor, retry, upstream
 from mock_gateway.config import GatewayConfig
 from mock_gateway.core import Decision, GatewayCore
-from sim import fasthttp, fastjson, vtime
-from sim.fasthttp import FastPathApp
+from testbed_common import fasthttp, fastjson, vtime
+from testbed_common.fasthttp import FastPathApp
 
 log = logging.getLogger("mock_gateway")
 ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/generate": "generate"}

@@ -18,7 +18,7 @@ import uvicorn
 
 from mock_gateway.app import create_app
 from mock_gateway.config import build_parser, parse_args
-from sim.procs import UVICORN_DEFAULTS
+from testbed_common.procs import UVICORN_DEFAULTS
 
 
 def main(argv: list[str] | None = None) -> int:

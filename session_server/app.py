@@ -33,8 +33,8 @@ from session_server.core import (
     UpstreamResponse,
     response_headers,
 )
-from sim import fasthttp, fastjson
-from sim.fasthttp import FastPathApp
+from testbed_common import fasthttp, fastjson
+from testbed_common.fasthttp import FastPathApp
 
 
 class AsyncUpstream(Protocol):
@@ -53,7 +53,7 @@ def _dumps(data: object) -> bytes:
 
 
 class HttpUpstream:
-    """One pooled httpx transport to the router (``sim.fasthttp``); a transport error becomes a synthetic 502."""
+    """One pooled httpx transport to the router (``fasthttp``); a transport error becomes a synthetic 502."""
 
     def __init__(self, base_url: str, timeout: float | None = None, max_connections: int = 1024) -> None:
         self.base_url = base_url.rstrip("/")

@@ -10,7 +10,7 @@ import uvicorn
 
 from session_server.app import ServerConfig, create_app
 from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER, VALID_ROLES
-from sim.procs import UVICORN_DEFAULTS
+from testbed_common.procs import UVICORN_DEFAULTS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,10 +74,10 @@ from typing import Any
 
 import numpy as np
 
-from sim import fastjson
-from sim import tokenizer as tok
-from sim.tokenizer import render_ids
-from sim.vtime import request_time
+from testbed_common import fastjson
+from testbed_common import tokenizer as tok
+from testbed_common.tokenizer import render_ids
+from testbed_common.vtime import request_time
 
 CHAT_PATH = "/v1/chat/completions"
 DEFAULT_ROUTING_KEY_HEADER = "X-SMG-Routing-Key"

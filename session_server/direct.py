@@ -29,7 +29,7 @@ from session_server.core import (
     UpstreamResponse,
     response_headers,
 )
-from sim import fastjson
+from testbed_common import fastjson
 
 Upstream = Callable[[UpstreamRequest], UpstreamResponse]
 

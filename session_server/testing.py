@@ -2,7 +2,7 @@
 
 ``FakeRouter`` answers ``/v1/chat/completions`` the way a token-in/token-out SGLang worker does:
 the prompt is ``input_ids`` when sent, else the rendered messages; the answer comes from
-``sim.tokenizer.synth_answer``; ``meta_info`` carries ``output_token_logprobs``,
+``testbed_common.tokenizer.synth_answer``; ``meta_info`` carries ``output_token_logprobs``,
 ``completion_tokens`` and ``cached_tokens`` (longest prefix shared with an earlier request). It
 records the headers and bodies it receives, can be told to fail the next requests (e.g. with a
 "rollback failed" 400), to break the prefix invariant, or to hold each request for a while, and
@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from sim import tokenizer as tok
+from testbed_common import tokenizer as tok
 
 ROLLBACK_FAILED_BODY = {"error": {"message": "Rollback failed: prefix cache state mismatch", "code": 400}}
 

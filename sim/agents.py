@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import simpy
 
-from sim import tokenizer, vtime
 from sim.engine.radix import as_ids
-from sim.fastjson import Deferred
 from sim.oracle import Oracle, Turn, max_cacheable
 from sim.transports.base import Reply, Transport, TransportError
 from sim.workload import Scenario, SessionPlan, ToolTexts, plan_sessions, system_prompt, task_prompt
+from testbed_common import tokenizer, vtime
+from testbed_common.fastjson import Deferred
 
 MODEL = "mock-model"
 

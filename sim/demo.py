@@ -23,10 +23,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from sim import tokenizer
 from sim.engine.types import WorkerConfig
 from sim.worker.app import serve_in_thread
 from sim.worker.core import WorkerCore
+from testbed_common import tokenizer
 
 MODES = ("sticky", "round-robin")
 

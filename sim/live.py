@@ -34,13 +34,13 @@ import simpy
 
 from sim.agents import AgentRunner, RequestRecord, WorkloadResult
 from sim.oracle import Oracle
-from sim.procs import ThreadServer
 from sim.real_smg import Gateway, gateway_process
 from sim.transports.base import Reply, TransportError
 from sim.transports.http import SessionClient, session_server_app
 from sim.transports.pool import Setup, port_salt, session_server_argv, stable_ports, worker_configs
 from sim.transports.pool import worker_urls as urls_of
 from sim.workload import Scenario, SessionPlan
+from testbed_common.procs import ThreadServer
 
 DEFAULT_SPEEDUP = 10.0
 # smg 1.13.0 takes ~5 s to exit after SIGTERM even when idle; a run has read what it needs by then, so after
@@ -343,7 +343,7 @@ def live_requested(args: Any) -> bool:
 
 def live_problem(args: Any) -> str | None:
     """Why the live options cannot be used as given (None when they can)."""
-    from sim.procs import smg_binary
+    from testbed_common.procs import smg_binary
 
     if not live_requested(args):
         return None

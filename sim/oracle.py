@@ -11,7 +11,7 @@ The cache is a small append-only radix tree (``PrefixTree``) rather than the eng
 ``RadixCache``: nothing is ever evicted, so it needs no LRU stamps, and it hands out cursors (where a
 sequence ends in the tree) from which the next turn of a conversation is matched and inserted,
 comparing only its new tokens (``Oracle.observe_turn``). It matches exactly what an unbounded
-``RadixCache`` of the same page size matches (tests/test_measures.py checks the two side by side).
+``RadixCache`` of the same page size matches (tests/sim/test_measures.py checks the two side by side).
 """
 
 from __future__ import annotations

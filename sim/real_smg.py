@@ -28,7 +28,16 @@ from pathlib import Path
 
 import httpx
 
-from sim.procs import LOOPBACK, Process, free_ports, polling_client, python_module, smg_binary, spawn, wait_http
+from testbed_common.procs import (
+    LOOPBACK,
+    Process,
+    free_ports,
+    polling_client,
+    python_module,
+    smg_binary,
+    spawn,
+    wait_http,
+)
 
 GATEWAYS = ("mock", "smg")
 

@@ -4,7 +4,7 @@ A scenario describes a worker pool and a population of agent sessions. Everythin
 the workload (turn counts, output and tool lengths, tool latency, think time, retries, arrivals)
 is drawn here, up front, from one seeded generator, so every policy under test replays exactly the
 same plans. The model's answers are not drawn here: the workers derive them from the prompt
-(``sim.tokenizer.synth_answer``), so only their *lengths* (``max_tokens``) are planned.
+(``testbed_common.tokenizer.synth_answer``), so only their *lengths* (``max_tokens``) are planned.
 
 Scenario TOML (every table and key optional; built-ins live in ``sim/scenarios/*.toml``)::
 
@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from sim.faults import FaultError, FaultSpec, parse_faults
-from sim.tokenizer import GENERATION_PROMPT, VOCAB_SIZE, remember_vocab_text, synth_text, vocabulary
+from testbed_common.tokenizer import GENERATION_PROMPT, VOCAB_SIZE, remember_vocab_text, synth_text, vocabulary
 
 ARRIVAL_PATTERNS = ("rollout", "poisson", "concurrency")
 DIST_KINDS = ("constant", "uniform", "lognormal", "exponential", "normal", "choice")

@@ -37,7 +37,7 @@ source, or it is not hot), and a key re-pinned once is not re-pinned again for `
 Capacity per worker: ``--kv-capacity-tokens`` if given, else the sum of ``max_total_num_tokens`` over the
 ranks of the worker's last polled ``/v1/loads``; unknown capacity disables the KV trigger for that worker.
 Context size: the request's ``input_ids`` length if it carries them, else the routing text's token count
-(``sim.tokenizer.encode``, the testbed's word-level tokenizer), plus ``max_tokens``.
+(``testbed_common.tokenizer.encode``, the testbed's word-level tokenizer), plus ``max_tokens``.
 
 Everything else (branches, candidates, failover, idle eviction) is ``manual``'s. Under
 ``--routing-key-override`` the shared sticky map uses ``min_kv`` for first placement only (no re-pin).
@@ -56,7 +56,7 @@ import numpy as np
 from mock_gateway.policies.base import Choice, PolicyContext, RouteInput
 from mock_gateway.policies.manual import ManualPolicy
 from mock_gateway.workers import Worker
-from sim.tokenizer import encode
+from testbed_common.tokenizer import encode
 
 NEG_INF = float("-inf")
 

@@ -37,11 +37,11 @@ from rich.table import Table
 from sim.commands.common import add_scenario_args, console_for, fail, scenario_from_args
 from sim.live import DEFAULT_SPEEDUP, Fault, LiveTransport, live_setup
 from sim.measures import summarize
-from sim.procs import free_ports, smg_binary
 from sim.real_smg import smg_args
 from sim.runner import PolicyConfig, make_setup
 from sim.transports.pool import Setup, worker_urls
 from sim.workload import Scenario, ScenarioError
+from testbed_common.procs import free_ports, smg_binary
 
 DEFAULT_POLICIES = ("consistent_hashing", "prefix_hash", "manual/min_load", "manual/min_group")
 DETERMINISTIC = ("consistent_hashing", "prefix_hash")

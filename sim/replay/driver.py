@@ -18,7 +18,7 @@ Two transports, same results:
   request's ids are validated once here (``select_with_tokens`` hands them to the policy instead of
   the gateway's per-id Python check, ~2 ms per 12k ids) and the worker engine is called with the
   int64 array instead of through ``WorkerCore.infer``'s JSON parsing, with the same answer
-  (``synth_answer(request_seed(seed, prompt))``) and the same timeline. ``tests/test_replay_driver.py``
+  (``synth_answer(request_seed(seed, prompt))``) and the same timeline. ``tests/sim/replay/test_replay_driver.py``
   checks both against the unshortened paths.
 
 Records: one ``sim.agents.RequestRecord`` per request; requests with equal derived keys form a
@@ -37,12 +37,12 @@ from mock_gateway.config import parse_args
 from mock_gateway.core import Decision, GatewayCore, validate
 from mock_gateway.policies.base import RouteInput
 from mock_gateway.routing_key import header_key, routing_text
-from sim import tokenizer
 from sim.agents import RequestRecord, SessionOutcome, WorkloadResult
 from sim.oracle import max_cacheable
 from sim.replay.mooncake import BlockCache, MooncakeRequest
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import WorkerCore
+from testbed_common import tokenizer
 
 ROUTING_HEADER = "x-smg-routing-key"
 
@@ -91,7 +91,7 @@ def select_with_tokens(core: GatewayCore, headers: Mapping[str, str], body: Mapp
     """``GatewayCore.select("generate", headers, body, now, attempt=attempt)`` for a body whose
     ``input_ids`` are ``tokens`` and already known valid (non-empty list of ints in u32), minus the
     per-id checks (in ``validate`` and ``routing_tokens``, ~5 ms per 12k ids). Mirrors
-    ``GatewayCore.select``; ``tests/test_replay_driver.py`` holds them equal.
+    ``GatewayCore.select``; ``tests/sim/replay/test_replay_driver.py`` holds them equal.
     Hook the gateway owner could add instead: ``GatewayCore.select(..., tokens=...)``."""
     endpoint, cfg, m = "generate", core.config, core.metrics
     bad = validate(endpoint, {**body, "input_ids": tokens[:1]}, cfg.policy)  # the other fields, as the gateway does
@@ -237,7 +237,7 @@ class MooncakeHttp:
     def send(self, r: MooncakeRequest, prompt: np.ndarray, ids: list[int], key: str | None) -> Served:
         import httpx
 
-        from sim import vtime
+        from testbed_common import vtime
 
         headers = {"content-type": "application/json"}
         if key is not None:

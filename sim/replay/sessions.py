@@ -33,8 +33,8 @@ from typing import Any
 from sim.agents import AgentRunner
 from sim.replay.baselines import Segment
 from sim.replay.mooncake import TraceError
-from sim.tokenizer import GENERATION_PROMPT, synth_text
 from sim.workload import MESSAGE_OVERHEAD, Scenario, SessionPlan, TurnPlan, stream_seed
+from testbed_common.tokenizer import GENERATION_PROMPT, synth_text
 
 FIRST_FRAME = MESSAGE_OVERHEAD + 2  # empty system message + "<|im_start|> user": shared by every session
 FIRST_OVERHEAD = 2 * MESSAGE_OVERHEAD + len(GENERATION_PROMPT)  # 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sim.fastjson import ChatAnswer
+from testbed_common.fastjson import ChatAnswer
 
 
 class TransportError(RuntimeError):

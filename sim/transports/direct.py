@@ -31,11 +31,11 @@ from mock_gateway import retry, upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 from session_server.core import SessionCore, SessionError, UpstreamRequest, UpstreamResponse
-from sim import fastjson, vtime
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import Reply as WorkerReply
 from sim.worker.core import WorkerCore
+from testbed_common import fastjson, vtime
 
 ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}
 _CLIENT_HEADERS = {"content-type": "application/json"}  # what the agents' HTTP client sends

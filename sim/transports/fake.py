@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from session_server.core import SessionCore, UpstreamRequest, UpstreamResponse
-from sim import tokenizer
 from sim.engine import Engine, WorkerConfig
 from sim.transports.base import Reply
+from testbed_common import tokenizer
 
 
 class FakePool:

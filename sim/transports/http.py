@@ -1,6 +1,6 @@
 """``http`` and ``external``: agents talk HTTP to a session server.
 
-``HttpTransport`` starts the whole chain as real uvicorn servers on loopback (``sim.procs.ThreadServer``):
+``HttpTransport`` starts the whole chain as real uvicorn servers on loopback (``testbed_common.procs.ThreadServer``):
 one mock worker per ``WorkerConfig`` (built with the worker app, so per-worker speeds are possible),
 the mock gateway from its ``smg launch``-style flags, and the session server from its CLI flags
 (``--no-routing-key`` for the arm without the header). ``close()`` stops all of them. Worker URLs
@@ -19,8 +19,6 @@ from typing import Any
 
 import httpx
 
-from sim import fasthttp, fastjson
-from sim.procs import LOOPBACK, ThreadServer, free_port, polling_client
 from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import (
@@ -33,6 +31,8 @@ from sim.transports.pool import (
     worker_configs,
 )
 from sim.transports.pool import worker_urls as urls_of
+from testbed_common import fasthttp, fastjson
+from testbed_common.procs import LOOPBACK, ThreadServer, free_port, polling_client
 
 CLIENT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
@@ -42,11 +42,11 @@ def _dumps(obj: Any) -> bytes:
 
 
 _JSON = {"content-type": "application/json"}
-CHAT_HOP, VIEW_HOP = "agent -> session server", "agent -> session server (records)"  # sim.fasthttp.TRAFFIC labels
+CHAT_HOP, VIEW_HOP = "agent -> session server", "agent -> session server (records)"  # fasthttp.TRAFFIC labels
 
 
 class SessionClient:
-    """The agent side of the session server protocol over one pooled httpx transport (``sim.fasthttp``)."""
+    """The agent side of the session server protocol over one pooled httpx transport (``testbed_common.fasthttp``)."""
 
     def __init__(self, session_url: str) -> None:
         self.session_url = session_url.rstrip("/")

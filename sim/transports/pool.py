@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import xxhash
 
 from sim.engine.types import WorkerConfig
-from sim.procs import LOOPBACK
 from sim.workload import Scenario
+from testbed_common.procs import LOOPBACK
 
 PORT_LOW, PORT_SPAN = 20000, 30000
 

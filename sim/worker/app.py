@@ -30,10 +30,10 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sim import fastjson, vtime
-from sim.fasthttp import FastPathApp
-from sim.procs import ThreadServer
 from sim.worker.core import Reply, WorkerCore, error_body
+from testbed_common import fastjson, vtime
+from testbed_common.fasthttp import FastPathApp
+from testbed_common.procs import ThreadServer
 
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 

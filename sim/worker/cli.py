@@ -21,9 +21,9 @@ from collections.abc import Generator, Sequence
 import uvicorn
 
 from sim.engine.types import LatencyModel, WorkerConfig
-from sim.procs import UVICORN_DEFAULTS
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
 from sim.worker.core import Faults, WorkerCore
+from testbed_common.procs import UVICORN_DEFAULTS
 
 
 class _Server(uvicorn.Server):

@@ -10,7 +10,7 @@ API (all methods are synchronous and take the current time as an argument):
     (``synth_answer(request_seed(seed, prompt_ids), n)``), so every worker of a pool gives the same
     answer to the same prompt. A separate per-worker fault RNG is seeded from ``(seed, name)``.
     ``token_arrays=True`` (for in-process callers such as the ``direct`` transport): ``prompt_token_ids``
-    in answers is a read-only 1-D int64 numpy array instead of a list (same ids; ``sim.fastjson``
+    in answers is a read-only 1-D int64 numpy array instead of a list (same ids; ``testbed_common.fastjson``
     writes it as the same JSON list), so a prompt is never re-boxed into Python ints. HTTP adapters
     keep the default (lists). Either way the echo is the request's own ``input_ids`` object when it is
     of that kind (a list, or a read-only int64 array), so an in-process caller can recognise its ids by
@@ -36,7 +36,7 @@ API (all methods are synchronous and take the current time as an argument):
 ``core.update_faults(body) -> (status, dict)`` / ``core.faults``   fault knobs (``Faults``).
 
 Response fields beyond OpenAI/SGLang: a top-level ``"sim"`` object (``arrival``, ``start``,
-``first_token``, ``finish``, ``worker``, ``cached_tokens``, ``evicted_tokens``; see ``sim.vtime``)
+``first_token``, ``finish``, ``worker``, ``cached_tokens``, ``evicted_tokens``; see ``testbed_common.vtime``)
 in JSON answers and in the last stream event; headers ``x-sim-arrival``, ``x-sim-start``,
 ``x-sim-first-token``, ``x-sim-finish`` on every served answer and ``x-sim-worker`` on every answer.
 ``meta_info`` (``output_token_logprobs`` as ``[logprob, token_id, null]``, ``prompt_tokens``,
@@ -64,8 +64,8 @@ import xxhash
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from sim import fastjson, tokenizer, vtime
 from sim.engine.types import EngineLoad, RequestTiming, WorkerConfig
+from testbed_common import fastjson, tokenizer, vtime
 
 Route = Literal["chat", "completions", "generate"]
 ROUTES: tuple[str, ...] = ("chat", "completions", "generate")

@@ -1,0 +1,107 @@
+"""``smg-testbed replay``: results in the compare schema with the two trace baselines; clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sim.cli import main as cli_main
+from sim.commands.replay import main, parse_policies
+from sim.runner import COMPARE_POLICIES, PolicyConfig
+
+DATA = Path(__file__).parents[2] / "data"
+CONV = DATA / "mooncake_conversation_200.jsonl"
+RUN_KEYS = {"label", "policy", "assignment_mode", "routing_key", "gateway_args", "transport", "seed", "kv_reuse",
+            "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99", "e2e_p50",
+            "makespan", "imbalance", "requests", "errors", "workers", "gateway_branches", "single_pool_reuse",
+            "random_baseline_reuse"}
+
+
+def test_mooncake_slice_writes_compare_schema_with_baselines(tmp_path):
+    out = tmp_path / "out"
+    rc = cli_main(["replay", str(CONV), "--policy", "random", "--policy", "cache_aware", "--workers", "4",
+                   "--limit", "120", "--out", str(out), "--no-plots"])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc) >= {"scenario", "runs", "single_pool_reuse", "random_baseline_reuse", "trace"}
+    assert [r["policy"] for r in doc["runs"]] == ["random", "cache_aware"]
+    for r in doc["runs"]:
+        assert set(r) >= RUN_KEYS
+        assert r["requests"] == 120 and r["errors"] == 0 and r["transport"] == "direct" and r["routing_key"]
+        assert r["single_pool_reuse"] == doc["single_pool_reuse"]
+        assert r["random_baseline_reuse"] == doc["random_baseline_reuse"]
+        assert len(r["workers"]) == 4
+        # nothing routed over unbounded caches beats one cache that sees everything
+        assert r["kv_reuse"] <= r["oracle_reuse"] + 1e-12 <= doc["single_pool_reuse"] + 1e-9
+    assert 0 < doc["random_baseline_reuse"] < doc["single_pool_reuse"]
+    assert doc["trace"]["requests"] == 120 and doc["trace"]["format"] == "mooncake"
+    assert doc["scenario"]["kv_capacity_tokens"] is None and doc["scenario"]["workers"] == 4
+    report = (out / "report.md").read_text()
+    assert "single_pool_reuse" in report and "random_baseline_reuse" in report
+
+
+def test_routing_key_off_and_bounded_kv(tmp_path):
+    out = tmp_path / "o"
+    assert main([str(CONV), "--policy", "consistent_hashing", "--workers", "3", "--limit", "40",
+                 "--routing-key", "off", "--kv-capacity-tokens", "200000", "--out", str(out), "--no-plots"]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["routing_key"] is False and run["requests"] == 40
+    assert all(w.get("peak_kv_tokens", 0) <= 200_000 for w in run["workers"])
+
+
+def test_without_out_nothing_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(CONV), "--policy", "round_robin", "--workers", "2", "--limit", "10"]) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert "random_baseline_reuse" in capsys.readouterr().out
+
+
+def test_policy_parsing():
+    assert parse_policies(None, None) == list(COMPARE_POLICIES)
+    assert parse_policies(["random,manual/min_group", "manual"], "random") == [
+        PolicyConfig("random"), PolicyConfig("manual", "min_group"), PolicyConfig("manual", "random")]
+    for bad in (["nope"], ["manual/sideways"], ["random/min_load"]):
+        with pytest.raises(ValueError):
+            parse_policies(bad, None)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--policy", "nope"], "unknown policy"),
+    (["--workers", "0"], "--workers"),
+    (["--kv-capacity-tokens", "lots"], "kv_capacity_tokens"),
+    (["--limit", "0"], "--limit"),
+])
+def test_bad_flags_exit_2_with_a_message(args, msg, capsys):
+    assert main([str(CONV), *args]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bad_traces_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"what": 1}\n')
+    assert main([str(odd)]) == 2
+    assert "--format" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"timestamp": 0, "input_length": 5000, "output_length": 1, "hash_ids": [0]}\n')
+    assert main([str(bad), "--policy", "random"]) == 2
+    assert "does not fit" in capsys.readouterr().err
+
+
+def test_write_sessions_converts_trie(tmp_path):
+    trie = tmp_path / "trie.jsonl"
+    trie.write_text(json.dumps({"num_turns": 2, "input_prompt_length": 500, "assistant_response_length": [50, 40],
+                                "tool_call_output_length": [200], "tool_call_latency": [1.0]}) + "\n")
+    out = tmp_path / "s.jsonl"
+    assert main([str(trie), "--write-sessions", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["initial_prompt_tokens"] == 500
+    assert [t["input_tokens"] for t in rec["turns"]] == [0, 200]
+    res = tmp_path / "r"
+    assert main([str(out), "--policy", "manual/min_load", "--workers", "2", "--out", str(res), "--no-plots"]) == 0
+    run = json.loads((res / "results.json").read_text())["runs"][0]
+    assert run["prompt_tokens"] == 500 + 500 + 50 + 200 and run["stickiness"] == 1.0
+    assert main([str(CONV), "--write-sessions", str(tmp_path / "x.jsonl")]) == 2
