@@ -21,18 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from session_server.core import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_ROUTING_KEY_HEADER,
-    BodyTooLargeError,
-    Session,
-    SessionCore,
-    SessionError,
-    TurnResult,
-    UpstreamRequest,
-    UpstreamResponse,
-    response_headers,
-)
+from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER, Session, SessionCore, TurnResult
+from session_server.errors import BodyTooLargeError, SessionError
+from session_server.upstream import UpstreamRequest, UpstreamResponse, response_headers
 from testbed_common import fasthttp, fastjson
 from testbed_common.fasthttp import FastPathApp
 

@@ -10,17 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from session_server.core import (
-    FORCED_FIELDS,
-    SessionCore,
-    SessionError,
-    UpstreamRequest,
-    UpstreamResponse,
-    message_matches,
-    render_ids,
-)
+from session_server.core import FORCED_FIELDS, SessionCore
+from session_server.errors import SessionError
+from session_server.messages import message_matches
 from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
+from session_server.upstream import UpstreamRequest, UpstreamResponse
 from testbed_common import tokenizer as tok
+from testbed_common.tokenizer import render_ids
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
