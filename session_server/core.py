@@ -156,7 +156,7 @@ class Session:
     version: int = 0  # bumped by every commit: the stale-update guard
     closing: bool = False
     inflight: int = 0
-    tokens: TokenBuffer = field(default_factory=TokenBuffer, repr=False)  # holds the checkpoints' ids (arrays)
+    tokens: TokenBuffer = field(default_factory=TokenBuffer, repr=False)  # token_arrays: the ids checkpoints view
 
     @property
     def num_assistant(self) -> int:
