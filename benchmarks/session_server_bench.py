@@ -20,8 +20,9 @@ import time
 
 import httpx
 
-from session_server.core import SessionCore, UpstreamResponse
+from session_server.core import SessionCore
 from session_server.testing import noop_answer
+from session_server.upstream import UpstreamResponse
 from testbed_common import procs
 from testbed_common import tokenizer as tok
 

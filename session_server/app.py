@@ -1,9 +1,9 @@
 """The session server's HTTP adapter: FastAPI routes, per-session locks, the pooled upstream client.
 
-All session logic lives in ``session_server.core``; this module only reads requests, holds the
-split lock (held to prepare and to commit a turn, never during the upstream call), calls the
-upstream and writes answers. ``create_app(config, upstream=...)`` accepts any ``AsyncUpstream``,
-so an in-process upstream can replace the pooled ``httpx.AsyncClient``.
+All session logic lives in the pure core (``session_server.core`` and the modules it uses); this
+module only reads requests, holds the split lock (held to prepare and to commit a turn, never
+during the upstream call), calls the upstream and writes answers. ``create_app(config, upstream=...)``
+accepts any ``AsyncUpstream``, so an in-process upstream can replace the pooled ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -21,18 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from session_server.core import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_ROUTING_KEY_HEADER,
-    BodyTooLargeError,
-    Session,
-    SessionCore,
-    SessionError,
-    TurnResult,
-    UpstreamRequest,
-    UpstreamResponse,
-    response_headers,
-)
+from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER, Session, SessionCore, TurnResult
+from session_server.errors import BodyTooLargeError, SessionError
+from session_server.upstream import UpstreamRequest, UpstreamResponse, response_headers
 from testbed_common import fasthttp, fastjson
 from testbed_common.fasthttp import FastPathApp
 

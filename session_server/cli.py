@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import uvicorn
 
 from session_server.app import ServerConfig, create_app
-from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER, VALID_ROLES
+from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER
+from session_server.messages import VALID_ROLES
 from testbed_common.procs import UVICORN_DEFAULTS
 
 

@@ -1,9 +1,15 @@
-"""The session server's pure core: sessions, token-in/token-out (TITO) state, records, rollback rules.
+"""The session server's pure core: the sessions store and its turns (prepare, retry, commit, record).
 
 No I/O, no clock, no locks: every call takes what it needs (bytes, headers, ``now``) and returns
 plain values. The FastAPI adapter (``session_server.app``) adds HTTP, the per-session lock and the
 upstream call; the simulator's ``direct`` transport calls the same functions in-process with an
 in-process upstream, so both transports give bit-identical results for a seed.
+
+The rules a turn applies live with their concept: miles' message rules (equality, append-only roles,
+the one-turn rollback) in ``session_server.messages``; token checkpoints (the TITO merge, the prefix
+invariant) in ``session_server.tokens``; the values exchanged with the router and the reading of its
+chat answer in ``session_server.upstream``; the errors (``SessionError`` and its 4xx/5xx kinds) in
+``session_server.errors``.
 
 Public API (``SessionCore``)::
 
@@ -43,18 +49,17 @@ finishes the plan; if the caller abandons a plan (cancellation) it calls ``core.
 Semantics (miles ``deploy`` baseline, shared/specs/miles-session-server.md, with the issue's changes):
 
 - Each turn forces ``logprobs``, ``return_prompt_token_ids``, ``return_meta_info`` and
-  ``no_stop_trim=False``. From the second turn ``input_ids`` = stored checkpoint tokens +
-  ``render(appended messages, False)`` + ``GENERATION_PROMPT`` (the ``default`` TITO model, plain
-  concatenation, ``max_trim_tokens=0``); a client-sent ``input_ids`` is dropped (the session owns them).
-- Message equality is miles' ``message_matches``: role, content, reasoning_content, tool_calls,
-  with None == "" == [].
-- An agent retry may roll back at most one model turn ("rollback failed: ..." 400 otherwise);
-  appended roles must be in ``allowed_append_roles`` (400 otherwise). The rollback is applied at
-  commit, so a failed turn leaves the session exactly as it was (miles truncates before proxying).
+  ``no_stop_trim=False``. From the second turn ``input_ids`` = the checkpoint the turn continues merged
+  with the appended messages (``tokens.merge_tokens``); a client-sent ``input_ids`` is dropped (the
+  session owns them).
+- The request's messages follow miles' message rules (``messages``: 400 otherwise), with the
+  ``allowed_append_roles``. A rollback is applied at commit, so a failed turn leaves the session
+  exactly as it was (miles truncates before proxying).
 - Upstream 400 whose body contains "rollback failed" (any case), when ``input_ids`` were sent: retried
   exactly once without ``input_ids`` and with the same headers.
-- After a 200 the prefix invariant ``prompt_ids + output_ids`` starts with the checkpoint the turn
-  built on; a violation is an upstream fault: 502, nothing recorded (miles: 500 TokenizationError).
+- After a 200, ``prompt_ids + output_ids`` must start with the checkpoint the turn built on (the prefix
+  invariant, ``tokens.prefix_mismatch``); a violation is an upstream fault: 502, nothing recorded
+  (miles: 500 TokenizationError).
 - Exactly one record per committed turn; a stale turn (another turn of the session committed
   meanwhile) or a turn that finished after DELETE started is answered but not recorded.
 - A record's ``timestamp`` is the request's virtual time (``sim_time``) when it has one, else ``now``.
@@ -62,157 +67,50 @@ Semantics (miles ``deploy`` baseline, shared/specs/miles-session-server.md, with
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
 
+from session_server.errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    SessionError,
+    SessionLimitError,
+    SessionNotFoundError,
+    UpstreamResponseError,
+)
+from session_server.messages import (
+    append_roles,
+    appended_messages,
+    check_messages,
+    identical_prefix_len,
+    rollback_point,
+)
+from session_server.tokens import EMPTY_IDS, MAX_TRIM_TOKENS, TokenBuffer, as_list, prefix_mismatch
+from session_server.upstream import (
+    DROP_REQUEST_HEADERS,
+    UpstreamRequest,
+    UpstreamResponse,
+    chat_parts,
+    response_headers,
+)
 from testbed_common import fastjson
-from testbed_common import tokenizer as tok
-from testbed_common.tokenizer import render_ids
 from testbed_common.vtime import request_time
 
 CHAT_PATH = "/v1/chat/completions"
 DEFAULT_ROUTING_KEY_HEADER = "X-SMG-Routing-Key"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-MAX_ASSISTANT_ROLLBACK_STEPS = 1
-MAX_TRIM_TOKENS = 0  # the `default` TITO model: plain concatenation
-VALID_ROLES = ("tool", "user", "system", "assistant")
 FORCED_FIELDS: dict[str, Any] = {
     "logprobs": True,
     "return_prompt_token_ids": True,
     "return_meta_info": True,
     "no_stop_trim": False,
 }
-# never forwarded upstream (hop-by-hop, or recomputed by the HTTP client)
-_DROP_REQUEST_HEADERS = frozenset(
-    {
-        "content-length",
-        "transfer-encoding",
-        "host",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "accept-encoding",
-    }  # the HTTP client asks for encodings it can decode; the answer is relayed decoded
-)
-# never copied from an upstream answer back to the client
-DROP_RESPONSE_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive", "server", "date"}
-)
-_MESSAGE_FIELDS = ("role", "content", "reasoning_content", "tool_calls")
-_EMPTY_IDS = np.empty(0, dtype=np.int64)
-_EMPTY_IDS.flags.writeable = False
-_second = itemgetter(1)
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-
-class SessionError(Exception):
-    """An error the server answers as ``{"error": message}`` with ``status``."""
-
-    status = 500
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        if status is not None:
-            self.status = status
-
-    @property
-    def message(self) -> str:
-        return str(self)
-
-
-class BadRequestError(SessionError):
-    status = 400
-
-
-class MessageValidationError(BadRequestError):
-    """Not append-only, a disallowed appended role, or a rollback that is not allowed."""
-
-
-class BodyTooLargeError(SessionError):
-    status = 413
-
-
-class SessionNotFoundError(SessionError):
-    status = 404
-
-    def __init__(self, sid: str) -> None:
-        super().__init__(f"session not found: session_id={sid}")
-
-
-class SessionLimitError(SessionError):
-    status = 503
-
-
-class UpstreamResponseError(SessionError):
-    """The upstream answered 200 with something a turn cannot be committed from."""
-
-    status = 502
-
-
-# --- messages and tokens -----------------------------------------------------------------------
-
-
-def _empty_to_none(value: Any) -> Any:
-    if value is None or (isinstance(value, str | list) and len(value) == 0):
-        return None
-    return value
-
-
-def message_matches(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """miles' ``message_matches``: equal role, content, reasoning_content, tool_calls (None == "" == [])."""
-    if a == b:  # the common case (a resent message), in C; differs only for a NaN held by both dicts
-        return True
-    for k in _MESSAGE_FIELDS:
-        x, y = a.get(k), b.get(k)
-        if x == y and type(x) is type(y):  # equal values of one type normalise alike (a stored reply's None fields)
-            continue
-        if (x is not None or y is not None) and _empty_to_none(x) != _empty_to_none(y):
-            return False
-    return True
-
-
-def common_prefix_len(stored: list[Mapping[str, Any]], request: list[Mapping[str, Any]], start: int = 0) -> int:
-    """Length of the longest prefix on which the two message lists match message by message.
-
-    ``start``: the first ``start`` messages are known to match (e.g. they are the very same objects).
-    """
-    n = start
-    for i in range(start, min(len(stored), len(request))):
-        if not message_matches(stored[i], request[i]):
-            break
-        n = i + 1
-    return n
-
-
-def identical_prefix_len(a: list[Any], b: list[Any]) -> int:
-    """How many leading items of two lists are the very same objects (one pass in C)."""
-    same = list(map(is_, a, b))
-    try:
-        return same.index(False)
-    except ValueError:
-        return len(same)
-
-
-def merge_tokens(checkpoint: list[int], appended: list[Mapping[str, Any]]) -> list[int]:
-    """The ``default`` TITO merge: stored tokens verbatim + appended messages + generation prompt."""
-    new = tok.render(appended, add_generation_prompt=True)  # == render(appended, False) + GENERATION_PROMPT
-    return checkpoint + new if type(checkpoint) is list else [*checkpoint, *new]
 
 
 def seeded_uuid4_hex(rng: random.Random) -> str:
@@ -220,55 +118,7 @@ def seeded_uuid4_hex(rng: random.Random) -> str:
     return uuid.UUID(int=rng.getrandbits(128), version=4).hex
 
 
-# --- values exchanged with the upstream --------------------------------------------------------
-
-
-@dataclass
-class UpstreamRequest:
-    """One request to the router: ``{router}/{path}?{query}``. Exactly one of ``json``/``content`` is used."""
-
-    method: str
-    path: str  # relative to the router URL, e.g. "v1/chat/completions"
-    headers: dict[str, str]
-    json: Any = None
-    content: bytes | None = None
-    query: str = ""
-    # in-process upstreams only (an HTTP adapter sends nothing of it): the first that many ``json["messages"]`` are
-    # the very objects of a request this upstream answered 200 before, so it may skip re-validating them
-    known_messages: int = 0
-
-
-@dataclass
-class UpstreamResponse:
-    """The router's answer. An in-process upstream may set ``data`` (parsed JSON) instead of ``content``, or for
-    a 200 chat answer ``answer`` (a ``fastjson.ChatAnswer``: read typed, recorded as is, its body built only when
-    somebody reads it)."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content: bytes = b""
-    data: Any = None
-    answer: fastjson.ChatAnswer | None = None
-
-    def json(self) -> Any:
-        """The parsed JSON body, or None when there is none or it does not parse."""
-        if self.data is not None:
-            return self.data
-        if self.answer is not None:
-            return self.answer.value()
-        if not self.content:
-            return None
-        try:
-            return fastjson.loads(self.content)
-        except (ValueError, UnicodeDecodeError):
-            return None
-
-    def text(self) -> str:
-        if self.content:
-            return self.content.decode("utf-8", errors="replace")
-        if self.data is not None or self.answer is not None:
-            return json.dumps(self.json())
-        return ""
+# --- turn results -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -286,11 +136,6 @@ class TurnResult:
 
 def error_result(exc: SessionError) -> TurnResult:
     return TurnResult(status=exc.status, body={"error": exc.message}, outcome="rejected")
-
-
-def response_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Upstream response headers worth relaying (``x-sim-*``, ``x-smg-routed-worker-id``, content-type...)."""
-    return {k: v for k, v in headers.items() if k.lower() not in DROP_RESPONSE_HEADERS}
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -311,11 +156,7 @@ class Session:
     version: int = 0  # bumped by every commit: the stale-update guard
     closing: bool = False
     inflight: int = 0
-    # token_arrays: checkpoints and sent input_ids are read-only prefix views of this buffer; ids are only ever
-    # written at ``token_end`` (so no view's ids change), appending a turn's ids without copying the context
-    token_buffer: np.ndarray | None = field(default=None, repr=False)
-    token_end: int = 0
-    token_view: np.ndarray | None = field(default=None, repr=False)  # the buffer, read-only: views are sliced from it
+    tokens: TokenBuffer = field(default_factory=TokenBuffer, repr=False)  # token_arrays: the ids checkpoints view
 
     @property
     def num_assistant(self) -> int:
@@ -323,7 +164,7 @@ class Session:
 
     @property
     def token_ids(self) -> list[int]:
-        return _as_list(self.checkpoints[-1]) if self.checkpoints else []
+        return as_list(self.checkpoints[-1]) if self.checkpoints else []
 
 
 @dataclass
@@ -364,22 +205,18 @@ class SessionCore:
     ) -> None:
         """``token_arrays``: send ``input_ids`` upstream as read-only int64 numpy arrays, not lists (for
         in-process upstreams that take arrays, e.g. the simulator's ``direct`` wiring; records then hold the
-        arrays too). Same ids; checkpoints are kept as arrays (contiguous: cheap to extend, compare and free),
-        and ids that do not fit int64 fall back to lists. An HTTP adapter keeps the default (JSON lists)."""
-        roles = []
-        for role in allowed_append_roles:
-            r = role.lower()
-            if r not in VALID_ROLES:
-                raise ValueError(f"unknown append role {role!r}; choose from {', '.join(VALID_ROLES)}")
-            if r not in roles:
-                roles.append(r)
+        arrays too). Why: a long session's context is then extended, compared and freed in numpy, with Python
+        work per new token only, not per context token. Same ids; checkpoints are kept as arrays
+        (``tokens.TokenBuffer``), and ids that do not fit int64 fall back to lists. An HTTP adapter keeps the
+        default (JSON lists)."""
+        roles = append_roles(allowed_append_roles)
         if not routing_key_header or any(c.isspace() or c == ":" for c in routing_key_header):
             raise ValueError(f"invalid header name {routing_key_header!r}")
         if max_sessions is not None and max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         if idle_ttl is not None and idle_ttl <= 0:
             raise ValueError("idle_ttl must be positive")
-        self.allowed_append_roles: tuple[str, ...] = tuple(roles)
+        self.allowed_append_roles = roles
         self.routing_key = routing_key
         self.routing_key_header = routing_key_header
         self.max_sessions = max_sessions
@@ -430,11 +267,14 @@ class SessionCore:
         return s
 
     def get_view(self, sid: str, *, id_arrays: bool = False, deferred: bool = False) -> dict[str, Any]:
-        """``id_arrays``: ``accumulated_token_ids`` as the session's read-only int64 array when it keeps one (for
-        in-process callers, as its records hold arrays; no O(context) list), else a list as HTTP answers.
+        """The session as ``GET /sessions/{sid}`` answers it. Two switches for in-process callers, which skip
+        work whose result they would not read:
+
+        ``id_arrays``: ``accumulated_token_ids`` as the session's read-only int64 array when it keeps one (its
+        records hold arrays anyway), saving an O(context) list; else a list, as HTTP answers.
         ``deferred``: records' responses kept deferred (``fastjson.Deferred``: the bytes an answer came in, an
-        in-process upstream's typed answer) stay so, for a caller that writes the view out with
-        ``fastjson.dumps`` or reads only some records; else they are given as parsed JSON."""
+        in-process upstream's typed answer) stay so, saving their parse or build for a caller that writes the
+        view out with ``fastjson.dumps`` or reads only some records; else they are given as parsed JSON."""
         s = self.session(sid)
         records = list(s.records)
         if not deferred:
@@ -489,7 +329,7 @@ class SessionCore:
         out: dict[str, str] = {}
         for name, value in items:
             low = name.lower()
-            if low in _DROP_REQUEST_HEADERS or (self.routing_key and low == key_lower):
+            if low in DROP_REQUEST_HEADERS or (self.routing_key and low == key_lower):
                 continue
             out[low] = value
         if self.routing_key:
@@ -543,60 +383,6 @@ class SessionCore:
             raise BadRequestError(f"request body must be a JSON object, got {type(parsed).__name__}")
         return parsed
 
-    @staticmethod
-    def _check_messages(messages: Any, validated: int = 0) -> list[dict[str, Any]]:
-        """``validated``: the first messages are already known valid (objects this core checked before)."""
-        if not isinstance(messages, list):
-            got = "missing" if messages is None else type(messages).__name__
-            raise BadRequestError(f"'messages' must be a list of message objects ({got})")
-        if not messages:
-            raise BadRequestError("'messages' must not be empty")
-        for i in range(validated, len(messages)):
-            m = messages[i]
-            if not isinstance(m, dict):
-                raise BadRequestError(f"messages[{i}] must be an object, got {type(m).__name__}")
-            role = m.get("role")
-            if not isinstance(role, str) or not role:
-                raise BadRequestError(f"messages[{i}].role must be a non-empty string")
-        return messages
-
-    def _rollback_point(self, s: Session, messages: list[dict[str, Any]], matched: int = 0) -> int:
-        """How many model turns the request keeps (``num_assistant`` for a plain append).
-
-        ``matched``: the first messages are known to match the stored ones."""
-        match = common_prefix_len(s.messages, messages, matched)
-        if match >= len(s.messages):
-            return s.num_assistant
-        keep = sum(1 for pos in s.reply_positions if pos < match)
-        if keep == 0:
-            raise MessageValidationError(
-                f"rollback failed: no assistant message found in the matching prefix "
-                f"(first {match} of {len(s.messages)} stored messages match)"
-            )
-        discard = s.num_assistant - keep
-        if discard > MAX_ASSISTANT_ROLLBACK_STEPS:
-            raise MessageValidationError(
-                f"rollback failed: discard_count={discard} exceeds max_assistant_rollback_steps="
-                f"{MAX_ASSISTANT_ROLLBACK_STEPS} (first {match} of {len(s.messages)} stored messages match)"
-            )
-        return keep
-
-    def _check_append(self, stored_len: int, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if len(messages) < stored_len:
-            raise MessageValidationError(
-                f"messages are not append-only: the request has {len(messages)} messages, "
-                f"the session holds {stored_len}"
-            )
-        appended = messages[stored_len:]
-        for i, m in enumerate(appended, start=stored_len):
-            if m["role"].lower() not in self.allowed_append_roles:
-                raise MessageValidationError(
-                    f"messages are not append-only: messages[{i}] has role {m['role']!r}, but only "
-                    f"{list(self.allowed_append_roles)} may be appended after a model turn "
-                    f"(see --tito-allowed-append-roles)"
-                )
-        return appended
-
     def prepare_turn(
         self,
         sid: str,
@@ -615,23 +401,20 @@ class SessionCore:
         if s.messages and isinstance(raw, list):
             known = min(identical_prefix_len(s.messages, raw), len(s.messages) - 1)
         # a copy of the list: an in-process caller appending to its own list must not change the records
-        messages = data["messages"] = list(self._check_messages(raw, known))
+        messages = data["messages"] = list(check_messages(raw, known))
         if data.get("stream") is True:
             raise BadRequestError("stream=true is not supported by the session server")
         data.update(FORCED_FIELDS)
         data.pop("input_ids", None)
         sent = dict(data)
         keep = 0
-        base: list[int] | np.ndarray = _EMPTY_IDS if self.token_arrays else []
+        base: list[int] | np.ndarray = EMPTY_IDS if self.token_arrays else []
         if s.num_assistant:
-            keep = self._rollback_point(s, messages, known)
+            keep = rollback_point(s.messages, s.reply_positions, messages, known)
             stored_len = s.reply_positions[keep - 1] + 1 if keep < s.num_assistant else len(s.messages)
-            appended = self._check_append(stored_len, messages)
+            appended = appended_messages(stored_len, messages, self.allowed_append_roles)
             base = s.checkpoints[keep - 1]
-            if isinstance(base, np.ndarray):  # the same ids as merge_tokens, with O(new tokens) Python work
-                sent["input_ids"] = _extend_ids(s, base, render_ids(appended))
-            else:
-                sent["input_ids"] = merge_tokens(base, appended)
+            sent["input_ids"] = s.tokens.merge(base, appended)
         headers = self.upstream_headers(sid, client_headers)
         # s.messages[:-1] are the previous committed turn's request messages, which the upstream answered 200
         request = UpstreamRequest(method="POST", path=CHAT_PATH.lstrip("/"), headers=headers, json=sent,
@@ -676,7 +459,8 @@ class SessionCore:
     ) -> TurnResult:
         """Record a successful turn (or decide not to) and say what the client gets.
 
-        ``relay_headers=False``: leave ``TurnResult.headers`` empty (an in-process caller that reads no headers)."""
+        ``relay_headers=False``: leave ``TurnResult.headers`` empty, saving the header filtering for an in-process
+        caller that reads no headers (the simulator's ``direct`` transport)."""
         self.abandon(plan)
         s = plan.session
         headers = response_headers(resp.headers) if relay_headers else {}
@@ -698,7 +482,7 @@ class SessionCore:
         else:
             data = resp.json()
             try:
-                choice, prompt, output, echoed = _chat_parts(data, sent_ids)
+                choice, prompt, output, echoed = chat_parts(data, sent_ids)
             except UpstreamResponseError as e:
                 return TurnResult(
                     status=e.status, body={"error": e.message}, retried=plan.retried, outcome="invalid_upstream"
@@ -710,20 +494,10 @@ class SessionCore:
         if s.version != plan.expected_version:
             return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="stale")
         base = plan.base_checkpoint
-        cut = len(base) - MAX_TRIM_TOKENS
-        all_ids = _new_checkpoint(s, prompt, output, base)
-        if echoed:  # the very ids sent, which start with the base's own objects
-            ok = True
-        elif isinstance(all_ids, np.ndarray):  # base is an array too: compare the bytes
-            ok = cut <= 0 or (len(all_ids) >= cut and all_ids[:cut].tobytes() == base[:cut].tobytes())
-        else:
-            base = _as_list(base)
-            ok = all_ids[:cut] == base[:cut]
-        if not ok:
-            all_ids, base = _as_list(all_ids), _as_list(base)
-            first = next(
-                (i for i, (a, b) in enumerate(zip(all_ids, base, strict=False)) if a != b), min(len(all_ids), cut)
-            )
+        all_ids = s.tokens.checkpoint(prompt, output, base)
+        # an echo is the very ids sent, which start with the base's own objects
+        first = None if echoed else prefix_mismatch(all_ids, base)
+        if first is not None:
             return TurnResult(
                 502,
                 body={
@@ -793,110 +567,3 @@ def _request_time(body: Mapping[str, Any]) -> float | None:
     if type(v) is float and 0.0 <= v < math.inf:
         return v
     return request_time(body)
-
-
-def _as_list(ids: list[int] | np.ndarray) -> list[int]:
-    return ids.tolist() if isinstance(ids, np.ndarray) else ids
-
-
-def _extend_ids(s: Session, head: np.ndarray, tail: list[int]) -> np.ndarray:
-    """``head + tail`` as a read-only int64 view of the session's token buffer: written in place after ``head``
-    when ``head`` is the buffer's written prefix (the usual next turn), else into a new buffer (first turn,
-    rollback, a turn that failed after its ids were written). Raises OverflowError for ids beyond int64."""
-    n, m = len(head), len(tail)
-    buf = s.token_buffer
-    if buf is None or head.base is not buf or n != s.token_end or n + m > len(buf):
-        new = np.empty(max(2 * (n + m), 1024), dtype=np.int64)
-        new[:n] = head
-        buf = s.token_buffer = new
-        ro = s.token_view = new.view()
-        ro.flags.writeable = False
-    buf[n : n + m] = tail
-    s.token_end = n + m
-    return s.token_view[: n + m]  # read-only, and its base is ``buf`` (numpy collapses view chains)
-
-
-def _new_checkpoint(
-    s: Session, prompt: list[int] | np.ndarray, output: list[int], base: list[int] | np.ndarray
-) -> list[int] | np.ndarray:
-    """``prompt + output`` (validated ints) as the session keeps it: a read-only int64 array when the base is
-    one (a ``token_arrays`` core) and every id fits, else a list."""
-    if isinstance(base, np.ndarray):
-        try:
-            if isinstance(prompt, np.ndarray):  # an in-process upstream's array: no per-id work
-                return _extend_ids(s, prompt, output)
-            else:
-                arr = np.fromiter(chain(prompt, output), np.int64, len(prompt) + len(output))
-        except OverflowError:
-            pass
-        else:
-            arr.flags.writeable = False
-            return arr
-    return _as_list(prompt) + _as_list(output)
-
-
-def _parse_chat_response(data: Any) -> tuple[dict[str, Any], list[int]]:
-    """``choices[0]`` and ``prompt_token_ids + output ids`` of a 200 chat answer; 502 when malformed."""
-    choice, prompt, output, _ = _chat_parts(data)
-    return choice, [*_as_list(prompt), *output]
-
-
-def _chat_parts(
-    data: Any, sent_ids: list[int] | np.ndarray | None = None
-) -> tuple[dict[str, Any], list[int] | np.ndarray, list[int], bool]:
-    """``choices[0]``, ``prompt_token_ids``, the output ids of a 200 chat answer and whether the prompt is
-    ``sent_ids`` echoed object for object (see below); 502 when malformed.
-
-    ``prompt_token_ids`` may be a 1-D int64 array from an in-process upstream: already typed, taken as is.
-    It may also hold the very objects of ``sent_ids`` (the ``input_ids`` list this core built from ids it had
-    checked), echoed by an in-process upstream: then it passes the check by construction (one pointer compare
-    per id instead of a type check).
-    """
-    if not isinstance(data, dict):
-        raise UpstreamResponseError("upstream returned a non-JSON or non-object body with status 200")
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamResponseError("upstream response has no choices[0]")
-    choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, dict):
-        raise UpstreamResponseError("upstream response has no choices[0].message")
-    if message.get("content") is None:
-        raise UpstreamResponseError("upstream response has choices[0].message.content = null")
-    meta = choice.get("meta_info")
-    if not isinstance(meta, dict) or not isinstance(meta.get("output_token_logprobs"), list):
-        raise UpstreamResponseError("upstream response lacks choices[0].meta_info.output_token_logprobs")
-    logprobs = meta["output_token_logprobs"]
-    if len(logprobs) != meta.get("completion_tokens"):
-        raise UpstreamResponseError(
-            f"upstream response has {len(logprobs)} output_token_logprobs but "
-            f"completion_tokens={meta.get('completion_tokens')!r}"
-        )
-    try:  # the usual case (plain int ids), in C; anything else takes the exact per-item rule below
-        output = list(map(_second, logprobs))
-        plain = list(map(type, output)).count(int) == len(output)
-    except Exception:
-        plain = False
-    if not plain:
-        try:
-            output = [int(t[1]) for t in logprobs]
-        except (TypeError, ValueError, IndexError):
-            raise UpstreamResponseError(
-                "malformed output_token_logprobs entries (want [logprob, token_id, ...])"
-            ) from None
-    prompt = choice.get("prompt_token_ids")
-    if isinstance(prompt, np.ndarray) and prompt.dtype == np.int64 and prompt.ndim == 1:
-        return choice, prompt, output, prompt is sent_ids
-    if (
-        sent_ids is not None
-        and type(prompt) is list
-        and len(prompt) == len(sent_ids)
-        and (prompt is sent_ids or all(map(is_, prompt, sent_ids)))
-    ):
-        return choice, prompt, output, True
-    if not isinstance(prompt, list) or not (
-        list(map(type, prompt)).count(int) == len(prompt)  # the JSON case, checked in C; else the exact check
-        or all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
-        raise UpstreamResponseError("upstream response lacks choices[0].prompt_token_ids (a list of ints)")
-    return choice, prompt, output, False

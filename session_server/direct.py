@@ -22,13 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from session_server.core import (
-    SessionCore,
-    SessionError,
-    UpstreamRequest,
-    UpstreamResponse,
-    response_headers,
-)
+from session_server.core import SessionCore
+from session_server.errors import SessionError
+from session_server.upstream import UpstreamRequest, UpstreamResponse, response_headers
 from testbed_common import fastjson
 
 Upstream = Callable[[UpstreamRequest], UpstreamResponse]

@@ -30,7 +30,9 @@ from typing import Any
 from mock_gateway import retry, upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
-from session_server.core import SessionCore, SessionError, UpstreamRequest, UpstreamResponse
+from session_server.core import SessionCore
+from session_server.errors import SessionError
+from session_server.upstream import UpstreamRequest, UpstreamResponse
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import Reply as WorkerReply

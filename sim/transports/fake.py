@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from session_server.core import SessionCore, UpstreamRequest, UpstreamResponse
+from session_server.core import SessionCore
+from session_server.upstream import UpstreamRequest, UpstreamResponse
 from sim.engine import Engine, WorkerConfig
 from sim.transports.base import Reply
 from testbed_common import tokenizer

@@ -120,7 +120,7 @@ def test_finds_a_cycle_when_there_is_one():
 
 def test_the_graph_reads_the_project():
     graph = import_graph()
-    assert "testbed_common.tokenizer" in graph["session_server.core"]
+    assert "testbed_common.tokenizer" in graph["session_server.tokens"]
     assert "mock_gateway.core" in graph["mock_gateway.app"]
 
 

@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from session_server.app import ServerConfig, create_app
-from session_server.core import SessionCore, UpstreamResponse
+from session_server.core import SessionCore
 from session_server.direct import DirectSessionServer
+from session_server.upstream import UpstreamResponse
 from sim.engine.types import WorkerConfig
 from sim.worker.app import create_app as worker_app
 from sim.worker.core import WorkerCore

@@ -19,7 +19,7 @@ from sim.worker.core import WorkerCore
 from testbed_common.procs import ThreadServer
 
 direct = pytest.importorskip("sim.transports.direct")
-from session_server.core import UpstreamRequest  # noqa: E402
+from session_server.upstream import UpstreamRequest  # noqa: E402
 
 MODEL = "mock-model"
 BRANCHES = (

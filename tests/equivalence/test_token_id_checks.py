@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from session_server.core import UpstreamResponseError, _parse_chat_response
+from session_server.errors import UpstreamResponseError
+from session_server.upstream import _parse_chat_response
 from sim.worker.core import MAX_TOKEN_ID, BadRequest, _token_ids
 
 items = (

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from session_server.app import ServerConfig, create_app
-from session_server.core import SessionCore, UpstreamResponse
+from session_server.core import SessionCore
 from session_server.direct import DirectSessionServer
 from session_server.testing import ROLLBACK_FAILED_BODY, FakeRouter
+from session_server.upstream import UpstreamResponse
 from testbed_common import fastjson, procs
 from testbed_common import tokenizer as tok
 

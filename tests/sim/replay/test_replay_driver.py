@@ -12,7 +12,7 @@ import pytest
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 from mock_gateway.policies.base import REGISTRY
-from session_server.core import UpstreamRequest
+from session_server.upstream import UpstreamRequest
 from sim.replay.driver import (
     MooncakeDirect,
     MooncakeHttp,
