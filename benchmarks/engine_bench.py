@@ -131,15 +131,16 @@ def record_worker_calls(scenario: str, sessions: int) -> tuple[list, list]:
 
     cores: list = []
     calls: list = []
+    index: dict[int, int] = {}  # id(core) -> its place in ``cores`` (the cores live through the run)
     orig_init, orig_infer = wcore.WorkerCore.__init__, wcore.WorkerCore.infer
 
     def init(self, config, **kw):
         orig_init(self, config, **kw)
-        self._bench_id = len(cores)
+        index[id(self)] = len(cores)
         cores.append((config, kw))
 
     def infer(self, route, body, now=None):
-        calls.append((self._bench_id, route, copy.deepcopy(body), now))  # before the core sees it
+        calls.append((index[id(self)], route, copy.deepcopy(body), now))  # before the core sees it
         return orig_infer(self, route, body, now)
 
     wcore.WorkerCore.__init__, wcore.WorkerCore.infer = init, infer

@@ -7,7 +7,7 @@ three no-op FastAPI servers hosted the same way as the ``http`` transport (uvico
 client a sync ``httpx.Client``): the floor under ``http``, which has three hops too
 (agent -> session server -> gateway -> worker). ``noop`` sends a tiny "hello" body; ``noop-sized`` sends
 and answers, on each of the three hops, bodies of the mean sizes the ``http`` run carried on that hop
-(counted by its clients, ``testbed_common.fasthttp.traffic``; from the ``http`` run of the same invocation, else
+(counted by its clients' ``TrafficCounter``; from the ``http`` run of the same invocation, else
 from a short ``http`` run of 100 sessions made for it), so it is the floor for the bytes ``http`` moves.
 ``noop-json`` is the floor for the protocol's JSON: the same chain, each party parsing and writing real bodies
 sampled from the ``http`` run (8 per hop, uniformly) as its role in ``http`` does, and fetching record views
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import statistics
 import subprocess
@@ -36,37 +37,71 @@ from sim.transports.http import CHAT_HOP, VIEW_HOP
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class TrafficCounter:
+    """The traffic observer of the ``http`` run (``http_client.set_traffic_observer``; the servers are threads of
+    the measuring process, so one counter sees every hop): per hop label, the requests and their request and
+    response body bytes, and a uniform sample of ``sample_size`` exchanges (reservoir sampling; off at 0)."""
+
+    def __init__(self, sample_size: int = 0) -> None:
+        self.counts: dict[str, list[int]] = {}  # label -> [requests, request bytes, response bytes]
+        self.samples: dict[str, list[tuple[bytes, bytes]]] = {}  # label -> (request body, response body)
+        self.sample_size = sample_size
+        self.sampler = random.Random(0)
+
+    def __call__(self, label: str, request: bytes, response: bytes) -> None:
+        counts = self.counts.get(label) or self.counts.setdefault(label, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += len(request)
+        counts[2] += len(response)
+        if self.sample_size:
+            kept = self.samples.setdefault(label, [])
+            if len(kept) < self.sample_size:
+                kept.append((request, response))
+            elif (j := self.sampler.randrange(counts[0])) < self.sample_size:
+                kept[j] = (request, response)
+
+    def requests(self, label: str) -> int:
+        return self.counts.get(label, [0])[0]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per hop label: requests and mean request/response body bytes."""
+        return {label: {"requests": n, "request_bytes": sent / n, "response_bytes": received / n}
+                for label, (n, sent, received) in self.counts.items()}
+
+
 def measure_transport(transport: str, scenario: str, sessions: int | None, samples_path: str | None = None
                       ) -> dict:
     from sim.runner import PolicyConfig, make_setup, run_setup
     from sim.workload import load_scenario
-    from testbed_common import fasthttp
+    from testbed_common.http_client import set_traffic_observer
 
     s = load_scenario(scenario)
     if sessions:
         s = s.replace(sessions=sessions)
-    if samples_path:
-        fasthttp.SAMPLE_SIZE = SAMPLE_SIZE
+    traffic = TrafficCounter(SAMPLE_SIZE if samples_path else 0)
+    set_traffic_observer(traffic)
     cpu0 = time.process_time()
-    row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
+    try:
+        row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), transport)
+    finally:
+        set_traffic_observer(None)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the samples are written
     meta = row["_meta"]
-    from testbed_common.fasthttp import traffic
 
     if samples_path:
-        views = fasthttp.TRAFFIC.get(VIEWS, [0])[0]
+        views = traffic.requests(VIEWS)
         Path(samples_path).write_text(json.dumps({
-            "bodies": {label: [[a.decode(), b.decode()] for a, b in kept] for label, kept in fasthttp.SAMPLES.items()},
+            "bodies": {label: [[a.decode(), b.decode()] for a, b in kept] for label, kept in traffic.samples.items()},
             "requests_per_view": row["requests"] / views if views else 0.0}))
 
     return {"what": transport, "scenario": s.name, "sessions": row["sessions"], "requests": row["requests"],
             "errors": row["errors"], "sim_seconds": meta["sim_seconds"], "startup_seconds": meta["startup_seconds"],
             "requests_per_second": row["requests"] / meta["sim_seconds"],
             "cpu_seconds": time.process_time() - cpu0, "kv_reuse": row["kv_reuse"],
-            "peak_rss_mib": peak_rss_mib, "traffic": traffic()}
+            "peak_rss_mib": peak_rss_mib, "traffic": traffic.summary()}
 
 
-HOPS = (CHAT_HOP, "session server -> gateway", "gateway -> worker")  # fasthttp.TRAFFIC labels, front to back
+HOPS = (CHAT_HOP, "session server -> gateway", "gateway -> worker")  # the pools' hop labels, front to back
 VIEWS = VIEW_HOP
 SAMPLE_SIZE = 8  # exchanges of each hop kept for the JSON floor, uniform over the run (~9 MB held: 8 record views)
 
@@ -76,7 +111,7 @@ def hop_sizes(traffic: dict) -> list[tuple[int, int]]:
     return [(round(traffic[h]["request_bytes"]), round(traffic[h]["response_bytes"])) for h in HOPS]
 
 
-def _body(size: int) -> bytes:
+def sized_body(size: int) -> bytes:
     """A JSON body of exactly ``size`` bytes (at least 8)."""
     return b'{"x":"' + b"a" * max(size - 8, 0) + b'"}'
 
@@ -115,8 +150,8 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
     def make(next_url: str | None, hop: int) -> FastAPI:
         app = FastAPI()
         state: dict = {}
-        forward = _body(sizes[hop + 1][0]) if sizes and next_url else None
-        answer = _body(sizes[hop][1]) if sizes else None
+        forward = sized_body(sizes[hop + 1][0]) if sizes and next_url else None
+        answer = sized_body(sizes[hop][1]) if sizes else None
 
         @app.get("/view")
         async def view() -> Response:
@@ -164,7 +199,7 @@ def measure_noop(n: int, sizes: list[tuple[int, int]] | None = None, warmup: int
             s = ThreadServer(make(url, hop)).start()
             servers.append(s)
             url = s.url
-        payload = _body(sizes[0][0]) if sizes else json.dumps(
+        payload = sized_body(sizes[0][0]) if sizes else json.dumps(
             {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
              "sim_time": 0.0}).encode()
         headers = {"content-type": "application/json"}
@@ -320,8 +355,9 @@ def report(what: str, r: dict, sizes: list | None) -> None:
           f"({r['requests'] / r['cpu_seconds']:.0f} per CPU second)  peak RSS {r['peak_rss_mib']:4.0f} MiB  "
           f"cpu {r['cpu_seconds']:.1f}s  ({extra})", flush=True)
     if what == "http" and r.get("traffic"):
+        hops = [h for h in (*HOPS, VIEWS) if h in r["traffic"]]  # front to back
         print("            body bytes per request, by hop (req/resp): " + ", ".join(
-            f"{h} {t['request_bytes']:.0f}/{t['response_bytes']:.0f}" for h, t in r["traffic"].items()))
+            f"{h} {r['traffic'][h]['request_bytes']:.0f}/{r['traffic'][h]['response_bytes']:.0f}" for h in hops))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from mock_gateway import health, load_monitor, retry, upstream
 from mock_gateway.config import GatewayConfig
 from mock_gateway.core import Decision, GatewayCore
-from testbed_common import fasthttp, fastjson, vtime
-from testbed_common.fasthttp import FastPathApp
+from testbed_common import fastjson, http_client, vtime
+from testbed_common.asgi_fastpath import FastPathApp
 
 log = logging.getLogger("mock_gateway")
 ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/generate": "generate"}
@@ -58,7 +58,7 @@ class Gateway:
         self.mode: str | None = None  # "live" or "virtual", set by the first inference request
         self.jitter = random.Random(config.seed)  # retry jitter, apart from the routing RNG
         self.client: httpx.AsyncClient | None = None
-        self.worker_clients: dict[str, fasthttp.AsyncPool] = {}  # inference traffic: one pool per worker
+        self.worker_clients: dict[str, http_client.AsyncPool] = {}  # inference traffic: one pool per worker
         self.urls: dict[tuple[str, str], httpx.URL] = {}  # (worker, route) parsed once
         self.tasks: list[asyncio.Task] = []
         self.metrics_server: Any = None
@@ -83,13 +83,13 @@ class Gateway:
         client._headers = httpx.Headers({})  # the setter re-adds httpx defaults; SMG sends no user-agent
         return client
 
-    def worker_client(self, url: str) -> fasthttp.AsyncPool:
+    def worker_client(self, url: str) -> http_client.AsyncPool:
         """The pool for one worker's inference requests: httpcore scans a whole pool (O(n^2) in its
         connections) on every request, so one pool over all workers costs ~2 ms per request at 16 workers.
         No client default headers: SMG sends no user-agent."""
         client = self.worker_clients.get(url)
         if client is None:
-            client = self.worker_clients[url] = fasthttp.AsyncPool(
+            client = self.worker_clients[url] = http_client.AsyncPool(
                 timeout=self.config.request_timeout_secs,
                 limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
                 headers=httpx.Headers(),

@@ -24,8 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER, Session, SessionCore, TurnResult
 from session_server.errors import BodyTooLargeError, SessionError
 from session_server.upstream import UpstreamRequest, UpstreamResponse, response_headers
-from testbed_common import fasthttp, fastjson
-from testbed_common.fasthttp import FastPathApp
+from testbed_common import fastjson, http_client
+from testbed_common.asgi_fastpath import FastPathApp
 
 
 class AsyncUpstream(Protocol):
@@ -44,11 +44,11 @@ def _dumps(data: object) -> bytes:
 
 
 class HttpUpstream:
-    """One pooled httpx transport to the router (``fasthttp``); a transport error becomes a synthetic 502."""
+    """One pooled httpx transport to the router (``http_client``); a transport error becomes a synthetic 502."""
 
     def __init__(self, base_url: str, timeout: float | None = None, max_connections: int = 1024) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client = fasthttp.AsyncPool(
+        self.client = http_client.AsyncPool(
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=None),
             label="session server -> gateway",

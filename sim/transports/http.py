@@ -31,7 +31,7 @@ from sim.transports.pool import (
     worker_configs,
 )
 from sim.transports.pool import worker_urls as urls_of
-from testbed_common import fasthttp, fastjson
+from testbed_common import fastjson, http_client
 from testbed_common.procs import LOOPBACK, ThreadServer, free_port, polling_client
 
 CLIENT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -42,15 +42,15 @@ def _dumps(obj: Any) -> bytes:
 
 
 _JSON = {"content-type": "application/json"}
-CHAT_HOP, VIEW_HOP = "agent -> session server", "agent -> session server (records)"  # fasthttp.TRAFFIC labels
+CHAT_HOP, VIEW_HOP = "agent -> session server", "agent -> session server (records)"  # http_client hop labels
 
 
 class SessionClient:
-    """The agent side of the session server protocol over one pooled httpx transport (``testbed_common.fasthttp``)."""
+    """The agent side of the session server protocol over one pooled httpx transport (``http_client.Pool``)."""
 
     def __init__(self, session_url: str) -> None:
         self.session_url = session_url.rstrip("/")
-        self.client = fasthttp.Pool(timeout=CLIENT_TIMEOUT, label=CHAT_HOP)
+        self.client = http_client.Pool(timeout=CLIENT_TIMEOUT, label=CHAT_HOP)
         self._chat_urls: dict[str, httpx.URL] = {}  # parsed once per session (httpx parses a str URL per request)
 
     def _call(self, method: str, path: str, body: Any = None, count: str | None = None,

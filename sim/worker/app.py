@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim.worker.core import Reply, WorkerCore, error_body
 from testbed_common import fastjson, vtime
-from testbed_common.fasthttp import FastPathApp
+from testbed_common.asgi_fastpath import FastPathApp
 from testbed_common.procs import ThreadServer
 
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024

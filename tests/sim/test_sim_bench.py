@@ -36,7 +36,7 @@ def test_body_is_json_of_the_exact_size() -> None:
     import json
 
     for size in (8, 9, 100, 28_117):
-        body = sim_bench._body(size)
+        body = sim_bench.sized_body(size)
         assert len(body) == size
         assert json.loads(body) == {"x": "a" * (size - 8)}
 
@@ -57,6 +57,54 @@ def test_the_json_floor_parses_and_writes_each_hops_sampled_bodies():
     # each server got a request of its own hop, re-encoded from the parsed sample: the same bytes
     assert r["received"][1] in {len(b[0]) for b in bodies[sim_bench.HOPS[1]]}
     assert r["received"][2] in {len(b[0]) for b in bodies[sim_bench.HOPS[2]]}
+
+
+def test_the_traffic_counter_counts_requests_and_body_bytes_per_hop():
+    traffic = sim_bench.TrafficCounter()
+    traffic("test hop", b"12345", b"answer")
+    traffic("test hop", b"", b"no")
+    assert traffic.counts == {"test hop": [2, 5, 8]}
+    assert traffic.summary() == {"test hop": {"requests": 2, "request_bytes": 2.5, "response_bytes": 4.0}}
+    assert traffic.requests("test hop") == 2 and traffic.requests("never seen") == 0
+    assert traffic.samples == {}  # sampling is off by default
+
+
+def test_the_traffic_counter_keeps_a_uniform_sample_of_the_exchanges():
+    traffic = sim_bench.TrafficCounter(sample_size=2)
+    bodies = [b"a", b"bb", b"ccc", b"dddd", b"eeeee", b"ffffff"]
+    for body in bodies:
+        traffic("sampled hop", body, body.upper())
+        if body == b"bb":
+            assert [req for req, _ in traffic.samples["sampled hop"]] == [b"a", b"bb"]  # room left
+    assert traffic.counts["sampled hop"][:2] == [6, 21]
+    kept = traffic.samples["sampled hop"]
+    assert len(kept) == 2 and len({req for req, _ in kept}) == 2 and {req for req, _ in kept} <= set(bodies)
+    assert all(resp == req.upper() for req, resp in kept)  # with their answers
+
+
+def test_the_pools_count_into_the_traffic_counter_once_it_is_installed():
+    from testbed_common import http_client
+    from testbed_common.procs import ThreadServer
+
+    async def echo(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = (await receive()).get("body", b"")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body * 2})
+
+    traffic = sim_bench.TrafficCounter()
+    with ThreadServer(echo) as server, http_client.Pool(timeout=5.0, label=sim_bench.HOPS[0]) as pool:
+        pool.count(pool.fetch("POST", server.url + "/x", None, b"before"))
+        http_client.set_traffic_observer(traffic)
+        try:
+            pool.count(pool.fetch("POST", server.url + "/x", None, b"12345"))
+        finally:
+            http_client.set_traffic_observer(None)
+    assert traffic.counts == {sim_bench.HOPS[0]: [1, 5, 10]}
 
 
 def test_repeated_rounds_are_summarized_by_their_median_and_range(capsys):
