@@ -9,7 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.engine.types import WorkerConfig
-from sim.worker.core import Faults, Reply, WorkerCore, _logprobs, _neg_round6
+from sim.worker.answers import _logprobs, _neg_round6
+from sim.worker.core import WorkerCore
+from sim.worker.faults import Faults
+from sim.worker.reply import Reply
 from testbed_common import fastjson, tokenizer, vtime
 
 words = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
