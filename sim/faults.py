@@ -25,7 +25,7 @@ Scenario TOML (each entry is one fault; ``worker`` is a worker index, omitted = 
 Overlapping entries combine: ``slow`` factors multiply, rates take the largest. The state is a pure
 function of the virtual time (``FaultPlan.state(i, t)``); ``FaultInjector`` applies it to a transport
 before each request, at the request's ``sim_time``: rates and factors go to the worker cores'
-``Faults`` (``sim.worker.core``), dead workers to ``transport.set_worker_dead(index, dead)`` (http:
+``Faults`` (``sim.worker.faults``), dead workers to ``transport.set_worker_dead(index, dead)`` (http:
 the worker's uvicorn server is stopped and later restarted on the same port; direct: the in-process
 gateway answers that worker's attempts, polls and probes as a connection failure); it comes back with
 an empty radix cache, as a restarted SGLang does (the flush is skipped if the model still has requests

@@ -35,8 +35,8 @@ from session_server.errors import SessionError
 from session_server.upstream import UpstreamRequest, UpstreamResponse
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
-from sim.worker.core import Reply as WorkerReply
 from sim.worker.core import WorkerCore
+from sim.worker.reply import Reply as WorkerReply
 from testbed_common import fastjson, vtime
 
 ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}

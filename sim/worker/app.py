@@ -30,7 +30,8 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sim.worker.core import Reply, WorkerCore, error_body
+from sim.worker.core import WorkerCore
+from sim.worker.reply import Reply, error_body
 from testbed_common import fastjson, vtime
 from testbed_common.asgi_fastpath import FastPathApp
 from testbed_common.procs import ThreadServer

@@ -22,7 +22,8 @@ import uvicorn
 
 from sim.engine.types import LatencyModel, WorkerConfig
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
-from sim.worker.core import Faults, WorkerCore
+from sim.worker.core import WorkerCore
+from sim.worker.faults import Faults
 from testbed_common.procs import UVICORN_DEFAULTS
 
 

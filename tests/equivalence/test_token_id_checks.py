@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from session_server.errors import UpstreamResponseError
 from session_server.upstream import _parse_chat_response
-from sim.worker.core import MAX_TOKEN_ID, BadRequest, _token_ids
+from sim.worker.request import MAX_TOKEN_ID, BadRequest, _token_ids
 
 items = (
     st.integers(min_value=0, max_value=MAX_TOKEN_ID)

@@ -260,7 +260,7 @@ def test_direct_reads_the_workers_timelines_typed_and_writes_no_timeline_headers
     """The in-process gateway takes a worker's virtual finish from ``Reply.timing`` (the value ``x-sim-finish``
     would carry, exactly), so a ``direct`` run renders no worker headers (its results are ``http``'s:
     ``test_http_and_direct_agree_exactly``)."""
-    from sim.worker.core import Reply
+    from sim.worker.reply import Reply
 
     reads = []
     rendered = Reply.headers.fget

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sim.engine.types import LatencyModel, WorkerConfig
 from sim.worker.app import serve_in_thread
-from sim.worker.core import Faults, WorkerCore
+from sim.worker.core import WorkerCore
+from sim.worker.faults import Faults
 from testbed_common import tokenizer, vtime
 
 SYSTEM = {"role": "system", "content": "you are a careful coding agent working in a repository"}

@@ -1,0 +1,63 @@
+"""A mock worker's registration documents: what SMG reads to register it (``/v1/models``, ``/server_info``,
+``/model_info``), in SGLang's shapes; constant for a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.engine.types import WorkerConfig
+
+
+def models(model_name: str, context_length: int) -> dict[str, Any]:
+    """``GET /v1/models``: the one served model (``owned_by: "sglang"``)."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": model_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "sglang",
+                "root": model_name,
+                "max_model_len": context_length,
+            }
+        ],
+    }
+
+
+def server_info(config: WorkerConfig, model_name: str, context_length: int) -> dict[str, Any]:
+    """``GET /server_info``: a single-GPU, non-disaggregated SGLang server, marked ``mock``."""
+    cap = config.kv_capacity_tokens
+    return {
+        "model_path": model_name,
+        "served_model_name": model_name,
+        "tokenizer_path": model_name,
+        "tp_size": 1,
+        "dp_size": 1,
+        "pp_size": 1,
+        "load_balance_method": "round_robin",
+        "disaggregation_mode": "null",
+        "version": "0.0.0-mock",
+        "is_embedding": False,
+        "context_length": context_length,
+        "max_total_tokens": int(cap) if cap is not None else 0,
+        "max_running_requests": config.max_running_requests,
+        "page_size": config.page_size,
+        "weight_version": "default",
+        "worker_name": config.name,
+        "mock": True,
+    }
+
+
+def model_info(model_name: str) -> dict[str, Any]:
+    """``GET /model_info``: a generation model."""
+    return {
+        "model_path": model_name,
+        "tokenizer_path": model_name,
+        "is_generation": True,
+        "has_image_understanding": False,
+        "has_audio_understanding": False,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "weight_version": "default",
+    }
