@@ -19,7 +19,7 @@ POLICIES = [
     "manual",
     "consistent_hashing",
     "prefix_hash",
-    "bounded_load",  # testbed extension (mock_gateway/policies/bounded_load.py)
+    "bounded_load",  # testbed extension (mock_gateway/policies/testbed/bounded_load.py)
 ]
 
 

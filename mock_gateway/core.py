@@ -61,8 +61,8 @@ import numpy as np
 
 from mock_gateway.config import GatewayConfig
 from mock_gateway.metrics import GatewayMetrics
-from mock_gateway.policies.base import LAZY, Policy, PolicyContext, RouteInput, policy_class
-from mock_gateway.policies.sticky import UNWRAPPED, StickyOverride
+from mock_gateway.policies.base import LAZY, PolicyContext, RouteInput
+from mock_gateway.policies.factory import make_policy
 from mock_gateway.routing_key import header_key, int_ids
 from mock_gateway.workers import CB_OPEN, CB_STATE_VALUE, CircuitBreaker, EngineReport, Worker, WorkerRegistry
 
@@ -281,10 +281,7 @@ class GatewayCore:
         self.metrics = metrics or GatewayMetrics()
         self.registry = WorkerRegistry()
         self.ctx = PolicyContext(config, self.rng, self.registry, self.metrics)
-        policy: Policy = policy_class(config.policy)(self.ctx)
-        if config.routing_key_override and config.policy not in UNWRAPPED:
-            policy = StickyOverride(self.ctx, policy)
-        self.policy = policy
+        self.policy = make_policy(self.ctx)
         self.clock = now
         self._next_poll: float | None = None
         self._next_health: float | None = None  # virtual-time health rounds (due_health)

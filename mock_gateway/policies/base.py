@@ -1,15 +1,14 @@
-"""The one interface every policy implements, and the registry from ``--policy`` names to classes.
+"""The one interface every policy implements (``factory.py`` builds the policy ``--policy`` names).
 
 A policy gets the router-filtered available workers (registration order) and one ``RouteInput``;
 it returns a ``Choice`` (a worker URL or None, and the branch label it counted). Policies keep their
 own state (maps, rings, trees) and may use the shared context: config, the seeded RNG, the worker
 registry (in-flight loads, engine reports) and the metrics. They do no I/O and read time only from
-``RouteInput.now``. To add a policy: add a file with a ``Policy`` subclass and one line to ``REGISTRY``.
+``RouteInput.now``.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 from collections.abc import Mapping
@@ -159,23 +158,3 @@ class Periodic:
             return False
         self.next_at += interval * max(1, math.floor((now - self.next_at) / interval) + 1)
         return True
-
-
-REGISTRY: dict[str, str] = {
-    "manual": "mock_gateway.policies.manual:ManualPolicy",
-    "consistent_hashing": "mock_gateway.policies.consistent_hashing:ConsistentHashingPolicy",
-    "cache_aware": "mock_gateway.policies.cache_aware:CacheAwarePolicy",
-    "prefix_hash": "mock_gateway.policies.prefix_hash:PrefixHashPolicy",
-    "round_robin": "mock_gateway.policies.round_robin:RoundRobinPolicy",
-    "random": "mock_gateway.policies.random:RandomPolicy",
-    "passthrough": "mock_gateway.policies.random:PassthroughPolicy",
-    "power_of_two": "mock_gateway.policies.power_of_two:PowerOfTwoPolicy",
-    "least_load": "mock_gateway.policies.least_load:LeastLoadPolicy",
-    "bounded_load": "mock_gateway.policies.bounded_load:BoundedLoadPolicy",  # testbed extension
-}
-
-
-def policy_class(name: str) -> type[Policy]:
-    """The class registered for a ``--policy`` name."""
-    module, _, cls = REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), cls)

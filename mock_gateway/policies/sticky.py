@@ -4,8 +4,9 @@ Wraps every policy except manual and consistent_hashing: a request with a key (a
 header, else the body ``rid``; lineage suffixes ``_r<n>`` then ``_t<n>`` stripped) goes through one
 shared manual map; a pinned worker with 2 or more in-flight requests for the key is bypassed
 (``cap_respill``) and the pin moves if the new worker is itself under the cap. The default
-assignment is ``delegate``: the wrapped policy chooses and its choice is pinned. Requests without a
-key go to the wrapped policy unchanged.
+assignment is ``delegate``: the wrapped policy chooses and its choice is pinned (the factory gives the
+shared map a ``DelegateAssignment`` of the wrapped policy). Requests without a key go to the wrapped
+policy unchanged.
 """
 
 from __future__ import annotations
@@ -20,19 +21,11 @@ UNWRAPPED = frozenset({"manual", "consistent_hashing"})
 
 
 class StickyOverride(Policy):
-    def __init__(self, ctx: PolicyContext, inner: Policy) -> None:
+    def __init__(self, ctx: PolicyContext, inner: Policy, sticky: ManualPolicy) -> None:
         super().__init__(ctx)
         self.inner = inner
         self.name = inner.name
-        self.sticky = ManualPolicy(ctx, mode=ctx.config.assignment_mode or "delegate")
-
-    def _pick(self, workers: list[Worker], req: RouteInput) -> Worker:
-        if self.sticky.mode == "delegate":
-            url = self.inner.select(workers, req).url
-            for w in workers:
-                if w.url == url:
-                    return w
-        return self.sticky.assign(workers)
+        self.sticky = sticky
 
     def select(self, workers: list[Worker], req: RouteInput) -> Choice:
         found = sticky_key(req.headers, req.body, self.ctx.config.routing_key_headers)
@@ -40,7 +33,7 @@ class StickyOverride(Policy):
             return self.inner.select(workers, req)
         key, source = found
         self.ctx.metrics.counts(self.ctx.metrics.key_source)[source].inc()
-        return self.sticky.route(workers, key, req.now, lambda: self._pick(workers, req), cap=STICKY_INFLIGHT_CAP)
+        return self.sticky.route(workers, key, req, cap=STICKY_INFLIGHT_CAP)
 
     def on_worker_added(self, worker: Worker) -> None:
         self.inner.on_worker_added(worker)

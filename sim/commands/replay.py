@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mock_gateway.policies.base import REGISTRY
+from mock_gateway.policies.factory import POLICY_BUILDERS
 from sim.commands.common import console_for, fail
 from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, open_transport
 from sim.workload import ScenarioError, parse_capacity
@@ -70,8 +70,8 @@ def parse_policies(values: Sequence[str] | None, mode: str | None) -> list[Polic
     for v in values:
         for name in filter(None, (s.strip() for s in v.split(","))):
             policy, _, m = name.partition("/")
-            if policy not in REGISTRY:
-                raise ValueError(f"unknown policy {policy!r} (one of {', '.join(REGISTRY)})")
+            if policy not in POLICY_BUILDERS:
+                raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICY_BUILDERS)})")
             m = m or (mode if policy == "manual" else None)
             if m and m not in ASSIGNMENT_MODES:
                 raise ValueError(f"unknown assignment mode {m!r} (one of {', '.join(ASSIGNMENT_MODES)})")

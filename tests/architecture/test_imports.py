@@ -124,7 +124,6 @@ def test_the_graph_reads_the_project():
     assert "mock_gateway.core" in graph["mock_gateway.app"]
 
 
-@pytest.mark.xfail(strict=True, reason="manual <-> kv_aware: ManualPolicy.__new__ returns a kv_aware subclass")
 def test_no_import_cycle_between_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

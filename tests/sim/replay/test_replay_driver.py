@@ -11,7 +11,7 @@ import pytest
 
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
-from mock_gateway.policies.base import REGISTRY
+from mock_gateway.policies.factory import POLICY_BUILDERS
 from session_server.upstream import UpstreamRequest
 from sim.replay.driver import (
     MooncakeDirect,
@@ -74,7 +74,7 @@ def records(result) -> list[tuple]:
             for r in result.requests]
 
 
-@pytest.mark.parametrize("policy", sorted(REGISTRY))
+@pytest.mark.parametrize("policy", sorted(POLICY_BUILDERS))
 def test_select_with_tokens_decides_as_the_gateway_core(policy):
     setup = setup_for(policy)
     cores = []

@@ -8,8 +8,9 @@ headroom) or its worker is hot (to one that is not); a re-pinned key is not move
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mock_gateway.policies.kv_aware import KvAwarePolicy, SessionKV, context_tokens, kv_capacity
 from mock_gateway.policies.manual import ManualPolicy
+from mock_gateway.policies.testbed.min_kv import MinKvAssignment, kv_capacity
+from mock_gateway.policies.testbed.session_kv import SessionKV, context_tokens
 from mock_gateway.testing import chat, make_core, sample
 from mock_gateway.workers import Worker
 
@@ -38,10 +39,12 @@ def loads(cap):
     }
 
 
-def test_min_kv_selects_the_kv_aware_subclass_and_other_modes_do_not():
-    assert type(make_core("--policy", "manual", "--assignment-mode", "min_kv").policy) is KvAwarePolicy
+def test_min_kv_is_manual_with_the_kv_aware_assignment_and_other_modes_are_not():
+    policy = make_core("--policy", "manual", "--assignment-mode", "min_kv").policy
+    assert type(policy) is ManualPolicy and type(policy.assignment) is MinKvAssignment
     for mode in ("random", "min_load", "min_group", "delegate"):
-        assert type(make_core("--policy", "manual", "--assignment-mode", mode).policy) is ManualPolicy
+        policy = make_core("--policy", "manual", "--assignment-mode", mode).policy
+        assert type(policy) is ManualPolicy and not isinstance(policy.assignment, MinKvAssignment)
 
 
 def test_context_is_input_ids_or_routing_text_tokens_plus_max_tokens():
@@ -78,9 +81,9 @@ def test_session_kv_counts_live_keys_only_and_replaces_a_keys_context():
 @given(sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=12), n=st.integers(2, 5))
 def test_a_new_key_goes_to_the_worker_with_the_smallest_working_set(sizes, n):
     core = make_core("--policy", "manual", "--assignment-mode", "min_kv", workers=n)
-    pol = core.policy
+    min_kv = core.policy.assignment
     for i, size in enumerate(sizes):
-        before = {u: pol.kv.working_set(u) for u in core.registry.urls()}
+        before = {u: min_kv.kv.working_set(u) for u in core.registry.urls()}
         d = route(core, f"k{i}", now=i, input_ids=list(range(size)))
         assert d.branch == "vacant"
         assert before[d.url] == min(before.values())  # nothing in flight: no worker is hot
@@ -221,7 +224,7 @@ def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap):
         "0.2",
         workers=n,
     )
-    pol = core.policy
+    pol, min_kv = core.policy, core.policy.assignment
     now = 0.0
     last_move: dict[str, float] = {}
     tickets = []
@@ -233,19 +236,19 @@ def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap):
             if tickets:
                 core.finish(tickets.pop(a % len(tickets)), now=now)
             continue
-        pol.kv.expire(now)
+        min_kv.kv.expire(now)
         entry = pol.entries.get(a)
         src = entry.candidates[0] if entry else None
-        source_projected = pol.kv.working_set(src) - pol.kv.own(a, src) + b if src else 0
+        source_projected = min_kv.kv.working_set(src) - min_kv.kv.own(a, src) + b if src else 0
         d = route(core, a, now=now, input_ids=list(range(b)))
         if d.branch in ("repin_kv", "repin_queue"):
             assert now - last_move.get(a, float("-inf")) >= cooldown  # no re-pin within the cooldown
             last_move[a] = now
             if d.branch == "repin_kv":  # the source was over capacity; the target had headroom, or was that lighter
                 assert source_projected > cap
-                assert pol.kv.working_set(d.url) <= 0.8 * max(cap, source_projected)
+                assert min_kv.kv.working_set(d.url) <= 0.8 * max(cap, source_projected)
             else:
-                assert d.url not in pol.hot(list(core.registry))
+                assert d.url not in min_kv.hot(list(core.registry))
             again = route(core, a, now=now, input_ids=list(range(b)))  # same state, same instant: no move back
             assert (again.url, again.branch) == (d.url, "occupied_hit")
         tickets.append(core.begin(d, now=now))
@@ -253,7 +256,7 @@ def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap):
 
 def test_sticky_override_uses_min_kv_for_first_placement():
     core = make_core("--policy", "cache_aware", "--routing-key-override", "--assignment-mode", "min_kv", workers=2)
-    assert type(core.policy.sticky) is KvAwarePolicy
+    assert type(core.policy.sticky) is ManualPolicy and type(core.policy.sticky.assignment) is MinKvAssignment
     d = core.select("chat", {"x-smg-routing-key": "k"}, chat("hi"), now=0)
     assert d.branch == "vacant" and d.url is not None
 
@@ -339,3 +342,12 @@ def test_context_counts_an_int64_input_ids_array_as_a_list():
     ids = list(range(40))
     assert context_tokens({"input_ids": np.arange(40, dtype=np.int64), "max_tokens": 2}, "") == \
         context_tokens({"input_ids": ids, "max_tokens": 2}, "") == 42
+
+
+def test_under_the_routing_key_override_min_kv_keys_by_rid_as_every_manual_mode():
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", "--routing-key-override", workers=2)
+    first = core.select("chat", {}, chat("hi", rid="conv_t1"), now=0)
+    again = core.select("chat", {}, chat("hi there", rid="conv_t2_r1"), now=1)
+    assert (first.key, first.branch) == ("conv", "vacant")
+    assert (again.url, again.key, again.branch) == (first.url, "conv", "occupied_hit")
+    assert core.policy.assignment.kv.own("conv", first.url) == 2  # the key's projected context, as a header key's

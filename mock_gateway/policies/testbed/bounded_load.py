@@ -12,7 +12,7 @@ Load (``--bounded-load-measure``):
 
 - ``requests``: the gateway's in-flight count (the item is one request);
 - ``kv``: projected resident session KV, the sum of the contexts of the worker's live keys (routed within
-  ``--session-kv-idle-secs``; context = prompt tokens + ``max_tokens``, see ``kv_aware.context_tokens``);
+  ``--session-kv-idle-secs``; context = prompt tokens + ``max_tokens``, see ``session_kv.context_tokens``);
   the item is the request's context.
 
 ``eps`` is ``--bounded-load-epsilon``. Requests without a key go to the least loaded worker
@@ -22,13 +22,21 @@ Branch counter: ``smg_bounded_load_policy_branch_total{branch}``.
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import Counter
 
 from mock_gateway.policies.base import Choice, Periodic, PolicyContext, RingPolicy, RouteInput
-from mock_gateway.policies.kv_aware import SessionKV, context_tokens, load_bound
+from mock_gateway.policies.testbed.session_kv import SessionKV, context_tokens
 from mock_gateway.workers import Worker
 
 MEASURES = ("requests", "kv")
+
+
+def load_bound(loads: list[float], item: float, eps: float) -> int:
+    """``ceil((1 + eps) * (sum(loads) + item) / n)``: the load a worker must be under to take the item
+    (Mirrokni, Thorup and Zadimoghaddam's bounded-load rule)."""
+    return math.ceil((1.0 + eps) * (sum(loads) + item) / len(loads) - 1e-9)
 
 
 class BoundedLoadPolicy(RingPolicy):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mock_gateway.config import parse_args
 from mock_gateway.policies.base import RouteInput
-from mock_gateway.policies.bounded_load import load_bound
+from mock_gateway.policies.testbed.bounded_load import load_bound
 from mock_gateway.testing import chat, make_core, sample, urls
 
 KEYS = [f"session-{i}" for i in range(12)]

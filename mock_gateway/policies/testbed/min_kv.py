@@ -1,10 +1,12 @@
 """Testbed extension, not an SMG feature: KV-aware key assignment, ``--policy manual --assignment-mode min_kv``.
 
+An assignment strategy of ``manual`` (``policies/assignment.py``) that also uses manual's re-pin hooks.
+
 SMG's assignment modes look at request or key counts at first placement only. This mode keeps, from what
 the gateway routes, each key's projected context (prompt tokens + ``max_tokens``) and, per worker, the
 projected KV working set: the sum of the contexts of its *live* keys (routed within
-``--session-kv-idle-secs``). A new key goes to the worker with the smallest working set. An existing key
-is re-pinned when
+``--session-kv-idle-secs``; ``session_kv.py``). A new key goes to the worker with the smallest working set.
+An existing key is re-pinned when
 
 - ``repin_kv``: its worker's working set (the other live keys plus this key's new context) would exceed
   the worker's KV capacity, and another worker can take the key with ``--kv-repin-headroom`` of its
@@ -39,50 +41,23 @@ ranks of the worker's last polled ``/v1/loads``; unknown capacity disables the K
 Context size: the request's ``input_ids`` length if it carries them, else the routing text's token count
 (``testbed_common.tokenizer.encode``, the testbed's word-level tokenizer), plus ``max_tokens``.
 
-Everything else (branches, candidates, failover, idle eviction) is ``manual``'s. Under
-``--routing-key-override`` the shared sticky map uses ``min_kv`` for first placement only (no re-pin).
+Everything else (branches, candidates, failover, idle eviction, keys from ``rid`` under
+``--routing-key-override``) is ``manual``'s. Under ``--routing-key-override`` with another policy, the shared
+sticky map uses ``min_kv``'s choice for first placement only (no measures, no re-pin).
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from mock_gateway.policies.base import Choice, PolicyContext, RouteInput
-from mock_gateway.policies.manual import ManualPolicy
+from mock_gateway.policies.assignment import Assignment
+from mock_gateway.policies.base import PolicyContext, RouteInput
+from mock_gateway.policies.testbed.bounded_load import load_bound
+from mock_gateway.policies.testbed.session_kv import SessionKV, context_tokens
 from mock_gateway.workers import Worker
-from testbed_common.tokenizer import encode
 
 NEG_INF = float("-inf")
-
-
-def load_bound(loads: list[float], item: float, eps: float) -> int:
-    """``ceil((1 + eps) * (sum(loads) + item) / n)``: the load a worker must be under to take the item
-    (Mirrokni, Thorup and Zadimoghaddam's bounded-load rule)."""
-    return math.ceil((1.0 + eps) * (sum(loads) + item) / len(loads) - 1e-9)
-
-
 HOT_MIN_GAP = 0.2  # a hot worker's busy share exceeds the median's by at least this much (absolute)
-
-
-def context_tokens(body: Mapping[str, Any], text: str, tokens: list[int] | None = None) -> int:
-    """Projected KV of the request: prompt tokens (``input_ids`` or the routing text's tokens) + output budget."""
-    ids = body.get("input_ids")
-    if isinstance(ids, list | np.ndarray) and len(ids):  # an in-process caller may pass an int64 array
-        prompt = len(ids)
-    elif tokens:
-        prompt = len(tokens)
-    else:
-        prompt = len(encode(text)) if text else 0
-    out = body.get("max_tokens", body.get("max_completion_tokens"))
-    if not isinstance(out, int) or isinstance(out, bool) or out < 0:
-        out = 0
-    return max(1, prompt + out)
 
 
 def kv_capacity(worker: Worker, override: int | None) -> int | None:
@@ -100,80 +75,21 @@ def kv_capacity(worker: Worker, override: int | None) -> int | None:
     return total or None
 
 
-@dataclass
-class Session:
-    worker: str
-    ctx: int
-    last: float
-
-
-class SessionKV:
-    """Projected resident session KV per worker: the sum of live keys' contexts (live = routed within ``live_secs``).
-
-    Pure bookkeeping over routed requests; ``touch`` records a routed request, ``expire`` drops keys idle
-    longer than ``live_secs`` from the working sets.
-    """
-
-    def __init__(self, live_secs: float) -> None:
-        self.live_secs = live_secs
-        self.live: OrderedDict[str, Session] = OrderedDict()  # least recently routed first
-        self.by_worker: dict[str, int] = {}
-        self.keys: dict[str, int] = {}
-
-    def expire(self, now: float) -> None:
-        while self.live:
-            key, s = next(iter(self.live.items()))
-            if now - s.last <= self.live_secs:
-                break
-            self._drop(key)
-
-    def _drop(self, key: str) -> None:
-        s = self.live.pop(key)
-        self.keys[s.worker] -= 1
-        left = self.by_worker.get(s.worker, 0) - s.ctx
-        if left > 0:
-            self.by_worker[s.worker] = left
-        else:
-            self.by_worker.pop(s.worker, None)
-
-    def working_set(self, url: str) -> int:
-        return self.by_worker.get(url, 0)
-
-    def own(self, key: str | None, url: str) -> int:
-        """The key's live context on ``url`` (0 if it is not live there)."""
-        s = self.live.get(key) if key is not None else None
-        return s.ctx if s is not None and s.worker == url else 0
-
-    def touch(self, key: str, url: str, ctx: int, now: float) -> None:
-        if key in self.live:
-            self._drop(key)
-        self.live[key] = Session(url, ctx, now)
-        self.by_worker[url] = self.by_worker.get(url, 0) + ctx
-        self.keys[url] = self.keys.get(url, 0) + 1
-
-    def count(self, url: str) -> int:
-        """Live keys on ``url``."""
-        return self.keys.get(url, 0)
-
-    def remove_worker(self, url: str) -> None:
-        for key in [k for k, s in self.live.items() if s.worker == url]:
-            self._drop(key)
-
-
 def queueing(w: Worker) -> bool:
     """The worker's last polled load report shows requests waiting (for KV or the prefill lane)."""
     return w.report is not None and w.report.waiting > 0
 
 
-class KvAwarePolicy(ManualPolicy):
-    """``manual`` with ``--assignment-mode min_kv`` (see the module docstring)."""
+class MinKvAssignment(Assignment):
+    """``--assignment-mode min_kv`` (see the module docstring)."""
 
-    name = "manual"
+    name = "min_kv"
 
-    def __init__(self, ctx: PolicyContext, mode: str | None = None) -> None:
-        super().__init__(ctx, mode or "min_kv")
+    def __init__(self, ctx: PolicyContext) -> None:
+        super().__init__(ctx)
         cfg = ctx.config
         self.kv = SessionKV(cfg.session_kv_idle_secs)
+        self.context = 0  # projected context of the request being routed (set by ``begin``)
         self.repinned_at: dict[str, float] = {}
         self.smoothed: dict[str, tuple[float, float]] = {}  # url -> (smoothed in-flight per live key, at)
         self.since: float | None = None  # first observation: the smoothing window grows to tau from here
@@ -226,14 +142,35 @@ class KvAwarePolicy(ManualPolicy):
         ref = sorted(p.values())[(len(p) - 1) // 2]
         return {u for u, v in p.items() if v >= cfg.kv_repin_queue_ratio * ref and v - ref >= HOT_MIN_GAP}
 
-    def assign(self, workers: list[Worker], mode: str | None = None) -> Worker:
-        """``min_kv``: the smallest projected working set among the workers that are not hot (ties: in-flight)."""
-        if (mode or self.mode) != "min_kv":
-            return super().assign(workers, mode)
+    # -- manual's hooks --------------------------------------------------------------------------
+    def begin(self, workers: list[Worker], req: RouteInput) -> None:
+        self.kv.expire(req.now)
+        self.observe(workers, req.now)
+        self.context = context_tokens(req.body, req.text, req.tokens)
+
+    def choose(self, workers: list[Worker], req: RouteInput) -> Worker:
+        """The smallest projected working set among the workers that are not hot (ties: in-flight)."""
         hot = self.hot(workers)
         pool = [w for w in workers if w.url not in hot] or workers
         best = min((self.kv.working_set(w.url), w.load) for w in pool)
         return self.ctx.rng.choice([w for w in pool if (self.kv.working_set(w.url), w.load) == best])
+
+    def repin(self, workers: list[Worker], key: str, pinned: Worker, now: float) -> tuple[Worker, str] | None:
+        move = self.repin_target(workers, key, pinned, self.context, now)
+        if move is not None:
+            self.repinned_at[key] = now
+        return move
+
+    def routed(self, key: str, url: str, now: float) -> None:
+        self.kv.touch(key, url, self.context, now)
+
+    def forget(self, keys: list[str]) -> None:
+        for k in keys:
+            self.repinned_at.pop(k, None)
+
+    def on_worker_removed(self, url: str) -> None:
+        self.kv.remove_worker(url)
+        self.smoothed.pop(url, None)
 
     # -- re-pin decision -------------------------------------------------------------------------
     def repin_target(
@@ -284,42 +221,3 @@ class KvAwarePolicy(ManualPolicy):
 
         best = min(score(w) for w in workers)
         return self.ctx.rng.choice([w for w in workers if score(w) == best])
-
-    # -- selection -------------------------------------------------------------------------------
-    def select(self, workers: list[Worker], req: RouteInput) -> Choice:
-        now, key = req.now, req.key
-        self.kv.expire(now)
-        self.observe(workers, now)
-        ctx = context_tokens(req.body, req.text, req.tokens)
-        entry = self.entries.get(key) if key is not None else None
-        if key is not None and entry is not None and workers:
-            healthy = {w.url: w for w in workers}
-            pinned = next((u for u in entry.candidates if u in healthy), None)
-            move = self.repin_target(workers, key, healthy[pinned], ctx, now) if pinned is not None else None
-            if move is not None:
-                target, branch = move
-                entry.last_access = now
-                entry.pin_front(target.url)
-                self.repinned_at[key] = now
-                self.kv.touch(key, target.url, ctx, now)
-                m = self.ctx.metrics
-                m.manual_branch.labels(branch=branch).inc()
-                m.manual_cache_entries.set(len(self.entries))
-                return Choice(target.url, branch, key)
-        choice = self.route(workers, key, now, lambda: self.assign(workers))
-        if key is not None and choice.url is not None:
-            self.kv.touch(key, choice.url, ctx, now)
-        return choice
-
-    def evict_idle(self, now: float) -> int:
-        n = super().evict_idle(now)
-        for k in [k for k in self.repinned_at if k not in self.entries]:
-            del self.repinned_at[k]
-        return n
-
-    def on_worker_removed(self, url: str) -> None:
-        self.kv.remove_worker(url)
-        self.smoothed.pop(url, None)
-
-
-__all__ = ["KvAwarePolicy", "SessionKV", "context_tokens", "kv_capacity", "load_bound"]
