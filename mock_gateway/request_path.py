@@ -75,7 +75,7 @@ class Attempt:
     relayed: bool = False  # a stream still being relayed: the driver finishes the ticket itself at its end
 
 
-RequestPath = Generator[Effect, Any, "Decision | Attempt"]
+RequestPath = Generator[Effect, Any, Decision | Attempt]
 
 
 def request_path(
