@@ -63,7 +63,7 @@ def core_rate(policy: str, flags: list[str], n: int) -> float:
         core.advance(now)
         for u in core.due_polls(now):
             core.record_load(u, load, now)
-        _, t = core.route("chat", headers, body, now)
+        t = core.begin(core.select("chat", headers, body, now))
         core.finish(t, virtual_finish=now + 2.0)
     return n / (time.perf_counter() - start)
 

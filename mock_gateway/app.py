@@ -4,12 +4,16 @@ Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/generate`` (strea
 ``GET /health``, ``/liveness``, ``/readiness``, ``/v1/models``, ``/workers``; ``POST /workers``,
 ``DELETE /workers/{id}``. Prometheus metrics are served on ``--prometheus-host:--prometheus-port``.
 
+A request runs ``request_path.request_path`` (the gateway's one request loop), this adapter performing its
+effects: load polls and health probes over httpx, sends to the workers (streams relayed, released at their
+end), the retry backoff as a real ``asyncio.sleep``.
+
 Time: a body with ``sim_time`` puts the request on the virtual clock (DESIGN.md): the core's clock
 moves to it, due load polls are fetched with ``?sim_time=`` before routing, and the request stays in
 flight until the worker's ``x-sim-finish``; health rounds are due every ``--health-check-interval-secs``
 of virtual time and run in the request that reaches them (``GatewayCore.due_health``). Otherwise the
-wall clock (seconds since start) is used,
-in-flight ends with the response, and a background ticker runs the timers and load polls.
+wall clock (seconds since start) is used, in-flight ends with the response, and background loops run the
+timers, load polls and health rounds.
 """
 
 from __future__ import annotations
@@ -28,9 +32,18 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from mock_gateway import health, load_monitor, retry, upstream
+from mock_gateway import health, load_monitor, upstream
 from mock_gateway.config import GatewayConfig
 from mock_gateway.core import Decision, GatewayCore
+from mock_gateway.request_path import (
+    CONNECTION_FAILED,
+    Attempt,
+    PollLoads,
+    ProbeHealth,
+    RequestPath,
+    Send,
+    request_path,
+)
 from testbed_common import fastjson, http_client, vtime
 from testbed_common.asgi_fastpath import FastPathApp
 
@@ -169,7 +182,7 @@ class Gateway:
         return resp
 
     async def _proxy(self, request: Request, path: str, endpoint: str) -> Response:
-        core, cfg, m = self.core, self.config, self.core.metrics
+        core, cfg = self.core, self.config
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_payload_size:
             return error(413, "payload_too_large", f"Request body exceeds {cfg.max_payload_size} bytes")
@@ -196,95 +209,72 @@ class Gateway:
         model = body.get("model") if isinstance(body, dict) else None
         request.state.model = model if isinstance(model, str) else "unknown"
         now = sim_t if sim_t is not None else self.live_now()
-        core.advance(now)
-        urls = core.due_polls(core.clock)
-        if urls:
-            assert self.client is not None
-            await load_monitor.poll(core, self.client, urls, core.clock, virtual=virtual)
-        if virtual:  # health rounds on the virtual clock (sim.faults docstring)
-            urls = core.due_health(core.clock)
-            if urls:
-                assert self.client is not None
-                await health.probe_round(core, self.client, urls, core.clock)
         rid = upstream.request_id(raw_headers, endpoint)
-        attempts = cfg.max_attempts
-        last: Response | None = None
-        failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
-        for attempt in range(attempts):
-            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt)
-            if d.url is None:
-                if last is not None:
-                    break
-                return self._refusal(d)
-            result = await self._attempt(d, path, endpoint, raw_headers, body, rid, virtual)
-            if not isinstance(result, tuple):
-                return result
-            last, retryable = result
-            failed.append(d.url)
-            if not retry.retry_next(m, endpoint, attempt, attempts, retryable):
-                break
-            delay = upstream.backoff(attempt + 1, cfg, self.jitter)
-            m.retry_backoff.labels(attempt=str(attempt + 1)).observe(delay)
-            await asyncio.sleep(delay)
-        assert last is not None
-        return last
+        steps = request_path(core, endpoint, headers, body, now, virtual, self.jitter)
+        with contextlib.closing(steps):  # a send that raises leaves nothing in flight (request_path)
+            outcome = await self._drive(steps, path, endpoint, raw_headers, body, rid, virtual)
+        if isinstance(outcome, Decision):
+            status, err = upstream.refusal(outcome)
+            return JSONResponse(err, status_code=status)
+        return outcome.response
 
-    def _refusal(self, d: Decision) -> Response:
-        if d.status == 503:
-            self.core.metrics.upstream_responses.labels(
-                router_type="http", status_code="503", error_code=d.error_code or ""
-            ).inc()
-        status, body = upstream.refusal(d)
-        return JSONResponse(body, status_code=status)
+    async def _drive(
+        self, steps: RequestPath, path: str, endpoint: str, headers: dict[str, str], body: dict, rid: str,
+        virtual: bool,
+    ) -> Decision | Attempt:
+        """Run the request path, performing its effects over HTTP; its outcome."""
+        assert self.client is not None
+        try:
+            effect = next(steps)
+            while True:
+                if isinstance(effect, Send):
+                    result: Any = await self._attempt(effect, path, endpoint, headers, body, rid, virtual)
+                elif isinstance(effect, PollLoads):
+                    result = await load_monitor.fetch_loads(self.client, effect.urls,
+                                                            effect.now if effect.virtual else None)
+                elif isinstance(effect, ProbeHealth):
+                    result = await health.probe(self.client, self.config, effect.urls)
+                else:  # Backoff: the real wait, in either time
+                    result = await asyncio.sleep(effect.seconds)
+                effect = steps.send(result)
+        except StopIteration as done:
+            return done.value
 
     async def _attempt(
-        self, d: Decision, path: str, endpoint: str, headers: dict[str, str], body: dict, rid: str, virtual: bool
-    ) -> Response | tuple[Response, bool]:
-        """One send. Returns the client's response, or (response, retryable) for a failed attempt."""
-        core, cfg, m = self.core, self.config, self.core.metrics
-        assert self.client is not None and d.url is not None
-        ticket = core.begin(d)
+        self, send: Send, path: str, endpoint: str, headers: dict[str, str], body: dict, rid: str, virtual: bool
+    ) -> Attempt:
+        """One send to the selected worker. A 200 stream is relayed after the response is returned, and its
+        ticket finished at the stream's end."""
+        d, ticket = send.decision, send.ticket
+        assert d.url is not None
         payload = fastjson.dumps(upstream.with_defaults(endpoint, body), ensure_ascii=True)
         client = self.worker_client(d.url)
         req = client.request(
-            "POST", self.worker_url(d.url, path), upstream.forward_headers(headers, cfg.api_key), payload
+            "POST", self.worker_url(d.url, path), upstream.forward_headers(headers, self.config.api_key), payload
         )
         try:
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as e:
-            core.finish(ticket)
-            retry.settle_attempt(core, d.url, None, self.now(virtual))
-            m.upstream_responses.labels(
-                router_type="http", status_code="500", error_code="call_upstream_connection_failed"
-            ).inc()
-            return error(
-                500, "call_upstream_connection_failed", f"Failed to call upstream {d.url}: {e}", type_="server_error"
-            ), True
+            failure = error(500, CONNECTION_FAILED, f"Failed to call upstream {d.url}: {e}", type_="server_error")
+            return Attempt(None, failure, now=self.settled_at(virtual))
         vf = vtime.finish_time(resp.headers) if virtual else None
         out_headers = upstream.response_headers(resp.headers, d.url, rid)
         status = resp.status_code
-        m.upstream_responses.labels(router_type="http", status_code=str(status), error_code="").inc()
-        if status in upstream.RETRYABLE_STATUSES:  # read the body first, then settle the attempt
-            content = await resp.aread()
-            await resp.aclose()
-            core.finish(ticket, virtual_finish=vf)
-            retryable = retry.settle_attempt(core, d.url, status, self.now(virtual))
-            return Response(content, status_code=status, headers=out_headers), retryable
-        retry.settle_attempt(core, d.url, status, self.now(virtual))
         if d.stream and status == 200:
-            return StreamingResponse(
-                self._relay(resp, ticket, vf),
-                status_code=status,
-                headers=out_headers,
-                media_type=resp.headers.get("content-type", "text/event-stream"),
-            )
+            media_type = resp.headers.get("content-type", "text/event-stream")
+            relay = StreamingResponse(self._relay(resp, ticket, vf), status, out_headers, media_type)
+            return Attempt(status, relay, vf, self.settled_at(virtual), relayed=True)
         try:
             content = await resp.aread()
         finally:
             await resp.aclose()
-            core.finish(ticket, virtual_finish=vf)
-        client.count(resp)
-        return Response(content, status_code=status, headers=out_headers)
+        if status not in upstream.RETRYABLE_STATUSES:
+            client.count(resp)
+        return Attempt(status, Response(content, status_code=status, headers=out_headers), vf, self.settled_at(virtual))
+
+    def settled_at(self, virtual: bool) -> float | None:
+        """The clock an attempt settles on: the core's (None) in virtual time, the wall clock in live time."""
+        return None if virtual else self.live_now()
 
     async def _relay(self, resp: httpx.Response, ticket, vf: float | None) -> AsyncIterator[bytes]:
         try:

@@ -1,7 +1,8 @@
-"""GatewayCore: the synchronous, pure routing core of the mock SMG gateway (no I/O, clock passed in).
-
-The FastAPI app (``app.py``) and the simulator's ``direct`` transport both drive this class, so the
-same routing code runs with and without HTTP. All random choices come from one ``random.Random(seed)``.
+"""GatewayCore: the synchronous, pure routing core of the mock SMG gateway (no I/O, clock passed in):
+worker state, selection and in-flight accounting. Request validation is ``request_validation.py``; the per-request
+loop around this core (polls, health rounds, attempts, retries) is ``request_path.py``, which the FastAPI app,
+the simulator's ``direct`` transport and the Mooncake replayer all drive. All random choices come from one
+``random.Random(seed)``.
 
 API (``now`` is seconds on the caller's one clock: virtual ``sim_time``, or live seconds since start;
 when omitted the core's clock is used)::
@@ -17,9 +18,11 @@ when omitted the core's clock is used)::
     core.record_load(url: str, load: Mapping | EngineLoad | None, now: float) -> None
                                                # a /v1/loads answer (WorkerLoadResponse JSON) or an EngineLoad
     core.select(endpoint: str, headers: Mapping[str, str], body: object, now: float | None = None,
-                exclude: Iterable[str] = (), attempt: int = 0) -> Decision
+                exclude: Iterable[str] = (), attempt: int = 0, known_messages: int = 0,
+                tokens: list[int] | None = None) -> Decision
                                                # endpoint "chat" | "completions" | "generate";
-                                               # headers lower-cased; body the parsed JSON
+                                               # headers lower-cased; body the parsed JSON; tokens: the
+                                               # body's input_ids, already checked by an in-process caller
     core.begin(decision: Decision, now: float | None = None) -> Ticket   # count the request in flight
     core.finish(ticket: Ticket, virtual_finish: float | None = None, now: float | None = None) -> None
                                                # release now, or keep in flight until the clock passes
@@ -30,22 +33,17 @@ when omitted the core's clock is used)::
     core.health_result(url: str, ok: bool, now: float) -> None          # one health probe's result
     core.due_health(now: float) -> list[str]   # virtual time: URLs to probe now if a health round is due
                                                # (every --health-check-interval-secs; marks it done)
-    core.route(endpoint, headers, body, now) -> tuple[Decision, Ticket | None]
-                                               # advance + select + begin, for the direct transport
-                                               # (poll due_polls() and record_load() before it)
 
 An in-process caller may give ``input_ids`` as a 1-D integer numpy array (checked as a list is, vectorised:
 ids in [0, 2**32)); JSON bodies only ever carry lists. The routing text and routing tokens are extracted only
 if the policy reads them (``RouteInput`` is lazy), and metrics writes are deferred to collection (metrics.py).
 
 ``Decision.url`` is None when the request is refused; ``Decision.status`` / ``error_code`` / ``param`` /
-``message`` then give SMG's answer (400 ``missing_required_parameter``, ``invalid_type``, ``empty_array``...;
-422 for ``/generate`` type errors; 404 ``model_not_found``; 503 ``no_available_workers`` or
-``worker_overload_protection_shed``). ``Decision.branch`` is the policy's branch label, ``Decision.key``
-the key the request is accounted under. In virtual time call, per request: ``advance(t)``, then
-``record_load`` for every URL of ``due_polls(t)``, then ``select``, ``begin``, and ``finish(ticket,
-virtual_finish=...)`` with the worker's finish time; retries re-run ``select`` with the failed URLs in
-``exclude`` and ``attempt`` counting up, after ``record_outcome(url, False, t)``.
+``message`` then give SMG's answer (a ``request_validation.Invalid``'s 400 or 422; 404 ``model_not_found``;
+503 ``no_available_workers`` or ``worker_overload_protection_shed``). ``Decision.branch`` is the policy's branch
+label, ``Decision.key`` the key the request is accounted under. The order of calls per request (advance, due
+load polls, due health rounds, select, begin, finish with the worker's virtual finish, breaker outcome,
+retries with the failed URLs in ``exclude``) is ``request_path.request_path``'s.
 """
 
 from __future__ import annotations
@@ -57,13 +55,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from mock_gateway.config import GatewayConfig
 from mock_gateway.metrics import GatewayMetrics
 from mock_gateway.policies.base import LAZY, PolicyContext, RouteInput
 from mock_gateway.policies.factory import make_policy
-from mock_gateway.routing_key import header_key, int_ids
+from mock_gateway.request_validation import validate
+from mock_gateway.routing_key import header_key
 from mock_gateway.workers import CB_OPEN, CB_STATE_VALUE, CircuitBreaker, EngineReport, Worker, WorkerRegistry
 
 ENDPOINTS = ("chat", "completions", "generate")
@@ -93,183 +90,6 @@ class Ticket:
     started: float
     virtual_finish: float | None = None
     done: bool = False
-
-
-def _bad(endpoint: str, policy: str, code: str, message: str, param: str | None = None, status: int = 400) -> Decision:
-    return Decision(None, endpoint, policy, status=status, error_code=code, message=message, param=param)
-
-
-_REQUIRED = {"chat": ("model", "messages"), "completions": ("model", "prompt"), "generate": ()}
-ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer", "root"})
-
-
-def _token_ids(ids: list | np.ndarray) -> bool:
-    """A list of token ids (ints in [0, 2**32)) or a non-empty list of such lists; or, from an in-process
-    caller, a 1-D integer array with the same range (checked vectorised)."""
-    if isinstance(ids, np.ndarray):
-        return int_ids(ids)
-
-    def flat(xs: object) -> bool:
-        return isinstance(xs, list) and all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in xs
-        )
-
-    return flat(ids) or (bool(ids) and all(flat(x) for x in ids))
-
-
-def _serde_kind(v: object) -> str:
-    """How serde_json names an unexpected JSON value in its "invalid type" errors."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"boolean `{str(v).lower()}`"
-    if isinstance(v, int):
-        return f"integer `{v}`"
-    if isinstance(v, float):
-        return f"floating point `{v}`"
-    if isinstance(v, str):
-        return f"string {v!r}"
-    return "sequence" if isinstance(v, list) else "map"
-
-
-def _tool_message(endpoint: str, policy: str, i: int, m: Mapping) -> Decision | None:
-    """SMG 1.13.0's checks of a ``tool`` message (typed struct: ``content`` and a string ``tool_call_id`` required).
-
-    Observed: a non-string ``tool_call_id`` (null included) is 400 ``invalid_type`` with ``param`` ``messages[i]``;
-    a missing ``content`` is reported before a missing ``tool_call_id``, each 400 ``missing_required_parameter``
-    with ``param`` ``messages[i].<field>``; an empty string id is accepted.
-    """
-    prefix = f"Invalid JSON data: Failed to deserialize the JSON body into the target type: messages[{i}]: "
-    if "tool_call_id" in m and not isinstance(m["tool_call_id"], str):
-        msg = f"{prefix}invalid type: {_serde_kind(m['tool_call_id'])}, expected a string"
-        return _bad(endpoint, policy, "invalid_type", msg, f"messages[{i}]")
-    if "content" in m and not isinstance(m["content"], str | list):
-        return _bad(endpoint, policy, "invalid_type", f"{prefix}data did not match any variant of untagged enum "
-                    "MessageContent", f"messages[{i}]")
-    for f in ("content", "tool_call_id"):
-        if f not in m:
-            return _bad(endpoint, policy, "missing_required_parameter", f"{prefix}missing field `{f}`",
-                        f"messages[{i}].{f}")
-    return None
-
-
-def _function_message(endpoint: str, policy: str, i: int, m: Mapping) -> Decision | None:
-    """SMG 1.13.0's checks of a ``function`` message (typed struct: string ``content`` and string ``name``).
-
-    Observed: a non-string ``content`` or ``name`` (null included) is 400 ``invalid_type`` with ``param``
-    ``messages[i]``, the first such field in the body's order; then a missing ``content``, then a missing ``name``,
-    each 400 ``missing_required_parameter`` with ``param`` ``messages[i].<field>``; an empty name is accepted.
-    """
-    prefix = f"Invalid JSON data: Failed to deserialize the JSON body into the target type: messages[{i}]: "
-    for f, v in m.items():
-        if f in ("content", "name") and not isinstance(v, str):
-            return _bad(endpoint, policy, "invalid_type", f"{prefix}invalid type: {_serde_kind(v)}, expected a string",
-                        f"messages[{i}]")
-    for f in ("content", "name"):
-        if f not in m:
-            return _bad(endpoint, policy, "missing_required_parameter", f"{prefix}missing field `{f}`",
-                        f"messages[{i}].{f}")
-    return None
-
-
-def _plain_messages(msgs: list) -> bool:
-    """Every message a dict with a known string role and string content (a ``tool`` message also a string
-    ``tool_call_id``, a ``function`` message a string ``name``): then all are acceptable. Otherwise the full
-    check below names the first problem."""
-    for m in msgs:
-        if type(m) is not dict:
-            return False
-        role = m.get("role")
-        if type(m.get("content")) is not str or type(role) is not str:
-            return False
-        if role == "tool":
-            if type(m.get("tool_call_id")) is not str:
-                return False
-        elif role == "function":
-            if type(m.get("name")) is not str:
-                return False
-        elif role not in ROLES:
-            return False
-    return True
-
-
-def validate(endpoint: str, body: object, policy: str, known_messages: int = 0) -> Decision | None:
-    """SMG's 4xx for a body it cannot deserialize (None when the body is acceptable).
-
-    ``known_messages`` (in-process callers only, never from JSON): the first that many chat messages are the very
-    objects of a request this gateway accepted before, so only the rest are checked (same answer: a message's
-    check does not depend on the others).
-
-    As observed on 1.13.0: a missing field is 400 ``missing_required_parameter``, a wrong type 400
-    ``invalid_type``, with ``param`` naming the field; an empty ``messages`` is ``empty_array``, an empty
-    ``prompt`` array ``prompt_empty``, an unknown role ``invalid_value``, a negative ``max_tokens``
-    ``integer_below_min_value``. ``/generate`` answers type errors with 422 (SMG sends plain text there;
-    the mock keeps the JSON error shape).
-    """
-    if type(body) is not dict and not isinstance(body, Mapping):  # a dict first: the ABC check costs more
-        return _bad(endpoint, policy, "invalid_type", "Invalid JSON data: expected a JSON object")
-    for f in _REQUIRED[endpoint]:
-        if body.get(f) is None:
-            return _bad(endpoint, policy, "missing_required_parameter", f"Invalid JSON data: missing field `{f}`", f)
-    status = 422 if endpoint == "generate" else 400
-
-    def wrong(f: str, expected: str, code: str = "invalid_type") -> Decision:
-        return _bad(endpoint, policy, code, f"Invalid JSON data: {f}: invalid type, expected {expected}", f, status)
-
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        return wrong("model", "a string")
-    if endpoint == "chat":
-        msgs = body["messages"]
-        if not isinstance(msgs, list):
-            return wrong("messages", "a sequence")
-        if not msgs:
-            return wrong("messages", "an array with minimum length 1", "empty_array")
-        start = known_messages if 0 < known_messages <= len(msgs) else 0
-        rest = msgs[start:] if start else msgs
-        for i, m in enumerate(() if _plain_messages(rest) else rest, start):
-            if not isinstance(m, Mapping):
-                return wrong(f"messages[{i}]", "a message object")
-            role = m.get("role")
-            if role is None:
-                return wrong(f"messages[{i}].role", "a role", "missing_required_parameter")
-            if not isinstance(role, str):
-                return wrong(f"messages[{i}].role", "a string")
-            if role not in ROLES:
-                return wrong(f"messages[{i}].role", "one of " + ", ".join(sorted(ROLES)), "invalid_value")
-            if role in ("tool", "function"):
-                check = _tool_message if role == "tool" else _function_message
-                if (bad := check(endpoint, policy, i, m)) is not None:
-                    return bad
-                continue
-            if "content" not in m and role not in ("assistant", "function"):
-                return wrong(f"messages[{i}].content", "content", "missing_required_parameter")
-            content = m.get("content")
-            if content is not None and not isinstance(content, str | list):
-                return wrong(f"messages[{i}].content", "a string or an array of content parts")
-    if endpoint == "completions":
-        if not isinstance(body["prompt"], str | list):
-            return wrong("prompt", "a string or a sequence")
-        if body["prompt"] == []:
-            return wrong("prompt", "a non-empty array", "prompt_empty")
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        return wrong("stream", "a boolean")
-    for f in ("max_tokens", "max_completion_tokens"):
-        v = body.get(f)
-        if v is not None:
-            if isinstance(v, bool) or not isinstance(v, int):
-                return wrong(f, "u32")
-            if not 0 <= v < 2**32:
-                return wrong(f, "u32", "integer_below_min_value" if v < 0 else "integer_above_max_value")
-    if endpoint == "generate":
-        for f, typ, name in (("text", str, "str"), ("input_ids", list | np.ndarray, "list"),
-                             ("sampling_params", Mapping, "Mapping")):
-            if body.get(f) is not None and not isinstance(body[f], typ):
-                return wrong(f, name)
-        ids = body.get("input_ids")
-        if ids is not None and not _token_ids(ids):
-            return wrong("input_ids", "an array of token ids or an array of token id arrays")
-    return None
 
 
 class GatewayCore:
@@ -510,17 +330,22 @@ class GatewayCore:
         exclude: Iterable[str] = (),
         attempt: int = 0,
         known_messages: int = 0,
+        tokens: list[int] | None = None,
     ) -> Decision:
         """Pick a worker for one attempt of a request (the policy counts its branch).
 
-        ``known_messages``: see ``validate`` (an in-process caller's promise, e.g. ``direct``'s)."""
+        In-process callers' promises (never from JSON): ``known_messages``, see ``request_validation.validate``
+        (e.g. ``direct``'s); ``tokens``, the body's ``input_ids`` already checked valid (a non-empty list of ints
+        in [0, 2**32), no ``x-smg-routing-tokens`` header), so the per-id checks are skipped and the policy routes
+        on them as they are (the Mooncake replayer's)."""
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
         now = self.clock if now is None else now
         cfg = self.config
-        bad = validate(endpoint, body, cfg.policy, known_messages)
+        bad = validate(endpoint, body, known_messages, ids_checked=tokens is not None)
         if bad is not None:
-            return bad
+            return Decision(None, endpoint, cfg.policy, status=bad.status, error_code=bad.error_code,
+                            message=bad.message, param=bad.param)
         assert type(body) is dict or isinstance(body, Mapping)
         model = body.get("model")
         if endpoint == "generate" and model == "unknown":
@@ -568,7 +393,8 @@ class GatewayCore:
             workers = fine
         # text and tokens are computed only if the policy reads them
         key = header_key(headers, cfg.routing_key_headers)
-        req = RouteInput(endpoint, headers, body, model, None, LAZY, key, now, frozenset(exclude) if exclude else _NONE)
+        req = RouteInput(endpoint, headers, body, model, None, LAZY if tokens is None else tokens, key, now,
+                         frozenset(exclude) if exclude else _NONE)
         choice = self.policy.select(workers, req)
         if choice.url is None:
             return Decision(
@@ -627,13 +453,3 @@ class GatewayCore:
     def _load_gauges(self, w: Worker) -> None:
         self._m_active[w.url].set(w.load)
         self._m_keys_active[w.url].set(len(w.key_load))
-
-    # -- convenience for the direct transport --------------------------------------------------------
-    def route(
-        self, endpoint: str, headers: Mapping[str, str], body: object, now: float | None = None
-    ) -> tuple[Decision, Ticket | None]:
-        """advance(now) + select + begin; the caller must have recorded any due load polls first."""
-        if now is not None:
-            self.advance(now)
-        d = self.select(endpoint, headers, body, now)
-        return d, (self.begin(d) if d.url is not None else None)

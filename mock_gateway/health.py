@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 
+from mock_gateway.config import GatewayConfig
 from mock_gateway.core import GatewayCore
 
 log = logging.getLogger("mock_gateway")
@@ -71,34 +72,32 @@ async def register_workers(
             await asyncio.sleep(interval)
 
 
-async def probe_round(
-    core: GatewayCore, client: httpx.AsyncClient, urls: list[str], now: float | Callable[[], float]
-) -> None:
-    """Probe ``urls``' ``--health-check-endpoint`` concurrently; record the results at ``now`` (a time, or
-    a clock read once the probes are back)."""
-    cfg = core.config
+async def probe(client: httpx.AsyncClient, cfg: GatewayConfig, urls: list[str]) -> list[bool]:
+    """Probe ``urls``' ``--health-check-endpoint`` concurrently: whether each answered 2xx, in ``urls`` order."""
 
-    async def probe(u: str) -> bool:
+    async def one(u: str) -> bool:
         try:
             r = await client.get(f"{u}{cfg.health_check_endpoint}", timeout=cfg.health_check_timeout_secs)
             return r.is_success
         except httpx.HTTPError:
             return False
 
-    results = await asyncio.gather(*(probe(u) for u in urls))
-    t = now() if callable(now) else now
-    for u, ok in zip(urls, results, strict=True):
-        core.health_result(u, ok, t)
+    return await asyncio.gather(*(one(u) for u in urls))
 
 
 async def health_loop(
     core: GatewayCore, client: httpx.AsyncClient, clock: Callable[[], float], active: Callable[[], bool] = lambda: True
 ) -> None:
     """Probe every worker's ``--health-check-endpoint`` each ``--health-check-interval-secs`` of wall time,
-    while ``active()`` (off in virtual time: there ``GatewayCore.due_health`` drives the rounds)."""
+    while ``active()`` (off in virtual time: there ``request_path`` runs the rounds ``GatewayCore.due_health``
+    finds due); the results are recorded at ``clock()`` read once the probes are back."""
     cfg = core.config
     while True:
         await asyncio.sleep(max(cfg.health_check_interval_secs, 0.05))
         if not active():
             continue
-        await probe_round(core, client, core.registry.urls(), clock)
+        urls = core.registry.urls()
+        results = await probe(client, cfg, urls)
+        t = clock()
+        for u, ok in zip(urls, results, strict=True):
+            core.health_result(u, ok, t)

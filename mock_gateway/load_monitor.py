@@ -1,5 +1,5 @@
-"""Polling ``/v1/loads`` (SMG's WorkerMonitor): synchronously before routing on the virtual clock, or every
-``--load-monitor-interval`` on the wall clock in live time."""
+"""Polling ``/v1/loads`` (SMG's WorkerMonitor): when ``request_path`` finds a poll due before routing (the app
+fetches with ``fetch_loads``), and every ``--load-monitor-interval`` on the wall clock in live time (``live_loop``)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ async def fetch_load(client: httpx.AsyncClient, url: str, sim_time: float | None
         return None
 
 
-async def poll(core: GatewayCore, client: httpx.AsyncClient, urls: list[str], now: float, virtual: bool) -> None:
-    """Fetch every URL's load and hand the answers to the core, in registration order."""
-    loads = await asyncio.gather(*(fetch_load(client, u, now if virtual else None) for u in urls))
-    for u, load in zip(urls, loads, strict=True):
+async def fetch_loads(client: httpx.AsyncClient, urls: list[str], sim_time: float | None) -> list[object | None]:
+    """Every URL's load answer, fetched concurrently, in ``urls`` order."""
+    return await asyncio.gather(*(fetch_load(client, u, sim_time) for u in urls))
+
+
+async def poll(core: GatewayCore, client: httpx.AsyncClient, urls: list[str], now: float) -> None:
+    """Live time: fetch every URL's load and hand the answers to the core, in registration order."""
+    for u, load in zip(urls, await fetch_loads(client, urls, None), strict=True):
         core.record_load(u, load, now)
 
 
@@ -44,4 +48,4 @@ async def live_loop(
         core.advance(now)
         urls = core.due_polls(now)
         if urls:
-            await poll(core, client, urls, now, virtual=False)
+            await poll(core, client, urls, now)

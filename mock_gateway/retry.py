@@ -1,5 +1,5 @@
-"""The retry loop's decisions, shared by the HTTP app (``Gateway._proxy``/``_attempt``) and the in-process
-``sim.transports.direct.DirectGateway`` so that both count and retry alike (the http == direct parity).
+"""The retry loop's decisions, taken by ``request_path`` (the gateway's one request loop, which the HTTP app and
+the in-process drivers all run, so they count and retry alike).
 
 Per attempt: ``settle_attempt`` does the circuit-breaker accounting and says whether the failure may be
 retried; the caller adds the worker to the request's exclude list; ``retry_next`` then decides whether to try

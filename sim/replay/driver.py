@@ -11,13 +11,13 @@ Two transports, same results:
 
 - ``http``: the stack of ``sim.transports.http.HttpTransport`` (uvicorn workers and mock gateway on
   loopback; its session server is started but unused), requests posted to the gateway's ``/generate``.
-- ``direct``: ``MooncakeDirect``, the gateway core and the worker engines in process, following
-  ``mock_gateway.app`` / ``sim.transports.direct.DirectGateway`` step for step (advance the clock, answer
-  due load polls, select, count in flight, serve, keep in flight until the virtual finish). Two short
-  cuts keep a 12k-request, 145M-token trace well under a minute, neither changing a decision: the
-  request's ids are validated once here (``select_with_tokens`` hands them to the policy instead of
-  the gateway's per-id Python check, ~2 ms per 12k ids) and the worker engine is called with the
-  int64 array instead of through ``WorkerCore.infer``'s JSON parsing, with the same answer
+- ``direct``: ``MooncakeDirect``, the gateway core and the worker engines in process, running the gateway's
+  one request path (``mock_gateway.request_path``, as the app and ``sim.transports.direct.DirectGateway`` do:
+  advance the clock, answer due load polls and health rounds, select, count in flight, serve, keep in flight
+  until the virtual finish). Two short cuts keep a 12k-request, 145M-token trace well under a minute, neither
+  changing a decision: the request's ids are validated once here (``GatewayCore.select(..., tokens=ids)`` hands
+  them to the policy instead of the gateway's per-id Python check, ~2 ms per 12k ids) and the worker engine is
+  called with the int64 array instead of through ``WorkerCore.infer``'s JSON parsing, with the same answer
   (``synth_answer(request_seed(seed, prompt))``) and the same timeline. ``tests/sim/replay/test_replay_driver.py``
   checks both against the unshortened paths.
 
@@ -27,16 +27,16 @@ Records: one ``sim.agents.RequestRecord`` per request; requests with equal deriv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mock_gateway.config import parse_args
-from mock_gateway.core import Decision, GatewayCore, validate
-from mock_gateway.policies.base import RouteInput
-from mock_gateway.routing_key import header_key, routing_text
+from mock_gateway.core import GatewayCore
+from mock_gateway.request_path import Attempt, Effect, PollLoads, ProbeHealth, Send, request_path, run
 from sim.agents import RequestRecord, SessionOutcome, WorkloadResult
 from sim.oracle import max_cacheable
 from sim.replay.mooncake import BlockCache, MooncakeRequest
@@ -83,59 +83,6 @@ def shared_tokens(a: MooncakeRequest, b: MooncakeRequest) -> int:
     return min(k * 512, a.input_length, b.input_length)
 
 
-# ---- the gateway's selection with pre-validated token ids -----------------------------------------
-
-
-def select_with_tokens(core: GatewayCore, headers: Mapping[str, str], body: Mapping[str, Any], tokens: list[int],
-                       now: float, attempt: int = 0) -> Decision:
-    """``GatewayCore.select("generate", headers, body, now, attempt=attempt)`` for a body whose
-    ``input_ids`` are ``tokens`` and already known valid (non-empty list of ints in u32), minus the
-    per-id checks (in ``validate`` and ``routing_tokens``, ~5 ms per 12k ids). Mirrors
-    ``GatewayCore.select``; ``tests/sim/replay/test_replay_driver.py`` holds them equal.
-    Hook the gateway owner could add instead: ``GatewayCore.select(..., tokens=...)``."""
-    endpoint, cfg, m = "generate", core.config, core.metrics
-    bad = validate(endpoint, {**body, "input_ids": tokens[:1]}, cfg.policy)  # the other fields, as the gateway does
-    if bad is not None:
-        return bad
-    model = body.get("model")
-    if model == "unknown":
-        model = None
-    label = model or "unknown"
-    stream = bool(body.get("stream", False))
-    if attempt == 0:
-        m.router_requests.labels(router_type="http", backend_type="regular", connection_mode="http", model=label,
-                                 endpoint=endpoint, streaming=str(stream).lower()).inc()
-    if model is not None and not core.registry.for_model(model):
-        return Decision(None, endpoint, cfg.policy, model=label, status=404, error_code="model_not_found",
-                        message=f"No worker available for model '{model}'", stream=stream)
-    workers = core.available(model)
-    if workers and cfg.overload_protection:
-        fine = [w for w in workers
-                if not w.overloaded(cfg.worker_overload_waiting_requests, cfg.worker_overload_token_usage)]
-        m.workers_overloaded.labels(model=label).set(len(workers) - len(fine))
-        if not fine:
-            if cfg.worker_overload_shed:
-                m.overload_shed.labels(stage="selection").inc()
-                return Decision(None, endpoint, cfg.policy, model=label, status=503,
-                                error_code="worker_overload_protection_shed", message="All workers are overloaded",
-                                stream=stream)
-            m.overload_fallback.labels(stage="selection").inc()
-            chosen = min(workers, key=lambda w: w.load)
-            key = header_key(headers, cfg.routing_key_headers)
-            return core._selected(Decision(chosen.url, endpoint, cfg.policy, "overload_fallback", key, label,
-                                           stream=stream))
-        workers = fine
-    req = RouteInput(endpoint=endpoint, headers=headers, body=body, model=model, text=routing_text(endpoint, body),
-                     tokens=tokens, key=header_key(headers, cfg.routing_key_headers), now=now)
-    choice = core.policy.select(workers, req)
-    if choice.url is None:
-        return Decision(None, endpoint, cfg.policy, choice.branch, model=label, status=503,
-                        error_code="no_available_workers",
-                        message="All workers are unavailable (circuit breaker open or unhealthy)", stream=stream)
-    key = choice.key if choice.key is not None else req.key
-    return core._selected(Decision(choice.url, endpoint, cfg.policy, choice.branch, key, label, stream=stream))
-
-
 # ---- transports -------------------------------------------------------------------------------------
 
 
@@ -174,42 +121,47 @@ class MooncakeDirect:
         self.workers = [c.name for c in self.cores.values()]
         self.config = parse_args(gateway_argv(setup, urls))
         self.gateway = GatewayCore(self.config, now=0.0)
+        self.jitter = random.Random(self.config.seed)  # retry jitter (the app's); never drawn: no 4xx is retried
         for url, w in self.cores.items():
             self.gateway.add_worker(url, w.model_name)
         self.seed = setup.seed
 
     def send(self, r: MooncakeRequest, prompt: np.ndarray, ids: list[int], key: str | None) -> Served:
-        core, now = self.gateway, r.timestamp
-        body = body_of(r, ids)
         headers = {ROUTING_HEADER: key} if key is not None else {}
-        core.advance(now)
-        for url in core.due_polls(core.clock):
-            core.record_load(url, self.cores[url].loads(core.clock), core.clock)
-        core.breaker_tick(core.clock)
-        d = select_with_tokens(core, headers, body, ids, now=core.clock)
-        if d.url is None:
-            return Served(d.status, error=f"{d.status}: {d.message}")
-        ticket = core.begin(d)
-        w = self.cores[d.url]
+
+        def perform(effect: Effect) -> Any:
+            if isinstance(effect, Send):
+                return self._serve(effect.decision.url, r, prompt)
+            if isinstance(effect, PollLoads):
+                return [self.cores[u].loads(effect.now) for u in effect.urls]
+            if isinstance(effect, ProbeHealth):
+                return [self.cores[u].health()[0] < 300 for u in effect.urls]
+            return None  # Backoff: no wait in virtual time
+
+        steps = request_path(self.gateway, "generate", headers, body_of(r, ids), r.timestamp, True, self.jitter,
+                             tokens=ids)
+        outcome = run(steps, perform)
+        if isinstance(outcome, Attempt):
+            return outcome.response
+        return Served(outcome.status, error=f"{outcome.status}: {outcome.message}")
+
+    def _serve(self, url: str, r: MooncakeRequest, prompt: np.ndarray) -> Attempt:
+        """``WorkerCore.infer``'s answer to the request, from the engine directly (module docstring)."""
+        w = self.cores[url]
         refused = admission_error(w, r.input_length, r.output_length)
         if refused is not None:  # WorkerCore._parse's 400s, before the engine
-            core.finish(ticket)
-            core.record_outcome(d.url, True, core.clock)
-            return Served(400, error=f"400: {refused}")
-        t = w.now(now)
+            return Attempt(400, Served(400, error=f"400: {refused}"))
+        t = w.now(r.timestamp)
         text_seed = tokenizer.request_seed(self.seed, prompt)
         _, output_ids = tokenizer.synth_answer(text_seed, r.output_length)
         try:
             timing = w.engine.submit(t, prompt, np.asarray(output_ids, dtype=np.int64))
         except ValueError as e:
-            core.finish(ticket)
-            core.record_outcome(d.url, True, core.clock)  # a 4xx: not a breaker failure
-            return Served(400, w.name, error=f"400: the worker cannot admit this request: {e}")
+            return Attempt(400, Served(400, w.name, error=f"400: the worker cannot admit this request: {e}"))
         w._count += 1
-        core.finish(ticket, virtual_finish=timing.finish)
-        core.record_outcome(d.url, True, core.clock)
-        return Served(200, w.name, timing.arrival, timing.start, timing.first_token, timing.finish,
-                      timing.cached_tokens, output_ids)
+        served = Served(200, w.name, timing.arrival, timing.start, timing.first_token, timing.finish,
+                        timing.cached_tokens, output_ids)
+        return Attempt(200, served, timing.finish)
 
     def gateway_metrics(self) -> str:
         return self.gateway.metrics.render().decode()

@@ -2,11 +2,10 @@
 
 The wiring follows the HTTP adapters step by step (session_server.app, mock_gateway.app,
 sim.worker.app) so that, for a seed, ``direct`` and ``http`` give identical results: the session
-core runs each turn with a synchronous upstream; the upstream is the gateway core (advance the
-virtual clock, take due load polls from the worker cores, select, count in flight, forward,
-record the outcome, keep the request in flight until the worker's virtual finish); the worker
-core answers with its modelled timeline. A worker marked dead (``sim.faults``) fails its attempts, load
-polls and health probes as a refused connection does in ``http``.
+core runs each turn with a synchronous upstream; the upstream is the gateway's one request path
+(``mock_gateway.request_path``, which the app runs too) over the gateway core, its load polls, health probes
+and sends answered by the worker cores; the worker core answers with its modelled timeline. A worker marked
+dead (``sim.faults``) fails its attempts, load polls and health probes as a refused connection does in ``http``.
 
 Objects cross cores by reference where nobody mutates them, and are copied where a core changes them: the session
 core copies the client's body and its message list (parse_body), the gateway hands the worker a new top-level body
@@ -24,12 +23,23 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mock_gateway import retry, upstream
+from mock_gateway import upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
+from mock_gateway.request_path import (
+    CONNECTION_FAILED,
+    Attempt,
+    Effect,
+    PollLoads,
+    ProbeHealth,
+    Send,
+    request_path,
+    run,
+)
 from session_server.core import SessionCore
 from session_server.errors import SessionError
 from session_server.upstream import UpstreamRequest, UpstreamResponse
@@ -76,19 +86,20 @@ class _ReplyHeaders(Mapping[str, str]):
 
 
 class DirectGateway:
-    """``mock_gateway.app``'s request path (``Gateway._proxy``/``_attempt``) over a ``GatewayCore`` and
-    in-process ``WorkerCore``s, step for step, minus HTTP and the wall-clock retry backoff."""
+    """The gateway's request path (``mock_gateway.request_path``) driven over a ``GatewayCore`` and in-process
+    ``WorkerCore``s: loads and health from the worker cores, a dead worker's attempt a refused connection, and no
+    wait for the retry backoff (virtual time does not pass while a request is in the gateway)."""
 
     def __init__(self, argv: list[str], workers: dict[str, WorkerCore]) -> None:
         self.config = parse_args(argv)
         self.core = GatewayCore(self.config, now=0.0)
+        self.jitter = random.Random(self.config.seed)  # retry jitter, apart from the routing RNG (as the app's)
         self.workers = workers
         self.dead: set[str] = set()  # workers whose server is down (sim.faults): attempts, polls, probes fail
         for url, w in workers.items():  # registration: all ready in the first round, in the given order
             self.core.add_worker(url, w.model_name)
 
     def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
-        core, cfg = self.core, self.config
         endpoint = ENDPOINTS.get(req.path.strip("/"))
         if endpoint is None:
             return UpstreamResponse(404, {"content-type": "application/json"},
@@ -96,48 +107,39 @@ class DirectGateway:
         body = req.json if req.json is not None else json.loads(req.content or b"null")
         headers = {k.lower(): v for k, v in req.headers.items()}
         sim_t = _request_time(body) if isinstance(body, dict) else None
-        now = sim_t if sim_t is not None else core.clock
-        core.advance(now)
-        for url in core.due_polls(core.clock):  # load polls answered by the worker cores at the virtual time
-            core.record_load(url, None if url in self.dead else self.workers[url].loads(core.clock), core.clock)
-        if sim_t is not None:  # health rounds on the virtual clock, as the app probes them (sim.faults)
-            for url in core.due_health(core.clock):
-                core.health_result(url, url not in self.dead and self.workers[url].health()[0] < 300, core.clock)
-        core.breaker_tick(core.clock)
-        resp: UpstreamResponse | None = None
-        failed: list[str] = []  # a retry re-runs selection without the workers that failed this request
-        m = core.metrics
-        for attempt in range(cfg.max_attempts):
-            d = core.select(endpoint, headers, body, now=core.clock, exclude=failed, attempt=attempt,
-                            known_messages=req.known_messages)
-            if d.url is None:
-                if resp is not None:
-                    break
-                status, err = upstream.refusal(d)
-                return UpstreamResponse(status, {"content-type": "application/json"}, data=err)
-            ticket = core.begin(d)
-            if d.url in self.dead:  # connection refused, as the app's httpx send fails
-                core.finish(ticket)
-                retryable = retry.settle_attempt(core, d.url, None, core.clock)
-                err = upstream.error_body("call_upstream_connection_failed",
-                                          f"Failed to call upstream {d.url}: connection refused", type_="server_error")
-                resp = UpstreamResponse(500, {"content-type": "application/json"}, data=err)
-            else:
-                payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
-                reply = self.workers[d.url].infer(endpoint, payload, deferred=True, known_messages=req.known_messages)
-                if sim_t is None:
-                    vf = None
-                else:  # what x-sim-finish says (repr round-trips a float exactly), without writing it out
-                    vf = reply.timing.finish if reply.timing is not None else vtime.finish_time(reply.headers)
-                # read, never changed; a chat answer typed, its body built if somebody reads it (fastjson.ChatAnswer)
-                resp = UpstreamResponse(reply.status, _ReplyHeaders(reply), data=reply.body, answer=reply.answer)
-                core.finish(ticket, virtual_finish=vf)
-                retryable = retry.settle_attempt(core, d.url, reply.status, core.clock)
-            failed.append(d.url)
-            if not retry.retry_next(m, endpoint, attempt, cfg.max_attempts, retryable):
-                break
-        assert resp is not None
-        return resp
+        now = sim_t if sim_t is not None else self.core.clock
+        known = req.known_messages
+
+        def perform(effect: Effect) -> Any:
+            if isinstance(effect, Send):
+                return self._attempt(effect.decision.url, endpoint, body, sim_t is not None, known)
+            if isinstance(effect, PollLoads):  # answered by the worker cores at the virtual time
+                return [None if u in self.dead else self.workers[u].loads(effect.now) for u in effect.urls]
+            if isinstance(effect, ProbeHealth):
+                return [u not in self.dead and self.workers[u].health()[0] < 300 for u in effect.urls]
+            return None  # Backoff: no wait in virtual time
+
+        steps = request_path(self.core, endpoint, headers, body, now, sim_t is not None, self.jitter, known)
+        outcome = run(steps, perform)
+        if isinstance(outcome, Attempt):
+            return outcome.response
+        status, err = upstream.refusal(outcome)
+        return UpstreamResponse(status, {"content-type": "application/json"}, data=err)
+
+    def _attempt(self, url: str, endpoint: str, body: Any, virtual: bool, known_messages: int) -> Attempt:
+        if url in self.dead:  # connection refused, as the app's httpx send fails
+            err = upstream.error_body(CONNECTION_FAILED, f"Failed to call upstream {url}: connection refused",
+                                      type_="server_error")
+            return Attempt(None, UpstreamResponse(500, {"content-type": "application/json"}, data=err))
+        payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
+        reply = self.workers[url].infer(endpoint, payload, deferred=True, known_messages=known_messages)
+        if not virtual:
+            vf = None
+        else:  # what x-sim-finish says (repr round-trips a float exactly), without writing it out
+            vf = reply.timing.finish if reply.timing is not None else vtime.finish_time(reply.headers)
+        # read, never changed; a chat answer typed, its body built if somebody reads it (fastjson.ChatAnswer)
+        resp = UpstreamResponse(reply.status, _ReplyHeaders(reply), data=reply.body, answer=reply.answer)
+        return Attempt(reply.status, resp, vf)
 
     def metrics_text(self) -> str:
         return self.core.metrics.render().decode()

@@ -7,6 +7,13 @@ from mock_gateway.testing import chat, make_core, sample, urls
 W = urls(3)
 
 
+def route(core, endpoint, headers, body, now):
+    """One attempt on the virtual clock: advance, select, and count it in flight if a worker was chosen."""
+    core.advance(now)
+    d = core.select(endpoint, headers, body, now)
+    return d, (core.begin(d) if d.url is not None else None)
+
+
 def test_virtual_finish_keeps_a_request_in_flight_until_the_clock_passes_it():
     core = make_core("--policy", "manual", "--assignment-mode", "min_load")
     core.advance(1.0)
@@ -48,7 +55,7 @@ def test_disable_load_monitoring_polls_only_when_something_needs_loads():
 
 def test_route_counts_in_flight_and_metrics():
     core = make_core("--policy", "round_robin")
-    d, t = core.route("chat", {}, chat(), now=0.5)
+    d, t = route(core, "chat", {}, chat(), now=0.5)
     assert t is not None and core.inflight[t.id] is t
     assert sample(core, "smg_worker_requests_total", worker=d.url, model="fake-model") == 1
     assert (
@@ -264,7 +271,8 @@ def test_same_seed_same_decisions(policy):
         core = make_core("--policy", policy, seed=seed)
         out = []
         for i in range(40):
-            d, t = core.route(
+            d, t = route(
+                core,
                 "chat", {"x-smg-routing-key": f"k{i % 7}"} if i % 3 else {}, chat(f"{i % 5} prompt"), now=i * 0.1
             )
             core.finish(t, virtual_finish=i * 0.1 + 0.35)
@@ -364,7 +372,7 @@ def test_any_json_body_gets_a_decision_never_an_exception(endpoint, body, msgs, 
 
 import numpy as np  # noqa: E402
 
-from mock_gateway import core as core_module  # noqa: E402
+from mock_gateway import request_validation  # noqa: E402
 from mock_gateway.policies import base as policy_base  # noqa: E402
 
 
@@ -394,10 +402,10 @@ def test_the_routing_text_is_extracted_only_for_a_policy_that_reads_it(monkeypat
     calls = []
     real = policy_base.routing_text
     monkeypatch.setattr(policy_base, "routing_text", lambda *a: calls.append(a) or real(*a))
-    make_core("--policy", "manual").route("chat", {"x-smg-routing-key": "k"}, chat("a b c"), now=0.0)
-    make_core("--policy", "consistent_hashing").route("chat", {"x-smg-routing-key": "k"}, chat("a b c"), now=0.0)
+    route(make_core("--policy", "manual"), "chat", {"x-smg-routing-key": "k"}, chat("a b c"), now=0.0)
+    route(make_core("--policy", "consistent_hashing"), "chat", {"x-smg-routing-key": "k"}, chat("a b c"), now=0.0)
     assert calls == []
-    make_core("--policy", "cache_aware").route("chat", {}, chat("a b c"), now=0.0)
+    route(make_core("--policy", "cache_aware"), "chat", {}, chat("a b c"), now=0.0)
     assert len(calls) == 1
 
 
@@ -416,13 +424,13 @@ plainish = st.lists(
 @given(plainish)
 def test_the_message_pre_check_only_skips_what_the_full_check_accepts(msgs):
     body = {"model": "fake-model", "messages": msgs}
-    fast = core_module.validate("chat", body, "manual")
-    full_only = core_module._plain_messages
+    fast = request_validation.validate("chat", body)
+    full_only = request_validation._plain_messages
     try:
-        core_module._plain_messages = lambda _m: False
-        full = core_module.validate("chat", body, "manual")
+        request_validation._plain_messages = lambda _m: False
+        full = request_validation.validate("chat", body)
     finally:
-        core_module._plain_messages = full_only
+        request_validation._plain_messages = full_only
     assert (fast is None) == (full is None)
     if fast is not None:
         assert (fast.status, fast.error_code, fast.param, fast.message) == (

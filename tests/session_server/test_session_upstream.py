@@ -142,13 +142,13 @@ gw_messages = st.lists(
 def test_known_messages_skip_only_a_prefix_the_gateway_accepted_and_answer_the_same(prefix, rest):
     """With ``known_messages=k`` for k leading messages that passed the gateway's check, ``validate`` gives the
     same answer (None or the same 4xx naming the same index) as the full check of the whole list."""
-    from mock_gateway.core import validate
+    from mock_gateway.request_validation import validate
 
     body = {"model": "m", "messages": [*prefix, *rest]}
     k = len(prefix)
-    if validate("chat", {"model": "m", "messages": prefix}, "manual") is not None:
+    if validate("chat", {"model": "m", "messages": prefix}) is not None:
         return  # not a prefix the gateway would ever have accepted
-    full, fast = validate("chat", body, "manual"), validate("chat", body, "manual", known_messages=k)
+    full, fast = validate("chat", body), validate("chat", body, known_messages=k)
     assert (full is None) == (fast is None)
     if full is not None:
         assert (full.status, full.error_code, full.message) == (fast.status, fast.error_code, fast.message)

@@ -1,5 +1,5 @@
-"""The Mooncake driver's fast direct path gives what the full paths give: the gateway core's own
-``select``, ``DirectGateway`` with ``WorkerCore.infer``, and real servers over loopback HTTP."""
+"""The Mooncake driver's fast direct path gives what the full paths give: ``GatewayCore.select`` checking the
+token ids itself, ``DirectGateway`` with ``WorkerCore.infer``, and real servers over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from sim.replay.driver import (
     body_of,
     plan_items,
     replay_mooncake,
-    select_with_tokens,
 )
 from sim.replay.mooncake import BlockCache, derive_keys, load_mooncake
 from sim.runner import PolicyConfig, make_setup, open_transport
@@ -75,7 +74,7 @@ def records(result) -> list[tuple]:
 
 
 @pytest.mark.parametrize("policy", sorted(POLICY_BUILDERS))
-def test_select_with_tokens_decides_as_the_gateway_core(policy):
+def test_select_with_checked_tokens_decides_as_select_checking_them(policy):
     setup = setup_for(policy)
     cores = []
     for _ in range(2):
@@ -95,7 +94,7 @@ def test_select_with_tokens_decides_as_the_gateway_core(policy):
             if i == 0:
                 d = c.select("generate", headers, body, now=c.clock)
             else:
-                d = select_with_tokens(c, headers, body, ids, now=c.clock)
+                d = c.select("generate", headers, body, now=c.clock, tokens=ids)
             decisions.append(dataclasses.astuple(d))
             t = c.begin(d)
             c.finish(t, virtual_finish=now + 5.0)
