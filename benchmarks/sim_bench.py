@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def measure_transport(transport: str, scenario: str, sessions: int | None, samples_path: str | None = None
                       ) -> dict:
     from sim.runner import PolicyConfig, make_setup, run_setup
-    from sim.workload import load_scenario
+    from sim.workload.scenario import load_scenario
     from testbed_common import fasthttp
 
     s = load_scenario(scenario)

@@ -27,7 +27,7 @@ from sim.commands.common import (
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import table, write_markdown, write_plots, write_results
 from sim.runner import PolicyConfig, make_setup, public
-from sim.workload import ScenarioError
+from sim.workload.scenario import ScenarioError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ from sim.commands.common import (
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.runner import PolicyConfig, make_setup, public
 from sim.transports.pool import Setup
-from sim.workload import ScenarioError, parse_capacity
+from sim.workload.scenario import ScenarioError, parse_capacity
 
 CSV_FIELDS = ("policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens", "sessions", "grid_flags",
               "gateway_args",

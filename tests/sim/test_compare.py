@@ -98,7 +98,7 @@ def test_run_external_needs_a_url(tiny):
 def test_run_external_against_a_running_chain(tiny, capsys):
     from sim.runner import PolicyConfig, make_setup
     from sim.transports.http import HttpTransport
-    from sim.workload import load_scenario
+    from sim.workload.scenario import load_scenario
 
     chain = HttpTransport(make_setup(load_scenario(str(tiny)), PolicyConfig("manual", "min_load"), True))
     try:
