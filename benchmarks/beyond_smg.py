@@ -26,7 +26,7 @@ from typing import Any
 
 from sim.commands.common import console_for, run_many
 from sim.runner import PolicyConfig, make_setup, public
-from sim.workload import load_scenario
+from sim.workload.scenario import load_scenario
 
 OFF = ("--disable-worker-overload-protection",)
 SMG_RULES: dict[str, PolicyConfig] = {

@@ -127,7 +127,7 @@ def record_worker_calls(scenario: str, sessions: int) -> tuple[list, list]:
 
     from sim.runner import PolicyConfig, make_setup, run_setup
     from sim.worker import core as wcore
-    from sim.workload import load_scenario
+    from sim.workload.scenario import load_scenario
 
     cores: list = []
     calls: list = []

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys
 from sim.runner import PolicyConfig, make_setup, run_setup
-from sim.workload import load_scenario
+from sim.workload.scenario import load_scenario
 s = load_scenario("large").replace(sessions=int(sys.argv[1]))
 row = run_setup(make_setup(s, PolicyConfig("manual", "min_load"), True), "direct")
 print("requests", row["requests"], "errors", row["errors"], "kv_reuse", repr(row["kv_reuse"]))

@@ -72,7 +72,7 @@ class TrafficCounter:
 def measure_transport(transport: str, scenario: str, sessions: int | None, samples_path: str | None = None
                       ) -> dict:
     from sim.runner import PolicyConfig, make_setup, run_setup
-    from sim.workload import load_scenario
+    from sim.workload.scenario import load_scenario
     from testbed_common.http_client import set_traffic_observer
 
     s = load_scenario(scenario)

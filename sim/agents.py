@@ -1,6 +1,6 @@
 """Agents: SimPy processes that speak the session server's protocol, and the loop that runs them.
 
-One agent = one planned session (``sim.workload.SessionPlan``): create a session, send the full
+One agent = one planned session (``sim.workload.plans.SessionPlan``): create a session, send the full
 message list every turn with ``sim_time = env.now``, wait in virtual time until the worker's
 reported finish plus the tool latency and think time, append the answer and the tool result, go
 on; at the end read the session's records and delete it. A planned retry drops the answer it got
@@ -23,7 +23,9 @@ import simpy
 from sim.engine.radix import as_ids
 from sim.oracle import Oracle, Turn, max_cacheable
 from sim.transports.base import Reply, Transport, TransportError
-from sim.workload import Scenario, SessionPlan, ToolTexts, plan_sessions, system_prompt, task_prompt
+from sim.workload.plans import SessionPlan, plan_sessions
+from sim.workload.scenario import Scenario
+from sim.workload.texts import ToolTexts, system_prompt, task_prompt
 from testbed_common import tokenizer, vtime
 from testbed_common.fastjson import Deferred
 
@@ -180,7 +182,7 @@ class AgentRunner:
         self.result = WorkloadResult()
         self._system = system_prompt(scenario)
         self._tasks: dict[int, str] = {}
-        self._tools = ToolTexts(scenario, self.plans)
+        self._tools = ToolTexts(scenario)
         self._turns: dict[int, Turn] = {}  # per session: its last request as the oracle saw it
 
     # ---- one request --------------------------------------------------------------------------

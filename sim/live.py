@@ -39,7 +39,8 @@ from sim.transports.base import Reply, TransportError
 from sim.transports.http import SessionClient, session_server_app
 from sim.transports.pool import Setup, port_salt, session_server_argv, stable_ports, worker_configs
 from sim.transports.pool import worker_urls as urls_of
-from sim.workload import Scenario, SessionPlan
+from sim.workload.plans import SessionPlan
+from sim.workload.scenario import Scenario
 from testbed_common.procs import ThreadServer
 
 DEFAULT_SPEEDUP = 10.0

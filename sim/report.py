@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
+from sim.results import RESULTS_VERSION
 from sim.runner import public
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -153,7 +154,7 @@ def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
 def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], **extra: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    doc = {"scenario": scenario, **extra, "runs": [public(r) for r in runs]}
+    doc = {"results_version": RESULTS_VERSION, "scenario": scenario, **extra, "runs": [public(r) for r in runs]}
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 

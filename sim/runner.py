@@ -22,7 +22,7 @@ from sim.measures import summarize
 from sim.real_smg import flag_value
 from sim.transports.base import Transport
 from sim.transports.pool import Setup
-from sim.workload import Scenario
+from sim.workload.scenario import Scenario
 
 TRANSPORTS = ("http", "direct", "external", "live")
 

@@ -153,90 +153,44 @@ def vocabulary() -> tuple[str, ...]:
     return _vocab()[0]
 
 
-class _SeedSequence(np.random.SeedSequence):
-    """``SeedSequence`` whose ``generate_state`` skips the ``np.errstate`` wrapper numpy puts around it: the
-    wrapped function does its arithmetic on C integers (nothing for errstate to catch), and the wrapper's
-    context switch is a fifth of a generator's construction time."""
-
-    _plain = np.random.SeedSequence.generate_state
-    generate_state = getattr(_plain, "__wrapped__", _plain)
-    del _plain
-
-
-_M32 = 0xFFFFFFFF
-_M128 = (1 << 128) - 1
-_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645  # PCG's default 128-bit LCG multiplier
-
-
-def _hash_consts() -> tuple[int, ...]:
-    """``SeedSequence.generate_state``'s running hash constants (INIT_B times MULT_B**i, mod 2**32)."""
-    out = [0x8B51F9DD]
-    for _ in range(8):
-        out.append(out[-1] * 0x58F38DED & _M32)
-    return tuple(out)
-
-
-def _pcg64_state(seed: int, _h: tuple[int, ...] = _hash_consts()) -> tuple[int, int]:
-    """The ``(state, inc)`` of ``np.random.PCG64(seed)`` for an int seed in [0, 2**64).
-
-    numpy's ``SeedSequence`` mixes the entropy into its pool (in C); the rest of ``PCG64.__init__`` is redone
-    here on Python ints, which costs less than its numpy scaffolding: ``generate_state(4, uint64)``'s eight
-    hashed pool words, then PCG's ``srandom(initstate, initseq)``. A 2-word entropy array gives the pool of
-    the int seed (zero words pad a short entropy anyway).
-    """
-    p0, p1, p2, p3 = _SeedSequence(np.array((seed & _M32, seed >> 32), dtype=np.uint32)).pool.tolist()
-    w0 = (p0 ^ _h[0]) * _h[1] & _M32
-    w1 = (p1 ^ _h[1]) * _h[2] & _M32
-    w2 = (p2 ^ _h[2]) * _h[3] & _M32
-    w3 = (p3 ^ _h[3]) * _h[4] & _M32
-    w4 = (p0 ^ _h[4]) * _h[5] & _M32
-    w5 = (p1 ^ _h[5]) * _h[6] & _M32
-    w6 = (p2 ^ _h[6]) * _h[7] & _M32
-    w7 = (p3 ^ _h[7]) * _h[8] & _M32
-    initstate = (w0 ^ w0 >> 16) << 64 | (w1 ^ w1 >> 16) << 96 | (w2 ^ w2 >> 16) | (w3 ^ w3 >> 16) << 32
-    inc = ((w4 ^ w4 >> 16) << 65 | (w5 ^ w5 >> 16) << 97 | (w6 ^ w6 >> 16) << 1 | (w7 ^ w7 >> 16) << 33 | 1) & _M128
-    return ((inc + initstate) * _PCG_MULT + inc) & _M128, inc
-
-
+_M64 = (1 << 64) - 1
 _per_thread = threading.local()
 
 
-def reseeded_pcg64(seed: int) -> np.random.PCG64:
-    """This thread's one ``PCG64``, re-seeded in place to ``np.random.PCG64(seed)``'s state (seed in
-    [0, 2**64)). It is valid until the next call in the same thread: draw from it at once, never keep it."""
-    try:
-        bg, st = _per_thread.pcg64
-    except AttributeError:
-        bg = np.random.PCG64(0)
-        st = bg.state
-        _per_thread.pcg64 = bg, st
-    st["state"]["state"], st["state"]["inc"] = _pcg64_state(seed)
-    bg.state = st  # also clears the buffered 32-bit half, as a fresh generator has none
-    return bg
+def keyed_generator(seed: int, stream: int = 0) -> np.random.Generator:
+    """This thread's one ``Generator``, its ``Philox`` keyed ``(seed, stream)`` (each mod 2**64) at counter zero:
+    it draws what ``np.random.Generator(np.random.Philox(key=(seed % 2**64) + (stream % 2**64 << 64)))`` draws.
+    Valid until the next call in the same thread: draw from it at once, never keep it.
 
-
-def synth_indices(seed: int, n: int) -> np.ndarray:
-    """Vocabulary indices of ``synth_words(seed, n)`` (int64), drawn as
-    ``np.random.default_rng(seed).integers(0, VOCAB_SIZE, size=n)`` draws them.
-
-    That call maps each 32-bit output of the PCG64 stream (the low half of each 64-bit output
-    first) to ``(u32 * VOCAB_SIZE) >> 32`` (Lemire's method, which never rejects for a power-of-two
-    range); taking the raw outputs directly skips ``Generator.integers``' per-call overhead.
+    Every draw of the testbed's texts and answers comes from here (results version 2, docs/results-versions.md).
+    Philox is counter-based: its 128-bit key *is* the seed, and distinct keys give independent streams with no
+    seeding hash in between, so a seed that already is a hash (``request_seed``, ``stream_seed``) keys it as it is,
+    and one stream seed plus an index (a session's turn) keys many streams at no cost. The key is set through the
+    bit generator's public ``state`` property (the counter and the buffers reset with it). Measured with
+    ``timeit`` (one 250-word draw, a loaded 2-core VM, so ratios rather than figures): re-keying ~1.3 µs, the
+    whole draw ~9.5 µs; a fresh ``Philox(key=...)`` costs ~12 µs by itself (it gathers OS entropy for a
+    ``SeedSequence`` the key then overrides), ``default_rng(seed)`` ~20 µs (SeedSequence hashing), and version
+    1's draw, which rebuilt ``default_rng(seed)``'s PCG64 state on Python ints, ~22 µs. Per simulated request
+    (``benchmarks/instr_bench.py --sessions 100``, ``direct`` on ``large``): 818.1 k instructions, as before.
     """
-    return _draw(seed, n).astype(np.int64)
+    try:
+        gen, bitgen, state = _per_thread.philox
+    except AttributeError:
+        bitgen = np.random.Philox(key=0)
+        gen = np.random.Generator(bitgen)
+        state = bitgen.state  # counter zero, empty buffers: what every re-keying restores
+        _per_thread.philox = gen, bitgen, state
+    state["state"]["key"] = (seed & _M64, stream & _M64)
+    bitgen.state = state
+    return gen
 
 
-def _draw(seed: int, n: int) -> np.ndarray:
-    """``synth_indices`` as uint32."""
+def synth_indices(seed: int, n: int, stream: int = 0) -> np.ndarray:
+    """Vocabulary indices of ``synth_words(seed, n)`` (uint32): ``n`` uniform integers in ``[0, VOCAB_SIZE)``
+    from ``keyed_generator(seed, stream)``."""
     if n <= 0:
         return np.empty(0, dtype=np.uint32)
-    raw = reseeded_pcg64(seed & 0xFFFFFFFFFFFFFFFF).random_raw((n + 1) // 2)
-    return raw.view(_U32_LE)[:n] >> _VOCAB_SHIFT
-
-
-_U32_LE = np.dtype("<u4")
-_VOCAB_SHIFT = 32 - (VOCAB_SIZE.bit_length() - 1)
-assert 1 << (32 - _VOCAB_SHIFT) == VOCAB_SIZE  # the shortcut above needs a power-of-two vocabulary
+    return keyed_generator(seed, stream).integers(0, VOCAB_SIZE, size=n, dtype=np.uint32)
 
 
 def _synth_text(idx: np.ndarray) -> str:
@@ -255,9 +209,19 @@ def synth_words(seed: int, n: int) -> tuple[list[str], list[int]]:
     return [words[i] for i in idx.tolist()], ids[idx].tolist()
 
 
-def synth_text(seed: int, n: int) -> str:
+def synth_text(seed: int, n: int, stream: int = 0) -> str:
     """A deterministic text of exactly ``n`` tokens (for tool outputs, prompts, tasks)."""
-    return _synth_text(synth_indices(seed, n))
+    return _synth_text(synth_indices(seed, n, stream))
+
+
+def synth_noted_text(seed: int, n: int, stream: int = 0) -> str:
+    """``synth_text(seed, n, stream)``, noted with ``remember_vocab_text``: a session server in this process takes
+    its ids instead of tokenizing it again."""
+    idx = synth_indices(seed, n, stream)
+    text = _synth_text(idx)
+    if n > 0:
+        remember_vocab_text(text, idx)
+    return text
 
 
 def synth_answer(seed: int, completion_tokens: int) -> tuple[str, list[int]]:
@@ -273,7 +237,7 @@ def synth_answer(seed: int, completion_tokens: int) -> tuple[str, list[int]]:
 def synth_answer_array(seed: int, completion_tokens: int) -> tuple[str, np.ndarray, np.ndarray]:
     """``synth_answer`` with the output ids as an int64 array, plus the content words' vocabulary indices
     (unsigned integers)."""
-    idx = _draw(seed, max(completion_tokens, 1) - 1)
+    idx = synth_indices(seed, max(completion_tokens, 1) - 1)
     ids = np.empty(len(idx) + 1, dtype=np.int64)
     _vocab()[1].take(idx, out=ids[:-1])
     ids[-1] = IM_END

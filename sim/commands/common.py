@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sim.runner import run_setup
 from sim.transports.pool import Setup
-from sim.workload import Scenario, ScenarioError, load_scenario, parse_capacity, plan_sessions, planned_requests
+from sim.workload.plans import plan_sessions, planned_requests
+from sim.workload.scenario import Scenario, ScenarioError, load_scenario, parse_capacity
 
 _progress_queue: Any = None
 PROGRESS_EVERY = 25

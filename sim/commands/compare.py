@@ -18,7 +18,7 @@ from sim.commands.common import add_scenario_args, console_for, default_jobs, fa
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import findings, table, write_markdown, write_plots, write_results
 from sim.runner import COMPARE_POLICIES, make_setup
-from sim.workload import ScenarioError
+from sim.workload.scenario import ScenarioError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ from sim.measures import summarize
 from sim.real_smg import smg_args
 from sim.runner import PolicyConfig, make_setup
 from sim.transports.pool import Setup, worker_urls
-from sim.workload import Scenario, ScenarioError
+from sim.workload.scenario import Scenario, ScenarioError
 from testbed_common.procs import free_ports, smg_binary
 
 DEFAULT_POLICIES = ("consistent_hashing", "prefix_hash", "manual/min_load", "manual/min_group")

@@ -30,7 +30,7 @@ from typing import Any
 from mock_gateway.policies.factory import POLICY_BUILDERS
 from sim.commands.common import console_for, fail
 from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, open_transport
-from sim.workload import ScenarioError, parse_capacity
+from sim.workload.scenario import ScenarioError, parse_capacity
 
 FORMATS = ("auto", "mooncake", "sessions", "trie", "llmservingsim")
 ASSIGNMENT_MODES = ("random", "min_load", "min_group")

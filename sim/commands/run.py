@@ -26,8 +26,9 @@ from sim.commands.common import (
 )
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import table, write_markdown, write_plots, write_results
+from sim.results import RESULTS_VERSION
 from sim.runner import PolicyConfig, make_setup, public
-from sim.workload import ScenarioError
+from sim.workload.scenario import ScenarioError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     where = f"live {args.gateway}, x{args.speedup:g}" if transport == "live" else transport
     if args.json:
-        print(json.dumps(public(row), indent=1))
+        print(json.dumps({"results_version": RESULTS_VERSION, **public(row)}, indent=1))
     else:
         console.print(table([row], title=f"{scenario.name} ({where}): {setup.label}"))
         for e in row["_meta"]["errors"][:5]:

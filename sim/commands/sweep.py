@@ -33,12 +33,13 @@ from sim.commands.common import (
     scenario_from_args,
 )
 from sim.live import add_live_args, live_problem, live_requested, live_setups
+from sim.results import RESULTS_VERSION
 from sim.runner import PolicyConfig, make_setup, public
 from sim.transports.pool import Setup
-from sim.workload import ScenarioError, parse_capacity
+from sim.workload.scenario import ScenarioError, parse_capacity
 
-CSV_FIELDS = ("policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens", "sessions", "grid_flags",
-              "gateway_args",
+CSV_FIELDS = ("results_version", "policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens",
+              "sessions", "grid_flags", "gateway_args",
               "kv_reuse", "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99",
               "ttft_first_p50", "ttft_later_p50", "e2e_p50", "e2e_p99", "makespan", "imbalance",
               "imbalance_requests", "requests", "sessions_run", "errors")
@@ -108,7 +109,7 @@ def flat_row(setup: Setup, row: dict[str, Any]) -> dict[str, Any]:
     s = setup.scenario
     out = {**public(row), "workers": s.workers, "kv_capacity_tokens": s.kv_capacity_tokens,
            "sessions": s.sessions, "sessions_run": row["sessions"], "gateway_args": " ".join(row["gateway_args"]),
-           "grid_flags": " ".join(grid_flags(setup))}
+           "grid_flags": " ".join(grid_flags(setup)), "results_version": RESULTS_VERSION}
     return {k: out.get(k) for k in CSV_FIELDS}
 
 
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         w.writerows(flat)
     runs = [{**public(r), "workers_count": s.scenario.workers, "kv_capacity_tokens": s.scenario.kv_capacity_tokens,
              "sessions_configured": s.scenario.sessions} for s, r in zip(setups, rows, strict=True)]
-    doc = {"scenario": base.to_dict(), "transport": transport, "runs": runs}
+    doc = {"results_version": RESULTS_VERSION, "scenario": base.to_dict(), "transport": transport, "runs": runs}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
     from rich.table import Table
 

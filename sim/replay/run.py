@@ -32,7 +32,7 @@ from sim.replay.sessions import (
 )
 from sim.runner import open_transport as default_open_transport
 from sim.transports.pool import Setup
-from sim.workload import Scenario
+from sim.workload.scenario import Scenario
 
 
 @dataclass

@@ -33,7 +33,9 @@ from typing import Any
 from sim.agents import AgentRunner
 from sim.replay.baselines import Segment
 from sim.replay.mooncake import TraceError
-from sim.workload import MESSAGE_OVERHEAD, Scenario, SessionPlan, TurnPlan, stream_seed
+from sim.workload.plans import MESSAGE_OVERHEAD, SessionPlan, TurnPlan
+from sim.workload.scenario import Scenario
+from sim.workload.seeds import stream_seed
 from testbed_common.tokenizer import GENERATION_PROMPT, synth_text
 
 FIRST_FRAME = MESSAGE_OVERHEAD + 2  # empty system message + "<|im_start|> user": shared by every session

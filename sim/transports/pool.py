@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from sim.engine.types import WorkerConfig
-from sim.workload import Scenario
+from sim.workload.scenario import Scenario
 from testbed_common.procs import LOOPBACK
 
 PORT_LOW, PORT_SPAN = 20000, 30000

@@ -39,8 +39,7 @@ def sim_object(timing: RequestTiming, worker: str) -> dict[str, Any]:
 
 def _logprobs(rseed: int, n: int) -> list[float]:
     """Deterministic plausible log-probabilities for an answer's tokens."""
-    rng = np.random.Generator(tokenizer.reseeded_pcg64((rseed ^ 0x5EED_10C9) & 0xFFFFFFFFFFFFFFFF))  # default_rng
-    return _neg_round6(rng.exponential(0.3, size=n))
+    return _neg_round6(tokenizer.keyed_generator(rseed, 0x5EED_10C9).exponential(0.3, size=n))  # the words: stream 0
 
 
 def _neg_round6(x: np.ndarray) -> list[float]:

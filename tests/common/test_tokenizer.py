@@ -1,7 +1,5 @@
 """The shared tokenizer and chat template: determinism and the token-in/token-out prefix invariant."""
 
-import warnings
-
 import numpy as np
 import xxhash
 from hypothesis import given
@@ -73,14 +71,32 @@ def test_every_word_has_an_id_of_a_real_vocabularys_size(word):
 seeds64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 
 
-@given(seeds64, st.integers(min_value=-1, max_value=300))
-def test_synth_words_are_the_documented_numpy_draws(seed, n):
-    """The fast path draws exactly what ``default_rng(seed).integers(0, VOCAB_SIZE, size=n)`` draws."""
+def philox(seed: int, stream: int = 0) -> np.random.Generator:
+    """A fresh generator of the documented key: ``(seed, stream)``, each mod 2**64."""
+    m64 = 0xFFFFFFFFFFFFFFFF
+    return np.random.Generator(np.random.Philox(key=(seed & m64) + ((stream & m64) << 64)))
+
+
+@given(seeds64, st.integers(min_value=-1, max_value=300), st.integers(min_value=0, max_value=2**64 - 1))
+def test_synth_words_are_the_documented_numpy_draws(seed, n, stream):
+    """Words are ``Generator(Philox(key=(seed, stream))).integers(0, VOCAB_SIZE, size=n)`` vocabulary indices."""
     words, ids = tok.vocabulary(), [tok.word_id(w) for w in tok.vocabulary()]
-    want = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF).integers(0, tok.VOCAB_SIZE, size=max(n, 0)).tolist()
-    assert tok.synth_indices(seed, n).tolist() == want
-    assert tok.synth_words(seed, n) == ([words[i] for i in want], [ids[i] for i in want])
-    assert tok.synth_text(seed, n) == " ".join(words[i] for i in want)
+    want = philox(seed, stream).integers(0, tok.VOCAB_SIZE, size=max(n, 0)).tolist()
+    assert tok.synth_indices(seed, n, stream).tolist() == want
+    assert tok.synth_text(seed, n, stream) == " ".join(words[i] for i in want)
+    want0 = philox(seed).integers(0, tok.VOCAB_SIZE, size=max(n, 0)).tolist()
+    assert tok.synth_words(seed, n) == ([words[i] for i in want0], [ids[i] for i in want0])
+
+
+@given(seeds64, st.integers(min_value=0, max_value=60), st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_noted_synth_text_is_synth_text_and_gives_its_ids_once(seed, n, stream):
+    try:
+        text = tok.synth_noted_text(seed, n, stream)
+        assert text == tok.synth_text(seed, n, stream)
+        got = tok.made_text_ids(text)
+        assert (got is None) if n == 0 else got.tolist() == tok.encode(text)
+    finally:
+        tok._MADE.clear()
 
 
 @given(seeds64, st.integers(min_value=0, max_value=200))
@@ -108,18 +124,30 @@ def test_encode_is_word_id_per_word_cold_and_warm(parts):
     assert rendered == [tok.IM_START, tok.word_id("tool"), *want, tok.IM_END]
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1))
-def test_reseeded_pcg64_is_numpys_pcg64_for_the_seed_whatever_came_before(before, seed):
-    """The reused per-thread generator is re-seeded to exactly ``PCG64(seed)``, even after draws that left
-    a buffered 32-bit half behind."""
-    used = tok.reseeded_pcg64(before)
-    np.random.Generator(used).integers(0, 7, size=3, dtype=np.uint32)  # leaves has_uint32 set
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing for the skipped errstate to silence
-        with np.errstate(all="raise"):
-            fresh = tok.reseeded_pcg64(seed)
-    assert fresh.state == np.random.PCG64(seed).state
-    assert fresh.random_raw(3).tolist() == np.random.PCG64(seed).random_raw(3).tolist()
+def plain(state: dict) -> dict:
+    """A bit generator's state with lists for its arrays (comparable with ``==``)."""
+    return {k: plain(v) if isinstance(v, dict) else v.tolist() if isinstance(v, np.ndarray) else v
+            for k, v in state.items()}
+
+
+@given(seeds64, seeds64, seeds64, st.integers(min_value=0, max_value=2**64 - 1))
+def test_keyed_generator_is_a_fresh_philox_of_the_key_whatever_came_before(before, seed, stream, before_stream):
+    """The reused per-thread generator is re-keyed to exactly a fresh ``Philox`` of the key, even after draws that
+    left a buffered 32-bit half and a partly used block behind."""
+    used = tok.keyed_generator(before, before_stream)
+    used.integers(0, 7, size=3, dtype=np.uint32)  # leaves has_uint32 set and the buffer part-used
+    fresh = tok.keyed_generator(seed, stream)
+    assert plain(fresh.bit_generator.state) == plain(philox(seed, stream).bit_generator.state)
+    assert fresh.integers(0, 7, size=5, dtype=np.uint32).tolist() == philox(seed, stream).integers(
+        0, 7, size=5, dtype=np.uint32).tolist()
+    assert tok.keyed_generator(seed, stream).exponential(size=3).tolist() == philox(seed, stream).exponential(
+        size=3).tolist()
+
+
+def test_draws_are_the_same_in_every_process():
+    """The answers of a seed do not depend on the process (nor on hash randomisation): a pinned draw."""
+    assert tok.synth_indices(0, 5).tolist() == [142, 47, 2506, 989, 1497]
+    assert tok.synth_indices(2**64 - 1, 3, 7).tolist() == [646, 306, 2068]
 
 
 @given(st.lists(st.integers(0, tok.VOCAB_SIZE - 1), min_size=1, max_size=50), st.text(max_size=20))

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from sim.cli import main as cli
+from sim.results import RESULTS_VERSION
 
 TINY_TOML = """
 name = "tiny"
@@ -46,6 +47,7 @@ def test_compare_writes_results_report_and_plots(tiny, tmp_path, transport, jobs
     out = tmp_path / "out"
     assert cli(["compare", "--scenario", str(tiny), "--transport", transport, "--out", str(out), "--jobs", jobs]) == 0
     doc = json.loads((out / "results.json").read_text())
+    assert doc["results_version"] == RESULTS_VERSION == 2  # docs/results-versions.md
     assert doc["scenario"]["name"] == "tiny" and doc["scenario"]["sessions"] == 6
     runs = doc["runs"]
     assert len(runs) == 12
@@ -88,6 +90,7 @@ def test_run_one_configuration_as_json(tiny, capsys):
                 "--no-routing-key", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["policy"] == "consistent_hashing" and row["routing_key"] is False and row["assignment_mode"] is None
+    assert row["results_version"] == RESULTS_VERSION
     assert set(row) >= RUN_FIELDS
 
 
@@ -98,7 +101,7 @@ def test_run_external_needs_a_url(tiny):
 def test_run_external_against_a_running_chain(tiny, capsys):
     from sim.runner import PolicyConfig, make_setup
     from sim.transports.http import HttpTransport
-    from sim.workload import load_scenario
+    from sim.workload.scenario import load_scenario
 
     chain = HttpTransport(make_setup(load_scenario(str(tiny)), PolicyConfig("manual", "min_load"), True))
     try:
@@ -117,10 +120,11 @@ def test_sweep_grid_writes_csv_and_json(tiny, tmp_path):
                 "--jobs", "2"]) == 0
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert len(rows) == 2 * 2 * 2 * 2
+    assert {r["results_version"] for r in rows} == {str(RESULTS_VERSION)}
     assert {r["kv_capacity_tokens"] for r in rows} == {"3000", ""}
     assert {r["grid_flags"] for r in rows} == {"--max-idle-secs 60", "--max-idle-secs 14400"}
     doc = json.loads((out / "sweep.json").read_text())
-    assert len(doc["runs"]) == 16
+    assert len(doc["runs"]) == 16 and doc["results_version"] == RESULTS_VERSION
     one_worker = [r for r in rows if r["workers"] == "1" and r["kv_capacity_tokens"] == ""]
     assert all(r["kv_reuse"] == r["oracle_reuse"] for r in one_worker)
     assert cli(["sweep", "--scenario", str(tiny), "--grid", "oops", "--out", str(out)]) == 2

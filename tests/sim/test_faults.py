@@ -15,7 +15,7 @@ from sim.agents import AgentRunner, TurnLog, WorkloadResult, compare_records
 from sim.faults import FaultPlan, FaultSpec, with_faults
 from sim.measures import summarize
 from sim.runner import PolicyConfig, make_setup, open_transport, public, run_setup
-from sim.workload import Scenario, ScenarioError, load_scenario
+from sim.workload.scenario import Scenario, ScenarioError, load_scenario
 
 FAST_HEALTH = ("--health-check-interval-secs", "1", "--health-check-failure-threshold", "2",
                "--health-check-success-threshold", "1", "--cb-timeout-duration-secs", "5")

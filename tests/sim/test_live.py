@@ -22,7 +22,7 @@ from sim.live import Fault, LiveAgentRunner, LiveEnvironment, LiveTransport, liv
 from sim.measures import summarize
 from sim.real_smg import LIVE_DEFAULTS, GatewayFlagError, gateway_argv, smg_args, with_defaults, without_flag
 from sim.runner import PolicyConfig, make_setup, public, run_setup
-from sim.workload import load_scenario
+from sim.workload.scenario import load_scenario
 from testbed_common.procs import smg_binary
 
 SMALL = load_scenario("conformance").replace(sessions=4)

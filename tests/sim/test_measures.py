@@ -14,7 +14,7 @@ from sim.engine.radix import RadixCache
 from sim.measures import gateway_branches, summarize
 from sim.oracle import Oracle
 from sim.transports.fake import FakeTransport
-from sim.workload import Scenario
+from sim.workload.scenario import Scenario
 
 SMALL = Scenario(sessions=8, group_size=4, workers=1, kv_capacity_tokens=None, system_prompt_tokens=300,
                  task_prompt_tokens=50, max_context_tokens=6000, retry_rate=0.2,

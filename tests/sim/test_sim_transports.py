@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, public, run_setup
-from sim.workload import Scenario, load_scenario
+from sim.workload.scenario import Scenario, load_scenario
 
 TINY = Scenario(name="tiny", seed=7, workers=3, kv_capacity_tokens=20_000, sessions=10, group_size=5,
                 system_prompt_tokens=200, task_prompt_tokens=40, max_context_tokens=4000, retry_rate=0.15,

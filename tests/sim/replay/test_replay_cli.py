@@ -9,6 +9,7 @@ import pytest
 
 from sim.cli import main as cli_main
 from sim.commands.replay import main, parse_policies
+from sim.results import RESULTS_VERSION
 from sim.runner import COMPARE_POLICIES, PolicyConfig
 
 DATA = Path(__file__).parents[2] / "data"
@@ -26,6 +27,7 @@ def test_mooncake_slice_writes_compare_schema_with_baselines(tmp_path):
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc) >= {"scenario", "runs", "single_pool_reuse", "random_baseline_reuse", "trace"}
+    assert doc["results_version"] == RESULTS_VERSION
     assert [r["policy"] for r in doc["runs"]] == ["random", "cache_aware"]
     for r in doc["runs"]:
         assert set(r) >= RUN_KEYS

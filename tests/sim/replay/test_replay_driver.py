@@ -26,7 +26,7 @@ from sim.runner import PolicyConfig, make_setup, open_transport
 from sim.transports.direct import DirectGateway
 from sim.transports.pool import gateway_argv, worker_configs
 from sim.worker.core import WorkerCore
-from sim.workload import Scenario
+from sim.workload.scenario import Scenario
 from testbed_common import vtime
 
 DATA = Path(__file__).parents[2] / "data"
