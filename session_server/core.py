@@ -36,9 +36,9 @@ Public API (``SessionCore``)::
     core.prepare_turn(sid, body: bytes | Mapping, client_headers, now) -> TurnPlan    # raises SessionError (4xx)
     core.retry_request(plan: TurnPlan, resp: UpstreamResponse) -> UpstreamRequest | None  # the rollback retry
     core.rollback_retries -> int                               # rollback retries sent so far
-    core.commit_turn(plan: TurnPlan, resp: UpstreamResponse, now: float, *, relay_headers=True) -> TurnResult
+    core.commit_turn(plan: TurnPlan, resp: UpstreamResponse, now: float) -> TurnResult
     core.run_turn(sid, body, client_headers, upstream: Callable[[UpstreamRequest], UpstreamResponse],
-                  now: float, *, relay_headers=True) -> TurnResult  # the whole turn, synchronously (direct)
+                  now: float) -> TurnResult                    # the whole turn, synchronously (direct)
     core.passthrough_request(sid, method, path, query, client_headers, content) -> UpstreamRequest  # catch-all
 
 A turn is ``prepare_turn`` (under the session lock) -> ``plan.request`` sent upstream (no lock) ->
@@ -123,15 +123,26 @@ def seeded_uuid4_hex(rng: random.Random) -> str:
 
 @dataclass
 class TurnResult:
-    """What the client gets for a turn. ``content`` (raw bytes) wins over ``body`` (JSON) when set."""
+    """What the client gets for a turn. ``content`` (raw bytes) wins over ``body`` (JSON) when set.
+
+    ``headers``: the upstream's answer headers worth relaying (``upstream.response_headers``), filtered on first
+    read: an in-process caller that reads none (the ``direct`` transport) never renders the worker's timeline
+    headers nor filters them."""
 
     status: int
     body: Any = None
     content: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    upstream_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     recorded: bool = False
     retried: bool = False
     outcome: str = ""  # recorded | upstream_error | stale | closing | invalid_upstream | rejected
+    _headers: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = response_headers(self.upstream_headers)
+        return self._headers
 
 
 def error_result(exc: SessionError) -> TurnResult:
@@ -454,22 +465,17 @@ class SessionCore:
             plan.done = True
             plan.session.inflight -= 1
 
-    def commit_turn(
-        self, plan: TurnPlan, resp: UpstreamResponse, now: float = 0.0, *, relay_headers: bool = True
-    ) -> TurnResult:
-        """Record a successful turn (or decide not to) and say what the client gets.
-
-        ``relay_headers=False``: leave ``TurnResult.headers`` empty, saving the header filtering for an in-process
-        caller that reads no headers (the simulator's ``direct`` transport)."""
+    def commit_turn(self, plan: TurnPlan, resp: UpstreamResponse, now: float = 0.0) -> TurnResult:
+        """Record a successful turn (or decide not to) and say what the client gets."""
         self.abandon(plan)
         s = plan.session
-        headers = response_headers(resp.headers) if relay_headers else {}
+        headers = resp.headers
         if resp.status != 200:
             return TurnResult(
                 status=resp.status,
                 content=resp.content or None,
                 body=resp.data,
-                headers=headers,
+                upstream_headers=headers,
                 retried=plan.retried,
                 outcome="upstream_error",
             )
@@ -490,9 +496,9 @@ class SessionCore:
             message = choice["message"]
         content = resp.content or None
         if s.closing or self.sessions.get(s.session_id) is not s:
-            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="closing")
+            return TurnResult(200, data, content, headers, retried=plan.retried, outcome="closing")
         if s.version != plan.expected_version:
-            return TurnResult(200, body=data, content=content, headers=headers, retried=plan.retried, outcome="stale")
+            return TurnResult(200, data, content, headers, retried=plan.retried, outcome="stale")
         base = plan.base_checkpoint
         all_ids = s.tokens.checkpoint(prompt, output, base)
         # an echo is the very ids sent, which start with the base's own objects
@@ -532,7 +538,7 @@ class SessionCore:
         s.version += 1
         s.last_access = now
         return TurnResult(
-            200, body=data, content=content, headers=headers, recorded=True, retried=plan.retried, outcome="recorded"
+            200, data, content, headers, recorded=True, retried=plan.retried, outcome="recorded"
         )
 
     def run_turn(
@@ -542,8 +548,6 @@ class SessionCore:
         client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
         upstream: Callable[[UpstreamRequest], UpstreamResponse],
         now: float = 0.0,
-        *,
-        relay_headers: bool = True,
     ) -> TurnResult:
         """A whole turn with a synchronous upstream: what the HTTP adapter does, minus HTTP and locks."""
         try:
@@ -558,7 +562,7 @@ class SessionCore:
         except BaseException:
             self.abandon(plan)
             raise
-        return self.commit_turn(plan, resp, now, relay_headers=relay_headers)
+        return self.commit_turn(plan, resp, now)
 
 
 def _request_time(body: Mapping[str, Any]) -> float | None:

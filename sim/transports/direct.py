@@ -182,7 +182,7 @@ class DirectTransport:
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
         now = _request_time(body) or 0.0
-        result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now, relay_headers=False)
+        result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now)
         return self._reply(result)
 
     def get_session(self, session_id: str) -> Reply:

@@ -3,11 +3,13 @@ known messages, typed answers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from session_turns import chat, reply_of, tool_texts, upstream_of
+from session_turns import as_json, chat, reply_of, tool_texts
 
 from session_server.core import SessionCore
 from session_server.testing import FakeRouter
@@ -46,17 +48,42 @@ def test_exactly_one_routing_key_equal_to_the_session_id(headers):
     assert [v for k, v in custom.items() if k.lower() == "x-session-id"] == ["sid123"]
 
 
-def test_relay_headers_off_leaves_the_result_headers_empty_and_changes_nothing_else():
-    results = []
-    for relay in (True, False):
-        core, router = SessionCore(session_id_seed=1), FakeRouter()
-        sid = core.create_session(0.0)
-        body = {"messages": [{"role": "user", "content": "q"}]}
-        r = core.run_turn(sid, body, (), upstream_of(router), relay_headers=relay)
-        results.append((r, core.get_view(sid)))
-    (on, view_on), (off, view_off) = results
-    assert on.headers == {"content-type": "application/json"} and off.headers == {}
-    assert (on.status, on.body, on.outcome) == (off.status, off.body, off.outcome) and view_on == view_off
+class WatchedHeaders(Mapping[str, str]):
+    """Headers that count how often they are read (as ``direct``'s worker reply headers, rendered when read)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers, self.reads = headers, 0
+
+    def __getitem__(self, key: str) -> str:
+        self.reads += 1
+        return self.headers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self.headers)
+
+    def __len__(self) -> int:
+        return len(self.headers)
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_result_headers_are_the_relayable_upstream_headers_filtered_on_first_read(status):
+    """Nothing reads the upstream's headers until ``TurnResult.headers`` is: a caller that relays none (``direct``)
+    never has them rendered or filtered."""
+    core, router = SessionCore(session_id_seed=1), FakeRouter()
+    sid = core.create_session(0.0)
+    sent = WatchedHeaders({"content-type": "application/json", "content-length": "9", "x-sim-worker": "w0"})
+
+    def send(req: UpstreamRequest) -> UpstreamResponse:
+        if status != 200:
+            return UpstreamResponse(status, sent, content=b'{"e": 1}')
+        return UpstreamResponse(200, sent, data=router.answer(as_json(req.json)))
+
+    r = core.run_turn(sid, {"messages": [{"role": "user", "content": "q"}]}, (), send)
+    assert r.status == status and sent.reads == 0
+    assert r.headers == {"content-type": "application/json", "x-sim-worker": "w0"}
+    reads = sent.reads
+    assert reads > 0 and r.headers is r.headers and sent.reads == reads  # filtered once
 
 
 # --- reading a 200 chat answer --------------------------------------------------------------------
