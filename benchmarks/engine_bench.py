@@ -160,7 +160,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
     n = len(calls)
     best = best_submit = float("inf")
     for _ in range(args.repeat):
-        workers = [WorkerCore(cfg, **({**kw, "token_arrays": True} if args.token_arrays else kw)) for cfg, kw in cores]
+        workers = [WorkerCore(cfg, **kw) for cfg, kw in cores]
         bodies = [dict(body) for _, _, body, _ in calls]  # the core may add keys to a body it is given
         submits: list = []
         orig_submit = ecore.Engine.submit
@@ -244,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="run under cProfile and print the top functions")
     ap.add_argument("--worker", metavar="SCENARIO", help="time WorkerCore.infer on SCENARIO's recorded requests")
     ap.add_argument("--repeat", type=int, default=3, help="--worker: replays (the best one counts)")
-    ap.add_argument("--token-arrays", action="store_true", help="--worker: force WorkerCore(token_arrays=True)")
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args)

@@ -228,7 +228,7 @@ def create_app(
     @app.get("/sessions/{sid}")
     async def get_session(sid: str) -> Response:
         # serialized directly: FastAPI's encoder would walk every token id of every record
-        return Response(_dumps(core.get_view(sid, deferred=True)), media_type="application/json")
+        return Response(_dumps(core.get_view(sid)), media_type="application/json")
 
     @app.delete("/sessions/{sid}")
     async def delete_session(sid: str) -> Response:

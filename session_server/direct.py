@@ -1,9 +1,10 @@
 """The session server without HTTP: the same core, the same answers, for the simulator's ``direct`` transport.
 
 ``DirectSessionServer(core, upstream)`` mirrors the HTTP routes one for one and answers what the
-HTTP adapter would answer, as ``DirectReply(status, body, headers)`` (``body`` is the parsed JSON,
-None for 204). ``upstream`` is any ``Callable[[UpstreamRequest], UpstreamResponse]``, e.g. a mock
-worker core or an in-process gateway; set ``UpstreamResponse.data`` to skip JSON encoding.
+HTTP adapter would answer, as ``DirectReply(status, body, headers)`` (``body`` is the JSON the adapter
+writes, parsed back: token ids as lists, deferred answers built; None for 204). ``upstream`` is any
+``Callable[[UpstreamRequest], UpstreamResponse]``, e.g. a mock worker core or an in-process gateway; set
+``UpstreamResponse.data`` to skip JSON encoding.
 
     server = DirectSessionServer(SessionCore(session_id_seed=1), upstream)
     sid = server.create_session(now).body["session_id"]       # POST /sessions
@@ -11,8 +12,7 @@ worker core or an in-process gateway; set ``UpstreamResponse.data`` to skip JSON
     server.get_session(sid); server.delete_session(sid)        # GET / DELETE /sessions/{sid}
     server.passthrough(sid, "GET", "v1/models")                # /sessions/{sid}/{path}
 
-Bodies returned for 200 turns are the upstream's objects, also held in the session's records: treat
-them as read-only. There is no lock: callers are single-threaded (SimPy), where a turn is atomic.
+There is no lock: callers are single-threaded (SimPy), where a turn is atomic.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ class DirectReply:
         return self.body
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as the HTTP adapter writes it and a client reads it back (fastjson writes arrays as lists)."""
+    return fastjson.loads(fastjson.dumps(value))
+
+
 def _error(exc: SessionError) -> DirectReply:
     return DirectReply(exc.status, {"error": exc.message})
 
@@ -60,7 +65,7 @@ class DirectSessionServer:
 
     def get_session(self, sid: str) -> DirectReply:
         try:
-            return DirectReply(200, self.core.get_view(sid))
+            return DirectReply(200, _as_json(self.core.get_view(sid)))
         except SessionError as e:
             return _error(e)
 
@@ -80,9 +85,9 @@ class DirectSessionServer:
     ) -> DirectReply:
         r = self.core.run_turn(sid, body, headers, self.upstream, now)
         data = r.body
-        if isinstance(data, fastjson.Deferred):  # an in-process upstream's typed answer: its body, as HTTP gives it
-            data = data.value()
-        elif data is None and r.content:
+        if data is not None:
+            data = _as_json(data)
+        elif r.content:
             try:
                 data = json.loads(r.content)
             except ValueError:

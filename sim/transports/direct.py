@@ -12,11 +12,11 @@ core copies the client's body and its message list (parse_body), the gateway han
 (``upstream.with_defaults``). Message dicts, token ids and response bodies are shared and treated as read-only by
 every core. A worker's 200 chat answer crosses the gateway and the session core typed (``fastjson.ChatAnswer``):
 they read its message and id arrays, the session records it as is, and its JSON body (thousands of per-token
-objects) is built only if somebody reads it, the same body ``http`` carries. Token ids travel as read-only int64
-arrays (see ``TOKEN_ARRAYS``), and the worker echoes the session's ``input_ids`` object itself, which the session
-core recognises by identity (no per-id work). The session core tells the gateway and the worker how many leading
-messages are the very objects of a request answered 200 before (``UpstreamRequest.known_messages``), and they
-validate only the others (same 4xx for anything bad).
+objects) is built only if somebody reads it, the same body ``http`` carries. Token ids are read-only int64 arrays
+inside every core: the session sends its checkpoint + the new tokens as one array, the worker checks it with one
+reduction and echoes that very array, which the session core recognises by identity (no per-id work). The session
+core tells the gateway and the worker how many leading messages are the very objects of a request answered 200
+before (``UpstreamRequest.known_messages``), and they validate only the others (same 4xx for anything bad).
 """
 
 from __future__ import annotations
@@ -51,11 +51,6 @@ from testbed_common import fastjson, vtime
 
 ENDPOINTS = {"v1/chat/completions": "chat", "v1/completions": "completions", "generate": "generate"}
 _CLIENT_HEADERS = {"content-type": "application/json"}  # what the agents' HTTP client sends
-# Token ids as read-only int64 arrays between the cores (SessionCore/WorkerCore token_arrays): the session sends its
-# checkpoint + the new tokens as one array, the worker checks it with one reduction and echoes that very array, the
-# session recognises the echo by identity. False: plain lists, the worker checks each id and echoes the very list.
-# Same results either way; arrays measured ~80 us per request cheaper on large (no per-id work anywhere).
-TOKEN_ARRAYS = True
 
 
 def _request_time(body: Any) -> float | None:
@@ -132,13 +127,14 @@ class DirectGateway:
                                       type_="server_error")
             return Attempt(None, UpstreamResponse(500, {"content-type": "application/json"}, data=err))
         payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
-        reply = self.workers[url].infer(endpoint, payload, deferred=True, known_messages=known_messages)
+        reply = self.workers[url].infer(endpoint, payload, known_messages=known_messages)
         if not virtual:
             vf = None
         else:  # what x-sim-finish says (repr round-trips a float exactly), without writing it out
             vf = reply.timing.finish if reply.timing is not None else vtime.finish_time(reply.headers)
         # read, never changed; a chat answer typed, its body built if somebody reads it (fastjson.ChatAnswer)
-        resp = UpstreamResponse(reply.status, _ReplyHeaders(reply), data=reply.body, answer=reply.answer)
+        resp = UpstreamResponse(reply.status, _ReplyHeaders(reply), answer=reply.answer,
+                                data=reply.body if reply.answer is None else None)
         return Attempt(reply.status, resp, vf)
 
     def metrics_text(self) -> str:
@@ -154,12 +150,10 @@ class DirectTransport:
         # the URLs http uses when their block is free; never probed here, so a run does not depend on what
         # else the machine has bound (the gateway hashes URLs: another block is another ring)
         urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
-        self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed, token_arrays=TOKEN_ARRAYS)
-                             for url, cfg in zip(urls, configs, strict=True)}
+        self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed) for url, cfg in zip(urls, configs, strict=True)}
         self.workers = [c.name for c in self.worker_cores.values()]
         self.gateway = DirectGateway(gateway_argv(setup, urls), self.worker_cores)
-        self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed,
-                                   token_arrays=TOKEN_ARRAYS)
+        self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed)
         self.session_core = self.session
         self._urls = list(self.worker_cores)
 
@@ -184,13 +178,13 @@ class DirectTransport:
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
         now = _request_time(body) or 0.0
-        result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now, relay_headers=False)
+        result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now)
         return self._reply(result)
 
     def get_session(self, session_id: str) -> Reply:
         try:
             # records' answers stay deferred (fastjson.Deferred): agents count them, read them only to check a log
-            return Reply(200, self.session.get_view(session_id, id_arrays=TOKEN_ARRAYS, deferred=True))
+            return Reply(200, self.session.get_view(session_id))
         except SessionError as e:
             return Reply(e.status, {"error": e.message})
 

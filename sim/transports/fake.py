@@ -27,7 +27,8 @@ class FakePool:
             w = int(key, 16) % len(self.engines)
         else:
             w, self.rr = self.rr % len(self.engines), self.rr + 1
-        prompt = body.get("input_ids") or tokenizer.render(body["messages"], True)
+        ids = body.get("input_ids")  # the session's int64 array; the fake answers with plain lists, as JSON does
+        prompt = ids.tolist() if ids is not None else tokenizer.render(body["messages"], True)
         text, out = tokenizer.synth_answer(tokenizer.request_seed(self.seed, prompt), body["max_tokens"])
         t = self.engines[w].submit(now, prompt, out)
         data = {"choices": [{"message": {"role": "assistant", "content": text}, "prompt_token_ids": list(prompt),

@@ -87,8 +87,8 @@ class Answer(fastjson.ChatAnswer):
     Only what every caller needs is made up front (the timing, the text, the output ids as an array); the
     per-token objects of a body (logprobs, ``[logprob, id, None]`` entries), its id and the body itself wait for
     the first call that needs them, and give the same values whenever that is: everything they depend on is
-    fixed here. As a ``fastjson.ChatAnswer`` (``WorkerCore.infer(..., deferred=True)``) a chat answer is handed to
-    an in-process session server typed, its body built only if somebody reads it."""
+    fixed here. As a ``fastjson.ChatAnswer`` (``Reply.answer``) a chat answer is handed over typed, its body built
+    only if somebody reads it (the HTTP adapter, to write it)."""
 
     def __init__(
         self,
@@ -102,20 +102,18 @@ class Answer(fastjson.ChatAnswer):
         worker: str,
         model_name: str,
         serial: int,
-        token_arrays: bool,
     ) -> None:
         self.req, self.timing = req, timing
         self.text, self.output_ids = text, output_arr
         self.output_ids.flags.writeable = False
         self.vocab_idx = vocab_idx  # the content words' vocabulary indices (synth_answer_array)
-        self.worker, self.model_name, self.token_arrays = worker, model_name, token_arrays
+        self.worker, self.model_name = worker, model_name
         self._rseed, self._serial = rseed, serial  # with the worker: the answer id when the request has no rid
         self._words: list[str] | None = None
         self._body: dict[str, Any] | None = None
         self._id: str | None = None
         self._lps: list[float] | None = None
         self._output_list: list[int] | None = None
-        self._prompt: np.ndarray | list[int] | None = None
         self.created = int(timing.arrival)
         self.message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
         self.sim = sim_object(timing, worker)
@@ -147,10 +145,8 @@ class Answer(fastjson.ChatAnswer):
 
     @property
     def prompt_ids(self) -> np.ndarray:  # type: ignore[override]
-        """``prompt_token_ids`` (an array for a ``token_arrays`` core, as deferred answers always are)."""
-        if self._prompt is None:
-            self._prompt = self._prompt_token_ids()
-        return self._prompt  # type: ignore[return-value]
+        """``prompt_token_ids``: the request's read-only int64 ids, the caller's own array when it sent one."""
+        return self.req.prompt_ids
 
     def value(self) -> dict[str, Any]:
         if self._body is None:
@@ -208,15 +204,6 @@ class Answer(fastjson.ChatAnswer):
             ]
         return {"content": entries}
 
-    def _prompt_token_ids(self) -> list[int] | np.ndarray:
-        if self.token_arrays:
-            ids = self.req.prompt_ids  # the caller's own int64 array when it sent one
-            if ids.flags.writeable:
-                ids = ids.view()
-                ids.flags.writeable = False
-            return ids
-        return self.req.prompt_token_ids()
-
     def body(self) -> dict[str, Any]:
         r = self.req
         if r.route == "generate":
@@ -234,7 +221,7 @@ class Answer(fastjson.ChatAnswer):
                 "matched_stop": tokenizer.IM_END,
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = self._prompt_token_ids()
+                choice["prompt_token_ids"] = self.req.prompt_ids
             choice["meta_info"] = self.meta_info()
             out = {
                 "id": self.id,
@@ -254,7 +241,7 @@ class Answer(fastjson.ChatAnswer):
                 "meta_info": self.meta_info(),
             }
             if r.return_prompt_token_ids:
-                choice["prompt_token_ids"] = self._prompt_token_ids()
+                choice["prompt_token_ids"] = self.req.prompt_ids
             out = {
                 "id": self.id,
                 "object": "text_completion",
@@ -331,7 +318,7 @@ class Answer(fastjson.ChatAnswer):
             if last:
                 choice["matched_stop"] = tokenizer.IM_END
                 if r.return_prompt_token_ids:
-                    choice["prompt_token_ids"] = self._prompt_token_ids()
+                    choice["prompt_token_ids"] = self.req.prompt_ids
                 choice["meta_info"] = self.meta_info()
             events.append({**base, "choices": [choice]})
             times.append(self._time_of(end))

@@ -26,25 +26,26 @@ def error_body(message: str, status: int, param: str | None = None) -> dict[str,
 class Reply:
     """What an adapter sends back for one request.
 
-    ``status``; ``body`` (a JSON object) or, for ``stream: true``, ``events`` (JSON objects, each sent as
-    ``data: <json>\\n\\n``, followed by ``data: [DONE]``) with ``event_times`` (the virtual time each event is due);
-    ``timing`` (the engine's ``RequestTiming``, served requests only); ``virtual`` (True when the body carried
-    ``sim_time``: answer at once; False: the adapter holds the answer for ``timing.finish - timing.arrival`` model
-    seconds, stream events likewise).
+    ``status``; ``body`` (a JSON object; for a 200 chat answer that echoes its prompt built on first read from
+    ``answer``, a ``fastjson.ChatAnswer`` an in-process caller reads typed) or, for ``stream: true``, ``events``
+    (JSON objects, each sent as ``data: <json>\\n\\n``, followed by ``data: [DONE]``) with ``event_times`` (the
+    virtual time each event is due); ``timing`` (the engine's ``RequestTiming``, served requests only); ``virtual``
+    (True when the body carried ``sim_time``: answer at once; False: the adapter holds the answer for
+    ``timing.finish - timing.arrival`` model seconds, stream events likewise).
 
     ``headers``: the worker's name and, for a served request, its virtual timeline (``vtime.HEADER_ARRIVAL``
     ...). The timeline's header strings are made on first read of ``headers``: an in-process caller that reads
     ``timing`` instead never pays for four float reprs per request."""
 
-    __slots__ = ("_headers", "_timed", "answer", "body", "event_times", "events", "status", "timing", "virtual")
+    __slots__ = ("_body", "_headers", "_timed", "answer", "event_times", "events", "status", "timing", "virtual")
 
     def __init__(self, status: int, body: dict[str, Any] | None = None, answer: fastjson.ChatAnswer | None = None,
                  events: list[dict[str, Any]] | None = None, event_times: list[float] | None = None,
                  headers: dict[str, str] | None = None, timing: RequestTiming | None = None,
                  virtual: bool = True) -> None:
         self.status = status
-        self.body = body
-        self.answer = answer  # instead of ``body``: see ``WorkerCore.infer(deferred=True)``
+        self._body = body
+        self.answer = answer
         self.events = events
         self.event_times = [] if event_times is None else event_times
         self._headers = {} if headers is None else headers
@@ -68,6 +69,10 @@ class Reply:
     @headers.setter
     def headers(self, value: dict[str, str]) -> None:
         self._headers, self._timed = value, True
+
+    @property
+    def body(self) -> dict[str, Any] | None:
+        return self.answer.value() if self.answer is not None else self._body
 
     @property
     def stream(self) -> bool:

@@ -38,8 +38,7 @@ class ParsedRequest:
     """One valid inference request, as the core serves it."""
 
     route: str
-    prompt_ids: np.ndarray  # int64
-    prompt_list: list[int] | None  # the same ids as a list of plain ints, when the request brought one
+    prompt_ids: np.ndarray  # read-only int64: the caller's own array when it sent one (echoed as is)
     max_tokens: int
     stream: bool
     include_usage: bool
@@ -47,10 +46,6 @@ class ParsedRequest:
     return_prompt_token_ids: bool
     logprobs: bool
     rid: str | None
-
-    def prompt_token_ids(self) -> list[int]:
-        """The prompt ids for ``prompt_token_ids`` as a list: the request's own list when it sent one."""
-        return self.prompt_list if self.prompt_list is not None else self.prompt_ids.tolist()
 
 
 def parse_request(
@@ -61,13 +56,11 @@ def parse_request(
     default_max_tokens: int,
     context_length: int,
     kv_capacity: int | None,
-    token_arrays: bool,
 ) -> ParsedRequest:
     """``body`` for ``route`` (one of ``ROUTES``) as a ``ParsedRequest``, else ``BadRequest``.
 
-    ``known_messages``: see ``WorkerCore.infer``. ``token_arrays``: a chat prompt rendered from ``messages`` is
-    tokenized straight into an array (``tokenizer.render_ids``), no list kept, since an array is all such a
-    core echoes."""
+    This is the worker's JSON edge: token ids come as JSON lists (HTTP) or int64 arrays (in-process callers),
+    and leave as one read-only int64 array. ``known_messages``: see ``WorkerCore.infer``."""
     get = body.get
     stream = get("stream")
     if stream is not True and stream is not False:  # the plain cases inline, the rest via the helper
@@ -80,19 +73,16 @@ def parse_request(
         n = _int_field(body, "n", 1)
         if n not in (None, 1):
             raise BadRequest("only n=1 is supported", param="n")
-    prompt_list: list[int] | None = None
     input_ids = get("input_ids")
     has_input_ids = input_ids is not None
     if route == "chat":
         messages = get("messages")
         if has_input_ids:
-            prompt_ids, prompt_list = _checked_ids(input_ids, "input_ids")
+            prompt_ids = _token_ids(input_ids, "input_ids")
             if messages is not None:
                 _messages(messages, known_messages)
-        elif token_arrays:  # an array is all an in-process caller is echoed: long texts tokenized in numpy
+        else:  # long texts tokenized straight into an array
             prompt_ids = tokenizer.render_ids(_messages(messages, known_messages))
-        else:
-            prompt_ids = prompt_list = tokenizer.render(_messages(messages, known_messages), True)
         max_tokens = get("max_tokens")
         if type(max_tokens) is not int or max_tokens < 1:
             max_tokens = _int_field(body, "max_tokens", 1)
@@ -136,13 +126,15 @@ def parse_request(
     rid = get("rid")
     if type(prompt_ids) is not np.ndarray:
         prompt_ids = np.array(prompt_ids, dtype=np.int64)
+    if prompt_ids.flags.writeable:  # read-only to everyone, as the caller's own array is; a view leaves it as it was
+        prompt_ids = prompt_ids.view()
+        prompt_ids.flags.writeable = False
     echo = get("return_prompt_token_ids")
     if echo is not True and echo is not False:
         echo = _bool_field(body, "return_prompt_token_ids")
     return ParsedRequest(
         route=route,
         prompt_ids=prompt_ids,
-        prompt_list=prompt_list,
         max_tokens=max_tokens,
         stream=stream,
         include_usage=include_usage,
@@ -188,26 +180,22 @@ def _bool_field(body: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _token_ids(value: Any, param: str) -> np.ndarray:
-    """A non-empty list of ids in [0, MAX_TOKEN_ID] as an int64 array (in-process callers may pass one)."""
-    return _checked_ids(value, param)[0]
-
-
 _INT64 = np.dtype(np.int64)
 _max_of = np.maximum.reduce
 
 
-def _checked_ids(value: Any, param: str) -> tuple[np.ndarray, list[int] | None]:
-    """``_token_ids``, plus ``value`` itself when it is a list of plain ``int``s (to echo without re-boxing)."""
+def _token_ids(value: Any, param: str) -> np.ndarray:
+    """A non-empty list of ids in [0, MAX_TOKEN_ID] (JSON) or 1-D integer array of them (in-process callers) as
+    an int64 array, else BadRequest (the same one for either)."""
     if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu" and len(value):
         if value.dtype == _INT64:  # the in-process case; one reduction: negative ids read as huge uint64 ones
             if int(_max_of(value.view(np.uint64))) > MAX_TOKEN_ID:
                 raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
-            return value, None
+            return value
         arr = value.astype(np.int64, copy=False) if value.dtype.kind == "i" else value
         if int(arr.view(np.uint64).max() if arr.dtype.itemsize == 8 else arr.max()) > MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
-        return value.astype(np.int64, copy=False), None
+        return value.astype(np.int64, copy=False)
     if not isinstance(value, list) or not value:
         raise BadRequest(f"{param} must be a non-empty list of token ids (batches are not supported)", param=param)
     if list(map(type, value)).count(int) == len(value):  # the JSON case, in C; anything else: the exact loop below
@@ -216,12 +204,12 @@ def _checked_ids(value: Any, param: str) -> tuple[np.ndarray, list[int] | None]:
         except OverflowError:
             arr = None
         if arr is not None and int(_max_of(arr.view(np.uint64))) <= MAX_TOKEN_ID:  # negatives read as huge
-            return arr, value
+            return arr
         raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
     for t in value:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= MAX_TOKEN_ID:
             raise BadRequest(f"{param} must contain integers in [0, {MAX_TOKEN_ID}]", param=param)
-    return np.array(value, dtype=np.int64), None
+    return np.array(value, dtype=np.int64)
 
 
 def _messages(value: Any, known: int = 0) -> list[Mapping[str, Any]]:

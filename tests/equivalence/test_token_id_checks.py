@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from session_server.errors import UpstreamResponseError
-from session_server.upstream import _parse_chat_response
+from session_server.upstream import chat_parts
 from sim.worker.request import MAX_TOKEN_ID, BadRequest, _token_ids
 
 items = (
@@ -46,14 +46,18 @@ def chat_answer(prompt: object) -> dict:
 
 
 @given(id_lists)
-def test_session_core_accepts_exactly_lists_of_ints_as_prompt_token_ids(value):
-    ok = all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+def test_session_core_accepts_exactly_lists_of_int64_ints_as_prompt_token_ids(value):
+    """A JSON answer's ids become read-only int64 arrays; ids no int64 holds make the answer invalid (502)."""
+    ok = all(isinstance(t, int) and not isinstance(t, bool) and -(1 << 63) <= t < 1 << 63 for t in value)
     try:
-        _, ids = _parse_chat_response(chat_answer(value))
-    except UpstreamResponseError:
-        assert not ok
+        _, prompt, output, echoed = chat_parts(chat_answer(value))
+    except UpstreamResponseError as e:
+        assert not ok and e.status == 502
         return
-    assert ok and ids == [*value, 7]
+    assert ok and not echoed
+    for ids in (prompt, output):
+        assert ids.dtype == np.int64 and not ids.flags.writeable
+    assert prompt.tolist() == value and output.tolist() == [7]
 
 
 int_dtypes = st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64])

@@ -11,17 +11,15 @@ from session_server.upstream import UpstreamRequest, UpstreamResponse
 
 
 def as_json(body: dict) -> dict:
-    """The body an HTTP upstream would parse: token-id arrays (``token_arrays`` cores) become lists."""
+    """The body an HTTP upstream would parse: the ``input_ids`` array becomes a list."""
     ids = body.get("input_ids")
     return {**body, "input_ids": ids.tolist()} if isinstance(ids, np.ndarray) else body
 
 
-def ids_of(ids) -> list[int]:
-    """Token ids as a list, whether kept as a list or (``token_arrays``) as a read-only int64 array."""
-    if isinstance(ids, np.ndarray):
-        assert ids.dtype == np.int64 and ids.ndim == 1 and not ids.flags.writeable
-        return ids.tolist()
-    return ids
+def ids_of(ids: np.ndarray) -> list[int]:
+    """A core's token ids (a read-only 1-D int64 array, checked here) as a list."""
+    assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.ndim == 1 and not ids.flags.writeable
+    return ids.tolist()
 
 
 def upstream_of(router: FakeRouter, log: list[UpstreamRequest] | None = None):

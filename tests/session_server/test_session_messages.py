@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from session_turns import chat, conversation, reply_of
+from session_turns import chat, conversation, ids_of, reply_of
 
 from session_server.core import SessionCore
 from session_server.messages import message_matches
@@ -67,21 +67,21 @@ def test_agent_retry_rolls_back_one_model_turn_and_no_more():
     assert s.num_assistant == 3
     # the agent drops the third reply and retries that turn with another tool answer
     retry_msgs = [*messages[:-2], {"role": "tool", "content": "t two again"}]
-    before = [list(c) for c in s.checkpoints[:2]]
+    before = [ids_of(c) for c in s.checkpoints[:2]]
     r = chat(core, sid, retry_msgs, router)
     assert r.status == 200 and r.recorded
-    assert s.num_assistant == 3 and len(s.records) == 3 and s.checkpoints[:2] == before
-    assert s.records[-1]["request"]["input_ids"] == tok.render(retry_msgs)
+    assert s.num_assistant == 3 and len(s.records) == 3 and [ids_of(c) for c in s.checkpoints[:2]] == before
+    assert ids_of(s.records[-1]["request"]["input_ids"]) == tok.render(retry_msgs)
     # popping the last reply only is also a one-step rollback
     r = chat(core, sid, retry_msgs, router)
     assert r.status == 200 and s.num_assistant == 3
     # going back two model turns is refused and changes nothing
-    snapshot = (list(s.messages), [list(c) for c in s.checkpoints], list(s.records), s.version)
+    snapshot = (list(s.messages), [ids_of(c) for c in s.checkpoints], list(s.records), s.version)
     r = chat(core, sid, messages[:3], router)
     assert r.status == 400 and r.body["error"].startswith("rollback failed: discard_count=2")
     r = chat(core, sid, [messages[0], {"role": "user", "content": "different"}], router)
     assert r.status == 400 and "rollback failed: no assistant" in r.body["error"]
-    assert (s.messages, s.checkpoints, s.records, s.version) == snapshot
+    assert (s.messages, [ids_of(c) for c in s.checkpoints], s.records, s.version) == snapshot
 
 
 def test_resent_message_objects_are_still_checked_after_the_known_prefix():

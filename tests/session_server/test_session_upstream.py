@@ -3,11 +3,13 @@ known messages, typed answers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from session_turns import chat, reply_of, tool_texts, upstream_of
+from session_turns import as_json, chat, reply_of, tool_texts
 
 from session_server.core import SessionCore
 from session_server.testing import FakeRouter
@@ -46,17 +48,42 @@ def test_exactly_one_routing_key_equal_to_the_session_id(headers):
     assert [v for k, v in custom.items() if k.lower() == "x-session-id"] == ["sid123"]
 
 
-def test_relay_headers_off_leaves_the_result_headers_empty_and_changes_nothing_else():
-    results = []
-    for relay in (True, False):
-        core, router = SessionCore(session_id_seed=1), FakeRouter()
-        sid = core.create_session(0.0)
-        body = {"messages": [{"role": "user", "content": "q"}]}
-        r = core.run_turn(sid, body, (), upstream_of(router), relay_headers=relay)
-        results.append((r, core.get_view(sid)))
-    (on, view_on), (off, view_off) = results
-    assert on.headers == {"content-type": "application/json"} and off.headers == {}
-    assert (on.status, on.body, on.outcome) == (off.status, off.body, off.outcome) and view_on == view_off
+class WatchedHeaders(Mapping[str, str]):
+    """Headers that count how often they are read (as ``direct``'s worker reply headers, rendered when read)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers, self.reads = headers, 0
+
+    def __getitem__(self, key: str) -> str:
+        self.reads += 1
+        return self.headers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self.headers)
+
+    def __len__(self) -> int:
+        return len(self.headers)
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_result_headers_are_the_relayable_upstream_headers_filtered_on_first_read(status):
+    """Nothing reads the upstream's headers until ``TurnResult.headers`` is: a caller that relays none (``direct``)
+    never has them rendered or filtered."""
+    core, router = SessionCore(session_id_seed=1), FakeRouter()
+    sid = core.create_session(0.0)
+    sent = WatchedHeaders({"content-type": "application/json", "content-length": "9", "x-sim-worker": "w0"})
+
+    def send(req: UpstreamRequest) -> UpstreamResponse:
+        if status != 200:
+            return UpstreamResponse(status, sent, content=b'{"e": 1}')
+        return UpstreamResponse(200, sent, data=router.answer(as_json(req.json)))
+
+    r = core.run_turn(sid, {"messages": [{"role": "user", "content": "q"}]}, (), send)
+    assert r.status == status and sent.reads == 0
+    assert r.headers == {"content-type": "application/json", "x-sim-worker": "w0"}
+    reads = sent.reads
+    assert reads > 0 and r.headers is r.headers and sent.reads == reads  # filtered once
 
 
 # --- reading a 200 chat answer --------------------------------------------------------------------
@@ -86,8 +113,8 @@ def test_malformed_upstream_answers_are_502(mutate, needle):
     assert core.sessions[sid].records == []
 
 
-def test_a_prompt_echo_array_of_another_dtype_is_refused_as_before():
-    core = SessionCore(token_arrays=True)
+def test_a_prompt_echo_array_of_another_dtype_is_refused():
+    core = SessionCore()
     sid = core.create_session(0.0)
     data = FakeRouter().answer({"messages": [{"role": "user", "content": "q"}]})
     data["choices"][0]["prompt_token_ids"] = np.array(data["choices"][0]["prompt_token_ids"], dtype=np.float64)
@@ -97,8 +124,8 @@ def test_a_prompt_echo_array_of_another_dtype_is_refused_as_before():
     assert r.status == 502 and "prompt_token_ids" in r.body["error"] and not core.sessions[sid].records
 
 
-def test_an_echo_of_the_sent_id_objects_passes_and_anything_else_is_still_checked_per_id():
-    """The echo of ``input_ids`` object for object needs no type check; an equal echo with a bool is still a 502."""
+def test_an_echo_of_the_very_array_sent_passes_and_anything_else_is_still_checked_per_id():
+    """The echo of the ``input_ids`` array itself needs no check; an equal JSON echo with a bool is still a 502."""
     core, router = SessionCore(), FakeRouter()
     sid = core.create_session(0.0)
     messages = [{"role": "user", "content": "q"}]
@@ -107,12 +134,14 @@ def test_an_echo_of_the_sent_id_objects_passes_and_anything_else_is_still_checke
 
     def echo(swap_bool: bool):
         def send(req: UpstreamRequest) -> UpstreamResponse:
-            data = router.answer(req.json)
+            data = router.answer(as_json(req.json))
             choice = data["choices"][0]
-            assert choice["prompt_token_ids"] is req.json["input_ids"]  # the fake router echoes the very list
-            ids = choice["prompt_token_ids"] = list(req.json["input_ids"])
+            assert choice["prompt_token_ids"] == req.json["input_ids"].tolist()
             if swap_bool:
+                ids = choice["prompt_token_ids"]
                 ids[ids.index(tok.IM_START)] = True  # == 1, but a JSON true is not a token id
+            else:
+                choice["prompt_token_ids"] = req.json["input_ids"]  # the very array, as the worker core echoes it
             return UpstreamResponse(200, data=data)
 
         return send
@@ -172,16 +201,18 @@ def test_a_turn_tells_an_in_process_upstream_how_many_resent_messages_it_answere
 # --- typed answers (in-process) -------------------------------------------------------------------
 
 
-def worker_upstream(deferred: bool):
-    """An in-process mock worker (``token_arrays``), answering with bodies or (``deferred``) typed answers."""
+def worker_upstream(typed: bool):
+    """An in-process mock worker, its 200 chat answers handed over typed, or (``typed=False``) as their bodies."""
     from sim.engine.types import WorkerConfig
     from sim.worker.core import WorkerCore
 
-    worker = WorkerCore(WorkerConfig(name="w0", kv_capacity_tokens=100_000), seed=5, token_arrays=True)
+    worker = WorkerCore(WorkerConfig(name="w0", kv_capacity_tokens=100_000), seed=5)
 
     def send(req: UpstreamRequest) -> UpstreamResponse:
-        reply = worker.infer("chat", dict(req.json), deferred=deferred)
-        return UpstreamResponse(reply.status, reply.headers, data=reply.body, answer=reply.answer)
+        reply = worker.infer("chat", dict(req.json))
+        if typed:
+            return UpstreamResponse(reply.status, reply.headers, answer=reply.answer)
+        return UpstreamResponse(reply.status, reply.headers, data=reply.body)
 
     return send
 
@@ -189,12 +220,12 @@ def worker_upstream(deferred: bool):
 @given(tool_texts, st.none() | st.integers(1, 5))
 def test_typed_answers_are_recorded_as_is_and_read_as_the_bodies_they_defer(tools, retry_at):
     """A session core fed typed answers (``UpstreamResponse.answer``) sends, keeps and answers what it does when
-    fed their bodies; its records hold the answers unbuilt until a view is read whole."""
+    fed their bodies; its records hold the answers unbuilt until a view is written out."""
     from testbed_common.fastjson import ChatAnswer, dumps
 
     views, sids, results = [], [], []
-    for deferred in (False, True):
-        core, up = SessionCore(token_arrays=True), worker_upstream(deferred)
+    for typed in (False, True):
+        core, up = SessionCore(), worker_upstream(typed)
         sid = core.create_session(0.0)
         messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "task alpha beta"}]
         got = []
@@ -203,18 +234,17 @@ def test_typed_answers_are_recorded_as_is_and_read_as_the_bodies_they_defer(tool
             if i == retry_at:  # the agent drops that answer and asks again with the same messages
                 r = core.run_turn(sid, {"messages": messages, "max_tokens": 2}, (), up)
             assert r.status == 200 and r.recorded, r.body
-            assert isinstance(r.body, ChatAnswer) == deferred
-            body = r.body.value() if deferred else r.body
+            assert isinstance(r.body, ChatAnswer) == typed
+            body = r.body.value() if typed else r.body
             got.append(dumps(body))
             if tool_text is None:
                 break
             content = body["choices"][0]["message"]["content"]
             messages = [*messages, {"role": "assistant", "content": content},
                         {"role": "tool", "content": tool_text, "tool_call_id": str(i)}]
-        kept = core.get_view(sid, deferred=True)["records"]
-        assert all(isinstance(rec["response"], ChatAnswer) == deferred for rec in kept)
-        views.append(dumps(core.get_view(sid, id_arrays=True)))
-        assert dumps(core.get_view(sid, deferred=True)) == views[-1]  # written out, a kept answer is its body
+        kept = core.get_view(sid)["records"]
+        assert all(isinstance(rec["response"], ChatAnswer) == typed for rec in kept)
+        views.append(dumps(core.get_view(sid)))  # written out, a kept answer is its body
         sids.append(sid)
         results.append(got)
     assert results[0] == results[1]

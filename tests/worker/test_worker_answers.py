@@ -1,4 +1,4 @@
-"""Answers: token-in/token-out invariants, determinism, streams, logprobs, the prompt echo, deferred answers."""
+"""Answers: token-in/token-out invariants, determinism, streams, logprobs, the prompt echo, typed chat answers."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_prompt_plus_output_is_the_rendered_conversation(msgs, n):
     out = [p[1] for p in choice["meta_info"]["output_token_logprobs"]]
     assert len(out) == n == reply.body["usage"]["completion_tokens"]
     answer = {"role": "assistant", "content": choice["message"]["content"]}
-    assert choice["prompt_token_ids"] + out == tokenizer.render([*msgs, answer], add_generation_prompt=False)
+    assert choice["prompt_token_ids"].tolist() + out == tokenizer.render([*msgs, answer], add_generation_prompt=False)
 
 
 @given(messages, st.integers(1, 40), st.integers(0, 2**32))
@@ -95,56 +95,55 @@ def test_logprobs_carry_the_answer_words_and_their_bytes():
     assert len({id(e) for e in entries}) == len(entries)  # one entry object per token
 
 
-@given(messages, st.integers(1, 30), st.booleans())
-def test_token_arrays_answers_carry_the_same_prompt_ids_as_an_array(msgs, n, ids_in):
-    """``token_arrays=True`` (in-process callers) changes only the container of ``prompt_token_ids``."""
+@given(messages, st.integers(1, 30), st.sampled_from(["messages", "list", "array"]))
+def test_the_prompt_echo_is_a_read_only_int64_array_written_as_the_json_list(msgs, n, ids_in):
+    """``prompt_token_ids`` is the prompt's ids as a read-only int64 array, however the request gave them; written
+    out, the body is byte for byte the one with the ids as a plain list (what HTTP clients read)."""
     prompt = tokenizer.render(msgs)
     body = {"messages": msgs, "max_tokens": n, "return_prompt_token_ids": True, "sim_time": 0.0}
-    if ids_in:
-        body["input_ids"] = np.array(prompt, dtype=np.int64)
-    plain = WorkerCore(WorkerConfig(name="w0"), seed=1).infer("chat", dict(body)).body
-    arrays = WorkerCore(WorkerConfig(name="w0"), seed=1, token_arrays=True).infer("chat", dict(body)).body
-    got = arrays["choices"][0]["prompt_token_ids"]
-    assert isinstance(got, np.ndarray) and got.dtype == np.int64 and not got.flags.writeable
-    assert plain["choices"][0]["prompt_token_ids"] == got.tolist() == prompt
-    assert fastjson.dumps(arrays) == fastjson.dumps(plain)
-    if ids_in:
+    if ids_in != "messages":
+        body["input_ids"] = list(prompt) if ids_in == "list" else np.array(prompt, dtype=np.int64)
+    got = WorkerCore(WorkerConfig(name="w0"), seed=1).infer("chat", dict(body)).body
+    ids = got["choices"][0]["prompt_token_ids"]
+    assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and not ids.flags.writeable
+    assert ids.tolist() == prompt
+    as_list = {**got, "choices": [{**got["choices"][0], "prompt_token_ids": prompt}]}
+    assert fastjson.dumps(got) == fastjson.dumps(as_list)
+    if ids_in == "array":
         assert body["input_ids"].flags.writeable  # the caller's array is left as it was
 
 
-@given(messages, st.integers(1, 20), st.booleans())
-def test_the_prompt_echo_is_the_requests_own_ids_object(msgs, n, token_arrays):
-    """An in-process caller gets its own input_ids back (lists always; read-only int64 arrays with token_arrays)."""
+@given(messages, st.integers(1, 20))
+def test_the_prompt_echo_is_the_requests_own_ids_array(msgs, n):
+    """An in-process caller gets its own read-only int64 ``input_ids`` back (a writable one: a read-only view of it)."""
     prompt = tokenizer.render(msgs)
     frozen = np.array(prompt, dtype=np.int64)
     frozen.flags.writeable = False
-    core = WorkerCore(WorkerConfig(name="w0"), seed=1, token_arrays=token_arrays)
-    for ids in (list(prompt), frozen):
+    writable = np.array(prompt, dtype=np.int64)
+    core = WorkerCore(WorkerConfig(name="w0"), seed=1)
+    for ids in (frozen, writable):
         body = {"messages": msgs, "input_ids": ids, "max_tokens": n, "return_prompt_token_ids": True}
         echo = core.infer("chat", body).body["choices"][0]["prompt_token_ids"]
-        if token_arrays == isinstance(ids, np.ndarray):
+        if ids is frozen:
             assert echo is ids
         else:
-            assert type(echo) is (np.ndarray if token_arrays else list) and list(echo) == prompt
+            assert echo.base is ids and not echo.flags.writeable and ids.flags.writeable
 
 
 @given(messages, st.integers(1, 40), st.booleans(), st.floats(0, 1e4))
-def test_a_deferred_answer_is_the_body_it_defers_and_its_typed_fields_read_the_same(msgs, n, ids_in, t):
-    """``infer(deferred=True)`` hands a chat answer over typed; built, its body is the one ``infer`` answers with,
-    and the fields read typed (message, prompt and output ids, sim) equal the body's."""
+def test_a_chat_answer_comes_typed_and_its_body_is_built_once_on_first_read(msgs, n, ids_in, t):
+    """A 200 chat answer echoing its prompt is handed over typed (``Reply.answer``); ``Reply.body`` builds its body
+    once, and the fields read typed (message, prompt and output ids, sim) equal the body's."""
     body = {"messages": msgs, "max_tokens": n, "logprobs": True, "return_prompt_token_ids": True, "sim_time": t}
     if ids_in:
         body["input_ids"] = np.array(tokenizer.render(msgs), dtype=np.int64)
-    eager = core(token_arrays=True).infer("chat", dict(body))
-    reply = core(token_arrays=True).infer("chat", dict(body), deferred=True)
-    assert reply.body is None and isinstance(reply.answer, fastjson.ChatAnswer)
-    assert reply.status == eager.status == 200 and reply.headers == eager.headers
+    reply = core().infer("chat", dict(body))
+    assert reply.status == 200 and isinstance(reply.answer, fastjson.ChatAnswer)
     ans = reply.answer
-    built = ans.value()
-    assert ans.value() is built  # built once
-    assert fastjson.dumps(built) == fastjson.dumps(eager.body)
+    built = reply.body
+    assert reply.body is built and ans.value() is built  # built once
     choice = built["choices"][0]
     assert ans.message == choice["message"] and ans.sim == built["sim"]
-    assert ans.prompt_ids.tolist() == list(choice["prompt_token_ids"])
+    assert ans.prompt_ids is choice["prompt_token_ids"]
     assert ans.output_ids.tolist() == [e[1] for e in choice["meta_info"]["output_token_logprobs"]]
     assert not ans.output_ids.flags.writeable and not ans.prompt_ids.flags.writeable

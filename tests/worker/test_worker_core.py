@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from worker_inputs import core
 
 from sim.worker.reply import Reply
-from testbed_common import vtime
+from testbed_common import fastjson, vtime
 
 
 @given(st.lists(st.tuples(st.floats(0, 5), st.integers(1, 30), st.integers(0, 3)), min_size=1, max_size=12))
@@ -53,14 +53,15 @@ def test_a_served_reply_carries_its_timeline_in_headers_written_when_read():
     assert bad.status == 400 and bad.headers == {}
 
 
-def test_deferred_applies_to_plain_chat_answers_that_echo_their_prompt_only():
+def test_only_plain_chat_answers_that_echo_their_prompt_come_typed():
     base = {"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 5, "sim_time": 0.0,
             "return_prompt_token_ids": True}
-    cases = [("chat", {**base, "stream": True}, True), ("chat", {**base, "return_prompt_token_ids": False}, True),
-             ("chat", base, False), ("completions", {"prompt": "hi", "max_tokens": 3}, True),
-             ("generate", {"text": "hi", "sampling_params": {"max_new_tokens": 3}}, True)]
-    for route, body, token_arrays in cases:
-        reply = core(token_arrays=token_arrays).infer(route, body, deferred=True)
-        assert reply.status == 200 and reply.answer is None, (route, body, token_arrays)
-    bad = core(token_arrays=True).infer("chat", {**base, "max_tokens": 0}, deferred=True)
+    assert isinstance(core().infer("chat", base).answer, fastjson.ChatAnswer)
+    cases = [("chat", {**base, "stream": True}), ("chat", {**base, "return_prompt_token_ids": False}),
+             ("completions", {"prompt": "hi", "max_tokens": 3}),
+             ("generate", {"text": "hi", "sampling_params": {"max_new_tokens": 3}})]
+    for route, body in cases:
+        reply = core().infer(route, body)
+        assert reply.status == 200 and reply.answer is None, (route, body)
+    bad = core().infer("chat", {**base, "max_tokens": 0})
     assert bad.status == 400 and bad.answer is None and bad.body["message"]
