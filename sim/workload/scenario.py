@@ -306,10 +306,11 @@ class Scenario:
         need = first + answer + TURN_FRAMING + tool + answer
         if need > self.max_context_tokens:
             raise ScenarioError(
-                f"sessions.max_context_tokens = {self.max_context_tokens} leaves no room for a second turn: it "
-                f"needs at least {need} tokens (first prompt {first} = system {self.system_prompt_tokens} + task "
-                f"{self.task_prompt_tokens} + framing; shortest answer {answer}, twice; framing {TURN_FRAMING}; "
-                f"shortest tool output {tool}); raise max_context_tokens to {need} or more, or shrink the prompts")
+                f"sessions.max_context_tokens = {self.max_context_tokens} leaves no room for a second turn, which "
+                f"needs at least {need} tokens (first prompt {first}: system {self.system_prompt_tokens} + task "
+                f"{self.task_prompt_tokens} + {first - self.system_prompt_tokens - self.task_prompt_tokens} "
+                f"framing; two answers of {answer}; a tool output of {tool}; {TURN_FRAMING} framing): raise it to "
+                f"{need} or shrink the prompts")
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (``sessions``, ``workers``, ``kv_capacity_tokens``...)."""

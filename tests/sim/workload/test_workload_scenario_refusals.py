@@ -80,7 +80,8 @@ def test_siblings_are_refused_with_the_keys_full_path(tmp_path, text, expected):
 def test_a_context_too_small_for_a_second_turn_is_refused_with_the_numbers(tmp_path):
     msg = refusal(tmp_path, "[sessions]\nmax_context_tokens = 100\n")
     assert msg.startswith("sessions.max_context_tokens = 100 leaves no room for a second turn")
-    assert f"first prompt {Scenario().first_prompt_tokens} = system 2000 + task 400" in msg
+    assert f"first prompt {Scenario().first_prompt_tokens}: system 2000 + task 400 + 8 framing" in msg
+    assert "needs at least 2437 tokens" in msg and msg.endswith("raise it to 2437 or shrink the prompts")
 
 
 def test_the_smallest_context_that_fits_a_second_turn_gives_second_turns(tmp_path):
