@@ -39,7 +39,7 @@ ASSIGNMENT_MODES = ("random", "min_load", "min_group")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed replay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("trace", metavar="TRACE", help="trace file (JSONL)")
+    p.add_argument("trace", metavar="TRACE", help="trace file (JSONL), or a built-in sample: conversation")
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="trace format (default: detected from the first record)")
     p.add_argument("--policy", action="append", default=None,
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from sim.replay import run as replay_run
     from sim.replay.mooncake import TraceError
+    from sim.replay.samples import resolve_trace
 
     console = console_for()
     try:
@@ -113,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--workers must be >= 1")
     if args.limit is not None and args.limit < 1:
         return fail("--limit must be >= 1")
-    if not Path(args.trace).is_file():
-        return fail(f"trace file not found: {args.trace}")
+    try:
+        args.trace = resolve_trace(args.trace)
+    except TraceError as e:
+        return fail(str(e))
     try:
         fmt = detect(args.trace) if args.format == "auto" else args.format
         if args.write_sessions:

@@ -33,7 +33,8 @@ from typing import Any
 from sim.agents import AgentRunner
 from sim.replay.baselines import Segment
 from sim.replay.mooncake import TraceError
-from sim.workload.plans import MESSAGE_OVERHEAD, SessionPlan, TurnPlan
+from sim.workload.framing import MESSAGE_OVERHEAD
+from sim.workload.plans import SessionPlan, TurnPlan
 from sim.workload.scenario import Scenario
 from sim.workload.seeds import stream_seed
 from testbed_common.tokenizer import GENERATION_PROMPT, synth_text

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.workload.framing import TURN_FRAMING
 from sim.workload.scenario import Scenario
 from sim.workload.seeds import PLAN_STREAM, stream_seed
-from testbed_common.tokenizer import GENERATION_PROMPT
-
-MESSAGE_OVERHEAD = 3  # <|im_start|> role ... <|im_end|>
 
 
 @dataclass(frozen=True)
@@ -40,12 +38,6 @@ class SessionPlan:
         return len(self.turns) + sum(1 for t in self.turns if t.retry_output_tokens)
 
 
-def first_prompt_tokens(scenario: Scenario) -> int:
-    """Prompt length of a first turn: system + task messages + the generation prompt."""
-    return (scenario.system_prompt_tokens + MESSAGE_OVERHEAD + scenario.task_prompt_tokens + MESSAGE_OVERHEAD
-            + len(GENERATION_PROMPT))
-
-
 def plan_sessions(scenario: Scenario) -> list[SessionPlan]:
     """Every session's turns, drawn from the scenario's seed (same seed, same plans)."""
     rng = np.random.default_rng(stream_seed(scenario.seed, PLAN_STREAM))
@@ -67,8 +59,8 @@ def plan_sessions(scenario: Scenario) -> list[SessionPlan]:
         starts = [None] * n
     plans = []
     pos = 0
-    first = first_prompt_tokens(scenario)
-    limit, step = scenario.max_context_tokens, MESSAGE_OVERHEAD + len(GENERATION_PROMPT)
+    first = scenario.first_prompt_tokens
+    limit, step = scenario.max_context_tokens, TURN_FRAMING
     # plain Python numbers up front (tolist gives the same ints and floats as int()/float() of each element)
     counts_l, out_l, tool_l, retry_l, retry_tok_l = (turn_counts.tolist(), out_tok.tolist(), tool_tok.tolist(),
                                                      retry.tolist(), retry_tok.tolist())

@@ -1,44 +1,13 @@
 """Scenarios: a worker pool and a population of agent sessions, as TOML, with the distributions of their turns.
 
+The format (every table, key, distribution kind and arrival pattern, with a complete example) is documented in
+``docs/scenarios.md``; built-ins live in ``sim/scenarios/*.toml``. The loader refuses what it would otherwise
+ignore or misread: unknown tables and keys, parameters a distribution kind does not take, keys of another arrival
+pattern, values out of range, and scenarios whose sessions could never reach a second turn. Every error names the
+key's full path (``turns.count``, ``workers.slowdown``) and never starts with ``[``, so a console that reads rich
+markup prints it whole.
+
 What the distributions draw, up front and seeded, is in ``sim.workload.plans``; the texts, in ``sim.workload.texts``.
-
-Scenario TOML (every table and key optional; built-ins live in ``sim/scenarios/*.toml``)::
-
-    name = "default"
-    description = "..."
-    seed = 0
-
-    [workers]
-    count = 8
-    kv_capacity_tokens = 400000      # 0 or "inf": unbounded
-    max_running_requests = 256
-    slowdown = [3.0]                 # per-worker multipliers, worker i gets slowdown[i] (default 1.0)
-
-    [sessions]
-    count = 64
-    group_size = 8                   # GRPO: consecutive sessions share a task prompt
-    system_prompt_tokens = 2000      # shared by every session
-    task_prompt_tokens = 400         # shared by a group
-    max_context_tokens = 30000       # a session ends before its prompt + output would exceed this
-    retry_rate = 0.0                 # per turn (from the 2nd): the agent drops the answer and asks again
-
-    [arrivals]
-    pattern = "rollout"              # rollout (all at t=0) | poisson | concurrency
-    rate = 1.0                       # poisson: sessions per second
-    concurrency = 16                 # concurrency: sessions in flight
-
-    [turns]                          # distributions (see ``Dist``)
-    count = { dist = "lognormal", median = 15, sigma = 0.5, min = 2, max = 60 }
-    output_tokens = { dist = "lognormal", median = 250, sigma = 0.7, min = 8 }
-    tool_output_tokens = { dist = "lognormal", median = 500, sigma = 1.0, min = 8 }
-    tool_latency = { dist = "lognormal", median = 2.0, sigma = 1.0 }
-    think_time = 0.0                 # a bare number is a constant
-
-    [[faults]]                       # optional, any number: see ``sim.faults`` (virtual seconds)
-    kind = "dead"                    # dead (worker, start, end) | slow (worker?, factor, start?, end?)
-    worker = 1                       # | error_rate (worker?, rate: upstream 5xx share)
-    start = 20.0                     # | rollback_rate (worker?, rate: 400 "rollback failed" share
-    end = 60.0                       #   of requests that carry input_ids)
 """
 
 from __future__ import annotations
@@ -46,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,22 +25,59 @@ from typing import Any
 import numpy as np
 
 from sim.faults import FaultError, FaultSpec, parse_faults
+from sim.workload.framing import TURN_FRAMING, first_prompt_tokens
 
-ARRIVAL_PATTERNS = ("rollout", "poisson", "concurrency")
-DIST_KINDS = ("constant", "uniform", "lognormal", "exponential", "normal", "choice")
+TOP_KEYS = ("name", "description", "seed")
+# TOML table -> its keys -> the Scenario field each sets
+TABLES: dict[str, dict[str, str]] = {
+    "workers": {"count": "workers", "kv_capacity_tokens": "kv_capacity_tokens",
+                "max_running_requests": "max_running_requests", "slowdown": "slowdown"},
+    "sessions": {"count": "sessions", "group_size": "group_size", "system_prompt_tokens": "system_prompt_tokens",
+                 "task_prompt_tokens": "task_prompt_tokens", "max_context_tokens": "max_context_tokens",
+                 "retry_rate": "retry_rate"},
+    "arrivals": {"pattern": "arrival", "rate": "rate", "concurrency": "concurrency"},
+    "turns": {"count": "turns", "output_tokens": "output_tokens", "tool_output_tokens": "tool_output_tokens",
+              "tool_latency": "tool_latency", "think_time": "think_time"},
+}
+ARRAY_TABLES = ("faults",)  # [[faults]]: see sim.faults
+# arrival pattern -> the [arrivals] keys it reads (besides pattern)
+ARRIVAL_KEYS: dict[str, tuple[str, ...]] = {"rollout": (), "poisson": ("rate",), "concurrency": ("concurrency",)}
+ARRIVAL_PATTERNS = tuple(ARRIVAL_KEYS)
+# distribution kind -> its parameters; every kind also takes the bounds
+DIST_PARAMS: dict[str, tuple[str, ...]] = {"constant": ("value",), "uniform": ("low", "high"),
+                                           "lognormal": ("median", "sigma"), "exponential": ("mean",),
+                                           "normal": ("mean", "std"), "choice": ("values", "weights")}
+DIST_OPTIONAL = ("weights",)
+DIST_BOUNDS = ("min", "max")
+DIST_KINDS = tuple(DIST_PARAMS)
+DIST_FIELDS = ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "think_time")
+INT_FIELDS = ("seed", "workers", "max_running_requests", "sessions", "group_size", "system_prompt_tokens",
+              "task_prompt_tokens", "max_context_tokens", "concurrency")
+FLOAT_FIELDS = ("retry_rate", "rate")
+STR_FIELDS = ("name", "description", "arrival")
 
 
 class ScenarioError(ValueError):
     """A scenario file or override that cannot be used."""
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when a choice is close to ``word``, else ``""``."""
+    match = get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _number(v: Any, what: str) -> float:
+    """A finite number (TOML's nan and inf are refused, as are booleans and strings)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ScenarioError(f"{what} must be a finite number, got {v!r}")
+    return float(v)
+
+
 @dataclass(frozen=True)
 class Dist:
-    """A one-dimensional distribution, clipped to ``[min, max]``.
-
-    kinds: ``constant`` (value), ``uniform`` (low, high), ``lognormal`` (median, sigma),
-    ``exponential`` (mean), ``normal`` (mean, std), ``choice`` (values, optional weights).
-    """
+    """A one-dimensional distribution, clipped to ``[min, max]``; ``DIST_PARAMS`` says which parameters each
+    kind takes (``choice``'s ``weights`` are optional, the others required)."""
 
     kind: str = "constant"
     value: float = 0.0
@@ -87,32 +94,35 @@ class Dist:
 
     @classmethod
     def parse(cls, spec: Any, what: str = "distribution") -> Dist:
+        """A bare number (a constant) or a table ``{dist = kind, <the kind's parameters>, min?, max?}``."""
         if isinstance(spec, Dist):
             return spec
-        if isinstance(spec, bool):
-            raise ScenarioError(f"{what}: expected a number or a table, got {spec!r}")
-        if isinstance(spec, int | float):
-            return cls(kind="constant", value=float(spec))
         if not isinstance(spec, Mapping):
-            raise ScenarioError(f"{what}: expected a number or a table, got {spec!r}")
+            return cls(kind="constant", value=_number(spec, what))
         spec = dict(spec)
-        kind = spec.pop("dist", spec.pop("kind", "constant"))
+        kind = spec.pop("dist", None)
+        if kind is None:
+            raise ScenarioError(f"{what}: a distribution table needs dist = one of {', '.join(DIST_KINDS)} "
+                                f"(a constant is a bare number)")
         if kind not in DIST_KINDS:
-            raise ScenarioError(f"{what}: unknown dist {kind!r} (one of {', '.join(DIST_KINDS)})")
-        known = {f.name for f in dataclasses.fields(cls)} - {"kind"}
-        unknown = set(spec) - known
+            raise ScenarioError(f"{what}: unknown dist {kind!r}{did_you_mean(str(kind), DIST_KINDS)} "
+                                f"(one of {', '.join(DIST_KINDS)})")
+        params = DIST_PARAMS[kind]
+        takes = f"{kind} takes {', '.join(params)} (and optionally {', '.join(DIST_BOUNDS)})"
+        unknown = [k for k in spec if k not in params + DIST_BOUNDS]
         if unknown:
-            raise ScenarioError(f"{what}: unknown keys {sorted(unknown)}")
+            raise ScenarioError(f"{what}: {takes}, not {', '.join(unknown)}")
+        missing = [k for k in params if k not in spec and k not in DIST_OPTIONAL]
+        if missing:
+            raise ScenarioError(f"{what}: {takes}; {', '.join(missing)} missing")
         kwargs: dict[str, Any] = {"kind": kind}
         for k, v in spec.items():
             if k in ("values", "weights"):
-                if not isinstance(v, list) or not all(isinstance(x, int | float) for x in v):
-                    raise ScenarioError(f"{what}: {k} must be a list of numbers")
-                kwargs[k] = tuple(float(x) for x in v)
+                if not isinstance(v, list):
+                    raise ScenarioError(f"{what}.{k} must be a list of numbers, got {v!r}")
+                kwargs[k] = tuple(_number(x, f"{what}.{k}") for x in v)
             else:
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise ScenarioError(f"{what}: {k} must be a number, got {v!r}")
-                kwargs[k] = float(v)
+                kwargs[k] = _number(v, f"{what}.{k}")
         d = cls(**kwargs)
         d.validate(what)
         return d
@@ -159,13 +169,39 @@ class Dist:
     def sample_int(self, rng: np.random.Generator, size: int, floor: int = 0) -> np.ndarray:
         return np.maximum(np.rint(self.sample(rng, size)), floor).astype(np.int64)
 
+    def support(self) -> tuple[float, float]:
+        """The smallest and the largest value a draw can take (bounds included; open ends as +-inf or 0)."""
+        if self.kind == "constant":
+            lo, hi = self.value, self.value
+        elif self.kind == "uniform":
+            lo, hi = self.low, self.high
+        elif self.kind == "lognormal":
+            lo, hi = (0.0, math.inf) if self.sigma > 0 else (self.median, self.median)
+        elif self.kind == "exponential":
+            lo, hi = 0.0, math.inf
+        elif self.kind == "normal":
+            lo, hi = (-math.inf, math.inf) if self.std > 0 else (self.mean, self.mean)
+        else:
+            drawn = [v for i, v in enumerate(self.values) if not self.weights or self.weights[i] > 0]
+            lo, hi = min(drawn), max(drawn)
+
+        def clip(x: float) -> float:
+            x = x if self.min is None else max(x, self.min)
+            return x if self.max is None else min(x, self.max)
+
+        return clip(lo), clip(hi)
+
+    def int_support(self, floor: int = 0) -> tuple[float, float]:
+        """``support()`` as ``sample_int(..., floor)`` rounds it (the upper end may stay infinite)."""
+        lo, hi = self.support()
+        return (max(float(np.rint(lo)), floor) if math.isfinite(lo) else floor,
+                max(float(np.rint(hi)), floor) if math.isfinite(hi) else math.inf)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dist": self.kind}
-        params = {"constant": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma"),
-                  "exponential": ("mean",), "normal": ("mean", "std"), "choice": ("values", "weights")}[self.kind]
-        for p in params:
+        for p in DIST_PARAMS[self.kind]:
             v = getattr(self, p)
-            if p == "weights" and not v:
+            if p in DIST_OPTIONAL and not v:
                 continue
             out[p] = list(v) if isinstance(v, tuple) else v
         if self.min is not None:
@@ -212,39 +248,76 @@ class Scenario:
             object.__setattr__(self, "faults", parse_faults(self.faults, self.workers))
         except FaultError as e:
             raise ScenarioError(str(e)) from e
-        for k in ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "think_time"):
+        for k in DIST_FIELDS:
             object.__setattr__(self, k, Dist.parse(getattr(self, k), k))
         if self.workers < 1:
             raise ScenarioError("workers.count must be >= 1")
         if self.kv_capacity_tokens is not None and self.kv_capacity_tokens < 1:
             raise ScenarioError("workers.kv_capacity_tokens must be positive (or 0/'inf' for unbounded)")
+        if self.max_running_requests < 1:
+            raise ScenarioError("workers.max_running_requests must be >= 1")
+        if any(s <= 0 for s in self.slowdown):
+            raise ScenarioError("workers.slowdown entries must be > 0")
+        if len(self.slowdown) > self.workers:
+            raise ScenarioError(f"workers.slowdown has {len(self.slowdown)} entries for {self.workers} workers "
+                                f"(entry i is worker i's multiplier)")
         if self.sessions < 1 or self.group_size < 1:
             raise ScenarioError("sessions.count and sessions.group_size must be >= 1")
         if self.arrival not in ARRIVAL_PATTERNS:
-            raise ScenarioError(f"arrivals.pattern must be one of {', '.join(ARRIVAL_PATTERNS)}")
+            raise ScenarioError(f"arrivals.pattern must be one of {', '.join(ARRIVAL_PATTERNS)}, got "
+                                f"{self.arrival!r}{did_you_mean(self.arrival, ARRIVAL_PATTERNS)}")
         if self.arrival == "poisson" and self.rate <= 0:
             raise ScenarioError("arrivals.rate must be > 0")
         if self.arrival == "concurrency" and self.concurrency < 1:
             raise ScenarioError("arrivals.concurrency must be >= 1")
         if not 0.0 <= self.retry_rate <= 1.0:
             raise ScenarioError("sessions.retry_rate must be within [0, 1]")
-        if min(self.system_prompt_tokens, self.task_prompt_tokens) < 0 or self.max_context_tokens < 1:
-            raise ScenarioError("token counts must be non-negative")
-        if any(s <= 0 for s in self.slowdown):
-            raise ScenarioError("workers.slowdown entries must be > 0")
+        for k in ("system_prompt_tokens", "task_prompt_tokens"):
+            if getattr(self, k) < 0:
+                raise ScenarioError(f"sessions.{k} must be >= 0")
+        if self.max_context_tokens < 1:
+            raise ScenarioError("sessions.max_context_tokens must be >= 1")
 
     @property
     def tasks(self) -> int:
         return -(-self.sessions // self.group_size)
 
+    @property
+    def first_prompt_tokens(self) -> int:
+        """Prompt length of every session's first turn (system + task messages, framed)."""
+        return first_prompt_tokens(self.system_prompt_tokens, self.task_prompt_tokens)
+
     def worker_slowdown(self, i: int) -> float:
         return self.slowdown[i] if i < len(self.slowdown) else 1.0
+
+    def check_multi_turn(self) -> None:
+        """Refuse a workload whose sessions could never reach a second turn (what stickiness is about).
+
+        A second turn fits when the first prompt, the shortest answer, a turn's framing, the shortest tool output
+        and a second shortest answer stay within ``sessions.max_context_tokens`` (``sim.workload.plans``).
+        """
+        most_turns = self.turns.int_support(floor=1)[1]
+        if most_turns < 2:
+            raise ScenarioError(f"turns.count draws at most {most_turns:g} turn: every session would have a "
+                                f"single turn; let it reach 2 or more")
+        answer = int(self.output_tokens.int_support(floor=2)[0])
+        tool = int(self.tool_output_tokens.int_support(floor=1)[0])
+        first = self.first_prompt_tokens
+        need = first + answer + TURN_FRAMING + tool + answer
+        if need > self.max_context_tokens:
+            raise ScenarioError(
+                f"sessions.max_context_tokens = {self.max_context_tokens} leaves no room for a second turn, which "
+                f"needs at least {need} tokens (first prompt {first}: system {self.system_prompt_tokens} + task "
+                f"{self.task_prompt_tokens} + {first - self.system_prompt_tokens - self.task_prompt_tokens} "
+                f"framing; two answers of {answer}; a tool output of {tool}; {TURN_FRAMING} framing): raise it to "
+                f"{need} or shrink the prompts")
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (``sessions``, ``workers``, ``kv_capacity_tokens``...)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The flat form (one key per field), as results files store it; ``from_flat`` reads it back."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -258,70 +331,87 @@ class Scenario:
         return out
 
     @classmethod
+    def from_flat(cls, data: Mapping[str, Any]) -> Scenario:
+        """The inverse of ``to_dict``."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            raise ScenarioError(f"unknown scenario field {unknown[0]!r}{did_you_mean(unknown[0], fields)}")
+        return cls(**_coerce(dict(data), {k: k for k in data}))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> Scenario:
-        """Build from the TOML layout (tables) or from a flat ``to_dict()`` mapping."""
-        data = dict(data)
+        """Build from the TOML layout (``docs/scenarios.md``), refusing anything it would not use."""
         flat: dict[str, Any] = {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        tables = {
-            "workers": {"count": "workers", "kv_capacity_tokens": "kv_capacity_tokens",
-                        "max_running_requests": "max_running_requests", "slowdown": "slowdown"},
-            "sessions": {"count": "sessions", "group_size": "group_size",
-                         "system_prompt_tokens": "system_prompt_tokens", "task_prompt_tokens": "task_prompt_tokens",
-                         "max_context_tokens": "max_context_tokens", "retry_rate": "retry_rate"},
-            "arrivals": {"pattern": "arrival", "rate": "rate", "concurrency": "concurrency"},
-            "turns": {"count": "turns", "output_tokens": "output_tokens", "tool_output_tokens": "tool_output_tokens",
-                      "tool_latency": "tool_latency", "think_time": "think_time"},
-        }
-        for table, keys in tables.items():
-            if table in data and isinstance(data[table], Mapping) and "dist" not in data[table]:
-                # (a flat ``to_dict()`` mapping has a ``turns`` distribution, which carries ``dist``)
-                sub = dict(data.pop(table))
-                for k, v in sub.items():
-                    if k not in keys:
-                        raise ScenarioError(f"[{table}]: unknown key {k!r} (known: {', '.join(keys)})")
-                    flat[keys[k]] = v
-        for k, v in data.items():
-            if k not in known:
-                raise ScenarioError(f"unknown scenario key {k!r}")
-            flat[k] = v
+        paths: dict[str, str] = {}
+        known = TOP_KEYS + tuple(TABLES) + ARRAY_TABLES
+        for key, value in data.items():
+            if key in TOP_KEYS or key in ARRAY_TABLES:
+                flat[key], paths[key] = value, key
+            elif key in TABLES:
+                if not isinstance(value, Mapping):
+                    raise ScenarioError(f"{key} must be a table of keys ({', '.join(TABLES[key])}), got {value!r}")
+                flat.update(_read_table(key, value, paths))
+            else:
+                what = "table" if isinstance(value, Mapping) else "key"
+                raise ScenarioError(f"unknown {what} {key!r}{did_you_mean(key, known)} "
+                                    f"(tables: {', '.join(TABLES)}, faults; keys: {', '.join(TOP_KEYS)})")
         flat.setdefault("name", name)
-        return cls(**_coerce(flat))
+        paths.setdefault("name", "name")
+        scenario = cls(**_coerce(flat, paths))
+        scenario.check_multi_turn()
+        return scenario
 
 
-def _coerce(flat: dict[str, Any]) -> dict[str, Any]:
+def _read_table(table: str, sub: Mapping[str, Any], paths: dict[str, str]) -> dict[str, Any]:
+    """One TOML table's keys as Scenario fields (recording each field's TOML path in ``paths``)."""
+    keys = TABLES[table]
     out: dict[str, Any] = {}
-    ints = {"seed", "workers", "max_running_requests", "sessions", "group_size", "system_prompt_tokens",
-            "task_prompt_tokens", "max_context_tokens", "concurrency"}
-    floats = {"retry_rate", "rate"}
-    dists = {"turns", "output_tokens", "tool_output_tokens", "tool_latency", "think_time"}
+    for k, v in sub.items():
+        if k not in keys:
+            raise ScenarioError(f"{table}.{k}: unknown key{did_you_mean(k, keys)} ({table} takes: {', '.join(keys)})")
+        out[keys[k]], paths[keys[k]] = v, f"{table}.{k}"
+    if table == "arrivals":
+        pattern = sub.get("pattern", "rollout")
+        if pattern in ARRIVAL_KEYS:
+            for k in sub:
+                owners = [p for p, ks in ARRIVAL_KEYS.items() if k in ks]
+                if owners and pattern not in owners:
+                    raise ScenarioError(f"arrivals.{k} applies only to pattern = {owners[0]!r}, and this scenario's "
+                                        f"pattern is {pattern!r}: remove the key or change the pattern")
+    return out
+
+
+def _coerce(flat: dict[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
+    """Check each value's type (naming its path) and convert it to the field's type."""
+    out: dict[str, Any] = {}
     for k, v in flat.items():
-        if k in ints:
-            if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
-                raise ScenarioError(f"{k} must be an integer, got {v!r}")
-            out[k] = int(v)
-        elif k in floats:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ScenarioError(f"{k} must be a number, got {v!r}")
-            out[k] = float(v)
-        elif k in dists:
-            out[k] = Dist.parse(v, k)
+        what = paths.get(k, k)
+        if k in INT_FIELDS:
+            x = _number(v, what)
+            if int(x) != x:
+                raise ScenarioError(f"{what} must be an integer, got {v!r}")
+            out[k] = int(x)
+        elif k in FLOAT_FIELDS:
+            out[k] = _number(v, what)
+        elif k in DIST_FIELDS:
+            out[k] = Dist.parse(v, what)
         elif k == "kv_capacity_tokens":
-            out[k] = parse_capacity(v)
+            out[k] = parse_capacity(v, what)
         elif k == "slowdown":
-            if isinstance(v, int | float) and not isinstance(v, bool):
+            if not isinstance(v, list | tuple):
                 v = [v]
-            if not isinstance(v, list | tuple) or not all(isinstance(x, int | float) for x in v):
-                raise ScenarioError("slowdown must be a list of numbers")
-            out[k] = tuple(float(x) for x in v)
-        elif k in ("name", "description", "arrival"):
-            out[k] = str(v)
+            out[k] = tuple(_number(x, what) for x in v)
+        elif k in STR_FIELDS:
+            if not isinstance(v, str):
+                raise ScenarioError(f"{what} must be a string, got {v!r}")
+            out[k] = v
         else:
             out[k] = v
     return out
 
 
-def parse_capacity(v: Any) -> int | None:
+def parse_capacity(v: Any, what: str = "kv_capacity_tokens") -> int | None:
     """KV capacity in tokens; ``None``/0/``"inf"``/``"none"`` mean unbounded."""
     if v is None:
         return None
@@ -331,13 +421,13 @@ def parse_capacity(v: Any) -> int | None:
         try:
             v = float(v)
         except ValueError as e:
-            raise ScenarioError(f"kv_capacity_tokens: not a number: {v!r}") from e
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ScenarioError(f"kv_capacity_tokens must be a number, got {v!r}")
+            raise ScenarioError(f"{what}: not a number: {v!r}") from e
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+        raise ScenarioError(f"{what} must be a number, got {v!r}")
     if v == 0 or v == float("inf"):
         return None
     if v < 0:
-        raise ScenarioError("kv_capacity_tokens must be positive")
+        raise ScenarioError(f"{what} must be positive")
     return int(v)
 
 
@@ -363,5 +453,6 @@ def load_scenario(name_or_path: str | Path = "default") -> Scenario:
         return Scenario.from_dict(data, name=path.stem)
     root = resources.files("sim").joinpath("scenarios").joinpath(f"{s}.toml")
     if not root.is_file():
-        raise ScenarioError(f"unknown scenario {s!r} (built-in: {', '.join(builtin_names())}; or a .toml path)")
+        raise ScenarioError(f"unknown scenario {s!r}{did_you_mean(s, builtin_names())} "
+                            f"(built-in: {', '.join(builtin_names())}; or a .toml path)")
     return Scenario.from_dict(tomllib.loads(root.read_text()), name=s)

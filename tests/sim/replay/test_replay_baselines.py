@@ -4,7 +4,6 @@ expectation over every placement."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,7 @@ from hypothesis import strategies as st
 from sim.engine.radix import RadixCache
 from sim.replay import baselines as bl
 from sim.replay.mooncake import BLOCK, MooncakeRequest, block_tokens, load_mooncake
-
-DATA = Path(__file__).parents[2] / "data"
+from sim.replay.samples import sample_path
 
 
 # Small traces: block ids from a tiny alphabet so prefixes collide, and partial last blocks.
@@ -88,7 +86,7 @@ def test_one_worker_random_is_the_single_pool_and_more_workers_reuse_less(reqs):
 
 
 def test_conversation_slice_baselines():
-    reqs = load_mooncake(DATA / "mooncake_conversation_200.jsonl")
+    reqs = load_mooncake(sample_path("conversation"))
     b = bl.compute(segments(reqs), workers=8)
     # every request starts with block 0: the single pool reuses at least one block of each later request
     assert b.single_pool_cached >= 512 * (len(reqs) - 1)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
+from mock_gateway.policies.factory import POLICY_BUILDERS
 from sim.cli import main as cli_main
-from sim.commands.replay import main, parse_policies
+from sim.commands.replay import build_parser, main, parse_policies
+from sim.replay.samples import SAMPLES, sample_path
 from sim.results import RESULTS_VERSION
 from sim.runner import COMPARE_POLICIES, PolicyConfig
 
-DATA = Path(__file__).parents[2] / "data"
-CONV = DATA / "mooncake_conversation_200.jsonl"
+CONV = sample_path("conversation")
 RUN_KEYS = {"label", "policy", "assignment_mode", "routing_key", "gateway_args", "transport", "seed", "kv_reuse",
             "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99", "e2e_p50",
             "makespan", "imbalance", "requests", "errors", "workers", "gateway_branches", "single_pool_reuse",
@@ -107,3 +109,74 @@ def test_write_sessions_converts_trie(tmp_path):
     run = json.loads((res / "results.json").read_text())["runs"][0]
     assert run["prompt_tokens"] == 500 + 500 + 50 + 200 and run["stickiness"] == 1.0
     assert main([str(CONV), "--write-sessions", str(tmp_path / "x.jsonl")]) == 2
+
+
+ROOT = Path(__file__).parents[3]
+
+
+def code_blocks(md: Path) -> list[list[str]]:
+    """The fenced code blocks of a markdown file, backslash-continued lines joined."""
+    blocks, current = [], None
+    for line in md.read_text().splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current = []
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            if current and current[-1].endswith("\\"):
+                current[-1] = current[-1][:-1] + " " + line.strip()
+            else:
+                current.append(line)
+    return blocks
+
+
+def command_lines(md: Path) -> list[tuple[list[str], list[str]]]:
+    """(smg-testbed argv, the block's comment lines) for every command line of ``md``."""
+    out = []
+    for block in code_blocks(md):
+        comments = [ln for ln in block if ln.lstrip().startswith("#")]
+        for ln in block:
+            words = shlex.split(ln, comments=True) if "smg-testbed " in ln else []
+            if words and words[0].endswith("smg-testbed"):
+                out.append((words[1:], comments))
+    return out
+
+
+def in_clone(path: str) -> bool:
+    """``path`` (relative to the repository's root) exists and does not leave the repository."""
+    full = (ROOT / path).resolve()
+    return full.is_relative_to(ROOT.resolve()) and full.exists()
+
+
+def test_the_readme_replay_example_runs_from_a_fresh_clone(capsys, monkeypatch):
+    [argv] = [argv for argv, _ in command_lines(ROOT / "README.md") if argv[:1] == ["replay"]]
+    assert argv[1] in SAMPLES or in_clone(argv[1])
+    monkeypatch.chdir(ROOT)
+    assert cli_main([*argv, "--transport", "direct", "--limit", "30", "--no-plots"]) == 0
+    assert "random_baseline_reuse" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("md", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_command_lines_name_only_files_a_fresh_clone_has(md):
+    """Input paths exist in the repository, or the block says where to download them (a comment naming the file
+    and its site); outputs (--out, --write-sessions), URLs, policy/mode names and synopsis placeholders aside."""
+    for argv, comments in command_lines(md):
+        for prev, word in zip(["", *argv[:-1]], argv, strict=True):
+            if prev in ("--out", "--write-sessions") or word.startswith(("http", "-", "[")) or "|" in word:
+                continue
+            if word.split("/")[0] in POLICY_BUILDERS:
+                continue
+            if "/" in word or word.endswith((".jsonl", ".json", ".toml")):
+                downloaded = any(Path(word).name in c and "github.com" in c for c in comments)
+                assert in_clone(word) or downloaded, f"{md.name}: {' '.join(argv)}: {word} is not in the clone"
+
+
+def test_a_sample_name_replays_the_packaged_sample_and_a_near_miss_names_the_samples(capsys):
+    assert main(["conversation", "--policy", "round_robin", "--workers", "2", "--limit", "10"]) == 0
+    capsys.readouterr()
+    assert main(["conversaton", "--policy", "round_robin"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "trace file not found: conversaton (did you mean the sample 'conversation'?)" in err
+    assert all(name in build_parser().format_help() for name in SAMPLES)

@@ -4,7 +4,6 @@ token ids itself, ``DirectGateway`` with ``WorkerCore.infer``, and real servers 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from sim.replay.driver import (
     replay_mooncake,
 )
 from sim.replay.mooncake import BlockCache, derive_keys, load_mooncake
+from sim.replay.samples import sample_path
 from sim.runner import PolicyConfig, make_setup, open_transport
 from sim.transports.direct import DirectGateway
 from sim.transports.pool import gateway_argv, worker_configs
@@ -29,8 +29,7 @@ from sim.worker.core import WorkerCore
 from sim.workload.scenario import Scenario
 from testbed_common import vtime
 
-DATA = Path(__file__).parents[2] / "data"
-REQS = load_mooncake(DATA / "mooncake_conversation_200.jsonl")[:40]
+REQS = load_mooncake(sample_path("conversation"))[:40]
 ITEMS = plan_items(REQS, derive_keys(REQS))
 URLS = [f"http://127.0.0.1:{31000 + i}" for i in range(4)]
 SCENARIO = Scenario(name="slice", workers=4, kv_capacity_tokens=None, arrival="rollout")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +22,9 @@ from sim.replay.mooncake import (
     derive_keys,
     load_mooncake,
 )
+from sim.replay.samples import sample_path
 
-DATA = Path(__file__).parents[2] / "data"
-CONV = DATA / "mooncake_conversation_200.jsonl"
+CONV = sample_path("conversation")
 
 ids_st = st.lists(st.integers(0, 50), min_size=1, max_size=4)
 

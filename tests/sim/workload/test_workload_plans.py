@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.workload.plans import MESSAGE_OVERHEAD, first_prompt_tokens, plan_sessions
+from sim.workload.framing import MESSAGE_OVERHEAD
+from sim.workload.plans import plan_sessions
 from sim.workload.scenario import Scenario, load_scenario
 
 
@@ -24,7 +25,7 @@ def test_groups_share_a_task():
 def test_plans_never_exceed_the_context_limit(seed, max_ctx, retry):
     s = Scenario(seed=seed, sessions=6, max_context_tokens=max_ctx, retry_rate=retry)
     for p in plan_sessions(s):
-        prompt = first_prompt_tokens(s)
+        prompt = s.first_prompt_tokens
         assert p.turns and p.turns[0].retry_output_tokens == 0  # no retry of a first turn (miles can't roll it back)
         for t in p.turns:
             assert prompt + t.output_tokens <= max_ctx

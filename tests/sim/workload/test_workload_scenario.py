@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.workload.plans import MESSAGE_OVERHEAD, first_prompt_tokens, plan_sessions, planned_requests
+from sim.workload.framing import MESSAGE_OVERHEAD
+from sim.workload.plans import plan_sessions, planned_requests
 from sim.workload.scenario import Dist, Scenario, ScenarioError, builtin_names, load_scenario
 
 
@@ -43,7 +44,7 @@ def test_kv_pressure_working_set_exceeds_capacity():
     plans = plan_sessions(s)
     final_contexts = []
     for p in plans:
-        ctx = first_prompt_tokens(s)
+        ctx = s.first_prompt_tokens
         for t in p.turns:
             ctx += t.output_tokens + MESSAGE_OVERHEAD + t.tool_output_tokens + 2
         final_contexts.append(ctx)
@@ -92,4 +93,4 @@ def test_distributions_respect_bounds(spec, seed):
 @pytest.mark.parametrize("name", ["default", "kv-pressure", "kv-bound", "hot-worker", "large", "faults"])
 def test_a_scenario_round_trips_through_its_flat_dict(name):
     s = load_scenario(name)
-    assert Scenario.from_dict(s.to_dict(), name=s.name) == s
+    assert Scenario.from_flat(s.to_dict()) == s
