@@ -16,11 +16,12 @@
 - ``errors``: failed requests plus sessions that failed outside a request (create, records, delete).
 - Faults (``sim.faults``): ``failed_turns`` (requests the agent got no answer for), ``gateway_retries``
   (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
-  retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (``occupied_miss`` branches:
-  a key moved off its unavailable worker), ``worker_changes`` (consecutive successful requests of a
-  session on different workers), ``record_mismatches`` (sessions whose records differ from the agent's
-  own log of successful turns: lost, duplicated or changed; None unless the agents kept logs, as they
-  do in fault runs). ``retries`` counts the agents' planned re-asks.
+  retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (keys moved to another worker: the
+  branches of ``mock_gateway.policies.base.REPIN_BRANCHES``, e.g. ``occupied_miss`` off an unavailable worker,
+  ``min_kv``'s ``repin_queue``), ``re_pins_by_cause`` (the same by branch), ``worker_changes`` (consecutive
+  successful requests of a session on different workers), ``record_mismatches`` (sessions whose records
+  differ from the agent's own log of successful turns: lost, duplicated or changed; None unless the agents
+  kept logs, as they do in fault runs). ``retries`` counts the agents' planned re-asks.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from mock_gateway.policies.base import REPIN_BRANCHES
 from sim.agents import RequestRecord, WorkloadResult, compare_records
 
 BRANCH_SUFFIX = "_policy_branch"
@@ -66,6 +68,16 @@ def gateway_branches(metrics_text: str, families: list[Any] | None = None) -> di
             branch = s.labels["branch"]
             out[policy][branch] = out[policy].get(branch, 0) + int(s.value)
     return {p: dict(sorted(b.items())) for p, b in sorted(out.items())}
+
+
+def re_pins_by_cause(branches: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """``{branch: count}`` of the re-pin branches (``REPIN_BRANCHES``) in ``gateway_branches`` output."""
+    out: dict[str, int] = {}
+    for policy, counts in branches.items():
+        for branch in sorted(REPIN_BRANCHES.get(policy, frozenset()) & counts.keys()):
+            if counts[branch]:
+                out[branch] = out.get(branch, 0) + counts[branch]
+    return dict(sorted(out.items()))
 
 
 def metric_total(metrics_text: str, name: str, families: list[Any] | None = None) -> int:
@@ -133,6 +145,7 @@ def summarize(result: WorkloadResult, workers: list[str],
     branches = gateway_branches(metrics_text, families)
     read = [s for s in result.sessions if s.records is not None]  # agents that kept a log (keep_log)
     mismatches = sum(1 for s in read if compare_records(s.log, s.records or [])) if read else None
+    repins = re_pins_by_cause(branches)
     table = worker_table(reqs, workers, worker_stats)
     n_workers = max(len(table), 1)
     prefill_per = [w["prefill_tokens"] for w in table]
@@ -172,7 +185,8 @@ def summarize(result: WorkloadResult, workers: list[str],
         "failed_turns": request_errors,
         "gateway_retries": metric_total(metrics_text, "smg_worker_retries", families),
         "rollback_retries": rollback_retries,
-        "re_pins": sum(b.get("occupied_miss", 0) for b in branches.values()),
+        "re_pins": sum(repins.values()),
+        "re_pins_by_cause": repins,
         "worker_changes": follow - same,
         "record_mismatches": mismatches,
         "gateway_branches": branches,
