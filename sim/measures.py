@@ -13,6 +13,8 @@
   ``output_tokens``, ``kv_reuse`` and, when the worker reports it, ``peak_kv_tokens``.
 - ``imbalance``: max / mean of per-worker ``prefill_tokens`` (the dominant work of agent traffic);
   ``imbalance_requests`` the same over request counts.
+- ``peak_key_in_flight``: the most requests one session (one routing key) had in flight at once, over requests
+  that got an answer (sent to finish); 1 for agents that wait for each answer, as SMG's clients do.
 - ``errors``: failed requests plus sessions that failed outside a request (create, records, delete).
 - Faults (``sim.faults``): ``failed_turns`` (requests the agent got no answer for), ``gateway_retries``
   (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
@@ -88,6 +90,22 @@ def metric_total(metrics_text: str, name: str, families: list[Any] | None = None
             if s.name == f"{name}_total":
                 total += s.value
     return int(total)
+
+
+def peak_key_in_flight(records: Iterable[RequestRecord]) -> int:
+    """The most answered requests of one session in flight at once (an answer frees its slot before a request
+    sent at the same instant takes one)."""
+    events: dict[int, list[tuple[float, int]]] = {}
+    for r in records:
+        if r.ok and r.finish > r.sent:
+            events.setdefault(r.session, []).extend(((r.sent, 1), (r.finish, -1)))
+    peak = 0
+    for evs in events.values():
+        level = 0
+        for _, step in sorted(evs):
+            level += step
+            peak = max(peak, level)
+    return peak
 
 
 def worker_table(records: list[RequestRecord], workers: list[str],
@@ -179,6 +197,7 @@ def summarize(result: WorkloadResult, workers: list[str],
         "imbalance_requests": _ratio(max(req_per, default=0), mean_req),
         "requests": len(ok),
         "retries": int(ints[:, 5].sum()),
+        "peak_key_in_flight": peak_key_in_flight(reqs),
         "sessions": len(result.sessions),
         "failed_sessions": failed_sessions,
         "errors": request_errors + session_only_errors,

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from sim.results import RESULTS_VERSION
+from sim.results import RESULTS_VERSION, provenance
 from sim.runner import public
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -58,7 +58,8 @@ def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def table(runs: list[dict[str, Any]], title: str = "") -> Table:
-    t = Table(title=title or None, show_lines=False)
+    """The console table; its caption holds the ``notes`` of the runs."""
+    t = Table(title=title or None, show_lines=False, caption="\n".join(notes(runs)) or None, caption_justify="left")
     t.add_column("policy", no_wrap=True)
     t.add_column("key", justify="center")
     cols = columns(runs)
@@ -140,6 +141,32 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# manual's assignment modes that choose by one number each; they cannot differ when the numbers are equal
+EQUAL_WHEN_ONE_PER_KEY = ("min_load", "min_group")
+
+
+def notes(runs: list[dict[str, Any]]) -> list[str]:
+    """What the runs themselves show cannot differ between configurations (only what holds for these runs).
+
+    ``min_load`` places a key on the worker with the fewest requests in flight, ``min_group`` on the one with the
+    fewest keys in flight. When every request carries a key (no ``no_routing_id`` branch) and no key ever had more
+    than one request in flight (``peak_key_in_flight`` 1), the two counts are equal on every worker at every
+    decision, so both modes make the same choices with the same random draws: the same row."""
+    out = []
+    for r in runs:
+        if r["policy"] != "manual" or r.get("assignment_mode") not in EQUAL_WHEN_ONE_PER_KEY or not r["routing_key"]:
+            continue
+        unkeyed = (r.get("gateway_branches") or {}).get("manual", {}).get("no_routing_id", 0)
+        if r.get("peak_key_in_flight") == 1 and unkeyed == 0 and r["requests"]:
+            a, b = EQUAL_WHEN_ONE_PER_KEY
+            out.append(f"manual/{a} and manual/{b} cannot differ on this workload with the routing key: no key had "
+                       "more than one request in flight (peak_key_in_flight 1), so each worker's keys in flight "
+                       f"({b}) equal its requests in flight ({a}) at every decision and both modes choose alike "
+                       f"(seen in {config_name(r)}).")
+            break
+    return out
+
+
 def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in runs:
@@ -154,7 +181,8 @@ def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
 def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], **extra: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    doc = {"results_version": RESULTS_VERSION, "scenario": scenario, **extra, "runs": [public(r) for r in runs]}
+    doc = {"results_version": RESULTS_VERSION, "provenance": provenance(scenario, runs), "scenario": scenario,
+           "notes": notes(runs), **extra, "runs": [public(r) for r in runs]}
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 
@@ -175,6 +203,7 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
               "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker.", "",
               "## What it shows", ""]
     lines += [f"- {f}" for f in findings(runs)]
+    lines += [f"- Note: {n}" for n in notes(runs)]
     bl = branch_lines(runs)
     if bl:
         lines += ["", "## Gateway branch counters", "", *bl]
