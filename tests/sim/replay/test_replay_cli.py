@@ -107,3 +107,27 @@ def test_write_sessions_converts_trie(tmp_path):
     run = json.loads((res / "results.json").read_text())["runs"][0]
     assert run["prompt_tokens"] == 500 + 500 + 50 + 200 and run["stickiness"] == 1.0
     assert main([str(CONV), "--write-sessions", str(tmp_path / "x.jsonl")]) == 2
+
+
+def test_plots_of_one_configuration_show_only_its_panels_and_the_trace_baselines(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn: dict[str, Figure] = {}
+    save = Figure.savefig
+
+    def keep(fig: Figure, path, *args, **kwargs):
+        drawn[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    out = tmp_path / "p"
+    assert main([str(CONV), "--policy", "manual/min_load", "--workers", "2", "--limit", "60", "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(drawn) == {"reuse.png", "ttft.png", "workers.png"}
+    assert [ax.get_title() for ax in drawn["ttft.png"].axes] == ["key on"]  # no empty "key off" panel
+    reuse = drawn["reuse.png"].axes[0]
+    lines = {line.get_label(): line.get_ydata()[0] for line in reuse.get_lines()}
+    assert lines["single pool (trace)"] == doc["single_pool_reuse"]
+    assert lines["random routing (expected)"] == doc["random_baseline_reuse"]
+    legend = [t.get_text() for t in reuse.get_legend().get_texts()]
+    assert "key on" in legend and "key off" not in legend
