@@ -82,6 +82,49 @@ def re_pins_by_cause(branches: Mapping[str, Mapping[str, int]]) -> dict[str, int
     return dict(sorted(out.items()))
 
 
+CUMULATIVE_TYPES = ("counter", "histogram", "summary")  # families whose samples only grow (except quantiles)
+
+
+def _render_labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    esc = {k: v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') for k, v in labels.items()}
+    return "{" + ",".join(f'{k}="{v}"' for k, v in esc.items()) + "}"
+
+
+def counter_increase(before: str, after: str) -> str:
+    """Prometheus text of ``after`` with every cumulative sample (counters, histogram and summary sums and
+    counts) reduced by its value in ``before``: what happened between two readings of a long-running gateway.
+    A sample that went down (the gateway restarted) keeps its ``after`` value; gauges keep theirs; counters that
+    did not move are left out, as a fresh gateway has no sample for them."""
+    old = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in _families(before) for s in fam.samples}
+    lines: list[str] = []
+    for fam in _families(after):
+        lines.append(f"# TYPE {fam.name}{'_total' if fam.type == 'counter' else ''} {fam.type}")  # as SMG writes
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            value = s.value
+            if fam.type in CUMULATIVE_TYPES and "quantile" not in s.labels:
+                prev = old.get((s.name, tuple(sorted(s.labels.items()))), 0.0)
+                value = value - prev if value >= prev else value
+                if fam.type == "counter" and value == 0:  # as a fresh gateway shows it: no sample yet
+                    continue
+            lines.append(f"{s.name}{_render_labels(s.labels)} {value!r}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def selection_policies(metrics_text: str, families: list[Any] | None = None) -> dict[str, int]:
+    """``{policy: selections}`` from ``smg_worker_selection_total{policy=...}``: the policy the gateway itself
+    says chose the workers (SMG and the mock both label it), without zero counts."""
+    out: dict[str, int] = {}
+    for fam in _families(metrics_text) if families is None else families:
+        for s in fam.samples:
+            if s.name == "smg_worker_selection_total" and s.value and "policy" in s.labels:
+                out[s.labels["policy"]] = out.get(s.labels["policy"], 0) + int(s.value)
+    return out
+
+
 def metric_total(metrics_text: str, name: str, families: list[Any] | None = None) -> int:
     """The sum of a counter's ``<name>_total`` samples over all labels (0 when absent)."""
     total = 0.0
