@@ -13,14 +13,17 @@
   ``output_tokens``, ``kv_reuse`` and, when the worker reports it, ``peak_kv_tokens``.
 - ``imbalance``: max / mean of per-worker ``prefill_tokens`` (the dominant work of agent traffic);
   ``imbalance_requests`` the same over request counts.
+- ``peak_key_in_flight``: the most requests one session (one routing key) had in flight at once, over requests
+  that got an answer (sent to finish); 1 for agents that wait for each answer, as SMG's clients do.
 - ``errors``: failed requests plus sessions that failed outside a request (create, records, delete).
 - Faults (``sim.faults``): ``failed_turns`` (requests the agent got no answer for), ``gateway_retries``
   (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
-  retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (``occupied_miss`` branches:
-  a key moved off its unavailable worker), ``worker_changes`` (consecutive successful requests of a
-  session on different workers), ``record_mismatches`` (sessions whose records differ from the agent's
-  own log of successful turns: lost, duplicated or changed; None unless the agents kept logs, as they
-  do in fault runs). ``retries`` counts the agents' planned re-asks.
+  retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (keys moved to another worker: the
+  branches of ``mock_gateway.policies.base.REPIN_BRANCHES``, e.g. ``occupied_miss`` off an unavailable worker,
+  ``min_kv``'s ``repin_queue``), ``re_pins_by_cause`` (the same by branch), ``worker_changes`` (consecutive
+  successful requests of a session on different workers), ``record_mismatches`` (sessions whose records
+  differ from the agent's own log of successful turns: lost, duplicated or changed; None unless the agents
+  kept logs, as they do in fault runs). ``retries`` counts the agents' planned re-asks.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from mock_gateway.policies.base import REPIN_BRANCHES
 from sim.agents import RequestRecord, WorkloadResult, compare_records
 
 BRANCH_SUFFIX = "_policy_branch"
@@ -68,6 +72,59 @@ def gateway_branches(metrics_text: str, families: list[Any] | None = None) -> di
     return {p: dict(sorted(b.items())) for p, b in sorted(out.items())}
 
 
+def re_pins_by_cause(branches: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """``{branch: count}`` of the re-pin branches (``REPIN_BRANCHES``) in ``gateway_branches`` output."""
+    out: dict[str, int] = {}
+    for policy, counts in branches.items():
+        for branch in sorted(REPIN_BRANCHES.get(policy, frozenset()) & counts.keys()):
+            if counts[branch]:
+                out[branch] = out.get(branch, 0) + counts[branch]
+    return dict(sorted(out.items()))
+
+
+CUMULATIVE_TYPES = ("counter", "histogram", "summary")  # families whose samples only grow (except quantiles)
+
+
+def _render_labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    esc = {k: v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') for k, v in labels.items()}
+    return "{" + ",".join(f'{k}="{v}"' for k, v in esc.items()) + "}"
+
+
+def counter_increase(before: str, after: str) -> str:
+    """Prometheus text of ``after`` with every cumulative sample (counters, histogram and summary sums and
+    counts) reduced by its value in ``before``: what happened between two readings of a long-running gateway.
+    A sample that went down (the gateway restarted) keeps its ``after`` value; gauges keep theirs; counters that
+    did not move are left out, as a fresh gateway has no sample for them."""
+    old = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in _families(before) for s in fam.samples}
+    lines: list[str] = []
+    for fam in _families(after):
+        lines.append(f"# TYPE {fam.name}{'_total' if fam.type == 'counter' else ''} {fam.type}")  # as SMG writes
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            value = s.value
+            if fam.type in CUMULATIVE_TYPES and "quantile" not in s.labels:
+                prev = old.get((s.name, tuple(sorted(s.labels.items()))), 0.0)
+                value = value - prev if value >= prev else value
+                if fam.type == "counter" and value == 0:  # as a fresh gateway shows it: no sample yet
+                    continue
+            lines.append(f"{s.name}{_render_labels(s.labels)} {value!r}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def selection_policies(metrics_text: str, families: list[Any] | None = None) -> dict[str, int]:
+    """``{policy: selections}`` from ``smg_worker_selection_total{policy=...}``: the policy the gateway itself
+    says chose the workers (SMG and the mock both label it), without zero counts."""
+    out: dict[str, int] = {}
+    for fam in _families(metrics_text) if families is None else families:
+        for s in fam.samples:
+            if s.name == "smg_worker_selection_total" and s.value and "policy" in s.labels:
+                out[s.labels["policy"]] = out.get(s.labels["policy"], 0) + int(s.value)
+    return out
+
+
 def metric_total(metrics_text: str, name: str, families: list[Any] | None = None) -> int:
     """The sum of a counter's ``<name>_total`` samples over all labels (0 when absent)."""
     total = 0.0
@@ -76,6 +133,22 @@ def metric_total(metrics_text: str, name: str, families: list[Any] | None = None
             if s.name == f"{name}_total":
                 total += s.value
     return int(total)
+
+
+def peak_key_in_flight(records: Iterable[RequestRecord]) -> int:
+    """The most answered requests of one session in flight at once (an answer frees its slot before a request
+    sent at the same instant takes one)."""
+    events: dict[int, list[tuple[float, int]]] = {}
+    for r in records:
+        if r.ok and r.finish > r.sent:
+            events.setdefault(r.session, []).extend(((r.sent, 1), (r.finish, -1)))
+    peak = 0
+    for evs in events.values():
+        level = 0
+        for _, step in sorted(evs):
+            level += step
+            peak = max(peak, level)
+    return peak
 
 
 def worker_table(records: list[RequestRecord], workers: list[str],
@@ -133,6 +206,7 @@ def summarize(result: WorkloadResult, workers: list[str],
     branches = gateway_branches(metrics_text, families)
     read = [s for s in result.sessions if s.records is not None]  # agents that kept a log (keep_log)
     mismatches = sum(1 for s in read if compare_records(s.log, s.records or [])) if read else None
+    repins = re_pins_by_cause(branches)
     table = worker_table(reqs, workers, worker_stats)
     n_workers = max(len(table), 1)
     prefill_per = [w["prefill_tokens"] for w in table]
@@ -166,13 +240,15 @@ def summarize(result: WorkloadResult, workers: list[str],
         "imbalance_requests": _ratio(max(req_per, default=0), mean_req),
         "requests": len(ok),
         "retries": int(ints[:, 5].sum()),
+        "peak_key_in_flight": peak_key_in_flight(reqs),
         "sessions": len(result.sessions),
         "failed_sessions": failed_sessions,
         "errors": request_errors + session_only_errors,
         "failed_turns": request_errors,
         "gateway_retries": metric_total(metrics_text, "smg_worker_retries", families),
         "rollback_retries": rollback_retries,
-        "re_pins": sum(b.get("occupied_miss", 0) for b in branches.values()),
+        "re_pins": sum(repins.values()),
+        "re_pins_by_cause": repins,
         "worker_changes": follow - same,
         "record_mismatches": mismatches,
         "gateway_branches": branches,

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from sim.results import RESULTS_VERSION
+from sim.results import RESULTS_VERSION, provenance
 from sim.runner import public
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -58,7 +58,8 @@ def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def table(runs: list[dict[str, Any]], title: str = "") -> Table:
-    t = Table(title=title or None, show_lines=False)
+    """The console table; its caption holds the ``notes`` of the runs."""
+    t = Table(title=title or None, show_lines=False, caption="\n".join(notes(runs)) or None, caption_justify="left")
     t.add_column("policy", no_wrap=True)
     t.add_column("key", justify="center")
     cols = columns(runs)
@@ -140,6 +141,32 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# manual's assignment modes that choose by one number each; they cannot differ when the numbers are equal
+EQUAL_WHEN_ONE_PER_KEY = ("min_load", "min_group")
+
+
+def notes(runs: list[dict[str, Any]]) -> list[str]:
+    """What the runs themselves show cannot differ between configurations (only what holds for these runs).
+
+    ``min_load`` places a key on the worker with the fewest requests in flight, ``min_group`` on the one with the
+    fewest keys in flight. When every request carries a key (no ``no_routing_id`` branch) and no key ever had more
+    than one request in flight (``peak_key_in_flight`` 1), the two counts are equal on every worker at every
+    decision, so both modes make the same choices with the same random draws: the same row."""
+    out = []
+    for r in runs:
+        if r["policy"] != "manual" or r.get("assignment_mode") not in EQUAL_WHEN_ONE_PER_KEY or not r["routing_key"]:
+            continue
+        unkeyed = (r.get("gateway_branches") or {}).get("manual", {}).get("no_routing_id", 0)
+        if r.get("peak_key_in_flight") == 1 and unkeyed == 0 and r["requests"]:
+            a, b = EQUAL_WHEN_ONE_PER_KEY
+            out.append(f"manual/{a} and manual/{b} cannot differ on this workload with the routing key: no key had "
+                       "more than one request in flight (peak_key_in_flight 1), so each worker's keys in flight "
+                       f"({b}) equal its requests in flight ({a}) at every decision and both modes choose alike "
+                       f"(seen in {config_name(r)}).")
+            break
+    return out
+
+
 def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in runs:
@@ -154,7 +181,8 @@ def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
 def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], **extra: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    doc = {"results_version": RESULTS_VERSION, "scenario": scenario, **extra, "runs": [public(r) for r in runs]}
+    doc = {"results_version": RESULTS_VERSION, "provenance": provenance(scenario, runs), "scenario": scenario,
+           "notes": notes(runs), **extra, "runs": [public(r) for r in runs]}
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 
@@ -175,6 +203,7 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
               "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker.", "",
               "## What it shows", ""]
     lines += [f"- {f}" for f in findings(runs)]
+    lines += [f"- Note: {n}" for n in notes(runs)]
     bl = branch_lines(runs)
     if bl:
         lines += ["", "## Gateway branch counters", "", *bl]
@@ -185,8 +214,17 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
     return path
 
 
+# reference lines of reuse.png a row may carry (a replay's trace baselines, sim.replay.baselines): key, label, style
+REFERENCE_LINES: tuple[tuple[str, str, str], ...] = (
+    ("single_pool_reuse", "single pool (trace)", ":"),
+    ("random_baseline_reuse", "random routing (expected)", "-."),
+)
+
+
 def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
-    """reuse.png, ttft.png, workers.png; returns the file names written."""
+    """reuse.png, ttft.png (when some run has TTFT samples), workers.png; returns the file names written.
+
+    Only the key states some run has get a bar or a panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,44 +241,56 @@ def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
     by = {(config_name(r), r["routing_key"]): r for r in runs}
     x = np.arange(len(configs))
 
-    # 1. reuse with and without the key, against the oracle
+    # 1. reuse with and/or without the key, against the oracle and, for a trace, its two baselines
+    keys = [k for k in (True, False) if any(r["routing_key"] == k for r in runs)]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(configs)), 4))
-    w = 0.38
-    for i, (key, color) in enumerate(((True, "tab:blue"), (False, "tab:orange"))):
+    w = 0.76 / max(len(keys), 1)
+    for i, key in enumerate(keys):
         vals = [by[(c, key)]["kv_reuse"] if (c, key) in by else np.nan for c in configs]
-        ax.bar(x + (i - 0.5) * w, vals, w, label=f"key {'on' if key else 'off'}", color=color)
+        ax.bar(x + (i - (len(keys) - 1) / 2) * w, vals, w, label=f"key {'on' if key else 'off'}",
+               color="tab:blue" if key else "tab:orange")
     if runs:
         ax.axhline(runs[0]["oracle_reuse"], color="k", ls="--", lw=1, label="oracle")
+    for key, label, style in REFERENCE_LINES:
+        if runs and runs[0].get(key) is not None:
+            ax.axhline(runs[0][key], color="0.4", ls=style, lw=1, label=label)
     ax.set_xticks(x, configs, rotation=20, ha="right")
     ax.set_ylabel("kv_reuse (cached / prompt tokens)")
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
-    ax.set_title("KV reuse per policy, with and without X-SMG-Routing-Key")
+    ax.set_title("KV reuse per policy" + (", with and without X-SMG-Routing-Key" if len(keys) == 2
+                                          else f", key {'on' if keys and keys[0] else 'off'}"))
     fig.tight_layout()
     fig.savefig(out / "reuse.png", dpi=110)
     plt.close(fig)
     names.append("reuse.png")
 
-    # 2. TTFT distributions (later turns: where stickiness matters), as CDFs
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key in zip(axes, (True, False), strict=True):
-        for c in configs:
-            r = by.get((c, key))
-            if r is None:
-                continue
-            samples = np.sort(np.asarray(r.get("_meta", {}).get("ttft_later", []), dtype=float))
-            if samples.size:
-                ax.plot(samples, np.arange(1, samples.size + 1) / samples.size, label=c)
-        ax.set_xscale("log")
-        ax.set_xlabel("TTFT of later turns (virtual s)")
-        ax.set_title(f"key {'on' if key else 'off'}")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("CDF")
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "ttft.png", dpi=110)
-    plt.close(fig)
-    names.append("ttft.png")
+    # 2. TTFT distributions as CDFs, of later turns (where stickiness matters) unless no run has any (a trace of
+    # single requests: then of all requests); one panel per key state with samples
+    def samples(r: dict[str, Any], later: bool) -> np.ndarray:
+        meta = r.get("_meta", {})
+        return np.sort(np.asarray(meta.get("ttft_later", []) + ([] if later else meta.get("ttft_first", [])),
+                                  dtype=float))
+
+    later = any(r.get("_meta", {}).get("ttft_later") for r in runs)
+    curves = {key: [(c, samples(by[(c, key)], later)) for c in configs if (c, key) in by] for key in (True, False)}
+    panels = [key for key in (True, False) if any(v.size for _, v in curves[key])]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
+        for ax, key in zip(axes[0], panels, strict=True):
+            for c, v in curves[key]:
+                if v.size:
+                    ax.plot(v, np.arange(1, v.size + 1) / v.size, label=c)
+            ax.set_xscale("log")
+            ax.set_xlabel(f"TTFT of {'later turns' if later else 'all requests'} (virtual s)")
+            ax.set_title(f"key {'on' if key else 'off'}")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("CDF")
+        axes[0][-1].legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "ttft.png", dpi=110)
+        plt.close(fig)
+        names.append("ttft.png")
 
     # 3. per-worker prefill work (share of the total), one row per configuration
     labels = [f"{config_name(r)} key={'on' if r['routing_key'] else 'off'}" for r in runs]

@@ -3,8 +3,8 @@
 ``run_setup(setup, transport="http")`` is what ``run``, ``compare`` and ``sweep`` call, once per
 configuration (possibly in worker processes). A result row holds the configuration (``policy``,
 ``assignment_mode``, ``routing_key``, ``gateway_args``, ``transport``, ``seed``) and every measure of
-``sim.measures.summarize``; ``wall_seconds`` and per-request samples are kept apart (``_meta``), since
-results must repeat bit for bit for a seed.
+``sim.measures.summarize`` (an ``external`` row also ``warnings``: ``external_warnings``); ``wall_seconds``
+and per-request samples are kept apart (``_meta``), since results must repeat bit for bit for a seed.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sim.agents import AgentRunner, RequestRecord
 from sim.faults import with_faults
-from sim.measures import summarize
+from sim.measures import selection_policies, summarize
 from sim.real_smg import flag_value
 from sim.transports.base import Transport
 from sim.transports.pool import Setup
@@ -114,7 +115,8 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
             result = runner.run()
         t2 = time.perf_counter()
         ss = getattr(tr, "session_core", None)
-        measures = summarize(result, list(tr.workers), tr.worker_stats(), tr.gateway_metrics(),
+        metrics = tr.gateway_metrics()
+        measures = summarize(result, list(tr.workers), tr.worker_stats(), metrics,
                              rollback_retries=getattr(ss, "rollback_retries", None))
     row: dict[str, Any] = {
         "label": setup.label,
@@ -128,6 +130,10 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
     }
     if transport == "live":
         row["gateway"], row["speedup"] = setup.extra.get("gateway", "mock"), setup.extra.get("speedup")
+    if transport == "external":
+        row["warnings"] = external_warnings(row, result.requests, selection_policies(metrics))
+        for w in row["warnings"]:
+            warnings.warn(f"{setup.label}: {w}", RuntimeWarning, stacklevel=2)
     ok = [r for r in result.requests if r.ok]
     row["_meta"] = {
         "wall_seconds": time.perf_counter() - t0,
@@ -175,6 +181,31 @@ def _gc_for(transport: str) -> Iterator[None]:
             gc.set_threshold(*before)
     else:
         yield
+
+
+def external_warnings(row: dict[str, Any], records: Sequence[RequestRecord], told: dict[str, int]) -> list[str]:
+    """What a gateway somebody else started says against the command line; corrects ``row`` where it tells.
+
+    - The policy: the gateway labels its selections with the policy that made them
+      (``smg_worker_selection_total{policy}``); when that is one policy other than the command line's, the row
+      takes it (and no assignment mode, which the gateway does not tell).
+    - Warm workers: a session's first turn can hit only what this run sent before it (the oracle's ``cached``
+      bound: the shared system prompt, a group's task). More means the workers kept a previous run's KV, and
+      the reuse figures are not this configuration's."""
+    out = []
+    if len(told) == 1 and row["policy"] not in told:
+        [policy] = told
+        out.append(f"the gateway routed with policy {policy!r}, not {row['policy']!r} as the command line says; "
+                   "the row says the gateway's")
+        row["policy"], row["assignment_mode"] = policy, None
+    elif len(told) > 1:
+        out.append(f"the gateway's selections name several policies {sorted(told)}: another client shared it")
+    first = [r for r in records if r.ok and r.turn == 0 and not r.retry]
+    warm = [r for r in first if r.cached_tokens > r.oracle_cached]
+    if warm:
+        out.append(f"{len(warm)} of {len(first)} first turns hit cached tokens this run never sent (the workers "
+                   "still hold a previous run's KV): restart the workers, or flush their caches, for cold figures")
+    return out
 
 
 def _flag(args: Sequence[str], name: str) -> str | None:

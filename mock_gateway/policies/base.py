@@ -30,6 +30,15 @@ class _Lazy:
 
 LAZY = _Lazy()
 
+# The branches under which a policy moves a routing key to another worker (a re-pin), by the policy of the
+# branch counter ``smg_<policy>_policy_branch_total`` that counts them; ``sim.measures`` sums them as ``re_pins``.
+# manual: ``occupied_miss`` (no candidate healthy), ``cap_respill`` (the sticky override's in-flight cap; the
+# key's map is manual's, so its counter too), and the re-pins of the ``min_kv`` assignment (``testbed/min_kv.py``).
+# bounded_load has no such branch: its ``home``/``walked`` place new keys and moved ones alike.
+REPIN_BRANCHES: Mapping[str, frozenset[str]] = {
+    "manual": frozenset({"occupied_miss", "cap_respill", "repin_kv", "repin_queue", "repin_load"}),
+}
+
 
 class RouteInput:
     """One request as a policy sees it. ``text`` and ``tokens`` are computed on first read when not given

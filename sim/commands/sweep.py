@@ -33,7 +33,8 @@ from sim.commands.common import (
     scenario_from_args,
 )
 from sim.live import add_live_args, live_problem, live_requested, live_setups
-from sim.results import RESULTS_VERSION
+from sim.report import notes
+from sim.results import RESULTS_VERSION, provenance, provenance_columns, scenario_hash
 from sim.runner import PolicyConfig, make_setup, public
 from sim.transports.pool import Setup
 from sim.workload.scenario import ScenarioError, parse_capacity
@@ -141,13 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
+    prov = provenance(base.to_dict(), rows)
+    hashes = [scenario_hash(s.scenario.to_dict()) for s in setups]  # each row's own scenario (its grid point)
     with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+        cols = provenance_columns(prov)
+        w = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, *cols])
         w.writeheader()
-        w.writerows(flat)
+        w.writerows({**row, **cols, "scenario_hash": h} for row, h in zip(flat, hashes, strict=True))
     runs = [{**public(r), "workers_count": s.scenario.workers, "kv_capacity_tokens": s.scenario.kv_capacity_tokens,
-             "sessions_configured": s.scenario.sessions} for s, r in zip(setups, rows, strict=True)]
-    doc = {"results_version": RESULTS_VERSION, "scenario": base.to_dict(), "transport": transport, "runs": runs}
+             "sessions_configured": s.scenario.sessions, "scenario_hash": h}
+            for s, r, h in zip(setups, rows, hashes, strict=True)]
+    doc = {"results_version": RESULTS_VERSION, "provenance": prov, "scenario": base.to_dict(), "transport": transport,
+           "notes": notes(rows), "runs": runs}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
     from rich.table import Table
 

@@ -9,7 +9,8 @@ come from ``sim.transports.pool.stable_ports`` so that a run repeats exactly (th
 A dead worker (``sim.faults``) is a stopped worker server, started again on the same port when it recovers.
 
 ``ExternalTransport`` talks to servers somebody else started: a session server URL, or a gateway URL
-(then a local session server is started in front of it), or both.
+(then a local session server is started in front of it), or both. The gateway keeps running between runs, so
+its counters are read before and after: ``gateway_metrics()`` is what this run added.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from sim.measures import counter_increase
 from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
 from sim.transports.pool import (
@@ -216,6 +218,7 @@ class ExternalTransport(SessionClient):
         self.metrics_url = metrics_url or (f"{self.gateway_url}/metrics" if self.gateway_url else None)
         self.worker_urls = worker_urls or []
         self.workers: list[str] = []  # unknown up front: taken from the answers' x-sim-worker names
+        self._metrics_before = self._read_metrics()  # the gateway's running totals before this run
         self._server: ThreadServer | None = None
         if session_url is None:
             assert self.gateway_url is not None
@@ -223,8 +226,12 @@ class ExternalTransport(SessionClient):
             session_url = self._server.url
         super().__init__(session_url)
 
-    def gateway_metrics(self) -> str:
+    def _read_metrics(self) -> str:
         return _get_text(self.metrics_url) if self.metrics_url else ""
+
+    def gateway_metrics(self) -> str:
+        """The gateway's metrics as this run changed them: counters less their values when the run began."""
+        return counter_increase(self._metrics_before, self._read_metrics())
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {}

@@ -163,3 +163,43 @@ def test_gateway_branches_from_prometheus_text():
             '# HELP smg_worker_requests_total y\n# TYPE smg_worker_requests_total counter\n'
             'smg_worker_requests_total{worker="http://a"} 16.0\n')
     assert gateway_branches(text) == {"manual": {"occupied_hit": 12, "vacant": 4}}
+
+
+def _branch_text(counts: dict[str, int]) -> str:
+    head = '# HELP smg_manual_policy_branch_total x\n# TYPE smg_manual_policy_branch_total counter\n'
+    return head + "".join(f'smg_manual_policy_branch_total{{branch="{b}"}} {n}.0\n' for b, n in counts.items())
+
+
+def test_re_pins_count_every_re_pin_branch_by_cause():
+    res = run_workload(SMALL, FakeTransport(1))
+    m = summarize(res, ["w0"], metrics_text=_branch_text(
+        {"vacant": 8, "occupied_hit": 30, "occupied_miss": 2, "repin_queue": 7, "repin_kv": 1, "repin_load": 0}))
+    assert m["re_pins_by_cause"] == {"occupied_miss": 2, "repin_kv": 1, "repin_queue": 7}
+    assert m["re_pins"] == 10
+    none = summarize(res, ["w0"], metrics_text=_branch_text({"vacant": 8, "occupied_hit": 30}))
+    assert none["re_pins"] == 0 and none["re_pins_by_cause"] == {}
+
+
+def test_every_re_pin_branch_is_one_a_policy_counts():
+    from pathlib import Path
+
+    import mock_gateway.policies as pkg
+    from mock_gateway.policies.base import REPIN_BRANCHES
+
+    root = Path(pkg.__file__).parent
+    source = "".join(p.read_text() for p in root.rglob("*.py") if p.name != "base.py")
+    for policy, branches in REPIN_BRANCHES.items():
+        assert f'"smg_{policy}_policy_branch"' in (root.parent / "metrics.py").read_text()
+        for branch in branches:
+            assert f'"{branch}"' in source, f"{policy}: no policy counts a branch {branch!r}"
+
+
+def test_min_kv_re_pins_off_a_hot_worker_are_re_pins():
+    """hot-worker: min_kv moves keys off the slow worker (``repin_queue``), with no worker ever unavailable."""
+    from sim.runner import PolicyConfig, make_setup, run_setup
+    from sim.workload.scenario import load_scenario
+
+    row = run_setup(make_setup(load_scenario("hot-worker"), PolicyConfig("manual", "min_kv"), True), "direct")
+    moved = row["gateway_branches"]["manual"].get("repin_queue", 0)
+    assert moved > 0 and row["gateway_branches"]["manual"].get("occupied_miss", 0) == 0
+    assert row["re_pins"] == moved and row["re_pins_by_cause"] == {"repin_queue": moved}

@@ -16,16 +16,52 @@ from sim.results import RESULTS_VERSION
 from sim.runner import COMPARE_POLICIES, PolicyConfig
 
 CONV = sample_path("conversation")
-RUN_KEYS = {"label", "policy", "assignment_mode", "routing_key", "gateway_args", "transport", "seed", "kv_reuse",
-            "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99", "e2e_p50",
-            "makespan", "imbalance", "requests", "errors", "workers", "gateway_branches", "single_pool_reuse",
-            "random_baseline_reuse"}
+RUN_KEYS = {
+    "label",
+    "policy",
+    "assignment_mode",
+    "routing_key",
+    "gateway_args",
+    "transport",
+    "seed",
+    "kv_reuse",
+    "oracle_reuse",
+    "eligible_reuse",
+    "stickiness",
+    "prefill_tokens",
+    "ttft_p50",
+    "ttft_p99",
+    "e2e_p50",
+    "makespan",
+    "imbalance",
+    "requests",
+    "errors",
+    "workers",
+    "gateway_branches",
+    "single_pool_reuse",
+    "random_baseline_reuse",
+}
 
 
 def test_mooncake_slice_writes_compare_schema_with_baselines(tmp_path):
     out = tmp_path / "out"
-    rc = cli_main(["replay", str(CONV), "--policy", "random", "--policy", "cache_aware", "--workers", "4",
-                   "--limit", "120", "--out", str(out), "--no-plots"])
+    rc = cli_main(
+        [
+            "replay",
+            str(CONV),
+            "--policy",
+            "random",
+            "--policy",
+            "cache_aware",
+            "--workers",
+            "4",
+            "--limit",
+            "120",
+            "--out",
+            str(out),
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc) >= {"scenario", "runs", "single_pool_reuse", "random_baseline_reuse", "trace"}
@@ -48,8 +84,27 @@ def test_mooncake_slice_writes_compare_schema_with_baselines(tmp_path):
 
 def test_routing_key_off_and_bounded_kv(tmp_path):
     out = tmp_path / "o"
-    assert main([str(CONV), "--policy", "consistent_hashing", "--workers", "3", "--limit", "40",
-                 "--routing-key", "off", "--kv-capacity-tokens", "200000", "--out", str(out), "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                str(CONV),
+                "--policy",
+                "consistent_hashing",
+                "--workers",
+                "3",
+                "--limit",
+                "40",
+                "--routing-key",
+                "off",
+                "--kv-capacity-tokens",
+                "200000",
+                "--out",
+                str(out),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["routing_key"] is False and run["requests"] == 40
     assert all(w.get("peak_kv_tokens", 0) <= 200_000 for w in run["workers"])
@@ -65,18 +120,24 @@ def test_without_out_nothing_is_written(tmp_path, monkeypatch, capsys):
 def test_policy_parsing():
     assert parse_policies(None, None) == list(COMPARE_POLICIES)
     assert parse_policies(["random,manual/min_group", "manual"], "random") == [
-        PolicyConfig("random"), PolicyConfig("manual", "min_group"), PolicyConfig("manual", "random")]
+        PolicyConfig("random"),
+        PolicyConfig("manual", "min_group"),
+        PolicyConfig("manual", "random"),
+    ]
     for bad in (["nope"], ["manual/sideways"], ["random/min_load"]):
         with pytest.raises(ValueError):
             parse_policies(bad, None)
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["--policy", "nope"], "unknown policy"),
-    (["--workers", "0"], "--workers"),
-    (["--kv-capacity-tokens", "lots"], "kv_capacity_tokens"),
-    (["--limit", "0"], "--limit"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--policy", "nope"], "unknown policy"),
+        (["--workers", "0"], "--workers"),
+        (["--kv-capacity-tokens", "lots"], "kv_capacity_tokens"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
 def test_bad_flags_exit_2_with_a_message(args, msg, capsys):
     assert main([str(CONV), *args]) == 2
     assert msg in capsys.readouterr().err
@@ -97,8 +158,18 @@ def test_bad_traces_exit_2(tmp_path, capsys):
 
 def test_write_sessions_converts_trie(tmp_path):
     trie = tmp_path / "trie.jsonl"
-    trie.write_text(json.dumps({"num_turns": 2, "input_prompt_length": 500, "assistant_response_length": [50, 40],
-                                "tool_call_output_length": [200], "tool_call_latency": [1.0]}) + "\n")
+    trie.write_text(
+        json.dumps(
+            {
+                "num_turns": 2,
+                "input_prompt_length": 500,
+                "assistant_response_length": [50, 40],
+                "tool_call_output_length": [200],
+                "tool_call_latency": [1.0],
+            }
+        )
+        + "\n"
+    )
     out = tmp_path / "s.jsonl"
     assert main([str(trie), "--write-sessions", str(out)]) == 0
     rec = json.loads(out.read_text())
@@ -180,3 +251,27 @@ def test_a_sample_name_replays_the_packaged_sample_and_a_near_miss_names_the_sam
     err = " ".join(capsys.readouterr().err.split())
     assert "trace file not found: conversaton (did you mean the sample 'conversation'?)" in err
     assert all(name in build_parser().format_help() for name in SAMPLES)
+
+
+def test_plots_of_one_configuration_show_only_its_panels_and_the_trace_baselines(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn: dict[str, Figure] = {}
+    save = Figure.savefig
+
+    def keep(fig: Figure, path, *args, **kwargs):
+        drawn[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    out = tmp_path / "p"
+    assert main([str(CONV), "--policy", "manual/min_load", "--workers", "2", "--limit", "60", "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(drawn) == {"reuse.png", "ttft.png", "workers.png"}
+    assert [ax.get_title() for ax in drawn["ttft.png"].axes] == ["key on"]  # no empty "key off" panel
+    reuse = drawn["reuse.png"].axes[0]
+    lines = {line.get_label(): line.get_ydata()[0] for line in reuse.get_lines()}
+    assert lines["single pool (trace)"] == doc["single_pool_reuse"]
+    assert lines["random routing (expected)"] == doc["random_baseline_reuse"]
+    legend = [t.get_text() for t in reuse.get_legend().get_texts()]
+    assert "key on" in legend and "key off" not in legend
