@@ -12,8 +12,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sim.commands.gateway_flags import check_gateway_argv
 from sim.runner import run_setup
 from sim.transports.pool import Setup
 from sim.workload.plans import plan_sessions, planned_requests
@@ -128,22 +130,22 @@ def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Consol
     return rows  # type: ignore[return-value]
 
 
-def ignored_gateway_flags(setups: Sequence[Setup]) -> list[str]:
-    """Flags the mock gateway accepts but does not model (it would ignore them silently in a run)."""
-    from mock_gateway.config import parse_args
-
+def check_gateway_flags(setups: Sequence[Setup]) -> list[str]:
+    """Check every configuration's gateway flags before anything runs (ValueError, one line, when one cannot be
+    applied); the SMG flags the mock gateway does not model (it ignores them), for a warning."""
     out: list[str] = []
-    for s in setups:
-        for flag in parse_args(list(s.gateway_args)).ignored:
+    for setup in setups:
+        for flag in check_gateway_argv(setup.gateway_args):
             if flag not in out:
                 out.append(flag)
     return out
 
 
 def fail(msg: str) -> int:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    """Print ``error: MSG`` (one line, MSG verbatim: no console markup) on stderr; the usage-error exit status."""
+    Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)
     return 2
 
 
-__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "apply_overrides", "console_for", "default_jobs",
-           "fail", "ignored_gateway_flags", "run_many", "scenario_from_args"]
+__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "apply_overrides", "check_gateway_flags",
+           "console_for", "default_jobs", "fail", "run_many", "scenario_from_args"]
