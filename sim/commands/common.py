@@ -25,8 +25,8 @@ _progress_queue: Any = None
 PROGRESS_EVERY = 25
 
 
-def add_scenario_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="default", help="built-in scenario name or a TOML file (default: default)")
+def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> None:
+    p.add_argument("--scenario", default=default, help=f"built-in scenario name or a TOML file (default: {default})")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for the workload, gateway, session ids and workers (default: the scenario's)")
 
