@@ -7,7 +7,8 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -70,6 +71,7 @@ def default_jobs() -> int:
 def _init_child(q: Any) -> None:
     global _progress_queue
     _progress_queue = q
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches a child only while it runs a setup (_run_child)
 
 
 def _run_child(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +83,24 @@ def _run_child(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str
         if count % PROGRESS_EVERY == 0 and _progress_queue is not None:
             _progress_queue.put(PROGRESS_EVERY)
 
-    row = run_setup(setup, transport, on_request=tick, **kwargs)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # interrupted: the run's servers stop on the way out
+    try:
+        row = run_setup(setup, transport, on_request=tick, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _progress_queue is not None:
         _progress_queue.put(count % PROGRESS_EVERY)
     return row
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """On Ctrl-C no queued setup starts; the running ones stop (their children got the SIGINT too)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
 
 def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Console,
@@ -112,7 +128,7 @@ def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Consol
                              initargs=(q,)) as pool:
         futures: list[Future] = [pool.submit(_run_child, s, transport, kwargs) for s in setups]
         done = 0
-        with progress:
+        with progress, _cancel_on_interrupt(pool):
             task = progress.add_task(f"{len(setups)} runs, {jobs} at a time", total=total)
             pending = set(range(len(futures)))
             while pending:
