@@ -72,8 +72,9 @@ def check_gateway_argv(argv: Sequence[str]) -> list[str]:
         item = unknown[i]
         flag, eq, _ = item.partition("=")
         if not item.startswith("-"):
-            where = argv.index(item)
-            before = argv[where - 1] if where else ""
+            # the occurrence argparse left over: after a switch if there is one (``--seed 1 --disable-retries 1``)
+            befores = [argv[j - 1] if j else "" for j, a in enumerate(argv) if a == item]
+            before = next((b for b in befores if b.startswith("--") and is_switch(b.partition("=")[0])), befores[0])
             if before.startswith("--") and is_switch(before.partition("=")[0]):
                 raise ValueError(f"{before} is a switch and takes no value ({item!r}): write {before} for on, "
                                  "leave it out for off")

@@ -15,6 +15,7 @@ from sim.commands.sweep import build_parser, grid_setups
     (["--cache-threshld", "0.5"], "unknown gateway flag --cache-threshld (did you mean --cache-threshold?)"),
     (["--disable-worker-overload-protection", "true"], "--disable-worker-overload-protection is a switch"),
     (["--disable-retries", "false"], "--disable-retries is a switch"),
+    (["--seed", "1", "--disable-retries", "1"], "--disable-retries is a switch and takes no value ('1')"),
     (["--disable-retries=false"], "--disable-retries"),
     (["--cache-threshold", "lots"], "invalid float value: 'lots'"),
     (["--policy", "random", "--assignment-mode", "min_load"], "applies to --policy manual only"),
