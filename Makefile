@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/smg-testbed compare
+	$(BIN)/smg-testbed compare --transport http
 
 test: venv
 	$(BIN)/ruff check .

@@ -1,7 +1,8 @@
 """``smg-testbed``: one console script, one subcommand per component.
 
 Each subcommand lives in its own module and owns its own argument parser (``main(argv)``); this
-file only dispatches, so components stay independent of one another.
+file only dispatches, so components stay independent of one another. Ctrl-C ends any command with one line and
+exit status 130 (the servers a command started are stopped as the interrupt unwinds through their ``with`` blocks).
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in commands:
         print(f"smg-testbed: unknown command {name!r}\n\n{_usage(commands)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(commands[name][0])
-    result = module.main(rest)
+    try:
+        module = importlib.import_module(commands[name][0])
+        result = module.main(rest)
+    except KeyboardInterrupt:
+        print(f"smg-testbed {name}: interrupted; servers stopped", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

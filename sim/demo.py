@@ -1,4 +1,6 @@
-"""``smg-testbed demo`` (``make demo``): a short multi-turn run against real mock workers, KV reuse printed.
+"""``smg-testbed demo``: a short multi-turn run against real mock workers, KV reuse printed (no gateway).
+
+(``make demo`` runs the main job instead: ``smg-testbed compare --transport http``.)
 
 Starts a few mock SGLang workers (uvicorn on free loopback ports, in this process), plays the same
 agent sessions twice over HTTP, without a gateway: once *sticky* (every turn of a session goes to
@@ -167,16 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="smg-testbed demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--workers", type=int, default=3, help="mock workers (default 3)")
     p.add_argument(
         "--sessions",
         type=int,
         default=8,
-        help="a multiple of --workers makes round-robin coincide with sticky (turns are served in rounds)",
+        help="default 8; a multiple of --workers makes round-robin coincide with sticky (turns are served in rounds)",
     )
-    p.add_argument("--turns", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kv-capacity-tokens", type=int, default=200_000, help="per worker (0: unbounded)")
+    p.add_argument("--turns", type=int, default=5, help="turns per session (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the texts and the workers (default 0)")
+    p.add_argument("--kv-capacity-tokens", type=int, default=200_000,
+                   help="per worker (default 200000; 0: unbounded)")
     args = p.parse_args(argv)
     if min(args.workers, args.sessions, args.turns) < 1:
         p.error("--workers, --sessions and --turns must be >= 1")

@@ -7,13 +7,16 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sim.commands.gateway_flags import check_gateway_argv
 from sim.runner import run_setup
 from sim.transports.pool import Setup
 from sim.workload.plans import plan_sessions, planned_requests
@@ -23,8 +26,8 @@ _progress_queue: Any = None
 PROGRESS_EVERY = 25
 
 
-def add_scenario_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="default", help="built-in scenario name or a TOML file (default: default)")
+def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> None:
+    p.add_argument("--scenario", default=default, help=f"built-in scenario name or a TOML file (default: {default})")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for the workload, gateway, session ids and workers (default: the scenario's)")
 
@@ -68,6 +71,7 @@ def default_jobs() -> int:
 def _init_child(q: Any) -> None:
     global _progress_queue
     _progress_queue = q
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches a child only while it runs a setup (_run_child)
 
 
 def _run_child(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -79,10 +83,24 @@ def _run_child(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str
         if count % PROGRESS_EVERY == 0 and _progress_queue is not None:
             _progress_queue.put(PROGRESS_EVERY)
 
-    row = run_setup(setup, transport, on_request=tick, **kwargs)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # interrupted: the run's servers stop on the way out
+    try:
+        row = run_setup(setup, transport, on_request=tick, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _progress_queue is not None:
         _progress_queue.put(count % PROGRESS_EVERY)
     return row
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """On Ctrl-C no queued setup starts; the running ones stop (their children got the SIGINT too)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
 
 def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Console,
@@ -110,7 +128,7 @@ def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Consol
                              initargs=(q,)) as pool:
         futures: list[Future] = [pool.submit(_run_child, s, transport, kwargs) for s in setups]
         done = 0
-        with progress:
+        with progress, _cancel_on_interrupt(pool):
             task = progress.add_task(f"{len(setups)} runs, {jobs} at a time", total=total)
             pending = set(range(len(futures)))
             while pending:
@@ -128,22 +146,22 @@ def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Consol
     return rows  # type: ignore[return-value]
 
 
-def ignored_gateway_flags(setups: Sequence[Setup]) -> list[str]:
-    """Flags the mock gateway accepts but does not model (it would ignore them silently in a run)."""
-    from mock_gateway.config import parse_args
-
+def check_gateway_flags(setups: Sequence[Setup]) -> list[str]:
+    """Check every configuration's gateway flags before anything runs (ValueError, one line, when one cannot be
+    applied); the SMG flags the mock gateway does not model (it ignores them), for a warning."""
     out: list[str] = []
-    for s in setups:
-        for flag in parse_args(list(s.gateway_args)).ignored:
+    for setup in setups:
+        for flag in check_gateway_argv(setup.gateway_args):
             if flag not in out:
                 out.append(flag)
     return out
 
 
 def fail(msg: str) -> int:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    """Print ``error: MSG`` (one line, MSG verbatim: no console markup) on stderr; the usage-error exit status."""
+    Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)
     return 2
 
 
-__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "apply_overrides", "console_for", "default_jobs",
-           "fail", "ignored_gateway_flags", "run_many", "scenario_from_args"]
+__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "apply_overrides", "check_gateway_flags",
+           "console_for", "default_jobs", "fail", "run_many", "scenario_from_args"]

@@ -2,8 +2,11 @@
 
 Runs the scenario under manual (random, min_load, min_group), consistent_hashing, cache_aware and
 round_robin (the no-affinity baseline), each with the session server adding ``X-SMG-Routing-Key``
-and with ``--no-routing-key``: 12 runs. Prints a table and writes ``DIR/results.json``,
-``DIR/report.md`` and PNG plots (``reuse.png``, ``ttft.png``, ``workers.png``).
+and with ``--no-routing-key``: 12 runs. Prints a table and writes ``DIR/results.json``, ``DIR/report.md`` and
+PNG plots (``reuse.png``, ``ttft.png``, ``workers.png``).
+
+Transport ``direct`` (default) runs the cores in process, in seconds; ``--transport http`` starts the workers,
+the mock gateway and the session server as real servers on loopback (the same rows for a seed; ``make demo``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
-    p.add_argument("--transport", choices=("http", "direct"), default="http",
-                   help="http: real servers on loopback (default); direct: the same cores in-process")
+    p.add_argument("--transport", choices=("direct", "http"), default="direct",
+                   help="direct: the cores in process (default, seconds); http: real servers on loopback "
+                        "(the same rows for a seed, slower; `make demo` runs this)")
     add_live_args(p)
     p.add_argument("--out", default=None, help="output directory (default: results/compare-<scenario>)")
     p.add_argument("--jobs", type=int, default=None,

@@ -35,6 +35,7 @@ from typing import Any
 from rich.table import Table
 
 from sim.commands.common import add_scenario_args, console_for, fail, scenario_from_args
+from sim.commands.policy_names import parse_policy
 from sim.live import DEFAULT_SPEEDUP, Fault, LiveTransport, live_setup
 from sim.measures import summarize
 from sim.real_smg import smg_args
@@ -49,14 +50,6 @@ BALANCED_MODES = ("min_load", "min_group")
 KV_TOLERANCE = 0.02
 BALANCE_TOLERANCE = 2
 SETTLE_WALL_SECONDS = 2.5  # health interval 1 s + breaker/readmission + one turn: a key should be back by then
-
-
-def parse_policy(text: str) -> PolicyConfig:
-    """``manual/min_load`` -> PolicyConfig("manual", "min_load"); ``consistent_hashing`` -> no mode."""
-    policy, _, mode = text.partition("/")
-    if not policy:
-        raise ValueError(f"bad policy {text!r}")
-    return PolicyConfig(policy, mode or None)
 
 
 # ---- one side ---------------------------------------------------------------------------------------------------
@@ -291,8 +284,7 @@ def markdown(doc: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed conformance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_scenario_args(p)
-    p.set_defaults(scenario="conformance")
+    add_scenario_args(p, default="conformance")
     p.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES),
                    help="policies, POLICY or POLICY/ASSIGNMENT_MODE (default: %(default)s)")
     p.add_argument("--sessions", type=int, default=None, help="override the scenario's session count")

@@ -27,13 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mock_gateway.policies.factory import POLICY_BUILDERS
 from sim.commands.common import console_for, fail
+from sim.commands.policy_names import ASSIGNMENT_MODES, parse_policy
 from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, open_transport
 from sim.workload.scenario import ScenarioError, parse_capacity
 
 FORMATS = ("auto", "mooncake", "sessions", "trie", "llmservingsim")
-ASSIGNMENT_MODES = ("random", "min_load", "min_group")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", action="append", default=None,
                    help="gateway policy, repeatable or comma-separated; manual/<mode> sets the assignment mode "
                         f"(default: the compare set: {', '.join(pc.name for pc in COMPARE_POLICIES)})")
-    p.add_argument("--assignment-mode", choices=ASSIGNMENT_MODES, default=None,
-                   help="--assignment-mode for manual policies given without one")
+    p.add_argument("--assignment-mode", default=None,
+                   help=f"--assignment-mode for manual policies given without one ({', '.join(ASSIGNMENT_MODES)})")
     p.add_argument("--workers", type=int, default=8, help="workers (default 8)")
     p.add_argument("--kv-capacity-tokens", default=None,
                    help="KV capacity per worker in tokens (default: unbounded)")
@@ -64,21 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_policies(values: Sequence[str] | None, mode: str | None) -> list[PolicyConfig]:
+    """``--policy`` values (repeatable, comma-separated, ``POLICY[/MODE]``); the compare set when none."""
     if not values:
         return list(COMPARE_POLICIES)
-    out = []
-    for v in values:
-        for name in filter(None, (s.strip() for s in v.split(","))):
-            policy, _, m = name.partition("/")
-            if policy not in POLICY_BUILDERS:
-                raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICY_BUILDERS)})")
-            m = m or (mode if policy == "manual" else None)
-            if m and m not in ASSIGNMENT_MODES:
-                raise ValueError(f"unknown assignment mode {m!r} (one of {', '.join(ASSIGNMENT_MODES)})")
-            if m and policy != "manual":
-                raise ValueError(f"an assignment mode applies to manual only, not {policy!r}")
-            out.append(PolicyConfig(policy, m or None))
-    return out
+    names = [name for v in values for name in filter(None, (s.strip() for s in v.split(",")))]
+    if mode is not None and not any(n.partition("/")[0] == "manual" for n in names):
+        raise ValueError("--assignment-mode applies to manual policies only; add manual to --policy or drop it")
+    return [parse_policy(name, mode) for name in names]
 
 
 def detect(path: str) -> str:

@@ -1,7 +1,10 @@
 """``smg-testbed run``: one configuration of a scenario (one gateway policy, routing key on or off).
 
-Unknown flags are passed to the gateway, so any ``smg launch`` flag can be set, e.g.
-``smg-testbed run --policy cache_aware --cache-threshold 0.5``. With ``--transport external`` the
+Transport ``direct`` (default) runs the cores in process; ``http`` puts real servers on loopback in the loop
+(same results for a seed, slower). Flags this command does not know are passed to the gateway, so any
+``smg launch`` flag can be set, e.g. ``smg-testbed run --policy cache_aware --cache-threshold 0.5``; they are
+checked before anything runs: an unknown flag, a value a switch does not take or ``--assignment-mode`` with a
+policy other than manual is an error (exit 2). With ``--transport external`` the
 agents talk to servers you started: ``--session-url`` (a session server) and/or ``--gateway-url``
 (a gateway; a session server is started in front of it).
 """
@@ -18,12 +21,13 @@ from sim.commands.common import (
     add_override_args,
     add_scenario_args,
     apply_overrides,
+    check_gateway_flags,
     console_for,
     fail,
-    ignored_gateway_flags,
     run_many,
     scenario_from_args,
 )
+from sim.commands.policy_names import check_policy
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import table, write_markdown, write_plots, write_results
 from sim.results import RESULTS_VERSION
@@ -36,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
     add_override_args(p)
-    p.add_argument("--transport", choices=("http", "direct", "external"), default="http")
+    p.add_argument("--transport", choices=("direct", "http", "external"), default="direct",
+                   help="direct: cores in process (default); http: real servers on loopback; external: your URLs")
     add_live_args(p)
     p.add_argument("--policy", default="manual", help="gateway --policy (default: manual)")
     p.add_argument("--assignment-mode", default=None,
-                   help="gateway --assignment-mode (default: min_load for manual, unset otherwise)")
+                   help="gateway --assignment-mode, manual only (default: min_load for manual)")
     p.add_argument("--no-routing-key", dest="routing_key", action="store_false",
                    help="run the session server with --no-routing-key")
     p.add_argument("--session-url", default=None, help="external: a running session server")
@@ -64,20 +69,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--transport external needs --session-url and/or --gateway-url")
     if problem := live_problem(args):
         return fail(problem)
-    mode = args.assignment_mode or ("min_load" if args.policy == "manual" else None)
-    setup = make_setup(scenario, PolicyConfig(args.policy, mode, tuple(gateway_extra)), args.routing_key, args.seed)
-    transport = args.transport
-    if live_requested(args):  # --gateway smg / --live: live time (sim.live)
-        [setup], transport = live_setups(args, [setup]), "live"
-    for flag in ignored_gateway_flags([setup]) if args.gateway == "mock" else []:
+    try:
+        pc = check_policy(args.policy, args.assignment_mode or ("min_load" if args.policy == "manual" else None))
+        setup = make_setup(scenario, PolicyConfig(pc.policy, pc.assignment_mode, tuple(gateway_extra)),
+                           args.routing_key, args.seed)
+        ignored = check_gateway_flags([setup])
+        transport = args.transport
+        if live_requested(args):  # --gateway smg / --live: live time (sim.live)
+            [setup], transport = live_setups(args, [setup]), "live"
+    except ValueError as e:
+        return fail(str(e))
+    for flag in ignored if args.gateway == "mock" else []:
         console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
     kwargs = ({"session_url": args.session_url, "gateway_url": args.gateway_url, "metrics_url": args.metrics_url}
               if args.transport == "external" else {})
     try:
         [row] = run_many([setup], transport, 1, console, kwargs, show_progress=not args.json)
-    except (ValueError, SystemExit) as e:  # bad gateway flags end in argparse's SystemExit
-        return fail(f"the gateway refused its flags {list(setup.gateway_args)}: {e}")
-    except (RuntimeError, OSError) as e:  # a live gateway process that did not come up, a port or server failure
+    except (ValueError, RuntimeError, OSError) as e:  # live: flags smg lacks, a gateway that did not come up, a port
         return fail(str(e))
     where = f"live {args.gateway}, x{args.speedup:g}" if transport == "live" else transport
     if args.json:

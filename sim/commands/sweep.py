@@ -7,8 +7,11 @@ Examples::
     smg-testbed sweep --policy cache_aware --grid cache-threshold=0.1,0.3,0.5 --grid balance-abs-threshold=8,64
     smg-testbed sweep --policy manual consistent_hashing --routing-key on off --kv-capacity-tokens 100000 400000
 
-``--assignment-mode`` applies to ``manual`` only. ``--grid FLAG=V1,V2`` takes an ``smg launch`` flag
-without its dashes; ``--grid FLAG=`` (no values) is not allowed.
+``--assignment-mode`` applies to ``manual`` only (an error when ``--policy`` has no manual). ``--grid FLAG=V1,V2``
+takes an ``smg launch`` flag without its dashes; a switch takes on/off values (``true,false``, ``on,off``, ``1,0``,
+``yes,no``). Every configuration's gateway flags are checked before anything runs: an unknown flag, a value a flag
+cannot take or ``--grid FLAG=`` (no values) is an error (exit 2). Transport ``direct`` (default) runs the cores in
+process; ``--transport http`` puts real servers on loopback in the loop (same rows, slower).
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from typing import Any
 
 from sim.commands.common import (
     add_scenario_args,
+    check_gateway_flags,
     console_for,
     default_jobs,
     fail,
-    ignored_gateway_flags,
     run_many,
     scenario_from_args,
 )
+from sim.commands.gateway_flags import is_switch, switch_args
+from sim.commands.policy_names import check_policy
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import notes
 from sim.results import RESULTS_VERSION, provenance, provenance_columns, scenario_hash
@@ -51,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
     p.add_argument("--transport", choices=("direct", "http"), default="direct",
-                   help="direct: cores in-process (default, fast); http: real servers")
+                   help="direct: cores in process (default, fast); http: real servers on loopback")
     add_live_args(p)
     p.add_argument("--policy", nargs="+", default=["manual"], help="gateway policies (default: manual)")
-    p.add_argument("--assignment-mode", nargs="+", default=["random", "min_load", "min_group"],
+    p.add_argument("--assignment-mode", nargs="+", default=None,
                    help="manual's assignment modes (default: random min_load min_group)")
     p.add_argument("--workers", nargs="+", type=int, default=None, help="worker counts (default: the scenario's)")
     p.add_argument("--kv-capacity-tokens", nargs="+", default=None,
@@ -69,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_MODES = ("random", "min_load", "min_group")
+OWN_FLAGS = ("policy", "assignment-mode", "seed")  # set by this command's own options, not by --grid
+
+
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     out = []
     for item in items:
@@ -77,7 +86,26 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
         vals = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not flag or not vals:
             raise ValueError(f"--grid wants FLAG=V1,V2,...; got {item!r}")
+        if flag in OWN_FLAGS:
+            raise ValueError(f"--grid {flag}=...: use sweep's --{flag} instead")
         out.append((flag, vals))
+    return out
+
+
+def grid_args(flag: str, value: str) -> tuple[str, ...]:
+    """The gateway flags of one ``--grid`` value: a switch is there for on and absent for off."""
+    return switch_args(f"--{flag}", value) if is_switch(f"--{flag}") else (f"--{flag}", value)
+
+
+def policy_configs(policies: Sequence[str], modes: Sequence[str] | None) -> list[PolicyConfig]:
+    """One configuration per policy, manual once per assignment mode; ValueError for a bad name or modes given
+    without manual."""
+    if modes and "manual" not in policies:
+        raise ValueError("--assignment-mode applies to --policy manual only; add manual to --policy or drop it")
+    out = []
+    for policy in dict.fromkeys(policies):
+        for mode in dict.fromkeys(modes or DEFAULT_MODES) if policy == "manual" else [None]:
+            out.append(check_policy(policy, mode))
     return out
 
 
@@ -90,27 +118,29 @@ def grid_setups(args: argparse.Namespace) -> list[Setup]:
     extra = parse_grid(args.grid)
     extra_combos = list(itertools.product(*[[(f, v) for v in vals] for f, vals in extra])) or [()]
     setups = []
-    for policy in dict.fromkeys(args.policy):
-        modes: list[str | None] = list(dict.fromkeys(args.assignment_mode)) if policy == "manual" else [None]
-        for mode, w, kv, n, key, combo in itertools.product(modes, workers, kvs, sessions, keys, extra_combos):
-            flags = tuple(x for f, v in combo for x in (f"--{f}", v))
+    for pc in policy_configs(args.policy, args.assignment_mode):
+        for w, kv, n, key, combo in itertools.product(workers, kvs, sessions, keys, extra_combos):
+            flags = tuple(x for f, v in combo for x in grid_args(f, v))
+            # a switch that is off leaves no flag: name it, so that its row differs from the one with it on
+            off = "".join(f" --{f}=off" for f, v in combo if not grid_args(f, v))
             scenario = base.replace(workers=w, kv_capacity_tokens=kv, sessions=n)
-            s = make_setup(scenario, PolicyConfig(policy, mode, flags), key, args.seed)
+            s = make_setup(scenario, PolicyConfig(pc.policy, pc.assignment_mode, flags), key, args.seed)
             setups.append(Setup(s.scenario, s.gateway_args, s.routing_key, s.seed,
-                                f"{s.label} workers={w} kv={kv} sessions={n}", s.extra))
+                                f"{s.label}{off} workers={w} kv={kv} sessions={n}",
+                                {**s.extra, "grid_flags": " ".join(flags) + off}))
     return setups
 
 
-def grid_flags(setup: Setup) -> tuple[str, ...]:
-    base = PolicyConfig(setup.extra["policy"], setup.extra["assignment_mode"]).gateway_args()
-    return setup.gateway_args[len(base):]
+def grid_flags(setup: Setup) -> str:
+    """The gateway flags set by ``--grid`` (a switch set off as ``--FLAG=off``)."""
+    return setup.extra["grid_flags"].strip()
 
 
 def flat_row(setup: Setup, row: dict[str, Any]) -> dict[str, Any]:
     s = setup.scenario
     out = {**public(row), "workers": s.workers, "kv_capacity_tokens": s.kv_capacity_tokens,
            "sessions": s.sessions, "sessions_run": row["sessions"], "gateway_args": " ".join(row["gateway_args"]),
-           "grid_flags": " ".join(grid_flags(setup)), "results_version": RESULTS_VERSION}
+           "grid_flags": grid_flags(setup), "results_version": RESULTS_VERSION}
     return {k: out.get(k) for k in CSV_FIELDS}
 
 
@@ -123,12 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(problem)
     try:
         setups = grid_setups(args)
+        ignored = check_gateway_flags(setups)
     except (ScenarioError, ValueError) as e:
         return fail(str(e))
     transport, jobs = args.transport, args.jobs or default_jobs()
     if live_requested(args):  # --gateway smg / --live: live time, one run at a time (sim.live)
         setups, transport, jobs = live_setups(args, setups), "live", args.jobs or 1
-    for flag in ignored_gateway_flags(setups) if args.gateway == "mock" else []:
+    for flag in ignored if args.gateway == "mock" else []:
         console.print(f"[yellow]warning:[/yellow] the mock gateway does not model {flag} (ignored)")
     base = setups[0].scenario
     out = Path(args.out or f"results/sweep-{base.name}")
@@ -136,8 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         rows = run_many(setups, transport, jobs, console)
-    except SystemExit as e:  # the gateway's argument parser refused a --grid flag
-        return fail(f"the gateway refused a --grid flag ({e})")
     except (ValueError, RuntimeError, OSError) as e:  # live: flags smg lacks, a gateway that did not come up
         return fail(str(e))
     flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -83,6 +84,11 @@ def stable_ports(salt: str, n: int, check: bool = True, wait: float = USUAL_PORT
     if not check:
         return list(range(cands[0], cands[0] + n))
     deadline = time.monotonic() + wait
+    if not _ports_free(cands[0], n) and wait > 0:  # say at once what this waits for, and how long at most
+        held = port_holders(list(range(cands[0], cands[0] + n)))
+        holders = ", ".join(f"{p} {'/'.join(states)}" for p, states in sorted(held.items())) or "holder unknown"
+        print(f"waiting up to {wait:g} s for the workers' usual ports {cands[0]}-{cands[0] + n - 1} "
+              f"(held: {holders}); Ctrl-C stops", file=sys.stderr, flush=True)
     while not _ports_free(cands[0], n) and time.monotonic() < deadline:
         time.sleep(0.1)
     for base in cands:

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from sim.commands import conformance
-from sim.commands.conformance import compare_failure, compare_sides, failure_analysis, key_counts, parse_policy
+from sim.commands.conformance import compare_failure, compare_sides, failure_analysis, key_counts
 from sim.runner import PolicyConfig
 from testbed_common.procs import smg_binary
 
@@ -34,13 +34,6 @@ CH = {"consistent_hashing": {"routing_key_hit": 6}}
 
 def failed(result):
     return [c["check"] for c in result["checks"] if not c["ok"]]
-
-
-def test_policy_names_parse():
-    assert parse_policy("manual/min_load") == PolicyConfig("manual", "min_load")
-    assert parse_policy("consistent_hashing") == PolicyConfig("consistent_hashing")
-    with pytest.raises(ValueError):
-        parse_policy("/min_load")
 
 
 def test_identical_runs_agree():
