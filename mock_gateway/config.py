@@ -182,7 +182,9 @@ def build_parser() -> GatewayArgumentParser:
     p = GatewayArgumentParser(
         prog="smg-testbed gateway",
         description="Mock SMG gateway: takes smg launch (1.13.0) flags. Flags of smg launch the mock does not model "
-        "are accepted with a warning; any other unknown flag is an error.",
+        "are accepted with a warning; any other unknown flag is an error, and so is a flag the chosen policy does "
+        "not read (e.g. --assignment-mode without manual or --routing-key-override, --cache-threshold without "
+        "cache_aware). Switches take no value, as in smg launch.",
         allow_abbrev=False,
     )
     a = p.add_argument
