@@ -1,13 +1,27 @@
 """Gateway configuration: ``parse_args(argv) -> GatewayConfig`` mirrors ``smg launch``'s flags and defaults (1.13.0).
 
-Flags the mock does not model are accepted and reported in ``GatewayConfig.ignored`` (the CLI warns).
-``--seed`` is a testbed extension: every random choice of the mock comes from one seeded ``random.Random``.
+Two defaults differ on purpose: ``--host`` and ``--prometheus-host`` bind loopback (SMG: all interfaces), so a
+testbed gateway is never reachable from the network unless the command line says so. ``smg launch`` flags the
+mock does not model (``smg_flags``) are accepted and listed by name in ``GatewayConfig.ignored`` (the CLI warns).
+Anything else that could not do what the command line asks is a ``GatewayFlagError``: an unknown flag (with a
+"did you mean"), a value argparse refuses, a value given to a switch, or a flag only other policies read
+(``POLICY_SPECIFIC``; SMG would accept and ignore it). ``--seed`` is a testbed extension: every random choice of
+the mock comes from one seeded ``random.Random``. A ``--policy`` that is not built in may name a plugin: an entry
+point of the ``smg_testbed.policies`` group (``policies/factory.py``, docs/policies.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, NoReturn
+
+from mock_gateway.smg_flags import BY_NARGS
 
 POLICIES = [
     "random",
@@ -21,11 +35,22 @@ POLICIES = [
     "prefix_hash",
     "bounded_load",  # testbed extension (mock_gateway/policies/testbed/bounded_load.py)
 ]
+ASSIGNMENT_MODES = ["random", "min_load", "min_group", "delegate", "min_kv"]  # min_kv: testbed extension
+POLICY_ENTRY_POINTS = "smg_testbed.policies"
+
+
+class GatewayFlagError(ValueError):
+    """A gateway command line the mock cannot run as asked; the message is one line and names the fix."""
+
+
+def policy_plugins() -> dict[str, EntryPoint]:
+    """The installed policy plugins by name (entry points of ``POLICY_ENTRY_POINTS``; built-in names win)."""
+    return {ep.name: ep for ep in entry_points(group=POLICY_ENTRY_POINTS) if ep.name not in POLICIES}
 
 
 @dataclass
 class GatewayConfig:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # smg launch: 0.0.0.0
     port: int = 30000
     worker_urls: list[str] = field(default_factory=list)
     policy: str = "cache_aware"
@@ -84,7 +109,7 @@ class GatewayConfig:
     max_payload_size: int = 536870912
     api_key: str | None = None
     # metrics and logging
-    prometheus_host: str = "0.0.0.0"
+    prometheus_host: str = "127.0.0.1"  # smg launch: the unspecified address of --host's family
     prometheus_port: int = 29000
     log_level: str = "info"
     # testbed extension
@@ -113,19 +138,68 @@ class GatewayConfig:
         return not self.disable_worker_overload_protection
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _suggestion(word: str, candidates: list[str]) -> str:
+    """`` (did you mean X?)`` for the closest candidate, or nothing."""
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class _Unmodelled(argparse.Action):
+    """An ``smg launch`` flag the mock does not model: its values are consumed, its name listed in ``ignored``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        namespace.ignored = [*(getattr(namespace, "ignored", None) or []), option_string]
+
+
+class GatewayArgumentParser(argparse.ArgumentParser):
+    """argparse for the gateway: it knows each flag's action and raises ``GatewayFlagError`` instead of exiting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: dict[str, argparse.Action] = {}  # every option string -> its action
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags.update(dict.fromkeys(action.option_strings, action))
+        return action
+
+    def error(self, message: str) -> NoReturn:
+        if m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
+            message += _suggestion(m[1], re.findall(r"'([^']*)'", m[2]))
+        if m := re.match(r"argument (\S+?)(?:/\S+)?: ignored explicit argument '(.*)'$", message):
+            message = _switch_value(m[1], m[2])
+        raise GatewayFlagError(message)
+
+
+def _switch_value(flag: str, value: str) -> str:
+    return (f"{flag} is a switch and takes no value (got {value!r}), as in smg launch: "
+            f"give {flag} alone to turn it on, leave it out for off")
+
+
+def build_parser() -> GatewayArgumentParser:
     d = GatewayConfig()
-    p = argparse.ArgumentParser(
-        prog="smg-testbed gateway", description="Mock SMG gateway (smg launch flags).", allow_abbrev=False
+    p = GatewayArgumentParser(
+        prog="smg-testbed gateway",
+        description="Mock SMG gateway: takes smg launch (1.13.0) flags. Flags of smg launch the mock does not model "
+        "are accepted with a warning; any other unknown flag is an error, and so is a flag the chosen policy does "
+        "not read (e.g. --assignment-mode without manual or --routing-key-override, --cache-threshold without "
+        "cache_aware). Switches take no value, as in smg launch.",
+        allow_abbrev=False,
     )
     a = p.add_argument
-    a("--host", default=d.host)
+    a("--host", default=d.host,
+      help="bind address (default 127.0.0.1, loopback; smg launch binds 0.0.0.0): another address exposes an "
+      "unauthenticated gateway to the network, and the gateway warns")
     a("--port", type=int, default=d.port)
     a("--worker-urls", nargs="*", default=[])
-    a("--policy", choices=POLICIES, default=d.policy)
+    a("--policy", default=d.policy, metavar="POLICY",
+      help=f"one of {', '.join(POLICIES)}, or a plugin's name (entry point group {POLICY_ENTRY_POINTS}; "
+      "docs/policies.md)")
     a("--routing-key-headers", nargs="*", default=None)
     a("--routing-key-override", "--sticky-sessions", action="store_true")
-    a("--assignment-mode", choices=["random", "min_load", "min_group", "delegate", "min_kv"], default=None)
+    a("--assignment-mode", choices=ASSIGNMENT_MODES, default=None,
+      help="manual's assignment (default random), or the --routing-key-override map's (default delegate)")
     a("--max-idle-secs", "--sticky-key-idle-secs", type=float, default=d.max_idle_secs)
     a("--eviction-interval-secs", type=float, default=d.eviction_interval_secs)
     a("--cache-threshold", "--cache-match-threshold", type=float, default=d.cache_threshold)
@@ -176,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--request-timeout-secs", type=float, default=d.request_timeout_secs)
     a("--max-payload-size", type=int, default=d.max_payload_size)
     a("--api-key", default=None)
-    a("--prometheus-host", default=d.prometheus_host)
+    a("--prometheus-host", default=None,
+      help="bind address of the metrics port (default loopback of --host's family: 127.0.0.1 or ::1; smg launch "
+      "binds the unspecified address)")
     a("--prometheus-port", type=int, default=d.prometheus_port)
     a("--log-level", choices=["debug", "info", "warn", "error"], default=d.log_level)
     a("--seed", type=int, default=None, help="testbed extension: seed of the mock's random choices")
@@ -211,16 +287,113 @@ def build_parser() -> argparse.ArgumentParser:
     a("--kv-repin-cooldown-secs", type=float, default=d.kv_repin_cooldown_secs)
     a("--kv-repin-load-epsilon", type=float, default=d.kv_repin_load_epsilon,
       help="min_kv: re-pin a key off a worker whose in-flight requests reach ceil((1+eps)*average) (default off)")
+    for flags, nargs in BY_NARGS:
+        for flag in flags:
+            a(flag, action=_Unmodelled, nargs=nargs, dest="ignored", default=None, help=argparse.SUPPRESS)
     return p
 
 
+def _sticky_map(c: GatewayConfig) -> bool:
+    """manual, or the shared manual map ``--routing-key-override`` wraps every policy but consistent_hashing in."""
+    return c.policy == "manual" or (c.routing_key_override and c.policy != "consistent_hashing")
+
+
+def _min_kv(c: GatewayConfig) -> bool:
+    return _sticky_map(c) and c.assignment_mode == "min_kv"
+
+
+def _policy_is(*names: str) -> Callable[[GatewayConfig], bool]:
+    return lambda c: c.policy in names
+
+
+# Flags only some configurations read (/work/shared/specs/smg-policies.md, docs/beyond-smg.md): field -> (who reads
+# it, whether this config does). Given to another policy SMG accepts such a flag and ignores it; the testbed refuses,
+# since the run could not do what the command line asks.
+_EXPECTED_WAIT = ("the expected-wait selector (cache_aware, least_load, power_of_two)",
+                  _policy_is("cache_aware", "least_load", "power_of_two"))
+_CACHE_AWARE = ("cache_aware", _policy_is("cache_aware"))
+_PREFIX_HASH = ("prefix_hash", _policy_is("prefix_hash"))
+_BOUNDED_LOAD = ("bounded_load", _policy_is("bounded_load"))
+_MIN_KV = ("--assignment-mode min_kv (with manual or --routing-key-override)", _min_kv)
+POLICY_SPECIFIC: dict[str, tuple[str, Callable[[GatewayConfig], bool]]] = {
+    "assignment_mode": ("manual and the --routing-key-override map", _sticky_map),
+    "max_idle_secs": ("manual, bounded_load and the --routing-key-override map",
+                      lambda c: _sticky_map(c) or c.policy == "bounded_load"),
+    "eviction_interval_secs": ("manual, cache_aware, bounded_load and the --routing-key-override map",
+                               lambda c: _sticky_map(c) or c.policy in ("cache_aware", "bounded_load")),
+    "cache_threshold": _CACHE_AWARE,
+    "balance_abs_threshold": _CACHE_AWARE,
+    "balance_rel_threshold": _CACHE_AWARE,
+    "balance_token_usage_threshold": _CACHE_AWARE,
+    "overload_token_usage_threshold": _CACHE_AWARE,
+    "max_tree_size": _CACHE_AWARE,
+    "prefix_token_count": _PREFIX_HASH,
+    "prefix_hash_load_factor": _PREFIX_HASH,
+    "prefix_hash_balance_abs_threshold": _PREFIX_HASH,
+    "least_load_kv_pressure_weight": _EXPECTED_WAIT,
+    "least_load_default_throughput": _EXPECTED_WAIT,
+    "least_load_mean_prefill_tokens": _EXPECTED_WAIT,
+    "least_load_max_waiting_requests": _EXPECTED_WAIT,
+    "power_of_two_load_metric": ("power_of_two", _policy_is("power_of_two")),
+    "bounded_load_epsilon": _BOUNDED_LOAD,
+    "bounded_load_measure": _BOUNDED_LOAD,
+    "session_kv_idle_secs": ("bounded_load --bounded-load-measure kv and --assignment-mode min_kv",
+                             lambda c: (c.policy == "bounded_load" and c.bounded_load_measure == "kv") or _min_kv(c)),
+    "kv_capacity_tokens": _MIN_KV,
+    "kv_repin_queue_ratio": _MIN_KV,
+    "kv_hot_min_keys": _MIN_KV,
+    "kv_load_smoothing_secs": _MIN_KV,
+    "kv_repin_max_tokens": _MIN_KV,
+    "kv_repin_headroom": _MIN_KV,
+    "kv_repin_cooldown_secs": _MIN_KV,
+    "kv_repin_load_epsilon": _MIN_KV,
+}
+
+
+def _unknown_tokens(p: GatewayArgumentParser, argv: list[str], unknown: list[str]) -> str | None:
+    """What is wrong with the tokens argparse could not place: an unknown flag, or a value no flag takes."""
+    for token in unknown:
+        if token.startswith("-"):
+            name = token.partition("=")[0]
+            return f"unknown gateway flag {name}{_suggestion(name, list(p.flags))} (not an smg launch flag either)"
+    for i, token in enumerate(argv[1:], 1):
+        action = p.flags.get(argv[i - 1])
+        if token in unknown and action is not None and action.nargs == 0:
+            return _switch_value(argv[i - 1], token)
+    return f"unexpected value {unknown[0]!r}: a value must follow the flag it belongs to"
+
+
+def _not_applicable(cfg: GatewayConfig, given: dict[str, str]) -> str | None:
+    """The first flag given that this policy would ignore, as an error message."""
+    for dest, spelling in given.items():
+        if dest in POLICY_SPECIFIC and not POLICY_SPECIFIC[dest][1](cfg):
+            mode = f" --assignment-mode {cfg.assignment_mode}" if cfg.assignment_mode and _sticky_map(cfg) else ""
+            return (f"{spelling} applies to {POLICY_SPECIFIC[dest][0]} only, not to --policy {cfg.policy}{mode}: "
+                    "the run would ignore it (smg does so silently), so drop it or choose a policy that reads it")
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
-    """Parse ``smg launch``-style arguments; unknown flags land in ``ignored`` instead of failing."""
-    ns, unknown = build_parser().parse_known_args(argv)
+    """Parse ``smg launch``-style arguments; anything that cannot be run as asked raises ``GatewayFlagError``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    ns, unknown = p.parse_known_args(argv)
+    if unknown:
+        raise GatewayFlagError(_unknown_tokens(p, argv, unknown))
+    given = {p.flags[t.partition("=")[0]].dest: t.partition("=")[0]
+             for t in argv if t.startswith("--") and t.partition("=")[0] in p.flags}
     values = vars(ns)
-    names = {f.name for f in fields(GatewayConfig)}
+    names = {f.name for f in fields(GatewayConfig)} - {"ignored"}
     cfg = GatewayConfig(**{k: v for k, v in values.items() if k in names and v is not None})
-    if values.get("routing_key_headers"):
+    cfg.ignored = values["ignored"] or []
+    if values["routing_key_headers"]:
         cfg.routing_key_headers = [h.lower() for h in values["routing_key_headers"]]
-    cfg.ignored = [u for u in unknown if u.startswith("-")]
+    if values["prometheus_host"] is None and ":" in cfg.host:
+        cfg.prometheus_host = "::1"
+    if cfg.policy not in POLICIES and cfg.policy not in (plugins := policy_plugins()):
+        known = [*POLICIES, *plugins]
+        raise GatewayFlagError(f"unknown --policy {cfg.policy!r}{_suggestion(cfg.policy, known)}; "
+                               f"one of {', '.join(known)}")
+    if problem := _not_applicable(cfg, given):
+        raise GatewayFlagError(problem)
     return cfg

@@ -11,6 +11,7 @@ import uvicorn
 from session_server.app import ServerConfig, create_app
 from session_server.core import DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTING_KEY_HEADER
 from session_server.messages import VALID_ROLES
+from testbed_common.loopback import LOOPBACK, warn_if_exposed
 from testbed_common.procs import UVICORN_DEFAULTS
 
 
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="miles-compatible session server: token-in/token-out sessions proxied to a router "
         "with X-SMG-Routing-Key: <session_id>.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--host", default=LOOPBACK,
+                   help=f"bind address (default {LOOPBACK}); another address exposes the server, with a warning")
     p.add_argument("--port", type=int, default=30000, help="port (default 30000)")
     p.add_argument(
         "--router-url",
@@ -114,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(config)
     except ValueError as e:
         parser.error(str(e))
+    warn_if_exposed(parser.prog, "--host", args.host)
     # timeout_keep_alive above httpx's 5 s pool expiry: with uvicorn's 5 s default a client reusing a connection
     # the server is just closing gets a ReadError
     uvicorn.run(

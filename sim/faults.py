@@ -39,7 +39,7 @@ Health probes in virtual time: the mock gateway probes every worker once per
 due time (before routing it, after the due load poll), like the load monitor; the wall-clock health
 loop stays off in virtual mode. The real SMG (specs/smg-live-observations.md §6) reacts to a dead
 worker through retries first (the key re-pins at once: ``occupied_miss``), its breaker after
-``--cb-failure-threshold`` transport failures, its health checker after ``--health-check-failure-threshold``
+``--cb-failure-threshold`` transport failures, its health checker after ``--health-failure-threshold``
 failed probes; ``manual`` keys return to their first worker once it is healthy and its breaker allows.
 """
 

@@ -4,13 +4,20 @@
 ``manual`` a function giving it its assignment strategy (``ASSIGNMENT_CLASSES``, default ``random``). Under
 ``--routing-key-override`` every policy but those in ``sticky.UNWRAPPED`` is wrapped in ``StickyOverride``,
 whose shared manual map assigns with ``--assignment-mode`` (default ``delegate``: the wrapped policy chooses).
-The names are those of ``config.POLICIES`` and of the ``--assignment-mode`` choices.
+The names are those of ``config.POLICIES`` and of ``config.ASSIGNMENT_MODES``.
+
+A name that is not built in is looked up among the installed plugins: entry points of the group
+``smg_testbed.policies`` (``config.POLICY_ENTRY_POINTS``) whose object is a ``Policy`` subclass or any builder
+taking the ``PolicyContext``. A plugin that does not load or build a ``Policy`` is a ``PolicyPluginError``
+naming the entry point (docs/policies.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import EntryPoint
 
+from mock_gateway.config import POLICY_ENTRY_POINTS, policy_plugins
 from mock_gateway.policies.assignment import (
     Assignment,
     DelegateAssignment,
@@ -64,15 +71,47 @@ POLICY_BUILDERS: dict[str, Callable[[PolicyContext], Policy]] = {
 }
 
 
+class PolicyPluginError(ValueError):
+    """A policy plugin that does not load, or whose builder does not give a ``Policy``."""
+
+
+def _plugin_error(ep: EntryPoint, problem: str) -> PolicyPluginError:
+    return PolicyPluginError(f"policy plugin {ep.name!r} (entry point {ep.name} = {ep.value} in group "
+                             f"{POLICY_ENTRY_POINTS}) {problem}")
+
+
+def build_plugin(ep: EntryPoint, ctx: PolicyContext) -> Policy:
+    """The policy plugin ``ep`` builds; it is named after the entry point unless its class sets ``name``."""
+    try:
+        builder = ep.load()
+    except Exception as e:  # any import-time failure of foreign code is the plugin's, reported as one line
+        raise _plugin_error(ep, f"does not load: {type(e).__name__}: {e}") from e
+    if not callable(builder):
+        raise _plugin_error(ep, f"is a {type(builder).__name__}, not a Policy subclass or a builder of one")
+    try:
+        policy = builder(ctx)
+    except Exception as e:
+        raise _plugin_error(ep, f"failed to build: {type(e).__name__}: {e}") from e
+    if not isinstance(policy, Policy):
+        raise _plugin_error(ep, f"built a {type(policy).__name__}, not a Policy")
+    if not policy.name:
+        policy.name = ep.name
+    return policy
+
+
 def make_policy(ctx: PolicyContext) -> Policy:
     """The policy for ``ctx.config``; an unknown policy or assignment mode is a ``ValueError``."""
     cfg = ctx.config
-    if cfg.policy not in POLICY_BUILDERS:
-        raise ValueError(f"unknown policy {cfg.policy!r} (one of {', '.join(POLICY_BUILDERS)})")
     mode = cfg.assignment_mode
     if mode is not None and mode not in ASSIGNMENT_CLASSES:
         raise ValueError(f"unknown assignment mode {mode!r} (one of {', '.join(ASSIGNMENT_CLASSES)})")
-    policy = POLICY_BUILDERS[cfg.policy](ctx)
+    if cfg.policy in POLICY_BUILDERS:
+        policy = POLICY_BUILDERS[cfg.policy](ctx)
+    elif (ep := policy_plugins().get(cfg.policy)) is not None:
+        policy = build_plugin(ep, ctx)
+    else:
+        raise ValueError(f"unknown policy {cfg.policy!r} (one of {', '.join(POLICY_BUILDERS)}, "
+                         f"or a plugin of entry point group {POLICY_ENTRY_POINTS})")
     if not cfg.routing_key_override or cfg.policy in UNWRAPPED:
         return policy
     return StickyOverride(ctx, policy, ManualPolicy(ctx, assignment(ctx, mode or "delegate", policy)))

@@ -2,7 +2,7 @@
 
 Example: ``smg-testbed worker --port 18001 --count 3 --kv-capacity-tokens 200000`` serves workers
 ``w0``, ``w1``, ``w2`` on 127.0.0.1:18001-18003. ``--host`` defaults to loopback; binding anything
-else exposes an unauthenticated server, so do that only on a private network. SIGTERM/SIGINT stop
+else exposes an unauthenticated server (the command warns), so do that only on a private network. SIGTERM/SIGINT stop
 all workers; the ``exit`` fault (``POST /admin/faults {"exit": true}``) stops one worker, and the
 process ends (status 3) when its last worker has stopped that way.
 """
@@ -24,6 +24,7 @@ from sim.engine.types import LatencyModel, WorkerConfig
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
 from sim.worker.core import WorkerCore
 from sim.worker.faults import Faults
+from testbed_common.loopback import LOOPBACK, warn_if_exposed
 from testbed_common.procs import UVICORN_DEFAULTS
 
 
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smg-testbed worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--host", default=LOOPBACK,
+                   help=f"bind address (default {LOOPBACK}); another address exposes the workers, with a warning")
     p.add_argument("--port", type=int, default=18001, help="port of the first worker")
     p.add_argument("--count", type=int, default=1, help="number of workers, on consecutive ports")
     p.add_argument("--name-prefix", default="w", help="workers are named <prefix>0..<prefix>{N-1}")
@@ -178,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     _validate(p, args)
+    warn_if_exposed(p.prog, "--host", args.host)
     ports = range(args.port, args.port + args.count)
     try:
         socks = bind(args.host, ports)

@@ -17,8 +17,8 @@ from sim.measures import summarize
 from sim.runner import PolicyConfig, make_setup, open_transport, public, run_setup
 from sim.workload.scenario import Scenario, ScenarioError, load_scenario
 
-FAST_HEALTH = ("--health-check-interval-secs", "1", "--health-check-failure-threshold", "2",
-               "--health-check-success-threshold", "1", "--cb-timeout-duration-secs", "5")
+FAST_HEALTH = ("--health-check-interval-secs", "1", "--health-failure-threshold", "2",
+               "--health-success-threshold", "1", "--cb-timeout-duration-secs", "5")
 MANUAL = PolicyConfig("manual", "min_load", FAST_HEALTH)
 
 

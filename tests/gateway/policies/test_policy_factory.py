@@ -4,6 +4,7 @@ builds the policy it names; an unknown name is refused with the known ones.
 Specification: ``manual`` is ``ManualPolicy`` with the mode's assignment strategy (default ``random``);
 any other policy is its class, wrapped under ``--routing-key-override`` (except consistent_hashing) in a
 ``StickyOverride`` whose shared manual map assigns with the mode (default ``delegate``: the wrapped policy).
+A mode given where no manual map reads it is refused by ``parse_args``.
 """
 
 import random
@@ -12,7 +13,7 @@ import re
 import pytest
 
 from mock_gateway import config
-from mock_gateway.config import GatewayConfig, parse_args
+from mock_gateway.config import GatewayConfig, GatewayFlagError, parse_args
 from mock_gateway.metrics import GatewayMetrics
 from mock_gateway.policies.assignment import DelegateAssignment
 from mock_gateway.policies.base import PolicyContext
@@ -65,12 +66,19 @@ def test_manual_is_the_manual_policy_with_the_modes_assignment(mode):
 @pytest.mark.parametrize("name", [n for n in config.POLICIES if n != "manual"])
 def test_other_policies_are_their_class_wrapped_by_the_sticky_override(name, mode):
     modes = ["--assignment-mode", mode] if mode else []
-    plain = build(parse_args(["--policy", name, *modes]))
+    plain = build(parse_args(["--policy", name]))
     assert type(plain) is POLICY_BUILDERS[name] and plain.name == name
-    policy = build(parse_args(["--policy", name, "--routing-key-override", *modes]))
+    if mode:  # without a sticky map nothing reads the mode: refused rather than ignored
+        with pytest.raises(GatewayFlagError, match=r"^--assignment-mode applies to manual and the "):
+            parse_args(["--policy", name, *modes])
     if name in UNWRAPPED:
+        policy = build(parse_args(["--policy", name, "--routing-key-override"]))
         assert type(policy) is POLICY_BUILDERS[name] is ConsistentHashingPolicy
+        if mode:
+            with pytest.raises(GatewayFlagError, match=r"^--assignment-mode applies to manual and the "):
+                parse_args(["--policy", name, "--routing-key-override", *modes])
         return
+    policy = build(parse_args(["--policy", name, "--routing-key-override", *modes]))
     assert type(policy) is StickyOverride and policy.name == name
     assert type(policy.inner) is POLICY_BUILDERS[name]
     assert type(policy.sticky) is ManualPolicy

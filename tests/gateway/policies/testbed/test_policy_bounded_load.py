@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mock_gateway.config import parse_args
+from mock_gateway.config import GatewayFlagError, parse_args
 from mock_gateway.policies.base import RouteInput
 from mock_gateway.policies.testbed.bounded_load import load_bound
 from mock_gateway.testing import chat, make_core, sample, urls
@@ -145,5 +145,5 @@ def test_no_available_worker_means_no_choice():
 def test_flags_parse_and_an_unknown_measure_is_refused():
     cfg = parse_args(["--policy", "bounded_load", "--bounded-load-epsilon", "0.5", "--bounded-load-measure", "kv"])
     assert (cfg.policy, cfg.bounded_load_epsilon, cfg.bounded_load_measure) == ("bounded_load", 0.5, "kv")
-    with pytest.raises(SystemExit):
-        parse_args(["--bounded-load-measure", "tokens"])
+    with pytest.raises(GatewayFlagError, match="--bounded-load-measure: invalid choice: 'tokens'"):
+        parse_args(["--policy", "bounded_load", "--bounded-load-measure", "tokens"])
