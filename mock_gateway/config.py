@@ -373,6 +373,11 @@ def _not_applicable(cfg: GatewayConfig, given: dict[str, str]) -> str | None:
     return None
 
 
+def switch_flags() -> frozenset[str]:
+    """Every flag the gateway takes without a value: its own switches and SMG's that it does not model."""
+    return frozenset(flag for flag, action in build_parser().flags.items() if action.nargs == 0)
+
+
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     """Parse ``smg launch``-style arguments; anything that cannot be run as asked raises ``GatewayFlagError``."""
     argv = list(sys.argv[1:] if argv is None else argv)

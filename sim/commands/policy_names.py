@@ -1,7 +1,8 @@
 """``POLICY[/ASSIGNMENT_MODE]``: the one parser of policy names for every command (run, sweep, replay, conformance).
 
-The names are the mock gateway's (its ``--policy`` and ``--assignment-mode`` choices); a mistyped one is a one-line
-error with a "did you mean" suggestion, and an assignment mode applies to ``manual`` only.
+The names are the mock gateway's (its ``--policy`` and ``--assignment-mode`` choices, and the policies plugged in
+through the ``smg_testbed.policies`` entry point group); a mistyped one is a one-line error with a "did you mean"
+suggestion, and an assignment mode applies to ``manual`` only.
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from mock_gateway.config import POLICIES, build_parser
+from mock_gateway.config import ASSIGNMENT_MODES, POLICIES, policy_plugins
 from sim.runner import PolicyConfig
-
-ASSIGNMENT_MODES: tuple[str, ...] = next(tuple(a.choices) for a in build_parser()._actions
-                                         if "--assignment-mode" in a.option_strings)
 
 
 def unknown_name(kind: str, name: str, known: Sequence[str]) -> str:
@@ -26,8 +24,8 @@ def unknown_name(kind: str, name: str, known: Sequence[str]) -> str:
 def check_policy(policy: str, mode: str | None = None) -> PolicyConfig:
     """The configuration of ``policy`` with assignment ``mode``; ValueError (one line) when either is unknown or
     the mode is given to a policy other than manual."""
-    if policy not in POLICIES:
-        raise ValueError(unknown_name("policy", policy, POLICIES))
+    if policy not in POLICIES and policy not in (plugins := policy_plugins()):
+        raise ValueError(unknown_name("policy", policy, [*POLICIES, *plugins]))
     if mode is not None:
         if mode not in ASSIGNMENT_MODES:
             raise ValueError(unknown_name("assignment mode", mode, ASSIGNMENT_MODES))

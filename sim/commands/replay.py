@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mock_gateway.config import ASSIGNMENT_MODES
 from sim.commands.common import console_for, fail
-from sim.commands.policy_names import ASSIGNMENT_MODES, parse_policy
+from sim.commands.policy_names import parse_policy
 from sim.runner import COMPARE_POLICIES, PolicyConfig, make_setup, open_transport
 from sim.workload.scenario import ScenarioError, parse_capacity
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mock_gateway.config import ASSIGNMENT_MODES
 from sim.cli import main as cli
-from sim.commands.policy_names import ASSIGNMENT_MODES, parse_policy
+from sim.commands.policy_names import parse_policy
 from sim.commands.replay import parse_policies
 from sim.runner import PolicyConfig
 

@@ -15,12 +15,13 @@ from sim.commands.sweep import build_parser, grid_setups
     (["--cache-threshld", "0.5"], "unknown gateway flag --cache-threshld (did you mean --cache-threshold?)"),
     (["--disable-worker-overload-protection", "true"], "--disable-worker-overload-protection is a switch"),
     (["--disable-retries", "false"], "--disable-retries is a switch"),
-    (["--seed", "1", "--disable-retries", "1"], "--disable-retries is a switch and takes no value ('1')"),
+    (["--seed", "1", "--disable-retries", "1"], "--disable-retries is a switch and takes no value (got '1')"),
     (["--disable-retries=false"], "--disable-retries"),
     (["--cache-threshold", "lots"], "invalid float value: 'lots'"),
-    (["--policy", "random", "--assignment-mode", "min_load"], "applies to --policy manual only"),
-    (["--policy", "consistent_hashing", "--assignment-mode", "min_kv"], "applies to --policy manual only"),
-    (["--policy", "manual", "0.5"], "stray gateway argument '0.5'"),
+    (["--policy", "random", "--assignment-mode", "min_load"], "not to --policy random"),
+    (["--policy", "consistent_hashing", "--assignment-mode", "min_kv"], "not to --policy consistent_hashing"),
+    (["--policy", "manual", "0.5"], "unexpected value '0.5'"),
+    (["--policy", "manual", "--cache-threshold", "0.5"], "applies to cache_aware only"),
 ])
 def test_a_flag_the_gateway_cannot_apply_is_an_error(argv, says):
     with pytest.raises(ValueError) as e:
@@ -29,7 +30,7 @@ def test_a_flag_the_gateway_cannot_apply_is_an_error(argv, says):
 
 
 def test_smg_flags_the_mock_does_not_model_are_returned_for_a_warning():
-    assert check_gateway_argv(["--policy", "manual", "--tokenizer-path", "/m", "--enable-igw",
+    assert check_gateway_argv(["--policy", "cache_aware", "--tokenizer-path", "/m", "--enable-igw",
                                "--cache-threshold", "0.5"]) == ["--tokenizer-path", "--enable-igw"]
 
 
@@ -67,7 +68,7 @@ def test_sweep_switch_rows_name_their_value(tiny, tmp_path):
     (["run", "--policy", "consistent_hashing", "--assignment-mode", "min_kv"], "applies to --policy manual only"),
     (["sweep", "--grid", "cache-threshld=0.1,0.3"], "did you mean --cache-threshold?"),
     (["sweep", "--grid", "disable-retries=maybe"], "is a switch"),
-    (["sweep", "--grid", "cache-threshold=0.1,lots"], "invalid float value: 'lots'"),
+    (["sweep", "--policy", "cache_aware", "--grid", "cache-threshold=0.1,lots"], "invalid float value: 'lots'"),
     (["sweep", "--policy", "random", "--assignment-mode", "min_load"], "applies to --policy manual only"),
     (["sweep", "--policy", "manual", "--grid", "policy=random"], "use sweep's --policy"),
     (["sweep", "--grid", "assignment-mode=min_kv"], "use sweep's --assignment-mode"),
