@@ -93,7 +93,7 @@ import numpy as np
 
 from .core import GEN_THROUGHPUT_WINDOW, _join
 from .radix import Node, RadixCache, TokenIds, as_ids
-from .types import EngineLoad, EngineStats, FinishedRequest, RequestTiming, WorkerConfig
+from .types import EngineLoad, EngineStats, FinishedRequest, IterationTiming, WorkerConfig
 
 _NO_TOKEN = 1  # SGLang's AddReqResult.NO_TOKEN
 _OTHER = 2  # AddReqResult.OTHER
@@ -619,7 +619,7 @@ class IterationEngine:
         req.node = None
         req.finish = t
         self._batch_is_full = False
-        timing = RequestTiming(
+        timing = IterationTiming(
             arrival=req.arrival,
             start=req.first_scheduled,
             first_token=req.first_token,

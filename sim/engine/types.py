@@ -78,8 +78,30 @@ class RequestTiming:
     cached_tokens: int  # prompt tokens matched in the radix cache at admission
     output_tokens: int
     evicted_tokens: int  # tokens evicted from the cache to admit this request
-    retractions: int = 0  # times the iteration-level engine retracted it (always 0 in the arrival-time engine)
-    recomputed_tokens: int = 0  # prefill work done again after its retractions
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.arrival
+
+    @property
+    def e2e(self) -> float:
+        return self.finish - self.arrival
+
+
+@dataclass(frozen=True)
+class IterationTiming:
+    """One request's timeline in the iteration-level engine, known at its finish (``RequestTiming``'s fields + more)."""
+
+    arrival: float
+    start: float  # first scheduled: its first prefill forward starts
+    first_token: float  # end of the prefill forward that gave its first token
+    finish: float
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens matched in the radix cache at its first admission
+    output_tokens: int
+    evicted_tokens: int  # tokens evicted from the cache to allocate its prefills
+    retractions: int  # times it was retracted from the running batch
+    recomputed_tokens: int  # tokens that had KV before a retraction and were prefilled again
 
     @property
     def ttft(self) -> float:
@@ -95,7 +117,7 @@ class FinishedRequest:
     """A request the iteration-level engine finished: the handle ``submit`` returned and its timeline."""
 
     handle: int
-    timing: RequestTiming
+    timing: IterationTiming
 
 
 @dataclass(frozen=True)
