@@ -236,14 +236,14 @@ class IterationEngine:
     def advance(self, until: float) -> list[FinishedRequest]:
         """Run every decision at or before ``until``; return the requests finished since the last call."""
         self._run(float(until), inclusive=True)
-        if until > self._last:
+        if self._last < until < math.inf:
             self._last = until
         done, self._finished = self._finished, []
         return done
 
     # ------------------------------------------------------------------ the loop
     def _run(self, until: float, inclusive: bool) -> None:
-        while self._t < until or (inclusive and self._t == until):
+        while self._t < until or (inclusive and self._t == until != math.inf):
             self._decide(self._t)
 
     def _decide(self, t: float) -> None:
@@ -545,8 +545,24 @@ class IterationEngine:
     def _end_segment(self, t: float) -> None:
         start, k, b, a = self._seg  # type: ignore[misc]
         self._seg = None
+        self._decode_steps(start, k, b, a, t)
+
+    def _sync(self, now: float) -> None:
+        """Apply the steps of the segment in flight that ended by ``now`` (their KV and evictions are the present)."""
+        if self._seg is None:
+            return
+        start, k, b, a = self._seg
+        j = self._steps_by(start, b, a, now, at_or_after=False)
+        if 0 < j < k:
+            end = start + self._segment_time(j, b, a)
+            self._decode_steps(start, j, b, a, end)
+            self._seg = (end, k - j, b, a + self.config.latency.decode_per_ctx_token * b * j)
+
+    def _decode_steps(self, start: float, k: int, b: int, a: float, t: float) -> None:
+        """Apply ``k`` decode steps of the running batch, run from ``start`` to ``t``: KV, ratio decay, finishes."""
         running = self._running
         self._allocate(k * b)
+        self._note_peak()  # the segment's last step holds the most KV (its finishes release it after)
         if self._seg_decays:
             self._ratio_steps += k
         self.stats.busy_time += t - start
@@ -560,7 +576,6 @@ class IterationEngine:
                 kept.append(r)
         self._running = kept
         self._count_tokens(start, k, b, a, 0)
-        self._note_peak()
 
     def _retract(self) -> None:
         """``ScheduleBatch.retract_decode`` (default retraction order) and the ratio update after it."""
@@ -646,21 +661,19 @@ class IterationEngine:
         while recent and recent[0][0] + self._segment_time(recent[0][1], recent[0][2], recent[0][3]) < horizon:
             recent.popleft()
 
-    def used_tokens(self, now: float | None = None) -> int:
+    def used_tokens(self) -> int:
         """KV SGLang counts as used: locked tree plus KV outside the tree (decode tokens, prefills in flight)."""
-        used = self.cache.locked_tokens + self._private
-        if now is not None and self._seg is not None:
-            start, k, b, a = self._seg
-            used += b * min(k, self._steps_by(start, b, a, now, at_or_after=False))
-        return used
+        return self.cache.locked_tokens + self._private
 
     def load(self, now: float) -> EngineLoad:
-        """Load at ``now`` in SGLang's terms (call ``advance(now)`` first; this changes nothing).
+        """Load at ``now`` in SGLang's terms (call ``advance(now)`` first).
 
-        The chunked request counts as running. ``num_used_tokens`` includes the decode steps of the
-        segment in flight done by ``now``; ``gen_throughput`` counts tokens generated in the last
-        ``GEN_THROUGHPUT_WINDOW`` seconds (first tokens at their prefill's end, one per request per step).
+        The decode steps of the segment in flight that ended by ``now`` are applied first, so KV and the
+        cache are the present's. The chunked request counts as running; ``gen_throughput`` counts tokens
+        generated in the last ``GEN_THROUGHPUT_WINDOW`` seconds (first tokens at their prefill's end, one
+        per request per step).
         """
+        self._sync(now)
         running = len(self._running) + len(self._mixed) + (1 if self._chunked is not None else 0)
         if self._prefill is not None:
             running += sum(1 for r in self._prefill if r is not self._chunked)
@@ -668,7 +681,7 @@ class IterationEngine:
         uncached = 0
         for r in self._waiting:
             uncached += r.fill - self.cache.peek(r.seq[: r.fill - 1])
-        used = self.used_tokens(now)
+        used = self.used_tokens()
         lo = now - GEN_THROUGHPUT_WINDOW
         generated = 0
         segments = list(self._recent)
