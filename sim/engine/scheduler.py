@@ -442,9 +442,11 @@ class IterationEngine:
             old = req.node
             assert old is not None
             end = req.extend_end
+            # unlocked first, so that a session's own leaf grows in place (radix.py) instead of one node per
+            # turn; nothing is evicted in between, so the handle stays valid for ``after``
+            cache.unlock(old)
             node = cache.insert(req.seq[:end], t, after=(req.prefix, old) if req.prefix else None)
             cache.lock(node)
-            cache.unlock(old)
             req.node = node
             self._private -= end - req.prefix
             req.prefix = end
@@ -627,8 +629,8 @@ class IterationEngine:
         kv = req.prefix + req.private  # prompt + output - 1: the last token never had KV
         node = req.node
         assert node is not None
-        cache.insert(req.seq[:kv], t, after=(req.prefix, node))
         cache.unlock(node)
+        cache.insert(req.seq[:kv], t, after=(req.prefix, node))
         self._private -= req.private
         req.private = 0
         req.node = None
