@@ -51,7 +51,9 @@ What SGLang does (0.5.23, the wheel's ``srt/``), and what is followed here:
   finish prompt + output up to the last token with KV enter it and the lock is released
   (``release_kv_cache(checkpoint=True)``, SGLang's ``cache_finished_req``): the last sampled token never
   gets KV, so a request leaves ``prompt + output - 1`` tokens. Matching covers ``fill[:-1]`` (at least one
-  token is computed). LRU eviction of unlocked leaves is ``radix.RadixCache``'s.
+  token is computed). LRU eviction of unlocked leaves is ``radix.RadixCache``'s; a request's node is
+  unlocked just before its checkpoint is inserted, so a session's leaf grows in place (radix.py's
+  documented divergence: one node per session instead of SGLang's one per turn, same matched lengths).
 
 Durations (``latency.py``, times ``config.slowdown``): a prefill forward of several requests' chunks
 costs ``max(prefill_floor, prefill_per_token * sum(new)) + sum(attention_per_token2 * new * (cached +
@@ -69,7 +71,9 @@ So a decision that decodes plans a segment of ``k = min(steps to the first finis
 evictable KV allows)`` steps; its duration is ``k * (floor + per_seq * B + per_ctx * C0) + per_ctx * B *
 k * (k - 1) / 2`` (times slowdown; the context sum grows by ``B`` a step) and its effects (KV, evictions,
 ratio decay, tokens) are applied at its end in O(batch). A ``submit`` into a segment that could react
-to it (``batch_is_full`` clear) cuts the segment at the first step boundary at or after the arrival.
+to it (``batch_is_full`` clear) cuts the segment at the first step boundary at or after the arrival;
+``load`` applies the steps that ended by its time. The ratio is kept as a base and a step count, so a
+run of ``k`` steps and ``k`` single steps give the same value.
 
 Simplifications (and why):
 - ``max_new_tokens`` is the request's exact output length (the simulator knows it; SGLang's clients

@@ -27,6 +27,7 @@ class StepByStep(IterationEngine):
     def _decide(self, t: float) -> None:
         self.decisions += 1
         super()._decide(t)
+        self.check()  # KV within the pool after every decision, the forward in flight included
 
     def _start_decode(self, t: float, decays: bool, max_steps: int | None = None) -> None:
         b = len(self._running)
@@ -49,6 +50,7 @@ class Counting(IterationEngine):
     def _decide(self, t: float) -> None:
         self.decisions += 1
         super()._decide(t)
+        self.check()
 
     def _admit(self, req, t: float, cached: int) -> None:
         if req.cached >= 0:  # a re-prefill: everything but the last sampled token had KV before
