@@ -35,7 +35,8 @@ What SGLang does (0.5.23, the wheel's ``srt/``), and what is followed here:
 - **new_token_ratio** (``scheduler_components/new_token_ratio_tracker.py``): starts at ``0.7 *
   schedule_conservativeness``, decays by ``(init - min) / 600`` per decode step that did not retract,
   floor ``0.14 * init``; after a retraction it becomes ``(sum generated + 20 * batch) / (sum max_new + 1)``
-  over the requests kept (``estimate_new_token_ratio_after_retract``), at most 1.
+  over the requests kept (``estimate_new_token_ratio_after_retract``), at most 1; an idle engine resets
+  it to ``init`` (``Scheduler.on_idle``).
 - **Decode KV and retraction** (``managers/schedule_batch.py``): each decode step needs one token per
   running request (``check_decode_mem``: free after evicting the LRU cache). If it does not fit,
   ``retract_decode`` sorts the batch by ``(generated, -prompt)``, descending, and retracts from the end
@@ -99,8 +100,6 @@ from .core import GEN_THROUGHPUT_WINDOW, _join
 from .radix import Node, RadixCache, TokenIds, as_ids
 from .types import EngineLoad, EngineStats, FinishedRequest, IterationTiming, WorkerConfig
 
-_NO_TOKEN = 1  # SGLang's AddReqResult.NO_TOKEN
-_OTHER = 2  # AddReqResult.OTHER
 _UNBOUNDED = 1 << 62  # the pool size standing for "no capacity"
 
 
@@ -175,6 +174,7 @@ class IterationEngine:
         init = min(sc.init_new_token_ratio * sc.schedule_conservativeness, 1.0)
         self._ratio_min = min(init * sc.min_new_token_ratio_factor, 1.0)
         self._ratio_decay = (init - self._ratio_min) / sc.new_token_ratio_decay_steps
+        self._ratio_init = init
         self._ratio_base = init  # ratio = max(base - decay * decode steps since it was set, min)
         self._ratio_steps = 0
         self._waiting: list[_Req] = []
@@ -185,7 +185,7 @@ class IterationEngine:
         self._next_handle = 0
         self._t = math.inf  # time of the next decision (end of the forward in flight); inf when idle
         self._last = -math.inf  # the latest time seen
-        # the forward in flight: ("prefill", batch, mixed decode rows) or ("decode", segment)
+        # the forward in flight: a prefill batch (with the decode rows mixed into it), or a decode segment
         self._prefill: list[_Req] | None = None
         self._mixed: list[_Req] = []
         self._seg: tuple[float, int, int, float] | None = None  # decode segment: (start, steps, batch, 1st step's cost)
@@ -274,10 +274,11 @@ class IterationEngine:
                 self._schedule(t)  # all retracted (only beside a chunked prefill): that chunk goes on now
         else:
             self._t = math.inf  # idle: nothing running, and the queue is empty
+            self._ratio_base, self._ratio_steps = self._ratio_init, 0  # Scheduler.on_idle resets the ratio
             assert not self._waiting and self._chunked is None, "an idle engine left requests waiting"
 
     # ------------------------------------------------------------------ prefill
-    def _free(self) -> float:
+    def _free(self) -> int:
         return self._cap - self.cache.resident_tokens - self._private
 
     def _build_prefill(self, t: float) -> list[_Req]:
@@ -303,27 +304,26 @@ class IterationEngine:
         for r in running:
             offset_total += min(r.n_out - r.generated, clip) * ratio
         cache = self.cache
+        page = cfg.page_size
         can_run: list[_Req] = []
-        if chunked is not None:
+        if chunked is not None:  # add_chunked_req
+            assert rem_chunk is not None, "a chunked request exists only with chunked prefill on"
             avail = self._free() + cache.evictable_tokens
-            rem = rem_chunk if rem_chunk is not None else chunked.fill - chunked.prefix
-            room = min(rem, int(avail - offset_total))
+            room = min(rem_chunk, int(avail - offset_total))
             if room <= 0:
-                room = rem
-            new = min(chunked.fill - chunked.prefix, room, int(avail))  # never past the pool (see the docstring)
+                room = rem_chunk  # it must make progress to release its KV
+            new = min(chunked.fill - chunked.prefix, room, avail)  # never past the pool (see the docstring)
             if new > 0:
                 last = chunked.prefix + new == chunked.fill
                 chunked.extend_end = chunked.prefix + new
                 can_run.append(chunked)
                 reserve = min(chunked.n_out, clip) if last else 0
-                offset_total += new + 1 + reserve
-                offset_current += new + 1
+                offset_total += new + page + reserve
+                offset_current += new + page
                 rem_input -= new
-                if rem_chunk is not None:
-                    rem_chunk -= new
+                rem_chunk -= new
                 if last:
                     self._chunked = None
-        page = cfg.page_size
         max_running = cfg.max_running_requests
         for req in self._waiting:
             if rem_input <= 0 or (rem_chunk is not None and rem_chunk <= 0):
@@ -340,7 +340,7 @@ class IterationEngine:
             total = extend + min(req.n_out - req.generated, clip) + page
             if not total < avail - offset_total:
                 cache.unlock(node)
-                if req.kv_refused_at != req.kv_refused_at:  # nan: first refusal
+                if math.isnan(req.kv_refused_at):  # its first refusal
                     req.kv_refused_at = t
                 self._batch_is_full = bool(can_run) or bool(running)
                 break
@@ -380,7 +380,7 @@ class IterationEngine:
             req.first_scheduled = t
             st.cached_tokens += cached
             st.queue_time += t - req.arrival
-            if req.kv_refused_at == req.kv_refused_at:
+            if not math.isnan(req.kv_refused_at):
                 st.kv_wait_requests += 1
                 st.kv_wait_time += t - req.kv_refused_at
         else:  # re-prefill after a retraction: what had KV before and is not cached now is computed again
@@ -459,7 +459,7 @@ class IterationEngine:
                 continue
             req.generated += 1
             firsts += 1
-            if req.first_token != req.first_token:
+            if math.isnan(req.first_token):
                 req.first_token = t
             if req.generated == req.n_out:
                 self._finish(req, t)

@@ -118,6 +118,17 @@ def test_the_last_token_gets_no_kv_so_a_finished_request_leaves_prompt_plus_outp
     assert run_alone(engine, 10.0, follow_up, ids(4, 1)).cached_tokens == 349
 
 
+def test_an_unbounded_pool_never_evicts_and_reports_no_usage():
+    engine = IterationEngine(WorkerConfig(kv_capacity_tokens=None))
+    for k in range(20):
+        engine.submit(0.01 * k, ids(k, 5000), ids(100 + k, 100))
+    engine.advance(0.3)
+    load = engine.load(0.3)
+    assert load.max_total_num_tokens == 0 and load.token_usage == 0.0 and load.num_used_tokens > 0
+    assert len(engine.advance(math.inf)) == 20
+    assert engine.stats.evicted_tokens == 0 and engine.cache.resident_tokens == 20 * 5099
+
+
 def test_a_request_that_cannot_fit_the_pool_is_refused_at_submit():
     engine = IterationEngine(WorkerConfig(kv_capacity_tokens=1000))
     with pytest.raises(ValueError, match="does not fit"):
@@ -204,13 +215,17 @@ def test_after_a_retraction_the_ratio_is_sglangs_estimate_over_the_kept_requests
     assert engine.new_token_ratio == pytest.approx(min(1.0, (kept.generated + 20) / (kept.n_out + 1)))
 
 
-def test_the_ratio_starts_at_sglangs_default_and_decays_per_decode_step_to_its_floor():
+@pytest.mark.parametrize("at", [0.5, 2.0, 8.0])
+def test_the_ratio_decays_per_decode_step_to_its_floor_and_resets_when_idle(at):
     engine = IterationEngine()
     assert engine.new_token_ratio == pytest.approx(0.7)
-    run_alone(engine, 0.0, ids(1, 100), ids(2, 301))
-    assert engine.new_token_ratio == pytest.approx(0.7 - 300 * (0.7 - 0.098) / 600)
-    run_alone(engine, 100.0, ids(3, 100), ids(4, 1000))
-    assert engine.new_token_ratio == pytest.approx(0.098)
+    engine.submit(0.0, ids(1, 100), ids(2, 2000))
+    engine.advance(at)
+    steps = engine.load(at).num_used_tokens - 100  # one KV token per decode step
+    assert steps > 0
+    assert engine.new_token_ratio == pytest.approx(max(0.7 - steps * (0.7 - 0.098) / 600, 0.098))
+    engine.advance(math.inf)
+    assert engine.new_token_ratio == pytest.approx(0.7)
 
 
 def test_load_reports_running_waiting_and_used_kv_mid_segment():
