@@ -191,7 +191,8 @@ class IterationEngine:
         self._seg: tuple[float, int, int, float] | None = None  # decode segment: (start, steps, batch, 1st step's cost)
         self._seg_decays = True  # whether the segment's steps decay new_token_ratio
         self._finished: list[FinishedRequest] = []
-        self._recent: deque[tuple[float, int, int, float, int]] = deque()  # (start, steps, B, A, tokens at 1st)
+        # tokens generated lately (gen_throughput): (start, decode steps, batch, 1st step's cost, tokens at start, end)
+        self._recent: deque[tuple[float, int, int, float, int, float]] = deque()
 
     # ------------------------------------------------------------------ the public API
     @property
@@ -473,10 +474,10 @@ class IterationEngine:
             if req.generated == req.n_out:
                 self._finish(req, t)
         if mixed:
-            self._count_tokens(t, 0, len(mixed), 0.0, len(mixed))
+            self._count_tokens(t, 0, len(mixed), 0.0, len(mixed), t)
         self._running = kept + self._running + joined
         if firsts:
-            self._count_tokens(t, 0, 0, 0.0, firsts)
+            self._count_tokens(t, 0, 0, 0.0, firsts, t)
 
     # ------------------------------------------------------------------ decode
     def _decode_fits(self, need: int) -> bool:
@@ -581,7 +582,7 @@ class IterationEngine:
             else:
                 kept.append(r)
         self._running = kept
-        self._count_tokens(start, k, b, a, 0)
+        self._count_tokens(start, k, b, a, 0, t)
 
     def _retract(self) -> None:
         """``ScheduleBatch.retract_decode`` (default retraction order) and the ratio update after it."""
@@ -659,12 +660,12 @@ class IterationEngine:
         if used > self.stats.peak_kv_tokens:
             self.stats.peak_kv_tokens = used
 
-    def _count_tokens(self, start: float, steps: int, b: int, a: float, at_start: int) -> None:
+    def _count_tokens(self, start: float, steps: int, b: int, a: float, at_start: int, end: float) -> None:
         """Remember generated tokens for ``gen_throughput``: ``at_start`` at ``start``, then ``b`` per step."""
         recent = self._recent
-        recent.append((start, steps, b, a, at_start))
+        recent.append((start, steps, b, a, at_start, end))
         horizon = start - GEN_THROUGHPUT_WINDOW
-        while recent and recent[0][0] + self._segment_time(recent[0][1], recent[0][2], recent[0][3]) < horizon:
+        while recent[0][5] < horizon:
             recent.popleft()
 
     def used_tokens(self) -> int:
@@ -693,8 +694,8 @@ class IterationEngine:
         segments = list(self._recent)
         if self._seg is not None:
             start, k, b, a = self._seg
-            segments.append((start, k, b, a, 0))
-        for start, k, b, a, at_start in segments:
+            segments.append((start, k, b, a, 0, self._t))
+        for start, k, b, a, at_start, _ in segments:
             if at_start and lo < start <= now:
                 generated += at_start
             if k:
