@@ -13,8 +13,9 @@ What SGLang does (0.5.23, the wheel's ``srt/``), and what is followed here:
   join the running batch (a still-chunked request stays out of it); a prefill batch is built if it can
   be (``get_new_batch_prefill``) and runs first; otherwise one decode step over the running batch
   (``update_running_batch``). Prefill and decode never share a forward unless ``enable_mixed_chunk``
-  (then the running requests ride along in the prefill forward, as ``mix_with_running``, if their next
-  token's KV fits; a mixed step never retracts and never decays the ratio).
+  and chunked prefill are both on (``Scheduler.is_mixed_chunk``); then the running requests ride along
+  in the prefill forward (``mix_with_running``) if their next token's KV fits; a mixed step never
+  retracts and never decays the ratio.
 - **The waiting queue** is FCFS (``schedule_policy`` defaults to ``fcfs``; ``SchedulePolicy.calc_priority``
   leaves the order alone); retracted requests go to its back (``_add_request_to_queue``).
 - **Admission** (``managers/schedule_policy.py``, ``PrefillAdder`` with ``mem_cache/prefill_budget.py``'s
@@ -174,6 +175,7 @@ class IterationEngine:
         init = min(sc.init_new_token_ratio * sc.schedule_conservativeness, 1.0)
         self._ratio_min = min(init * sc.min_new_token_ratio_factor, 1.0)
         self._ratio_decay = (init - self._ratio_min) / sc.new_token_ratio_decay_steps
+        self._mixed_chunk = sc.enable_mixed_chunk and sc.chunked_prefill_size is not None
         self._ratio_init = init
         self._ratio_base = init  # ratio = max(base - decay * decode steps since it was set, min)
         self._ratio_steps = 0
@@ -295,7 +297,7 @@ class IterationEngine:
         if chunked is None and len(running) >= cfg.max_running_requests:
             self._batch_is_full = True
             return []
-        mixed = len(running) if sc.enable_mixed_chunk else 0
+        mixed = len(running) if self._mixed_chunk else 0
         rem_input = sc.max_prefill_tokens - mixed
         rem_chunk = None if sc.chunked_prefill_size is None else sc.chunked_prefill_size - mixed
         clip = sc.clip_max_new_tokens
@@ -412,7 +414,7 @@ class IterationEngine:
         running = self._running
         mixed: list[_Req] = []
         decode_part = 0.0
-        if running and cfg.scheduler.enable_mixed_chunk and self._decode_fits(len(running)):
+        if running and self._mixed_chunk and self._decode_fits(len(running)):
             mixed = running
             self._running = []
             context = 0

@@ -256,7 +256,7 @@ class StepByStep:
         if self.chunked is None and len(self.running) >= cfg.max_running_requests:
             self.full = True
             return []
-        mixed = len(self.running) if sc.enable_mixed_chunk else 0
+        mixed = len(self.running) if sc.enable_mixed_chunk and sc.chunked_prefill_size is not None else 0
         rem_input = sc.max_prefill_tokens - mixed
         rem_chunk = None if sc.chunked_prefill_size is None else sc.chunked_prefill_size - mixed
         clip, page = sc.clip_max_new_tokens, cfg.page_size
@@ -342,7 +342,9 @@ class StepByStep:
             attention += lat.attention_per_token2 * new * (j.prefix + new / 2)
         mixed, decode_part = [], 0.0
         was_running = bool(self.running)
-        if self.running and self.config.scheduler.enable_mixed_chunk and self.room() >= len(self.running):
+        sc = self.config.scheduler
+        mixing = sc.enable_mixed_chunk and sc.chunked_prefill_size is not None
+        if self.running and mixing and self.room() >= len(self.running):
             mixed, self.running = self.running, []
             self.mixed = mixed
             context = sum(j.prefix + j.decode_kv + 1 for j in mixed)
