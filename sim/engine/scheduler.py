@@ -75,15 +75,18 @@ k * (k - 1) / 2`` (times slowdown; the context sum grows by ``B`` a step) and it
 ratio decay, tokens) are applied at its end in O(batch). A ``submit`` into a segment that could react
 to it (``batch_is_full`` clear) cuts the segment at the first step boundary at or after the arrival;
 ``load`` applies the steps that ended by its time. The ratio is kept as a base and a step count, so a
-run of ``k`` steps and ``k`` single steps give the same value.
+run of ``k`` steps and ``k`` single steps give the same value. A decode step's KV is taken when the
+step ends (SGLang allocates it as the step starts; no decision falls in between, only a ``load``
+during the step sees the difference).
 
 Simplifications (and why):
 - ``max_new_tokens`` is the request's exact output length (the simulator knows it; SGLang's clients
   usually send a larger limit, which only makes SGLang's reserve larger).
 - Only FCFS (SGLang's default); no priorities, no overlap scheduler (its one-step lag of results), no
-  ``prefill_delayer``, no speculative decoding, page size 1 for the KV accounting (pages only round the
-  radix match). The waiting queue's prefixes are not matched (so not LRU-touched) at every pass.
-- A request whose ``prompt + output + 1`` exceeds the pool is refused at ``submit`` (``ValueError``):
+  ``prefill_delayer``, no speculative decoding; KV is counted in tokens (a page only rounds the radix
+  match and is the per-request overhead of the admission check). The waiting queue's prefixes are not
+  matched (so not LRU-touched) at every pass.
+- A request whose ``prompt + output + 1`` is not below the pool is refused at ``submit`` (``ValueError``):
   SGLang refuses over-long inputs too (``validate_input_length``), and no schedule could admit it.
 - Where SGLang would abort (the last running request cannot grow even alone, which needs a chunked
   prefill holding the rest of the pool), that request is retracted instead, so every request finishes.
