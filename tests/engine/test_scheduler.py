@@ -478,6 +478,28 @@ def test_alone_a_request_gets_the_arrival_time_engines_ttft_and_finish(chunked):
     assert new.stats.cached_tokens == old.stats.cached_tokens
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    prompt=st.integers(1, 30_000),
+    output=st.integers(1, 3000),
+    shared=st.integers(0, 5000),
+    slowdown=st.sampled_from([1.0, 3.0]),
+)
+def test_alone_any_request_gets_the_closed_forms(prompt, output, shared, slowdown):
+    # without chunking (a chunk below prefill_floor / prefill_per_token tokens pays the floor once more)
+    sched = SchedulerConfig(chunked_prefill_size=None)
+    config = WorkerConfig(kv_capacity_tokens=None, slowdown=slowdown, scheduler=sched)
+    new, old = IterationEngine(config), Engine(config)
+    warm = ids(7, shared + 1)
+    run_alone(new, 0.0, warm, ids(8, 1))
+    old.submit(0.0, warm, ids(8, 1))
+    request = np.concatenate([warm[:shared], ids(9, prompt)]), ids(10, output)
+    got, want = run_alone(new, 100.0, *request), old.submit(100.0, *request)
+    assert got.cached_tokens == want.cached_tokens
+    assert got.first_token == pytest.approx(want.first_token, rel=1e-12)
+    assert got.finish == pytest.approx(want.finish, rel=1e-12)
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_whose_attention_sums_to_the_whole():
     lat = LatencyModel()
     config = WorkerConfig(scheduler=SchedulerConfig(chunked_prefill_size=4096))
