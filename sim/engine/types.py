@@ -31,6 +31,29 @@ class LatencyModel:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """SGLang's scheduling knobs for the iteration-level engine (``sim.engine.scheduler``); defaults as SGLang 0.5.23.
+
+    ``chunked_prefill_size`` (``--chunked-prefill-size``, None disables chunking): 8192 is SGLang's default on
+    an 80 GB GPU (``arg_groups/memory_hook.py``). ``max_prefill_tokens`` (16384), ``schedule_conservativeness``
+    (1.0) and ``enable_mixed_chunk`` (False) are ``arg_groups/fields/schedule.py``'s defaults; the ratio
+    constants are ``environ.py``'s ``SGLANG_INIT_NEW_TOKEN_RATIO`` (0.7), ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR``
+    (0.14), ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS`` (600), ``SGLANG_RETRACT_DECODE_STEPS`` (20) and
+    ``SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION`` (4096). The arrival-time ``Engine`` ignores all of them.
+    """
+
+    chunked_prefill_size: int | None = 8192
+    max_prefill_tokens: int = 16384
+    schedule_conservativeness: float = 1.0
+    enable_mixed_chunk: bool = False
+    init_new_token_ratio: float = 0.7
+    min_new_token_ratio_factor: float = 0.14
+    new_token_ratio_decay_steps: int = 600
+    retract_decode_steps: int = 20
+    clip_max_new_tokens: int = 4096
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """One worker's capacity and speed; pools may mix different configs."""
 
@@ -40,6 +63,7 @@ class WorkerConfig:
     max_running_requests: int = 256
     latency: LatencyModel = field(default_factory=LatencyModel)
     slowdown: float = 1.0  # multiplies every modelled duration (a slow or throttled worker)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # iteration-level engine only
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,38 @@ class RequestTiming:
     @property
     def e2e(self) -> float:
         return self.finish - self.arrival
+
+
+@dataclass(frozen=True)
+class IterationTiming:
+    """One request's timeline in the iteration-level engine, known at its finish (``RequestTiming``'s fields + more)."""
+
+    arrival: float
+    start: float  # first scheduled: its first prefill forward starts
+    first_token: float  # end of the prefill forward that gave its first token
+    finish: float
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens matched in the radix cache at its first admission
+    output_tokens: int
+    evicted_tokens: int  # tokens evicted from the cache to allocate its prefills
+    retractions: int  # times it was retracted from the running batch
+    recomputed_tokens: int  # tokens that had KV before a retraction and were prefilled again
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.arrival
+
+    @property
+    def e2e(self) -> float:
+        return self.finish - self.arrival
+
+
+@dataclass(frozen=True)
+class FinishedRequest:
+    """A request the iteration-level engine finished: the handle ``submit`` returned and its timeline."""
+
+    handle: int
+    timing: IterationTiming
 
 
 @dataclass(frozen=True)
@@ -97,6 +153,11 @@ class EngineStats:
     kv_wait_requests: int = 0  # requests whose start waited for KV to be freed by earlier requests
     kv_wait_time: float = 0.0  # total extra wait those requests had because of KV
     oversized_requests: int = 0  # prompt + output larger than the whole pool (run alone)
+    # the iteration-level engine's own measures (the arrival-time engine leaves them 0)
+    retractions: int = 0  # running requests retracted when a decode step found no KV
+    recomputed_tokens: int = 0  # prefill work done twice: tokens re-prefilled after retractions
+    decode_stall_seconds: float = 0.0  # time running requests waited for prefill forwards
+    queue_time: float = 0.0  # sum over requests of first scheduled - arrival
 
     @property
     def cache_hit_rate(self) -> float:
