@@ -84,3 +84,18 @@ def test_without_ray_the_executor_says_how_to_install_it(tiny, monkeypatch, caps
 def test_ray_address_without_the_ray_executor_is_an_error(tiny, capsys):
     assert cli(["sweep", "--scenario", str(tiny), "--ray-address", "auto"]) == 2
     assert "--ray-address applies to --executor ray only" in capsys.readouterr().err
+
+
+def test_sweep_writes_the_rows_it_has_and_names_the_failed_configuration(tiny, tmp_path, monkeypatch, capsys):
+    import sim.commands.sweep as sweep
+
+    def second_fails(setups, *args, **kwargs):
+        rows = run_many(setups, *args, **kwargs)
+        raise RunsFailed([(setups[1], "ValueError: boom")], [rows[0], None])
+
+    monkeypatch.setattr(sweep, "run_many", second_fails)
+    out = tmp_path / "sweep"
+    assert cli(["sweep", "--scenario", str(tiny), "--assignment-mode", "random", "min_load", "--out", str(out),
+                "--jobs", "1"]) == 1
+    assert [r["assignment_mode"] for r in _rows(out)] == ["random"]
+    assert "failed: manual/min_load key=on workers=2 kv=50000 sessions=6: ValueError: boom" in capsys.readouterr().out

@@ -125,3 +125,20 @@ def test_direction_of_worse():
     assert regressed("makespan", 100.0, 106.0, Tolerance("makespan", 5.0, percent=True))
     assert not regressed("makespan", 100.0, 104.0, Tolerance("makespan", 5.0, percent=True))
     assert regressed("errors", 0, 1, Tolerance("errors", 0.0))
+
+
+def test_scenario_mode_runs_a_sweeps_grid_points(compare_results, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert cli(["sweep", "--scenario", str(compare_results / "tiny.toml"), "--workers", "2", "3",
+                "--kv-capacity-tokens", "20000", "--out", str(out), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    assert cli(["check", "--baseline", str(out / "sweep.json"), "--scenario", str(compare_results / "tiny.toml"),
+                "--jobs", "1"]) == 0
+    assert "6 configurations matched, 0 field(s) changed; no regression" in capsys.readouterr().out
+
+
+def test_current_file_or_scenario_not_both(compare_results, capsys):
+    path = str(compare_results / "cmp" / "results.json")
+    assert cli(["check", "--baseline", path]) == 2
+    assert cli(["check", "--baseline", path, path, "--scenario", "default"]) == 2
+    assert "CURRENT.json or --scenario" in capsys.readouterr().err
