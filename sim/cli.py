@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sim.commands.sweep", "sweep a grid of gateway flags and scenario knobs"),
     "replay": ("sim.commands.replay", "replay a Mooncake or sessions trace under a policy"),
     "conformance": ("sim.commands.conformance", "the same workload through the mock and the real smg"),
+    "check": ("sim.commands.check", "fail when results regress against a stored baseline"),
 }
 
 

@@ -1,15 +1,10 @@
-"""What ``run``, ``compare`` and ``sweep`` share: scenario options, parallel execution with a progress bar."""
+"""What ``run``, ``compare`` and ``sweep`` share: scenario options, execution (sim.executors) with a progress bar."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing as mp
 import os
-import queue
-import signal
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -17,13 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sim.commands.gateway_flags import check_gateway_argv
-from sim.runner import run_setup
+from sim.executors import requests_of, run_local, run_ray
 from sim.transports.pool import Setup
-from sim.workload.plans import plan_sessions, planned_requests
 from sim.workload.scenario import Scenario, ScenarioError, load_scenario, parse_capacity
-
-_progress_queue: Any = None
-PROGRESS_EVERY = 25
 
 
 def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> None:
@@ -68,81 +59,42 @@ def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _init_child(q: Any) -> None:
-    global _progress_queue
-    _progress_queue = q
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches a child only while it runs a setup (_run_child)
-
-
-def _run_child(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    count = 0
-
-    def tick(_rec: Any) -> None:
-        nonlocal count
-        count += 1
-        if count % PROGRESS_EVERY == 0 and _progress_queue is not None:
-            _progress_queue.put(PROGRESS_EVERY)
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # interrupted: the run's servers stop on the way out
-    try:
-        row = run_setup(setup, transport, on_request=tick, **kwargs)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if _progress_queue is not None:
-        _progress_queue.put(count % PROGRESS_EVERY)
-    return row
-
-
-@contextlib.contextmanager
-def _cancel_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
-    """On Ctrl-C no queued setup starts; the running ones stop (their children got the SIGINT too)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-
-
 def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Console,
              kwargs: dict[str, Any] | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
-             show_progress: bool = True) -> list[dict[str, Any]]:
-    """Run every setup (``jobs`` at a time in worker processes); rows come back in ``setups`` order."""
+             show_progress: bool = True, executor: str = "local", ray_address: str | None = None,
+             ) -> list[dict[str, Any]]:
+    """Run every setup on ``executor`` (sim.executors: ``local``, ``jobs`` at a time in worker processes, or
+    ``ray``); rows come back in ``setups`` order. Ray: RunsFailed names the failed configurations, keeping the
+    others' rows."""
     kwargs = kwargs or {}
-    total = sum(planned_requests(plan_sessions(s.scenario)) for s in setups)
+    total = sum(requests_of(s) for s in setups)
     rows: list[dict[str, Any] | None] = [None] * len(setups)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("requests"), TimeElapsedColumn(), console=console, transient=True,
                         disable=not show_progress)
-    if jobs <= 1 or len(setups) <= 1:
-        with progress:
-            task = progress.add_task(f"{len(setups)} runs", total=total)
-            for i, s in enumerate(setups):
-                progress.update(task, description=f"run {i + 1}/{len(setups)}: {s.label}")
-                rows[i] = run_setup(s, transport, on_request=lambda _r: progress.advance(task), **kwargs)
-                if on_row:
-                    on_row(rows[i])  # type: ignore[arg-type]
-        return rows  # type: ignore[return-value]
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=min(jobs, len(setups)), mp_context=ctx, initializer=_init_child,
-                             initargs=(q,)) as pool:
-        futures: list[Future] = [pool.submit(_run_child, s, transport, kwargs) for s in setups]
-        done = 0
-        with progress, _cancel_on_interrupt(pool):
-            task = progress.add_task(f"{len(setups)} runs, {jobs} at a time", total=total)
-            pending = set(range(len(futures)))
-            while pending:
-                with contextlib.suppress(queue.Empty):
-                    progress.advance(task, q.get(timeout=0.2))
-                for i in sorted(pending):
-                    f = futures[i]
-                    if f.done():
-                        pending.discard(i)
-                        rows[i] = f.result()
-                        done += 1
-                        progress.update(task, description=f"{done}/{len(setups)} runs done")
-                        if on_row:
-                            on_row(rows[i])  # type: ignore[arg-type]
+    serial = executor == "local" and (jobs <= 1 or len(setups) <= 1)
+    done = 0
+
+    def on_done(i: int, row: dict[str, Any]) -> None:
+        nonlocal done
+        rows[i] = row
+        done += 1
+        nxt = f"run {done + 1}/{len(setups)}: {setups[done].label}" if serial and done < len(setups) else ""
+        progress.update(task, description=nxt or f"{done}/{len(setups)} runs done")
+        if on_row:
+            on_row(row)
+
+    def advance(n: int) -> None:
+        progress.advance(task, n)
+
+    with progress:
+        task = progress.add_task(f"run 1/{len(setups)}: {setups[0].label}" if serial and setups else
+                                 f"{len(setups)} runs, {f'{jobs} at a time' if executor == 'local' else 'on Ray'}",
+                                 total=total)
+        if executor == "ray":
+            run_ray(setups, transport, kwargs, advance, on_done, address=ray_address, jobs=jobs)
+        else:
+            run_local(setups, transport, jobs, kwargs, advance, on_done)
     return rows  # type: ignore[return-value]
 
 

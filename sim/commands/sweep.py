@@ -12,6 +12,10 @@ takes an ``smg launch`` flag without its dashes; a switch takes on/off values (`
 ``yes,no``). Every configuration's gateway flags are checked before anything runs: an unknown flag, a value a flag
 cannot take or ``--grid FLAG=`` (no values) is an error (exit 2). Transport ``direct`` (default) runs the cores in
 process; ``--transport http`` puts real servers on loopback in the loop (same rows, slower).
+
+``--executor local`` (default) runs the grid in this machine's process pool; ``--executor ray`` submits each
+configuration as a Ray task, to a local Ray instance or to the cluster at ``--ray-address`` (the same rows; a
+failed task is named and the others' rows are still written, exit 1).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from sim.commands.common import (
     add_scenario_args,
     check_gateway_flags,
@@ -37,6 +43,7 @@ from sim.commands.common import (
 )
 from sim.commands.gateway_flags import is_switch, switch_args
 from sim.commands.policy_names import check_policy
+from sim.executors import EXECUTORS, RunsFailed
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.report import notes
 from sim.results import RESULTS_VERSION, provenance, provenance_columns, scenario_hash
@@ -70,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="FLAG=V1,V2",
                    help="any gateway flag and its values, e.g. cache-threshold=0.3,0.5 (repeatable)")
     p.add_argument("--out", default=None, help="output directory (default: results/sweep-<scenario>)")
-    p.add_argument("--jobs", type=int, default=None, help="runs in parallel processes (default: CPU count)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs in parallel processes (default: CPU count; with --executor ray and no address, the "
+                        "local Ray instance's CPUs)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this machine's process pool (default); ray: one Ray task per configuration "
+                        "(pip install 'smg-testbed[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster to submit to (its nodes need smg-testbed installed; "
+                        "default: a local Ray instance)")
     return p
 
 
@@ -151,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--jobs must be >= 1")
     if problem := live_problem(args):
         return fail(problem)
+    if args.ray_address and args.executor != "ray":
+        return fail("--ray-address applies to --executor ray only")
+    if args.executor == "ray" and live_requested(args):
+        return fail("--executor ray runs simulated time only; drop --gateway smg / --live or use --executor local")
     try:
         setups = grid_setups(args)
         ignored = check_gateway_flags(setups)
@@ -165,8 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"results/sweep-{base.name}")
     console.print(f"sweep: scenario [bold]{base.name}[/bold], {len(setups)} configurations over {transport}")
     t0 = time.perf_counter()
+    failed: list[tuple[Setup, str]] = []
     try:
-        rows = run_many(setups, transport, jobs, console)
+        rows = run_many(setups, transport, jobs, console, executor=args.executor, ray_address=args.ray_address)
+    except RunsFailed as e:  # some Ray tasks failed: name them, keep the others' rows
+        failed = e.failures
+        kept = [(s, r) for s, r in zip(setups, e.rows, strict=True) if r is not None]
+        if not kept:
+            return fail(f"every configuration failed: {e}")
+        setups, rows = [s for s, _ in kept], [r for _, r in kept]
     except (ValueError, RuntimeError, OSError) as e:  # live: flags smg lacks, a gateway that did not come up
         return fail(str(e))
     flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]
@@ -195,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
     console.print(t)
     console.print(f"wrote {out}/sweep.csv and {out}/sweep.json in {time.perf_counter() - t0:.1f}s")
-    return 0
+    for setup, why in failed:
+        console.print(f"[red]failed:[/red] {escape(setup.label)}: {escape(why)} (not in the files)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
