@@ -379,7 +379,7 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: list[dict[str, A
     ax.legend(loc="lower right")
     ax.set_title("KV reuse per policy" + (", with and without X-SMG-Routing-Key" if len(keys) == 2
                                           else f", key {'on' if keys and keys[0] else 'off'}")
-                 + (" (mean, 95% interval over seeds)" if intervals else ""))
+                 + ("\n(mean and 95% interval over seeds)" if intervals else ""))
     fig.tight_layout()
     fig.savefig(out / "reuse.png", dpi=110)
     plt.close(fig)
