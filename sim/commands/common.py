@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sim.commands.gateway_flags import check_gateway_argv
 from sim.runner import run_setup
 from sim.stats import by_configuration, paired_difference, parse_seeds
-from sim.transports.pool import Setup
+from sim.transports.pool import Setup, port_salt
 from sim.workload.plans import plan_sessions, planned_requests
 from sim.workload.scenario import Scenario, ScenarioError, load_scenario, parse_capacity
 
@@ -148,10 +148,36 @@ def _cancel_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
         raise
 
 
+# transports whose runs bind the workers' usual ports (sim.transports.pool.stable_ports)
+BINDING_TRANSPORTS = ("http", "live")
+
+
+def port_blocks(setups: Sequence[Setup], transport: str) -> list[str | None]:
+    """Each setup's worker port block when ``transport`` binds it, else None (no two runs of a block at once)."""
+    return [port_salt(s) if transport in BINDING_TRANSPORTS else None for s in setups]
+
+
+def startable(waiting: Sequence[int], blocks: Sequence[str | None], busy: set[str]) -> list[int]:
+    """The waiting setups (indices, in order) that may start now: none shares a block with a started one, nor with
+    one before it in the list."""
+    out, taken = [], set(busy)
+    for i in waiting:
+        block = blocks[i]
+        if block is None or block not in taken:
+            out.append(i)
+            if block is not None:
+                taken.add(block)
+    return out
+
+
 def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Console,
              kwargs: dict[str, Any] | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
              show_progress: bool = True) -> list[dict[str, Any]]:
-    """Run every setup (``jobs`` at a time in worker processes); rows come back in ``setups`` order."""
+    """Run every setup (``jobs`` at a time in worker processes); rows come back in ``setups`` order.
+
+    Setups whose runs bind the same worker ports (``http``: every configuration of one scenario and seed,
+    ``port_blocks``) run one after the other rather than on another block, which would change their worker URLs
+    and so the results of hash-based policies; setups of other blocks run beside them."""
     kwargs = kwargs or {}
     total = sum(planned_requests(plan_sessions(s.scenario)) for s in setups)
     rows: list[dict[str, Any] | None] = [None] * len(setups)
@@ -171,23 +197,37 @@ def run_many(setups: Sequence[Setup], transport: str, jobs: int, console: Consol
     q = ctx.Queue()
     with ProcessPoolExecutor(max_workers=min(jobs, len(setups)), mp_context=ctx, initializer=_init_child,
                              initargs=(q,)) as pool:
-        futures: list[Future] = [pool.submit(_run_child, s, transport, kwargs) for s in setups]
+        blocks, busy = port_blocks(setups, transport), set()
+        futures: dict[int, Future] = {}
+        waiting = list(range(len(setups)))
+
+        def start_what_may() -> set[int]:
+            started = startable(waiting, blocks, busy)
+            for i in started:
+                waiting.remove(i)
+                futures[i] = pool.submit(_run_child, setups[i], transport, kwargs)
+            busy.update(b for i in started if (b := blocks[i]) is not None)
+            return set(started)
+
         done = 0
         with progress, _cancel_on_interrupt(pool):
             task = progress.add_task(f"{len(setups)} runs, {jobs} at a time", total=total)
-            pending = set(range(len(futures)))
-            while pending:
+            pending = start_what_may()
+            while pending or waiting:
                 with contextlib.suppress(queue.Empty):
                     progress.advance(task, q.get(timeout=0.2))
                 for i in sorted(pending):
                     f = futures[i]
                     if f.done():
                         pending.discard(i)
+                        busy.discard(blocks[i] or "")
                         rows[i] = f.result()
                         done += 1
                         progress.update(task, description=f"{done}/{len(setups)} runs done")
                         if on_row:
                             on_row(rows[i])  # type: ignore[arg-type]
+                if waiting:
+                    pending |= start_what_may()
     return rows  # type: ignore[return-value]
 
 
