@@ -19,7 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from sim.runner import run_setup
-from sim.transports.pool import Setup
+from sim.transports.pool import Setup, port_salt
 from sim.workload.plans import plan_sessions, planned_requests
 
 EXECUTORS = ("local", "ray")
@@ -87,9 +87,35 @@ def _cancel_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
         raise
 
 
+# transports whose runs bind the workers' usual ports (sim.transports.pool.stable_ports)
+BINDING_TRANSPORTS = ("http", "live")
+
+
+def port_blocks(setups: Sequence[Setup], transport: str) -> list[str | None]:
+    """Each setup's worker port block when ``transport`` binds it, else None (no two runs of a block at once)."""
+    return [port_salt(s) if transport in BINDING_TRANSPORTS else None for s in setups]
+
+
+def startable(waiting: Sequence[int], blocks: Sequence[str | None], busy: set[str]) -> list[int]:
+    """The waiting setups (indices, in order) that may start now: none shares a block with a started one, nor with
+    one before it in the list."""
+    out, taken = [], set(busy)
+    for i in waiting:
+        block = blocks[i]
+        if block is None or block not in taken:
+            out.append(i)
+            if block is not None:
+                taken.add(block)
+    return out
+
+
 def run_local(setups: Sequence[Setup], transport: str, jobs: int, kwargs: dict[str, Any], on_requests: OnRequests,
               on_done: OnDone) -> None:
-    """``jobs`` setups at a time in forked worker processes (in this process when one job or one setup)."""
+    """``jobs`` setups at a time in forked worker processes (in this process when one job or one setup).
+
+    Setups whose runs bind the same worker ports (``http``: every configuration of one scenario and seed,
+    ``port_blocks``) run one after the other rather than on another block, which would change their worker URLs
+    and so the results of hash-based policies; setups of other blocks run beside them."""
     if jobs <= 1 or len(setups) <= 1:
         run_serial(setups, transport, kwargs, on_requests, on_done)
         return
@@ -97,16 +123,30 @@ def run_local(setups: Sequence[Setup], transport: str, jobs: int, kwargs: dict[s
     q = ctx.Queue()
     with ProcessPoolExecutor(max_workers=min(jobs, len(setups)), mp_context=ctx, initializer=_init_child,
                              initargs=(q,)) as pool:
-        futures: list[Future] = [pool.submit(_run_child, s, transport, kwargs) for s in setups]
+        blocks, busy = port_blocks(setups, transport), set()
+        futures: dict[int, Future] = {}
+        waiting = list(range(len(setups)))
+
+        def start_what_may() -> set[int]:
+            started = startable(waiting, blocks, busy)
+            for i in started:
+                waiting.remove(i)
+                futures[i] = pool.submit(_run_child, setups[i], transport, kwargs)
+            busy.update(b for i in started if (b := blocks[i]) is not None)
+            return set(started)
+
         with _cancel_on_interrupt(pool):
-            pending = set(range(len(futures)))
-            while pending:
+            pending = start_what_may()
+            while pending or waiting:
                 with contextlib.suppress(queue.Empty):
                     on_requests(q.get(timeout=0.2))
                 for i in sorted(pending):
                     if futures[i].done():
                         pending.discard(i)
+                        busy.discard(blocks[i] or "")
                         on_done(i, futures[i].result())
+                if waiting:
+                    pending |= start_what_may()
 
 
 def _ray_task(setup: Setup, transport: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +162,12 @@ def _failure(error: BaseException) -> str:
 
 def run_ray(setups: Sequence[Setup], transport: str, kwargs: dict[str, Any], on_requests: OnRequests,
             on_done: OnDone, address: str | None = None, jobs: int | None = None) -> None:
-    """One Ray task per setup on the cluster at ``address`` (a local Ray instance of ``jobs`` CPUs when None)."""
+    """One Ray task per setup on the cluster at ``address`` (a local Ray instance of ``jobs`` CPUs when None).
+    Simulated time only: runs that bind the workers' usual ports could meet on one machine (``run_local`` keeps
+    such runs apart), so ``http``/``live`` are refused."""
+    if transport in BINDING_TRANSPORTS:
+        raise ValueError(f"--executor ray runs the direct transport only, not {transport!r}: runs that bind worker "
+                         "ports could meet on one machine; use --executor local")
     try:
         import ray
     except ImportError as e:

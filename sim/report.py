@@ -1,4 +1,8 @@
-"""Results files, the console table, the Markdown report and the plots of a ``compare`` (or ``run``)."""
+"""Results files, the console table, the Markdown report and the plots of a ``compare`` (or ``run``).
+
+Runs under several seeds (``--seeds``) are reported per configuration: the tables show each measure's mean and
+95 % interval (``summary``, ``sim.stats``), the findings and plots use the means (bars with the intervals as error
+bars), and the paired differences (``paired``) are told in words: beyond seed noise or within it."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from rich.table import Table
 
 from sim.results import RESULTS_VERSION, provenance
 from sim.runner import public
+from sim.stats import by_configuration
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     # key, header, format
@@ -57,8 +62,45 @@ def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
-def table(runs: list[dict[str, Any]], title: str = "") -> Table:
-    """The console table; its caption holds the ``notes`` of the runs."""
+def fmt_summary(stats: dict[str, Any] | None, fmt: str) -> str:
+    """``mean ± half-width`` of a 95 % interval (the mean alone for one seed)."""
+    if stats is None:
+        return "-"
+    scale = 1e-6 if fmt == "mtok" else 1.0
+    f = "{:.2f}" if fmt == "mtok" else fmt.replace("{}", "{:.1f}")
+    mean = f.format(stats["mean"] * scale)
+    if stats["ci95"] is None:
+        return mean
+    return f"{mean} ± {f.format((stats['ci95'][1] - stats['mean']) * scale)}"
+
+
+def several_seeds(runs: list[dict[str, Any]]) -> bool:
+    """Whether some configuration ran under more than one seed."""
+    return any(len(group) > 1 for group in by_configuration(runs).values())
+
+
+def summary_cells(runs: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[list[str]]:
+    """Per configuration: policy, key, seeds, then ``mean ± half-width`` of every column."""
+    cols, first = columns(runs), {lab: group[0] for lab, group in by_configuration(runs).items()}
+    out = []
+    for conf in summary:
+        row = first[conf["label"]]
+        out.append([config_name(row), "on" if row["routing_key"] else "off", str(len(conf["seeds"])),
+                    *[fmt_summary(conf["measures"].get(k), f) for k, _, f in cols]])
+    return out
+
+
+def table(runs: list[dict[str, Any]], title: str = "", summary: list[dict[str, Any]] | None = None) -> Table:
+    """The console table; its caption holds the ``notes`` of the runs. With several seeds and their ``summary``,
+    one line per configuration: the mean ± the half-width of its 95 % interval."""
+    if summary is not None and several_seeds(runs):
+        t = Table(title=title or None, caption="\n".join(notes(runs)) or None, caption_justify="left")
+        for header in ("policy", "key", "seeds", *[h for _, h, _ in columns(runs)]):
+            t.add_column(header, justify="left" if header == "policy" else "right", no_wrap=header == "policy")
+        for cells in summary_cells(runs, summary):
+            t.add_row(*cells)
+        return t
+
     t = Table(title=title or None, show_lines=False, caption="\n".join(notes(runs)) or None, caption_justify="left")
     t.add_column("policy", no_wrap=True)
     t.add_column("key", justify="center")
@@ -70,8 +112,12 @@ def table(runs: list[dict[str, Any]], title: str = "") -> Table:
     return t
 
 
-def markdown_table(runs: list[dict[str, Any]]) -> str:
+def markdown_table(runs: list[dict[str, Any]], summary: list[dict[str, Any]] | None = None) -> str:
     cols = columns(runs)
+    if summary is not None and several_seeds(runs):
+        lines = ["| " + " | ".join(["policy", "key", "seeds", *[h for _, h, _ in cols]]) + " |",
+                 "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) + 1)) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in summary_cells(runs, summary)])
     headers = ["policy", "key", *[h for _, h, _ in cols]]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|"]
     for row in runs:
@@ -167,6 +213,59 @@ def notes(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# the measures whose paired differences the reports tell in words
+PAIRED_MEASURES = ("kv_reuse", "prefill_tokens", "ttft_p50", "ttft_p99", "makespan", "imbalance")
+
+
+def seed_lines(summary: list[dict[str, Any]], paired: list[dict[str, Any]] | None = None) -> list[str]:
+    """In words: how many seeds, and per paired difference which measures moved beyond seed noise (the 95 %
+    interval of the mean per-seed difference excludes 0) and which stayed within it. One seed: no interval."""
+    seeds = sorted({s for conf in summary for s in conf["seeds"]})
+    if all(len(conf["seeds"]) < 2 for conf in summary):
+        return [f"One seed ({', '.join(map(str, seeds))}): no confidence intervals, so no difference can be told "
+                "from seed noise; run with --seeds (e.g. 0-4) for intervals."]
+    out = [f"{len(seeds)} seeds ({_seed_list(seeds)}); ± is the half-width of the 95 % interval of the mean "
+           "(Student t)" + ("; differences are paired by seed." if paired else ".")]
+    for pair in paired or []:
+        beyond, within = [], []
+        for m in PAIRED_MEASURES:
+            d = pair["measures"].get(m)
+            if d is None or d["beyond_noise"] is None:
+                continue
+            lo, hi = d["ci95"]
+            (beyond if d["beyond_noise"] else within).append(f"{m} {d['mean']:+.4g} [{lo:+.4g}, {hi:+.4g}]")
+        head = f"{pair['label']} vs {pair['versus']} ({len(pair['seeds'])} seeds): "
+        if not beyond and not within:
+            out.append(head + "fewer than two shared seeds, no interval.")
+            continue
+        out.append(head + (f"beyond seed noise: {', '.join(beyond)}" if beyond else "no difference beyond seed noise")
+                   + (f"; within seed noise: {', '.join(within)}." if within else "."))
+    return out
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
+        else ", ".join(map(str, seeds))
+
+
+def mean_rows(runs: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration for the findings and plots: its first seed's row with every summarized measure
+    replaced by its mean over seeds, ``errors`` by their total, the workers' prefill tokens by their means and
+    the TTFT samples of all seeds pooled."""
+    groups = by_configuration(runs)
+    out = []
+    for conf in summary:
+        group = groups[conf["label"]]
+        row = {**group[0], **{m: st["mean"] for m, st in conf["measures"].items()},
+               "errors": sum(r["errors"] for r in group)}
+        row["workers"] = [{**w, "prefill_tokens": sum(r["workers"][j]["prefill_tokens"] for r in group) / len(group)}
+                          for j, w in enumerate(group[0]["workers"])]
+        metas = [r.get("_meta", {}) for r in group]
+        row["_meta"] = {k: [x for m in metas for x in m.get(k, [])] for k in ("ttft_first", "ttft_later")}
+        out.append(row)
+    return out
+
+
 def branch_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in runs:
@@ -188,22 +287,29 @@ def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]
 
 
 def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], plots: list[str],
-                   command: str = "smg-testbed compare") -> Path:
+                   command: str = "smg-testbed compare", summary: list[dict[str, Any]] | None = None,
+                   paired: list[dict[str, Any]] | None = None) -> Path:
+    """report.md; with ``summary`` of several seeds, means ± 95 % intervals and the paired differences in words."""
     s = scenario
+    seeds = summary is not None and several_seeds(runs)
+    shown = mean_rows(runs, summary) if seeds and summary is not None else runs
     lines = [f"# {command}: scenario `{s['name']}`", ""]
     if s.get("description"):
         lines += [s["description"], ""]
     lines += [f"{s['workers']} workers, KV {s['kv_capacity_tokens'] or 'unbounded'} tokens each; "
-              f"{s['sessions']} sessions (groups of {s['group_size']}), arrivals `{s['arrival']}`; seed {s['seed']}; "
-              f"transport `{runs[0]['transport'] if runs else '-'}`.", "",
-              markdown_table(runs), "",
+              f"{s['sessions']} sessions (groups of {s['group_size']}), arrivals `{s['arrival']}`; "
+              + (f"seeds {_seed_list(sorted({r['seed'] for r in runs}))}; " if seeds else f"seed {s['seed']}; ")
+              + f"transport `{runs[0]['transport'] if runs else '-'}`.", "",
+              markdown_table(runs, summary), "",
               "Columns: `kv_reuse` cached / prompt tokens; `oracle` the same for one infinite cache seeing every "
               "request (the ceiling); `eligible` cached / tokens the session's previous turn made reusable; "
               "`sticky` share of later turns on the session's previous worker; `prefill Mtok` prompt tokens "
               "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker.", "",
               "## What it shows", ""]
-    lines += [f"- {f}" for f in findings(runs)]
+    lines += [f"- {f}" for f in findings(shown)]
     lines += [f"- Note: {n}" for n in notes(runs)]
+    if summary is not None:
+        lines += ["", "## Seeds", "", *[f"- {line}" for line in seed_lines(summary, paired)]]
     bl = branch_lines(runs)
     if bl:
         lines += ["", "## Gateway branch counters", "", *bl]
@@ -221,10 +327,12 @@ REFERENCE_LINES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
+def write_plots(out: Path, runs: list[dict[str, Any]], summary: list[dict[str, Any]] | None = None) -> list[str]:
     """reuse.png, ttft.png (when some run has TTFT samples), workers.png; returns the file names written.
 
-    Only the key states some run has get a bar or a panel."""
+    Only the key states some run has get a bar or a panel. With the ``summary`` of several seeds, one bar per
+    configuration at its mean with its 95 % interval as error bar, CDFs of all seeds' samples pooled, and mean
+    per-worker shares."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,6 +340,12 @@ def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
     import numpy as np
 
     out.mkdir(parents=True, exist_ok=True)
+    intervals: dict[tuple[str, bool], list[float]] = {}
+    if summary is not None and several_seeds(runs):
+        for conf, row in zip(summary, mean_rows(runs, summary), strict=True):
+            ci = conf["measures"]["kv_reuse"]["ci95"]
+            intervals[(config_name(row), row["routing_key"])] = ci
+        runs = mean_rows(runs, summary)
     names: list[str] = []
     configs: list[str] = []
     for r in runs:
@@ -247,8 +361,13 @@ def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
     w = 0.76 / max(len(keys), 1)
     for i, key in enumerate(keys):
         vals = [by[(c, key)]["kv_reuse"] if (c, key) in by else np.nan for c in configs]
-        ax.bar(x + (i - (len(keys) - 1) / 2) * w, vals, w, label=f"key {'on' if key else 'off'}",
-               color="tab:blue" if key else "tab:orange")
+        err = None
+        if intervals:  # asymmetric error bars from each mean to its interval's ends
+            cis = [intervals.get((c, key)) or [v, v] for c, v in zip(configs, vals, strict=True)]
+            err = np.array([[v - lo for v, (lo, _) in zip(vals, cis, strict=True)],
+                            [hi - v for v, (_, hi) in zip(vals, cis, strict=True)]])
+        ax.bar(x + (i - (len(keys) - 1) / 2) * w, vals, w, yerr=err, capsize=3 if intervals else 0,
+               label=f"key {'on' if key else 'off'}", color="tab:blue" if key else "tab:orange")
     if runs:
         ax.axhline(runs[0]["oracle_reuse"], color="k", ls="--", lw=1, label="oracle")
     for key, label, style in REFERENCE_LINES:
@@ -259,7 +378,8 @@ def write_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     ax.set_title("KV reuse per policy" + (", with and without X-SMG-Routing-Key" if len(keys) == 2
-                                          else f", key {'on' if keys and keys[0] else 'off'}"))
+                                          else f", key {'on' if keys and keys[0] else 'off'}")
+                 + ("\n(mean and 95% interval over seeds)" if intervals else ""))
     fig.tight_layout()
     fig.savefig(out / "reuse.png", dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sim.commands.gateway_flags import check_gateway_argv
 from sim.executors import requests_of, run_local, run_ray
+from sim.stats import by_configuration, paired_difference, parse_seeds
 from sim.transports.pool import Setup
 from sim.workload.scenario import Scenario, ScenarioError, load_scenario, parse_capacity
 
@@ -21,6 +23,49 @@ def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> N
     p.add_argument("--scenario", default=default, help=f"built-in scenario name or a TOML file (default: {default})")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for the workload, gateway, session ids and workers (default: the scenario's)")
+
+
+def add_seeds_arg(p: argparse.ArgumentParser) -> None:
+    """``--seeds``: run every configuration once per seed (``--seed`` is one seed)."""
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="several seeds, a range or a list (0-9, 0,3,5, 0-4,8): one row per seed and configuration, "
+                        "with means and 95%% intervals per configuration")
+
+
+def seeds_from_args(args: argparse.Namespace, scenario: Scenario) -> list[int]:
+    """The seeds to run: ``--seeds``, else ``--seed``, else the scenario's; ValueError (one line) for a bad list
+    or both options."""
+    if args.seeds is None:
+        return [scenario.seed if args.seed is None else args.seed]
+    if args.seed is not None:
+        raise ValueError("--seed and --seeds exclude each other: --seeds N runs the one seed N")
+    return parse_seeds(args.seeds)
+
+
+def resolve_configuration(text: str, labels: Sequence[str]) -> str:
+    """The configuration label ``text`` names: the label itself, or the one label holding all its words
+    (``manual/min_load key=on`` in a sweep; a flag with or without its dashes); ValueError (one line) when none or
+    several do."""
+    if text in labels:
+        return text
+
+    def words(s: str) -> set[str]:
+        return {w.lstrip("-") for w in s.split()}
+
+    hits = [lab for lab in dict.fromkeys(labels) if words(text) <= words(lab)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise ValueError(f"--versus {text!r} names {len(hits)} configurations ({'; '.join(hits[:4])}"
+                         f"{'; ...' if len(hits) > 4 else ''}): add words to pick one")
+    close = difflib.get_close_matches(text, list(dict.fromkeys(labels)), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"--versus {text!r} names no configuration of this run{hint}")
+
+
+def paired_versus(rows: Sequence[dict[str, Any]], versus: str) -> list[dict[str, Any]]:
+    """Every other configuration of ``rows`` minus the ``versus`` one, paired by seed (``sim.stats``)."""
+    return [paired_difference(rows, label, versus) for label in by_configuration(rows) if label != versus]
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
@@ -115,5 +160,6 @@ def fail(msg: str) -> int:
     return 2
 
 
-__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "apply_overrides", "check_gateway_flags",
-           "console_for", "default_jobs", "fail", "run_many", "scenario_from_args"]
+__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "add_seeds_arg", "apply_overrides",
+           "check_gateway_flags", "console_for", "default_jobs", "fail", "paired_versus", "resolve_configuration",
+           "run_many", "scenario_from_args", "seeds_from_args"]

@@ -7,6 +7,11 @@ PNG plots (``reuse.png``, ``ttft.png``, ``workers.png``).
 
 Transport ``direct`` (default) runs the cores in process, in seconds; ``--transport http`` starts the workers,
 the mock gateway and the session server as real servers on loopback (the same rows for a seed; ``make demo``).
+
+``--seeds 0-4`` runs every configuration once per seed: results.json keeps one row per seed and adds a ``summary``
+per configuration (mean, standard deviation, 95 % interval of each measure) and ``paired`` differences by seed:
+each policy with the key against itself without it, or, with ``--versus CONFIG``, every configuration against
+CONFIG. The report says which differences are beyond seed noise (their interval excludes 0) and which are not.
 """
 
 from __future__ import annotations
@@ -16,11 +21,25 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from sim.commands.common import add_scenario_args, console_for, default_jobs, fail, run_many, scenario_from_args
+from sim.commands.common import (
+    add_scenario_args,
+    add_seeds_arg,
+    console_for,
+    default_jobs,
+    fail,
+    paired_versus,
+    resolve_configuration,
+    run_many,
+    scenario_from_args,
+    seeds_from_args,
+)
 from sim.live import add_live_args, live_problem, live_requested, live_setups
-from sim.report import findings, table, write_markdown, write_plots, write_results
+from sim.report import findings, mean_rows, seed_lines, several_seeds, table, write_markdown, write_plots, write_results
 from sim.runner import COMPARE_POLICIES, make_setup
+from sim.stats import paired_difference, summarize_configurations
+from sim.transports.pool import Setup
 from sim.workload.scenario import ScenarioError
 
 
@@ -28,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
+    add_seeds_arg(p)
+    p.add_argument("--versus", default=None, metavar="CONFIG",
+                   help="pair every configuration with CONFIG, e.g. 'round_robin key=off' (default: each policy "
+                        "with the key against itself without it)")
     p.add_argument("--transport", choices=("direct", "http"), default="direct",
                    help="direct: the cores in process (default, seconds); http: real servers on loopback "
                         "(the same rows for a seed, slower; `make demo` runs this)")
@@ -39,38 +62,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def key_pairs(setups: Sequence[Setup]) -> list[tuple[str, str]]:
+    """(key on, key off) labels of every policy run both ways: the routing key's effect."""
+    labels = list(dict.fromkeys(s.label for s in setups))
+    return [(on, on.removesuffix("key=on") + "key=off") for on in labels
+            if on.endswith("key=on") and on.removesuffix("key=on") + "key=off" in labels]
+
+
+def paired(rows: Sequence[dict[str, Any]], setups: Sequence[Setup], versus: str | None) -> list[dict[str, Any]]:
+    if versus is not None:
+        return paired_versus(rows, versus)
+    return [paired_difference(rows, on, off) for on, off in key_pairs(setups)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = console_for()
     try:
         scenario = scenario_from_args(args)
-    except ScenarioError as e:
+        seeds = seeds_from_args(args, scenario)
+    except (ScenarioError, ValueError) as e:
         return fail(str(e))
     if args.jobs is not None and args.jobs < 1:
         return fail("--jobs must be >= 1")
     if problem := live_problem(args):
         return fail(problem)
     out = Path(args.out or f"results/compare-{scenario.name}")
-    setups = [make_setup(scenario, pc, key, args.seed) for pc in COMPARE_POLICIES for key in (True, False)]
+    setups = [make_setup(scenario.replace(seed=seed), pc, key, seed)
+              for pc in COMPARE_POLICIES for key in (True, False) for seed in seeds]
+    try:
+        versus = None if args.versus is None else resolve_configuration(args.versus, [s.label for s in setups])
+    except ValueError as e:
+        return fail(str(e))
     transport, jobs = args.transport, args.jobs or default_jobs()
     if live_requested(args):  # --gateway smg / --live: live time, one run at a time (sim.live)
         setups, transport, jobs = live_setups(args, setups), "live", args.jobs or 1
     console.print(f"compare: scenario [bold]{scenario.name}[/bold], {len(setups)} runs over "
                   f"[bold]{transport}[/bold]" + (f" ({args.gateway}, x{args.speedup:g})" if transport == "live" else "")
-                  + f", seed {setups[0].seed}")
+                  + (f", seeds {args.seeds}" if len(seeds) > 1 else f", seed {setups[0].seed}"))
     t0 = time.perf_counter()
     try:
         rows = run_many(setups, transport, jobs, console)
     except (RuntimeError, OSError) as e:  # a live gateway process that did not come up, a port or server failure
         return fail(str(e))
     wall = time.perf_counter() - t0
+    summary, pairs = summarize_configurations(rows), paired(rows, setups, versus)
     console.print(table(rows, title=f"{scenario.name}: {rows[0]['sessions']} sessions, "
-                                    f"{scenario.workers} workers ({transport})"))
-    for f in findings(rows):
+                                    f"{scenario.workers} workers ({transport})", summary=summary))
+    for f in findings(mean_rows(rows, summary) if several_seeds(rows) else rows):
         console.print(f"  - {f}")
-    results = write_results(out, scenario.to_dict(), rows)
-    plots = [] if args.no_plots else write_plots(out, rows)
-    report = write_markdown(out, scenario.to_dict(), rows, plots)
+    for line in seed_lines(summary, pairs):
+        console.print(f"  - {line}")
+    results = write_results(out, scenario.to_dict(), rows, seeds=seeds, summary=summary, paired=pairs)
+    plots = [] if args.no_plots else write_plots(out, rows, summary)
+    report = write_markdown(out, scenario.to_dict(), rows, plots, summary=summary, paired=pairs)
     errors = sum(r["errors"] for r in rows)
     console.print(f"wrote {results}, {report}" + (f", {len(plots)} plots" if plots else "")
                   + f" in {wall:.1f}s wall")

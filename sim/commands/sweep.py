@@ -16,6 +16,11 @@ process; ``--transport http`` puts real servers on loopback in the loop (same ro
 ``--executor local`` (default) runs the grid in this machine's process pool; ``--executor ray`` submits each
 configuration as a Ray task, to a local Ray instance or to the cluster at ``--ray-address`` (the same rows; a
 failed task is named and the others' rows are still written, exit 1).
+
+``--seeds 0-4`` runs every configuration once per seed (one CSV row per seed, with its ``seed``); sweep.json adds
+a ``summary`` per configuration (mean, standard deviation, 95 % interval of each measure) and, with
+``--versus CONFIG`` (a configuration's label, or words only it has, e.g. ``'manual/random key=on'``), ``paired``
+differences by seed of every configuration against CONFIG, said in words as beyond or within seed noise.
 """
 
 from __future__ import annotations
@@ -34,25 +39,30 @@ from rich.markup import escape
 
 from sim.commands.common import (
     add_scenario_args,
+    add_seeds_arg,
     check_gateway_flags,
     console_for,
     default_jobs,
     fail,
+    paired_versus,
+    resolve_configuration,
     run_many,
     scenario_from_args,
+    seeds_from_args,
 )
 from sim.commands.gateway_flags import is_switch, switch_args
 from sim.commands.policy_names import check_policy
 from sim.executors import EXECUTORS, RunsFailed
 from sim.live import add_live_args, live_problem, live_requested, live_setups
-from sim.report import notes
+from sim.report import fmt_summary, notes, seed_lines
 from sim.results import RESULTS_VERSION, provenance, provenance_columns, scenario_hash
 from sim.runner import PolicyConfig, make_setup, public
+from sim.stats import summarize_configurations
 from sim.transports.pool import Setup
 from sim.workload.scenario import ScenarioError, parse_capacity
 
 CSV_FIELDS = ("results_version", "policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens",
-              "sessions", "grid_flags", "gateway_args",
+              "sessions", "seed", "grid_flags", "gateway_args",
               "kv_reuse", "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99",
               "ttft_first_p50", "ttft_later_p50", "e2e_p50", "e2e_p99", "makespan", "imbalance",
               "imbalance_requests", "requests", "sessions_run", "errors")
@@ -62,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
+    add_seeds_arg(p)
+    p.add_argument("--versus", default=None, metavar="CONFIG",
+                   help="pair every configuration with CONFIG by seed (its label, or words only it has)")
     p.add_argument("--transport", choices=("direct", "http"), default="direct",
                    help="direct: cores in process (default, fast); http: real servers on loopback")
     add_live_args(p)
@@ -90,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULT_MODES = ("random", "min_load", "min_group")
-OWN_FLAGS = ("policy", "assignment-mode", "seed")  # set by this command's own options, not by --grid
+OWN_FLAGS = ("policy", "assignment-mode", "seed", "seeds")  # set by this command's own options, not by --grid
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -126,6 +139,7 @@ def policy_configs(policies: Sequence[str], modes: Sequence[str] | None) -> list
 
 def grid_setups(args: argparse.Namespace) -> list[Setup]:
     base = scenario_from_args(args)
+    seeds = seeds_from_args(args, base)
     workers = args.workers or [base.workers]
     kvs = [parse_capacity(k) for k in args.kv_capacity_tokens] if args.kv_capacity_tokens else [base.kv_capacity_tokens]
     sessions = args.sessions or [base.sessions]
@@ -138,11 +152,12 @@ def grid_setups(args: argparse.Namespace) -> list[Setup]:
             flags = tuple(x for f, v in combo for x in grid_args(f, v))
             # a switch that is off leaves no flag: name it, so that its row differs from the one with it on
             off = "".join(f" --{f}=off" for f, v in combo if not grid_args(f, v))
-            scenario = base.replace(workers=w, kv_capacity_tokens=kv, sessions=n)
-            s = make_setup(scenario, PolicyConfig(pc.policy, pc.assignment_mode, flags), key, args.seed)
-            setups.append(Setup(s.scenario, s.gateway_args, s.routing_key, s.seed,
-                                f"{s.label}{off} workers={w} kv={kv} sessions={n}",
-                                {**s.extra, "grid_flags": " ".join(flags) + off}))
+            for seed in seeds:
+                scenario = base.replace(workers=w, kv_capacity_tokens=kv, sessions=n, seed=seed)
+                s = make_setup(scenario, PolicyConfig(pc.policy, pc.assignment_mode, flags), key, seed)
+                setups.append(Setup(s.scenario, s.gateway_args, s.routing_key, s.seed,
+                                    f"{s.label}{off} workers={w} kv={kv} sessions={n}",
+                                    {**s.extra, "grid_flags": " ".join(flags) + off}))
     return setups
 
 
@@ -173,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setups = grid_setups(args)
         ignored = check_gateway_flags(setups)
+        versus = None if args.versus is None else resolve_configuration(args.versus, [s.label for s in setups])
     except (ScenarioError, ValueError) as e:
         return fail(str(e))
     transport, jobs = args.transport, args.jobs or default_jobs()
@@ -207,8 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [{**public(r), "workers_count": s.scenario.workers, "kv_capacity_tokens": s.scenario.kv_capacity_tokens,
              "sessions_configured": s.scenario.sessions, "scenario_hash": h}
             for s, r, h in zip(setups, rows, hashes, strict=True)]
+    summary = summarize_configurations(rows)
+    pairs = [] if versus is None else paired_versus(rows, versus)
     doc = {"results_version": RESULTS_VERSION, "provenance": prov, "scenario": base.to_dict(), "transport": transport,
-           "notes": notes(rows), "runs": runs}
+           "notes": notes(rows), "seeds": sorted({s.seed for s in setups}), "summary": summary,
+           **({"paired": pairs} if versus is not None else {}), "runs": runs}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
     from rich.table import Table
 
@@ -217,9 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kv_reuse", "oracle_reuse", "ttft_p99", "makespan", "imbalance", "errors")
     for c in cols:
         t.add_column(c, justify="right")
-    for r in flat:
-        t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    if len(flat) == len(summary):  # one seed
+        for r in flat:
+            t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    else:  # one line per configuration: mean ± the half-width of its 95 % interval over the seeds
+        firsts = {}
+        for setup, r in zip(setups, flat, strict=True):
+            firsts.setdefault(setup.label, r)
+        for conf in summary:
+            r = firsts[conf["label"]]
+            t.add_row(*[fmt_summary(conf["measures"].get(c), "{:.3f}") if c in conf["measures"] else str(r[c])
+                        for c in cols])
     console.print(t)
+    for line in seed_lines(summary, pairs):
+        console.print(f"  - {line}")
     console.print(f"wrote {out}/sweep.csv and {out}/sweep.json in {time.perf_counter() - t0:.1f}s")
     for setup, why in failed:
         console.print(f"[red]failed:[/red] {escape(setup.label)}: {escape(why)} (not in the files)")

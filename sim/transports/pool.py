@@ -126,7 +126,13 @@ def worker_urls(ports: list[int]) -> list[str]:
 
 
 def port_salt(setup: Setup) -> str:
-    return f"{setup.seed}/{setup.scenario.workers}/{setup.label}"
+    """The salt of a setup's worker ports: its scenario and seed only, never its gateway flags.
+
+    Every configuration of one scenario and seed therefore gets the same worker URLs, hence the same hash ring
+    and the same cache-aware tree keys: a comparison of two gateway flags under ``consistent_hashing`` compares
+    the flags, not two ring draws. The cost: two ``http`` runs of one scenario and seed want the same ports, so
+    ``sim.commands.common.run_many`` runs them one after the other (other blocks still run in parallel)."""
+    return f"{setup.scenario.name}/{setup.seed}/{setup.scenario.workers}"
 
 
 def gateway_argv(setup: Setup, urls: list[str]) -> list[str]:
