@@ -6,29 +6,10 @@ import csv
 import json
 
 import pytest
+from tiny_scenario import write_tiny
 
 from sim.cli import main as cli
 from sim.results import RESULTS_VERSION
-
-TINY_TOML = """
-name = "tiny"
-seed = 3
-[workers]
-count = 2
-kv_capacity_tokens = 50000
-[sessions]
-count = 6
-group_size = 3
-system_prompt_tokens = 100
-task_prompt_tokens = 20
-max_context_tokens = 2000
-retry_rate = 0.1
-[turns]
-count = { dist = "uniform", low = 2, high = 5 }
-output_tokens = { dist = "lognormal", median = 20, sigma = 0.5, min = 4 }
-tool_output_tokens = { dist = "lognormal", median = 40, sigma = 0.5, min = 4 }
-tool_latency = 0.5
-"""
 
 RUN_FIELDS = {"policy", "assignment_mode", "routing_key", "kv_reuse", "oracle_reuse", "eligible_reuse", "stickiness",
               "prefill_tokens", "ttft_p50", "ttft_p99", "e2e_p50", "makespan", "imbalance", "requests", "sessions",
@@ -37,9 +18,8 @@ RUN_FIELDS = {"policy", "assignment_mode", "routing_key", "kv_reuse", "oracle_re
 
 @pytest.fixture
 def tiny(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY_TOML)
-    return path
+    """The tiny scenario with rollback retries (the compare tests count them)."""
+    return write_tiny(tmp_path, "retry_rate = 0.1\n")
 
 
 @pytest.mark.parametrize("transport,jobs", [("direct", "1"), ("http", "2")])

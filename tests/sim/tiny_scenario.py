@@ -1,4 +1,6 @@
-import pytest
+"""A tiny scenario for command-level tests: 6 sessions of 2-5 turns on 2 workers (runs in about a second)."""
+
+from pathlib import Path
 
 TINY_TOML = """
 name = "tiny"
@@ -20,8 +22,8 @@ tool_latency = 0.5
 """
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY_TOML)
+def write_tiny(directory: Path, extra: str = "") -> Path:
+    """The tiny scenario as a TOML file in ``directory``; ``extra`` lines go into its ``[sessions]`` table."""
+    path = directory / "tiny.toml"
+    path.write_text(TINY_TOML.replace("[turns]", f"{extra}[turns]") if extra else TINY_TOML)
     return path
