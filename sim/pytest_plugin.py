@@ -54,10 +54,11 @@ class Stack:
 
 @contextlib.contextmanager
 def start_stack(workers: int = 2, gateway: str = "mock", gateway_args: Sequence[str] = ("--policy", "manual"),
-                seed: int = 0, speedup: float = 1000.0, smg_bin: str | None = None,
-                log_dir: Path | None = None) -> Iterator[Stack]:
+                seed: int = 0, speedup: float = 1000.0, smg_bin: str | None = None, log_dir: Path | None = None,
+                worker_args: Sequence[str] = (), session_args: Sequence[str] = ()) -> Iterator[Stack]:
     """Start ``workers`` mock workers (live time x ``speedup``), a ``gateway`` (``mock`` or ``smg``, the binary
-    ``smg_bin``) with ``gateway_args`` once every worker is registered, and a session server; stop them on exit."""
+    ``smg_bin``) with ``gateway_args`` once every worker is registered, and a session server; stop them on exit.
+    ``worker_args`` and ``session_args`` are further flags of ``smg-testbed worker`` and ``session-server``."""
     from sim.real_smg import gateway_process
     from testbed_common.procs import LOOPBACK, consecutive_free_ports, free_port, python_module, running
 
@@ -67,13 +68,14 @@ def start_stack(workers: int = 2, gateway: str = "mock", gateway_args: Sequence[
         urls = [f"http://{LOOPBACK}:{base + i}" for i in range(workers)]
         es.enter_context(running(python_module("sim.worker", "--port", str(base), "--count", str(workers),
                                                "--speedup", str(speedup), "--seed", str(seed),
-                                               "--model-name", STACK_MODEL),
+                                               "--model-name", STACK_MODEL, *worker_args),
                                  f"{urls[-1]}/health", log_path=logs / "workers.log"))
         gw = es.enter_context(gateway_process(gateway, gateway_args, urls, seed=seed, smg_bin=smg_bin,
                                               log_path=logs / f"gateway-{gateway}.log", grace=STACK_GRACE))
         port = free_port()
         session_url = f"http://{LOOPBACK}:{port}"
-        es.enter_context(running(python_module("session_server", "--port", str(port), "--router-url", gw.url),
+        es.enter_context(running(python_module("session_server", "--port", str(port), "--router-url", gw.url,
+                                               *session_args),
                                  f"{session_url}/health", log_path=logs / "session_server.log"))
         yield Stack(tuple(urls), gw.url, gw.metrics_url, session_url, gateway, tuple(gateway_args))
 
