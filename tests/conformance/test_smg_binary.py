@@ -8,6 +8,7 @@ in one line: the commands exit 2 before anything runs. The chosen binary is the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pytest
@@ -30,7 +31,9 @@ def fake_smg(tmp_path):
 
 @pytest.fixture
 def no_smg_bin_env(monkeypatch):
-    monkeypatch.delenv("SMG_BIN", raising=False)  # and restored after commands that export it
+    """No ``$SMG_BIN`` during the test, and none after it either: the commands export the binary they chose."""
+    monkeypatch.setenv("SMG_BIN", "")  # recorded, so that teardown restores the variable as it was
+    monkeypatch.delenv("SMG_BIN")
 
 
 def test_the_path_given_wins_over_the_environment(fake_smg, monkeypatch):
@@ -85,3 +88,17 @@ def test_commands_refuse_a_wrong_binary_in_one_line_before_running(argv, tmp_pat
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: --smg-bin {argv[-1]}: ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.real_smg
+def test_a_live_run_starts_the_chosen_binary_and_records_its_version(smg_bin, tmp_path, no_smg_bin_env):
+    upgrade = tmp_path / "smg-upgrade"  # the installed smg under another version, as an upgrade would be
+    upgrade.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "smg 1.13.1-rc"; exit 0; }}\n'
+                       f'echo started >> {tmp_path}/started\nexec {smg_bin.path} "$@"\n')
+    upgrade.chmod(0o755)
+    out = tmp_path / "out"
+    assert cli(["run", "--gateway", "smg", "--smg-bin", str(upgrade), "--sessions", "4", "--speedup", "30",
+                "--out", str(out), "--json"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["provenance"]["smg_version"] == "smg 1.13.1-rc"
+    assert (tmp_path / "started").read_text() == "started\n"
