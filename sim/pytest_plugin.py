@@ -118,10 +118,11 @@ def run_scenario(scenario: str | Path | Scenario = "default", *, policy: str | N
     if stack is not None:
         if policy or assignment_mode or gateway_args:
             raise ValueError("a stack's gateway routes with the flags it was started with: give them to the stack")
-        setup = make_setup(s, PolicyConfig(flag_value(stack.gateway_args, "--policy") or "cache_aware",
-                                           flag_value(stack.gateway_args, "--assignment-mode"),
-                                           tuple(without_flag(without_flag(stack.gateway_args, "--policy"),
-                                                              "--assignment-mode"))), routing_key)
+        args = stack.gateway_args
+        rest = tuple(without_flag(without_flag(args, "--policy"), "--assignment-mode"))
+        started = PolicyConfig(flag_value(args, "--policy") or "cache_aware", flag_value(args, "--assignment-mode"),
+                               rest)
+        setup = make_setup(s, started, routing_key)
         return result_of(run_setup(setup, "external", gateway_url=stack.gateway_url,
                                    metrics_url=stack.metrics_url, worker_urls=stack.worker_urls))
     policy = policy or "manual"

@@ -5,7 +5,8 @@
   README and ``docs/examples/test_my_routing.py`` are the same file.
 - ``run_scenario`` returns a ``RunResult`` whose fields are exactly the keys, in order, of the row
   ``sim.runner.run_setup`` builds, with its values.
-- ``real_smg`` tests are skipped where no smg is found; a wrong ``--smg-bin`` is a one-line usage error.
+- ``--smg-gateway`` puts the real smg behind ``testbed_stack``; ``real_smg`` tests are skipped where no smg is
+  found; a wrong ``--smg-bin`` is a one-line usage error.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def test_the_readme_example_passes_as_a_user_runs_it_and_fails_when_broken(tmp_p
     broken = pytest_run(user_test, "-k", "routing_key")
     assert broken.returncode == 1 and "1 failed" in broken.stdout
     assert "assert on.kv_reuse < off.kv_reuse" in broken.stdout
+
+
+@pytest.mark.real_smg
+def test_the_example_stack_test_passes_behind_the_real_smg(tmp_path, smg_bin):
+    user_test = tmp_path / "test_my_routing.py"
+    user_test.write_text(EXAMPLE.read_text())
+    done = pytest_run(user_test, "--smg-gateway", "--smg-bin", smg_bin.path, "-k", "running_stack or real_smg")
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
 
 
 def test_the_result_has_the_fields_and_values_of_the_results_row():
