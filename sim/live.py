@@ -13,7 +13,8 @@ Needed to put the real ``smg`` binary in the loop, which keeps its own wall-cloc
   process (``mock`` or the real ``smg``, ``sim.real_smg``) and a session server, on loopback; ``kill_worker`` /
   ``restart_worker`` crash a worker and bring it back on the same URL with an empty cache.
 
-``setup.extra`` carries ``gateway`` (``mock``/``smg``) and ``speedup``: ``live_setup(setup, gateway, speedup)``.
+``setup.extra`` carries ``gateway`` (``mock``/``smg``), ``speedup`` and for smg ``smg_bin`` (the binary):
+``live_setup(setup, gateway, speedup, smg_bin)``.
 ``sim.runner.run_setup(setup, "live")`` runs it like any other transport.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import queue
 import threading
 import time
@@ -41,7 +43,7 @@ from sim.transports.pool import Setup, port_salt, session_server_argv, stable_po
 from sim.transports.pool import worker_urls as urls_of
 from sim.workload.plans import SessionPlan
 from sim.workload.scenario import Scenario
-from testbed_common.procs import ThreadServer
+from testbed_common.procs import SMG_BIN_ENV, ThreadServer
 
 DEFAULT_SPEEDUP = 10.0
 # smg 1.13.0 takes ~5 s to exit after SIGTERM even when idle; a run has read what it needs by then, so after
@@ -50,11 +52,16 @@ GATEWAY_GRACE = 2.0
 KEEP_ALIVE = 75  # uvicorn's 5 s default races httpx's 5 s pool expiry (see mock_gateway/cli.py)
 
 
-def live_setup(setup: Setup, gateway: str = "mock", speedup: float = DEFAULT_SPEEDUP) -> Setup:
-    """``setup`` marked for a live run against ``gateway`` at ``speedup``."""
+def live_setup(setup: Setup, gateway: str = "mock", speedup: float = DEFAULT_SPEEDUP,
+               smg_bin: str | None = None) -> Setup:
+    """``setup`` marked for a live run against ``gateway`` at ``speedup`` (smg: the binary ``smg_bin``, None for
+    ``sim.real_smg.resolve_smg``'s default)."""
     if not speedup > 0:
         raise ValueError("speedup must be > 0")
-    return dataclasses.replace(setup, extra={**setup.extra, "gateway": gateway, "speedup": float(speedup)})
+    extra = {**setup.extra, "gateway": gateway, "speedup": float(speedup)}
+    if smg_bin is not None:
+        extra["smg_bin"] = smg_bin
+    return dataclasses.replace(setup, extra=extra)
 
 
 class LiveEnvironment(simpy.Environment):
@@ -247,7 +254,8 @@ class LiveTransport(SessionClient):
             log = (log_dir / f"gateway-{self.kind}.log") if log_dir else None
             self.gateway: Gateway = self._stack.enter_context(
                 gateway_process(self.kind, setup.gateway_args, self.worker_urls, seed=setup.seed, log_path=log,
-                                grace=float(setup.extra.get("gateway_grace", GATEWAY_GRACE))))
+                                grace=float(setup.extra.get("gateway_grace", GATEWAY_GRACE)),
+                                smg_bin=setup.extra.get("smg_bin")))
             self.gateway_url = self.gateway.url
             self.metrics_url = self.gateway.metrics_url
             ss = ThreadServer(session_server_app(session_server_argv(setup, self.gateway_url)),
@@ -327,12 +335,14 @@ class LiveTransport(SessionClient):
 
 
 def add_live_args(p: Any) -> None:
-    """``--gateway mock|smg``, ``--live`` and ``--speedup`` on an argparse parser."""
+    """``--gateway mock|smg``, ``--smg-bin``, ``--live`` and ``--speedup`` on an argparse parser."""
     from sim.real_smg import GATEWAYS
 
     p.add_argument("--gateway", choices=GATEWAYS, default="mock",
                    help="mock: the Python mock (virtual time unless --live); smg: the real smg 1.13.0 binary, "
                         "started with the same policy flags, in live time")
+    p.add_argument("--smg-bin", default=None, metavar="PATH",
+                   help=f"--gateway smg: this smg binary (default: ${SMG_BIN_ENV}, else the installed smg)")
     p.add_argument("--live", action="store_true", help="live time with the mock gateway too")
     p.add_argument("--speedup", type=float, default=DEFAULT_SPEEDUP,
                    help=f"live time: model seconds per wall second (default {DEFAULT_SPEEDUP:g})")
@@ -343,19 +353,29 @@ def live_requested(args: Any) -> bool:
 
 
 def live_problem(args: Any) -> str | None:
-    """Why the live options cannot be used as given (None when they can)."""
-    from testbed_common.procs import smg_binary
+    """Why the live options cannot be used as given (None when they can).
 
+    For ``--gateway smg`` it resolves the binary (``sim.real_smg.resolve_smg``), sets ``args.smg_bin`` to it and
+    exports it as ``$SMG_BIN``, so that worker processes and the results' provenance use the same binary."""
+    from sim.real_smg import SmgBinaryError, resolve_smg
+
+    if getattr(args, "smg_bin", None) and getattr(args, "gateway", "mock") != "smg":
+        return "--smg-bin needs --gateway smg"
     if not live_requested(args):
         return None
     if not args.speedup > 0:
         return "--speedup must be > 0"
     if getattr(args, "transport", None) == "external":
         return "--gateway smg / --live start their own servers; they do not combine with --transport external"
-    if args.gateway == "smg" and smg_binary() is None:
-        return "--gateway smg needs the real gateway (pip install smg==1.13.0)"
+    if args.gateway == "smg":
+        try:
+            args.smg_bin = resolve_smg(args.smg_bin).path
+        except SmgBinaryError as e:
+            return str(e)
+        os.environ[SMG_BIN_ENV] = args.smg_bin
     return None
 
 
 def live_setups(args: Any, setups: Sequence[Setup]) -> list[Setup]:
-    return [live_setup(s, args.gateway, args.speedup) for s in setups]
+    smg_bin = args.smg_bin if args.gateway == "smg" else None
+    return [live_setup(s, args.gateway, args.speedup, smg_bin) for s in setups]

@@ -13,6 +13,9 @@ translation in ``smg_args``:
   (so that a killed worker is noticed and a restarted one readmitted within seconds, as in
   smg-live-observations.md §6), and a 1 s load-monitor interval (load-aware policies see current engine loads).
 
+Which binary: ``resolve_smg(path)`` (``--smg-bin PATH``, else ``$SMG_BIN``, else the installed ``smg``), which
+also checks that it is one (``--version`` names smg) and reads its version, recorded in results.
+
 The real binary needs ``--host 127.0.0.1 --prometheus-host 127.0.0.1`` (both default to 0.0.0.0) and takes about
 5 s to exit after SIGTERM; runs that have read what they need may stop it sooner (``grace``), then SIGKILL.
 """
@@ -20,6 +23,10 @@ The real binary needs ``--host 127.0.0.1 --prometheus-host 127.0.0.1`` (both def
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +37,7 @@ import httpx
 
 from testbed_common.procs import (
     LOOPBACK,
+    SMG_BIN_ENV,
     Process,
     free_ports,
     polling_client,
@@ -56,10 +64,54 @@ MOCK_ONLY_POLICIES = ("bounded_load",)
 MOCK_ONLY_MODES = ("min_kv",)
 MOCK_ONLY_FLAG_PREFIXES = ("--bounded-load-", "--kv-")
 READY_TIMEOUT = 60.0
+VERSION_TIMEOUT = 30.0
+INSTALL_HINT = "pip install smg==1.13.0, or give --smg-bin PATH / SMG_BIN"
 
 
 class GatewayFlagError(ValueError):
     """Flags that cannot be given to the real SMG (a testbed extension)."""
+
+
+class SmgBinaryError(ValueError):
+    """The smg binary is missing, not executable, or not an smg (a one-line message)."""
+
+
+@dataclass(frozen=True)
+class SmgBinary:
+    path: str
+    version: str  # the first line of ``--version``, e.g. ``smg 1.13.0``
+
+
+def resolve_smg(path: str | None = None) -> SmgBinary:
+    """The real gateway binary: ``path``, else ``$SMG_BIN``, else the installed ``smg``; raises ``SmgBinaryError``."""
+    binary = smg_binary(path)
+    if binary is None:
+        raise SmgBinaryError(f"the real gateway is not installed ({INSTALL_HINT})")
+    where = f"--smg-bin {path}" if path else f"{SMG_BIN_ENV}={binary}" if os.environ.get(SMG_BIN_ENV) else binary
+    if os.sep not in binary:  # a bare name: looked up on PATH
+        binary = shutil.which(binary) or ""
+        if not binary:
+            raise SmgBinaryError(f"{where}: not found on PATH")
+    return _checked(os.path.abspath(binary), where)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(binary: str, where: str) -> SmgBinary:
+    """``binary`` checked and its version read (once per path: ``--version`` takes a while)."""
+    if not os.path.isfile(binary):
+        raise SmgBinaryError(f"{where}: no such file")
+    if not os.access(binary, os.X_OK):
+        raise SmgBinaryError(f"{where}: not executable")
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SmgBinaryError(f"{where}: cannot run it ({e})") from e
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    version = lines[0].strip() if lines else ""
+    if done.returncode != 0 or version.split(" ", 1)[0] != "smg":  # "smg 1.13.0" (not "smg-testbed ...")
+        raise SmgBinaryError(f"{where}: not an smg binary ('--version' says {version[:80]!r})")
+    return SmgBinary(binary, version)
 
 
 def _has(args: Sequence[str], flag: str) -> bool:
@@ -117,18 +169,16 @@ def smg_args(gateway_args: Sequence[str]) -> list[str]:
 
 
 def gateway_argv(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], port: int, metrics_port: int,
-                 seed: int | None = None, defaults: dict[str, str] = LIVE_DEFAULTS) -> list[str]:
-    """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``) on loopback; ``defaults={}``
-    gives exactly the caller's flags (benchmarks)."""
+                 seed: int | None = None, defaults: dict[str, str] = LIVE_DEFAULTS,
+                 smg_bin: str | None = None) -> list[str]:
+    """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``, the binary ``resolve_smg(smg_bin)``)
+    on loopback; ``defaults={}`` gives exactly the caller's flags (benchmarks)."""
     if kind not in GATEWAYS:
         raise ValueError(f"unknown gateway {kind!r} (one of {', '.join(GATEWAYS)})")
     common = ["--host", LOOPBACK, "--port", str(port), "--prometheus-host", LOOPBACK,
               "--prometheus-port", str(metrics_port), "--worker-urls", *worker_urls]
     if kind == "smg":
-        binary = smg_binary()
-        if binary is None:
-            raise FileNotFoundError("the real gateway is not installed (pip install smg==1.13.0)")
-        return [binary, "launch", *common, *with_defaults(smg_args(gateway_args), defaults)]
+        return [resolve_smg(smg_bin).path, "launch", *common, *with_defaults(smg_args(gateway_args), defaults)]
     args = list(gateway_args) if seed is None or _has(gateway_args, "--seed") else [*gateway_args, "--seed", str(seed)]
     return python_module("mock_gateway", *common, *with_defaults(args, defaults))
 
@@ -164,11 +214,11 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway_process(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], *, seed: int | None = None,
-                    log_path: Path | None = None, grace: float = 10.0,
-                    ready_timeout: float = READY_TIMEOUT) -> Iterator[Gateway]:
+                    log_path: Path | None = None, grace: float = 10.0, ready_timeout: float = READY_TIMEOUT,
+                    smg_bin: str | None = None) -> Iterator[Gateway]:
     """Start a gateway in front of running workers; stop it (SIGTERM, SIGKILL after ``grace`` s) on exit."""
     port, metrics_port = free_ports(2)
-    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed)
+    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed, smg_bin=smg_bin)
     with contextlib.ExitStack() as stack:
         if log_path is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"live-{kind}-"))

@@ -7,7 +7,8 @@ docs/results-versions.md.
 ``provenance(scenario, runs)``: what produced a results file, so that it can be reproduced or compared safely
 (``results.json``, ``sweep.json``, ``sweep.csv``): the testbed's version, its git commit (and whether the tree
 had uncommitted changes), the command line, the scenario's content hash, the real ``smg`` binary's version when
-a run used it, and the versions of Python and of the libraries the figures depend on.
+a run used it (the one ``--smg-bin``/``SMG_BIN`` chose), and the versions of Python and of the libraries the
+figures depend on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from testbed_common.procs import smg_binary
+from sim.real_smg import SmgBinaryError, resolve_smg
 
 RESULTS_VERSION = 2  # 2: drawn words and logprobs from a keyed Philox (numpy's public API); 1: unversioned files
 
@@ -59,17 +60,13 @@ def git_state() -> dict[str, Any] | None:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def smg_version() -> str | None:
-    """``smg --version`` of the real gateway binary (e.g. ``smg 1.13.0``); None when it is not installed."""
-    binary = smg_binary()
-    if binary is None:
-        return None
+def smg_version(path: str | None = None) -> str | None:
+    """``--version`` of the real gateway binary runs use (``sim.real_smg.resolve_smg``: ``path``, else
+    ``$SMG_BIN``, else the installed ``smg``), e.g. ``smg 1.13.0``; None when there is none."""
     try:
-        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
+        return resolve_smg(path).version
+    except SmgBinaryError:
         return None
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if done.returncode == 0 and lines else None
 
 
 def _version(dist: str) -> str | None:

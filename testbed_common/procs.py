@@ -174,8 +174,15 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def smg_binary() -> str | None:
-    """Path of the real ``smg`` launcher (from ``smg==1.13.0``), next to this interpreter or on PATH."""
+SMG_BIN_ENV = "SMG_BIN"
+
+
+def smg_binary(path: str | None = None) -> str | None:
+    """Where the real ``smg`` launcher is: ``path`` when given, else ``$SMG_BIN``, else the ``smg`` next to this
+    interpreter or on PATH; None when none is found. It only locates: ``sim.real_smg.resolve_smg`` checks it."""
+    chosen = path or os.environ.get(SMG_BIN_ENV)
+    if chosen:
+        return chosen
     here = Path(sys.executable).parent / "smg"
     if here.exists():
         return str(here)

@@ -18,6 +18,9 @@ Checks (exit status 1 when one fails; the tolerances are justified in docs/confo
 - failure: both gateways re-pin every key of the crashed worker (``occupied_miss`` > 0, no client errors) and
   move back every such key that is still sending requests once the worker is healthy again.
 
+The binary is ``--smg-bin PATH``, else ``$SMG_BIN``, else the installed ``smg`` (a missing one, or one whose
+``--version`` does not name smg, is an error); its version and path are recorded.
+
 Writes ``DIR/conformance.json`` and ``DIR/conformance.md`` (default ``results/conformance-<scenario>``).
 """
 
@@ -38,11 +41,11 @@ from sim.commands.common import add_scenario_args, console_for, fail, scenario_f
 from sim.commands.policy_names import parse_policy
 from sim.live import DEFAULT_SPEEDUP, Fault, LiveTransport, live_setup
 from sim.measures import summarize
-from sim.real_smg import smg_args
+from sim.real_smg import resolve_smg, smg_args
 from sim.runner import PolicyConfig, make_setup
 from sim.transports.pool import Setup, worker_urls
 from sim.workload.scenario import Scenario, ScenarioError
-from testbed_common.procs import free_ports, smg_binary
+from testbed_common.procs import SMG_BIN_ENV, free_ports
 
 DEFAULT_POLICIES = ("consistent_hashing", "prefix_hash", "manual/min_load", "manual/min_group")
 DETERMINISTIC = ("consistent_hashing", "prefix_hash")
@@ -56,9 +59,10 @@ SETTLE_WALL_SECONDS = 2.5  # health interval 1 s + breaker/readmission + one tur
 
 
 def run_side(setup: Setup, gateway: str, speedup: float, urls: list[str], faults: Sequence[Fault] = (),
-             log_dir: Path | None = None, grace: float = 1.0) -> dict[str, Any]:
-    """Run ``setup`` in live time behind ``gateway``; what the comparison needs (JSON-ready)."""
-    s = live_setup(setup, gateway, speedup)
+             log_dir: Path | None = None, grace: float = 1.0, smg_bin: str | None = None) -> dict[str, Any]:
+    """Run ``setup`` in live time behind ``gateway`` (smg: the binary ``smg_bin``); what the comparison needs
+    (JSON-ready)."""
+    s = live_setup(setup, gateway, speedup, smg_bin if gateway == "smg" else None)
     s = Setup(s.scenario, s.gateway_args, s.routing_key, s.seed, s.label, {**s.extra, "gateway_grace": grace})
     t0 = time.perf_counter()
     if log_dir is not None:  # one directory per run, so that no gateway log overwrites another
@@ -241,7 +245,8 @@ def side_table(policy: str, mock: dict[str, Any], smg: dict[str, Any]) -> Table:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# Conformance: mock gateway vs smg {doc['smg_version']} ({doc['scenario']['name']})", "",
+    lines = [f"# Conformance: mock gateway vs {doc['smg_version']} ({doc['scenario']['name']})", "",
+             f"Binary: `{doc['smg_bin']}`.", "",
              f"Live time, speed-up x{doc['speedup']:g}; seed {doc['seed']}; {doc['scenario']['sessions']} sessions "
              f"on {doc['scenario']['workers']} workers. Result: **{'PASS' if doc['ok'] else 'FAIL'}**.", ""]
     for pol in doc["policies"]:
@@ -304,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance-tolerance", type=int, default=BALANCE_TOLERANCE,
                    help=f"min_load/min_group: largest difference of the busiest worker's key count "
                         f"(default {BALANCE_TOLERANCE})")
+    p.add_argument("--smg-bin", default=None, metavar="PATH",
+                   help=f"the smg binary to check (default: ${SMG_BIN_ENV}, else the installed smg)")
     p.add_argument("--out", default=None, help="output directory (default results/conformance-<scenario>)")
     return p
 
@@ -314,20 +321,9 @@ def _scenario(args: argparse.Namespace) -> Scenario:
     return s.replace(**changes) if changes else s
 
 
-def _smg_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("smg")
-    except Exception:  # only a label
-        return "?"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = console_for()
-    if smg_binary() is None:
-        return fail("conformance needs the real gateway (pip install smg==1.13.0)")
     if not (args.speedup > 0 and args.failure_speedup > 0):
         return fail("speed-ups must be > 0")
     if not 0 <= args.kill_at < args.restart_at:
@@ -338,13 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure_policy = parse_policy(args.failure_policy)
         for pc in [*policies, failure_policy]:  # refuse the testbed's extensions before anything runs
             smg_args(pc.gateway_args())
-    except (ScenarioError, ValueError) as e:
+        binary = resolve_smg(args.smg_bin)
+    except (ScenarioError, ValueError) as e:  # a wrong --smg-bin too (SmgBinaryError)
         return fail(str(e))
     out = Path(args.out or f"results/conformance-{scenario.name}")
     out.mkdir(parents=True, exist_ok=True)
     urls = worker_urls(free_ports(scenario.workers))  # the same URLs for both gateways (rings hash them)
     doc: dict[str, Any] = {"scenario": scenario.to_dict(), "seed": scenario.seed, "speedup": args.speedup,
-                           "smg_version": _smg_version(), "worker_urls": urls,
+                           "smg_version": binary.version, "smg_bin": binary.path,
+                           "worker_urls": urls,
                            "tolerances": {"kv_reuse": args.kv_tolerance, "balance_keys": args.balance_tolerance,
                                           "settle_wall_seconds": SETTLE_WALL_SECONDS},
                            "policies": [], "failure": None}
@@ -354,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup = make_setup(scenario, pc, True)
             console.print(f"[bold]{pc.name}[/bold]: mock, then smg (live, x{args.speedup:g})")
             mock = run_side(setup, "mock", args.speedup, urls, log_dir=out)
-            smg = run_side(setup, "smg", args.speedup, urls, log_dir=out)
+            smg = run_side(setup, "smg", args.speedup, urls, log_dir=out, smg_bin=binary.path)
             cmp = compare_sides(pc, mock, smg, kv_tolerance=args.kv_tolerance,
                                 balance_tolerance=args.balance_tolerance)
             doc["policies"].append({"mock": mock, "smg": smg, "comparison": cmp})
@@ -367,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup = make_setup(scenario, failure_policy, True)
             console.print(f"[bold]failure[/bold] ({failure_policy.name}): w0 crashed at {args.kill_at:g} s, "
                           f"restarted at {args.restart_at:g} s wall (live, x{sp:g})")
-            sides = {g: run_side(setup, g, sp, urls, faults=[fault], log_dir=out) for g in ("mock", "smg")}
+            sides = {g: run_side(setup, g, sp, urls, faults=[fault], log_dir=out, smg_bin=binary.path)
+                     for g in ("mock", "smg")}
             fa = {g: failure_analysis(s, sp) for g, s in sides.items()}
             doc["failure"] = {"policy": failure_policy.name, "speedup": sp, **compare_failure(fa["mock"], fa["smg"]),
                               "runs": sides}

@@ -16,7 +16,6 @@ import pytest
 from sim.commands import conformance
 from sim.commands.conformance import compare_failure, compare_sides, failure_analysis, key_counts
 from sim.runner import PolicyConfig
-from testbed_common.procs import smg_binary
 
 
 def side(timeline, branches, kv=0.9, stickiness=1.0, errors=0, fault_log=()):
@@ -111,11 +110,10 @@ def test_failure_comparison_fails_when_keys_stay_away_or_never_move():
 
 
 @pytest.mark.real_smg
-@pytest.mark.skipif(smg_binary() is None, reason="smg 1.13.0 not installed")
-def test_small_conformance_run_against_the_real_smg(tmp_path):
-    code = conformance.main(["--sessions", "6", "--speedup", "30", "--policies", "consistent_hashing",
-                             "manual/min_load", "--failure-speedup", "8", "--kill-at", "1", "--restart-at", "2.5",
-                             "--out", str(tmp_path)])
+def test_small_conformance_run_against_the_real_smg(tmp_path, smg_bin):
+    code = conformance.main(["--smg-bin", smg_bin.path, "--sessions", "6", "--speedup", "30",
+                             "--policies", "consistent_hashing", "manual/min_load", "--failure-speedup", "8",
+                             "--kill-at", "1", "--restart-at", "2.5", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "conformance.json").read_text())
     md = (tmp_path / "conformance.md").read_text()
     problems = [(p["comparison"]["policy"], c) for p in doc["policies"] for c in p["comparison"]["checks"]
@@ -130,6 +128,8 @@ def test_small_conformance_run_against_the_real_smg(tmp_path):
     for g in ("mock", "smg"):
         assert f[g]["occupied_miss"] > 0 and f[g]["keys_moved"] == f[g]["keys_pinned"] > 0
     assert "## consistent_hashing" in md and "## Failure" in md and "PASS" in md
+    assert (doc["smg_bin"], doc["smg_version"]) == (smg_bin.path, smg_bin.version)
+    assert f"vs {smg_bin.version}" in md and smg_bin.path in md
 
 
 def test_testbed_policies_are_refused_before_anything_runs(tmp_path):

@@ -12,6 +12,7 @@ mock gateway, in front of the same fake SGLang workers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 
@@ -22,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mock_gateway.app import create_app
 from mock_gateway.config import parse_args
 from mock_gateway.testing import chat, fake_worker_app
-from testbed_common.procs import ThreadServer, free_ports, smg_binary, spawn, wait_http
+from testbed_common.procs import ThreadServer, free_ports, spawn, wait_http
 
-pytestmark = [pytest.mark.real_smg, pytest.mark.skipif(smg_binary() is None, reason="smg 1.13.0 not installed")]
+pytestmark = pytest.mark.real_smg
 IDLE = {"loads": [{"dp_rank": 0, "num_running_reqs": 0, "num_waiting_reqs": 0, "token_usage": 0.0}]}
 
 
@@ -64,11 +65,17 @@ def reset(pool):
         st["requests"] = []
 
 
+@pytest.fixture
+def real(smg_bin):
+    """``real(urls, *flags)``: the real gateway (the plugin's ``--smg-bin``/``SMG_BIN``) in front of ``urls``."""
+    return functools.partial(real_gateway, smg_bin.path)
+
+
 @contextlib.contextmanager
-def real(urls, *flags, log=None):
+def real_gateway(binary, urls, *flags, log=None):
     port, pport = free_ports(2)
     args = [
-        smg_binary(),
+        binary,
         "launch",
         "--host",
         "127.0.0.1",
@@ -142,7 +149,7 @@ def keyed(n=30, turns=1):
     ]
 
 
-def test_consistent_hashing_same_worker_for_every_key(pool):
+def test_consistent_hashing_same_worker_for_every_key(pool, real):
     urls, _ = pool
     traffic = [
         *keyed(40),
@@ -166,7 +173,7 @@ def test_consistent_hashing_same_worker_for_every_key(pool):
         assert counters(m, "smg_consistent_hashing_policy_branch_total") == real_counts
 
 
-def test_prefix_hash_same_worker_for_keys_and_prompts(pool):
+def test_prefix_hash_same_worker_for_keys_and_prompts(pool, real):
     urls, _ = pool
     prompts = [({}, chat(f"prompt number {i} " * (1 + 40 * (i % 3)))) for i in range(20)]
     tokens = [({}, {"input_ids": list(range(i, i + 300))}) for i in range(5)]
@@ -181,7 +188,7 @@ def test_prefix_hash_same_worker_for_keys_and_prompts(pool):
         assert counters(m, "smg_prefix_hash_policy_branch_total") == real_counts
 
 
-def test_manual_branch_counters_are_equal(pool):
+def test_manual_branch_counters_are_equal(pool, real):
     urls, _ = pool
     traffic = keyed(15, turns=3) + [({}, chat(f"unkeyed {i}")) for i in range(5)]
     traffic += [({"x-smg-routing-key": b"k" * 129}, chat()), ({"x-smg-routing-key": b"conv_t2"}, chat(rid="conv_t3"))]
@@ -200,7 +207,7 @@ def test_manual_branch_counters_are_equal(pool):
                 assert first.setdefault(k, url) == url
 
 
-def test_round_robin_sequence_is_equal_for_the_same_registration_order(pool):
+def test_round_robin_sequence_is_equal_for_the_same_registration_order(pool, real):
     urls, _ = pool
     traffic = [({}, chat(f"r{i}")) for i in range(12)]
     with real(urls, "--policy", "round_robin") as r:
@@ -211,7 +218,7 @@ def test_round_robin_sequence_is_equal_for_the_same_registration_order(pool):
         assert send(m, traffic) == want
 
 
-def test_cache_aware_scripted_scenario(pool):
+def test_cache_aware_scripted_scenario(pool, real):
     """Reported loads decide misses; the tree decides the continuation; then a reported spike moves a miss."""
     urls, states = pool
     for st, running in zip(states, (0, 50, 60), strict=True):
@@ -250,7 +257,7 @@ def test_cache_aware_scripted_scenario(pool):
         assert counters(m, "smg_cache_aware_policy_branch_total") == real_counts
 
 
-def test_cache_aware_spill_gate_under_concurrency(pool):
+def test_cache_aware_spill_gate_under_concurrency(pool, real):
     """Nine concurrent requests sharing a prefix, held 1.5 s by the workers: the holder takes seven (at 7 in
     flight against a mean of 2.33 the 1.13.0 margin of 4 trips), the eighth spills, the ninth follows it."""
     urls, states = pool
@@ -284,7 +291,7 @@ def test_cache_aware_spill_gate_under_concurrency(pool):
         assert counters(m, "smg_cache_aware_policy_branch_total") == real_counts
 
 
-def test_sticky_override_cap_respill_sequence(pool):
+def test_sticky_override_cap_respill_sequence(pool, real):
     """round_robin + --routing-key-override, one key, requests held 1.2 s and sent 0.15 s apart: the pin
     moves after two in flight (cap_respill); the sequence and the manual counters match the real gateway."""
     urls, states = pool
@@ -319,7 +326,7 @@ def test_sticky_override_cap_respill_sequence(pool):
         assert counters(m, "smg_manual_policy_branch_total") == real_counts
 
 
-def test_manual_failover_on_a_retryable_status(pool):
+def test_manual_failover_on_a_retryable_status(pool, real):
     """Four keys pinned to w0 (the only worker), w1 added at runtime, then w0 answers 503: each request tries
     w0 (occupied_hit), is retried without it (occupied_miss once per key, then occupied_hit on w1); both
     gateways count the same branches and answer 200 from w1."""
@@ -372,7 +379,7 @@ BAD = [
 ]
 
 
-def test_bad_input_gets_the_same_status_and_code(pool):
+def test_bad_input_gets_the_same_status_and_code(pool, real):
     urls, _ = pool
     results = []
     for gw in (real, mock):
@@ -405,7 +412,7 @@ def tool_bodies():
     )
 
 
-def test_tool_messages_get_the_same_answer(pool):
+def test_tool_messages_get_the_same_answer(pool, real):
     urls, _ = pool
     results = []
     for gw in (real, mock):
@@ -428,7 +435,7 @@ FUNCTION_MESSAGES = [{"role": "function", "content": "r"}, {"role": "function", 
                      {"role": "function", "content": 1, "name": 2}, {"role": "function", "name": 2, "content": 1}]
 
 
-def test_function_messages_get_the_same_answer(pool):
+def test_function_messages_get_the_same_answer(pool, real):
     urls, _ = pool
     results = []
     for gw in (real, mock):

@@ -14,15 +14,15 @@ import pytest
 
 from sim.real_smg import gateway_argv, wait_ready
 from testbed_common import tokenizer, vtime
-from testbed_common.procs import consecutive_free_ports, free_ports, python_module, running, smg_binary
+from testbed_common.procs import consecutive_free_ports, free_ports, python_module, running
 
-pytestmark = [pytest.mark.real_smg, pytest.mark.skipif(smg_binary() is None, reason="smg binary not installed")]
+pytestmark = pytest.mark.real_smg
 
 MODEL = "mock-model"
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, smg_bin):
     logs = tmp_path_factory.mktemp("real_smg")
     base = consecutive_free_ports(3)
     gw_port, prom_port = free_ports(2)
@@ -31,7 +31,7 @@ def gateway(tmp_path_factory):
         "sim.worker", "--host", "127.0.0.1", "--port", str(base), "--count", "3", "--model-name", MODEL, "--seed", "11"
     )
     flags = ["--policy", "manual", "--worker-startup-check-interval", "1"]
-    gw = ["timeout", "120", *gateway_argv("smg", flags, urls, gw_port, prom_port, defaults={})]
+    gw = ["timeout", "120", *gateway_argv("smg", flags, urls, gw_port, prom_port, defaults={}, smg_bin=smg_bin.path)]
     with (
         running(workers, f"{urls[-1]}/health", timeout=30, log_path=logs / "workers.log"),
         running(gw, f"http://127.0.0.1:{gw_port}/readiness", timeout=60, log_path=logs / "smg.log"),

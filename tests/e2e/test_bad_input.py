@@ -22,18 +22,18 @@ from typing import Any
 import h11
 import httpx
 import pytest
-from loopback_stack import loopback_stack
+from loopback_stack import MODEL, loopback_stack
 
 from mock_gateway.app import create_app as gateway_app
 from mock_gateway.config import parse_args
 from session_server.app import ServerConfig
 from session_server.app import create_app as session_app
 from sim.engine.types import WorkerConfig
+from sim.measures import gateway_branches
 from sim.worker.app import create_app as worker_app
 from sim.worker.core import WorkerCore
 from testbed_common import procs
 
-MODEL = "mock-model"
 CAP = 1 << 20  # payload cap of every server in this module
 KEY = "x-smg-routing-key"
 
@@ -43,22 +43,22 @@ class Stack:
     worker: str
     gateway: str
     session: str
-    gateway_core: Any
+    metrics: str  # the gateway's Prometheus URL
     sid: str  # a session with one committed turn
     deleted: str  # a session that was created, used and deleted
 
 
 @contextlib.contextmanager
 def stack() -> Iterator[Stack]:
-    with loopback_stack(CAP, MODEL) as lb:
-        ss = lb.session
+    with loopback_stack(CAP) as lb:
+        ss = lb.session_url
         with httpx.Client(trust_env=False, timeout=30) as c:
             sid = c.post(f"{ss}/sessions").json()["session_id"]
             assert c.post(f"{ss}/sessions/{sid}/v1/chat/completions", json=chat()).status_code == 200
             deleted = c.post(f"{ss}/sessions").json()["session_id"]
             assert c.post(f"{ss}/sessions/{deleted}/v1/chat/completions", json=chat()).status_code == 200
             assert c.delete(f"{ss}/sessions/{deleted}").status_code == 204
-        yield Stack(lb.worker, lb.gateway, ss, lb.gateway_core, sid, deleted)
+        yield Stack(lb.worker_urls[0], lb.gateway_url, ss, lb.metrics_url, sid, deleted)
 
 
 @pytest.fixture(scope="module")
@@ -318,8 +318,8 @@ def test_bad_input_gets_its_status(env: Stack, case: Case) -> None:
 
 
 def branch(env: Stack, name: str) -> float:
-    v = env.gateway_core.metrics.registry.get_sample_value("smg_manual_policy_branch_total", {"branch": name})
-    return 0.0 if v is None else v
+    text = httpx.get(env.metrics, trust_env=False, timeout=10).text
+    return float(gateway_branches(text).get("manual", {}).get(name, 0))
 
 
 @pytest.mark.parametrize(

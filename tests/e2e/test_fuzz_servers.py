@@ -27,9 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
-from loopback_stack import loopback_stack
+from loopback_stack import MODEL, loopback_stack
 
-MODEL = "mock-model"
 CAP = 256 * 1024
 KEY = "x-smg-routing-key"
 # FUZZ_EXAMPLES=1000 for a deeper run by hand; CI keeps 60 per test (the whole file runs in ~10 s)
@@ -50,8 +49,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Stack]:
-    with loopback_stack(CAP, MODEL) as lb, httpx.Client(trust_env=False, timeout=30) as client:
-        yield Stack(lb.worker, lb.gateway, lb.session, client)
+    with loopback_stack(CAP) as lb, httpx.Client(trust_env=False, timeout=30) as client:
+        yield Stack(lb.worker_urls[0], lb.gateway_url, lb.session_url, client)
 
 
 # --- strategies ------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import re
 import sys
 from collections.abc import Iterator
@@ -70,18 +69,20 @@ def session_server(router_url: str, **config) -> Iterator[str]:
         yield ss.url
 
 
-def _mock_gateway_ready() -> bool:
-    try:
-        return importlib.util.find_spec("mock_gateway.cli") is not None
-    except ModuleNotFoundError:
-        return False
+@pytest.fixture
+def gateway_command(request: pytest.FixtureRequest, kind: str) -> list[str]:
+    """How to start the gateway of ``kind``: the plugin's smg binary (``--smg-bin``/``SMG_BIN``) or the mock."""
+    if kind == "smg":
+        return [request.getfixturevalue("smg_bin").path, "launch"]
+    return [sys.executable, "-m", "sim.cli", "gateway"]
 
 
 @contextlib.contextmanager
 def gateway(
-    kind: str, worker_urls: list[str], tmp_path: Path, extra: tuple[str, ...] = ()
+    command: list[str], worker_urls: list[str], tmp_path: Path, extra: tuple[str, ...] = ()
 ) -> Iterator[tuple[str, str]]:
-    """A gateway with ``--policy manual --assignment-mode min_load``; yields (url, metrics url)."""
+    """A gateway (``command`` and its flags) with ``--policy manual --assignment-mode min_load``; yields (url,
+    metrics url)."""
     port, prom = procs.free_ports(2)
     flags = [
         "--host",
@@ -102,19 +103,11 @@ def gateway(
         "1",
         *extra,
     ]
-    if kind == "smg":
-        binary = procs.smg_binary()
-        if binary is None:
-            pytest.skip("the real smg binary is not installed")
-        args = [binary, "launch", *flags]
-    else:
-        if not _mock_gateway_ready():
-            pytest.skip("mock_gateway.cli is not in the tree yet")
-        args = [sys.executable, "-m", "sim.cli", "gateway", *flags]
+    args = [*command, *flags]
     url = f"http://127.0.0.1:{port}"
     tmp_path.mkdir(parents=True, exist_ok=True)
     # smg's graceful shutdown lingers ~5 s; SIGKILL after 2 s keeps tests short
-    with procs.running(args, f"{url}/readiness", timeout=60, log_path=tmp_path / f"{kind}.log", grace=2):
+    with procs.running(args, f"{url}/readiness", timeout=60, log_path=tmp_path / "gateway.log", grace=2):
         yield url, f"http://127.0.0.1:{prom}/metrics"
 
 
@@ -195,11 +188,11 @@ def test_through_a_mock_worker_header_retry_and_cached_tokens():
 
 
 @pytest.mark.parametrize("kind", [pytest.param("smg", marks=pytest.mark.real_smg), "mock"])
-def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
+def test_manual_branch_counts_with_and_without_the_header(gateway_command, tmp_path):
     n, t = 4, 3
     with workers(3) as ws:
         urls = [u for _, _, u in ws]
-        with gateway(kind, urls, tmp_path / "keyed") as (gw, metrics):
+        with gateway(gateway_command, urls, tmp_path / "keyed") as (gw, metrics):
             with session_server(gw) as ss:
                 sessions = asyncio.run(run_sessions(ss, n, t))
             branches, entries = branch_counts(httpx.get(metrics, trust_env=False).text)
@@ -232,7 +225,7 @@ def test_manual_branch_counts_with_and_without_the_header(kind, tmp_path):
 
         for _, log, _ in ws:
             log.seen.clear()
-        with gateway(kind, urls, tmp_path / "unkeyed") as (gw, metrics):
+        with gateway(gateway_command, urls, tmp_path / "unkeyed") as (gw, metrics):
             with session_server(gw, routing_key=False) as ss:
                 sessions = asyncio.run(run_sessions(ss, n, t, salt=2))
             branches, entries = branch_counts(httpx.get(metrics, trust_env=False).text)
@@ -332,12 +325,10 @@ def test_http_and_direct_paths_give_identical_results():
 
 
 @pytest.mark.parametrize("kind", [pytest.param("smg", marks=pytest.mark.real_smg), "mock"])
-def test_custom_routing_key_header_for_a_gateway_set_up_with_another_name(kind, tmp_path):
+def test_custom_routing_key_header_for_a_gateway_set_up_with_another_name(gateway_command, tmp_path):
     n, t = 2, 3
-    with (
-        workers(2) as ws,
-        gateway(kind, [u for _, _, u in ws], tmp_path, ("--routing-key-headers", "x-session-id")) as (gw, metrics),
-    ):
+    header = ("--routing-key-headers", "x-session-id")
+    with workers(2) as ws, gateway(gateway_command, [u for _, _, u in ws], tmp_path, header) as (gw, metrics):
         with session_server(gw, routing_key_header="X-Session-Id") as ss:
             sessions = asyncio.run(run_sessions(ss, n, t))
         branches, entries = branch_counts(httpx.get(metrics, trust_env=False).text)

@@ -44,7 +44,6 @@ def test_bad_names_say_what_to_write(text, says):
     ["conformance", "--policies", "manul"],
 ])
 def test_every_command_refuses_a_bad_policy_in_one_line(tiny, tmp_path, capsys, monkeypatch, argv):
-    monkeypatch.setattr("sim.commands.conformance.smg_binary", lambda: "smg")  # names are checked before it runs
     code = cli([*argv, "--out", str(tmp_path / "o")] + (["--scenario", str(tiny)] if argv[0] != "replay" else []))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
