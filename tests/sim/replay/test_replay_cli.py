@@ -203,15 +203,15 @@ def code_blocks(md: Path) -> list[list[str]]:
     return blocks
 
 
-def command_lines(md: Path) -> list[tuple[list[str], list[str]]]:
-    """(smg-testbed argv, the block's comment lines) for every command line of ``md``."""
+def command_lines(md: Path) -> list[tuple[list[str], list[str], int]]:
+    """(smg-testbed argv, the block's comment lines, the block's number) for every command line of ``md``."""
     out = []
-    for block in code_blocks(md):
+    for n, block in enumerate(code_blocks(md)):
         comments = [ln for ln in block if ln.lstrip().startswith("#")]
         for ln in block:
             words = shlex.split(ln, comments=True) if "smg-testbed " in ln else []
             if words and words[0].endswith("smg-testbed"):
-                out.append((words[1:], comments))
+                out.append((words[1:], comments, n))
     return out
 
 
@@ -222,7 +222,7 @@ def in_clone(path: str) -> bool:
 
 
 def test_the_readme_replay_example_runs_from_a_fresh_clone(capsys, monkeypatch):
-    [argv] = [argv for argv, _ in command_lines(ROOT / "README.md") if argv[:1] == ["replay"]]
+    [argv] = [argv for argv, _, _ in command_lines(ROOT / "README.md") if argv[:1] == ["replay"]]
     assert argv[1] in SAMPLES or in_clone(argv[1])
     monkeypatch.chdir(ROOT)
     assert cli_main([*argv, "--transport", "direct", "--limit", "30", "--no-plots"]) == 0
@@ -232,16 +232,20 @@ def test_the_readme_replay_example_runs_from_a_fresh_clone(capsys, monkeypatch):
 @pytest.mark.parametrize("md", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
 def test_command_lines_name_only_files_a_fresh_clone_has(md):
     """Input paths exist in the repository, or the block says where to download them (a comment naming the file
-    and its site); outputs (--out, --write-sessions), URLs, policy/mode names and synopsis placeholders aside."""
-    for argv, comments in command_lines(md):
+    and its site), or an earlier line of the same block writes them (``--out DIR``); outputs (--out,
+    --write-sessions), URLs, policy/mode names and synopsis placeholders aside."""
+    written: dict[int, list[str]] = {}
+    for argv, comments, block in command_lines(md):
+        outs = written.setdefault(block, [])
         for prev, word in zip(["", *argv[:-1]], argv, strict=True):
             if prev in ("--out", "--write-sessions") or word.startswith(("http", "-", "[")) or "|" in word:
                 continue
-            if word.split("/")[0] in POLICY_BUILDERS:
+            if word.split("/")[0] in POLICY_BUILDERS or any(Path(word).is_relative_to(d) for d in outs):
                 continue
             if "/" in word or word.endswith((".jsonl", ".json", ".toml")):
                 downloaded = any(Path(word).name in c and "github.com" in c for c in comments)
                 assert in_clone(word) or downloaded, f"{md.name}: {' '.join(argv)}: {word} is not in the clone"
+        outs += [word for prev, word in zip(["", *argv[:-1]], argv, strict=True) if prev == "--out"]
 
 
 def test_a_sample_name_replays_the_packaged_sample_and_a_near_miss_names_the_samples(capsys):
