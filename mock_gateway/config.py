@@ -306,7 +306,7 @@ def _policy_is(*names: str) -> Callable[[GatewayConfig], bool]:
     return lambda c: c.policy in names
 
 
-# Flags only some configurations read (/work/shared/specs/smg-policies.md, docs/beyond-smg.md): field -> (who reads
+# Flags only some configurations read (shared/specs/smg-policies.md, docs/beyond-smg.md): field -> (who reads
 # it, whether this config does). Given to another policy SMG accepts such a flag and ignores it; the testbed refuses,
 # since the run could not do what the command line asks.
 _EXPECTED_WAIT = ("the expected-wait selector (cache_aware, least_load, power_of_two)",
