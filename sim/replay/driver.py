@@ -16,9 +16,9 @@ Two transports, same results:
   advance the clock, answer due load polls and health rounds, select, count in flight, serve, keep in flight
   until the virtual finish). Two short cuts keep a 12k-request, 145M-token trace well under a minute, neither
   changing a decision: the request's ids are validated once here (``GatewayCore.select(..., tokens=ids)`` hands
-  them to the policy instead of the gateway's per-id Python check, ~2 ms per 12k ids) and the worker engine is
-  called with the int64 array instead of through ``WorkerCore.infer``'s JSON parsing, with the same answer
-  (``synth_answer(request_seed(seed, prompt))``) and the same timeline. ``tests/sim/replay/test_replay_driver.py``
+  them to the policy instead of the gateway's per-id Python check, ~2 ms per 12k ids) and the worker is asked
+  with the int64 array (``WorkerCore.generate_ids``) instead of through ``WorkerCore.infer``'s JSON parsing, with
+  the same answer and the same timeline. ``tests/sim/replay/test_replay_driver.py``
   checks both against the unshortened paths.
 
 Records: one ``sim.agents.RequestRecord`` per request; requests with equal derived keys form a
@@ -42,7 +42,7 @@ from sim.oracle import max_cacheable
 from sim.replay.mooncake import BlockCache, MooncakeRequest
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import WorkerCore
-from testbed_common import tokenizer
+from sim.worker.request import admission_refusal
 
 ROUTING_HEADER = "x-smg-routing-key"
 
@@ -99,18 +99,6 @@ class Served:
     error: str | None = None
 
 
-def admission_error(w: WorkerCore, prompt: int, output: int) -> str | None:
-    """The worker's refusal of a request too long for its context or its KV capacity (``WorkerCore._parse``)."""
-    if prompt + output > w.context_length:
-        return (f"Requested token count exceeds the model's maximum context length of {w.context_length} tokens. "
-                f"You requested a total of {prompt + output} tokens: {prompt} tokens from the input messages and "
-                f"{output} tokens for the completion.")
-    cap = w.config.kv_capacity_tokens
-    if cap is not None and prompt + output > cap:
-        return f"request needs {prompt + output} KV tokens; the worker holds {cap}"
-    return None
-
-
 class MooncakeDirect:
     """Gateway core + worker engines in process (see the module docstring)."""
 
@@ -146,21 +134,17 @@ class MooncakeDirect:
         return Served(outcome.status, error=f"{outcome.status}: {outcome.message}")
 
     def _serve(self, url: str, r: MooncakeRequest, prompt: np.ndarray) -> Attempt:
-        """``WorkerCore.infer``'s answer to the request, from the engine directly (module docstring)."""
+        """``WorkerCore.infer``'s answer to the request, without its JSON (module docstring)."""
         w = self.cores[url]
-        refused = admission_error(w, r.input_length, r.output_length)
-        if refused is not None:  # WorkerCore._parse's 400s, before the engine
+        refused = admission_refusal(r.input_length, r.output_length, w.context_length, w.config.kv_capacity_tokens)
+        if refused is not None:  # the worker's 400s, before the engine
             return Attempt(400, Served(400, error=f"400: {refused}"))
-        t = w.now(r.timestamp)
-        text_seed = tokenizer.request_seed(self.seed, prompt)
-        _, output_ids = tokenizer.synth_answer(text_seed, r.output_length)
         try:
-            timing = w.engine.submit(t, prompt, np.asarray(output_ids, dtype=np.int64))
+            timing, output_ids = w.generate_ids(r.timestamp, prompt, r.output_length)
         except ValueError as e:
             return Attempt(400, Served(400, w.name, error=f"400: the worker cannot admit this request: {e}"))
-        w._count += 1
         served = Served(200, w.name, timing.arrival, timing.start, timing.first_token, timing.finish,
-                        timing.cached_tokens, output_ids)
+                        timing.cached_tokens, output_ids.tolist())
         return Attempt(200, served, timing.finish)
 
     def gateway_metrics(self) -> str:

@@ -45,7 +45,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from sim.engine.types import EngineLoad, WorkerConfig
+import numpy as np
+
+from sim.engine.types import EngineLoad, RequestTiming, WorkerConfig
 from sim.worker import documents
 from sim.worker.answers import Answer
 from sim.worker.faults import FaultDraws, Faults, updated_faults
@@ -158,6 +160,17 @@ class WorkerCore:
         return self.load(now), self.engine.stats, self.failed_requests
 
     # ---- inference ----------------------------------------------------------------------------
+
+    def generate_ids(self, now: float, prompt_ids: np.ndarray, max_tokens: int) -> tuple[RequestTiming, np.ndarray]:
+        """What ``infer`` does for a token request once it is parsed, without a body: the answer's output ids and
+        the engine's timeline, for an in-process caller that checked its ids itself (the trace replayer). Sizes
+        are the caller's to check first (``request.admission_refusal``); raises ValueError when the engine cannot
+        admit the request."""
+        rseed = tokenizer.request_seed(self.seed, prompt_ids)
+        _, output_ids, _ = tokenizer.synth_answer_array(rseed, max_tokens)
+        timing = self.engine.submit(self.now(now), prompt_ids, output_ids)
+        self._count += 1
+        return timing, output_ids
 
     def infer(self, route: str, body: Any, now: float | None = None, *, known_messages: int = 0) -> Reply:
         """Serve one inference request (see the module docstring).
