@@ -230,9 +230,9 @@ def record_worker_calls(scenario: str, sessions: int) -> tuple[list, list]:
         index[id(self)] = len(cores)
         cores.append((config, kw))
 
-    def infer(self, route, body, now=None):
-        calls.append((index[id(self)], route, copy.deepcopy(body), now))  # before the core sees it
-        return orig_infer(self, route, body, now)
+    def infer(self, route, body, now=None, **kw):  # kw: known_messages, which the direct gateway passes
+        calls.append((index[id(self)], route, copy.deepcopy(body), now, kw))  # before the core sees it
+        return orig_infer(self, route, body, now, **kw)
 
     wcore.WorkerCore.__init__, wcore.WorkerCore.infer = init, infer
     try:
@@ -252,7 +252,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
     best = best_submit = float("inf")
     for _ in range(args.repeat):
         workers = [WorkerCore(cfg, **kw) for cfg, kw in cores]
-        bodies = [dict(body) for _, _, body, _ in calls]  # the core may add keys to a body it is given
+        bodies = [dict(body) for _, _, body, _, _ in calls]  # the core may add keys to a body it is given
         submits: list = []
         orig_submit = ecore.Engine.submit
 
@@ -263,8 +263,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
         ecore.Engine.submit = submit  # type: ignore[method-assign]
         try:
             c0 = time.process_time()
-            for (i, route, _, now), body in zip(calls, bodies, strict=True):
-                workers[i].infer(route, body, now)
+            for (i, route, _, now, kw), body in zip(calls, bodies, strict=True):
+                workers[i].infer(route, body, now, **kw)
             cpu = time.process_time() - c0
         finally:
             ecore.Engine.submit = orig_submit  # type: ignore[method-assign]
@@ -274,7 +274,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
             engines[id(e)].submit(now, prompt, output)
         best_submit = min(best_submit, time.process_time() - c0)
         best = min(best, cpu - _wrapper_cost(len(submits)))
-    prompt_tokens = [len(b["input_ids"]) for _, _, b, _ in calls if b.get("input_ids") is not None]
+    prompt_tokens = [len(b["input_ids"]) for _, _, b, _, _ in calls if b.get("input_ids") is not None]
     return {
         "requests": n,
         "worker_us_per_req": 1e6 * best / n,
@@ -282,7 +282,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
         "rest_of_worker_us_per_req": 1e6 * (best - best_submit) / n,
         "requests_with_input_ids": len(prompt_tokens),
         "mean_prompt_tokens": float(np.mean(prompt_tokens)) if prompt_tokens else 0.0,
-        "mean_output_tokens": float(np.mean([b.get("max_tokens") or 0 for _, _, b, _ in calls])),
+        "mean_output_tokens": float(np.mean([b.get("max_tokens") or 0 for _, _, b, _, _ in calls])),
     }
 
 
