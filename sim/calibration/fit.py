@@ -157,8 +157,8 @@ _SLOPE_DROPPED = {
 }
 
 
-def _fit_slopes(above: list[PrefillPoint], floor: Coefficient) -> tuple[dict[str, Coefficient], list[PrefillPoint]]:
-    """The slopes from the points whose linear time clears the floor (refitted until that set holds), and those."""
+def _fit_slopes(above: list[PrefillPoint], floor: Coefficient) -> dict[str, Coefficient]:
+    """The slopes from the points whose linear time clears the floor (refitted until that set holds)."""
     used = above
     for _ in range(_MAX_REFITS):
         design = np.array([[p.total_new_tokens, p.attention_work] for p in used])
@@ -170,7 +170,7 @@ def _fit_slopes(above: list[PrefillPoint], floor: Coefficient) -> tuple[dict[str
         if clearing == used or not clearing:
             break
         used = clearing
-    return slopes, used
+    return slopes
 
 
 def _value(coefficient: Coefficient) -> float:
@@ -193,7 +193,7 @@ def fit_prefill(points: tuple[PrefillPoint, ...]) -> tuple[dict[str, Coefficient
             name: Unconstrained(f"no prefill points above {FLOOR_TOKENS} new tokens") for name in _SLOPES
         }
     else:
-        slopes, above = _fit_slopes(above, floor)
+        slopes = _fit_slopes(above, floor)
         slope, attention = _value(slopes["prefill_per_token"]), _value(slopes["attention_per_token2"])
         for _ in range(_MAX_REFITS):
             if not isinstance(floor, Estimate):
@@ -203,6 +203,7 @@ def fit_prefill(points: tuple[PrefillPoint, ...]) -> tuple[dict[str, Coefficient
             if refit == floor:
                 break
             floor = refit
+    # Residuals over every point the constrained terms describe, with the full max(floor, linear) form.
     used = (small if isinstance(floor, Estimate) else []) + (
         above if isinstance(slopes["prefill_per_token"], Estimate) else []
     )

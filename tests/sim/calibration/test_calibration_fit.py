@@ -55,6 +55,7 @@ def test_bench_one_batch_results_fit_back_all_six_coefficients(model, seed):
     assert fit.unconstrained == []
     assert_within(fit, model, COEFFICIENTS)
     assert fit.decode_residuals.points == REPEATS * len(COLD_PREFILLS + DECODES)  # output_len 2: one decode step each
+    assert fit.prefill_residuals.points == REPEATS * len(COLD_PREFILLS + DECODES)  # every run prefills once
     assert fit.decode_residuals.rms < 3 * NOISE
     assert fit.prefill_residuals.rms < 3 * NOISE
 
