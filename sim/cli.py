@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("sim.commands.replay", "replay a Mooncake or sessions trace under a policy"),
     "conformance": ("sim.commands.conformance", "the same workload through the mock and the real smg"),
     "check": ("sim.commands.check", "fail when results regress against a stored baseline"),
+    "profiles": ("sim.commands.profiles", "the shipped hardware and model profiles (latency, KV capacity)"),
 }
 
 

@@ -25,6 +25,13 @@ def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> N
                    help="seed for the workload, gateway, session ids and workers (default: the scenario's)")
 
 
+def add_profile_arg(p: argparse.ArgumentParser) -> None:
+    """``--profile``: the workers' hardware and model profile (sim.profiles), over the scenario's."""
+    p.add_argument("--profile", default=None, metavar="NAME|PATH",
+                   help="a shipped profile (smg-testbed profiles) or a profile TOML: every worker's latency "
+                        "coefficients and KV capacity (over the scenario's; --kv-capacity-tokens still wins)")
+
+
 def add_seeds_arg(p: argparse.ArgumentParser) -> None:
     """``--seeds``: run every configuration once per seed (``--seed`` is one seed)."""
     p.add_argument("--seeds", default=None, metavar="SEEDS",
@@ -69,9 +76,12 @@ def paired_versus(rows: Sequence[dict[str, Any]], versus: str) -> list[dict[str,
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    """The scenario with ``--seed`` and ``--profile`` applied (the profile's capacity over the scenario's)."""
     s = load_scenario(args.scenario)
     if args.seed is not None:
         s = s.replace(seed=args.seed)
+    if getattr(args, "profile", None):
+        s = s.with_profile(args.profile)
     return s
 
 
@@ -160,6 +170,6 @@ def fail(msg: str) -> int:
     return 2
 
 
-__all__ = ["ScenarioError", "add_override_args", "add_scenario_args", "add_seeds_arg", "apply_overrides",
-           "check_gateway_flags", "console_for", "default_jobs", "fail", "paired_versus", "resolve_configuration",
-           "run_many", "scenario_from_args", "seeds_from_args"]
+__all__ = ["ScenarioError", "add_override_args", "add_profile_arg", "add_scenario_args", "add_seeds_arg",
+           "apply_overrides", "check_gateway_flags", "console_for", "default_jobs", "fail", "paired_versus",
+           "resolve_configuration", "run_many", "scenario_from_args", "seeds_from_args"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.commands.common import (
+    add_profile_arg,
     add_scenario_args,
     add_seeds_arg,
     console_for,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
+    add_profile_arg(p)
     add_seeds_arg(p)
     p.add_argument("--versus", default=None, metavar="CONFIG",
                    help="pair every configuration with CONFIG, e.g. 'round_robin key=off' (default: each policy "

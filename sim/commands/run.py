@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sim.commands.common import (
     add_override_args,
+    add_profile_arg,
     add_scenario_args,
     add_seeds_arg,
     apply_overrides,
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
+    add_profile_arg(p)
     add_seeds_arg(p)
     add_override_args(p)
     p.add_argument("--transport", choices=("direct", "http", "external"), default="direct",

@@ -38,6 +38,7 @@ from typing import Any
 from rich.markup import escape
 
 from sim.commands.common import (
+    add_profile_arg,
     add_scenario_args,
     add_seeds_arg,
     check_gateway_flags,
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
+    add_profile_arg(p)
     add_seeds_arg(p)
     p.add_argument("--versus", default=None, metavar="CONFIG",
                    help="pair every configuration with CONFIG by seed (its label, or words only it has)")

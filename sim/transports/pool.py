@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from sim.engine.types import WorkerConfig
+from sim.engine.types import LatencyModel, WorkerConfig
+from sim.profiles.catalog import load_profile
 from sim.workload.scenario import Scenario
 from testbed_common.procs import LOOPBACK
 
@@ -29,8 +30,10 @@ class Setup:
 
 
 def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
+    latency = load_profile(scenario.profile).latency_model() if scenario.profile else LatencyModel()
     return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
-                         max_running_requests=scenario.max_running_requests, slowdown=scenario.worker_slowdown(i))
+                         max_running_requests=scenario.max_running_requests, latency=latency,
+                         slowdown=scenario.worker_slowdown(i))
             for i in range(scenario.workers)]
 
 

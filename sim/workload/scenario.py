@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from sim.faults import FaultError, FaultSpec, parse_faults
+from sim.profiles.catalog import load_profile
+from sim.profiles.profile import ProfileError
 from sim.workload.framing import TURN_FRAMING, first_prompt_tokens
 
 TOP_KEYS = ("name", "description", "seed")
 # TOML table -> its keys -> the Scenario field each sets
 TABLES: dict[str, dict[str, str]] = {
-    "workers": {"count": "workers", "kv_capacity_tokens": "kv_capacity_tokens",
+    "workers": {"count": "workers", "profile": "profile", "kv_capacity_tokens": "kv_capacity_tokens",
                 "max_running_requests": "max_running_requests", "slowdown": "slowdown"},
     "sessions": {"count": "sessions", "group_size": "group_size", "system_prompt_tokens": "system_prompt_tokens",
                  "task_prompt_tokens": "task_prompt_tokens", "max_context_tokens": "max_context_tokens",
@@ -54,7 +56,7 @@ DIST_FIELDS = ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "
 INT_FIELDS = ("seed", "workers", "max_running_requests", "sessions", "group_size", "system_prompt_tokens",
               "task_prompt_tokens", "max_context_tokens", "concurrency")
 FLOAT_FIELDS = ("retry_rate", "rate")
-STR_FIELDS = ("name", "description", "arrival")
+STR_FIELDS = ("name", "description", "arrival", "profile")
 
 
 class ScenarioError(ValueError):
@@ -220,6 +222,7 @@ class Scenario:
     seed: int = 0
     # workers
     workers: int = 8
+    profile: str = ""  # a shipped profile's name or a profile TOML path (sim.profiles); "": LatencyModel's defaults
     kv_capacity_tokens: int | None = 400_000
     max_running_requests: int = 256
     slowdown: tuple[float, ...] = ()
@@ -252,6 +255,11 @@ class Scenario:
             object.__setattr__(self, k, Dist.parse(getattr(self, k), k))
         if self.workers < 1:
             raise ScenarioError("workers.count must be >= 1")
+        if self.profile:
+            try:
+                load_profile(self.profile)
+            except ProfileError as e:
+                raise ScenarioError(f"workers.profile: {e}") from e
         if self.kv_capacity_tokens is not None and self.kv_capacity_tokens < 1:
             raise ScenarioError("workers.kv_capacity_tokens must be positive (or 0/'inf' for unbounded)")
         if self.max_running_requests < 1:
@@ -312,6 +320,14 @@ class Scenario:
                 f"framing; two answers of {answer}; a tool output of {tool}; {TURN_FRAMING} framing): raise it to "
                 f"{need} or shrink the prompts")
 
+    def with_profile(self, name_or_path: str) -> Scenario:
+        """A copy whose workers run ``name_or_path``'s latency model and KV capacity (``--profile``)."""
+        try:
+            capacity = load_profile(name_or_path).kv_capacity_tokens
+        except ProfileError as e:
+            raise ScenarioError(str(e)) from e
+        return self.replace(profile=name_or_path, kv_capacity_tokens=capacity)
+
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (``sessions``, ``workers``, ``kv_capacity_tokens``...)."""
         return dataclasses.replace(self, **changes)
@@ -321,6 +337,8 @@ class Scenario:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name == "profile" and not v:
+                continue  # unset: left out, so a scenario without one keeps its results files and scenario hash
             if isinstance(v, Dist):
                 v = v.to_dict()
             elif f.name == "faults":
@@ -359,6 +377,8 @@ class Scenario:
         flat.setdefault("name", name)
         paths.setdefault("name", "name")
         scenario = cls(**_coerce(flat, paths))
+        if scenario.profile and "kv_capacity_tokens" not in flat:  # an explicit capacity wins over the profile's
+            scenario = scenario.with_profile(scenario.profile)
         scenario.check_multi_turn()
         return scenario
 
