@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "conformance": ("sim.commands.conformance", "the same workload through the mock and the real smg"),
     "check": ("sim.commands.check", "fail when results regress against a stored baseline"),
     "profiles": ("sim.commands.profiles", "the shipped hardware and model profiles (latency, KV capacity)"),
+    "calibrate": ("sim.commands.calibrate", "fit a profile's latency coefficients to SGLang benchmarks and logs"),
+    "validate-profile": ("sim.commands.validate_profile", "a profile's predicted vs measured TTFT and TPOT"),
 }
 
 
