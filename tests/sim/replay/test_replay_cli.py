@@ -231,21 +231,21 @@ def test_the_readme_replay_example_runs_from_a_fresh_clone(capsys, monkeypatch):
 
 @pytest.mark.parametrize("md", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
 def test_command_lines_name_only_files_a_fresh_clone_has(md):
-    """Input paths exist in the repository, or the block says where to download them (a comment naming the file
-    and its site), or an earlier line of the same block writes them (``--out DIR``); outputs (--out,
-    --write-sessions), URLs, policy/mode names and synopsis placeholders aside."""
+    """Input paths exist in the repository, or the block's comments say where they come from (a comment naming the
+    file and its site, or that the user measures it on their cluster), or an earlier line of the same block writes
+    them (``--out DIR``, ``> FILE``); outputs, URLs, policy/mode names and synopsis placeholders aside."""
     written: dict[int, list[str]] = {}
     for argv, comments, block in command_lines(md):
         outs = written.setdefault(block, [])
         for prev, word in zip(["", *argv[:-1]], argv, strict=True):
-            if prev in ("--out", "--write-sessions") or word.startswith(("http", "-", "[")) or "|" in word:
+            if prev in ("--out", "--write-sessions", ">") or word.startswith(("http", "-", "[", ">")) or "|" in word:
                 continue
             if word.split("/")[0] in POLICY_BUILDERS or any(Path(word).is_relative_to(d) for d in outs):
                 continue
-            if "/" in word or word.endswith((".jsonl", ".json", ".toml")):
-                downloaded = any(Path(word).name in c and "github.com" in c for c in comments)
-                assert in_clone(word) or downloaded, f"{md.name}: {' '.join(argv)}: {word} is not in the clone"
-        outs += [word for prev, word in zip(["", *argv[:-1]], argv, strict=True) if prev == "--out"]
+            if "/" in word or word.endswith((".jsonl", ".json", ".toml", ".csv", ".log", ".txt")):
+                sourced = any(Path(word).name in c and ("github.com" in c or "your cluster" in c) for c in comments)
+                assert in_clone(word) or sourced, f"{md.name}: {' '.join(argv)}: {word} is not in the clone"
+        outs += [word for prev, word in zip(["", *argv[:-1]], argv, strict=True) if prev in ("--out", ">")]
 
 
 def test_a_sample_name_replays_the_packaged_sample_and_a_near_miss_names_the_samples(capsys):
