@@ -71,7 +71,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -522,6 +522,30 @@ class SessionCore:
             200, data, content, headers, recorded=True, retried=plan.retried, outcome="recorded"
         )
 
+    def turn_steps(
+        self,
+        sid: str,
+        body: bytes | Mapping[str, Any] | None,
+        client_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        now: float = 0.0,
+    ) -> Generator[UpstreamRequest, UpstreamResponse, TurnResult]:
+        """A whole turn as a sans-IO step machine: yields each upstream request (the first try, then the rollback
+        retry if one is due) and expects its response back through ``.send()``; returns the client's result. What
+        the HTTP adapter does, minus HTTP and locks; an in-process driver may suspend it between the steps."""
+        try:
+            plan = self.prepare_turn(sid, body, client_headers, now)
+        except SessionError as e:
+            return error_result(e)
+        try:
+            resp = yield plan.request
+            retry = self.retry_request(plan, resp)
+            if retry is not None:
+                resp = yield retry
+        except BaseException:  # the driver failed or closed the turn: the plan is released
+            self.abandon(plan)
+            raise
+        return self.commit_turn(plan, resp, now)
+
     def run_turn(
         self,
         sid: str,
@@ -530,20 +554,19 @@ class SessionCore:
         upstream: Callable[[UpstreamRequest], UpstreamResponse],
         now: float = 0.0,
     ) -> TurnResult:
-        """A whole turn with a synchronous upstream: what the HTTP adapter does, minus HTTP and locks."""
+        """A whole turn with a synchronous upstream (``turn_steps`` driven to its end)."""
+        steps = self.turn_steps(sid, body, client_headers, now)
         try:
-            plan = self.prepare_turn(sid, body, client_headers, now)
-        except SessionError as e:
-            return error_result(e)
-        try:
-            resp = upstream(plan.request)
-            retry = self.retry_request(plan, resp)
-            if retry is not None:
-                resp = upstream(retry)
-        except BaseException:
-            self.abandon(plan)
-            raise
-        return self.commit_turn(plan, resp, now)
+            req = next(steps)
+            while True:
+                try:
+                    resp = upstream(req)
+                except BaseException:
+                    steps.close()  # releases the plan now, not when the traceback lets the generator go
+                    raise
+                req = steps.send(resp)
+        except StopIteration as done:
+            return done.value
 
 
 def _request_time(body: Mapping[str, Any]) -> float | None:

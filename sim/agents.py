@@ -184,6 +184,9 @@ class AgentRunner:
         self._tasks: dict[int, str] = {}
         self._tools = ToolTexts(scenario)
         self._turns: dict[int, Turn] = {}  # per session: its last request as the oracle saw it
+        # the co-simulated clock (sim.cosim), when the transport's workers follow this environment's time
+        bind = getattr(transport, "bind_clock", None)
+        self.clock = bind(self.env) if bind is not None else None
 
     # ---- one request --------------------------------------------------------------------------
 
@@ -195,9 +198,17 @@ class AgentRunner:
     def _chat_steps(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
                     max_tokens: int, prev_full: np.ndarray | None
                     ) -> Generator[simpy.Event, Any, tuple[RequestRecord, np.ndarray | None, str]]:
-        """One request as SimPy steps: none in virtual time (the answer is immediate); live time waits."""
-        return self._chat(sid, plan, turn, retry, messages, max_tokens, prev_full)
-        yield  # unreachable: makes this a generator that never yields (sim.live overrides it)
+        """One request as SimPy steps: under the co-simulated clock (``sim.cosim``) until the engine that holds it
+        finishes it; none when the transport answers at once; live time waits (``sim.live`` overrides this)."""
+        if self.clock is None:
+            return self._chat(sid, plan, turn, retry, messages, max_tokens, prev_full)
+        rec = RequestRecord(plan.index, turn, retry, float(self.env.now), 0)
+        try:
+            reply = yield from self.transport.chat_steps(sid, self._body(messages, max_tokens))
+        except TransportError as e:
+            rec.error = f"transport: {e}"
+            return rec, None, ""
+        return self._parse(rec, reply, messages, prev_full)
 
     def _chat(self, sid: str, plan: SessionPlan, turn: int, retry: bool, messages: list[dict[str, Any]],
               max_tokens: int, prev_full: np.ndarray | None) -> tuple[RequestRecord, np.ndarray | None, str]:

@@ -28,9 +28,10 @@ before each request, at the request's ``sim_time``: rates and factors go to the 
 ``Faults`` (``sim.worker.faults``), dead workers to ``transport.set_worker_dead(index, dead)`` (http:
 the worker's uvicorn server is stopped and later restarted on the same port; direct: the in-process
 gateway answers that worker's attempts, polls and probes as a connection failure); it comes back with
-an empty radix cache, as a restarted SGLang does (the flush is skipped if the model still has requests
-in flight: answers are given at arrival in virtual time, so requests admitted before the death are
-served whole). Which requests
+an empty radix cache, as a restarted SGLang does. Requests the worker's engine holds when it dies are lost
+with it: their connections drop (the gateway sees a transport failure and may retry elsewhere) and the
+engine restarts empty (``WorkerCore.abort_pending``; with the arrival-time engine every answer was given at
+arrival, so nothing is held). Which requests
 fail is drawn by each worker's own fault RNG (seeded from the pool seed and the worker name), so a
 run is deterministic for a seed and identical in ``http`` and ``direct``.
 
@@ -216,6 +217,13 @@ class FaultyTransport:
         if isinstance(t, int | float):
             self.injector.apply(float(t))
         return self.inner.chat(session_id, body)
+
+    def chat_steps(self, session_id: str, body: dict[str, Any]) -> Any:
+        """``chat`` under the co-simulated clock (``sim.cosim``): the faults first, then the inner turn's steps."""
+        t = body.get("sim_time")
+        if isinstance(t, int | float):
+            self.injector.apply(float(t))
+        return self.inner.chat_steps(session_id, body)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -64,6 +64,10 @@ class WorkerConfig:
     latency: LatencyModel = field(default_factory=LatencyModel)
     slowdown: float = 1.0  # multiplies every modelled duration (a slow or throttled worker)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # iteration-level engine only
+    # "arrival": ``sim.engine.Engine``, a request's timeline computed when it arrives (answers at once; the
+    # standalone worker's default); "iteration": ``sim.engine.IterationEngine``, SGLang's scheduler (answers when
+    # the clock's owner advances it past the finish; the simulator's default, ``Scenario.engine``)
+    engine: str = "arrival"
 
 
 @dataclass(frozen=True)

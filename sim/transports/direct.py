@@ -24,8 +24,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import simpy
 
 from mock_gateway import upstream
 from mock_gateway.config import parse_args
@@ -33,16 +36,15 @@ from mock_gateway.core import GatewayCore
 from mock_gateway.request_path import (
     CONNECTION_FAILED,
     Attempt,
-    Effect,
     PollLoads,
     ProbeHealth,
     Send,
     request_path,
-    run,
 )
 from session_server.core import SessionCore
 from session_server.errors import SessionError
 from session_server.upstream import UpstreamRequest, UpstreamResponse
+from sim.cosim import EngineClock
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import WorkerCore
@@ -59,6 +61,14 @@ def _request_time(body: Any) -> float | None:
     if type(v) is float and 0.0 <= v < math.inf:
         return v
     return vtime.request_time(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A worker's engine holds the request (``WorkerCore.infer`` answered it pending): wait for its answer."""
+
+    url: str
+    handle: int
 
 
 class _ReplyHeaders(Mapping[str, str]):
@@ -95,6 +105,20 @@ class DirectGateway:
             self.core.add_worker(url, w.model_name)
 
     def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
+        """The request's answer at once: for workers that answer at arrival (the arrival-time engine)."""
+        steps = self.steps(req)
+        try:
+            held = next(steps)
+        except StopIteration as done:
+            return done.value
+        steps.close()
+        raise RuntimeError(f"worker {held.url} holds the request until its engine finishes it: drive "
+                           "DirectGateway.steps under the co-simulated clock (sim.cosim)")
+
+    def steps(self, req: UpstreamRequest) -> Generator[Hold, WorkerReply | None, UpstreamResponse]:
+        """The gateway's request path for one upstream request, as a generator: it yields ``Hold(url, handle)``
+        while a worker's engine holds the request and expects that worker's answer back (None: the worker died
+        with the request, a dropped connection)."""
         endpoint = ENDPOINTS.get(req.path.strip("/"))
         if endpoint is None:
             return UpstreamResponse(404, {"content-type": "application/json"},
@@ -104,30 +128,46 @@ class DirectGateway:
         sim_t = _request_time(body) if isinstance(body, dict) else None
         now = sim_t if sim_t is not None else self.core.clock
         known = req.known_messages
-
-        def perform(effect: Effect) -> Any:
-            if isinstance(effect, Send):
-                return self._attempt(effect.decision.url, endpoint, body, sim_t is not None, known)
-            if isinstance(effect, PollLoads):  # answered by the worker cores at the virtual time
-                return [None if u in self.dead else self.workers[u].loads(effect.now) for u in effect.urls]
-            if isinstance(effect, ProbeHealth):
-                return [u not in self.dead and self.workers[u].health()[0] < 300 for u in effect.urls]
-            return None  # Backoff: no wait in virtual time
-
-        steps = request_path(self.core, endpoint, headers, body, now, sim_t is not None, self.jitter, known)
-        outcome = run(steps, perform)
+        path = request_path(self.core, endpoint, headers, body, now, sim_t is not None, self.jitter, known)
+        try:
+            effect = next(path)
+            while True:
+                if isinstance(effect, Send):
+                    url = effect.decision.url
+                    reply = self._attempt(url, endpoint, body, known)
+                    if reply is not None and reply.pending is not None and reply.timing is None:
+                        reply = yield Hold(url, reply.pending)
+                    result: Any = self._settle(url, reply, sim_t is not None)
+                elif isinstance(effect, PollLoads):  # answered by the worker cores at the virtual time
+                    result = [None if u in self.dead else self.workers[u].loads(effect.now) for u in effect.urls]
+                elif isinstance(effect, ProbeHealth):
+                    result = [u not in self.dead and self.workers[u].health()[0] < 300 for u in effect.urls]
+                else:
+                    result = None  # Backoff: no wait in virtual time
+                effect = path.send(result)
+        except StopIteration as done:
+            outcome = done.value
+        except BaseException:  # closed while held, or a failure: nothing stays in flight in the gateway
+            path.close()
+            raise
         if isinstance(outcome, Attempt):
             return outcome.response
         status, err = upstream.refusal(outcome)
         return UpstreamResponse(status, {"content-type": "application/json"}, data=err)
 
-    def _attempt(self, url: str, endpoint: str, body: Any, virtual: bool, known_messages: int) -> Attempt:
-        if url in self.dead:  # connection refused, as the app's httpx send fails
+    def _attempt(self, url: str, endpoint: str, body: Any, known_messages: int) -> WorkerReply | None:
+        """The worker's reply (None: connection refused, a dead worker)."""
+        if url in self.dead:
+            return None
+        payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
+        return self.workers[url].infer(endpoint, payload, known_messages=known_messages)
+
+    @staticmethod
+    def _settle(url: str, reply: WorkerReply | None, virtual: bool) -> Attempt:
+        if reply is None:  # connection refused (or dropped), as the app's httpx send fails
             err = upstream.error_body(CONNECTION_FAILED, f"Failed to call upstream {url}: connection refused",
                                       type_="server_error")
             return Attempt(None, UpstreamResponse(500, {"content-type": "application/json"}, data=err))
-        payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
-        reply = self.workers[url].infer(endpoint, payload, known_messages=known_messages)
         if not virtual:
             vf = None
         else:  # what x-sim-finish says (repr round-trips a float exactly), without writing it out
@@ -156,6 +196,8 @@ class DirectTransport:
         self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed)
         self.session_core = self.session
         self._urls = list(self.worker_cores)
+        self._index = {u: i for i, u in enumerate(self._urls)}
+        self.clock: EngineClock | None = None
 
     @staticmethod
     def _reply(result: Any) -> Reply:
@@ -177,9 +219,60 @@ class DirectTransport:
             return Reply(e.status, {"error": e.message})
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
+        """A turn answered at once (workers on the arrival-time engine); see ``chat_steps`` for the others."""
         now = _request_time(body) or 0.0
         result = self.session.run_turn(session_id, body, _CLIENT_HEADERS, self.gateway, now)
         return self._reply(result)
+
+    # ---- the co-simulated clock (sim.cosim) ---------------------------------------------------
+
+    def bind_clock(self, env: simpy.Environment) -> EngineClock:
+        """Put the worker engines under ``env``'s clock; ``chat_steps`` then waits for them in virtual time."""
+        self.clock = EngineClock(env, [_CorePort(c) for c in self.worker_cores.values()])
+        self._env = env
+        return self.clock
+
+    def chat_steps(self, session_id: str, body: dict[str, Any]) -> Generator[simpy.Event, Any, Reply]:
+        """One turn as SimPy steps: the session core's turn over the gateway's request path, suspended while an
+        engine holds the request. The rest of the turn (the gateway's bookkeeping, the session's commit) runs
+        inside the engine's wake-up that finished it, before any agent moves again (``sim.cosim``)."""
+        now = _request_time(body) or 0.0
+        chain = self._turn(session_id, body, now)
+        done: simpy.Event = self._env.event()
+
+        def resume(answer: WorkerReply | None) -> None:
+            try:
+                held = chain.send(answer)
+            except StopIteration as end:
+                done.succeed(self._reply(end.value))
+                return
+            self._hold(held, resume)
+
+        try:
+            held = next(chain)
+        except StopIteration as end:
+            return self._reply(end.value)
+        self._hold(held, resume)
+        return (yield done)
+
+    def _turn(self, session_id: str, body: dict[str, Any], now: float) -> Generator[Hold, Any, Any]:
+        turn = self.session.turn_steps(session_id, body, _CLIENT_HEADERS, now)
+        try:
+            req = next(turn)
+            while True:
+                try:
+                    resp = yield from self.gateway.steps(req)
+                except BaseException:
+                    turn.close()
+                    raise
+                req = turn.send(resp)
+        except StopIteration as end:
+            return end.value
+
+    def _hold(self, held: Hold, resume: Callable[[WorkerReply | None], None]) -> None:
+        i = self._index[held.url]
+        self.clock.hold(i, held.handle, resume)
+        self.clock.touched(i)
 
     def get_session(self, session_id: str) -> Reply:
         try:
@@ -203,13 +296,37 @@ class DirectTransport:
         return list(self.worker_cores.values())
 
     def set_worker_dead(self, index: int, dead: bool) -> None:
-        (self.gateway.dead.add if dead else self.gateway.dead.discard)(self._urls[index])
+        """A dead worker refuses connections; the requests its engine held die with it (dropped connections)."""
+        url = self._urls[index]
+        if not dead:
+            self.gateway.dead.discard(url)
+            return
+        self.gateway.dead.add(url)
+        lost = self.worker_cores[url].abort_pending()
+        if self.clock is not None and lost:
+            for resume in self.clock.drop(index, lost):
+                resume(None)
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {c.name: engine_stats(c) for c in self.worker_cores.values()}
 
     def close(self) -> None:
         pass
+
+
+class _CorePort:
+    """An in-process worker core as the clock's engine port."""
+
+    __slots__ = ("core",)
+
+    def __init__(self, core: WorkerCore) -> None:
+        self.core = core
+
+    def next_event_time(self) -> float:
+        return self.core.next_event_time()
+
+    def advance(self, until: float) -> list[tuple[int, WorkerReply]]:
+        return [(r.pending, r) for r in self.core.advance(until)]  # type: ignore[misc]
 
 
 def engine_stats(core: WorkerCore) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
     latency = load_profile(scenario.profile).latency_model() if scenario.profile else LatencyModel()
     return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
                          max_running_requests=scenario.max_running_requests, latency=latency,
-                         slowdown=scenario.worker_slowdown(i))
+                         slowdown=scenario.worker_slowdown(i), engine=scenario.engine)
             for i in range(scenario.workers)]
 
 

@@ -34,6 +34,8 @@ def sim_object(timing: RequestTiming, worker: str) -> dict[str, Any]:
         "worker": worker,
         "cached_tokens": timing.cached_tokens,
         "evicted_tokens": timing.evicted_tokens,
+        **({"retractions": timing.retractions, "recomputed_tokens": timing.recomputed_tokens}
+           if hasattr(timing, "retractions") else {}),
     }
 
 

@@ -28,6 +28,17 @@ API (all methods are synchronous and take the current time as an argument):
     events with their due times, the engine's ``RequestTiming`` and whether the adapter answers at once
     (virtual time) or holds the answer (live time).
 
+With the iteration-level engine (``sim.engine.IterationEngine``: ``WorkerConfig.engine == "iteration"``) a served
+request's timeline depends on what arrives after it, so ``infer`` answers it *pending* (``Reply.pending``: the
+engine's handle, no body yet) and the answer comes from ``advance``:
+
+``core.next_event_time() -> float``   when the engine next decides something (``math.inf``: idle, or the
+    arrival-time engine, which answers at once).
+``core.advance(until) -> list[Reply]``   run the engine to ``until``; the answers of the requests it finished,
+    in finish order, each with ``pending`` still set to its handle. Whoever owns the clock calls it: the
+    co-simulation (``sim.cosim``) in virtual time, the worker app's stepping task in live time.
+``core.abort_pending() -> list[int]``   drop every request the engine holds (the server died): their handles.
+
 ``core.loads(now, timestamp=None) -> dict``   SMG's ``WorkerLoadResponse`` (``GET /v1/loads``).
 ``core.metrics(now) -> bytes``         Prometheus text (``GET /metrics``), ``sglang:`` names.
 ``core.health() -> (status, dict)``    200, or 503 when the ``unhealthy`` fault is set.
@@ -71,7 +82,7 @@ class WorkerCore:
         faults: Faults | None = None,
         engine: Any = None,
     ) -> None:
-        from sim.engine import Engine  # late import: the engine module is heavier than its types
+        from sim.engine import Engine, IterationEngine  # late import: the engine modules are heavier than types
 
         self.config = config
         self.name = config.name
@@ -80,7 +91,11 @@ class WorkerCore:
         self.default_max_tokens = default_max_tokens
         self.context_length = context_length
         self.faults = faults or Faults()
-        self.engine = engine if engine is not None else Engine(config)
+        if engine is None:
+            engine = IterationEngine(config) if config.engine == "iteration" else Engine(config)
+        self.engine = engine
+        self.iteration = isinstance(engine, IterationEngine)  # answers wait for ``advance``
+        self._pending: dict[int, Answer | tuple[Any, ...]] = {}  # engine handle -> what its answer needs
         self._fault_draws = FaultDraws(seed, config.name)
         self._clock = 0.0
         self._count = 0  # requests served: with the worker's name, the answer ids of requests without a rid
@@ -115,12 +130,14 @@ class WorkerCore:
     def flush_cache(self, now: float | None = None) -> tuple[int, dict[str, Any]]:
         """Empty the radix cache at ``now``; refused (400) while requests are in flight, as in SGLang."""
         t = self.now(now)
-        self.engine.advance(t)
-        if self.engine.in_flight:
+        if not self.iteration:
+            self.engine.advance(t)
+        in_flight = len(self._pending) if self.iteration else self.engine.in_flight
+        if in_flight:
             return 400, {
                 "success": False,
                 "worker": self.name,
-                "message": f"Cache not flushed because there are {self.engine.in_flight} pending requests.",
+                "message": f"Cache not flushed because there are {in_flight} pending requests.",
             }
         flushed = self.engine.flush_cache()
         return 200, {"success": True, "message": "Cache flushed.", "flushed_tokens": flushed, "worker": self.name}
@@ -143,8 +160,10 @@ class WorkerCore:
     # ---- load reporting -----------------------------------------------------------------------
 
     def load(self, now: float | None = None) -> EngineLoad:
+        """The engine's load at ``now``. The iteration-level engine is only read: the clock's owner advances it."""
         t = self.now(now)
-        self.engine.advance(t)
+        if not self.iteration:
+            self.engine.advance(t)
         return self.engine.load(t)
 
     def loads(self, now: float | None = None, timestamp: str | None = None) -> dict[str, Any]:
@@ -219,11 +238,53 @@ class WorkerCore:
         except ValueError as e:
             return error_reply(f"the worker cannot admit this request: {e}")
         self._count += 1  # the timeline headers come with ``timing`` (``Reply.headers`` writes them when read)
+        if self.iteration:  # ``timing`` is the engine's handle: the answer is built when it finishes (``advance``)
+            self._pending[timing] = (req, text, output_arr, rseed, vocab_idx, self._count, headers, virtual)
+            return Reply(200, headers=headers, virtual=virtual, pending=timing)
+        return self._answer(req, timing, text, output_arr, rseed, vocab_idx, self._count, headers, virtual)
+
+    def _answer(self, req: Any, timing: Any, text: str, output_arr: np.ndarray, rseed: int,
+                vocab_idx: np.ndarray | None, serial: int, headers: dict[str, str], virtual: bool,
+                pending: int | None = None) -> Reply:
         ctx = Answer(req, timing, text, output_arr, rseed, vocab_idx, worker=self.name, model_name=self.model_name,
-                     serial=self._count)
+                     serial=serial)
         if req.stream:
             events, times = ctx.events()
-            return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual)
+            return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual,
+                         pending=pending)
         if req.route == "chat" and req.return_prompt_token_ids:  # typed: what ChatAnswer's fields read is in the body
-            return Reply(200, answer=ctx, headers=headers, timing=timing, virtual=virtual)
-        return Reply(200, body=ctx.value(), headers=headers, timing=timing, virtual=virtual)
+            return Reply(200, answer=ctx, headers=headers, timing=timing, virtual=virtual, pending=pending)
+        return Reply(200, body=ctx.value(), headers=headers, timing=timing, virtual=virtual, pending=pending)
+
+    # ---- the clock's owner (iteration-level engine) -------------------------------------------
+
+    def next_event_time(self) -> float:
+        return self.engine.next_event_time() if self.iteration else math.inf
+
+    def advance(self, until: float) -> list[Reply]:
+        """Run the engine to ``until``; the answers of the requests it finished (``Reply.pending``: the handle)."""
+        if not self.iteration:
+            return []
+        out = []
+        for done in self.engine.advance(until):
+            args = self._pending.pop(done.handle)
+            out.append(self._answer(args[0], done.timing, *args[1:], pending=done.handle))
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Requests the engine holds (submitted, not yet answered)."""
+        return len(self._pending)
+
+    def abort_pending(self) -> list[int]:
+        """Drop every request the engine holds, as a dying server loses them; their handles."""
+        if not self.iteration or not self._pending:
+            return []
+        from sim.engine import IterationEngine
+
+        handles = list(self._pending)
+        stats = self.engine.stats  # the counters go on; the KV, the cache and the queues die with the server
+        self.engine = IterationEngine(self.engine.config)
+        self.engine.stats = stats
+        self._pending.clear()
+        return handles

@@ -31,19 +31,23 @@ class Reply:
     (JSON objects, each sent as ``data: <json>\\n\\n``, followed by ``data: [DONE]``) with ``event_times`` (the
     virtual time each event is due); ``timing`` (the engine's ``RequestTiming``, served requests only); ``virtual``
     (True when the body carried ``sim_time``: answer at once; False: the adapter holds the answer for
-    ``timing.finish - timing.arrival`` model seconds, stream events likewise).
+    ``timing.finish - timing.arrival`` model seconds, stream events likewise); ``pending`` (the iteration-level
+    engine's handle: with no ``timing`` the request waits in the engine and ``WorkerCore.advance`` gives its answer,
+    a ``Reply`` with the same ``pending``).
 
     ``headers``: the worker's name and, for a served request, its virtual timeline (``vtime.HEADER_ARRIVAL``
     ...). The timeline's header strings are made on first read of ``headers``: an in-process caller that reads
     ``timing`` instead never pays for four float reprs per request."""
 
-    __slots__ = ("_body", "_headers", "_timed", "answer", "event_times", "events", "status", "timing", "virtual")
+    __slots__ = ("_body", "_headers", "_timed", "answer", "event_times", "events", "pending", "status", "timing",
+                 "virtual")
 
     def __init__(self, status: int, body: dict[str, Any] | None = None, answer: fastjson.ChatAnswer | None = None,
                  events: list[dict[str, Any]] | None = None, event_times: list[float] | None = None,
                  headers: dict[str, str] | None = None, timing: RequestTiming | None = None,
-                 virtual: bool = True) -> None:
+                 virtual: bool = True, pending: int | None = None) -> None:
         self.status = status
+        self.pending = pending  # the engine's handle of a request answered when the engine finishes it
         self._body = body
         self.answer = answer
         self.events = events

@@ -33,7 +33,7 @@ TOP_KEYS = ("name", "description", "seed")
 # TOML table -> its keys -> the Scenario field each sets
 TABLES: dict[str, dict[str, str]] = {
     "workers": {"count": "workers", "profile": "profile", "kv_capacity_tokens": "kv_capacity_tokens",
-                "max_running_requests": "max_running_requests", "slowdown": "slowdown"},
+                "max_running_requests": "max_running_requests", "slowdown": "slowdown", "engine": "engine"},
     "sessions": {"count": "sessions", "group_size": "group_size", "system_prompt_tokens": "system_prompt_tokens",
                  "task_prompt_tokens": "task_prompt_tokens", "max_context_tokens": "max_context_tokens",
                  "retry_rate": "retry_rate"},
@@ -56,7 +56,10 @@ DIST_FIELDS = ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "
 INT_FIELDS = ("seed", "workers", "max_running_requests", "sessions", "group_size", "system_prompt_tokens",
               "task_prompt_tokens", "max_context_tokens", "concurrency")
 FLOAT_FIELDS = ("retry_rate", "rate")
-STR_FIELDS = ("name", "description", "arrival", "profile")
+STR_FIELDS = ("name", "description", "arrival", "profile", "engine")
+# workers.engine: how a worker schedules (sim.engine): SGLang's iteration-level scheduler, or the arrival-time
+# closed form (faster, no contention between requests after admission: the model of results_version <= 2)
+ENGINES = ("iteration", "arrival")
 
 
 class ScenarioError(ValueError):
@@ -226,6 +229,7 @@ class Scenario:
     kv_capacity_tokens: int | None = 400_000
     max_running_requests: int = 256
     slowdown: tuple[float, ...] = ()
+    engine: str = "iteration"
     # sessions
     sessions: int = 64
     group_size: int = 8
@@ -264,6 +268,9 @@ class Scenario:
             raise ScenarioError("workers.kv_capacity_tokens must be positive (or 0/'inf' for unbounded)")
         if self.max_running_requests < 1:
             raise ScenarioError("workers.max_running_requests must be >= 1")
+        if self.engine not in ENGINES:
+            raise ScenarioError(f"workers.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"
+                                f"{did_you_mean(self.engine, ENGINES)}")
         if any(s <= 0 for s in self.slowdown):
             raise ScenarioError("workers.slowdown entries must be > 0")
         if len(self.slowdown) > self.workers:
