@@ -21,6 +21,8 @@ Two transports, same results:
   the same answer and the same timeline. ``tests/sim/replay/test_replay_driver.py``
   checks both against the unshortened paths.
 
+Workers run the arrival-time engine (``arrival_engine``): the open loop takes each answer at once.
+
 Records: one ``sim.agents.RequestRecord`` per request; requests with equal derived keys form a
 "session" (for ``stickiness`` and ``eligible_reuse``), numbered in order of first appearance.
 """
@@ -86,6 +88,15 @@ def shared_tokens(a: MooncakeRequest, b: MooncakeRequest) -> int:
 # ---- transports -------------------------------------------------------------------------------------
 
 
+def arrival_engine(setup: Setup) -> None:
+    """An open-loop trace is sent in timestamp order and each answer taken at once, which needs workers that
+    answer at arrival: the arrival-time engine (``workers.engine = "arrival"``; the iteration-level engine needs
+    the co-simulated clock of agents, ``sim.cosim``)."""
+    if setup.scenario.engine != "arrival":
+        raise ValueError(f"a Mooncake replay runs on the arrival-time engine, not {setup.scenario.engine!r}: "
+                         "build its scenario with engine='arrival'")
+
+
 @dataclass
 class Served:
     status: int
@@ -103,6 +114,7 @@ class MooncakeDirect:
     """Gateway core + worker engines in process (see the module docstring)."""
 
     def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
+        arrival_engine(setup)
         configs = worker_configs(setup.scenario)
         urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
         self.cores = {u: WorkerCore(c, seed=setup.seed) for u, c in zip(urls, configs, strict=True)}
@@ -165,6 +177,7 @@ class MooncakeHttp:
     def __init__(self, transport: Any) -> None:
         import httpx
 
+        arrival_engine(transport.setup)
         self.transport = transport
         self.workers = list(transport.workers)
         self.client = httpx.Client(base_url=transport.gateway_url, timeout=httpx.Timeout(300.0, connect=10.0),

@@ -63,7 +63,10 @@ def load_trace(path: str, fmt: str, limit: int | None, workers: int, kv: int | N
         b = bl.compute(((list(zip(r.hash_ids, r.block_lengths(), strict=True)), (("out", r.index), r.output_length))
                         for r in reqs), workers)
         scenario = Scenario(name=name, description=f"Mooncake trace {path}", seed=seed, workers=workers,
-                            kv_capacity_tokens=kv, sessions=len(set(keys)), group_size=1, arrival="rollout")
+                            kv_capacity_tokens=kv, sessions=len(set(keys)), group_size=1, arrival="rollout",
+                            # an open-loop trace is sent in timestamp order, each answer taken at once: the
+                            # arrival-time engine (the iteration engine needs the co-simulated clock of agents)
+                            engine="arrival")
         info = {"requests": len(reqs), "keys": len(set(keys)), "prompt_tokens": b.prompt_tokens,
                 "routing_key_rule": "mc-<first block id not shared by all requests>"}
         return LoadedTrace(name, path, "mooncake", "mooncake", scenario, b, items=items, info=info)

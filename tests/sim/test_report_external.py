@@ -11,7 +11,8 @@ from sim.transports.http import HttpTransport
 from sim.workload.scenario import Scenario
 
 TINY = Scenario(name="tiny", seed=3, workers=2, sessions=6, group_size=3, system_prompt_tokens=100,
-                task_prompt_tokens=20, max_context_tokens=2000, turns={"dist": "uniform", "low": 2, "high": 4})
+                task_prompt_tokens=20, max_context_tokens=2000, turns={"dist": "uniform", "low": 2, "high": 4},
+                engine="arrival")  # a chain somebody else runs answers by itself: the standalone worker's engine
 
 
 @pytest.fixture(scope="module")

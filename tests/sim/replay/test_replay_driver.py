@@ -32,7 +32,7 @@ from testbed_common import vtime
 REQS = load_mooncake(sample_path("conversation"))[:40]
 ITEMS = plan_items(REQS, derive_keys(REQS))
 URLS = [f"http://127.0.0.1:{31000 + i}" for i in range(4)]
-SCENARIO = Scenario(name="slice", workers=4, kv_capacity_tokens=None, arrival="rollout")
+SCENARIO = Scenario(name="slice", workers=4, kv_capacity_tokens=None, arrival="rollout", engine="arrival")
 
 
 def setup_for(policy: str, key: bool = True):
