@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import simpy
 
+from sim.cosim import sample_series
 from sim.engine.radix import as_ids
 from sim.oracle import Oracle, Turn, max_cacheable
+from sim.series import SERIES_INTERVAL, SeriesSampler, WorkerSamples
 from sim.transports.base import Reply, Transport, TransportError
 from sim.workload.plans import SessionPlan, plan_sessions
 from sim.workload.scenario import Scenario
@@ -120,6 +122,7 @@ class WorkloadResult:
     sessions: list[SessionOutcome] = field(default_factory=list)
     oracle: Oracle = field(default_factory=Oracle)
     end_time: float = 0.0
+    series: WorkerSamples | None = None  # per-worker samples (sim.series), under the co-simulated clock
 
 
 def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
@@ -171,7 +174,7 @@ class AgentRunner:
 
     def __init__(self, scenario: Scenario, transport: Transport, plans: list[SessionPlan] | None = None,
                  on_request: Callable[[RequestRecord], None] | None = None, until: float | None = None,
-                 keep_log: bool = False) -> None:
+                 keep_log: bool = False, series_interval: float | None = SERIES_INTERVAL) -> None:
         self.scenario = scenario
         self.keep_log = keep_log
         self.transport = transport
@@ -187,6 +190,10 @@ class AgentRunner:
         # the co-simulated clock (sim.cosim), when the transport's workers follow this environment's time
         bind = getattr(transport, "bind_clock", None)
         self.clock = bind(self.env) if bind is not None else None
+        # the workers' time series (sim.series): their engines are in this process and follow this clock
+        cores = getattr(transport, "fault_cores", list)() if self.clock is not None else []
+        self._sampler = (SeriesSampler(cores, series_interval)
+                         if series_interval is not None and SeriesSampler.samplable(cores) else None)
 
     # ---- one request --------------------------------------------------------------------------
 
@@ -375,11 +382,14 @@ class AgentRunner:
         """Run every session to its end (or until ``until``); returns the records."""
         if self.scenario.arrival == "concurrency":
             queue = list(reversed(self.plans))
-            for _ in range(min(self.scenario.concurrency, len(queue))):
-                self.env.process(self._slot(queue))
+            agents = [self.env.process(self._slot(queue))
+                      for _ in range(min(self.scenario.concurrency, len(queue)))]
         else:
-            for plan in self.plans:
-                self.env.process(self._delayed(plan))
+            agents = [self.env.process(self._delayed(plan)) for plan in self.plans]
+        if self._sampler is not None:
+            done = self.env.all_of(agents)
+            sample_series(self.env, self._sampler.samples.interval, self._sampler.sample, lambda: not done.triggered)
+            self.result.series = self._sampler.samples
         self.env.run(until=self.until)
         self.result.end_time = float(self.env.now)
         self.result.oracle.finish()

@@ -9,8 +9,15 @@
 - ``ttft_p50``/``ttft_p99`` (and ``ttft_first_*`` for first turns, ``ttft_later_*`` for the rest),
   ``e2e_p50``/``e2e_p99``: percentiles of per-request latency in virtual seconds.
 - ``makespan``: last finish - first request (for a rollout step: the step's wall time).
+- ``queue_time_p50``/``queue_time_p99``: percentiles of per-request queueing, first scheduled (``start``) -
+  arrival at the worker.
+- The engines' totals (``ENGINE_TOTALS``), summed over the workers' reports (None when no worker reports them,
+  as external workers do not; the arrival-time engine reports 0): ``retractions`` (running requests retracted
+  when a decode step found no KV), ``recomputed_tokens`` (prefill work done twice: tokens that had KV before a
+  retraction and were prefilled again), ``decode_stall_seconds`` (time running requests waited for prefill
+  forwards), ``queue_seconds`` (arrival to first scheduling, summed over requests).
 - ``workers``: per worker ``requests``, ``prompt_tokens``, ``cached_tokens``, ``prefill_tokens``,
-  ``output_tokens``, ``kv_reuse`` and, when the worker reports it, ``peak_kv_tokens``.
+  ``output_tokens``, ``kv_reuse`` and what the worker reports (``peak_kv_tokens``, the engine totals, ...).
 - ``imbalance``: max / mean of per-worker ``prefill_tokens`` (the dominant work of agent traffic);
   ``imbalance_requests`` the same over request counts.
 - ``peak_key_in_flight``: the most requests one session (one routing key) had in flight at once, over requests
@@ -38,6 +45,8 @@ from mock_gateway.policies.base import REPIN_BRANCHES
 from sim.agents import RequestRecord, WorkloadResult, compare_records
 
 BRANCH_SUFFIX = "_policy_branch"
+# the workers' engine counters a row sums (``sim.transports.direct.engine_stats`` reports them per worker)
+ENGINE_TOTALS = ("retractions", "recomputed_tokens", "decode_stall_seconds", "queue_seconds")
 
 
 def percentile(values: Iterable[float] | np.ndarray, q: float) -> float:
@@ -176,6 +185,16 @@ def worker_table(records: list[RequestRecord], workers: list[str],
     return list(rows.values())
 
 
+def engine_totals(table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``ENGINE_TOTALS`` summed over the worker rows that report them (None when none does)."""
+    rows = list(table)
+    out: dict[str, Any] = {}
+    for key in ENGINE_TOTALS:
+        values = [w[key] for w in rows if w.get(key) is not None]
+        out[key] = sum(values) if values else None
+    return out
+
+
 def summarize(result: WorkloadResult, workers: list[str],
               worker_stats: Mapping[str, Mapping[str, Any]] | None = None, metrics_text: str = "",
               rollback_retries: int | None = None) -> dict[str, Any]:
@@ -185,7 +204,7 @@ def summarize(result: WorkloadResult, workers: list[str],
     # one pass over the records into columns; sums over int64, times as float64 (the same IEEE arithmetic)
     ints = np.array([(r.prompt_tokens, r.cached_tokens, r.output_tokens, r.eligible_tokens,
                       r.turn == 0 and not r.retry, r.retry) for r in ok], dtype=np.int64).reshape(-1, 6)
-    times = np.array([(r.arrival, r.first_token, r.finish) for r in ok], dtype=float).reshape(-1, 3)
+    times = np.array([(r.arrival, r.first_token, r.finish, r.start) for r in ok], dtype=float).reshape(-1, 4)
     prompt_col, cached_col, later_m = ints[:, 0], ints[:, 1], ints[:, 4] == 0
     prompt = int(prompt_col.sum())
     cached = int(cached_col.sum())
@@ -193,6 +212,7 @@ def summarize(result: WorkloadResult, workers: list[str],
     eligible_hit = int(np.minimum(cached_col[later_m], ints[later_m, 3]).sum())
     ttft = times[:, 1] - times[:, 0]
     e2e = times[:, 2] - times[:, 0]
+    queued = times[:, 3] - times[:, 0]
     # stickiness: consecutive successful requests of a session on the same worker
     last_worker: dict[int, str | None] = {}
     follow = same = 0
@@ -236,6 +256,9 @@ def summarize(result: WorkloadResult, workers: list[str],
         "e2e_p50": percentile(e2e, 50),
         "e2e_p99": percentile(e2e, 99),
         "makespan": makespan,
+        "queue_time_p50": percentile(queued, 50),
+        "queue_time_p99": percentile(queued, 99),
+        **engine_totals(table),
         "imbalance": _ratio(max(prefill_per, default=0), mean_prefill),
         "imbalance_requests": _ratio(max(req_per, default=0), mean_req),
         "requests": len(ok),

@@ -7,11 +7,13 @@ bars), and the paired differences (``paired``) are told in words: beyond seed no
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from sim.measures import ENGINE_TOTALS
 from sim.results import RESULTS_VERSION, provenance
 from sim.runner import public
 from sim.stats import by_configuration
@@ -40,12 +42,26 @@ FAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("record_mismatches", "record mismatches", "{}"),
 )
 
+# shown when some run's engines report their own measures (the iteration-level engine; sim.measures names them)
+ENGINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("retractions", "retractions", "{}"),
+    ("recomputed_tokens", "recomputed tok", "{}"),
+    ("decode_stall_seconds", "decode stall s", "{:.1f}"),
+    ("queue_time_p50", "queue p50 s", "{:.3f}"),
+    ("queue_time_p99", "queue p99 s", "{:.3f}"),
+)
+SERIES_PREFIX = "series-"  # the per-run time-series plots (write_series_plots)
+
 
 def columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
-    """``COLUMNS``, plus ``FAULT_COLUMNS`` when any run failed a turn, retried or re-pinned a key."""
+    """``COLUMNS``, plus ``ENGINE_COLUMNS`` when some run's engines report retractions, stalls or queueing, plus
+    ``FAULT_COLUMNS`` when any run failed a turn, retried or re-pinned a key."""
+    out = COLUMNS
+    if any(row.get(k) for row in runs for k in ENGINE_TOTALS):
+        out += ENGINE_COLUMNS
     if any(row.get(k) for row in runs for k, _, _ in FAULT_COLUMNS):
-        return COLUMNS + FAULT_COLUMNS
-    return COLUMNS
+        out += FAULT_COLUMNS
+    return out
 
 
 def config_name(row: dict[str, Any]) -> str:
@@ -182,6 +198,15 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
             out.append(f"Stickiness costs time here: manual/{mode} takes {on['makespan'] / off['makespan'] - 1:.0%} "
                        "longer with the key than without, because pinned sessions cannot leave a slow or busy worker.")
             break
+    thrashed = [r for r in runs if r.get("retractions")]
+    if thrashed:
+        worst = max(thrashed, key=lambda r: r["retractions"])
+        calm = [r for r in runs if r.get("retractions") == 0]
+        out.append(f"KV ran out mid-decode: {len(thrashed)} of {len(runs)} runs retracted running requests, most "
+                   f"under {config_name(worst)} key {'on' if worst['routing_key'] else 'off'} "
+                   f"({worst['retractions']:.0f} retractions, {worst['recomputed_tokens']:.0f} tokens prefilled "
+                   f"again, queue p99 {worst['queue_time_p99']:.2f}s)"
+                   + (f"; {len(calm)} runs had none." if calm else "."))
     errs = sum(r["errors"] for r in runs)
     out.append("No run had errors." if errs == 0 else f"{errs} errors in total: see `errors` per run.")
     return out
@@ -304,7 +329,10 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
               "Columns: `kv_reuse` cached / prompt tokens; `oracle` the same for one infinite cache seeing every "
               "request (the ceiling); `eligible` cached / tokens the session's previous turn made reusable; "
               "`sticky` share of later turns on the session's previous worker; `prefill Mtok` prompt tokens "
-              "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker.", "",
+              "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker."
+              + (" `retractions` running requests the engines retracted when KV ran out; `recomputed tok` prefill "
+                 "work done twice after them; `decode stall s` time running requests waited for prefills; `queue` "
+                 "arrival to first scheduling per request." if ENGINE_COLUMNS[0] in columns(runs) else ""), "",
               "## What it shows", ""]
     lines += [f"- {f}" for f in findings(shown)]
     lines += [f"- Note: {n}" for n in notes(runs)]
@@ -313,8 +341,18 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
     bl = branch_lines(runs)
     if bl:
         lines += ["", "## Gateway branch counters", "", *bl]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    general = [p for p in plots if not p.startswith(SERIES_PREFIX)]
+    if general:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in general]
+    series = [p for p in plots if p.startswith(SERIES_PREFIX)]
+    if series:
+        lines += ["", "## Time series per worker", "",
+                  "Per run, each worker's hit rate (cached / prompt tokens of the prefills first scheduled in each "
+                  "interval), KV in use against its capacity, running and waiting requests, and retractions per "
+                  "interval. A thrash spiral shows as KV pinned at capacity with retractions, a growing waiting "
+                  "queue and a falling hit rate, until the queue drains." + (" With several seeds: the first "
+                                                                              "seed's run." if seeds else ""),
+                  ""] + [f"![{p}]({p})" for p in series]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -430,4 +468,56 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: list[dict[str, A
     fig.savefig(out / "workers.png", dpi=110)
     plt.close(fig)
     names.append("workers.png")
+    return names + write_series_plots(out, runs)
+
+
+def write_series_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
+    """``series-NN-<configuration>.png`` per run with a ``timeseries`` (``sim.series``): four panels over virtual
+    time, one line per worker: hit rate, KV used (capacity dashed), running (solid) and waiting (dashed)
+    requests, retractions per interval. Returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = []
+    for i, r in enumerate(runs):
+        ts = r.get("timeseries")
+        if not ts or not ts["t"]:
+            continue
+        t = np.asarray(ts["t"], dtype=float)
+        fig, axes = plt.subplots(4, 1, figsize=(9, 9), sharex=True)
+        hit, kv, queue, retracted = axes
+        colors = plt.get_cmap("tab10" if len(ts["workers"]) <= 10 else "tab20")
+        capacities = set()
+        for j, (name, w) in enumerate(ts["workers"].items()):
+            c = colors(j % colors.N)
+            hit.plot(t, np.array([np.nan if h is None else h for h in w["hit_rate"]], dtype=float), color=c,
+                     label=name, marker=".", ms=3, lw=1)
+            kv.plot(t, w["kv_used"], color=c, lw=1)
+            queue.plot(t, w["running"], color=c, lw=1)
+            queue.plot(t, w["waiting"], color=c, lw=1, ls="--")
+            retracted.plot(t, w["retractions"], color=c, lw=1, drawstyle="steps-mid")
+            if w["kv_capacity"]:
+                capacities.add(w["kv_capacity"])
+        for cap in capacities:
+            kv.axhline(cap, color="k", ls="--", lw=0.8)
+        hit.set_ylabel("hit rate")
+        hit.set_ylim(-0.02, 1.02)
+        kv.set_ylabel("KV used (tokens)")
+        queue.set_ylabel("running — / waiting --")
+        retracted.set_ylabel(f"retractions / {ts['interval']:g} s")
+        retracted.set_xlabel("virtual time (s)")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        hit.legend(fontsize=7, ncol=min(len(ts["workers"]), 8), loc="upper right")
+        label = f"{config_name(r)} key={'on' if r['routing_key'] else 'off'}"
+        hit.set_title(f"{label}: per-worker time series (a point every {ts['interval']:g} virtual s)")
+        fig.tight_layout()
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+        name = f"{SERIES_PREFIX}{i + 1:02d}-{slug}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
     return names

@@ -3,7 +3,8 @@
 ``run_setup(setup, transport="http")`` is what ``run``, ``compare`` and ``sweep`` call, once per
 configuration (possibly in worker processes). A result row holds the configuration (``policy``,
 ``assignment_mode``, ``routing_key``, ``gateway_args``, ``transport``, ``seed``) and every measure of
-``sim.measures.summarize`` (an ``external`` row also ``warnings``: ``external_warnings``); ``wall_seconds``
+``sim.measures.summarize`` (an ``external`` row also ``warnings``: ``external_warnings``; a run under the
+co-simulated clock ``timeseries``, the workers' time series: ``sim.series``); ``wall_seconds``
 and per-request samples are kept apart (``_meta``), since results must repeat bit for bit for a seed.
 """
 
@@ -134,6 +135,8 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         row["warnings"] = external_warnings(row, result.requests, selection_policies(metrics))
         for w in row["warnings"]:
             warnings.warn(f"{setup.label}: {w}", RuntimeWarning, stacklevel=2)
+    if result.series is not None:
+        row["timeseries"] = result.series.table(result.requests)
     ok = [r for r in result.requests if r.ok]
     row["_meta"] = {
         "wall_seconds": time.perf_counter() - t0,

@@ -21,7 +21,8 @@ from typing import Any
 MEASURES: tuple[str, ...] = (
     "kv_reuse", "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99",
     "ttft_first_p50", "ttft_later_p50", "e2e_p50", "e2e_p99", "makespan", "imbalance", "imbalance_requests",
-    "requests", "errors",
+    "requests", "errors", "retractions", "recomputed_tokens", "decode_stall_seconds", "queue_time_p50",
+    "queue_time_p99",
 )
 CONFIDENCE = 0.95
 

@@ -686,9 +686,7 @@ class IterationEngine:
         per request per step).
         """
         self._sync(now)
-        running = len(self._running) + len(self._mixed) + (1 if self._chunked is not None else 0)
-        if self._prefill is not None:
-            running += sum(1 for r in self._prefill if r is not self._chunked)
+        running = self._running_count()
         waiting = len(self._waiting)
         uncached = 0
         for r in self._waiting:
@@ -722,6 +720,26 @@ class IterationEngine:
             gen_throughput=generated / GEN_THROUGHPUT_WINDOW,
             max_running_requests=self.config.max_running_requests,
         )
+
+    def occupancy(self, now: float) -> tuple[int, int, int]:
+        """Running requests, waiting requests and KV in use at ``now`` as ``load(now)`` counts them, read without
+        changing anything. ``load`` applies the decode steps of the segment in flight, which splits the segment and
+        moves the float sums of its later steps (and the results, by ulps); an observer that must not perturb the
+        run (``sim.series``) reads this instead."""
+        used = self.used_tokens()
+        if self._seg is not None:
+            start, k, b, a = self._seg
+            j = self._steps_by(start, b, a, now, at_or_after=False)
+            if 0 < j < k:
+                used += j * b
+        return self._running_count(), len(self._waiting), used
+
+    def _running_count(self) -> int:
+        """Requests in the running batch, the forward in flight included; the chunked request counts once."""
+        running = len(self._running) + len(self._mixed) + (1 if self._chunked is not None else 0)
+        if self._prefill is not None:
+            running += sum(1 for r in self._prefill if r is not self._chunked)
+        return running
 
     def check(self) -> None:
         """Verify the invariants (for tests): KV within the pool, the cache's counts, the private KV sum."""

@@ -330,7 +330,10 @@ class _CorePort:
 
 
 def engine_stats(core: WorkerCore) -> dict[str, Any]:
+    """A worker's row figures from its engine's counters (``sim.measures``: ``workers``, the engine totals)."""
     st = core.engine.stats
     cap = core.config.kv_capacity_tokens
     return {"peak_kv_tokens": st.peak_kv_tokens, "peak_kv_usage": (st.peak_kv_tokens / cap) if cap else None,
-            "evicted_tokens": st.evicted_tokens, "busy_time": st.busy_time, "slowdown": core.config.slowdown}
+            "evicted_tokens": st.evicted_tokens, "busy_time": st.busy_time, "slowdown": core.config.slowdown,
+            "retractions": st.retractions, "recomputed_tokens": st.recomputed_tokens,
+            "decode_stall_seconds": st.decode_stall_seconds, "queue_seconds": st.queue_time}
