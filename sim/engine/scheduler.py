@@ -239,6 +239,11 @@ class IterationEngine:
             self._t = now
         return req.handle
 
+    def flush_cache(self) -> int:
+        """Drop every unlocked cached token (SGLang's ``/flush_cache``, refused by the worker while requests are
+        in flight); return how many."""
+        return self.cache.flush()
+
     def next_event_time(self) -> float:
         """Time of the next scheduling decision (a forward ends or the engine wakes up); ``math.inf`` when idle."""
         return self._t
