@@ -26,7 +26,9 @@ from typing import Any
 
 from sim.real_smg import SmgBinaryError, resolve_smg
 
-RESULTS_VERSION = 2  # 2: drawn words and logprobs from a keyed Philox (numpy's public API); 1: unversioned files
+# 3: the iteration-level engine under the co-simulated clock; 2: drawn words and logprobs from a keyed Philox
+# (numpy's public API); 1: unversioned files (docs/results-versions.md)
+RESULTS_VERSION = 3
 
 # the libraries whose behaviour the figures depend on (draws, the event loop, ring and prefix hashes, metrics)
 LIBRARIES = ("numpy", "simpy", "blake3", "xxhash", "prometheus-client")

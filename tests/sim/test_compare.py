@@ -27,7 +27,7 @@ def test_compare_writes_results_report_and_plots(tiny, tmp_path, transport, jobs
     out = tmp_path / "out"
     assert cli(["compare", "--scenario", str(tiny), "--transport", transport, "--out", str(out), "--jobs", jobs]) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert doc["results_version"] == RESULTS_VERSION == 2  # docs/results-versions.md
+    assert doc["results_version"] == RESULTS_VERSION == 3  # docs/results-versions.md
     assert doc["scenario"]["name"] == "tiny" and doc["scenario"]["sessions"] == 6
     runs = doc["runs"]
     assert len(runs) == 12
