@@ -25,6 +25,7 @@ from sim.real_smg import flag_value
 from sim.transports.base import Transport
 from sim.transports.pool import Setup
 from sim.workload.scenario import Scenario
+from sim.worst_worker import RequestHit
 
 TRANSPORTS = ("http", "direct", "external", "live")
 
@@ -146,6 +147,7 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         "ttft_first": [r.ttft for r in ok if r.turn == 0 and not r.retry],
         "ttft_later": [r.ttft for r in ok if not (r.turn == 0 and not r.retry)],
         "errors": [s.error for s in result.sessions if s.error][:20],
+        "hits": [RequestHit(r.worker, r.arrival, r.prompt_tokens, r.cached_tokens) for r in ok if r.worker],
     }
     return row
 

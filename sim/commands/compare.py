@@ -17,11 +17,14 @@ CONFIG. The report says which differences are beyond seed noise (their interval 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from sim.commands.common import (
     add_profile_arg,
@@ -42,6 +45,7 @@ from sim.runner import COMPARE_POLICIES, make_setup
 from sim.stats import paired_difference, summarize_configurations
 from sim.transports.pool import Setup
 from sim.workload.scenario import ScenarioError
+from sim.worst_worker import common_bin_seconds, worst_worker_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs in parallel processes (default: CPU count, max 8; live time: 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--worst-worker", nargs="?", type=bin_seconds, const=AUTO_BINS, default=None, metavar="SECONDS",
+                   help="per run, the worst worker's hit rate over time (in bins of SECONDS virtual seconds; without "
+                        "SECONDS or with 'auto': about a tenth of the longest makespan) and the makespan against the "
+                        "best run: a KV-thrash spiral")
     return p
+
+
+AUTO_BINS = "auto"  # --worst-worker without SECONDS: sim.worst_worker.common_bin_seconds
+
+
+def bin_seconds(text: str) -> float | str:
+    """``--worst-worker SECONDS``: a finite width > 0, or ``auto``."""
+    if text == AUTO_BINS:
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"a bin width in virtual seconds (> 0), not {text!r}")
+    return seconds
 
 
 def key_pairs(setups: Sequence[Setup]) -> list[tuple[str, str]]:
@@ -115,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"  - {f}")
     for line in seed_lines(summary, pairs):
         console.print(f"  - {line}")
+    if args.worst_worker is not None:
+        width = common_bin_seconds(r["makespan"] for r in rows) if args.worst_worker == AUTO_BINS else args.worst_worker
+        console.print(f"worst worker's hit rate (%) per {width:g} s of virtual time, and makespan:")
+        for line in worst_worker_lines(rows, [r["_meta"]["hits"] for r in rows], width):
+            console.print(f"  - {escape(line)}")
     results = write_results(out, scenario.to_dict(), rows, seeds=seeds, summary=summary, paired=pairs)
     plots = [] if args.no_plots else write_plots(out, rows, summary)
     report = write_markdown(out, scenario.to_dict(), rows, plots, summary=summary, paired=pairs)
