@@ -65,20 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs in parallel processes (default: CPU count, max 8; live time: 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--worst-worker", nargs="?", type=bin_seconds, const=AUTO_BINS, default=None, metavar="SECONDS",
-                   help="per run, the worst worker's hit rate over time (in bins of SECONDS virtual seconds; without "
-                        "SECONDS or with 'auto': about a tenth of the longest makespan) and the makespan against the "
-                        "best run: a KV-thrash spiral")
+    p.add_argument("--worst-worker", nargs="?", type=bin_seconds, const=AUTO_BINS, default=AUTO_BINS,
+                   metavar="SECONDS",
+                   help="per run, the worst worker's hit rate over time and the makespan against the best run, which "
+                        "is how a KV-thrash spiral shows (shown by default, in bins of about a tenth of the longest "
+                        "makespan; SECONDS sets the bin width; 'off' hides it)")
     return p
 
 
 AUTO_BINS = "auto"  # --worst-worker without SECONDS: sim.worst_worker.common_bin_seconds
 
 
-def bin_seconds(text: str) -> float | str:
-    """``--worst-worker SECONDS``: a finite width > 0, or ``auto``."""
+def bin_seconds(text: str) -> float | str | None:
+    """``--worst-worker SECONDS``: a finite width > 0, ``auto``, or ``off`` (None: not shown)."""
     if text == AUTO_BINS:
         return text
+    if text == "off":
+        return None
     try:
         seconds = float(text)
     except ValueError:

@@ -15,10 +15,11 @@ LINE = re.compile(r"^  - (?P<label>.+ key=o(n|ff)): worst w[01] hit \d+% \[(\d+|
                   r"makespan (?P<makespan>[\d.]+)s = (the best|[\d.]+x .+ key=o(n|ff))$")
 
 
-def test_without_seconds_the_bins_are_chosen_from_the_makespans_and_with_them_they_are_that_wide():
+def test_shown_by_default_with_bins_from_the_makespans_unless_given_a_width_or_off():
     p = build_parser()
-    assert p.parse_args([]).worst_worker is None
+    assert p.parse_args([]).worst_worker == AUTO_BINS
     assert p.parse_args(["--worst-worker"]).worst_worker == AUTO_BINS
+    assert p.parse_args(["--worst-worker", "off"]).worst_worker is None
     assert p.parse_args(["--worst-worker", "2.5"]).worst_worker == 2.5
 
 
@@ -32,8 +33,8 @@ def test_a_bin_width_that_is_not_a_positive_number_is_a_usage_error(bad, capsys)
 
 def test_compare_prints_one_worst_worker_line_per_run_and_the_best_run_is_the_shortest(tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli(["compare", "--scenario", str(write_tiny(tmp_path)), "--out", str(out), "--jobs", "1", "--no-plots",
-                "--worst-worker"]) == 0
+    assert cli(["compare", "--scenario", str(write_tiny(tmp_path)), "--out", str(out), "--jobs", "1",
+                "--no-plots"]) == 0
     text = capsys.readouterr().out
     _, _, tail = text.partition("worst worker's hit rate (%) per ")
     assert tail, text
@@ -46,3 +47,9 @@ def test_compare_prints_one_worst_worker_line_per_run_and_the_best_run_is_the_sh
     for m, r in zip(matches, runs, strict=True):
         assert float(m["makespan"]) == pytest.approx(r["makespan"], abs=0.05)
         assert m.group(0).endswith("the best") == (r["makespan"] == shortest)
+
+
+def test_off_hides_the_worst_worker_view(tmp_path, capsys):
+    assert cli(["compare", "--scenario", str(write_tiny(tmp_path)), "--out", str(tmp_path / "out"), "--jobs", "1",
+                "--no-plots", "--worst-worker", "off"]) == 0
+    assert "worst worker's hit rate" not in capsys.readouterr().out
