@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from sim.engine.types import LatencyModel, WorkerConfig
+from sim.engine.types import LatencyModel, SchedulerConfig, WorkerConfig
 from sim.profiles.catalog import load_profile
 from sim.workload.scenario import Scenario
 from testbed_common.procs import LOOPBACK
@@ -30,10 +30,16 @@ class Setup:
 
 
 def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
-    latency = load_profile(scenario.profile).latency_model() if scenario.profile else LatencyModel()
+    """The pool's workers: a profile gives their latency coefficients and their scheduler's chunked-prefill size
+    and prefill token budget (the iteration-level engine's), else the 8B-on-H100 defaults."""
+    if scenario.profile:
+        profile = load_profile(scenario.profile)
+        latency, scheduler = profile.latency_model(), profile.scheduler_config()
+    else:
+        latency, scheduler = LatencyModel(), SchedulerConfig()
     return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
                          max_running_requests=scenario.max_running_requests, latency=latency,
-                         slowdown=scenario.worker_slowdown(i), engine=scenario.engine)
+                         slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler)
             for i in range(scenario.workers)]
 
 

@@ -1,11 +1,11 @@
-"""``[workers] profile``: a shipped profile's name or a path; it sets the workers' latency model and KV capacity,
-and an explicit ``kv_capacity_tokens`` beside it wins."""
+"""``[workers] profile``: a shipped profile's name or a path; it sets the workers' latency model, scheduler (chunked
+prefill, prefill budget) and KV capacity, and an explicit ``kv_capacity_tokens`` beside it wins."""
 
 from __future__ import annotations
 
 import pytest
 
-from sim.engine.types import LatencyModel
+from sim.engine.types import LatencyModel, SchedulerConfig
 from sim.profiles.catalog import load_profile
 from sim.transports.pool import worker_configs
 from sim.workload.scenario import Scenario, ScenarioError
@@ -17,8 +17,16 @@ def test_a_profile_sets_the_kv_capacity_and_the_workers_latency_model():
     s = Scenario.from_dict({"workers": {"profile": H200_8B}})
     profile = load_profile(H200_8B)
     assert s.profile == H200_8B and s.kv_capacity_tokens == profile.kv_capacity_tokens
-    assert {(c.latency, c.kv_capacity_tokens) for c in worker_configs(s)} == \
-        {(profile.latency_model(), profile.kv_capacity_tokens)}
+    assert {(c.latency, c.kv_capacity_tokens, c.scheduler) for c in worker_configs(s)} == \
+        {(profile.latency_model(), profile.kv_capacity_tokens, profile.scheduler_config())}
+
+
+def test_a_profile_without_chunking_reaches_the_iteration_engine(tmp_path):
+    text = load_profile(H200_8B).to_toml().replace("chunked_prefill_size = 8192", "chunked_prefill_size = -1")
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    s = Scenario.from_dict({"workers": {"profile": str(path)}})
+    assert {c.scheduler.chunked_prefill_size for c in worker_configs(s)} == {None}
 
 
 def test_an_explicit_capacity_wins_over_the_profile():
@@ -29,7 +37,7 @@ def test_an_explicit_capacity_wins_over_the_profile():
 
 def test_no_profile_keeps_the_default_latency_model_and_leaves_the_results_as_they_were():
     s = Scenario()
-    assert all(c.latency == LatencyModel() for c in worker_configs(s))
+    assert all(c.latency == LatencyModel() and c.scheduler == SchedulerConfig() for c in worker_configs(s))
     assert "profile" not in s.to_dict()  # so the scenario hash of every profile-less results file is unchanged
 
 
