@@ -218,12 +218,9 @@ class IterationEngine:
         prompt = as_ids(prompt_ids)
         output = as_ids(output_ids)
         n_prompt, n_out = len(prompt), len(output)
-        if n_prompt == 0:
-            raise ValueError("empty prompt")
-        if n_out == 0:
-            raise ValueError("a request generates at least one token")
-        if n_prompt + n_out + 1 >= self._cap:
-            raise ValueError(f"prompt + output ({n_prompt} + {n_out}) does not fit a pool of {self._capacity} tokens")
+        refused = self.refusal(n_prompt, n_out)
+        if refused is not None:
+            raise ValueError(refused)
         self._run(now, inclusive=False)
         self._last = now
         if self._seg is not None and not self._batch_is_full:
@@ -238,6 +235,16 @@ class IterationEngine:
         if self._t == math.inf:
             self._t = now
         return req.handle
+
+    def refusal(self, n_prompt: int, n_out: int) -> str | None:
+        """Why ``submit`` would refuse a request of these sizes (None: it would not)."""
+        if n_prompt == 0:
+            return "empty prompt"
+        if n_out == 0:
+            return "a request generates at least one token"
+        if n_prompt + n_out + 1 >= self._cap:
+            return f"prompt + output ({n_prompt} + {n_out}) does not fit a pool of {self._capacity} tokens"
+        return None
 
     def flush_cache(self) -> int:
         """Drop every unlocked cached token (SGLang's ``/flush_cache``, refused by the worker while requests are

@@ -68,6 +68,10 @@ class WorkerConfig:
     # standalone worker's default); "iteration": ``sim.engine.IterationEngine``, SGLang's scheduler (answers when
     # the clock's owner advances it past the finish; the simulator's default, ``Scenario.engine``)
     engine: str = "arrival"
+    # seconds from a request's arrival at the worker to its arrival at the scheduler (tokenisation and the
+    # tokenizer manager's hop; a profile's ``request_overhead``): the iteration-level engine sees the request then,
+    # and its TTFT and finish include it. The arrival-time engine (the model of results_version <= 2) ignores it.
+    request_overhead: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -30,16 +30,18 @@ class Setup:
 
 
 def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
-    """The pool's workers: a profile gives their latency coefficients and their scheduler's chunked-prefill size
-    and prefill token budget (the iteration-level engine's), else the 8B-on-H100 defaults."""
+    """The pool's workers: a profile gives their latency coefficients, their scheduler's chunked-prefill size and
+    prefill token budget and their per-request overhead (the iteration-level engine's), else the 8B-on-H100
+    defaults and no overhead."""
     if scenario.profile:
         profile = load_profile(scenario.profile)
-        latency, scheduler = profile.latency_model(), profile.scheduler_config()
+        latency, scheduler, overhead = profile.latency_model(), profile.scheduler_config(), profile.request_overhead
     else:
-        latency, scheduler = LatencyModel(), SchedulerConfig()
+        latency, scheduler, overhead = LatencyModel(), SchedulerConfig(), 0.0
     return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
                          max_running_requests=scenario.max_running_requests, latency=latency,
-                         slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler)
+                         slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler,
+                         request_overhead=overhead)
             for i in range(scenario.workers)]
 
 

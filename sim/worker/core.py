@@ -30,14 +30,16 @@ API (all methods are synchronous and take the current time as an argument):
 
 With the iteration-level engine (``sim.engine.IterationEngine``: ``WorkerConfig.engine == "iteration"``) a served
 request's timeline depends on what arrives after it, so ``infer`` answers it *pending* (``Reply.pending``: the
-engine's handle, no body yet) and the answer comes from ``advance``:
+worker's id of the request, no body yet) and the answer comes from ``advance``. A request reaches the engine's
+scheduler ``WorkerConfig.request_overhead`` after it reaches the worker (tokenisation; a profile's overhead), and
+its timeline counts from its arrival at the worker:
 
 ``core.next_event_time() -> float``   when the engine next decides something (``math.inf``: idle, or the
     arrival-time engine, which answers at once).
 ``core.advance(until) -> list[Reply]``   run the engine to ``until``; the answers of the requests it finished,
-    in finish order, each with ``pending`` still set to its handle. Whoever owns the clock calls it: the
+    in finish order, each with ``pending`` still set to its id. Whoever owns the clock calls it: the
     co-simulation (``sim.cosim``) in virtual time, the worker app's stepping task in live time.
-``core.abort_pending() -> list[int]``   drop every request the engine holds (the server died): their handles.
+``core.abort_pending() -> list[int]``   drop every request the worker holds (the server died): their ids.
 
 ``core.loads(now, timestamp=None) -> dict``   SMG's ``WorkerLoadResponse`` (``GET /v1/loads``).
 ``core.metrics(now) -> bytes``         Prometheus text (``GET /metrics``), ``sglang:`` names.
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,7 +98,10 @@ class WorkerCore:
             engine = IterationEngine(config) if config.engine == "iteration" else Engine(config)
         self.engine = engine
         self.iteration = isinstance(engine, IterationEngine)  # answers wait for ``advance``
-        self._pending: dict[int, Answer | tuple[Any, ...]] = {}  # engine handle -> what its answer needs
+        self._pending: dict[int, tuple[Any, ...]] = {}  # request id -> its arrival and what its answer needs
+        self._arrivals: deque[tuple[float, int, np.ndarray, np.ndarray]] = deque()  # not yet at the scheduler
+        self._by_handle: dict[int, int] = {}  # engine handle -> request id
+        self._next_id = 0
         self._fault_draws = FaultDraws(seed, config.name)
         self._clock = 0.0
         self._count = 0  # requests served: with the worker's name, the answer ids of requests without a rid
@@ -233,14 +239,23 @@ class WorkerCore:
         self._apply_slowdown()  # also when a caller set ``core.faults`` directly
         rseed = tokenizer.request_seed(self.seed, req.prompt_ids)
         text, output_arr, vocab_idx = tokenizer.synth_answer_array(rseed, req.max_tokens)
+        if self.iteration:  # answered when the engine finishes it (``advance``); ``pending`` is the worker's id
+            refused = self.engine.refusal(len(req.prompt_ids), len(output_arr))
+            if refused is not None:
+                return error_reply(f"the worker cannot admit this request: {refused}")
+            self._count += 1
+            rid = self._next_id
+            self._next_id += 1
+            self._pending[rid] = (t, req, text, output_arr, rseed, vocab_idx, self._count, headers, virtual)
+            self._arrivals.append((t + self.config.request_overhead, rid, req.prompt_ids, output_arr))
+            if not self.config.request_overhead:  # at the scheduler at once
+                self._to_scheduler(t)
+            return Reply(200, headers=headers, virtual=virtual, pending=rid)
         try:
             timing = self.engine.submit(t, req.prompt_ids, output_arr)
         except ValueError as e:
             return error_reply(f"the worker cannot admit this request: {e}")
         self._count += 1  # the timeline headers come with ``timing`` (``Reply.headers`` writes them when read)
-        if self.iteration:  # ``timing`` is the engine's handle: the answer is built when it finishes (``advance``)
-            self._pending[timing] = (req, text, output_arr, rseed, vocab_idx, self._count, headers, virtual)
-            return Reply(200, headers=headers, virtual=virtual, pending=timing)
         return self._answer(req, timing, text, output_arr, rseed, vocab_idx, self._count, headers, virtual)
 
     def _answer(self, req: Any, timing: Any, text: str, output_arr: np.ndarray, rseed: int,
@@ -259,16 +274,31 @@ class WorkerCore:
     # ---- the clock's owner (iteration-level engine) -------------------------------------------
 
     def next_event_time(self) -> float:
-        return self.engine.next_event_time() if self.iteration else math.inf
+        if not self.iteration:
+            return math.inf
+        t = self.engine.next_event_time()
+        return min(t, self._arrivals[0][0]) if self._arrivals else t
+
+    def _to_scheduler(self, until: float) -> None:
+        """Hand the engine the requests whose overhead has passed by ``until`` (in arrival order)."""
+        arrivals, by_handle = self._arrivals, self._by_handle
+        while arrivals and arrivals[0][0] <= until:
+            ready, rid, prompt_ids, output_ids = arrivals.popleft()
+            by_handle[self.engine.submit(ready, prompt_ids, output_ids)] = rid
 
     def advance(self, until: float) -> list[Reply]:
-        """Run the engine to ``until``; the answers of the requests it finished (``Reply.pending``: the handle)."""
+        """Run the engine to ``until``; the answers of the requests it finished (``Reply.pending``: the id ``infer``
+        gave). A finished request's timeline starts at its arrival at the worker (the overhead included)."""
         if not self.iteration:
             return []
+        self._to_scheduler(until)
         out = []
         for done in self.engine.advance(until):
-            args = self._pending.pop(done.handle)
-            out.append(self._answer(args[0], done.timing, *args[1:], pending=done.handle))
+            rid = self._by_handle.pop(done.handle)
+            arrival, *args = self._pending.pop(rid)
+            timing = done.timing if done.timing.arrival == arrival else dataclasses.replace(done.timing,
+                                                                                          arrival=arrival)
+            out.append(self._answer(args[0], timing, *args[1:], pending=rid))
         return out
 
     @property
@@ -287,4 +317,6 @@ class WorkerCore:
         self.engine = IterationEngine(self.engine.config)
         self.engine.stats = stats
         self._pending.clear()
+        self._arrivals.clear()
+        self._by_handle.clear()
         return handles

@@ -17,8 +17,8 @@ def test_a_profile_sets_the_kv_capacity_and_the_workers_latency_model():
     s = Scenario.from_dict({"workers": {"profile": H200_8B}})
     profile = load_profile(H200_8B)
     assert s.profile == H200_8B and s.kv_capacity_tokens == profile.kv_capacity_tokens
-    assert {(c.latency, c.kv_capacity_tokens, c.scheduler) for c in worker_configs(s)} == \
-        {(profile.latency_model(), profile.kv_capacity_tokens, profile.scheduler_config())}
+    assert {(c.latency, c.kv_capacity_tokens, c.scheduler, c.request_overhead) for c in worker_configs(s)} == \
+        {(profile.latency_model(), profile.kv_capacity_tokens, profile.scheduler_config(), profile.request_overhead)}
 
 
 def test_a_profile_without_chunking_reaches_the_iteration_engine(tmp_path):
@@ -37,7 +37,8 @@ def test_an_explicit_capacity_wins_over_the_profile():
 
 def test_no_profile_keeps_the_default_latency_model_and_leaves_the_results_as_they_were():
     s = Scenario()
-    assert all(c.latency == LatencyModel() and c.scheduler == SchedulerConfig() for c in worker_configs(s))
+    assert all(c.latency == LatencyModel() and c.scheduler == SchedulerConfig() and c.request_overhead == 0
+               for c in worker_configs(s))
     assert "profile" not in s.to_dict()  # so the scenario hash of every profile-less results file is unchanged
 
 
