@@ -33,7 +33,7 @@ def prefill_time(model: LatencyModel, new_tokens: int, cached_tokens: int) -> fl
 
 def decode_step_time(model: LatencyModel, batch: int, context_tokens: float) -> float:
     """Seconds for one decode step of ``batch`` sequences holding ``context_tokens`` in total."""
-    return model.decode_floor + model.decode_per_seq * batch + model.decode_per_ctx_token * context_tokens
+    return model.decode_floor_at(batch) + model.decode_per_seq * batch + model.decode_per_ctx_token * context_tokens
 
 
 def decode_time(model: LatencyModel, output_tokens: int, batch: int, context_tokens: float) -> float:

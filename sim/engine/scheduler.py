@@ -444,7 +444,7 @@ class IterationEngine:
         st.prefill_time += duration
         st.busy_time += duration
         if mixed:
-            alone = (lat.decode_floor + decode_part) * cfg.slowdown
+            alone = (lat.decode_floor_at(len(mixed)) + decode_part) * cfg.slowdown
             st.decode_stall_seconds += duration - alone
         elif running:
             st.decode_stall_seconds += duration
@@ -517,7 +517,7 @@ class IterationEngine:
         context0 = 0
         for r in running:
             context0 += r.prefix + r.private + 1
-        a = lat.decode_floor + lat.decode_per_seq * b + lat.decode_per_ctx_token * context0
+        a = lat.decode_floor_at(b) + lat.decode_per_seq * b + lat.decode_per_ctx_token * context0
         self._seg = (t, k, b, a)
         self._seg_decays = decays
         self._t = t + self._segment_time(k, b, a)

@@ -16,7 +16,8 @@ class LatencyModel:
 
     Defaults: an 8B model on one H100 (shared/specs/anchors-workloads-models.md section 4):
     prefill step ``max(prefill_floor, prefill_per_token * new) + attention_per_token2 * new * (cached + new/2)``;
-    decode step ``decode_floor + decode_per_seq * batch + decode_per_ctx_token * sum(context)``.
+    decode step ``decode_floor + decode_per_seq * batch + decode_per_ctx_token * sum(context)`` (with MoE the floor
+    is ``decode_floor_at(batch)``).
     ``attention_per_token2`` is 1.32 ns: section 4 derives ~0.66 ns * L**2 for the whole causal attention of
     a cold L-token prefill (44 ms at 8K, 0.7 s at 32K); in the ``new * (cached + new/2)`` form a cold
     prefill is ``L**2 / 2``, so the coefficient is twice that.
@@ -28,6 +29,22 @@ class LatencyModel:
     decode_floor: float = 5.6e-3
     decode_per_seq: float = 30e-6
     decode_per_ctx_token: float = 0.04e-6
+    # MoE (a profile's [moe]; 0: dense): a decode step reads only the experts its batch's tokens route to, so its
+    # weight read grows with the batch, from ``decode_floor`` at batch 1 to ``decode_floor_all_experts`` when every
+    # expert is read, following the expected share of distinct experts E * (1 - (1 - k/E)**B) / E
+    # (shared/specs/latency-profiles.md section 3). A prefill chunk reads every expert: its floor is unchanged.
+    moe_experts: int = 0
+    moe_experts_per_token: int = 0
+    decode_floor_all_experts: float = 0.0
+
+    def decode_floor_at(self, batch: int) -> float:
+        """The weight read of a decode step over ``batch`` sequences."""
+        e, k = self.moe_experts, self.moe_experts_per_token
+        if not (e and k and self.decode_floor_all_experts) or batch <= 1:
+            return self.decode_floor
+        miss = 1.0 - k / e  # a token's chance of not routing to a given expert
+        share = (1.0 - miss**batch - k / e) / (1.0 - k / e)  # 0 at batch 1, -> 1 as every expert is read
+        return self.decode_floor + (self.decode_floor_all_experts - self.decode_floor) * share
 
 
 @dataclass(frozen=True)

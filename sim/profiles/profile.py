@@ -23,7 +23,9 @@ from typing import Any
 from sim.engine.types import LatencyModel, SchedulerConfig
 from sim.profiles.capacity import CapacityError, ModelShape, kv_bytes_per_token, kv_capacity_tokens, weight_bytes
 
-LATENCY_KEYS = tuple(f.name for f in fields(LatencyModel))
+# the six coefficients of a profile's [latency] table (LatencyModel's other fields come from [moe])
+LATENCY_KEYS = ("prefill_floor", "prefill_per_token", "attention_per_token2", "decode_floor", "decode_per_seq",
+                "decode_per_ctx_token")
 BASIS_TAGS = ("V", "D", "I")  # verified in a source, derived by arithmetic, inferred (shared/specs/latency-profiles.md)
 NO_CHUNKING = -1  # ``chunked_prefill_size = -1`` disables chunking, as SGLang's flag does
 
@@ -70,13 +72,16 @@ class Profile:
     shape: ModelShape | None = None
     experts: int = 0  # MoE routed experts (0: dense)
     experts_per_token: int = 0  # MoE top-k
+    decode_floor_all_experts: float = 0.0  # MoE: a decode step's weight read once every expert is read (0: none)
 
     @property
     def basis(self) -> str:
         return f"[{self.provenance.basis}]"
 
     def latency_model(self) -> LatencyModel:
-        return LatencyModel(**{k: getattr(self, k) for k in LATENCY_KEYS})
+        moe = {"moe_experts": self.experts, "moe_experts_per_token": self.experts_per_token,
+               "decode_floor_all_experts": self.decode_floor_all_experts} if self.decode_floor_all_experts else {}
+        return LatencyModel(**{k: getattr(self, k) for k in LATENCY_KEYS}, **moe)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(chunked_prefill_size=self.chunked_prefill_size,
@@ -106,6 +111,8 @@ class Profile:
                                if getattr(self.shape, f.name) != f.default or f.name == "attention"}
         if self.experts:
             tables["moe"] = {"experts": self.experts, "experts_per_token": self.experts_per_token}
+            if self.decode_floor_all_experts:
+                tables["moe"]["decode_floor_all_experts"] = self.decode_floor_all_experts
         p = self.provenance
         tables["provenance"] = {"source": p.source, "date": p.date, "derivation": p.derivation, "basis": p.basis}
         lines = [f"{k} = {_toml_value(v)}" for k, v in top.items() if v is not None]
@@ -144,7 +151,7 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "kv": {"mem_fraction_static": (float, False), "bytes_per_token": (int, False), "capacity_tokens": (int, False)},
     "shape": {"layers": (int, True), "attention": (str, True), "kv_heads": (int, False), "head_dim": (int, False),
               "kv_lora_rank": (int, False), "qk_rope_head_dim": (int, False), "params_billions": (float, True)},
-    "moe": {"experts": (int, True), "experts_per_token": (int, True)},
+    "moe": {"experts": (int, True), "experts_per_token": (int, True), "decode_floor_all_experts": (float, False)},
     "provenance": {"source": (str, True), "date": (str, True), "derivation": (str, True), "basis": (str, True),
                    "residuals": (dict, False)},
 }
@@ -229,6 +236,9 @@ def profile_from_dict(data: Mapping[str, Any], origin: str = "profile") -> Profi
     for k in ("bytes_per_token", "capacity_tokens"):
         if k in kv and kv[k] < 1:
             raise ProfileError(f"{origin}: kv.{k} must be >= 1, got {kv[k]}")
+    if moe and moe.get("decode_floor_all_experts", 0.0) < 0:
+        raise ProfileError(f"{origin}: moe.decode_floor_all_experts must be >= 0, "
+                           f"got {moe['decode_floor_all_experts']}")
     if moe and not 1 <= moe["experts_per_token"] <= moe["experts"]:
         raise ProfileError(f"{origin}: moe.experts_per_token must be within [1, moe.experts = {moe['experts']}], "
                            f"got {moe['experts_per_token']}")
@@ -243,7 +253,8 @@ def profile_from_dict(data: Mapping[str, Any], origin: str = "profile") -> Profi
         kv_bytes_per_token=bytes_per_token, kv_capacity_tokens=capacity, provenance=provenance, **latency,
         chunked_prefill_size=None if chunk == NO_CHUNKING else chunk,
         max_prefill_tokens=sched.get("max_prefill_tokens", SchedulerConfig.max_prefill_tokens), shape=shape,
-        experts=moe.get("experts", 0), experts_per_token=moe.get("experts_per_token", 0))
+        experts=moe.get("experts", 0), experts_per_token=moe.get("experts_per_token", 0),
+        decode_floor_all_experts=moe.get("decode_floor_all_experts", 0.0))
 
 
 def profile_from_toml(text: str, origin: str = "profile") -> Profile:

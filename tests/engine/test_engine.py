@@ -320,3 +320,13 @@ def test_timings_are_ordinary_frozen_request_timings():
     assert dataclasses.astuple(t) == (1.5, t.start, t.first_token, t.finish, 100, 0, 3, 0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         t.finish = 0.0  # type: ignore[misc]
+
+
+def test_a_moe_decode_floor_grows_with_the_distinct_experts_a_batch_reads():
+    dense = LatencyModel()
+    moe = LatencyModel(decode_floor=0.004, moe_experts=64, moe_experts_per_token=4, decode_floor_all_experts=0.026)
+    assert [dense.decode_floor_at(b) for b in (1, 8, 256)] == [dense.decode_floor] * 3
+    floors = [moe.decode_floor_at(b) for b in (1, 2, 8, 32, 128, 1024)]
+    assert floors[0] == 0.004 and floors == sorted(floors) and floors[-1] == pytest.approx(0.026, rel=1e-6)
+    # batch 2 reads 4 + 4 * 60/64 experts on average, 7.75 of 64: (7.75 - 4) / (64 - 4) of the way up
+    assert floors[1] == pytest.approx(0.004 + 0.022 * 3.75 / 60)

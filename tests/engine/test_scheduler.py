@@ -356,7 +356,7 @@ class StepByStep:
         self.stats.prefill_time += duration
         self.stats.busy_time += duration
         if mixed:
-            self.stats.decode_stall_seconds += duration - (lat.decode_floor + decode_part) * slow
+            self.stats.decode_stall_seconds += duration - (lat.decode_floor_at(len(mixed)) + decode_part) * slow
         elif was_running:
             self.stats.decode_stall_seconds += duration
         self.forward = ("prefill", jobs, mixed)
@@ -673,7 +673,9 @@ def workloads(draw):
         max_running_requests=draw(st.integers(1, 8)),
         scheduler=sched,
         slowdown=draw(st.sampled_from([1.0, 2.5])),
-        latency=LatencyModel(decode_per_ctx_token=draw(st.sampled_from([0.04e-6, 0.0, 3e-4]))),
+        latency=LatencyModel(decode_per_ctx_token=draw(st.sampled_from([0.04e-6, 0.0, 3e-4])),
+                             **draw(st.sampled_from([{}, {"moe_experts": 16, "moe_experts_per_token": 2,
+                                                          "decode_floor_all_experts": 0.03}]))),
     )
     ops = []
     t = 0.0

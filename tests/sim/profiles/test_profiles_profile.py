@@ -59,6 +59,15 @@ def test_a_profile_derives_its_kv_from_the_shape_and_gives_a_latency_model():
     assert p.scheduler_config() == SchedulerConfig()  # SGLang's chunking defaults when [scheduler] is absent
 
 
+def test_a_moe_profile_gives_the_distinct_experts_decode_floor_and_a_dense_one_none():
+    moe = profile_from_dict(data(moe={"experts": 64, "experts_per_token": 4, "decode_floor_all_experts": 0.026}))
+    lat = moe.latency_model()
+    assert (lat.moe_experts, lat.moe_experts_per_token, lat.decode_floor_all_experts) == (64, 4, 0.026)
+    assert lat.decode_floor_at(1) == moe.decode_floor < lat.decode_floor_at(16) < 0.026
+    no_top = profile_from_dict(data(moe={"experts": 64, "experts_per_token": 4})).latency_model()
+    assert no_top.decode_floor_at(64) == no_top.decode_floor  # carried, but no floor to grow to
+
+
 def test_given_kv_numbers_win_over_the_derived_ones():
     p = profile_from_dict(data(kv={"bytes_per_token": 65_536, "capacity_tokens": 123_456}))
     assert (p.kv_bytes_per_token, p.kv_capacity_tokens) == (65_536, 123_456)
@@ -79,6 +88,7 @@ def test_chunked_prefill_minus_one_disables_chunking_as_sglang_does():
     {"kv": {"capacity_tokens": 1000}},
     {"kv": {"bytes_per_token": 1000, "capacity_tokens": 1000}, "shape": None},
     {"moe": {"experts": 64, "experts_per_token": 4}, "scheduler": {"chunked_prefill_size": -1}},
+    {"moe": {"experts": 64, "experts_per_token": 4, "decode_floor_all_experts": 0.026}},
     {"provenance": {"residuals": {"decode_floor": 0.03, "prefill_per_token": -0.01}}},
 ])
 def test_to_toml_round_trips(changes):
@@ -113,6 +123,8 @@ def test_read_profile_reads_a_file(tmp_path):
     ({"latency": {"decode_floor": -1.0}}, r"toy.toml: latency.decode_floor must be >= 0"),
     ({"provenance": {"basis": "X"}}, r"toy.toml: provenance.basis must be V, D, I or a mix like D/I, got 'X'"),
     ({"moe": {"experts": 4, "experts_per_token": 8}}, r"toy.toml: moe.experts_per_token must be within \[1, moe"),
+    ({"moe": {"experts": 4, "experts_per_token": 1, "decode_floor_all_experts": -0.1}},
+     r"toy.toml: moe.decode_floor_all_experts must be >= 0"),
     ({"shape": {"attention": "mla"}}, r"toy.toml: mla attention needs kv_lora_rank >= 1"),
     ({"shape": {"params_billions": 80.0}}, r"toy.toml: the weights do not fit: 149.0 GiB per GPU"),
     ({"tp": 0}, r"toy.toml: tp must be >= 1"),
