@@ -308,8 +308,9 @@ class LiveTransport(SessionClient):
             stats = [self._engine_stats(c) for c in [*self.retired[i], core]]
             merged = dict(stats[-1])
             merged["peak_kv_tokens"] = max(s["peak_kv_tokens"] for s in stats)
-            merged["evicted_tokens"] = sum(s["evicted_tokens"] for s in stats)
-            merged["busy_time"] = sum(s["busy_time"] for s in stats)
+            for key in ("evicted_tokens", "busy_time", "retractions", "recomputed_tokens", "decode_stall_seconds",
+                        "queue_seconds"):  # totals: every life of the worker counts
+                merged[key] = sum(s[key] for s in stats)
             merged["restarts"] = len(self.retired[i])
             out[core.name] = merged
         return out
