@@ -673,6 +673,10 @@ class IterationEngine:
         while recent[0][5] < horizon:
             recent.popleft()
 
+    def flush_cache(self) -> int:
+        """Drop every unlocked cached token (SGLang's ``/flush_cache``); return how many."""
+        return self.cache.flush()
+
     def used_tokens(self) -> int:
         """KV SGLang counts as used: locked tree plus KV outside the tree (decode tokens, prefills in flight)."""
         return self.cache.locked_tokens + self._private
