@@ -83,7 +83,9 @@ def test_run_external_against_a_running_chain(tiny, capsys):
     from sim.transports.http import HttpTransport
     from sim.workload.scenario import load_scenario
 
-    chain = HttpTransport(make_setup(load_scenario(str(tiny)), PolicyConfig("manual", "min_load"), True))
+    # workers answering at arrival: an iteration-level engine waits for a clock owner, which external agents lack
+    scenario = load_scenario(str(tiny)).replace(engine="arrival")
+    chain = HttpTransport(make_setup(scenario, PolicyConfig("manual", "min_load"), True))
     try:
         assert cli(["run", "--scenario", str(tiny), "--transport", "external", "--session-url", chain.session_url,
                     "--metrics-url", chain.metrics_url, "--json"]) == 0

@@ -17,7 +17,8 @@ TINY = Scenario(name="tiny", seed=3, workers=2, sessions=6, group_size=3, system
 @pytest.fixture(scope="module")
 def chain():
     """Workers, a manual/min_load gateway and a session server, kept up across runs as a user's would be."""
-    tr = HttpTransport(make_setup(TINY, PolicyConfig("manual", "min_load"), True))
+    # workers answering at arrival: an iteration-level engine waits for a clock owner, which external agents lack
+    tr = HttpTransport(make_setup(TINY.replace(engine="arrival"), PolicyConfig("manual", "min_load"), True))
     yield tr
     tr.close()
 
