@@ -10,7 +10,7 @@ first (their requests reach the engines, ``submit`` at that time), then the engi
 in the order they were scheduled (``ENGINE_PRIORITY`` sorts them after SimPy's normal events), and each finished
 request's answer is carried back through the gateway and the session server *inside* that wake-up, before any
 agent moves again. A request's holder decides what "carried back" means: in-process (``sim.transports.direct``)
-the rest of the request's step machine runs synchronously; over HTTP (``sim.transports.cosim_http``) the owner
+the rest of the request's step machine runs synchronously; over HTTP (``sim.transports.owner``) the owner
 waits until the held HTTP answers have reached their agents.
 
 An engine port is anything with ``next_event_time() -> float`` and ``advance(until) -> list[(handle, answer)]``;

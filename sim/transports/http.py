@@ -8,6 +8,11 @@ come from ``sim.transports.pool.stable_ports`` so that a run repeats exactly (th
 
 A dead worker (``sim.faults``) is a stopped worker server, started again on the same port when it recovers.
 
+Workers on the iteration-level engine follow the agents' SimPy clock (``bind_clock``, ``chat_steps``): its owner
+over HTTP is ``sim.transports.owner.ClockOwner``, which releases one request at a time and steps the workers through
+their ``/sim`` control endpoints, so the servers see what ``direct``'s cores see, in the same order. The requests a
+dying worker's engine holds are dropped one at a time (their connections reset) before its server stops.
+
 ``ExternalTransport`` talks to servers somebody else started: a session server URL, or a gateway URL
 (then a local session server is started in front of it), or both. The gateway keeps running between runs, so
 its counters are read before and after: ``gateway_metrics()`` is what this run added.
@@ -16,13 +21,17 @@ its counters are read before and after: ``gateway_metrics()`` is what this run a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Generator
 from typing import Any
 
 import httpx
+import simpy
 
+from sim.cosim import EngineClock
 from sim.measures import counter_increase
 from sim.real_smg import wait_ready
 from sim.transports.base import Reply, TransportError
+from sim.transports.owner import ClockOwner
 from sim.transports.pool import (
     Setup,
     gateway_argv,
@@ -64,6 +73,10 @@ class SessionClient:
             raise TransportError(f"{method} {path}: {type(e).__name__}: {e}") from e
         if count:
             self.client.count(r, count)
+        return self._reply_of(r)
+
+    @staticmethod
+    def _reply_of(r: httpx.Response) -> Reply:
         data: Any = {}
         if r.content:
             try:
@@ -72,15 +85,19 @@ class SessionClient:
                 data = {"error": r.text[:500]}
         return Reply(r.status_code, data)
 
+    def _chat_url(self, session_id: str) -> httpx.URL:
+        url = self._chat_urls.get(session_id)
+        if url is None:
+            path = f"/sessions/{session_id}/v1/chat/completions"
+            url = self._chat_urls[session_id] = httpx.URL(self.session_url + path)
+        return url
+
     def create_session(self) -> Reply:
         return self._call("POST", "/sessions", {})
 
     def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
         path = f"/sessions/{session_id}/v1/chat/completions"
-        url = self._chat_urls.get(session_id)
-        if url is None:
-            url = self._chat_urls[session_id] = httpx.URL(self.session_url + path)
-        return self._call("POST", path, body, count=CHAT_HOP, url=url)
+        return self._call("POST", path, body, count=CHAT_HOP, url=self._chat_url(session_id))
 
     def get_session(self, session_id: str) -> Reply:
         return self._call("GET", f"/sessions/{session_id}", count=VIEW_HOP)
@@ -140,13 +157,19 @@ class HttpTransport(SessionClient):
                           "direct", RuntimeWarning, stacklevel=2)
         self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
         self.workers = [c.name for c in self.worker_cores]
-        self._worker_app = worker_app
         self._worker_servers: list[ThreadServer] = []
         self.session_core: Any = None
+        self.owner: ClockOwner | None = None  # the co-simulated clock's owner, for iteration-level engines
         try:
+            if any(c.iteration for c in self.worker_cores):
+                self.owner = ClockOwner(self.workers, label=CHAT_HOP)
+            owner_url = self.owner.arrivals_url if self.owner is not None else None
+            self._worker_app = lambda core: worker_app(core, owner_url=owner_url)
             for core, port in zip(self.worker_cores, ports, strict=True):
-                self._worker_servers.append(self._start(worker_app(core), port))
+                self._worker_servers.append(self._start(self._worker_app(core), port))
             self.worker_urls = urls_of(ports)
+            if self.owner is not None:
+                self.owner.worker_urls = self.worker_urls
             metrics_port = free_port()
             self.metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
             gw = self._start(gateway_app(gateway_argv(setup, self.worker_urls), metrics_port))
@@ -160,6 +183,8 @@ class HttpTransport(SessionClient):
             super().__init__(ss.url)
         except BaseException:
             self._stop_all()
+            if self.owner is not None:
+                self.owner.close()
             raise
 
     def _start(self, app: Any, port: int | None = None) -> ThreadServer:
@@ -181,26 +206,73 @@ class HttpTransport(SessionClient):
     def gateway_metrics(self) -> str:
         return _get_text(self.metrics_url)
 
+    # ---- the co-simulated clock (sim.cosim, sim.transports.owner) ------------------------------
+
+    def bind_clock(self, env: simpy.Environment) -> EngineClock | None:
+        """Put the iteration-level engines under ``env``'s clock; None when every worker answers at arrival (the
+        agents then call ``chat``, which is answered at once)."""
+        return self.owner.bind(env) if self.owner is not None else None
+
+    def chat_steps(self, session_id: str, body: dict[str, Any]) -> Generator[simpy.Event, Any, Reply]:
+        """One turn as SimPy steps (``DirectTransport.chat_steps``'s contract): none when it is answered at once,
+        else a wait until the engine holding it finished it and its answer came back."""
+        if self.owner is None:
+            return self.chat(session_id, body)
+        return (yield from self.owner.steps(self._post_chat(self._chat_url(session_id), _dumps(body))))
+
+    async def _post_chat(self, url: httpx.URL, content: bytes) -> Reply:
+        assert self.owner is not None
+        pool = self.owner.pool
+        try:
+            r = await pool.fetch("POST", url, _JSON, content)
+        except httpx.HTTPError as e:
+            raise TransportError(f"POST {url.path}: {type(e).__name__}: {e}") from e
+        pool.count(r)
+        return self._reply_of(r)
+
+    def chat(self, session_id: str, body: dict[str, Any]) -> Reply:
+        """A turn answered at once; with iteration-level engines only if no engine holds it (else TransportError:
+        run the agents under the co-simulated clock, ``chat_steps``)."""
+        if self.owner is None:
+            return super().chat(session_id, body)
+        steps = self.chat_steps(session_id, body)
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        steps.close()
+        raise TransportError("an engine holds the request: with iteration-level engines drive chat_steps")
+
     # sim.faults.FaultTarget
     def fault_cores(self) -> list[Any]:
         return list(self.worker_cores)
 
     def set_worker_dead(self, index: int, dead: bool) -> None:
-        """Stop the worker's server (its port then refuses connections) or start it again on the same port."""
+        """Stop the worker's server (its port then refuses connections) or start it again on the same port. The
+        requests its engine holds die with it first: each connection dropped, each request released again (the
+        gateway retries it elsewhere or fails the turn), as ``direct`` does."""
         old = self._worker_servers[index]
         if dead:
+            if self.owner is not None:
+                self.owner.worker_died(index)
             old.stop()
             self.servers.remove(old)
         else:
             self._worker_servers[index] = self._start(self._worker_app(self.worker_cores[index]), old.port)
+            if self.owner is not None:
+                self.owner.worker_restarted(index)
 
     def worker_stats(self) -> dict[str, dict[str, Any]]:
         return {c.name: self._engine_stats(c) for c in self.worker_cores}
 
     def close(self) -> None:
         try:
+            if self.owner is not None:
+                self.owner.abort_all()  # a held request would keep its worker's server from stopping
             self._stop_all()
         finally:
+            if self.owner is not None:
+                self.owner.close()  # after the servers: they closed its connections first
             if hasattr(self, "client"):
                 super().close()  # after the session server: it closed the agent's connection first
 

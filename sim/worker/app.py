@@ -10,7 +10,22 @@ Routes (SGLang's names; what the real SMG gateway probes is in specs/smg-live-ob
 Time: a body with ``sim_time`` is answered at once with its modelled timeline. Without it (live
 time) the core's clock is ``(wall seconds since the app was made) * speedup`` and the answer is
 held until the modelled finish (stream events until their own modelled times), i.e. the modelled
-latency divided by ``speedup``.
+latency divided by ``speedup``. The first inference request sets the app's time (``app.state.mode``).
+
+With the iteration-level engine (``WorkerCore.iteration``) a request's answer waits until the engine finishes it
+(DESIGN.md "Time"); the handler holds it on a future keyed by the engine's handle:
+
+- virtual time: the clock's owner (``sim.transports.owner``) steps the engine. The handler reports the arrival
+  (``POST owner_url`` ``{"worker", "handle", "next_event_time"}``) before it waits; the owner's control endpoints,
+  which exist only in virtual time and only for loopback clients: ``POST /sim/advance`` ``{"until": t}`` runs the
+  engine to ``t`` and releases the finished answers (``{"finished": [handles], "next_event_time": t | null}``, null:
+  idle); ``POST /sim/abort`` drops what the engine holds, as a dying server (``{"aborted": [handles]}``), and
+  ``POST /sim/drop`` ``{"handles": [...]}`` then closes those requests' connections, one call per request so
+  that the owner can follow each one's retry.
+- live time: a task started with the first live request steps the engine on the scaled wall clock: it sleeps
+  until the engine's next event (woken early by a new request), advances the engine to now and releases the
+  finished answers. An answer is released at (or just after) its modelled finish, so the wait for its finish is
+  over and the stream events, all due by then, go out at once.
 
 Bad input (malformed JSON, wrong types, bodies over ``max_payload_size``) gets a 4xx JSON error.
 """
@@ -19,11 +34,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
@@ -34,9 +54,14 @@ from sim.worker.core import WorkerCore
 from sim.worker.reply import Reply, error_body
 from testbed_common import fastjson, vtime
 from testbed_common.asgi_fastpath import FastPathApp
+from testbed_common.loopback import is_loopback
 from testbed_common.procs import ThreadServer
 
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
+REPORT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# the report client's sockets reset when it closes first: no TIME_WAIT on its ephemeral port (procs.polling_client)
+_RESET_ON_CLOSE = (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+log = logging.getLogger(__name__)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -76,20 +101,115 @@ class LiveClock:
             await asyncio.sleep(delay)
 
 
+class Dropped(Exception):
+    """The worker died with the request (``/sim/drop``): its connection is closed without an answer."""
+
+
+class HeldRequests:
+    """The requests an iteration-level engine holds, each a future its handler waits on, keyed by the handle."""
+
+    def __init__(self) -> None:
+        self._futures: dict[int, asyncio.Future[Reply]] = {}
+
+    def hold(self, handle: int) -> asyncio.Future[Reply]:
+        fut = self._futures[handle] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def release(self, replies: list[Reply]) -> list[int]:
+        """Hand each finished request's answer to its handler; their handles, in finish order."""
+        out = []
+        for r in replies:
+            assert r.pending is not None
+            fut = self._futures.pop(r.pending, None)
+            if fut is not None and not fut.done():
+                fut.set_result(r)
+            out.append(r.pending)
+        return out
+
+    def drop(self, handles: list[int]) -> None:
+        for h in handles:
+            fut = self._futures.pop(h, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(Dropped())
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
+class LiveStepper:
+    """Live time: steps the iteration-level engine on the scaled wall clock (module docstring)."""
+
+    def __init__(self, core: WorkerCore, clock: LiveClock, held: HeldRequests) -> None:
+        self.core, self.clock, self.held = core, clock, held
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def submitted(self) -> None:
+        """A request reached the engine: start stepping if not yet, and look at the engine's next event again."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            t = self.core.next_event_time()
+            delay = math.inf if t == math.inf else (t - self.clock.now()) / self.clock.speedup
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), None if delay == math.inf else delay)
+                self._wake.clear()
+                continue
+            self.held.release(self.core.advance(self.core.now(self.clock.now())))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _drop_connection(request: Request) -> bool:
+    """Reset the request's TCP connection at once, as a dying server does: the client sees a transport failure, not
+    an answer. uvicorn's ``send`` (what a fast route's ``Request`` is given) is its request cycle's bound method, whose
+    ``transport`` is the connection; False when there is none (an in-process ASGI client)."""
+    transport = getattr(getattr(request._send, "__self__", None), "transport", None)
+    if transport is None:
+        return False
+    transport.abort()
+    return True
+
+
 def create_app(
     core: WorkerCore,
     *,
     speedup: float = 1.0,
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
     on_exit: Callable[[], None] | None = None,
+    owner_url: str | None = None,
 ) -> FastAPI:
     """The FastAPI app of one worker. ``on_exit`` is what the ``exit`` fault calls (the CLI stops
-    this worker's server); without it the ``exit`` fault is refused."""
-    app = FastPathApp(title=f"mock SGLang worker {core.name}", docs_url=None, redoc_url=None, openapi_url=None)
+    this worker's server); without it the ``exit`` fault is refused. ``owner_url``: where a virtual-time request
+    held by the iteration-level engine is reported (the co-simulated clock's owner); None reports nothing."""
     clock = LiveClock(speedup)
+    held = HeldRequests()
+    stepper = LiveStepper(core, clock, held)
+    reporter: list[httpx.AsyncClient] = []  # made on first use, on the server's loop
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await stepper.stop()
+        for client in reporter:
+            await client.aclose()
+
+    app = FastPathApp(title=f"mock SGLang worker {core.name}", docs_url=None, redoc_url=None, openapi_url=None,
+                      lifespan=lifespan)
     app.state.core = core
     app.state.clock = clock
     app.state.on_exit = on_exit
+    app.state.held = held
+    app.state.mode = None  # "virtual" or "live": the time of the first inference request
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -134,13 +254,47 @@ def create_app(
             raise _BadBody(400, "sim_time must be a finite non-negative number")
         return t
 
+    async def report(handle: int) -> None:
+        """Tell the clock's owner that the engine holds ``handle`` now (virtual time)."""
+        if owner_url is None:
+            return
+        if not reporter:
+            transport = httpx.AsyncHTTPTransport(socket_options=[_RESET_ON_CLOSE])
+            reporter.append(httpx.AsyncClient(timeout=REPORT_TIMEOUT, trust_env=False, transport=transport))
+        t = core.next_event_time()
+        body = {"worker": core.name, "handle": handle, "next_event_time": None if t == math.inf else t}
+        try:
+            r = await reporter[0].post(owner_url, content=_dumps(body), headers={"content-type": "application/json"})
+            if r.status_code >= 300:
+                log.warning("worker %s: the clock's owner refused arrival %s: %s", core.name, handle, r.text[:200])
+        except httpx.HTTPError as e:  # the owner then times out waiting, and says so
+            log.warning("worker %s: arrival %s not reported to %s: %s", core.name, handle, owner_url, e)
+
     async def serve(route: str, request: Request) -> Response:
         try:
             body = await read_json(request)
         except _BadBody as e:
             return _error(e.status, str(e))
+        mode = "virtual" if isinstance(body, dict) and body.get(vtime.SIM_TIME_FIELD) is not None else "live"
+        if app.state.mode is None:
+            app.state.mode = mode
+        elif core.iteration and mode != app.state.mode:  # one clock steps the engine: it cannot follow both
+            return _error(400, f"worker {core.name} serves {app.state.mode} time (its first request's); a "
+                               f"{mode}-time request cannot join its engine")
         received = clock.now()
         reply = core.infer(route, body, received)
+        if reply.pending is not None and reply.timing is None:  # the engine holds it (iteration-level)
+            fut = held.hold(reply.pending)
+            if reply.virtual:
+                await report(reply.pending)
+            else:
+                stepper.submitted()
+            try:
+                reply = await fut
+            except Dropped:
+                if _drop_connection(request):
+                    await request.receive()  # until uvicorn has seen the connection go: nothing is sent then
+                return _error(500, f"worker {core.name} died with this request")  # only an ASGI test client reads it
         # live time: hold each part until its modelled time, counted from this request's arrival (the
         # core's clock may be ahead of the wall clock if the worker also served virtual-time requests)
         offset = received - reply.timing.arrival if reply.timing is not None else 0.0
@@ -224,6 +378,50 @@ def create_app(
             asyncio.get_running_loop().call_later(0.05, app.state.on_exit)
         return json_response(status, out)
 
+    def control_refusal(request: Request) -> Response | None:
+        """The control endpoints serve the clock's owner alone: virtual time, loopback clients."""
+        if request.client is None or not is_loopback(request.client.host):
+            return _error(403, "the /sim control endpoints answer loopback clients only")
+        if app.state.mode == "live":
+            return _error(409, f"worker {core.name} serves live time: its engine steps on the wall clock, and the "
+                               "/sim control endpoints exist only in virtual time")
+        return None
+
+    @app.post("/sim/advance")
+    async def sim_advance(request: Request) -> Response:
+        if (refused := control_refusal(request)) is not None:
+            return refused
+        try:
+            body = await read_json(request)
+        except _BadBody as e:
+            return _error(e.status, str(e))
+        until = body.get("until") if isinstance(body, dict) else None
+        if isinstance(until, bool) or not isinstance(until, int | float) or not 0 <= until < math.inf:
+            return _error(400, 'expected {"until": t}, t a finite non-negative number of virtual seconds', "until")
+        finished = held.release(core.advance(float(until)))
+        t = core.next_event_time()
+        return json_response(200, {"finished": finished, "next_event_time": None if t == math.inf else t})
+
+    @app.post("/sim/abort")
+    async def sim_abort(request: Request) -> Response:
+        if (refused := control_refusal(request)) is not None:
+            return refused
+        return json_response(200, {"aborted": core.abort_pending()})
+
+    @app.post("/sim/drop")
+    async def sim_drop(request: Request) -> Response:
+        if (refused := control_refusal(request)) is not None:
+            return refused
+        try:
+            body = await read_json(request)
+        except _BadBody as e:
+            return _error(e.status, str(e))
+        handles = body.get("handles") if isinstance(body, dict) else None
+        if not isinstance(handles, list) or not all(type(h) is int for h in handles):
+            return _error(400, 'expected {"handles": [int, ...]}', "handles")
+        held.drop(handles)
+        return json_response(200, {"dropped": handles})
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await serve("chat", request)
@@ -250,7 +448,8 @@ def _to_float(raw: str) -> float | None:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    core: WorkerCore, *, speedup: float = 1.0, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE, port: int | None = None
+    core: WorkerCore, *, speedup: float = 1.0, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+    port: int | None = None, owner_url: str | None = None,
 ) -> Iterator[ThreadServer]:
     """Serve one worker with uvicorn in a background thread on loopback (tests, the ``http`` transport,
     the demo); stopped when the block ends. The ``exit`` fault stops this server."""
@@ -260,7 +459,8 @@ def serve_in_thread(
         holder[0].server.should_exit = True
 
     server = ThreadServer(
-        create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit), port=port
+        create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit, owner_url=owner_url),
+        port=port,
     )
     holder.append(server)
     with server:

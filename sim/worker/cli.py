@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-max-tokens", type=int, default=64, help="output length when a request gives none")
     p.add_argument("--context-length", type=int, default=1 << 20)
     p.add_argument("--speedup", type=float, default=1.0, help="live time runs this many times faster than wall time")
+    p.add_argument("--engine", choices=("arrival", "iteration"), default="arrival",
+                   help="arrival: each timeline computed at arrival (default); iteration: SGLang's scheduler, "
+                        "stepped on the wall clock in live time")
     p.add_argument("--max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD_SIZE, help="largest body, bytes")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 500")
     p.add_argument(
@@ -90,6 +93,7 @@ def make_cores(args: argparse.Namespace) -> list[WorkerCore]:
             max_running_requests=args.max_running_requests,
             latency=latency,
             slowdown=args.slowdown,
+            engine=args.engine,
         )
         faults = Faults(fail_rate=args.fail_rate, rollback_fail_rate=args.rollback_fail_rate, unhealthy=args.unhealthy)
         cores.append(
@@ -156,7 +160,7 @@ async def serve(args: argparse.Namespace, socks: Sequence[socket.socket]) -> int
             port=args.port + i,
             log_level=args.log_level,
             access_log=False,
-            lifespan="off",
+            lifespan="on",  # the app's lifespan stops its engine's live stepping task
             timeout_graceful_shutdown=2,
             **UVICORN_DEFAULTS,
         )

@@ -594,3 +594,132 @@ def test_live_request_after_virtual_ones_waits_only_its_own_latency():
         assert r.status_code == 200
         sim = r.json()["sim"]
         assert sim["arrival"] >= 1e6
+
+
+# ---- the iteration-level engine: held answers, the /sim control endpoints, live stepping ----------------------------
+
+
+def iteration_core(latency: LatencyModel | None = None) -> WorkerCore:
+    cfg = WorkerConfig(name="w0", kv_capacity_tokens=100_000, latency=latency or LatencyModel(), engine="iteration")
+    return WorkerCore(cfg, seed=7)
+
+
+@contextlib.contextmanager
+def recording_owner() -> Iterator[tuple[str, list[dict]]]:
+    """A stand-in for the clock's owner: its arrivals endpoint keeps the reports."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from testbed_common.procs import ThreadServer
+
+    reports: list[dict] = []
+
+    async def arrivals(request: Request) -> Response:
+        reports.append(json.loads(await request.body()))
+        return Response(status_code=204)
+
+    with ThreadServer(Starlette(routes=[Route("/arrivals", arrivals, methods=["POST"])])) as server:
+        yield f"{server.url}/arrivals", reports
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_virtual_request_is_held_reported_and_answered_when_the_engine_is_advanced_past_its_finish():
+    """What the in-process core answers, byte for byte, once ``/sim/advance`` reaches the finish; not before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": "mock-model", "messages": [SYSTEM, USER], "max_tokens": 9, "sim_time": 0.5}
+    direct = iteration_core()
+    handle = direct.infer("chat", body).pending
+    first_event = direct.next_event_time()
+    (expected,) = direct.advance(1e9)
+    core = iteration_core()
+    with (recording_owner() as (owner_url, reports), serve_in_thread(core, owner_url=owner_url) as server,
+          httpx.Client(base_url=server.url, timeout=30.0, trust_env=False) as c, ThreadPoolExecutor(1) as pool):
+        answer = pool.submit(c.post, "/v1/chat/completions", json=body)
+        wait_for(lambda: reports)
+        assert reports == [{"worker": "w0", "handle": handle, "next_event_time": first_event}]
+        early = c.post("/sim/advance", json={"until": expected.timing.finish / 2}).json()
+        assert early["finished"] == [] and not answer.done()
+        late = c.post("/sim/advance", json={"until": expected.timing.finish}).json()
+        assert late == {"finished": [handle], "next_event_time": None}  # idle again
+        r = answer.result(timeout=10)
+    assert r.status_code == 200
+    assert r.content == fastjson.dumps(expected.body)
+    assert {k: r.headers[k] for k in expected.headers} == expected.headers
+
+
+def test_a_dying_worker_resets_the_connections_of_the_requests_its_engine_held():
+    """``/sim/abort`` empties the engine; ``/sim/drop`` then resets each held request's connection: the client sees a
+    transport failure (what the gateway counts as a failed connection), not an answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    core = iteration_core()
+    with (recording_owner() as (owner_url, reports), serve_in_thread(core, owner_url=owner_url) as server,
+          httpx.Client(base_url=server.url, timeout=30.0, trust_env=False) as c, ThreadPoolExecutor(1) as pool):
+        held = pool.submit(chat, c, [USER], max_tokens=8, sim_time=0.0)
+        wait_for(lambda: reports)
+        assert c.post("/sim/abort", json={}).json() == {"aborted": [reports[0]["handle"]]}
+        assert core.pending == 0
+        assert c.post("/sim/drop", json={"handles": [reports[0]["handle"]]}).status_code == 200
+        with pytest.raises(httpx.TransportError):
+            held.result(timeout=10)
+        assert c.get("/health").status_code == 200  # the server itself goes on until it is stopped
+
+
+@pytest.mark.parametrize("body,param", [({}, "until"), ({"until": -1}, "until"), ({"until": "inf"}, "until"),
+                                        ({"until": True}, "until")])
+def test_advance_needs_a_finite_non_negative_time(body, param):
+    with worker(iteration_core()) as c:
+        r = c.post("/sim/advance", json=body)
+    assert r.status_code == 400 and r.json()["param"] == param
+
+
+def test_control_endpoints_refuse_non_loopback_clients_and_live_time():
+    import asyncio
+
+    from sim.worker.app import create_app
+
+    async def control(app, client: tuple[str, int], live_first: bool) -> list[int]:
+        transport = httpx.ASGITransport(app=app, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://w") as c:
+            if live_first:
+                assert (await c.post("/v1/chat/completions", json={"messages": [USER], "max_tokens": 2})).is_success
+            return [(await c.post(f"/sim/{p}", json=b)).status_code
+                    for p, b in (("advance", {"until": 1.0}), ("abort", {}), ("drop", {"handles": []}))]
+
+    assert asyncio.run(control(create_app(make_core()), ("10.1.2.3", 40000), False)) == [403, 403, 403]
+    assert asyncio.run(control(create_app(make_core()), ("127.0.0.1", 40000), True)) == [409, 409, 409]
+    assert asyncio.run(control(create_app(make_core()), ("127.0.0.1", 40000), False)) == [200, 200, 200]
+
+
+def test_live_time_steps_the_iteration_engine_on_the_wall_clock():
+    """Concurrent live requests are answered by the engine stepping on the scaled wall clock: each not before its
+    modelled finish, a stream all at once then; virtual-time requests cannot join that engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow = LatencyModel(decode_floor=0.02)  # 20 output tokens: about 0.4 model seconds
+    with worker(iteration_core(slow), speedup=4.0) as c, ThreadPoolExecutor(3) as pool:
+        started = time.monotonic()
+        plain = [pool.submit(chat, c, [USER, {"role": "user", "content": f"task {i}"}], max_tokens=20)
+                 for i in range(2)]
+        streamed = pool.submit(chat, c, [SYSTEM], max_tokens=20, stream=True)
+        answers = [f.result(timeout=30) for f in plain]
+        elapsed = time.monotonic() - started
+        stream = streamed.result(timeout=30)
+        refused = chat(c, [USER], max_tokens=2, sim_time=0.0)
+        assert c.post("/sim/advance", json={"until": 1.0}).status_code == 409
+    assert all(r.status_code == 200 for r in answers)
+    sims = [r.json()["sim"] for r in answers]
+    assert all(s["arrival"] < s["first_token"] < s["finish"] for s in sims)
+    assert elapsed >= max(s["finish"] - s["arrival"] for s in sims) / 4.0 * 0.9
+    assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
+    assert refused.status_code == 400 and "live time" in refused.json()["message"]
+    assert c.core.pending == 0  # type: ignore[attr-defined]
