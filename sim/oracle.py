@@ -1,11 +1,17 @@
 """The reuse ceiling: one infinite radix cache that sees every request in order.
 
 ``oracle_reuse`` = cached / prompt tokens if all requests shared one unbounded cache. It follows
-the worker engine's visibility rules exactly (``sim.engine.core``): a prompt is matched at its
+the arrival-time engine's visibility rules exactly (``sim.engine.core``): a prompt is matched at its
 arrival against everything *finished* by then, at most ``prompt[:-1]`` (one token is always
 computed), and prompt + output enter the cache at the request's finish. A worker's cache only
-ever holds a subset of that, so no routing can beat it, and a single worker with unbounded KV
-reaches it exactly.
+ever holds a subset of that, so on that engine no routing can beat it, and a single worker with
+unbounded KV reaches it exactly.
+
+The iteration-level engine (the default, ``sim.engine.scheduler``) differs from it both ways, by little:
+SGLang caches prompt + output - 1 (the last sampled token has no KV), so a turn that continues its
+session's previous one finds one token less; and it matches a prompt when the request is *admitted*,
+which may be later than its arrival, so a request that queued finds what finished meanwhile (the
+oracle does not). A single unbounded worker comes within a fraction of a percent of it, on either side.
 
 The cache is a small append-only radix tree (``PrefixTree``) rather than the engine's
 ``RadixCache``: nothing is ever evicted, so it needs no LRU stamps, and it hands out cursors (where a

@@ -25,14 +25,24 @@ def without_transport(row: dict) -> dict:
 
 
 @pytest.mark.parametrize("transport", ["direct", "http"])
-def test_one_worker_with_unbounded_kv_reaches_the_oracle(transport):
-    # pinned to the arrival-time engine, whose reuse meets the oracle exactly; the iteration-level engine stays just
-    # under it here (kv_reuse 0.7703 vs oracle 0.7716, both transports alike), a question for the engine's tests
-    s = TINY.replace(workers=1, kv_capacity_tokens=None, engine="arrival")
-    row = run_setup(make_setup(s, MANUAL, True), transport)
+def test_one_worker_with_unbounded_kv_reaches_the_oracle_less_the_uncached_last_token(transport):
+    """The oracle caches prompt + output; SGLang (the iteration-level engine) leaves prompt + output - 1 (the last
+    sampled token never gets KV), so a request whose match reaches the end of its session's previous one finds
+    exactly one token less; every other match is the oracle's."""
+    s = TINY.replace(workers=1, kv_capacity_tokens=None)
+    seen: list = []
+    row = run_setup(make_setup(s, MANUAL, True), transport, on_request=seen.append)
     assert row["errors"] == 0 and row["requests"] > 40
-    assert row["kv_reuse"] == row["oracle_reuse"] > 0.5
+    assert all(r.oracle_cached - r.cached_tokens in (0, 1) for r in seen)
+    assert sum(r.oracle_cached - r.cached_tokens for r in seen) > len(seen) / 2  # most later turns lose that token
+    assert 0.5 < row["kv_reuse"] < row["oracle_reuse"]
     assert row["stickiness"] == 1.0
+
+
+def test_on_the_arrival_time_engine_one_worker_reaches_the_oracle_exactly():
+    row = run_setup(make_setup(TINY.replace(workers=1, kv_capacity_tokens=None, engine="arrival"), MANUAL, True),
+                    "direct")
+    assert row["kv_reuse"] == row["oracle_reuse"] > 0.5
 
 
 def test_bounded_kv_stays_under_the_oracle():
@@ -201,10 +211,12 @@ def test_direct_worker_urls_do_not_depend_on_ports_other_processes_hold():
 def test_kv_bound_makespan_is_set_by_kv_capacity():
     """kv-bound exists so that routing can move the rollout's makespan: with the same workload on an
     unbounded cache the step is much shorter (in kv-pressure it is not: tool time sets it there)."""
-    s = load_scenario("kv-bound").replace(engine="arrival")  # reuse == oracle: see the first test
+    s = load_scenario("kv-bound")
     bounded = run_setup(make_setup(s, MANUAL, True), "direct")
     unbounded = run_setup(make_setup(s.replace(kv_capacity_tokens=10**9), MANUAL, True), "direct")
-    assert unbounded["kv_reuse"] == pytest.approx(unbounded["oracle_reuse"])
+    # near the oracle's reuse: less the never-cached last tokens (see the first test), plus what a request queued
+    # behind KV admission finds at admission that finished after its arrival (the oracle matches at arrival)
+    assert unbounded["kv_reuse"] == pytest.approx(unbounded["oracle_reuse"], abs=0.005)
     assert unbounded["makespan"] < 0.9 * bounded["makespan"]
     assert bounded["kv_reuse"] < 0.8 * unbounded["kv_reuse"]
 
