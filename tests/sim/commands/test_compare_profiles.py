@@ -4,8 +4,13 @@ profile in the console, report.md and results.json."""
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
+
+import pytest
 
 from sim.cli import main as cli
+from sim.commands.compare import build_parser
 from sim.profiles.catalog import load_profile
 
 A, B = "glm-4.7-flash-h200-tp1", "qwen3-30b-a3b-h100-tp1"
@@ -71,3 +76,26 @@ def test_one_profile_leaves_the_rows_and_the_report_as_without_the_ranking(tiny,
 def test_the_same_profile_twice_is_a_usage_error(tiny, tmp_path, capsys):
     assert cli(["compare", "--scenario", str(tiny), "--profile", A, A, "--out", str(tmp_path / "out")]) == 2
     assert f"--profile names {A!r} twice" in capsys.readouterr().err
+
+
+def test_the_documented_two_profile_command_names_shipped_profiles_about_8x_apart_in_kv():
+    text = (Path(__file__).parents[3] / "docs" / "profiles.md").read_text()
+    command = text.split("## Comparing profiles", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    argv = shlex.split(command.replace("\\\n", " "), comments=True)
+    assert argv[:2] == ["smg-testbed", "compare"]
+    args = build_parser().parse_args(argv[2:])
+    assert args.scenario == "thrash" and args.profile == [A, B]
+    big, small = (load_profile(n).kv_capacity_tokens for n in args.profile)
+    assert 7 < big / small < 12
+
+
+@pytest.mark.slow
+def test_on_thrash_round_robin_goes_from_last_with_the_large_kv_to_first_with_the_small(tmp_path):
+    """docs/profiles.md's example with the scenario's one seed: the ranking turns over with the KV capacity."""
+    out = tmp_path / "out"
+    assert cli(["compare", "--scenario", "thrash", "--profile", A, B, "--out", str(out), "--jobs", "2",
+                "--no-plots", "--worst-worker", "off"]) == 0
+    ranking = json.loads((out / "results.json").read_text())["ranking_by_profile"]
+    change = next(ch for ch in ranking["changes"] if ch["configuration"] == "round_robin key=on")
+    assert change["ranks"] == {A: 6, B: 1}
+    assert f"round_robin key=on is 6th on {A} but 1st on {B}." in (out / "report.md").read_text()
