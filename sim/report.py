@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from sim.measures import ENGINE_TOTALS
+from sim.ranking import RANKED_BY, SHOWN_BESIDE, ranking_lines, rows_by_profile
 from sim.results import RESULTS_VERSION, provenance
 from sim.runner import public
 from sim.stats import by_configuration
@@ -65,8 +66,10 @@ def columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
 
 
 def config_name(row: dict[str, Any]) -> str:
+    """policy/mode, and ``@profile`` for a row run under one of several profiles (sim.ranking)."""
     mode = row.get("assignment_mode")
-    return f"{row['policy']}/{mode}" if mode else str(row["policy"])
+    name = f"{row['policy']}/{mode}" if mode else str(row["policy"])
+    return f"{name} @{row['profile']}" if row.get("profile") else name
 
 
 def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -313,8 +316,9 @@ def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]
 
 def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], plots: list[str],
                    command: str = "smg-testbed compare", summary: list[dict[str, Any]] | None = None,
-                   paired: list[dict[str, Any]] | None = None) -> Path:
-    """report.md; with ``summary`` of several seeds, means ± 95 % intervals and the paired differences in words."""
+                   paired: list[dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None) -> Path:
+    """report.md; with ``summary`` of several seeds, means ± 95 % intervals and the paired differences in words;
+    with the ``ranking`` of several profiles (sim.ranking), the findings per profile and "Ranking by profile"."""
     s = scenario
     seeds = summary is not None and several_seeds(runs)
     shown = mean_rows(runs, summary) if seeds and summary is not None else runs
@@ -334,8 +338,12 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
                  "work done twice after them; `decode stall s` time running requests waited for prefills; `queue` "
                  "arrival to first scheduling per request." if ENGINE_COLUMNS[0] in columns(runs) else ""), "",
               "## What it shows", ""]
-    lines += [f"- {f}" for f in findings(shown)]
+    for name, group in rows_by_profile(shown).items():
+        lines += [f"On `{name}`:", ""] if name is not None else []
+        lines += [f"- {f}" for f in findings(group)] + ([""] if name is not None else [])
     lines += [f"- Note: {n}" for n in notes(runs)]
+    if ranking is not None:
+        lines += ["", *ranking_markdown(ranking)]
     if summary is not None:
         lines += ["", "## Seeds", "", *[f"- {line}" for line in seed_lines(summary, paired)]]
     bl = branch_lines(runs)
@@ -356,6 +364,48 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# the ranking's measure, then those shown beside it, formatted as in the results table
+RANKING_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(next(c for c in COLUMNS if c[0] == key)
+                                                          for key in (RANKED_BY, *SHOWN_BESIDE))
+
+
+def _ranking_cells(entry: dict[str, Any]) -> list[str]:
+    return [str(entry["rank"]), entry["configuration"], str(len(entry["seeds"])),
+            *[_fmt(entry, k, f) for k, _, f in RANKING_COLUMNS]]
+
+
+def _ranking_title(profile: dict[str, Any], ranked_by: str) -> str:
+    cap = profile.get("kv_capacity_tokens")
+    kv = "" if "kv_capacity_tokens" not in profile else f", KV {cap:,} tokens per worker" if cap else ", KV unbounded"
+    return f"{profile['profile']}{kv}: ranked by mean {ranked_by}"
+
+
+def ranking_tables(ranking: dict[str, Any]) -> list[Table]:
+    """The console tables of ``sim.ranking.rank_by_profile``: one per profile."""
+    out = []
+    for p in ranking["profiles"]:
+        t = Table(title=_ranking_title(p, ranking["ranked_by"]))
+        for header in ("rank", "configuration", "seeds", *[h for _, h, _ in RANKING_COLUMNS]):
+            t.add_column(header, justify="left" if header == "configuration" else "right", no_wrap=True)
+        for entry in p["ranking"]:
+            t.add_row(*_ranking_cells(entry))
+        out.append(t)
+    return out
+
+
+def ranking_markdown(ranking: dict[str, Any]) -> list[str]:
+    """report.md's "Ranking by profile": a table per profile, then which configurations changed rank, in words."""
+    lines = ["## Ranking by profile", "",
+             "The configurations with the routing key, ranked on each profile by makespan (the mean over seeds), "
+             "with TTFT p99 and KV reuse beside.", ""]
+    for p in ranking["profiles"]:
+        lines += [f"### {_ranking_title(p, ranking['ranked_by'])}", "",
+                  "| " + " | ".join(["rank", "configuration", "seeds", *[h for _, h, _ in RANKING_COLUMNS]]) + " |",
+                  "|---:|---|" + "---:|" * (1 + len(RANKING_COLUMNS))]
+        lines += ["| " + " | ".join(_ranking_cells(entry)) + " |" for entry in p["ranking"]] + [""]
+    return lines + [f"- {line}" for line in ranking_lines(ranking)]
 
 
 # reference lines of reuse.png a row may carry (a replay's trace baselines, sim.replay.baselines): key, label, style

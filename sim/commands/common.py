@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sim.commands.gateway_flags import check_gateway_argv
 from sim.executors import requests_of, run_local, run_ray
+from sim.profiles.catalog import load_profile
 from sim.stats import by_configuration, paired_difference, parse_seeds
 from sim.transports.pool import Setup
 from sim.workload.scenario import Scenario, ScenarioError, load_scenario, parse_capacity
@@ -25,8 +26,15 @@ def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> N
                    help="seed for the workload, gateway, session ids and workers (default: the scenario's)")
 
 
-def add_profile_arg(p: argparse.ArgumentParser) -> None:
-    """``--profile``: the workers' hardware and model profile (sim.profiles), over the scenario's."""
+def add_profile_arg(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--profile``: the workers' hardware and model profile (sim.profiles), over the scenario's; with
+    ``several``, one or more (``profile_scenarios``)."""
+    if several:
+        p.add_argument("--profile", nargs="+", default=None, metavar="NAME|PATH",
+                       help="one or more shipped profiles (smg-testbed profiles) or profile TOMLs: every worker's "
+                            "latency coefficients and KV capacity (over the scenario's); with several, every "
+                            "configuration runs under each, and the report ranks the configurations per profile")
+        return
     p.add_argument("--profile", default=None, metavar="NAME|PATH",
                    help="a shipped profile (smg-testbed profiles) or a profile TOML: every worker's latency "
                         "coefficients and KV capacity (over the scenario's; --kv-capacity-tokens still wins)")
@@ -76,13 +84,33 @@ def paired_versus(rows: Sequence[dict[str, Any]], versus: str) -> list[dict[str,
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    """The scenario with ``--seed`` and ``--profile`` applied (the profile's capacity over the scenario's)."""
+    """The scenario with ``--seed`` and ``--profile`` applied (the profile's capacity over the scenario's; the first
+    of several profiles)."""
     s = load_scenario(args.scenario)
     if args.seed is not None:
         s = s.replace(seed=args.seed)
-    if getattr(args, "profile", None):
-        s = s.with_profile(args.profile)
+    profile = getattr(args, "profile", None)
+    if profile:
+        s = s.with_profile(profile if isinstance(profile, str) else profile[0])
     return s
+
+
+def profile_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """The scenario under each profile of ``--profile NAME|PATH [...]`` in order (the scenario alone without the
+    option); ScenarioError (one line) when two of them are the same profile."""
+    first = scenario_from_args(args)
+    profiles = args.profile or []
+    out = [first] + [first.with_profile(p) for p in profiles[1:]]
+    names = [profile_name(s) for s in out]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ScenarioError(f"--profile names {twice!r} twice: give each profile once")
+    return out
+
+
+def profile_name(scenario: Scenario) -> str | None:
+    """The name of the scenario's profile (a profile TOML's ``name``, not its path); None without one."""
+    return load_profile(scenario.profile).name if scenario.profile else None
 
 
 def add_override_args(p: argparse.ArgumentParser) -> None:
@@ -172,4 +200,5 @@ def fail(msg: str) -> int:
 
 __all__ = ["ScenarioError", "add_override_args", "add_profile_arg", "add_scenario_args", "add_seeds_arg",
            "apply_overrides", "check_gateway_flags", "console_for", "default_jobs", "fail", "paired_versus",
-           "resolve_configuration", "run_many", "scenario_from_args", "seeds_from_args"]
+           "profile_name", "profile_scenarios", "resolve_configuration", "run_many", "scenario_from_args",
+           "seeds_from_args"]

@@ -12,11 +12,17 @@ the mock gateway and the session server as real servers on loopback (the same ro
 per configuration (mean, standard deviation, 95 % interval of each measure) and ``paired`` differences by seed:
 each policy with the key against itself without it, or, with ``--versus CONFIG``, every configuration against
 CONFIG. The report says which differences are beyond seed noise (their interval excludes 0) and which are not.
+
+``--profile A B`` runs every configuration under each profile (the same scenario and seeds; each profile's
+latency model and KV capacity): rows carry ``profile`` and labels end in ``@<profile>``; the report ranks the
+configurations with the key by makespan per profile and says which changed rank (results.json:
+``ranking_by_profile``). Pairs (``--versus`` too) stay within one profile.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -34,17 +40,29 @@ from sim.commands.common import (
     default_jobs,
     fail,
     paired_versus,
+    profile_name,
+    profile_scenarios,
     resolve_configuration,
     run_many,
-    scenario_from_args,
     seeds_from_args,
 )
 from sim.live import add_live_args, live_problem, live_requested, live_setups
-from sim.report import findings, mean_rows, seed_lines, several_seeds, table, write_markdown, write_plots, write_results
+from sim.ranking import profile_label, rank_by_profile, ranking_lines, rows_by_profile
+from sim.report import (
+    findings,
+    mean_rows,
+    ranking_tables,
+    seed_lines,
+    several_seeds,
+    table,
+    write_markdown,
+    write_plots,
+    write_results,
+)
 from sim.runner import COMPARE_POLICIES, make_setup
 from sim.stats import paired_difference, summarize_configurations
 from sim.transports.pool import Setup
-from sim.workload.scenario import ScenarioError
+from sim.workload.scenario import Scenario, ScenarioError
 from sim.worst_worker import common_bin_seconds, worst_worker_lines
 
 
@@ -52,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p)
-    add_profile_arg(p)
+    add_profile_arg(p, several=True)
     add_seeds_arg(p)
     p.add_argument("--versus", default=None, metavar="CONFIG",
                    help="pair every configuration with CONFIG, e.g. 'round_robin key=off' (default: each policy "
@@ -92,42 +110,68 @@ def bin_seconds(text: str) -> float | str | None:
 
 
 def key_pairs(setups: Sequence[Setup]) -> list[tuple[str, str]]:
-    """(key on, key off) labels of every policy run both ways: the routing key's effect."""
+    """(key on, key off) labels of every policy run both ways (under the same profile): the routing key's effect."""
     labels = list(dict.fromkeys(s.label for s in setups))
-    return [(on, on.removesuffix("key=on") + "key=off") for on in labels
-            if on.endswith("key=on") and on.removesuffix("key=on") + "key=off" in labels]
+    return [(on, on.replace(" key=on", " key=off", 1)) for on in labels
+            if " key=on" in on and on.replace(" key=on", " key=off", 1) in labels]
 
 
 def paired(rows: Sequence[dict[str, Any]], setups: Sequence[Setup], versus: str | None) -> list[dict[str, Any]]:
-    if versus is not None:
-        return paired_versus(rows, versus)
-    return [paired_difference(rows, on, off) for on, off in key_pairs(setups)]
+    """The paired differences: each configuration against ``versus`` under the same profile, else key on - off."""
+    if versus is None:
+        return [paired_difference(rows, on, off) for on, off in key_pairs(setups)]
+    return [pair for name, group in rows_by_profile(rows).items()
+            for pair in paired_versus(group, versus if name is None else profile_label(versus, name))]
+
+
+def profile_setups(scenarios: Sequence[Scenario], seeds: Sequence[int]) -> list[tuple[Setup, str | None]]:
+    """Every configuration under each scenario (one per profile) and seed, with its profile's name (None for one
+    scenario: labels as without profiles)."""
+    out = []
+    for scenario in scenarios:
+        name = profile_name(scenario) if len(scenarios) > 1 else None
+        for pc in COMPARE_POLICIES:
+            for key in (True, False):
+                for seed in seeds:
+                    setup = make_setup(scenario.replace(seed=seed), pc, key, seed)
+                    out.append((setup if name is None else
+                                dataclasses.replace(setup, label=profile_label(setup.label, name)), name))
+    return out
+
+
+def kv_capacity_text(scenarios: Sequence[Scenario]) -> str:
+    """Each profile's KV capacity per worker, for the report's header line."""
+    return " / ".join(f"{s.kv_capacity_tokens:,} ({profile_name(s)})" if s.kv_capacity_tokens
+                      else f"unbounded ({profile_name(s)})" for s in scenarios)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = console_for()
     try:
-        scenario = scenario_from_args(args)
-        seeds = seeds_from_args(args, scenario)
+        scenarios = profile_scenarios(args)
+        seeds = seeds_from_args(args, scenarios[0])
     except (ScenarioError, ValueError) as e:
         return fail(str(e))
     if args.jobs is not None and args.jobs < 1:
         return fail("--jobs must be >= 1")
     if problem := live_problem(args):
         return fail(problem)
+    scenario, several = scenarios[0], len(scenarios) > 1
     out = Path(args.out or f"results/compare-{scenario.name}")
-    setups = [make_setup(scenario.replace(seed=seed), pc, key, seed)
-              for pc in COMPARE_POLICIES for key in (True, False) for seed in seeds]
+    pairs_of = profile_setups(scenarios, seeds)
+    setups, profiles = [s for s, _ in pairs_of], [name for _, name in pairs_of]
     try:
-        versus = None if args.versus is None else resolve_configuration(args.versus, [s.label for s in setups])
+        versus = None if args.versus is None else resolve_configuration(
+            args.versus, [s.label.removesuffix(f" @{name}") if name else s.label for s, name in pairs_of])
     except ValueError as e:
         return fail(str(e))
     transport, jobs = args.transport, args.jobs or default_jobs()
     if live_requested(args):  # --gateway smg / --live: live time, one run at a time (sim.live)
         setups, transport, jobs = live_setups(args, setups), "live", args.jobs or 1
-    console.print(f"compare: scenario [bold]{scenario.name}[/bold], {len(setups)} runs over "
-                  f"[bold]{transport}[/bold]" + (f" ({args.gateway}, x{args.speedup:g})" if transport == "live" else "")
+    console.print(f"compare: scenario [bold]{scenario.name}[/bold], {len(setups)} runs"
+                  + (f" ({len(scenarios)} profiles)" if several else "") + f" over [bold]{transport}[/bold]"
+                  + (f" ({args.gateway}, x{args.speedup:g})" if transport == "live" else "")
                   + (f", seeds {args.seeds}" if len(seeds) > 1 else f", seed {setups[0].seed}"))
     t0 = time.perf_counter()
     try:
@@ -135,11 +179,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, OSError) as e:  # a live gateway process that did not come up, a port or server failure
         return fail(str(e))
     wall = time.perf_counter() - t0
+    if several:
+        rows = [{"label": r["label"], "profile": name, **r} for r, name in zip(rows, profiles, strict=True)]
     summary, pairs = summarize_configurations(rows), paired(rows, setups, versus)
     console.print(table(rows, title=f"{scenario.name}: {rows[0]['sessions']} sessions, "
                                     f"{scenario.workers} workers ({transport})", summary=summary))
-    for f in findings(mean_rows(rows, summary) if several_seeds(rows) else rows):
-        console.print(f"  - {f}")
+    for name, group in rows_by_profile(mean_rows(rows, summary) if several_seeds(rows) else rows).items():
+        if name is not None:
+            console.print(f"on [bold]{escape(name)}[/bold]:")
+        for f in findings(group):
+            console.print(f"  - {escape(f)}")
+    ranking = rank_by_profile(rows, {profile_name(s): s.kv_capacity_tokens for s in scenarios}) if several else None
+    if ranking is not None:
+        for t in ranking_tables(ranking):
+            console.print(t)
+        for line in ranking_lines(ranking):
+            console.print(f"  - {escape(line)}")
     for line in seed_lines(summary, pairs):
         console.print(f"  - {line}")
     if args.worst_worker is not None:
@@ -147,9 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"worst worker's hit rate (%) per {width:g} s of virtual time, and makespan:")
         for line in worst_worker_lines(rows, [r["_meta"]["hits"] for r in rows], width):
             console.print(f"  - {escape(line)}")
-    results = write_results(out, scenario.to_dict(), rows, seeds=seeds, summary=summary, paired=pairs)
+    by_profile = {"profiles": [{"name": profile_name(s), "profile": s.profile, "kv_capacity_tokens":
+                                s.kv_capacity_tokens} for s in scenarios],
+                  "ranking_by_profile": ranking} if several else {}
+    results = write_results(out, scenario.to_dict(), rows, seeds=seeds, summary=summary, paired=pairs, **by_profile)
     plots = [] if args.no_plots else write_plots(out, rows, summary)
-    report = write_markdown(out, scenario.to_dict(), rows, plots, summary=summary, paired=pairs)
+    shown = {**scenario.to_dict(), "kv_capacity_tokens": kv_capacity_text(scenarios)} if several \
+        else scenario.to_dict()
+    report = write_markdown(out, shown, rows, plots, summary=summary, paired=pairs, ranking=ranking)
     errors = sum(r["errors"] for r in rows)
     console.print(f"wrote {results}, {report}" + (f", {len(plots)} plots" if plots else "")
                   + f" in {wall:.1f}s wall")
