@@ -276,11 +276,16 @@ def create_app(
         except _BadBody as e:
             return _error(e.status, str(e))
         mode = "virtual" if isinstance(body, dict) and body.get(vtime.SIM_TIME_FIELD) is not None else "live"
-        if app.state.mode is None:
-            app.state.mode = mode
-        elif core.iteration and mode != app.state.mode:  # one clock steps the engine: it cannot follow both
+        if core.iteration and app.state.mode not in (None, mode):  # one clock steps the engine: not both
             return _error(400, f"worker {core.name} serves {app.state.mode} time (its first request's); a "
                                f"{mode}-time request cannot join its engine")
+        if mode == "virtual" and core.iteration and owner_url is None:  # nobody would ever advance its engine
+            return _error(400, f"worker {core.name} runs the iteration-level engine, which answers a virtual-time "
+                               "request only when the co-simulated clock's owner advances it (smg-testbed's http "
+                               "transport); for other clients start the worker with --engine arrival, or send "
+                               "live-time requests (no sim_time)")
+        if app.state.mode is None:
+            app.state.mode = mode
         received = clock.now()
         reply = core.infer(route, body, received)
         if reply.pending is not None and reply.timing is None:  # the engine holds it (iteration-level)

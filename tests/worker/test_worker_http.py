@@ -723,3 +723,12 @@ def test_live_time_steps_the_iteration_engine_on_the_wall_clock():
     assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
     assert refused.status_code == 400 and "live time" in refused.json()["message"]
     assert c.core.pending == 0  # type: ignore[attr-defined]
+
+
+def test_an_iteration_worker_without_a_clock_owner_refuses_virtual_time_at_once():
+    """Nobody would advance its engine: a clear 400 naming the ways out, not a request held forever."""
+    core = iteration_core()
+    with worker(core) as c:
+        r = chat(c, [USER], max_tokens=4, sim_time=0.0)
+        assert r.status_code == 400 and "--engine arrival" in r.json()["message"] and core.pending == 0
+        assert chat(c, [USER], max_tokens=4).status_code == 200  # live time steps the engine on the wall clock
