@@ -17,7 +17,7 @@ from sim.executors import requests_of, run_local, run_ray
 from sim.profiles.catalog import load_profile
 from sim.stats import by_configuration, paired_difference, parse_seeds
 from sim.transports.pool import Setup
-from sim.workload.scenario import Scenario, ScenarioError, load_scenario, parse_capacity
+from sim.workload.scenario import ENGINES, Scenario, ScenarioError, load_scenario, parse_capacity
 
 
 def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> None:
@@ -28,7 +28,11 @@ def add_scenario_args(p: argparse.ArgumentParser, default: str = "default") -> N
 
 def add_profile_arg(p: argparse.ArgumentParser, several: bool = False) -> None:
     """``--profile``: the workers' hardware and model profile (sim.profiles), over the scenario's; with
-    ``several``, one or more (``profile_scenarios``)."""
+    ``several``, one or more (``profile_scenarios``). Also ``--engine``, the workers' engine model."""
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="the workers' engine, over the scenario's workers.engine: iteration (SGLang's scheduler, "
+                        "the default) or arrival (each timeline computed at arrival: faster, no preemption; the "
+                        "model of results_version <= 2)")
     if several:
         p.add_argument("--profile", nargs="+", default=None, metavar="NAME|PATH",
                        help="one or more shipped profiles (smg-testbed profiles) or profile TOMLs: every worker's "
@@ -84,11 +88,13 @@ def paired_versus(rows: Sequence[dict[str, Any]], versus: str) -> list[dict[str,
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    """The scenario with ``--seed`` and ``--profile`` applied (the profile's capacity over the scenario's; the first
-    of several profiles)."""
+    """The scenario with ``--seed``, ``--engine`` and ``--profile`` applied (the profile's capacity over the
+    scenario's; the first of several profiles)."""
     s = load_scenario(args.scenario)
     if args.seed is not None:
         s = s.replace(seed=args.seed)
+    if getattr(args, "engine", None):
+        s = s.replace(engine=args.engine)
     profile = getattr(args, "profile", None)
     if profile:
         s = s.with_profile(profile if isinstance(profile, str) else profile[0])

@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(LatencyModel):
         p.add_argument(
             f"--{f.name.replace('_', '-')}",
-            type=float,
+            type=type(f.default),  # float coefficients; int MoE expert counts
             default=f.default,
-            help=f"latency model coefficient (default {f.default})",
+            help=f"latency model: {f.name} (default {f.default})",
         )
     return p
 

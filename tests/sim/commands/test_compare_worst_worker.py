@@ -53,3 +53,12 @@ def test_off_hides_the_worst_worker_view(tmp_path, capsys):
     assert cli(["compare", "--scenario", str(write_tiny(tmp_path)), "--out", str(tmp_path / "out"), "--jobs", "1",
                 "--no-plots", "--worst-worker", "off"]) == 0
     assert "worst worker's hit rate" not in capsys.readouterr().out
+
+
+def test_engine_overrides_the_scenarios_workers_engine(tmp_path):
+    from sim.commands.common import scenario_from_args
+
+    args = build_parser().parse_args(["--scenario", str(write_tiny(tmp_path)), "--engine", "arrival"])
+    assert scenario_from_args(args).engine == "arrival"
+    assert scenario_from_args(build_parser().parse_args(["--scenario", str(write_tiny(tmp_path))])).engine == \
+        "iteration"
