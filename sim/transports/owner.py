@@ -140,8 +140,7 @@ class ClockOwner:
     def steps(self, request: Coroutine[Any, Any, Reply]) -> Generator[simpy.Event, Any, Reply]:
         """Send ``request`` (an agent's chat) and give its answer, as SimPy steps: none when it is answered at once,
         else a wait in virtual time until the engine that holds it finished it."""
-        fut = self.loop.submit(request)
-        outcome = self._released(fut)
+        fut, outcome = self._released(lambda: self.loop.submit(request))
         if isinstance(outcome, Reply):
             return outcome
         if self.clock is None or self._env is None:
@@ -158,13 +157,17 @@ class ClockOwner:
         self._hold(outcome, fut, on_answer)
         return (yield done)
 
-    def _released(self, fut: concurrent.futures.Future[Reply]) -> Reply | Arrival:
-        """Block until the request of ``fut`` is answered or a worker reports holding it."""
+    def _released(self, release: Callable[[], concurrent.futures.Future[Reply]]
+                  ) -> tuple[concurrent.futures.Future[Reply], Reply | Arrival]:
+        """Release a request (``release()`` sends it, or lets it go on, and gives the future of its answer) and
+        block until it is answered or a worker reports holding it. The owner listens for the report *before* the
+        request goes: a worker can report within microseconds, before this thread runs again."""
         signals: queue.SimpleQueue[Arrival | None] = queue.SimpleQueue()
         with self._lock:
             self._releasing = signals
-        fut.add_done_callback(lambda _: signals.put(None))
         try:
+            fut = release()
+            fut.add_done_callback(lambda _: signals.put(None))
             signal = signals.get(timeout=self.timeout)
         except queue.Empty:
             raise TransportError(f"a request neither reached a worker's engine nor was answered within "
@@ -173,8 +176,8 @@ class ClockOwner:
             with self._lock:
                 self._releasing = None
         if signal is None:
-            return fut.result()  # a TransportError of the request itself propagates
-        return signal
+            return fut, fut.result()  # a TransportError of the request itself propagates
+        return fut, signal
 
     def _arrived(self, arrival: Arrival) -> bool:
         """An arrival report (the endpoint's thread); False when no request is being released."""
@@ -240,11 +243,16 @@ class ClockOwner:
         for h in lost:
             self.clock.drop(i, [h])
             held = self._held.pop((i, h), None)
-            self._control(i, "drop", {"handles": [h]})
             if held is None:
+                self._control(i, "drop", {"handles": [h]})
                 continue
             fut, on_answer = held
-            outcome = self._released(fut)
+
+            def drop(h: int = h, fut: concurrent.futures.Future[Reply] = fut) -> concurrent.futures.Future[Reply]:
+                self._control(i, "drop", {"handles": [h]})  # the gateway may retry it elsewhere at once
+                return fut
+
+            _, outcome = self._released(drop)
             if isinstance(outcome, Arrival):
                 self._hold(outcome, fut, on_answer)
             else:
