@@ -255,7 +255,9 @@ def create_app(
         return t
 
     async def report(handle: int) -> None:
-        """Tell the clock's owner that the engine holds ``handle`` now (virtual time)."""
+        """Tell the clock's owner that the engine holds ``handle`` now (virtual time). An owner that refuses it is
+        releasing no request (its run is over, or being interrupted): nobody would ever advance the engine for
+        it, so its connection is dropped at once (a server that waited for it could not stop)."""
         if owner_url is None:
             return
         if not reporter:
@@ -267,6 +269,7 @@ def create_app(
             r = await reporter[0].post(owner_url, content=_dumps(body), headers={"content-type": "application/json"})
             if r.status_code >= 300:
                 log.warning("worker %s: the clock's owner refused arrival %s: %s", core.name, handle, r.text[:200])
+                held.drop([handle])
         except httpx.HTTPError as e:  # the owner then times out waiting, and says so
             log.warning("worker %s: arrival %s not reported to %s: %s", core.name, handle, owner_url, e)
 

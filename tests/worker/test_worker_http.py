@@ -732,3 +732,23 @@ def test_an_iteration_worker_without_a_clock_owner_refuses_virtual_time_at_once(
         r = chat(c, [USER], max_tokens=4, sim_time=0.0)
         assert r.status_code == 400 and "--engine arrival" in r.json()["message"] and core.pending == 0
         assert chat(c, [USER], max_tokens=4).status_code == 200  # live time steps the engine on the wall clock
+
+
+def test_a_request_the_owner_refuses_to_hold_is_dropped_at_once():
+    """An owner releasing nothing (its run is over or interrupted) would never advance the engine for it: the
+    request's connection is reset instead of held, so the servers in front can stop."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from testbed_common.procs import ThreadServer
+
+    async def refuse(_request) -> JSONResponse:
+        return JSONResponse({"error": "no request is being released"}, status_code=409)
+
+    with (ThreadServer(Starlette(routes=[Route("/arrivals", refuse, methods=["POST"])])) as owner,
+          serve_in_thread(iteration_core(), owner_url=f"{owner.url}/arrivals") as server,
+          httpx.Client(base_url=server.url, timeout=10.0, trust_env=False) as c):
+        with pytest.raises(httpx.TransportError):
+            chat(c, [USER], max_tokens=4, sim_time=0.0)
+        assert c.get("/health").status_code == 200
