@@ -65,10 +65,6 @@ class EngineClock:
         """Call ``on_answer(answer)`` when engine ``engine`` finishes request ``handle``."""
         self._holders[(engine, handle)] = on_answer
 
-    @property
-    def held(self) -> int:
-        return len(self._holders)
-
     def drop(self, engine: int, handles: Sequence[int]) -> list[Callable[[Any], None]]:
         """Forget the holders of requests an engine lost (its server died); their callbacks, to fail them."""
         return [cb for h in handles if (cb := self._holders.pop((engine, h), None)) is not None]

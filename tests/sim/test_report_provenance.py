@@ -9,23 +9,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tiny_scenario import write_tiny
 
 from sim.cli import main as cli
 from sim.results import provenance, scenario_hash
 from sim.workload.scenario import load_scenario
 
 SCENARIOS = Path(__file__).parents[2] / "sim" / "scenarios"
-TINY = "\n".join([
-    'name = "tiny"', "seed = 3", "[workers]", "count = 2", "[sessions]", "count = 4", "group_size = 2",
-    "system_prompt_tokens = 100", "task_prompt_tokens = 20", "max_context_tokens = 2000",
-    "[turns]", 'count = { dist = "uniform", low = 2, high = 4 }', "tool_latency = 0.5", ""])
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY)
-    return path
+    return write_tiny(tmp_path)
 
 
 def _repo_commit() -> str:
