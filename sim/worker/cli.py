@@ -28,6 +28,7 @@ import uvicorn
 
 from sim.engine.types import LatencyModel, WorkerConfig
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
+from sim.worker.bootstrap import DEFAULT_BOOTSTRAP_PORT
 from sim.worker.core import WorkerCore
 from sim.worker.faults import Faults
 from testbed_common.loopback import LOOPBACK, warn_if_exposed
@@ -185,7 +186,16 @@ def bind(host: str, ports: Sequence[int]) -> list[socket.socket]:
     return socks
 
 
-async def serve(args: argparse.Namespace, socks: Sequence[socket.socket]) -> int:
+def bootstrap_ports(args: argparse.Namespace) -> range:
+    """The ports the workers' bootstrap servers listen on: one per prefill worker, none otherwise."""
+    if disaggregation_mode(args) != "prefill":
+        return range(0)
+    return range(args.disaggregation_bootstrap_port, args.disaggregation_bootstrap_port + args.count)
+
+
+async def serve(args: argparse.Namespace, socks: Sequence[socket.socket],
+                bootstrap_socks: Sequence[socket.socket] = ()) -> int:
+    """Serve one worker per socket of ``socks``; a prefill worker also serves its bootstrap socket."""
     cores = make_cores(args)
     servers: list[_Server] = []
     exited: set[int] = set()
@@ -195,7 +205,9 @@ async def serve(args: argparse.Namespace, socks: Sequence[socket.socket]) -> int
             exited.add(i)
             servers[i].should_exit = True
 
-        app = create_app(core, speedup=args.speedup, max_payload_size=args.max_payload_size, on_exit=stop)
+        app = create_app(core, speedup=args.speedup, max_payload_size=args.max_payload_size, on_exit=stop,
+                         bootstrap=bootstrap_socks[i] if bootstrap_socks else None,
+                         bootstrap_port=args.disaggregation_bootstrap_port)
         config = uvicorn.Config(
             app,
             host=args.host,
@@ -227,14 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     _validate(p, args)
     warn_if_exposed(p.prog, "--host", args.host)
-    ports = range(args.port, args.port + args.count)
+    socks: list[socket.socket] = []
+    for ports in (range(args.port, args.port + args.count), bootstrap_ports(args)):
+        try:
+            socks += bind(args.host, ports) if ports else []
+        except OSError as e:
+            print(f"smg-testbed worker: cannot bind {args.host}:{ports[0]}..{ports[-1]}: {e}", file=sys.stderr)
+            for sock in socks:
+                sock.close()
+            return 1
     try:
-        socks = bind(args.host, ports)
-    except OSError as e:
-        print(f"smg-testbed worker: cannot bind {args.host}:{args.port}..{ports[-1]}: {e}", file=sys.stderr)
-        return 1
-    try:
-        return asyncio.run(serve(args, socks))
+        return asyncio.run(serve(args, socks[:args.count], socks[args.count:]))
     finally:
         for sock in socks:
             sock.close()
