@@ -291,8 +291,12 @@ class IterationEngine:
         if not math.isfinite(at):
             raise ValueError(f"at must be finite, got {at}")
         req.ready = at
+        self._wake_at(max(at, self._last))  # (the engine's past is decided)
+
+    def _wake_at(self, at: float) -> None:
+        """Make a decision happen at the first step boundary at or after ``at`` (a transfer's end)."""
         if self._t == math.inf:
-            self._t = max(at, self._last)
+            self._t = at
         elif self._seg is not None and self._t > at:
             self._cut_segment(at)
 
@@ -382,6 +386,12 @@ class IterationEngine:
             self._end_segment(t)
         if self._decode:
             self._process_decode_queue(t)
+            self._schedule(t)
+            if self._transfer:  # the next transfer to end, if known, needs a decision
+                ready = min((r.ready for r in self._transfer.values() if not math.isnan(r.ready)), default=math.inf)
+                if ready < math.inf:
+                    self._wake_at(max(ready, t))
+            return
         self._schedule(t)
 
     def _schedule(self, t: float) -> None:
