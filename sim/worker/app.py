@@ -223,10 +223,10 @@ def create_app(
             await bootstrap_server.start()
         yield
         await stepper.stop()
-        if bootstrap_server is not None:
-            await bootstrap_server.stop()
         if rendezvous is not None:
             await rendezvous.close()
+        if bootstrap_server is not None:
+            await bootstrap_server.stop()
         for client in reporter:
             await client.aclose()
 

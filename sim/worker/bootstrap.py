@@ -68,6 +68,10 @@ def shifted_transfer(t: Transfer, dt: float) -> Transfer:
     return dataclasses.replace(t, ready=t.ready + dt, prefill=p, decode=d)
 
 
+class RendezvousClosed(Exception):
+    """The prefill worker stops: the rooms a decode worker waits for here will not be prefilled."""
+
+
 class Rendezvous:
     """One worker's side of the live-time rendezvous; ``noticed`` takes what its core's ``advance`` produced.
 
@@ -143,6 +147,10 @@ class Rendezvous:
         self.on_transfer()
 
     async def close(self) -> None:
+        """Stop asking (decode) and answer whoever waits for a room (prefill): the worker stops."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(RendezvousClosed())
         for task in list(self._asks):
             task.cancel()
         await asyncio.gather(*self._asks, return_exceptions=True)
@@ -166,6 +174,8 @@ def bootstrap_app(rendezvous: Rendezvous) -> Starlette:
             t = await rendezvous.decode_ready(shifted_notice(d, rendezvous.now()))
         except ValueError as e:
             return JSONResponse({"error": str(e)}, status_code=409)
+        except RendezvousClosed:
+            return JSONResponse({"error": "the prefill worker is stopping"}, status_code=503)
         return Response(fastjson.dumps(transfer_to_json(shifted_transfer(t, -rendezvous.now()))),
                         media_type="application/json")
 
@@ -184,7 +194,9 @@ class BootstrapServer:
     """The bootstrap app on an already bound socket, as a task of the running loop (the worker app's lifespan)."""
 
     def __init__(self, app: Any, sock: socket.socket) -> None:
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **UVICORN_DEFAULTS)
+        # a decode worker still waiting for a room's prefill does not hold the worker's stop for long
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2, **UVICORN_DEFAULTS)
         self.server = _Server(config)
         self.sock = sock
         self._task: asyncio.Task[None] | None = None

@@ -254,3 +254,28 @@ def test_live_pd_exchange_over_loopback(named_port):
     assert d_answer.json()["usage"]["completion_tokens"] == 8
     assert p_sim["worker"] == "p0" and p_sim["pd"]["role"] == "prefill"
     assert p_answer.json()["usage"]["completion_tokens"] == 1
+
+
+def test_a_stopping_prefill_worker_answers_a_waiting_decode_worker_at_once():
+    """A room the prefill worker never prefilled: its stop answers the waiting decode worker 503, not a hang."""
+    import threading
+    import time
+
+    bootstrap = free_port()
+    ready = DecodeReady(room=ROOM, worker="d0", at=0.0, prompt_tokens=3, decode_prefix_tokens=0,
+                        bootstrap_host="127.0.0.1", bootstrap_port=bootstrap)
+    answers: list[httpx.Response] = []
+
+    def ask() -> None:
+        answers.append(httpx.post(f"http://127.0.0.1:{bootstrap}/pd/transfer", json=notice_to_json(ready),
+                                  timeout=30.0))
+
+    asker = threading.Thread(target=ask)
+    with serve_in_thread(pd_core("prefill", "p0"), bootstrap_port=bootstrap):
+        asker.start()
+        time.sleep(0.3)
+        assert not answers  # it waits for the room's prefill
+        stopping = time.monotonic()
+    asker.join(10)
+    assert time.monotonic() - stopping < 1.5
+    assert answers[0].status_code == 503 and "stopping" in answers[0].json()["error"]
