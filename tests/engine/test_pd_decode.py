@@ -173,3 +173,17 @@ def test_a_transfer_ready_during_a_decode_segment_joins_at_the_next_step_boundar
     assert math.isclose(finished[b].first_token, joined + decode_step_time(cfg.latency, 2, 2_002 + j),
                         rel_tol=1e-12)
     assert finished[a].retractions == finished[b].retractions == 0
+
+
+@pytest.mark.parametrize("radix", [False, True])
+def test_a_retracted_decode_request_is_prefilled_again_locally_and_still_finishes(radix):
+    e = Checked(config(kv=1_200, radix=radix, reserved=0))  # no reserve: three requests outgrow the pool
+    handles = [e.submit(0.0, ids(i, 300), ids(100 + i, 250)) for i in range(3)]
+    done = []
+    while e.next_event_time() < math.inf:
+        done += e.advance(e.next_event_time())
+        for h, at, _ in e.take_preallocated():
+            e.transfer_ready(h, at)
+    assert sorted(d.handle for d in done) == handles
+    assert e.stats.retractions >= 1 and e.stats.recomputed_tokens > 0
+    assert e.used_tokens() == 0 and (radix or e.cache.resident_tokens == 0)
