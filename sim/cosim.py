@@ -13,8 +13,15 @@ agent moves again. A request's holder decides what "carried back" means: in-proc
 the rest of the request's step machine runs synchronously; over HTTP (``sim.transports.owner``) the owner
 waits until the held HTTP answers have reached their agents.
 
-An engine port is anything with ``next_event_time() -> float`` and ``advance(until) -> list[(handle, answer)]``;
-pure bookkeeping here, no I/O (the ports do it).
+An engine port is anything with ``next_event_time() -> float``, ``advance(until) -> list[(handle, answer)]``,
+``notices() -> list[Notice]`` and ``transfer_ready(t)``; pure bookkeeping here, no I/O (the ports do it).
+
+PD disaggregation: the clock owns the ``TransferFabric`` (``sim.engine.transfer``). After a wake-up has handed out
+its answers, the engine's notices (a prefill finished, a decode worker pre-allocated) are posted; when a room's two
+sides are known, the transfer goes to the prefill's engine (which answers its leg at ``ready``), then to the
+decode's (which lets the request decode from ``ready``), and both are woken at their (possibly earlier) next events.
+A notice is posted at its own time (the wake-up that produced it), and ``ready`` is never before either notice, so
+no engine is told about a past it has already run.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from typing import Any, Protocol
 import simpy
 from simpy.events import Event
 
+from sim.engine.transfer import Notice, PrefillDone, Transfer, TransferFabric
+
 # after simpy's URGENT (0) and NORMAL (1) events of the same instant: agents first, then the engines decide
 ENGINE_PRIORITY = 2
 SAMPLE_PRIORITY = 3  # time-series samples see an instant once everything at it is done
@@ -36,6 +45,14 @@ class EnginePort(Protocol):
 
     def advance(self, until: float) -> list[tuple[int, Any]]:
         """Run the engine's decisions up to ``until``; (handle, answer) per request finished, in finish order."""
+        ...
+
+    def notices(self) -> list[Notice]:
+        """The PD notices the engine produced since the last call (none off PD)."""
+        ...
+
+    def transfer_ready(self, t: Transfer) -> None:
+        """The KV transfer of a room the engine may hold (ignored if it does not)."""
         ...
 
 
@@ -60,6 +77,8 @@ class EngineClock:
         self._due = [math.inf] * len(self.ports)  # the wake-up in the queue, per engine
         self._holders: dict[tuple[int, int], Callable[[Any], None]] = {}
         self.wakeups = 0
+        self.fabric = TransferFabric()
+        self._sides: dict[tuple[int, bool], int] = {}  # (room, is the prefill side) -> the engine that posted it
 
     def hold(self, engine: int, handle: int, on_answer: Callable[[Any], None]) -> None:
         """Call ``on_answer(answer)`` when engine ``engine`` finishes request ``handle``."""
@@ -85,7 +104,23 @@ class EngineClock:
         for handle, answer in port.advance(at):
             on_answer = self._holders.pop((engine, handle))
             on_answer(answer)
+        for notice in port.notices():
+            self._post(engine, notice)
         self.touched(engine)
+
+    def _post(self, engine: int, notice: Notice) -> None:
+        """One side of a room; with both known, the transfer to the prefill's engine, then to the decode's."""
+        prefill_side = isinstance(notice, PrefillDone)
+        t = self.fabric.post(notice)
+        if t is None:
+            self._sides[(notice.room, prefill_side)] = engine
+            return
+        other = self._sides.pop((notice.room, not prefill_side))
+        pair = (engine, other) if prefill_side else (other, engine)
+        for j in pair:
+            self.ports[j].transfer_ready(t)
+        for j in pair:
+            self.touched(j)
 
 
 def sample_series(env: simpy.Environment, interval: float, sample: Callable[[float], None],

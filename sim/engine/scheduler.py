@@ -122,11 +122,13 @@ class _Req:
         "generated",
         "handle",
         "kv_refused_at",
+        "last_extend",
         "n_out",
         "n_prompt",
         "node",
         "prefix",
         "private",
+        "ready",
         "recomputed",
         "retractions",
         "seq",
@@ -152,6 +154,8 @@ class _Req:
         self.retractions = 0
         self.recomputed = 0
         self.kv_refused_at = math.nan
+        self.last_extend = 0  # tokens computed in its last prefill forward
+        self.ready = math.nan  # decode role: when the prefill's KV transfer is complete
 
     @property
     def fill(self) -> int:
@@ -196,6 +200,11 @@ class IterationEngine:
         self._seg: tuple[float, int, int, float] | None = None  # decode segment: (start, steps, batch, 1st step's cost)
         self._seg_decays = True  # whether the segment's steps decay new_token_ratio
         self._finished: list[FinishedRequest] = []
+        # the decode role of PD disaggregation (``docs/engine.md``, "PD"): pre-allocation, then the KV transfer
+        self._decode = cfg.disaggregation_mode == "decode"
+        self._prealloc: list[_Req] = []  # SGLang's DecodePreallocQueue, FCFS
+        self._transfer: dict[int, _Req] = {}  # pre-allocated, waiting for the KV (DecodeTransferQueue), by handle
+        self._preallocated: list[tuple[int, float, int]] = []  # (handle, at, decode prefix) not yet taken
         # tokens generated lately (gen_throughput): (start, decode steps, batch, 1st step's cost, tokens at start, end)
         self._recent: deque[tuple[float, int, int, float, int, float]] = deque()
 
@@ -223,11 +232,11 @@ class IterationEngine:
             raise ValueError(refused)
         self._run(now, inclusive=False)
         self._last = now
-        if self._seg is not None and not self._batch_is_full:
+        if self._seg is not None and not (self._prealloc if self._decode else self._batch_is_full):
             self._cut_segment(now)
         req = _Req(self._next_handle, now, _join(prompt, output), n_prompt, n_out)
         self._next_handle += 1
-        self._waiting.append(req)
+        (self._prealloc if self._decode else self._waiting).append(req)
         st = self.stats
         st.requests += 1
         st.prompt_tokens += n_prompt
@@ -244,6 +253,9 @@ class IterationEngine:
             return "a request generates at least one token"
         if n_prompt + n_out + 1 >= self._cap:
             return f"prompt + output ({n_prompt} + {n_out}) does not fit a pool of {self._capacity} tokens"
+        if self._decode and self._prealloc_need(n_prompt, n_out) > self._cap:
+            return (f"prompt ({n_prompt}) + max(reserved decode tokens, output) does not fit a pool of "
+                    f"{self._capacity} tokens")
         return None
 
     def flush_cache(self) -> int:
@@ -263,6 +275,104 @@ class IterationEngine:
         done, self._finished = self._finished, []
         return done
 
+    # ------------------------------------------------------------------ PD: the decode role
+    def take_preallocated(self) -> list[tuple[int, float, int]]:
+        """The requests pre-allocated since the last call: (handle, time, decode prefix tokens) each, in order."""
+        done, self._preallocated = self._preallocated, []
+        return done
+
+    def transfer_ready(self, handle: int, at: float) -> None:
+        """The KV of pre-allocated request ``handle`` is complete at ``at``: it joins the running batch at the first
+        decision at or after ``at`` (no prefill forward) and decodes its ``n_out`` tokens there."""
+        req = self._transfer.get(handle)
+        if req is None or not math.isnan(req.ready):
+            raise KeyError(f"request {handle} is not waiting for its KV transfer")
+        at = float(at)
+        if not math.isfinite(at):
+            raise ValueError(f"at must be finite, got {at}")
+        req.ready = at
+        self._wake_at(max(at, self._last))  # (the engine's past is decided)
+
+    def _wake_at(self, at: float) -> None:
+        """Make a decision happen at the first step boundary at or after ``at`` (a transfer's end)."""
+        if self._t == math.inf:
+            self._t = at
+        elif self._seg is not None and self._t > at:
+            self._cut_segment(at)
+
+    def disagg_queues(self) -> tuple[int, int, int]:
+        """SGLang's decode queues: pre-allocation, transfer, retracted (here: retracted requests wait to be
+        prefilled again, in the waiting queue)."""
+        return len(self._prealloc), len(self._transfer), len(self._waiting) if self._decode else 0
+
+    def _prealloc_need(self, n_prompt: int, n_out: int) -> int:
+        """KV a lone request needs to be pre-allocated on an empty decode engine (``_required_admission_tokens``)."""
+        cfg = self.config
+        return n_prompt + max(cfg.num_reserved_decode_tokens, min(n_out, cfg.scheduler.clip_max_new_tokens))
+
+    def _process_decode_queue(self, t: float) -> None:
+        """SGLang's ``process_decode_queue``: pre-allocate what fits (not while retracted requests wait, as SGLang
+        waits for its retracted queue), then the requests whose KV arrived join the running batch (the prebuilt
+        batch: no forward, merged before the next decode step)."""
+        if self._prealloc and not self._waiting:
+            self._preallocate(t)
+        if self._transfer:
+            arrived = [r for r in self._transfer.values() if r.ready <= t]  # pre-allocation order
+            for req in arrived:
+                del self._transfer[req.handle]
+                self._running.append(req)
+            if arrived:
+                self._batch_is_full = False
+
+    def _preallocate(self, t: float) -> None:
+        """``DecodePreallocQueue.pop_preallocated`` (one page per token, no SWA, no HiCache), FCFS: a request is
+        pre-allocated iff ``max(alloc + reserved, prompt - prefix + min(max_new, 4096) - retractable) <= available -
+        max(reserved * active, need_single)`` (``_required_admission_tokens``, ``_allocatable_token_budgets``):
+        ``alloc`` = prompt - its decode radix match, ``retractable`` = the running batch's prompt + generated
+        tokens, ``active`` = running + pre-allocated requests, ``need_single`` = the largest ``min(max_new, 4096)
+        + prompt - retractable`` over the running batch, ``available`` = free KV (+ evictable with the decode radix
+        cache). Its prompt's KV (beyond the match) is allocated then; it stops at the first that does not fit."""
+        cfg = self.config
+        clip = cfg.scheduler.clip_max_new_tokens
+        reserved = cfg.num_reserved_decode_tokens
+        radix = cfg.decode_radix_cache
+        cache = self.cache
+        running = self._running
+        retractable = 0
+        for r in running:
+            retractable += r.n_prompt + r.generated
+        need_single = max((min(r.n_out, clip) + r.n_prompt - retractable for r in running), default=0)
+        in_flight = len(self._prefill) if self._prefill is not None else 0
+        taken = 0
+        for req in self._prealloc:
+            active = len(running) + len(self._transfer) + in_flight
+            if active >= cfg.max_running_requests:  # req_to_token_pool slots
+                break
+            prefix, node = cache.match(req.seq[: req.n_prompt - 1], t) if radix else (0, None)
+            if node is not None:
+                cache.lock(node)
+            available = self._free() + (cache.evictable_tokens if radix else 0)
+            allocatable = available - max(reserved * active, need_single)
+            alloc = req.n_prompt - prefix
+            required = max(alloc + reserved, alloc + min(req.n_out, clip) - retractable)
+            if required > allocatable:
+                if node is not None:
+                    cache.unlock(node)
+                if math.isnan(req.kv_refused_at):
+                    req.kv_refused_at = t
+                break
+            req.evicted += self._allocate(alloc)
+            req.private = alloc
+            req.prefix = prefix
+            req.node = node
+            self._admit(req, t, prefix)
+            self._transfer[req.handle] = req
+            self._preallocated.append((req.handle, t, prefix))
+            taken += 1
+        if taken:
+            del self._prealloc[:taken]
+            self._note_peak()
+
     # ------------------------------------------------------------------ the loop
     def _run(self, until: float, inclusive: bool) -> None:
         while self._t < until or (inclusive and self._t == until != math.inf):
@@ -274,6 +384,14 @@ class IterationEngine:
             self._end_prefill(t)
         elif self._seg is not None:
             self._end_segment(t)
+        if self._decode:
+            self._process_decode_queue(t)
+            self._schedule(t)
+            if self._transfer:  # the next transfer to end, if known, needs a decision
+                ready = min((r.ready for r in self._transfer.values() if not math.isnan(r.ready)), default=math.inf)
+                if ready < math.inf:
+                    self._wake_at(max(ready, t))
+            return
         self._schedule(t)
 
     def _schedule(self, t: float) -> None:
@@ -471,6 +589,7 @@ class IterationEngine:
             cache.lock(node)
             req.node = node
             self._private -= end - req.prefix
+            req.last_extend = end - req.prefix
             req.prefix = end
             if end < req.fill:
                 self._batch_is_full = False  # the chunked request leaves the batch (filter_batch)
@@ -484,6 +603,8 @@ class IterationEngine:
             else:
                 joined.append(req)
         for req in mixed:
+            if not req.generated:  # a PD decode request's first step
+                req.first_token = t
             req.private += 1
             req.generated += 1
         kept = [r for r in mixed if r.generated < r.n_out]
@@ -592,6 +713,8 @@ class IterationEngine:
         self.stats.busy_time += t - start
         kept = []
         for r in running:
+            if not r.generated:  # a PD decode request's first step
+                r.first_token = start + a * self.config.slowdown
             r.private += k
             r.generated += k
             if r.generated == r.n_out:
@@ -636,9 +759,11 @@ class IterationEngine:
         self._private -= req.private
         req.computed = req.prefix + req.private  # tokens with KV before the retraction
         req.private = 0
-        assert req.node is not None
-        self.cache.unlock(req.node)
-        req.node = None
+        if req.node is not None:  # None: a PD decode request with its prompt's KV outside the tree
+            self.cache.unlock(req.node)
+            req.node = None
+            if self._decode and not self.config.decode_radix_cache:
+                self.cache.flush()  # no radix cache: a released prefix is gone
         req.prefix = 0
         req.retractions += 1
         short = free_goal - self._free()
@@ -650,9 +775,18 @@ class IterationEngine:
         cache = self.cache
         kv = req.prefix + req.private  # prompt + output - 1: the last token never had KV
         node = req.node
-        assert node is not None
-        cache.unlock(node)
-        cache.insert(req.seq[:kv], t, after=(req.prefix, node))
+        if self._decode:  # (a PD decode request's n_out steps wrote one token more)
+            kv = min(kv, req.n_prompt + req.n_out - 1)
+            if node is not None:
+                cache.unlock(node)
+            if self.config.decode_radix_cache:
+                cache.insert(req.seq[:kv], t, after=(req.prefix, node) if node is not None and req.prefix else None)
+            else:
+                cache.flush()  # no radix cache: nothing stays (a re-prefill's chunks were only locked there)
+        else:
+            assert node is not None
+            cache.unlock(node)
+            cache.insert(req.seq[:kv], t, after=(req.prefix, node))
         self._private -= req.private
         req.private = 0
         req.node = None
@@ -669,6 +803,7 @@ class IterationEngine:
             evicted_tokens=req.evicted,
             retractions=req.retractions,
             recomputed_tokens=req.recomputed,
+            last_extend_tokens=req.last_extend,
         )
         self._finished.append(FinishedRequest(req.handle, timing))
 
@@ -760,5 +895,6 @@ class IterationEngine:
         if self._prefill is not None:
             private += sum(r.extend_end - r.prefix for r in self._prefill)
         private += len(self._mixed)  # the mixed decode rows' tokens in flight
+        private += sum(r.private for r in self._transfer.values())
         assert private == self._private, (private, self._private)
         assert self.cache.resident_tokens + self._private <= self._cap, "KV in use exceeds the pool"

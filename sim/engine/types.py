@@ -70,6 +70,9 @@ class SchedulerConfig:
     clip_max_new_tokens: int = 4096
 
 
+DISAGGREGATION_MODES = ("prefill", "decode")  # SGLang's --disaggregation-mode values besides "null"
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """One worker's capacity and speed; pools may mix different configs."""
@@ -89,6 +92,29 @@ class WorkerConfig:
     # tokenizer manager's hop; a profile's ``request_overhead``): the iteration-level engine sees the request then,
     # and its TTFT and finish include it. The arrival-time engine (the model of results_version <= 2) ignores it.
     request_overhead: float = 0.0
+    # PD disaggregation (shared/specs/pd-hicache.md section 2; SGLang's flags): None is a co-located worker,
+    # "prefill" or "decode" a PD role (the iteration-level engine only)
+    disaggregation_mode: str | None = None  # --disaggregation-mode
+    num_reserved_decode_tokens: int = 512  # --num-reserved-decode-tokens: a decode worker's KV reserve per request
+    decode_radix_cache: bool = False  # --disaggregation-decode-enable-radix-cache
+    kv_bytes_per_token: int = 131_072  # KV bytes per token per GPU (an 8B GQA model in bf16)
+    transfer_bandwidth: float = 50e9  # bytes/s of the PD KV transfer (RDMA: ~40-50 GB/s per GPU)
+
+    def __post_init__(self) -> None:
+        mode = self.disaggregation_mode
+        if mode is None:
+            return
+        if mode not in DISAGGREGATION_MODES:
+            raise ValueError(f"disaggregation_mode must be None, 'prefill' or 'decode', got {mode!r}")
+        if self.engine != "iteration":
+            raise ValueError(f"a {mode} worker needs the iteration-level engine (engine='iteration'), "
+                             f"not {self.engine!r}")
+        if self.num_reserved_decode_tokens < 0:
+            raise ValueError("num_reserved_decode_tokens must be >= 0")
+        if self.kv_bytes_per_token < 1:
+            raise ValueError("kv_bytes_per_token must be >= 1")
+        if not self.transfer_bandwidth > 0:
+            raise ValueError("transfer_bandwidth must be > 0")
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,7 @@ class IterationTiming:
     evicted_tokens: int  # tokens evicted from the cache to allocate its prefills
     retractions: int  # times it was retracted from the running batch
     recomputed_tokens: int  # tokens that had KV before a retraction and were prefilled again
+    last_extend_tokens: int = 0  # prompt tokens computed in its last prefill forward (a PD prefill's last chunk)
 
     @property
     def ttft(self) -> float:

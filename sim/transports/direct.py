@@ -45,6 +45,7 @@ from session_server.core import SessionCore
 from session_server.errors import SessionError
 from session_server.upstream import UpstreamRequest, UpstreamResponse
 from sim.cosim import EngineClock
+from sim.engine.transfer import Notice, Transfer
 from sim.transports.base import Reply
 from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
 from sim.worker.core import WorkerCore
@@ -327,6 +328,12 @@ class _CorePort:
 
     def advance(self, until: float) -> list[tuple[int, WorkerReply]]:
         return [(r.pending, r) for r in self.core.advance(until)]  # type: ignore[misc]
+
+    def notices(self) -> list[Notice]:
+        return self.core.notices()
+
+    def transfer_ready(self, t: Transfer) -> None:
+        self.core.transfer_ready(t)
 
 
 def engine_stats(core: WorkerCore) -> dict[str, Any]:

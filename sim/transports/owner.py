@@ -6,9 +6,14 @@ see the same requests in the same order:
 - Release, one request at a time (``ClockOwner.steps``): an agent's chat request goes out on a background event loop;
   the owner (the SimPy thread) blocks until either its HTTP answer is back (answered at once: returned without a
   SimPy step) or a worker reports that its engine holds it (``POST /arrivals`` on the owner's loopback endpoint,
-  ``{"worker", "handle", "next_event_time"}``, sent by ``sim.worker.app``). Only one request is ever being
+  ``{"worker", "handle", "next_event_time", "leg"}``, sent by ``sim.worker.app``). Only one request is ever being
   released, so a report belongs to it, whatever retries (the session server's rollback retry, the gateway's) came
   first. The held request is then the engine clock's (``EngineClock.hold``) and the agent waits on a SimPy event.
+- PD (prefill and decode workers): the gateway sends each request to a prefill and a decode worker at once, so a
+  report naming a PD ``leg`` is followed by the other leg's (or by the answer, if the gateway gave up first). Both
+  are held, the prefill engine touched first; the agent waits for the decode leg, and the prefill leg's answer
+  goes to the gateway, which waits for the decode's: nobody waits for it here. The clock pairs the two legs'
+  notices (``/sim/advance`` answers ``notices``) and hands each side the transfer (``POST /sim/transfer``).
 - Engines (``WorkerPort``): a worker's wake-up posts ``/sim/advance`` and then waits until the HTTP answer of every
   request it finished has reached its agent, in finish order, so the gateway and the session server have done with
   each before any agent moves again.
@@ -39,22 +44,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sim.cosim import EngineClock
+from sim.engine.transfer import Notice, Transfer, notice_from_json, transfer_to_json
 from sim.transports.base import Reply, TransportError
 from testbed_common import fastjson, http_client
 from testbed_common.loopback import is_loopback
 from testbed_common.procs import ThreadServer
 
 STEP_TIMEOUT = 60.0  # wall seconds for one request to reach a worker or come back, and for a control call
+_LEGS = (None, "prefill", "decode")
 _JSON = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """A worker's report: its engine holds request ``handle``; the engine's next event time after it arrived."""
+    """A worker's report: its engine holds request ``handle``; the engine's next event time after it arrived; the
+    PD leg it serves (``"prefill"``, ``"decode"``) or None (co-located)."""
 
     worker: int
     handle: int
     next_event_time: float
+    leg: str | None = None
 
 
 class BackgroundLoop:
@@ -94,8 +103,10 @@ def _arrivals_app(on_arrival: Callable[[Arrival], bool], workers: Sequence[str])
             return JSONResponse({"error": "loopback clients only"}, status_code=403)
         try:
             body = fastjson.loads(await request.body())
-            t = body["next_event_time"]
-            arrival = Arrival(index[body["worker"]], int(body["handle"]), math.inf if t is None else float(t))
+            t, leg = body["next_event_time"], body.get("leg")
+            if leg not in _LEGS:
+                raise ValueError(f"leg must be one of {_LEGS}, got {leg!r}")
+            arrival = Arrival(index[body["worker"]], int(body["handle"]), math.inf if t is None else float(t), leg)
         except (ValueError, KeyError, TypeError) as e:
             return JSONResponse({"error": f"bad arrival report: {type(e).__name__}: {e}"}, status_code=400)
         if not on_arrival(arrival):
@@ -118,7 +129,11 @@ class ClockOwner:
         self.clock: EngineClock | None = None
         self._env: simpy.Environment | None = None
         self._next = [math.inf] * len(self.workers)  # each engine's next event time, as last reported
-        self._held: dict[tuple[int, int], tuple[concurrent.futures.Future[Reply], Callable[[Any], None]]] = {}
+        # (worker, handle) -> the future of the agent's answer and its callback; (None, None): a PD prefill leg,
+        # whose answer goes to the gateway and nobody here waits for
+        self._held: dict[tuple[int, int], tuple[concurrent.futures.Future[Reply] | None,
+                                                Callable[[Any], None] | None]] = {}
+        self._notices: list[list[Notice]] = [[] for _ in self.workers]  # each engine's, from its last advance
         self._lock = threading.Lock()
         self._releasing: queue.SimpleQueue[Arrival | None] | None = None
         self.loop = BackgroundLoop()
@@ -144,8 +159,11 @@ class ClockOwner:
         if isinstance(outcome, Reply):
             return outcome
         if self.clock is None or self._env is None:
-            raise TransportError(f"worker {self.workers[outcome.worker]} holds the request until its engine "
+            raise TransportError(f"worker {self.workers[outcome[0].worker]} holds the request until its engine "
                                  "finishes it: run the agents under the co-simulated clock (bind_clock, chat_steps)")
+        if fut.done():  # one PD leg reported, then the gateway answered without the other: that leg waits for nobody
+            self._hold(outcome, fut, None)
+            return fut.result()
         done = self._env.event()
 
         def on_answer(answer: Reply | BaseException) -> None:
@@ -158,10 +176,11 @@ class ClockOwner:
         return (yield done)
 
     def _released(self, release: Callable[[], concurrent.futures.Future[Reply]]
-                  ) -> tuple[concurrent.futures.Future[Reply], Reply | Arrival]:
+                  ) -> tuple[concurrent.futures.Future[Reply], Reply | list[Arrival]]:
         """Release a request (``release()`` sends it, or lets it go on, and gives the future of its answer) and
-        block until it is answered or a worker reports holding it. The owner listens for the report *before* the
-        request goes: a worker can report within microseconds, before this thread runs again."""
+        block until it is answered or a worker reports holding it; a PD leg's report is followed by the other
+        leg's, or by the answer. The owner listens for the reports *before* the request goes: a worker can report
+        within microseconds, before this thread runs again."""
         signals: queue.SimpleQueue[Arrival | None] = queue.SimpleQueue()
         with self._lock:
             self._releasing = signals
@@ -169,15 +188,31 @@ class ClockOwner:
             fut = release()
             fut.add_done_callback(lambda _: signals.put(None))
             signal = signals.get(timeout=self.timeout)
+            if signal is None:
+                return fut, fut.result()  # a TransportError of the request itself propagates
+            arrivals = [signal]
+            if signal.leg is not None and (other := self._other_leg(signals, signal)) is not None:
+                arrivals.append(other)
+            return fut, arrivals
         except queue.Empty:
             raise TransportError(f"a request neither reached a worker's engine nor was answered within "
                                  f"{self.timeout:g} s") from None
         finally:
             with self._lock:
                 self._releasing = None
-        if signal is None:
-            return fut, fut.result()  # a TransportError of the request itself propagates
-        return fut, signal
+
+    def _other_leg(self, signals: queue.SimpleQueue[Arrival | None], first: Arrival) -> Arrival | None:
+        """The report of the PD leg that is not ``first``; None when the request was answered first."""
+        try:
+            other = signals.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TransportError(f"worker {self.workers[first.worker]} reported the {first.leg} leg of a request, "
+                                 f"but no worker reported its other leg within {self.timeout:g} s") from None
+        if other is not None and other.leg in (None, first.leg):
+            raise TransportError(f"the {first.leg} leg of a request (worker {self.workers[first.worker]}) came with "
+                                 f"a {other.leg or 'co-located'} leg (worker {self.workers[other.worker]}), not "
+                                 "the other PD leg")
+        return other
 
     def _arrived(self, arrival: Arrival) -> bool:
         """An arrival report (the endpoint's thread); False when no request is being released."""
@@ -187,13 +222,19 @@ class ClockOwner:
             self._releasing.put(arrival)
             return True
 
-    def _hold(self, arrival: Arrival, fut: concurrent.futures.Future[Reply], on_answer: Callable[[Any], None]) -> None:
+    def _hold(self, arrivals: list[Arrival], fut: concurrent.futures.Future[Reply],
+              on_answer: Callable[[Any], None] | None) -> None:
+        """Hand the reported requests to the engine clock, the prefill leg's engine touched first. The agent's answer
+        (``fut``, ``on_answer``; None: already given) waits for the decode (or co-located) leg."""
         assert self.clock is not None
-        i = arrival.worker
-        self._held[(i, arrival.handle)] = (fut, on_answer)
-        self._next[i] = arrival.next_event_time
-        self.clock.hold(i, arrival.handle, on_answer)
-        self.clock.touched(i, arrival.next_event_time)
+        arrivals = sorted(arrivals, key=lambda a: a.leg != "prefill")
+        for a in arrivals:
+            waits = on_answer is not None and a.leg != "prefill"
+            self._held[(a.worker, a.handle)] = (fut, on_answer) if waits else (None, None)
+            self._next[a.worker] = a.next_event_time
+            self.clock.hold(a.worker, a.handle, on_answer if waits else _nobody)
+        for a in arrivals:
+            self.clock.touched(a.worker, a.next_event_time)
 
     # ---- one engine -----------------------------------------------------------------------------
 
@@ -210,19 +251,27 @@ class ClockOwner:
     def next_event_time(self, i: int) -> float:
         return self._next[i]
 
-    def advance(self, i: int, until: float) -> list[tuple[int, Reply | BaseException]]:
-        """Worker ``i``'s engine to ``until``; the answer of each request it finished once it reached its agent."""
+    def advance(self, i: int, until: float) -> list[tuple[int, Reply | BaseException | None]]:
+        """Worker ``i``'s engine to ``until``; the answer of each request it finished once it reached its agent (None:
+        a PD prefill leg, answered to the gateway)."""
         if i in self.dead:  # its server is down; the engine it comes back with is empty
             self._next[i] = math.inf
             return []
         out = self._control(i, "advance", {"until": until})
         t = out["next_event_time"]
         self._next[i] = math.inf if t is None else float(t)
-        answers: list[tuple[int, Reply | BaseException]] = []
+        try:
+            self._notices[i] = [notice_from_json(n) for n in out["notices"]]
+        except ValueError as e:
+            raise TransportError(f"worker {self.workers[i]} sent a bad PD notice: {e}") from e
+        answers: list[tuple[int, Reply | BaseException | None]] = []
         for h in out["finished"]:
             held = self._held.pop((i, h), None)
             if held is None:
                 raise TransportError(f"worker {self.workers[i]} finished request {h}, which it never reported")
+            if held[0] is None:  # a PD prefill leg: its answer went to the gateway
+                answers.append((h, None))
+                continue
             try:
                 answers.append((h, held[0].result(timeout=self.timeout)))
             except concurrent.futures.TimeoutError:
@@ -231,6 +280,18 @@ class ClockOwner:
             except TransportError as e:
                 answers.append((h, e))
         return answers
+
+    def notices(self, i: int) -> list[Notice]:
+        """The PD notices of worker ``i``'s last advance (once)."""
+        out, self._notices[i] = self._notices[i], []
+        return out
+
+    def transfer_ready(self, i: int, t: Transfer) -> None:
+        """Hand worker ``i`` the transfer of a room one of its requests is in (``POST /sim/transfer``)."""
+        if i in self.dead:
+            return
+        t_next = self._control(i, "transfer", transfer_to_json(t))["next_event_time"]
+        self._next[i] = math.inf if t_next is None else float(t_next)
 
     def worker_died(self, i: int) -> None:
         """Worker ``i``'s server dies (before it is stopped): its engine loses what it holds, and each lost request
@@ -247,13 +308,16 @@ class ClockOwner:
                 self._control(i, "drop", {"handles": [h]})
                 continue
             fut, on_answer = held
+            if fut is None or on_answer is None:  # a PD prefill leg (PD pools have no dead-worker faults)
+                self._control(i, "drop", {"handles": [h]})
+                continue
 
             def drop(h: int = h, fut: concurrent.futures.Future[Reply] = fut) -> concurrent.futures.Future[Reply]:
                 self._control(i, "drop", {"handles": [h]})  # the gateway may retry it elsewhere at once
                 return fut
 
             _, outcome = self._released(drop)
-            if isinstance(outcome, Arrival):
+            if isinstance(outcome, list):
                 self._hold(outcome, fut, on_answer)
             else:
                 on_answer(outcome)
@@ -296,5 +360,15 @@ class WorkerPort:
     def next_event_time(self) -> float:
         return self.owner.next_event_time(self.index)
 
-    def advance(self, until: float) -> list[tuple[int, Reply | BaseException]]:
+    def advance(self, until: float) -> list[tuple[int, Reply | BaseException | None]]:
         return self.owner.advance(self.index, until)
+
+    def notices(self) -> list[Notice]:
+        return self.owner.notices(self.index)
+
+    def transfer_ready(self, t: Transfer) -> None:
+        self.owner.transfer_ready(self.index, t)
+
+
+def _nobody(_answer: Any) -> None:
+    """The holder of a PD prefill leg: its answer goes to the gateway, not to an agent."""

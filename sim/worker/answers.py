@@ -24,9 +24,10 @@ from testbed_common import fastjson, tokenizer, vtime
 STREAM_CHUNKS = 16  # content events per streamed answer at most (tokens are grouped evenly)
 
 
-def sim_object(timing: RequestTiming, worker: str) -> dict[str, Any]:
-    """The answer's ``"sim"`` object: its virtual timeline, the worker and its cache outcome."""
-    return {
+def sim_object(timing: RequestTiming, worker: str, pd: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The answer's ``"sim"`` object: its virtual timeline, the worker and its cache outcome (and a PD leg's
+    ``"pd"`` figures: ``WorkerCore``'s module docstring)."""
+    out = {
         "arrival": timing.arrival,
         "start": timing.start,
         "first_token": timing.first_token,
@@ -37,6 +38,9 @@ def sim_object(timing: RequestTiming, worker: str) -> dict[str, Any]:
         **({"retractions": timing.retractions, "recomputed_tokens": timing.recomputed_tokens}
            if hasattr(timing, "retractions") else {}),
     }
+    if pd is not None:
+        out["pd"] = pd
+    return out
 
 
 def _logprobs(rseed: int, n: int) -> list[float]:
@@ -104,6 +108,8 @@ class Answer(fastjson.ChatAnswer):
         worker: str,
         model_name: str,
         serial: int,
+        finish_reason: str = "stop",
+        pd: dict[str, Any] | None = None,
     ) -> None:
         self.req, self.timing = req, timing
         self.text, self.output_ids = text, output_arr
@@ -118,7 +124,10 @@ class Answer(fastjson.ChatAnswer):
         self._output_list: list[int] | None = None
         self.created = int(timing.arrival)
         self.message = {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None}
-        self.sim = sim_object(timing, worker)
+        # "stop" (the last token is <|im_end|>) or "length" (a PD prefill leg: its one token, then the decode's)
+        self.finish_reason = finish_reason
+        self.matched_stop = tokenizer.IM_END if finish_reason == "stop" else None
+        self.sim = sim_object(timing, worker, pd)
 
     # built on first use (plain properties: functools.cached_property takes a lock per read on Python 3.11)
     @property
@@ -169,7 +178,7 @@ class Answer(fastjson.ChatAnswer):
         t = self.timing
         return {
             "id": self.id,
-            "finish_reason": {"type": "stop", "matched": tokenizer.IM_END} if n == len(self.output_ids) else None,
+            "finish_reason": self._meta_finish_reason() if n == len(self.output_ids) else None,
             "prompt_tokens": t.prompt_tokens,
             "completion_tokens": n,
             "cached_tokens": t.cached_tokens,
@@ -180,6 +189,11 @@ class Answer(fastjson.ChatAnswer):
             "queue_time": t.start - t.arrival,
             "weight_version": "default",
         }
+
+    def _meta_finish_reason(self) -> dict[str, Any]:
+        if self.finish_reason == "stop":
+            return {"type": "stop", "matched": tokenizer.IM_END}
+        return {"type": "length", "length": len(self.output_ids)}
 
     @property
     def words(self) -> list[str]:
@@ -219,8 +233,8 @@ class Answer(fastjson.ChatAnswer):
                 "index": 0,
                 "message": self.message,
                 "logprobs": self._openai_logprobs() if r.logprobs else None,
-                "finish_reason": "stop",
-                "matched_stop": tokenizer.IM_END,
+                "finish_reason": self.finish_reason,
+                "matched_stop": self.matched_stop,
             }
             if r.return_prompt_token_ids:
                 choice["prompt_token_ids"] = self.req.prompt_ids
@@ -238,8 +252,8 @@ class Answer(fastjson.ChatAnswer):
                 "index": 0,
                 "text": self.text,
                 "logprobs": None,
-                "finish_reason": "stop",
-                "matched_stop": tokenizer.IM_END,
+                "finish_reason": self.finish_reason,
+                "matched_stop": self.matched_stop,
                 "meta_info": self.meta_info(),
             }
             if r.return_prompt_token_ids:
@@ -307,7 +321,7 @@ class Answer(fastjson.ChatAnswer):
             cur = text_upto(end)
             delta, prev = cur[len(prev) :], cur
             last = i == len(ends) - 1
-            finish = "stop" if last else None
+            finish = self.finish_reason if last else None
             if r.route == "chat":
                 choice: dict[str, Any] = {
                     "index": 0,
@@ -318,7 +332,7 @@ class Answer(fastjson.ChatAnswer):
             else:
                 choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
             if last:
-                choice["matched_stop"] = tokenizer.IM_END
+                choice["matched_stop"] = self.matched_stop
                 if r.return_prompt_token_ids:
                     choice["prompt_token_ids"] = self.req.prompt_ids
                 choice["meta_info"] = self.meta_info()

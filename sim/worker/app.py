@@ -5,6 +5,7 @@ Routes (SGLang's names; what the real SMG gateway probes is in specs/smg-live-ob
 ``/model_info`` (and ``/get_server_info``, ``/get_model_info``), ``GET /v1/loads`` (SMG's
 ``WorkerLoadResponse``; ``?sim_time=``), ``GET /metrics`` (``?sim_time=``), ``GET|POST /flush_cache`` (``?sim_time=``),
 ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /generate``, ``GET|POST /admin/faults``.
+``/v1/loads?include=disagg`` (or ``all``) adds SGLang's PD queue fields.
 ``/version`` is deliberately absent: a 200 there makes SMG classify the worker as vLLM.
 
 Time: a body with ``sim_time`` is answered at once with its modelled timeline. Without it (live
@@ -16,16 +17,20 @@ With the iteration-level engine (``WorkerCore.iteration``) a request's answer wa
 (DESIGN.md "Time"); the handler holds it on a future keyed by the engine's handle:
 
 - virtual time: the clock's owner (``sim.transports.owner``) steps the engine. The handler reports the arrival
-  (``POST owner_url`` ``{"worker", "handle", "next_event_time"}``) before it waits; the owner's control endpoints,
-  which exist only in virtual time and only for loopback clients: ``POST /sim/advance`` ``{"until": t}`` runs the
-  engine to ``t`` and releases the finished answers (``{"finished": [handles], "next_event_time": t | null}``, null:
-  idle); ``POST /sim/abort`` drops what the engine holds, as a dying server (``{"aborted": [handles]}``), and
+  (``POST owner_url`` ``{"worker", "handle", "next_event_time", "leg"}``, ``leg`` the PD role or null) before it
+  waits; the owner's control endpoints, which exist only in virtual time and only for loopback clients:
+  ``POST /sim/advance`` ``{"until": t}`` runs the engine to ``t`` and releases the finished answers
+  (``{"finished": [handles], "next_event_time": t | null, "notices": [...]}``, null: idle; ``notices``: the PD
+  notices of that advance, ``sim.engine.transfer.notice_to_json``); ``POST /sim/transfer`` (a
+  ``transfer_to_json`` body: the owner paired a room) hands the transfer to the core (``{"next_event_time"}``);
+  ``POST /sim/abort`` drops what the engine holds, as a dying server (``{"aborted": [handles]}``), and
   ``POST /sim/drop`` ``{"handles": [...]}`` then closes those requests' connections, one call per request so
   that the owner can follow each one's retry.
 - live time: a task started with the first live request steps the engine on the scaled wall clock: it sleeps
-  until the engine's next event (woken early by a new request), advances the engine to now and releases the
-  finished answers. An answer is released at (or just after) its modelled finish, so the wait for its finish is
-  over and the stream events, all due by then, go out at once.
+  until the engine's next event (woken early by a new request or a KV transfer), advances the engine to now and
+  releases the finished answers. An answer is released at (or just after) its modelled finish, so the wait for its
+  finish is over and the stream events, all due by then, go out at once. A PD worker's notices go to its
+  rendezvous (``sim.worker.bootstrap``): a prefill worker serves it on its bootstrap socket.
 
 Bad input (malformed JSON, wrong types, bodies over ``max_payload_size``) gets a 4xx JSON error.
 """
@@ -50,11 +55,13 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sim.engine.transfer import Notice, notice_to_json, transfer_from_json
+from sim.worker.bootstrap import DEFAULT_BOOTSTRAP_PORT, BootstrapServer, Rendezvous, bootstrap_app
 from sim.worker.core import WorkerCore
 from sim.worker.reply import Reply, error_body
 from testbed_common import fastjson, vtime
 from testbed_common.asgi_fastpath import FastPathApp
-from testbed_common.loopback import is_loopback
+from testbed_common.loopback import LOOPBACK, is_loopback
 from testbed_common.procs import ThreadServer
 
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
@@ -137,15 +144,19 @@ class HeldRequests:
 
 
 class LiveStepper:
-    """Live time: steps the iteration-level engine on the scaled wall clock (module docstring)."""
+    """Live time: steps the iteration-level engine on the scaled wall clock (module docstring); a PD engine's
+    notices go to ``on_notices`` after each step."""
 
-    def __init__(self, core: WorkerCore, clock: LiveClock, held: HeldRequests) -> None:
+    def __init__(self, core: WorkerCore, clock: LiveClock, held: HeldRequests,
+                 on_notices: Callable[[list[Notice]], None] | None = None) -> None:
         self.core, self.clock, self.held = core, clock, held
+        self.on_notices = on_notices
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def submitted(self) -> None:
-        """A request reached the engine: start stepping if not yet, and look at the engine's next event again."""
+    def wake(self) -> None:
+        """A request reached the engine (or a KV transfer did): start stepping if not yet, and look at the engine's
+        next event again."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._wake.set()
@@ -160,6 +171,8 @@ class LiveStepper:
                 self._wake.clear()
                 continue
             self.held.release(self.core.advance(self.core.now(self.clock.now())))
+            if self.on_notices is not None and (notices := self.core.notices()):
+                self.on_notices(notices)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -187,19 +200,33 @@ def create_app(
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
     on_exit: Callable[[], None] | None = None,
     owner_url: str | None = None,
+    bootstrap: socket.socket | None = None,
+    bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT,
 ) -> FastAPI:
     """The FastAPI app of one worker. ``on_exit`` is what the ``exit`` fault calls (the CLI stops
     this worker's server); without it the ``exit`` fault is refused. ``owner_url``: where a virtual-time request
-    held by the iteration-level engine is reported (the co-simulated clock's owner); None reports nothing."""
+    held by the iteration-level engine is reported (the co-simulated clock's owner); None reports nothing.
+    ``bootstrap``: a prefill worker's bound bootstrap socket, served while the app runs (the real SMG probes it; the
+    live-time rendezvous); ``bootstrap_port``: a decode worker's for requests whose ``bootstrap_port`` is null."""
     clock = LiveClock(speedup)
     held = HeldRequests()
-    stepper = LiveStepper(core, clock, held)
+    pd = core.config.disaggregation_mode
+    rendezvous = Rendezvous(core, clock.now, lambda: stepper.wake(), bootstrap_port) if pd is not None else None
+    stepper = LiveStepper(core, clock, held, rendezvous.noticed if rendezvous is not None else None)
+    bootstrap_server = (BootstrapServer(bootstrap_app(rendezvous), bootstrap)
+                        if rendezvous is not None and pd == "prefill" and bootstrap is not None else None)
     reporter: list[httpx.AsyncClient] = []  # made on first use, on the server's loop
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if bootstrap_server is not None:
+            await bootstrap_server.start()
         yield
         await stepper.stop()
+        if rendezvous is not None:
+            await rendezvous.close()
+        if bootstrap_server is not None:
+            await bootstrap_server.stop()
         for client in reporter:
             await client.aclose()
 
@@ -264,7 +291,7 @@ def create_app(
             transport = httpx.AsyncHTTPTransport(socket_options=[_RESET_ON_CLOSE])
             reporter.append(httpx.AsyncClient(timeout=REPORT_TIMEOUT, trust_env=False, transport=transport))
         t = core.next_event_time()
-        body = {"worker": core.name, "handle": handle, "next_event_time": None if t == math.inf else t}
+        body = {"worker": core.name, "handle": handle, "next_event_time": None if t == math.inf else t, "leg": pd}
         try:
             r = await reporter[0].post(owner_url, content=_dumps(body), headers={"content-type": "application/json"})
             if r.status_code >= 300:
@@ -296,7 +323,7 @@ def create_app(
             if reply.virtual:
                 await report(reply.pending)
             else:
-                stepper.submitted()
+                stepper.wake()
             try:
                 reply = await fut
             except Dropped:
@@ -351,6 +378,9 @@ def create_app(
         except _BadBody as e:
             return _error(e.status, str(e))
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sections = {s.strip() for s in request.query_params.get("include", "").split(",")}  # SGLang's ?include=
+        if sections & {"disagg", "all"}:
+            return json_response(200, core.loads(t, timestamp=stamp, include_disagg=True))
         return json_response(200, core.loads(t, timestamp=stamp))
 
     @app.get("/metrics")
@@ -408,7 +438,24 @@ def create_app(
             return _error(400, 'expected {"until": t}, t a finite non-negative number of virtual seconds', "until")
         finished = held.release(core.advance(float(until)))
         t = core.next_event_time()
-        return json_response(200, {"finished": finished, "next_event_time": None if t == math.inf else t})
+        return json_response(200, {"finished": finished, "next_event_time": None if t == math.inf else t,
+                                   "notices": [notice_to_json(n) for n in core.notices()]})
+
+    @app.post("/sim/transfer")
+    async def sim_transfer(request: Request) -> Response:
+        if (refused := control_refusal(request)) is not None:
+            return refused
+        if pd is None:
+            return _error(400, f"worker {core.name} is co-located (no --disaggregation-mode): it has no KV transfers")
+        try:
+            transfer = transfer_from_json(await read_json(request))
+        except _BadBody as e:
+            return _error(e.status, str(e))
+        except ValueError as e:
+            return _error(400, f"expected a transfer (sim.engine.transfer.transfer_to_json): {e}")
+        core.transfer_ready(transfer)
+        t = core.next_event_time()
+        return json_response(200, {"next_event_time": None if t == math.inf else t})
 
     @app.post("/sim/abort")
     async def sim_abort(request: Request) -> Response:
@@ -457,19 +504,29 @@ def _to_float(raw: str) -> float | None:
 @contextlib.contextmanager
 def serve_in_thread(
     core: WorkerCore, *, speedup: float = 1.0, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
-    port: int | None = None, owner_url: str | None = None,
+    port: int | None = None, owner_url: str | None = None, bootstrap_port: int | None = None,
 ) -> Iterator[ThreadServer]:
     """Serve one worker with uvicorn in a background thread on loopback (tests, the ``http`` transport,
-    the demo); stopped when the block ends. The ``exit`` fault stops this server."""
+    the demo); stopped when the block ends. The ``exit`` fault stops this server. ``bootstrap_port``: a prefill
+    worker listens there too (loopback); a decode worker's fallback for requests whose ``bootstrap_port`` is null."""
     holder: list[ThreadServer] = []
 
     def on_exit() -> None:
         holder[0].server.should_exit = True
 
-    server = ThreadServer(
-        create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit, owner_url=owner_url),
-        port=port,
-    )
-    holder.append(server)
-    with server:
-        yield server
+    sock = None
+    if bootstrap_port is not None and core.config.disaggregation_mode == "prefill":
+        sock = socket.create_server((LOOPBACK, bootstrap_port))
+    try:
+        server = ThreadServer(
+            create_app(core, speedup=speedup, max_payload_size=max_payload_size, on_exit=on_exit,
+                       owner_url=owner_url, bootstrap=sock,
+                       bootstrap_port=DEFAULT_BOOTSTRAP_PORT if bootstrap_port is None else bootstrap_port),
+            port=port,
+        )
+        holder.append(server)
+        with server:
+            yield server
+    finally:
+        if sock is not None:
+            sock.close()

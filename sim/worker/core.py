@@ -41,6 +41,21 @@ its timeline counts from its arrival at the worker:
     co-simulation (``sim.cosim``) in virtual time, the worker app's stepping task in live time.
 ``core.abort_pending() -> list[int]``   drop every request the worker holds (the server died): their ids.
 
+PD disaggregation (``WorkerConfig.disaggregation_mode``; shared/specs/pd-hicache.md section 2): an inference
+request needs an integer ``bootstrap_room`` in [0, 2**63 - 1] (400 otherwise; SMG injects it into both legs).
+
+- A **prefill** worker runs the request with its output cut to ONE token, so its tree gets the prompt only (SGLang
+  inserts ``owned_kv_len`` = the prompt at the transfer's end: ``mem_cache/common.py`` ``release_kv_cache``). When
+  its engine finishes the prefill, ``notices()`` gives a ``PrefillDone``; its answer (a 200 of that one token,
+  finish_reason "length") waits for ``transfer_ready(t)`` and comes out of ``advance`` at ``t.ready``.
+- A **decode** worker's engine pre-allocates the request's KV (``notices()`` then gives a ``DecodeReady``), and
+  once ``transfer_ready(t)`` says when the KV is complete, decodes it in its batch; its answer's ``sim`` object
+  takes ``start`` and ``cached_tokens`` from the prefill (SGLang relays the prefill's ``cached_tokens``) and adds
+  ``"pd"``: the prefill's worker, start, end and hit, the decode prefix, the transfer's tokens, bytes and ready time.
+
+``core.notices() -> list[Notice]``   the notices the last ``advance`` calls produced (drained).
+``core.transfer_ready(t)``           the transfer of a room this worker holds (ignored for a room it does not).
+
 ``core.loads(now, timestamp=None) -> dict``   SMG's ``WorkerLoadResponse`` (``GET /v1/loads``).
 ``core.metrics(now) -> bytes``         Prometheus text (``GET /metrics``), ``sglang:`` names.
 ``core.health() -> (status, dict)``    200, or 503 when the ``unhealthy`` fault is set.
@@ -61,11 +76,12 @@ from typing import Any
 
 import numpy as np
 
+from sim.engine.transfer import MAX_ROOM, DecodeReady, Notice, PrefillDone, Transfer
 from sim.engine.types import EngineLoad, RequestTiming, WorkerConfig
 from sim.worker import documents
 from sim.worker.answers import Answer
 from sim.worker.faults import FaultDraws, Faults, updated_faults
-from sim.worker.metrics import MetricsSample, PrometheusMetrics, loads_document
+from sim.worker.metrics import MetricsSample, PrometheusMetrics, disaggregation_section, loads_document
 from sim.worker.reply import Reply, error_body, error_reply
 from sim.worker.request import ROUTES, BadRequest, parse_request
 from testbed_common import tokenizer, vtime
@@ -106,6 +122,16 @@ class WorkerCore:
         self._clock = 0.0
         self._count = 0  # requests served: with the worker's name, the answer ids of requests without a rid
         self.failed_requests = 0
+        # PD: a request's room and bootstrap address, its engine handle (decode), the answers waiting for a transfer
+        self.role = config.disaggregation_mode
+        self._rooms: dict[int, tuple[int, str | None, int | None]] = {}  # request id -> room, host, port
+        self._room_ids: dict[int, int] = {}  # room -> request id
+        self._handles: dict[int, int] = {}  # decode: request id -> engine handle
+        self._prefilled: dict[int, Any] = {}  # prefill: request id -> its engine timing, until its transfer is known
+        self._held: list[tuple[float, int, Transfer, Any]] = []  # prefill: (ready, id, transfer, timing) by ready
+        self._transfers: dict[int, Transfer] = {}  # decode: request id -> its transfer
+        self._notices: list[Notice] = []
+        self._last_transfer: Transfer | None = None
         self._metrics = PrometheusMetrics(model_name, self.name, self._metrics_sample)
         self._apply_slowdown()
 
@@ -172,10 +198,30 @@ class WorkerCore:
             self.engine.advance(t)
         return self.engine.load(t)
 
-    def loads(self, now: float | None = None, timestamp: str | None = None) -> dict[str, Any]:
-        """SMG's ``WorkerLoadResponse`` at ``now`` (``sim.worker.metrics.loads_document``)."""
+    def loads(self, now: float | None = None, timestamp: str | None = None,
+              include_disagg: bool = False) -> dict[str, Any]:
+        """SMG's ``WorkerLoadResponse`` at ``now`` (``sim.worker.metrics.loads_document``); ``include_disagg``:
+        with SGLang's ``disaggregation`` section (``/v1/loads?include=disagg``)."""
         ld = self.load(now)
-        return loads_document(ld, self._clock, self.name, timestamp)
+        return loads_document(ld, self._clock, self.name, timestamp,
+                              self._disaggregation() if include_disagg else None)
+
+    def _disaggregation(self) -> dict[str, Any]:
+        """The PD queues (prefill: bootstrap 0, inflight = prefills waiting for their transfer) and, on a prefill
+        worker, its last transfer's latency and speed as SGLang measures them (``req_time_stats.py``
+        ``compute_and_observe_kv_transfer_metrics``): from the prefill's end to the transfer's, and the bytes over
+        that time."""
+        if self.role == "decode":
+            queues = (0, 0, *self.engine.disagg_queues())
+        else:
+            queues = (0, len(self._prefilled) + len(self._held), 0, 0, 0)
+        speed = latency = 0.0
+        t = self._last_transfer
+        if t is not None:
+            seconds = t.ready - t.prefill.end
+            if seconds > 0:
+                speed, latency = t.bytes / seconds / 1e9, seconds * 1e3
+        return disaggregation_section(self.role, queues, speed, latency)
 
     def metrics(self, now: float | None = None) -> bytes:
         """Prometheus exposition text of this worker alone (its own registry)."""
@@ -228,6 +274,14 @@ class WorkerCore:
             )
         except BadRequest as e:
             return error_reply(str(e), e.param, e.status)
+        if self.role is not None:
+            room = body.get("bootstrap_room")
+            if type(room) is not int or not 0 <= room <= MAX_ROOM:
+                return error_reply(f"a {self.role} worker needs an integer bootstrap_room in [0, 2**63 - 1]",
+                                   param="bootstrap_room")
+            if room in self._room_ids:
+                return error_reply(f"bootstrap_room {room} is already in flight on this worker",
+                                   param="bootstrap_room")
         t = self.now(sim_time if sim_time is not None else now)
         virtual = sim_time is not None
         headers = {vtime.HEADER_WORKER: self.name}
@@ -240,6 +294,9 @@ class WorkerCore:
         rseed = tokenizer.request_seed(self.seed, req.prompt_ids)
         text, output_arr, vocab_idx = tokenizer.synth_answer_array(rseed, req.max_tokens)
         if self.iteration:  # answered when the engine finishes it (``advance``); ``pending`` is the worker's id
+            if self.role == "prefill":  # its one token: the prompt's KV and the first token, then the decode's
+                text = text.split(" ", 1)[0] if len(output_arr) > 1 else ""
+                output_arr, vocab_idx = output_arr[:1], None
             refused = self.engine.refusal(len(req.prompt_ids), len(output_arr))
             if refused is not None:
                 return error_reply(f"the worker cannot admit this request: {refused}")
@@ -247,6 +304,10 @@ class WorkerCore:
             rid = self._next_id
             self._next_id += 1
             self._pending[rid] = (t, req, text, output_arr, rseed, vocab_idx, self._count, headers, virtual)
+            if self.role is not None:
+                host, port = body.get("bootstrap_host"), body.get("bootstrap_port")
+                self._rooms[rid] = (room, host if type(host) is str else None, port if type(port) is int else None)
+                self._room_ids[room] = rid
             self._arrivals.append((t + self.config.request_overhead, rid, req.prompt_ids, output_arr))
             if not self.config.request_overhead:  # at the scheduler at once
                 self._to_scheduler(t)
@@ -260,9 +321,9 @@ class WorkerCore:
 
     def _answer(self, req: Any, timing: Any, text: str, output_arr: np.ndarray, rseed: int,
                 vocab_idx: np.ndarray | None, serial: int, headers: dict[str, str], virtual: bool,
-                pending: int | None = None) -> Reply:
+                pending: int | None = None, finish_reason: str = "stop", pd: dict[str, Any] | None = None) -> Reply:
         ctx = Answer(req, timing, text, output_arr, rseed, vocab_idx, worker=self.name, model_name=self.model_name,
-                     serial=serial)
+                     serial=serial, finish_reason=finish_reason, pd=pd)
         if req.stream:
             events, times = ctx.events()
             return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual,
@@ -277,6 +338,8 @@ class WorkerCore:
         if not self.iteration:
             return math.inf
         t = self.engine.next_event_time()
+        if self._held and self._held[0][0] < t:
+            t = self._held[0][0]
         return min(t, self._arrivals[0][0]) if self._arrivals else t
 
     def _to_scheduler(self, until: float) -> None:
@@ -284,7 +347,10 @@ class WorkerCore:
         arrivals, by_handle = self._arrivals, self._by_handle
         while arrivals and arrivals[0][0] <= until:
             ready, rid, prompt_ids, output_ids = arrivals.popleft()
-            by_handle[self.engine.submit(ready, prompt_ids, output_ids)] = rid
+            handle = self.engine.submit(ready, prompt_ids, output_ids)
+            by_handle[handle] = rid
+            if self.role == "decode":
+                self._handles[rid] = handle
 
     def advance(self, until: float) -> list[Reply]:
         """Run the engine to ``until``; the answers of the requests it finished (``Reply.pending``: the id ``infer``
@@ -293,13 +359,98 @@ class WorkerCore:
             return []
         self._to_scheduler(until)
         out = []
+        role = self.role
         for done in self.engine.advance(until):
             rid = self._by_handle.pop(done.handle)
+            if role == "prefill":
+                self._prefill_done(rid, done.timing)
+                continue
             arrival, *args = self._pending.pop(rid)
             timing = done.timing if done.timing.arrival == arrival else dataclasses.replace(done.timing,
                                                                                           arrival=arrival)
+            if role == "decode":
+                out.append(self._decode_answer(rid, timing, args))
+                continue
             out.append(self._answer(args[0], timing, *args[1:], pending=rid))
+        if role == "decode":
+            for handle, at, prefix in self.engine.take_preallocated():
+                rid = self._by_handle[handle]
+                room, host, port = self._rooms[rid]
+                self._notices.append(DecodeReady(room=room, worker=self.name, at=at,
+                                                 prompt_tokens=len(self._pending[rid][1].prompt_ids),
+                                                 decode_prefix_tokens=prefix, bootstrap_host=host,
+                                                 bootstrap_port=port))
+        held = self._held
+        while held and held[0][0] <= until:
+            _, rid, t, timing = held.pop(0)
+            out.append(self._prefill_answer(rid, t, timing))
         return out
+
+    # ---- PD disaggregation ---------------------------------------------------------------------
+
+    def notices(self) -> list[Notice]:
+        """The PD notices ``advance`` produced since the last call (prefill: ``PrefillDone``; decode:
+        ``DecodeReady``), in order."""
+        out, self._notices = self._notices, []
+        return out
+
+    def transfer_ready(self, t: Transfer) -> None:
+        """The transfer of room ``t.room``: a prefill worker answers the request at ``t.ready``; a decode worker's
+        engine lets it run from then. A room this worker does not hold is ignored (its request was lost)."""
+        rid = self._room_ids.get(t.room)
+        if rid is None:
+            return
+        if self.role == "prefill":
+            self._last_transfer = t
+            timing = self._prefilled.pop(rid, None)
+            if timing is None:
+                return  # not prefilled yet: a transfer cannot be known before its PrefillDone
+            entry = (t.ready, rid, t, timing)
+            held = self._held
+            i = len(held)
+            while i and held[i - 1][0] > t.ready:
+                i -= 1
+            held.insert(i, entry)
+        elif self.role == "decode" and rid in self._handles and rid not in self._transfers:
+            self._transfers[rid] = t
+            self.engine.transfer_ready(self._handles[rid], t.ready)
+
+    def _prefill_done(self, rid: int, timing: Any) -> None:
+        """A prefill finished in the engine: its notice; its answer waits for the transfer."""
+        arrival = self._pending[rid][0]
+        room = self._rooms[rid][0]
+        self._prefilled[rid] = timing
+        cfg = self.config
+        self._notices.append(PrefillDone(room=room, worker=self.name, arrival=arrival, start=timing.start,
+                                         end=timing.first_token, prompt_tokens=timing.prompt_tokens,
+                                         cached_tokens=timing.cached_tokens,
+                                         last_chunk_tokens=timing.last_extend_tokens,
+                                         kv_bytes_per_token=cfg.kv_bytes_per_token,
+                                         bandwidth=cfg.transfer_bandwidth))
+
+    def _prefill_answer(self, rid: int, t: Transfer, timing: Any) -> Reply:
+        """The prefill leg's answer at the transfer's end: its one token, ``finish`` = ``t.ready``."""
+        arrival, *args = self._pending.pop(rid)
+        self._forget_room(rid)
+        timing = dataclasses.replace(timing, arrival=arrival, finish=t.ready)
+        return self._answer(args[0], timing, *args[1:], pending=rid, finish_reason="length",
+                            pd={"role": "prefill", "transfer_ready": t.ready})
+
+    def _decode_answer(self, rid: int, timing: Any, args: list[Any]) -> Reply:
+        """The decode leg's answer: the decode engine's timeline from the prefill's start, the prefill's hit."""
+        t = self._transfers.pop(rid)
+        self._handles.pop(rid, None)
+        self._forget_room(rid)
+        p = t.prefill
+        timing = dataclasses.replace(timing, start=p.start, cached_tokens=p.cached_tokens)
+        pd = {"prefill_worker": p.worker, "prefill_start": p.start, "prefill_end": p.end,
+              "prefill_cached_tokens": p.cached_tokens, "decode_prefix_tokens": t.decode.decode_prefix_tokens,
+              "transfer_tokens": t.tokens, "transfer_bytes": t.bytes, "transfer_ready": t.ready}
+        return self._answer(args[0], timing, *args[1:], pending=rid, pd=pd)
+
+    def _forget_room(self, rid: int) -> None:
+        room = self._rooms.pop(rid)[0]
+        del self._room_ids[room]
 
     @property
     def pending(self) -> int:
@@ -319,4 +470,8 @@ class WorkerCore:
         self._pending.clear()
         self._arrivals.clear()
         self._by_handle.clear()
+        for pd_state in (self._rooms, self._room_ids, self._handles, self._prefilled, self._transfers):
+            pd_state.clear()
+        self._held.clear()
+        self._notices.clear()
         return handles

@@ -26,7 +26,8 @@ def models(model_name: str, context_length: int) -> dict[str, Any]:
 
 
 def server_info(config: WorkerConfig, model_name: str, context_length: int) -> dict[str, Any]:
-    """``GET /server_info``: a single-GPU, non-disaggregated SGLang server, marked ``mock``."""
+    """``GET /server_info``: a single-GPU SGLang server, marked ``mock``; ``disaggregation_mode`` is SGLang's flag
+    ("null" when co-located, as SGLang writes it)."""
     cap = config.kv_capacity_tokens
     return {
         "model_path": model_name,
@@ -36,7 +37,7 @@ def server_info(config: WorkerConfig, model_name: str, context_length: int) -> d
         "dp_size": 1,
         "pp_size": 1,
         "load_balance_method": "round_robin",
-        "disaggregation_mode": "null",
+        "disaggregation_mode": config.disaggregation_mode or "null",
         "version": "0.0.0-mock",
         "is_embedding": False,
         "context_length": context_length,

@@ -13,9 +13,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sim.engine.types import EngineLoad, EngineStats
 
 
-def loads_document(ld: EngineLoad, clock: float, worker: str, timestamp: str | None = None) -> dict[str, Any]:
+def loads_document(ld: EngineLoad, clock: float, worker: str, timestamp: str | None = None,
+                   disaggregation: dict[str, Any] | None = None) -> dict[str, Any]:
     """SMG's ``WorkerLoadResponse``: ``{timestamp, dp_rank_count, loads: [one rank]}``, plus ``sim_time`` (the
-    worker's clock) and ``worker``.
+    worker's clock) and ``worker``. ``disaggregation`` (``/v1/loads?include=disagg``): the rank's
+    ``"disaggregation"`` section, SGLang's ``DisaggregationMetrics`` (``managers/load_snapshot.py``).
 
     ``timestamp`` (RFC 3339) defaults to the model time ``clock`` read as seconds since the Unix epoch, so the
     core stays clock-free; the HTTP app passes the wall-clock time as SGLang does."""
@@ -23,7 +25,7 @@ def loads_document(ld: EngineLoad, clock: float, worker: str, timestamp: str | N
         timestamp = datetime.fromtimestamp(clock, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     total = ld.num_running_reqs + ld.num_waiting_reqs
     utilization = ld.num_running_reqs / ld.max_running_requests if ld.max_running_requests else 0.0
-    return {
+    doc = {
         "timestamp": timestamp,
         "dp_rank_count": 1,
         "loads": [
@@ -44,6 +46,27 @@ def loads_document(ld: EngineLoad, clock: float, worker: str, timestamp: str | N
         ],
         "sim_time": clock,
         "worker": worker,
+    }
+    if disaggregation is not None:
+        doc["loads"][0]["disaggregation"] = disaggregation
+    return doc
+
+
+def disaggregation_section(mode: str | None, queues: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
+                           speed_gb_s: float = 0.0, latency_ms: float = 0.0) -> dict[str, Any]:
+    """SGLang's ``DisaggregationMetrics``: ``mode`` ("null" when co-located), the prefill bootstrap and inflight
+    queues, the decode prealloc, transfer and retracted queues (in that order in ``queues``) and the last KV
+    transfer's speed and latency."""
+    boot, inflight, prealloc, transfer, retracted = queues
+    return {
+        "mode": mode or "null",
+        "prefill_bootstrap_queue_reqs": boot,
+        "prefill_inflight_queue_reqs": inflight,
+        "decode_prealloc_queue_reqs": prealloc,
+        "decode_transfer_queue_reqs": transfer,
+        "decode_retracted_queue_reqs": retracted,
+        "kv_transfer_speed_gb_s": speed_gb_s,
+        "kv_transfer_latency_ms": latency_ms,
     }
 
 

@@ -47,6 +47,7 @@ class Job:
     node: Node | None = None
     decode_kv: int = 0  # KV of its decode steps (outside the tree)
     had_kv: int = 0  # KV it held when last retracted
+    last_extend: int = 0  # tokens computed in its last prefill forward
     start: float = math.nan
     first: float = math.nan
     cached: int = -1
@@ -167,6 +168,7 @@ class StepByStep:
             self.cache.lock(node)
             j.node = node
             self.transient -= j.end - j.prefix
+            j.last_extend = j.end - j.prefix
             j.prefix = j.end
             if j.end < j.fill:
                 self.full = False
@@ -218,7 +220,8 @@ class StepByStep:
             FinishedRequest(
                 j.handle,
                 IterationTiming(
-                    j.arrival, j.start, j.first, t, j.prompt, j.cached, j.out, j.evicted, j.retractions, j.recomputed
+                    j.arrival, j.start, j.first, t, j.prompt, j.cached, j.out, j.evicted, j.retractions, j.recomputed,
+                    j.last_extend,
                 ),
             )
         )

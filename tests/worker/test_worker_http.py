@@ -645,11 +645,11 @@ def test_a_virtual_request_is_held_reported_and_answered_when_the_engine_is_adva
           httpx.Client(base_url=server.url, timeout=30.0, trust_env=False) as c, ThreadPoolExecutor(1) as pool):
         answer = pool.submit(c.post, "/v1/chat/completions", json=body)
         wait_for(lambda: reports)
-        assert reports == [{"worker": "w0", "handle": handle, "next_event_time": first_event}]
+        assert reports == [{"worker": "w0", "handle": handle, "next_event_time": first_event, "leg": None}]
         early = c.post("/sim/advance", json={"until": expected.timing.finish / 2}).json()
         assert early["finished"] == [] and not answer.done()
         late = c.post("/sim/advance", json={"until": expected.timing.finish}).json()
-        assert late == {"finished": [handle], "next_event_time": None}  # idle again
+        assert late == {"finished": [handle], "next_event_time": None, "notices": []}  # idle again
         r = answer.result(timeout=10)
     assert r.status_code == 200
     assert r.content == fastjson.dumps(expected.body)
