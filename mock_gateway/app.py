@@ -142,12 +142,8 @@ class Gateway:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))
 
     def startup_workers(self) -> dict[str, health.Role]:
-        """The command line's workers in registration order (PD: the prefill workers, then the decode workers)."""
-        cfg = self.config
-        if not cfg.pd_disaggregation:
-            return dict.fromkeys(cfg.worker_urls, health.Role())
-        return {**{url: health.Role("prefill", port) for url, port in cfg.prefill_urls},
-                **{url: health.Role("decode") for url in cfg.decode_urls}}
+        """The command line's workers in registration order (``GatewayConfig.startup_workers``)."""
+        return {url: health.Role(kind, port) for url, kind, port in self.config.startup_workers()}
 
     async def register(self, workers: dict[str, health.Role]) -> None:
         assert self.client is not None
@@ -339,7 +335,7 @@ class Gateway:
             return Attempt(failure[0], JSONResponse(failure[1], status_code=failure[0]), vf, self.settled_at(virtual))
         if virtual:
             first = decode.headers.get(vtime.HEADER_FIRST_TOKEN)
-            times = pd.virtual_times(self.core.clock, vtime.finish_time(prefill.headers),
+            times = pd.virtual_times(vtime.request_time(body) or 0.0, vtime.finish_time(prefill.headers),
                                      float(first) if first is not None else None, vf, send.prefill.stream)
         else:
             times = pd.PdTimes(prefill_seconds, decode_head)

@@ -158,6 +158,14 @@ class GatewayConfig:
         """The configuration the leg's policy instance reads: this one with ``policy`` = the leg's policy."""
         return replace(self, policy=self.leg_policy(leg))
 
+    def startup_workers(self) -> list[tuple[str, str, int | None]]:
+        """The command line's workers in registration order as (URL, worker type, bootstrap port): the
+        ``--worker-urls``, or in PD mode the prefill workers, then the decode workers."""
+        if not self.pd_disaggregation:
+            return [(url, "regular", None) for url in dict.fromkeys(self.worker_urls)]
+        return [*((url, "prefill", port) for url, port in self.prefill_urls),
+                *((url, "decode", None) for url in self.decode_urls)]
+
     def policies(self) -> list[str]:
         """The policies in use: ``--policy``, or in PD mode each leg's (prefill first)."""
         if not self.pd_disaggregation:

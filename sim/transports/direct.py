@@ -127,8 +127,10 @@ class DirectGateway:
         self.jitter = random.Random(self.config.seed)  # retry jitter, apart from the routing RNG (as the app's)
         self.workers = workers
         self.dead: set[str] = set()  # workers whose server is down (sim.faults): attempts, polls, probes fail
+        roles = {url: (kind, port) for url, kind, port in self.config.startup_workers()}  # PD: worker types
         for url, w in workers.items():  # registration: all ready in the first round, in the given order
-            self.core.add_worker(url, w.model_name)
+            kind, port = roles.get(url, ("regular", None))
+            self.core.add_worker(url, w.model_name, worker_type=kind, bootstrap_port=port)
 
     def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
         """The request's answer at once: for workers that answer at arrival (the arrival-time engine)."""
