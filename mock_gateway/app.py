@@ -6,7 +6,12 @@ Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/generate`` (strea
 
 A request runs ``request_path.request_path`` (the gateway's one request loop), this adapter performing its
 effects: load polls and health probes over httpx, sends to the workers (streams relayed, released at their
-end), the retry backoff as a real ``asyncio.sleep``.
+end), the retry backoff as a real ``asyncio.sleep``. In PD mode (``--pd-disaggregation``) an attempt is a pair:
+both legs are sent at once (the bootstrap fields in both bodies), the prefill's answer is drained, the decode's
+relayed with ``x-smg-routed-worker-id`` = the decode URL, and both legs stay in flight until the decode's answer
+ends (a stream: its last chunk; virtual time: the decode's ``x-sim-finish``); a leg's transport error cancels the
+other and answers 502 (``pd.pair_failure``). Registration probes each prefill worker's bootstrap port as SMG does
+(``health.probe_bootstrap``).
 
 Time: a body with ``sim_time`` puts the request on the virtual clock (DESIGN.md): the core's clock
 moves to it, due load polls are fetched with ``?sim_time=`` before routing, and the request stays in
@@ -32,9 +37,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from mock_gateway import health, load_monitor, upstream
+from mock_gateway import health, load_monitor, pd, upstream
 from mock_gateway.config import GatewayConfig
-from mock_gateway.core import Decision, GatewayCore
+from mock_gateway.core import Decision, GatewayCore, Ticket
 from mock_gateway.request_path import (
     CONNECTION_FAILED,
     Attempt,
@@ -42,6 +47,7 @@ from mock_gateway.request_path import (
     ProbeHealth,
     RequestPath,
     Send,
+    SendPair,
     request_path,
 )
 from testbed_common import fastjson, http_client, vtime
@@ -125,7 +131,7 @@ class Gateway:
             self.metrics_server, _ = start_http_server(
                 cfg.prometheus_port, addr=cfg.prometheus_host, registry=self.core.metrics.registry
             )
-        self.spawn(self.register(cfg.worker_urls))
+        self.spawn(self.register(self.startup_workers()))
         if not cfg.disable_health_check:
             # wall-clock rounds once the first inference request showed live time: before it the mode is
             # unknown, and a virtual-time run must not see a probe the direct transport cannot repeat
@@ -135,12 +141,16 @@ class Gateway:
     def spawn(self, coro) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))
 
-    async def register(self, urls: list[str]) -> None:
+    def startup_workers(self) -> dict[str, health.Role]:
+        """The command line's workers in registration order (``GatewayConfig.startup_workers``)."""
+        return {url: health.Role(kind, port) for url, kind, port in self.config.startup_workers()}
+
+    async def register(self, workers: dict[str, health.Role]) -> None:
         assert self.client is not None
         await health.register_workers(
             self.core,
             self.client,
-            urls,
+            workers,
             max(self.config.worker_startup_check_interval, 0.05),
             self.config.worker_startup_timeout_secs,
         )
@@ -169,7 +179,7 @@ class Gateway:
         resp = await self._proxy(request, path, endpoint)
         m.router_duration.labels(
             router_type="http",
-            backend_type="regular",
+            backend_type="pd" if self.config.pd_disaggregation else "regular",
             connection_mode="http",
             model=getattr(request.state, "model", "unknown"),
             endpoint=endpoint,
@@ -229,6 +239,8 @@ class Gateway:
             while True:
                 if isinstance(effect, Send):
                     result: Any = await self._attempt(effect, path, endpoint, headers, body, rid, virtual)
+                elif isinstance(effect, SendPair):
+                    result = await self._pair(effect, path, endpoint, headers, body, rid, virtual)
                 elif isinstance(effect, PollLoads):
                     result = await load_monitor.fetch_loads(self.client, effect.urls,
                                                             effect.now if effect.virtual else None)
@@ -262,7 +274,7 @@ class Gateway:
         status = resp.status_code
         if d.stream and status == 200:
             media_type = resp.headers.get("content-type", "text/event-stream")
-            relay = StreamingResponse(self._relay(resp, ticket, vf), status, out_headers, media_type)
+            relay = StreamingResponse(self._relay(resp, (ticket,), vf), status, out_headers, media_type)
             return Attempt(status, relay, vf, self.settled_at(virtual), relayed=True)
         try:
             content = await resp.aread()
@@ -276,13 +288,79 @@ class Gateway:
         """The clock an attempt settles on: the core's (None) in virtual time, the wall clock in live time."""
         return None if virtual else self.live_now()
 
-    async def _relay(self, resp: httpx.Response, ticket, vf: float | None) -> AsyncIterator[bytes]:
+    async def _pair(
+        self, send: SendPair, path: str, endpoint: str, headers: dict[str, str], body: dict, rid: str, virtual: bool
+    ) -> Attempt:
+        """One PD attempt: both legs sent at once; the prefill's answer drained, then the decode's relayed (a 200
+        stream after the response is returned, both tickets finished at its end)."""
+        prefill_url, decode_url = send.prefill.url, send.decode.url
+        assert prefill_url is not None and decode_url is not None
+        payload = upstream.with_defaults(endpoint, body)
+        forwarded = upstream.forward_headers(headers, self.config.api_key)
+        started = time.perf_counter()
+
+        async def head(url: str) -> tuple[httpx.Response, float]:
+            client = self.worker_client(url)
+            data = fastjson.dumps(pd.leg_body(payload, send.bootstrap), ensure_ascii=True)
+            resp = await client.send(client.request("POST", self.worker_url(url, path), forwarded, data), stream=True)
+            return resp, time.perf_counter() - started
+
+        legs = [asyncio.ensure_future(head(prefill_url)), asyncio.ensure_future(head(decode_url))]
+        await asyncio.wait(legs, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((leg.exception() for leg in legs if leg.done() and leg.exception() is not None), None)
+        if failed is not None:  # SMG's try_join: a transport error on either leg cancels the other
+            for leg in legs:
+                leg.cancel()
+            await asyncio.gather(*legs, return_exceptions=True)
+            for leg in legs:
+                if not leg.cancelled() and leg.exception() is None:
+                    await leg.result()[0].aclose()
+            status, err = pd.pair_failure(None, None, str(failed))  # type: ignore[misc]
+            return Attempt(status, JSONResponse(err, status_code=status), now=self.settled_at(virtual))
+        (prefill, _), (decode, decode_head) = (leg.result() for leg in legs)
+        try:
+            prefill_body = await prefill.aread()
+        finally:
+            await prefill.aclose()
+        prefill_seconds = time.perf_counter() - started
+        if not 200 <= decode.status_code < 300:
+            detail = (await decode.aread()).decode(errors="replace")
+            await decode.aclose()
+        else:
+            detail = prefill_body.decode(errors="replace")
+        failure = pd.pair_failure(prefill.status_code, decode.status_code, detail)
+        vf = vtime.finish_time(decode.headers) if virtual else None
+        if failure is not None:
+            await decode.aclose()
+            return Attempt(failure[0], JSONResponse(failure[1], status_code=failure[0]), vf, self.settled_at(virtual))
+        if virtual:
+            first = decode.headers.get(vtime.HEADER_FIRST_TOKEN)
+            times = pd.virtual_times(vtime.request_time(body) or 0.0, vtime.finish_time(prefill.headers),
+                                     float(first) if first is not None else None, vf, send.prefill.stream)
+        else:
+            times = pd.PdTimes(prefill_seconds, decode_head)
+        out_headers = upstream.response_headers(decode.headers, decode_url, rid)
+        tickets = (send.prefill_ticket, send.decode_ticket)
+        if send.prefill.stream:
+            media_type = decode.headers.get("content-type", "text/event-stream")
+            relay = StreamingResponse(self._relay(decode, tickets, vf), decode.status_code, out_headers, media_type)
+            return Attempt(decode.status_code, relay, vf, self.settled_at(virtual), relayed=True, pd_times=times)
+        try:
+            content = await decode.aread()
+        finally:
+            await decode.aclose()
+        return Attempt(decode.status_code, Response(content, status_code=decode.status_code, headers=out_headers), vf,
+                       self.settled_at(virtual), pd_times=times)
+
+    async def _relay(self, resp: httpx.Response, tickets: tuple[Ticket, ...], vf: float | None
+                     ) -> AsyncIterator[bytes]:
         try:
             async for chunk in resp.aiter_raw():
                 yield chunk
         finally:
             await resp.aclose()
-            self.core.finish(ticket, virtual_finish=vf)
+            for ticket in tickets:
+                self.core.finish(ticket, virtual_finish=vf)
 
     # -- control plane ---------------------------------------------------------------------------
     def workers_json(self) -> dict:
@@ -293,7 +371,8 @@ class Gateway:
                     "id": worker_id(w.url),
                     "url": w.url,
                     "model_id": w.model,
-                    "worker_type": "regular",
+                    "worker_type": w.worker_type,
+                    **({"bootstrap_port": w.bootstrap_port} if w.bootstrap_port is not None else {}),
                     "connection_mode": "http",
                     "is_healthy": w.ready,
                     "status": w.status,
@@ -365,7 +444,10 @@ def create_app(config: GatewayConfig, core: GatewayCore | None = None, serve_met
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             return error(400, "invalid_type", "'url' must be an http(s) URL", "url")
         url = url.rstrip("/")
-        gw.spawn(gw.register([url]))
+        role = health.Role.from_json(body)
+        if isinstance(role, str):
+            return error(400, "invalid_type", role, "worker_type")
+        gw.spawn(gw.register({url: role}))
         return JSONResponse({"status": "accepted", "worker_id": worker_id(url), "url": url}, status_code=202)
 
     @app.delete("/workers/{wid:path}")

@@ -8,6 +8,11 @@ Anything else that could not do what the command line asks is a ``GatewayFlagErr
 (``POLICY_SPECIFIC``; SMG would accept and ignore it). ``--seed`` is a testbed extension: every random choice of
 the mock comes from one seeded ``random.Random``. A ``--policy`` that is not built in may name a plugin: an entry
 point of the ``smg_testbed.policies`` group (``policies/factory.py``, docs/policies.md).
+
+PD mode (``--pd-disaggregation --prefill URL [BOOTSTRAP_PORT|none] ... --decode URL ...``): each leg runs its own
+policy (``--prefill-policy`` / ``--decode-policy``, else ``--policy``); ``leg_config(leg)`` is the configuration a
+leg's policy instance sees (``policy`` replaced by the leg's). A flag only some policies read is accepted when any
+leg's policy reads it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import difflib
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NoReturn
 
@@ -37,6 +42,7 @@ POLICIES = [
 ]
 ASSIGNMENT_MODES = ["random", "min_load", "min_group", "delegate", "min_kv"]  # min_kv: testbed extension
 POLICY_ENTRY_POINTS = "smg_testbed.policies"
+PD_LEGS = ("prefill", "decode")  # SMG's WorkerLeg in PD mode, in selection order
 
 
 class GatewayFlagError(ValueError):
@@ -112,6 +118,12 @@ class GatewayConfig:
     prometheus_host: str = "127.0.0.1"  # smg launch: the unspecified address of --host's family
     prometheus_port: int = 29000
     log_level: str = "info"
+    # PD disaggregation (smg launch --pd-disaggregation)
+    pd_disaggregation: bool = False
+    prefill_urls: list[tuple[str, int | None]] = field(default_factory=list)  # (URL, bootstrap port or None)
+    decode_urls: list[str] = field(default_factory=list)
+    prefill_policy: str | None = None  # None: --policy
+    decode_policy: str | None = None  # None: --policy
     # testbed extension
     seed: int | None = None
     # testbed extensions beyond SMG: bounded_load policy, manual --assignment-mode min_kv (docs/beyond-smg.md)
@@ -136,6 +148,29 @@ class GatewayConfig:
     @property
     def overload_protection(self) -> bool:
         return not self.disable_worker_overload_protection
+
+    def leg_policy(self, leg: str) -> str:
+        """The policy of a PD leg (``prefill`` or ``decode``): its own flag, else ``--policy``."""
+        own = self.prefill_policy if leg == "prefill" else self.decode_policy
+        return own or self.policy
+
+    def leg_config(self, leg: str) -> GatewayConfig:
+        """The configuration the leg's policy instance reads: this one with ``policy`` = the leg's policy."""
+        return replace(self, policy=self.leg_policy(leg))
+
+    def startup_workers(self) -> list[tuple[str, str, int | None]]:
+        """The command line's workers in registration order as (URL, worker type, bootstrap port): the
+        ``--worker-urls``, or in PD mode the prefill workers, then the decode workers."""
+        if not self.pd_disaggregation:
+            return [(url, "regular", None) for url in dict.fromkeys(self.worker_urls)]
+        return [*((url, "prefill", port) for url, port in self.prefill_urls),
+                *((url, "decode", None) for url in self.decode_urls)]
+
+    def policies(self) -> list[str]:
+        """The policies in use: ``--policy``, or in PD mode each leg's (prefill first)."""
+        if not self.pd_disaggregation:
+            return [self.policy]
+        return list(dict.fromkeys(self.leg_policy(leg) for leg in PD_LEGS))
 
 
 def _suggestion(word: str, candidates: list[str]) -> str:
@@ -256,6 +291,13 @@ def build_parser() -> GatewayArgumentParser:
     a("--prometheus-port", type=int, default=d.prometheus_port)
     a("--log-level", choices=["debug", "info", "warn", "error"], default=d.log_level)
     a("--seed", type=int, default=None, help="testbed extension: seed of the mock's random choices")
+    a("--pd-disaggregation", action="store_true",
+      help="PD mode: prefill and decode workers (--prefill, --decode), one worker of each per request")
+    a("--prefill", nargs="+", action="append", default=None, metavar="PREFILL",
+      help="PD: a prefill worker, --prefill URL [BOOTSTRAP_PORT|none] (no port: none); repeat for more")
+    a("--decode", action="append", default=None, metavar="URL", help="PD: a decode worker URL; repeat for more")
+    a("--prefill-policy", default=None, metavar="POLICY", help="PD: the prefill leg's policy (default --policy)")
+    a("--decode-policy", default=None, metavar="POLICY", help="PD: the decode leg's policy (default --policy)")
     # testbed extensions beyond SMG (docs/beyond-smg.md)
     a("--bounded-load-epsilon", type=float, default=d.bounded_load_epsilon, help="bounded_load: bound (1+eps)*avg")
     a(
@@ -364,12 +406,43 @@ def _unknown_tokens(p: GatewayArgumentParser, argv: list[str], unknown: list[str
 
 
 def _not_applicable(cfg: GatewayConfig, given: dict[str, str]) -> str | None:
-    """The first flag given that this policy would ignore, as an error message."""
+    """The first flag given that no policy in use would read (PD: neither leg's), as an error message."""
+    readers = [cfg.leg_config(leg) for leg in PD_LEGS] if cfg.pd_disaggregation else [cfg]
     for dest, spelling in given.items():
-        if dest in POLICY_SPECIFIC and not POLICY_SPECIFIC[dest][1](cfg):
+        if dest in POLICY_SPECIFIC and not any(POLICY_SPECIFIC[dest][1](c) for c in readers):
             mode = f" --assignment-mode {cfg.assignment_mode}" if cfg.assignment_mode and _sticky_map(cfg) else ""
-            return (f"{spelling} applies to {POLICY_SPECIFIC[dest][0]} only, not to --policy {cfg.policy}{mode}: "
+            policy = " / ".join(f"--policy {c.policy}" for c in readers)
+            return (f"{spelling} applies to {POLICY_SPECIFIC[dest][0]} only, not to {policy}{mode}: "
                     "the run would ignore it (smg does so silently), so drop it or choose a policy that reads it")
+    return None
+
+
+def _prefill_urls(values: list[list[str]]) -> list[tuple[str, int | None]]:
+    """``--prefill URL [BOOTSTRAP_PORT|none]`` occurrences as (URL, port), as smg's ``_parse_prefill_urls``."""
+    out: list[tuple[str, int | None]] = []
+    for args in values:
+        if len(args) > 2:
+            raise GatewayFlagError(f"--prefill takes a URL and at most one bootstrap port, got {' '.join(args)}")
+        port: int | None = None
+        if len(args) == 2 and args[1].lower() != "none":
+            try:
+                port = int(args[1])
+            except ValueError:
+                raise GatewayFlagError(f"Invalid bootstrap port: {args[1]}. Must be a number or 'none'") from None
+            if not 0 < port < 65536:
+                raise GatewayFlagError(f"Invalid bootstrap port: {args[1]}. Must be in 1..65535")
+        out.append((args[0].rstrip("/"), port))
+    return out
+
+
+def _pd_problem(cfg: GatewayConfig, values: dict[str, Any]) -> str | None:
+    """What is wrong with the PD flags, or None."""
+    pd_only = [f for f, v in (("--prefill", values["prefill"]), ("--decode", values["decode"]),
+                              ("--prefill-policy", cfg.prefill_policy), ("--decode-policy", cfg.decode_policy)) if v]
+    if not cfg.pd_disaggregation:
+        return f"{pd_only[0]} needs --pd-disaggregation" if pd_only else None
+    if cfg.worker_urls:
+        return "--worker-urls is not used with --pd-disaggregation: give the workers with --prefill and --decode"
     return None
 
 
@@ -395,10 +468,17 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         cfg.routing_key_headers = [h.lower() for h in values["routing_key_headers"]]
     if values["prometheus_host"] is None and ":" in cfg.host:
         cfg.prometheus_host = "::1"
-    if cfg.policy not in POLICIES and cfg.policy not in (plugins := policy_plugins()):
-        known = [*POLICIES, *plugins]
-        raise GatewayFlagError(f"unknown --policy {cfg.policy!r}{_suggestion(cfg.policy, known)}; "
-                               f"one of {', '.join(known)}")
+    if values["prefill"]:
+        cfg.prefill_urls = _prefill_urls(values["prefill"])
+    if values["decode"]:
+        cfg.decode_urls = [u.rstrip("/") for u in values["decode"]]
+    if problem := _pd_problem(cfg, values):
+        raise GatewayFlagError(problem)
+    for flag, name in (("--policy", cfg.policy), ("--prefill-policy", cfg.prefill_policy),
+                       ("--decode-policy", cfg.decode_policy)):
+        if name is not None and name not in POLICIES and name not in (plugins := policy_plugins()):
+            known = [*POLICIES, *plugins]
+            raise GatewayFlagError(f"unknown {flag} {name!r}{_suggestion(name, known)}; one of {', '.join(known)}")
     if problem := _not_applicable(cfg, given):
         raise GatewayFlagError(problem)
     return cfg

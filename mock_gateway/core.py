@@ -9,7 +9,8 @@ when omitted the core's clock is used)::
 
     core = GatewayCore(config: GatewayConfig, seed: int | None = None,
                        metrics: GatewayMetrics | None = None, now: float = 0.0)
-    core.add_worker(url: str, model: str = "unknown", now: float | None = None) -> Worker
+    core.add_worker(url: str, model: str = "unknown", now: float | None = None,
+                    worker_type: str = "regular", bootstrap_port: int | None = None) -> Worker
     core.remove_worker(url: str) -> bool
     core.advance(now: float) -> int            # clock = max(clock, now); release in-flight requests whose
                                                # virtual finish <= clock; run eviction and breaker timers;
@@ -34,6 +35,12 @@ when omitted the core's clock is used)::
     core.due_health(now: float) -> list[str]   # virtual time: URLs to probe now if a health round is due
                                                # (every --health-check-interval-secs; marks it done)
 
+PD mode (``--pd-disaggregation``): every worker has a type (``prefill`` or ``decode``; ``add_worker``) and each leg
+its own policy instance (``leg_policies``). ``select`` picks the prefill worker first, then the decode worker, each
+among the available workers of its type with its leg's policy (``RouteInput.leg`` set); it returns the prefill leg's
+``Decision`` with the decode leg's in ``Decision.decode`` (or one refusal). ``bootstrap(decision)`` draws the
+bootstrap fields SMG injects into both bodies; ``begin`` and ``finish`` are called once per leg.
+
 An in-process caller may give ``input_ids`` as a 1-D integer numpy array (checked as a list is, vectorised:
 ids in [0, 2**32)); JSON bodies only ever carry lists. The routing text and routing tokens are extracted only
 if the policy reads them (``RouteInput`` is lazy), and metrics writes are deferred to collection (metrics.py).
@@ -55,16 +62,25 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mock_gateway.config import GatewayConfig
+from mock_gateway.config import PD_LEGS, GatewayConfig
 from mock_gateway.metrics import GatewayMetrics
-from mock_gateway.policies.base import LAZY, PolicyContext, RouteInput
+from mock_gateway.policies.base import LAZY, Policy, PolicyContext, RouteInput
 from mock_gateway.policies.factory import make_policy
 from mock_gateway.request_validation import validate
 from mock_gateway.routing_key import header_key
-from mock_gateway.workers import CB_OPEN, CB_STATE_VALUE, CircuitBreaker, EngineReport, Worker, WorkerRegistry
+from mock_gateway.workers import (
+    CB_OPEN,
+    CB_STATE_VALUE,
+    REGULAR,
+    CircuitBreaker,
+    EngineReport,
+    Worker,
+    WorkerRegistry,
+)
 
 ENDPOINTS = ("chat", "completions", "generate")
 _NONE: frozenset[str] = frozenset()
+ROOM_MASK = (1 << 63) - 1  # SMG's generate_room_id: a random u64 masked to [0, 2**63 - 1]
 
 
 @dataclass
@@ -80,6 +96,8 @@ class Decision:
     message: str = ""
     param: str | None = None
     stream: bool = False
+    worker_type: str = REGULAR  # the type of the worker picked (PD: this decision's leg)
+    decode: Decision | None = None  # PD: the decode leg's decision (this one is the prefill leg's)
 
 
 @dataclass
@@ -101,7 +119,17 @@ class GatewayCore:
         self.metrics = metrics or GatewayMetrics()
         self.registry = WorkerRegistry()
         self.ctx = PolicyContext(config, self.rng, self.registry, self.metrics)
-        self.policy = make_policy(self.ctx)
+        # PD: one policy instance per leg, each reading the config with its leg's policy (SMG's create_pd_router)
+        self.leg_policies: dict[str, Policy] = {}
+        if config.pd_disaggregation:
+            self.leg_policies = {
+                leg: make_policy(PolicyContext(config.leg_config(leg), self.rng, self.registry, self.metrics))
+                for leg in PD_LEGS
+            }
+            self.policy = self.leg_policies[PD_LEGS[0]]
+        else:
+            self.policy = make_policy(self.ctx)
+        self._policies = tuple(self.leg_policies.values()) or (self.policy,)
         self.clock = now
         self._next_poll: float | None = None
         self._next_health: float | None = None  # virtual-time health rounds (due_health)
@@ -130,10 +158,13 @@ class GatewayCore:
             for g in (m.engine_running, m.engine_waiting, m.engine_token_usage, m.engine_gen_throughput,
                       m.engine_cache_hit_rate)
         ]
-        self.policy.tick(now)
+        for p in self._policies:
+            p.tick(now)
 
     # -- workers -----------------------------------------------------------------------------------
-    def add_worker(self, url: str, model: str = "unknown", now: float | None = None) -> Worker:
+    def add_worker(self, url: str, model: str = "unknown", now: float | None = None, worker_type: str = REGULAR,
+                   bootstrap_port: int | None = None) -> Worker:
+        """Register a worker; in PD mode every policy instance is told of it (one ring holds both types)."""
         now = self.clock if now is None else now
         cfg = self.config
         if url in self.registry:
@@ -142,6 +173,8 @@ class GatewayCore:
             Worker(
                 url,
                 model,
+                worker_type,
+                bootstrap_port,
                 breaker=CircuitBreaker(
                     cfg.cb_failure_threshold,
                     cfg.cb_success_threshold,
@@ -150,7 +183,8 @@ class GatewayCore:
                 ),
             )
         )
-        self.policy.on_worker_added(w)
+        for p in self._policies:
+            p.on_worker_added(w)
         if self._next_poll is None:
             self._next_poll = now  # the monitor's first tick fires when the group is created
         if self._next_health is None:
@@ -168,15 +202,17 @@ class GatewayCore:
         self._open.discard(url)
         self._not_ready.discard(url)
         self._overloaded.discard(url)
-        self.policy.on_worker_removed(url)
+        for p in self._policies:
+            p.on_worker_removed(url)
         self._pool_gauge()
         return True
 
     def _pool_gauge(self) -> None:
-        for model in self.registry.models():
-            self.metrics.worker_pool_size.labels(worker_type="regular", connection_mode="http", model=model).set(
-                len(self.registry.for_model(model))
-            )
+        sizes: dict[tuple[str, str], int] = {}
+        for w in self.registry.values():
+            sizes[w.worker_type, w.model] = sizes.get((w.worker_type, w.model), 0) + 1
+        for (worker_type, model), n in sizes.items():
+            self.metrics.worker_pool_size.labels(worker_type=worker_type, connection_mode="http", model=model).set(n)
 
     def models(self) -> list[str]:
         return self.registry.models()
@@ -191,7 +227,8 @@ class GatewayCore:
         while pending and pending[0][0] <= clock:
             _, _, t = heapq.heappop(pending)
             released += self._release(t)
-        self.policy.tick(clock)
+        for p in self._policies:
+            p.tick(clock)
         self.breaker_tick(clock)
         return released
 
@@ -223,7 +260,7 @@ class GatewayCore:
         return (
             not cfg.disable_load_monitoring
             or cfg.overload_protection
-            or cfg.policy in ("cache_aware", "least_load", "power_of_two")
+            or any(p in ("cache_aware", "least_load", "power_of_two") for p in cfg.policies())
         )
 
     def record_load(self, url: str, load: Any, now: float) -> None:
@@ -282,7 +319,7 @@ class GatewayCore:
         if w is None:
             return
         cfg = self.config
-        self._m_health_checks[("regular", "success" if ok else "failure")].inc()
+        self._m_health_checks[(w.worker_type, "success" if ok else "failure")].inc()
         if ok:
             w.health_failures = 0
             w.health_successes += 1
@@ -352,9 +389,9 @@ class GatewayCore:
             model = None
         label = model or "unknown"
         stream = bool(body.get("stream", False))
-        m = self.metrics
         if attempt == 0:
-            self._m_router[("http", "regular", "http", label, endpoint, "true" if stream else "false")].inc()
+            backend = "pd" if self.leg_policies else "regular"
+            self._m_router[("http", backend, "http", label, endpoint, "true" if stream else "false")].inc()
         if model is not None and not self.registry.of_model(model):
             return Decision(
                 None,
@@ -366,7 +403,42 @@ class GatewayCore:
                 message=f"No worker available for model '{model}'",
                 stream=stream,
             )
-        workers = self.available(model, exclude)
+        key = header_key(headers, cfg.routing_key_headers)
+        route = (endpoint, headers, body, model, label, stream, key, now, tokens, exclude)
+        if self.leg_policies:
+            return self._select_pair(route)
+        d = self._pick(self.available(model, exclude), cfg.policy, self.policy, route)
+        return self._selected(d) if d.url is not None else d
+
+    def _select_pair(self, route: tuple) -> Decision:
+        """PD: the prefill leg, then the decode leg, each among the available workers of its type with its own
+        policy; the prefill leg's decision holding the decode's, or the first leg's refusal (SMG's
+        ``select_pd_pair``: a leg without workers is 503 ``server_selection_failed``)."""
+        endpoint, model, label, stream, exclude = route[0], route[3], route[4], route[5], route[9]
+        available = self.available(model, exclude)
+        legs: list[Decision] = []
+        for leg, policy in self.leg_policies.items():
+            workers = [w for w in available if w.worker_type == leg]
+            policy_name = self.config.leg_policy(leg)
+            d = self._pick(workers, policy_name, policy, route, leg) if workers else Decision(
+                None, endpoint, policy_name, model=label, status=503, error_code="server_selection_failed",
+                message=f"No available servers: No available {leg} workers (all circuits open or unhealthy)",
+                stream=stream)
+            if d.url is None:
+                return d
+            legs.append(d)
+        prefill, decode = legs
+        prefill.decode = decode
+        self._selected(prefill)
+        self._selected(decode)
+        return prefill
+
+    def _pick(self, workers: list[Worker], policy_name: str, policy: Policy, route: tuple,
+              leg: str | None = None) -> Decision:
+        """One worker among ``workers`` (overload protection, then the policy), not yet counted as selected."""
+        endpoint, headers, body, model, label, stream, key, now, tokens, exclude = route
+        cfg, m = self.config, self.metrics
+        worker_type = leg or REGULAR
         if workers and cfg.overload_protection:
             overloaded = self._overloaded  # by their last load reports, kept up to date by record_load
             fine = [w for w in workers if w.url not in overloaded] if overloaded else workers
@@ -377,7 +449,7 @@ class GatewayCore:
                     return Decision(
                         None,
                         endpoint,
-                        cfg.policy,
+                        policy_name,
                         model=label,
                         status=503,
                         error_code="worker_overload_protection_shed",
@@ -386,21 +458,18 @@ class GatewayCore:
                     )
                 m.overload_fallback.labels(stage="selection").inc()
                 chosen = min(workers, key=lambda w: w.load)
-                key = header_key(headers, cfg.routing_key_headers)
-                return self._selected(
-                    Decision(chosen.url, endpoint, cfg.policy, "overload_fallback", key, label, stream=stream)
-                )
+                return Decision(chosen.url, endpoint, policy_name, "overload_fallback", key, label, stream=stream,
+                                worker_type=worker_type)
             workers = fine
         # text and tokens are computed only if the policy reads them
-        key = header_key(headers, cfg.routing_key_headers)
         req = RouteInput(endpoint, headers, body, model, None, LAZY if tokens is None else tokens, key, now,
-                         frozenset(exclude) if exclude else _NONE)
-        choice = self.policy.select(workers, req)
+                         frozenset(exclude) if exclude else _NONE, leg)
+        choice = policy.select(workers, req)
         if choice.url is None:
             return Decision(
                 None,
                 endpoint,
-                cfg.policy,
+                policy_name,
                 choice.branch,
                 model=label,
                 status=503,
@@ -409,10 +478,19 @@ class GatewayCore:
                 stream=stream,
             )
         key = choice.key if choice.key is not None else req.key
-        return self._selected(Decision(choice.url, endpoint, cfg.policy, choice.branch, key, label, stream=stream))
+        return Decision(choice.url, endpoint, policy_name, choice.branch, key, label, stream=stream,
+                        worker_type=worker_type)
+
+    def bootstrap(self, prefill: Decision) -> dict[str, Any]:
+        """The fields SMG injects into both legs' bodies (``inject_bootstrap_into_value``): the prefill worker's host
+        and registered bootstrap port (None: null), and a room drawn from the gateway's seeded RNG."""
+        w = self.registry.get(prefill.url)  # type: ignore[arg-type]
+        assert w is not None
+        return {"bootstrap_host": w.bootstrap_host, "bootstrap_port": w.bootstrap_port,
+                "bootstrap_room": self.rng.getrandbits(64) & ROOM_MASK}
 
     def _selected(self, d: Decision) -> Decision:
-        self._m_selection[("regular", "http", d.model, d.policy)].inc()
+        self._m_selection[(d.worker_type, "http", d.model, d.policy)].inc()
         return d
 
     # -- in-flight accounting -----------------------------------------------------------------------

@@ -1,16 +1,27 @@
-"""Worker registration (SMG's workflow, reduced to what the mock needs) and the periodic health checker."""
+"""Worker registration (SMG's workflow, reduced to what the mock needs) and the periodic health checker.
+
+A PD prefill worker's registration ends with SMG's bootstrap probe: a TCP connect to its bootstrap host and port
+(SGLang's default 8998 when none is registered); a refusal is logged and counted as
+``smg_pd_rendezvous_failures_total{leg="prefill",phase="probe"}``, and the worker is registered anyway.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from mock_gateway.config import GatewayConfig
 from mock_gateway.core import GatewayCore
+from mock_gateway.workers import DECODE, PREFILL, REGULAR, SGLANG_DEFAULT_BOOTSTRAP_PORT
+
+BOOTSTRAP_PROBE_TIMEOUT = 2.0  # seconds a registration probe of a bootstrap port may take
 
 log = logging.getLogger("mock_gateway")
 
@@ -48,25 +59,63 @@ async def discover_model(client: httpx.AsyncClient, url: str, timeout: float) ->
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What a worker is registered as: SMG's worker type and, for a prefill worker, its bootstrap port."""
+
+    worker_type: str = REGULAR
+    bootstrap_port: int | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Role | str:
+        """From a ``POST /workers`` body's ``worker_type`` and ``bootstrap_port``; a problem as a message."""
+        worker_type = body.get("worker_type", REGULAR)
+        port = body.get("bootstrap_port")
+        if worker_type not in (REGULAR, PREFILL, DECODE):
+            return f"'worker_type' must be one of {REGULAR}, {PREFILL}, {DECODE}"
+        if port is not None and (type(port) is not int or not 0 < port < 65536 or worker_type != PREFILL):
+            return "'bootstrap_port' must be a port number (1..65535) of a prefill worker, or null"
+        return cls(worker_type, port)
+
+
+async def probe_bootstrap(host: str, port: int, timeout: float = BOOTSTRAP_PROBE_TIMEOUT) -> bool:
+    """Whether ``host:port`` accepts a TCP connection (SMG's registration probe of a prefill's bootstrap port)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def register_workers(
     core: GatewayCore,
     client: httpx.AsyncClient,
-    urls: list[str],
+    roles: Mapping[str, Role],
     interval: float,
     timeout_secs: float,
     on_added: Callable[[str], None] | None = None,
 ) -> None:
-    """Probe pending workers in rounds (concurrently); add those ready in a round in the given order."""
-    pending = list(dict.fromkeys(urls))
+    """Probe pending workers (URL -> role) in rounds (concurrently); add those ready in a round in the given order."""
+    pending = list(roles)
     deadline = time.monotonic() + timeout_secs
     while pending and time.monotonic() < deadline:
         models = await asyncio.gather(*(discover_model(client, u, 5.0) for u in pending))
         for url, model in zip(pending, models, strict=True):
             if model is not None:
-                core.add_worker(url, model)
+                role = roles[url]
+                w = core.add_worker(url, model, worker_type=role.worker_type, bootstrap_port=role.bootstrap_port)
+                if role.worker_type == PREFILL:
+                    port = role.bootstrap_port or SGLANG_DEFAULT_BOOTSTRAP_PORT
+                    if not await probe_bootstrap(w.bootstrap_host, port):
+                        core.metrics.pd_rendezvous_failures.labels(leg=PREFILL, phase="probe").inc()
+                        log.warning("Bootstrap port did not accept a connection at registration: %s (%s:%d)",
+                                    url, w.bootstrap_host, port)
                 if on_added:
                     on_added(url)
-                log.info("worker %s registered (model %s)", url, model)
+                log.info("worker %s registered (model %s, %s)", url, model, role.worker_type)
         pending = [u for u, m in zip(pending, models, strict=True) if m is None]
         if pending:
             await asyncio.sleep(interval)

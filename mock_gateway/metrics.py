@@ -27,6 +27,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 RATIO_BUCKETS = tuple(round(0.1 * i, 1) for i in range(11))
+# smg 1.13.0's buckets of the PD duration histograms (seen on its /metrics)
+PD_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180,
+                       240, 300, 480, 900, 1200, 1800, 2700, 3600, 5400, 7200)
 
 
 def _child(metric: Any, key: str | tuple[str, ...]) -> Any:
@@ -218,6 +221,21 @@ class GatewayMetrics:
             "smg_router_upstream_responses",
             "Upstream backend HTTP responses",
             ("router_type", "status_code", "error_code"),
+        )
+        # PD mode (1.13.0's HTTP router records these two durations, by backend_type "pd", model, runtime "sglang")
+        pd = ("backend_type", "model", "runtime")
+        self.pd_ttft = Histogram(
+            "smg_pd_ttft_seconds", "PD time to first token: prefill dispatch to the decode response head", pd,
+            buckets=PD_DURATION_BUCKETS, registry=r,
+        )
+        self.pd_prefill_duration = Histogram(
+            "smg_pd_prefill_duration_seconds", "PD prefill phase: prefill dispatch to the end of the prefill response",
+            pd, buckets=PD_DURATION_BUCKETS, registry=r,
+        )
+        self.pd_rendezvous_failures = c(
+            "smg_pd_rendezvous_failures",
+            "PD rendezvous failures by leg and phase (probe: a bootstrap port refused the registration probe)",
+            ("leg", "phase"),
         )
         self.http_requests = c("smg_http_requests", "Total HTTP requests by method and path", ("method", "path"))
         self.http_responses = c("smg_http_responses", "Total HTTP responses", ("path", "status_code", "error_code"))

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from mock_gateway.metrics import GatewayMetrics
 
 
+PD_WORKER_TYPES = ("prefill", "decode")  # a PD attempt counts its retries and errors once per leg, as SMG's PD router
+
+
 def settle_attempt(core: GatewayCore, url: str, status: int | None, now: float) -> bool:
     """Breaker accounting of one finished attempt on ``url`` (``status`` None: the connection failed);
     True if it may be retried.
@@ -38,14 +41,32 @@ def settle_attempt(core: GatewayCore, url: str, status: int | None, now: float) 
     return False
 
 
-def retry_next(metrics: GatewayMetrics, endpoint: str, attempt: int, max_attempts: int, retryable: bool) -> bool:
+def settle_pair(core: GatewayCore, urls: tuple[str, str], status: int, now: float) -> bool:
+    """PD: both legs' breakers take the pair's answer status (SMG records the relayed status on both workers, a
+    transport error being its 502), and a 5xx counts one worker error per leg; True if it may be retried."""
+    retryable = False
+    for url in urls:
+        retryable = settle_attempt(core, url, status, now)
+    if status >= 500:
+        error_type = "timeout" if status == 504 else "backend_error"
+        for worker_type in PD_WORKER_TYPES:
+            core.metrics.worker_errors.labels(worker_type=worker_type, connection_mode="http",
+                                              error_type=error_type).inc()
+    return retryable
+
+
+def retry_next(metrics: GatewayMetrics, endpoint: str, attempt: int, max_attempts: int, retryable: bool,
+               worker_types: tuple[str, ...] = ("regular",)) -> bool:
     """After failed attempt ``attempt`` (0-based): whether to try again. Counts the retry, or the exhaustion when
-    a retryable failure is still failing after the last allowed attempt (only if retries are enabled)."""
+    a retryable failure is still failing after the last allowed attempt (only if retries are enabled), once per
+    worker type (PD: ``PD_WORKER_TYPES``)."""
     if not retryable:
         return False
     if attempt + 1 >= max_attempts:
         if max_attempts > 1:
-            metrics.retries_exhausted.labels(worker_type="regular", endpoint=endpoint).inc()
+            for worker_type in worker_types:
+                metrics.retries_exhausted.labels(worker_type=worker_type, endpoint=endpoint).inc()
         return False
-    metrics.retries.labels(worker_type="regular", endpoint=endpoint).inc()
+    for worker_type in worker_types:
+        metrics.retries.labels(worker_type=worker_type, endpoint=endpoint).inc()
     return True

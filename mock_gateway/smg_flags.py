@@ -11,7 +11,7 @@ NO_VALUE: tuple[str, ...] = (
     "--dp-minimum-tokens-scheduler", "--enable-igw", "--enable-mesh", "--enable-rl", "--enable-trace",
     "--enable-wasm", "--epd-disaggregation", "--log-json", "--log-mm-timing", "--mm-allow-private-media-hosts",
     "--mm-pixel-rdma", "--no-remove-unhealthy-workers", "--no-worker-auto-recovery", "--oracle-external-auth",
-    "--pd-disaggregation", "--priority-scheduler-enabled", "--remove-unhealthy-workers", "--service-discovery",
+    "--priority-scheduler-enabled", "--remove-unhealthy-workers", "--service-discovery",
     "--tenant-rate-limit-enabled", "--tokenizer-cache-enable-l0", "--tokenizer-cache-enable-l1",
     "--trust-tenant-header", "--upstream-http2", "--worker-auto-recovery",
 )
@@ -19,7 +19,7 @@ NO_VALUE: tuple[str, ...] = (
 # one value each
 ONE_VALUE: tuple[str, ...] = (
     "--backend", "--bucket-adjust-interval-secs", "--cache-boundaries", "--cache-index", "--cache-ttl-secs",
-    "--chat-template", "--client-cert-path", "--client-key-path", "--decode", "--decode-policy",
+    "--chat-template", "--client-cert-path", "--client-key-path",
     "--discovery-check-interval-secs", "--discovery-file", "--discovery-provider", "--encode-policy",
     "--header-read-timeout-secs", "--health-check-port", "--history-backend", "--history-memory-max-items",
     "--history-memory-max-responses", "--history-memory-retention-secs", "--idle-connection-timeout-secs",
@@ -34,7 +34,7 @@ ONE_VALUE: tuple[str, ...] = (
     "--oracle-pool-min", "--oracle-pool-timeout-secs", "--oracle-tns-alias", "--oracle-username",
     "--oracle-wallet-path", "--otlp-traces-endpoint", "--overlap-decay", "--parser", "--pd-admission-wait-secs",
     "--postgres-db-url", "--postgres-op-timeout-secs", "--postgres-pool-max",
-    "--prefill-max-inflight-requests-per-worker", "--prefill-policy", "--prefill-queue-size",
+    "--prefill-max-inflight-requests-per-worker", "--prefill-queue-size",
     "--prefill-queue-timeout-secs", "--priority-scheduler-config", "--priority-scheduler-default-max-class",
     "--priority-scheduler-tenant-metric-top-n", "--queue-size", "--queue-timeout-secs",
     "--rate-limit-tokens-per-second", "--rdma-listen-ip", "--rdma-slot-ttl-s", "--reasoning-parser",
@@ -58,7 +58,7 @@ ANY_VALUES: tuple[str, ...] = (
 
 # one or more values
 ONE_OR_MORE_VALUES: tuple[str, ...] = (
-    "--decode-selector", "--encode", "--encode-selector", "--prefill", "--prefill-selector",
+    "--decode-selector", "--encode", "--encode-selector", "--prefill-selector",
     "--prometheus-duration-buckets", "--router-selector", "--selector",
 )
 

@@ -1,10 +1,14 @@
-"""Helpers for the gateway's tests and benchmarks: cores on fake URLs, request bodies, a fake SGLang worker app."""
+"""Helpers for the gateway's tests and benchmarks: cores on fake URLs, request bodies, a fake SGLang worker app,
+a pool of fake PD workers (``pd_workers``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
+from testbed_common.procs import LOOPBACK, ThreadServer
 
 MODEL = "fake-model"
 
@@ -27,6 +32,20 @@ def make_core(
     core = GatewayCore(parse_args(list(argv)), seed=seed, now=now)
     for u in urls(workers) if isinstance(workers, int) else workers:
         core.add_worker(u, model)
+    return core
+
+
+def make_pd_core(*argv: str, prefill: int = 2, decode: int = 2, seed: int = 0, model: str = MODEL,
+                 ports: Sequence[int | None] | None = None) -> GatewayCore:
+    """A PD core (``--pd-disaggregation``, more flags in ``argv``) with fake prefill workers (bootstrap ``ports``,
+    default none) then fake decode workers registered in order."""
+    p, d = urls(prefill, 18101), urls(decode, 18201)
+    ports = list(ports) if ports is not None else [None] * prefill
+    core = GatewayCore(parse_args(["--pd-disaggregation", *argv]), seed=seed)
+    for u, port in zip(p, ports, strict=True):
+        core.add_worker(u, model, worker_type="prefill", bootstrap_port=port)
+    for u in d:
+        core.add_worker(u, model, worker_type="decode")
     return core
 
 
@@ -105,3 +124,51 @@ def fake_worker_app(name: str, model: str = MODEL, state: dict | None = None):
     for path in ("/v1/chat/completions", "/v1/completions", "/generate"):
         app.add_api_route(path, infer, methods=["POST"])
     return app
+
+
+@dataclass
+class PdWorkers:
+    """Running fake PD workers: each prefill worker's URL and listening bootstrap port, the decode URLs, and every
+    worker's ``fake_worker_app`` state by URL (its ``requests``)."""
+
+    prefill: list[tuple[str, int]]
+    decode: list[str]
+    states: dict[str, dict] = field(default_factory=dict)
+
+    def flags(self) -> list[str]:
+        """The ``smg launch`` PD flags for these workers."""
+        out = ["--pd-disaggregation"]
+        for url, port in self.prefill:
+            out += ["--prefill", url, str(port)]
+        for url in self.decode:
+            out += ["--decode", url]
+        return out
+
+
+@contextlib.contextmanager
+def pd_workers(prefill: int = 2, decode: int = 2, model: str = MODEL) -> Iterator[PdWorkers]:
+    """Fake PD workers on loopback (``fake_worker_app``s recording every request), each prefill worker with a
+    listening bootstrap port (a TCP socket: SMG's registration probe only connects); all stopped on exit."""
+    servers: list[ThreadServer] = []
+    sockets: list[socket.socket] = []
+    pool = PdWorkers([], [])
+    try:
+        for i in range(prefill + decode):
+            state: dict = {}
+            srv = ThreadServer(fake_worker_app(f"p{i}" if i < prefill else f"d{i - prefill}", model, state)).start()
+            servers.append(srv)
+            pool.states[srv.url] = state
+            if i < prefill:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((LOOPBACK, 0))
+                sock.listen(16)
+                sockets.append(sock)
+                pool.prefill.append((srv.url, sock.getsockname()[1]))
+            else:
+                pool.decode.append(srv.url)
+        yield pool
+    finally:
+        for srv in servers:
+            srv.stop()
+        for sock in sockets:
+            sock.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 CB_CLOSED, CB_OPEN, CB_HALF_OPEN = "closed", "open", "half_open"
 CB_STATE_VALUE = {CB_CLOSED: 0, CB_OPEN: 1, CB_HALF_OPEN: 2}
@@ -121,10 +122,16 @@ class CircuitBreaker:
         return None
 
 
+REGULAR, PREFILL, DECODE = "regular", "prefill", "decode"  # SMG's WorkerType (PD mode: prefill and decode)
+SGLANG_DEFAULT_BOOTSTRAP_PORT = 8998  # sglang --disaggregation-bootstrap-port's default
+
+
 @dataclass
 class Worker:
     url: str
     model: str = "unknown"
+    worker_type: str = REGULAR
+    bootstrap_port: int | None = None  # a prefill worker's registered bootstrap port (None: SGLang's default)
     status: str = "ready"  # ready | not_ready | failed
     load: int = 0  # the gateway's own in-flight count (worker.load())
     key_load: dict[str, int] = field(default_factory=dict)  # in-flight requests per routing key
@@ -138,6 +145,12 @@ class Worker:
     @property
     def ready(self) -> bool:
         return self.status == "ready"
+
+    @property
+    def bootstrap_host(self) -> str:
+        """The host of the worker's URL, as SMG's ``parse_bootstrap_host`` (an IPv6 host in brackets)."""
+        host = urlsplit(self.url if "://" in self.url else f"http://{self.url}").hostname or "localhost"
+        return f"[{host}]" if ":" in host else host
 
     @property
     def routing_key_load(self) -> int:

@@ -44,7 +44,7 @@ class RouteInput:
     """One request as a policy sees it. ``text`` and ``tokens`` are computed on first read when not given
     (most policies never read the routing text, whose extraction is O(conversation))."""
 
-    __slots__ = ("_text", "_tokens", "body", "endpoint", "exclude", "headers", "key", "model", "now")
+    __slots__ = ("_text", "_tokens", "body", "endpoint", "exclude", "headers", "key", "leg", "model", "now")
 
     def __init__(
         self,
@@ -57,6 +57,7 @@ class RouteInput:
         key: str | None = None,  # the valid header routing key, unstripped (None if absent)
         now: float = 0.0,
         exclude: frozenset[str] = frozenset(),
+        leg: str | None = None,  # PD mode: the leg being picked ("prefill" | "decode"); None: a regular worker
     ) -> None:
         self.endpoint = endpoint
         self.headers = headers
@@ -67,6 +68,7 @@ class RouteInput:
         self.key = key
         self.now = now
         self.exclude = exclude
+        self.leg = leg
 
     @property
     def text(self) -> str:
@@ -86,8 +88,14 @@ class RouteInput:
             self._tokens = routing_tokens(self.endpoint, self.headers, self.body)
         return self._tokens  # type: ignore[return-value]
 
+    def leg_key(self, key: str) -> str:
+        """A sticky map's entry for ``key`` on this leg: SMG's ``WorkerLeg::routing_id_prefix`` namespaces PD legs
+        (``prefill:<key>``, ``decode:<key>``) so that each leg is pinned independently."""
+        return key if self.leg is None else f"{self.leg}:{key}"
+
     def __repr__(self) -> str:
-        return f"RouteInput({self.endpoint!r}, model={self.model!r}, key={self.key!r}, now={self.now!r})"
+        leg = "" if self.leg is None else f", leg={self.leg!r}"
+        return f"RouteInput({self.endpoint!r}, model={self.model!r}, key={self.key!r}, now={self.now!r}{leg})"
 
 
 @dataclass

@@ -6,7 +6,9 @@ beyond two, so a key returns to its first worker once that is healthy again), ``
 (no valid key: assigned, not pinned), ``no_healthy_workers``. The override path adds ``cap_respill``.
 Assignment is a strategy (``assignment.py``, ``--assignment-mode``); a testbed strategy may also re-pin a
 key instead of an ``occupied_hit`` under its own branch label (``testbed/min_kv.py``).
-Idle keys are evicted every ``--eviction-interval-secs`` once idle ``--max-idle-secs``.
+Idle keys are evicted every ``--eviction-interval-secs`` once idle ``--max-idle-secs``. In PD mode each leg's
+entry is namespaced (``prefill:<key>``, ``decode:<key>``; ``RouteInput.leg_key``) and every leg's pick is one branch
+event; requests stay accounted under the bare key.
 
 With ``--routing-key-override`` (1.13.0, observed): a request without a valid header key is keyed by its
 body ``rid`` with lineage suffixes stripped; header keys stay unstripped; no in-flight cap and no
@@ -70,10 +72,10 @@ class ManualPolicy(Policy):
             return self._counted(Choice(None, "no_healthy_workers", key))
         if key is None:
             return self._counted(Choice(self.assignment.choose(workers, req).url, "no_routing_id", None))
-        entry = self.entries.get(key)
+        entry = self.entries.get(pin := req.leg_key(key))
         if entry is None:
             url = self.assignment.choose(workers, req).url
-            self.entries[key] = Entry([url], now)
+            self.entries[pin] = Entry([url], now)
             return self._counted(Choice(url, "vacant", key))
         entry.last_access = now
         healthy = {w.url: w for w in workers}

@@ -30,7 +30,7 @@ from typing import Any
 
 import simpy
 
-from mock_gateway import upstream
+from mock_gateway import pd, upstream
 from mock_gateway.config import parse_args
 from mock_gateway.core import GatewayCore
 from mock_gateway.request_path import (
@@ -39,6 +39,7 @@ from mock_gateway.request_path import (
     PollLoads,
     ProbeHealth,
     Send,
+    SendPair,
     request_path,
 )
 from session_server.core import SessionCore
@@ -72,6 +73,31 @@ class Hold:
     handle: int
 
 
+@dataclass(frozen=True, slots=True)
+class HoldPair:
+    """PD: both legs' engines hold the request: wait for both answers, sent back as ``(prefill, decode)``."""
+
+    prefill: Hold
+    decode: Hold
+
+
+Held = Hold | HoldPair
+PairReplies = tuple[WorkerReply | None, WorkerReply | None]
+
+
+def _timeline(reply: WorkerReply) -> tuple[float | None, float | None]:
+    """A served reply's (first token, finish) virtual times, from its timing or its headers."""
+    if reply.timing is not None:
+        return reply.timing.first_token, reply.timing.finish
+    first = reply.headers.get(vtime.HEADER_FIRST_TOKEN)
+    return (float(first) if first is not None else None), vtime.finish_time(reply.headers)
+
+
+def _held(reply: WorkerReply | None) -> bool:
+    """The worker's engine holds the request (answered pending, no timeline yet)."""
+    return reply is not None and reply.pending is not None and reply.timing is None
+
+
 class _ReplyHeaders(Mapping[str, str]):
     """A worker reply's headers, rendered (``Reply.headers``) only if somebody reads them: nobody does in a
     ``direct`` run, which relays no headers."""
@@ -102,8 +128,10 @@ class DirectGateway:
         self.jitter = random.Random(self.config.seed)  # retry jitter, apart from the routing RNG (as the app's)
         self.workers = workers
         self.dead: set[str] = set()  # workers whose server is down (sim.faults): attempts, polls, probes fail
+        roles = {url: (kind, port) for url, kind, port in self.config.startup_workers()}  # PD: worker types
         for url, w in workers.items():  # registration: all ready in the first round, in the given order
-            self.core.add_worker(url, w.model_name)
+            kind, port = roles.get(url, ("regular", None))
+            self.core.add_worker(url, w.model_name, worker_type=kind, bootstrap_port=port)
 
     def __call__(self, req: UpstreamRequest) -> UpstreamResponse:
         """The request's answer at once: for workers that answer at arrival (the arrival-time engine)."""
@@ -116,10 +144,11 @@ class DirectGateway:
         raise RuntimeError(f"worker {held.url} holds the request until its engine finishes it: drive "
                            "DirectGateway.steps under the co-simulated clock (sim.cosim)")
 
-    def steps(self, req: UpstreamRequest) -> Generator[Hold, WorkerReply | None, UpstreamResponse]:
+    def steps(self, req: UpstreamRequest) -> Generator[Held, WorkerReply | PairReplies | None, UpstreamResponse]:
         """The gateway's request path for one upstream request, as a generator: it yields ``Hold(url, handle)``
         while a worker's engine holds the request and expects that worker's answer back (None: the worker died
-        with the request, a dropped connection)."""
+        with the request, a dropped connection). A PD pair is sent to the prefill worker first, then to the decode
+        worker; while both engines hold it, one ``HoldPair`` is yielded and both answers are expected back."""
         endpoint = ENDPOINTS.get(req.path.strip("/"))
         if endpoint is None:
             return UpstreamResponse(404, {"content-type": "application/json"},
@@ -139,6 +168,8 @@ class DirectGateway:
                     if reply is not None and reply.pending is not None and reply.timing is None:
                         reply = yield Hold(url, reply.pending)
                     result: Any = self._settle(url, reply, sim_t is not None)
+                elif isinstance(effect, SendPair):
+                    result = yield from self._pair(effect, endpoint, body, known, sim_t)
                 elif isinstance(effect, PollLoads):  # answered by the worker cores at the virtual time
                     result = [None if u in self.dead else self.workers[u].loads(effect.now) for u in effect.urls]
                 elif isinstance(effect, ProbeHealth):
@@ -162,6 +193,39 @@ class DirectGateway:
             return None
         payload = upstream.with_defaults(endpoint, body)  # a new top-level dict, as SMG re-serializes
         return self.workers[url].infer(endpoint, payload, known_messages=known_messages)
+
+    def _pair(self, send: SendPair, endpoint: str, body: Any, known_messages: int, sim_t: float | None
+              ) -> Generator[Held, Any, Attempt]:
+        """One PD attempt: infer on the prefill worker, then on the decode worker (the same bootstrap fields in both
+        bodies); the pair's outcome once both answered. A dead worker of either leg fails the pair before anything
+        is sent (SMG's 502; PD with dead workers is not modelled further)."""
+        p_url, d_url = send.prefill.url, send.decode.url
+        assert p_url is not None and d_url is not None
+        if p_url in self.dead or d_url in self.dead:
+            status, err = pd.pair_failure(None, None, "connection refused")  # type: ignore[misc]
+            return Attempt(status, UpstreamResponse(status, {"content-type": "application/json"}, data=err))
+        payload = upstream.with_defaults(endpoint, body)
+        p = self.workers[p_url].infer(endpoint, pd.leg_body(payload, send.bootstrap), known_messages=known_messages)
+        d = self.workers[d_url].infer(endpoint, pd.leg_body(payload, send.bootstrap), known_messages=known_messages)
+        if _held(p) and _held(d):
+            p, d = yield HoldPair(Hold(p_url, p.pending), Hold(d_url, d.pending))  # type: ignore[arg-type]
+        elif _held(p):
+            p = yield Hold(p_url, p.pending)  # type: ignore[union-attr]
+        elif _held(d):
+            d = yield Hold(d_url, d.pending)  # type: ignore[union-attr]
+        if p is None or d is None:  # the connection dropped: the worker died with the request
+            status, err = pd.pair_failure(None, None, "connection closed")  # type: ignore[misc]
+            return Attempt(status, UpstreamResponse(status, {"content-type": "application/json"}, data=err))
+        attempt = self._settle(d_url, d, sim_t is not None)
+        if not (200 <= p.status < 300 and 200 <= d.status < 300):
+            detail = json.dumps(d.body if not 200 <= d.status < 300 else p.body)
+            status, err = pd.pair_failure(p.status, d.status, detail)  # type: ignore[misc]
+            return Attempt(status, UpstreamResponse(status, {"content-type": "application/json"}, data=err),
+                           attempt.virtual_finish)
+        if sim_t is not None:
+            first, finish = _timeline(d)
+            attempt.pd_times = pd.virtual_times(sim_t, _timeline(p)[1], first, finish, send.prefill.stream)
+        return attempt
 
     @staticmethod
     def _settle(url: str, reply: WorkerReply | None, virtual: bool) -> Attempt:
@@ -241,7 +305,7 @@ class DirectTransport:
         chain = self._turn(session_id, body, now)
         done: simpy.Event = self._env.event()
 
-        def resume(answer: WorkerReply | None) -> None:
+        def resume(answer: WorkerReply | PairReplies | None) -> None:
             try:
                 held = chain.send(answer)
             except StopIteration as end:
@@ -256,7 +320,7 @@ class DirectTransport:
         self._hold(held, resume)
         return (yield done)
 
-    def _turn(self, session_id: str, body: dict[str, Any], now: float) -> Generator[Hold, Any, Any]:
+    def _turn(self, session_id: str, body: dict[str, Any], now: float) -> Generator[Held, Any, Any]:
         turn = self.session.turn_steps(session_id, body, _CLIENT_HEADERS, now)
         try:
             req = next(turn)
@@ -270,10 +334,28 @@ class DirectTransport:
         except StopIteration as end:
             return end.value
 
-    def _hold(self, held: Hold, resume: Callable[[WorkerReply | None], None]) -> None:
-        i = self._index[held.url]
-        self.clock.hold(i, held.handle, resume)
-        self.clock.touched(i)
+    def _hold(self, held: Held, resume: Callable[[Any], None]) -> None:
+        """Register the holder(s) with the clock and wake the engine(s): a PD pair's prefill engine first, then the
+        decode's; the pair resumes with ``(prefill, decode)`` once both answered."""
+        if isinstance(held, Hold):
+            i = self._index[held.url]
+            self.clock.hold(i, held.handle, resume)
+            self.clock.touched(i)
+            return
+        answers: dict[str, WorkerReply | None] = {}
+
+        def answered(leg: str) -> Callable[[WorkerReply | None], None]:
+            def on_answer(answer: WorkerReply | None) -> None:
+                answers[leg] = answer
+                if len(answers) == 2:
+                    resume((answers["prefill"], answers["decode"]))
+            return on_answer
+
+        legs = (("prefill", held.prefill), ("decode", held.decode))
+        for leg, h in legs:
+            self.clock.hold(self._index[h.url], h.handle, answered(leg))
+        for _, h in legs:
+            self.clock.touched(self._index[h.url])
 
     def get_session(self, session_id: str) -> Reply:
         try:

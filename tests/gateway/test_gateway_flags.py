@@ -50,9 +50,9 @@ def test_a_flag_far_from_any_known_one_gets_no_suggestion():
 
 
 def test_smg_flags_the_mock_does_not_model_are_accepted_with_their_values_and_listed_by_name():
-    cfg = parse_args(["--model-path", "m", "--prefill", "http://p1", "9000", "--decode", "http://d1", "--enable-igw",
-                      "--cors-allowed-origins", "--log-dir=/tmp/x", "--policy", "round_robin"])
-    assert cfg.ignored == ["--model-path", "--prefill", "--decode", "--enable-igw", "--cors-allowed-origins",
+    cfg = parse_args(["--model-path", "m", "--encode", "http://e1", "9000", "--encode-policy", "random",
+                      "--enable-igw", "--cors-allowed-origins", "--log-dir=/tmp/x", "--policy", "round_robin"])
+    assert cfg.ignored == ["--model-path", "--encode", "--encode-policy", "--enable-igw", "--cors-allowed-origins",
                            "--log-dir"]
     assert cfg.policy == "round_robin"
 
