@@ -207,7 +207,8 @@ def _pool_findings(runs: list[dict[str, Any]]) -> list[str]:
     for mode in ("min_load", "random", "min_group"):
         on, off = _find(runs, "manual", mode, True), _find(runs, "manual", mode, False)
         if on and off:
-            s = (f"manual/{mode}: {on['kv_reuse']:.1%} with the key ({on['kv_reuse'] / oracle:.0%} of the oracle, "
+            share = f"{on['kv_reuse'] / oracle:.0%} of the oracle, " if oracle else ""  # 0: no request answered
+            s = (f"manual/{mode}: {on['kv_reuse']:.1%} with the key ({share}"
                  f"stickiness {on['stickiness']:.2f}), {off['kv_reuse']:.1%} without it")
             if rr:
                 s += f" (round_robin baseline {rr['kv_reuse']:.1%})"

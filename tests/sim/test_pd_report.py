@@ -114,3 +114,10 @@ def test_a_colocated_compare_has_no_pd_plot_or_columns(tmp_path: Path):
     console = Console(width=400, record=True)
     console.print(table(plain))
     assert "decode reuse" not in console.export_text()
+
+
+def test_findings_survive_a_pool_where_no_request_was_answered():
+    failed = [{**x, "kv_reuse": 0.0, "oracle_reuse": 0.0, "requests": 0, "errors": 6} for x in runs()]
+    lines = findings(failed)
+    assert any(x.startswith("manual/min_load: 0.0% with the key (stickiness") for x in lines)
+    assert lines[-1] == "84 errors in total: see `errors` per run."
