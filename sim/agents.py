@@ -53,6 +53,14 @@ class RequestRecord:
     output_tokens: int = 0
     eligible_tokens: int = 0  # tokens the session's previous request made reusable (shared prefix, < prompt)
     oracle_cached: int = 0
+    # PD (the decode answer's ``sim.pd``; None / 0 on a co-located pool): the prefill leg's worker and the end of
+    # its prefill, the decode worker's own radix match, the KV sent and when it was in place on the decode worker.
+    # ``worker`` is then the decode worker and ``cached_tokens`` the prefill's hit (SGLang relays it)
+    prefill_worker: str | None = None
+    prefill_end: float = 0.0
+    decode_prefix_tokens: int = 0
+    transfer_bytes: int = 0
+    transfer_ready: float = 0.0
     error: str | None = None
     response: Any = field(default=None, repr=False, compare=False)  # the answer body, kept with ``keep_log``
 
@@ -182,7 +190,7 @@ class AgentRunner:
         self.on_request = on_request
         self.until = until
         self.env = simpy.Environment()
-        self.result = WorkloadResult()
+        self.result = WorkloadResult(oracle=Oracle(prompt_only=scenario.pd))  # PD: the prompt-only ceiling
         self._system = system_prompt(scenario)
         self._tasks: dict[int, str] = {}
         self._tools = ToolTexts(scenario)
@@ -259,6 +267,12 @@ class AgentRunner:
             rec.arrival, rec.start = float(sim["arrival"]), float(sim["start"])
             rec.first_token, rec.finish = float(sim["first_token"]), float(sim["finish"])
             rec.cached_tokens = int(sim["cached_tokens"])
+            pd = sim.get("pd")
+            if pd is not None:
+                rec.prefill_worker = str(pd["prefill_worker"])
+                rec.prefill_end, rec.transfer_ready = float(pd["prefill_end"]), float(pd["transfer_ready"])
+                rec.decode_prefix_tokens = int(pd["decode_prefix_tokens"])
+                rec.transfer_bytes = int(pd["transfer_bytes"])
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:
             rec.error = f"malformed answer: {type(e).__name__}: {e}"
             return rec, None, ""
@@ -270,14 +284,16 @@ class AgentRunner:
             rec.eligible_tokens = min(shared, max_cacheable(len(prompt_ids)))
         full = np.concatenate((prompt_ids, output_ids))
         oracle = self.result.oracle
+        # what the request puts in the oracle's cache enters it at its finish; in PD, its prompt at its prefill's end
+        inserted = rec.prefill_end if oracle.prompt_only else rec.finish
         if type(oracle).observe is Oracle.observe:  # the plain oracle: the conversation's path is not re-compared
             prev = self._turns.get(rec.session)
             if prev is None or prev.full is not prev_full:
                 prev, shared = None, 0
-            rec.oracle_cached, self._turns[rec.session] = oracle.observe_turn(rec.arrival, rec.finish, prompt_ids,
-                                                                              full, prev, shared)
+            rec.oracle_cached, self._turns[rec.session] = oracle.observe_turn(rec.arrival, inserted, prompt_ids, full,
+                                                                              prev, shared)
         else:
-            rec.oracle_cached = oracle.observe(rec.arrival, rec.finish, prompt_ids, output_ids)
+            rec.oracle_cached = oracle.observe(rec.arrival, inserted, prompt_ids, output_ids)
         return rec, full, content
 
     def _record(self, rec: RequestRecord) -> None:

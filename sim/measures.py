@@ -23,6 +23,20 @@
 - ``peak_key_in_flight``: the most requests one session (one routing key) had in flight at once, over requests
   that got an answer (sent to finish); 1 for agents that wait for each answer, as SMG's clients do.
 - ``errors``: failed requests plus sessions that failed outside a request (create, records, delete).
+- PD runs only (``summarize(..., roles=...)``; shared/specs/pd-hicache.md section 2): ``kv_reuse`` is the prefill
+  leg's (its radix hits / prompt tokens, as SGLang relays them) and ``stickiness`` the prefill leg's (where the
+  reuse is), ``decode_stickiness`` the decode leg's; ``decode_kv_reuse`` the decode workers' own radix matches /
+  prompt tokens (0 with their radix cache off); ``transfer_bytes`` the KV sent prefill to decode, summed;
+  ``transfer_seconds_mean`` a request's KV bytes / the transfer bandwidth (the link's time, mostly overlapped with
+  the prefill); TTFT split in three means: ``ttft_prefill_mean`` (arrival to the prefill's end: queue and compute
+  of the uncached part), ``ttft_transfer_mean`` (then until the KV is in place on the decode worker: the
+  transfer's tail, or the decode worker's pre-allocation), ``ttft_first_decode_mean`` (then to the first token:
+  one decode step in its batch). ``answer_share``: the tokens of each request's previous answer (its session's
+  previous turn) / prompt tokens: what a co-located worker's tree holds for a pinned session beyond a PD
+  prefill tree, which receives prompts only. Per-worker rows carry ``role``; a prefill worker's row counts the
+  requests it prefilled (its hits, its prefill work), a decode worker's the requests it decoded (its
+  ``cached_tokens`` are its radix matches, no prefill work); both carry their ``transfer_bytes``. ``imbalance`` is
+  then over the prefill workers, ``imbalance_requests`` over the decode workers.
 - Faults (``sim.faults``): ``failed_turns`` (requests the agent got no answer for), ``gateway_retries``
   (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
   retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (keys moved to another worker: the
@@ -161,7 +175,11 @@ def peak_key_in_flight(records: Iterable[RequestRecord]) -> int:
 
 
 def worker_table(records: list[RequestRecord], workers: list[str],
-                 stats: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+                 stats: Mapping[str, Mapping[str, Any]] | None = None,
+                 roles: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Per-worker rows (see the module docstring); ``roles`` (worker name -> ``prefill``/``decode``) for a PD pool."""
+    if roles:
+        return _pd_worker_table(records, workers, stats or {}, roles)
     names = list(workers)
     seen = {r.worker for r in records if r.ok and r.worker is not None} - set(names)
     names += sorted(seen, key=lambda n: (len(n), n))  # workers known only from answers (external): w2 < w10
@@ -185,6 +203,90 @@ def worker_table(records: list[RequestRecord], workers: list[str],
     return list(rows.values())
 
 
+def _pd_worker_table(records: list[RequestRecord], workers: list[str], stats: Mapping[str, Mapping[str, Any]],
+                     roles: Mapping[str, str | None]) -> list[dict[str, Any]]:
+    """A PD pool's rows: each request counted on its prefill worker (hits, prefill work) and on its decode worker."""
+    rows = {n: {"name": n, "role": roles.get(n), "requests": 0, "prompt_tokens": 0, "cached_tokens": 0,
+                "prefill_tokens": 0, "output_tokens": 0, "transfer_bytes": 0} for n in workers}
+
+    def row(name: str, role: str) -> dict[str, Any]:
+        if name not in rows:  # a worker known only from answers
+            rows[name] = {"name": name, "role": role, **dict.fromkeys(
+                ("requests", "prompt_tokens", "cached_tokens", "prefill_tokens", "output_tokens", "transfer_bytes"), 0)}
+        return rows[name]
+
+    for r in records:
+        if r.error is not None or r.worker is None or r.prefill_worker is None:
+            continue
+        p = row(r.prefill_worker, "prefill")
+        p["requests"] += 1
+        p["prompt_tokens"] += r.prompt_tokens
+        p["cached_tokens"] += r.cached_tokens
+        p["prefill_tokens"] += r.prompt_tokens - r.cached_tokens
+        p["transfer_bytes"] += r.transfer_bytes
+        d = row(r.worker, "decode")
+        d["requests"] += 1
+        d["prompt_tokens"] += r.prompt_tokens
+        d["cached_tokens"] += r.decode_prefix_tokens
+        d["output_tokens"] += r.output_tokens
+        d["transfer_bytes"] += r.transfer_bytes
+    for n, w in rows.items():
+        w["kv_reuse"] = _ratio(w["cached_tokens"], w["prompt_tokens"])
+        for k, v in (stats.get(n) or {}).items():
+            w.setdefault(k, v)
+    return list(rows.values())
+
+
+def _stickiness(records: Iterable[RequestRecord], worker: Any) -> tuple[int, int]:
+    """(requests after a session's first, those on the session's previous worker), ``worker(r)`` the leg's."""
+    last: dict[int, str | None] = {}
+    follow = same = 0
+    for r in records:
+        w = worker(r)
+        if r.session in last:
+            follow += 1
+            same += last[r.session] == w
+        last[r.session] = w
+    return follow, same
+
+
+def answer_tokens_in_prompts(records: Iterable[RequestRecord]) -> int:
+    """The tokens of each successful request's previous answer (its session's previous turn's kept answer: a
+    retry's replaces the answer it re-asked for), summed: what a pinned session's prompt holds beyond its previous
+    prompt, before the tool output."""
+    kept: dict[tuple[int, int], int] = {}
+    total = 0
+    for r in records:
+        if r.error is not None:
+            continue
+        total += kept.get((r.session, r.turn - 1), 0)
+        kept[(r.session, r.turn)] = r.output_tokens
+    return total
+
+
+def pd_measures(ok: list[RequestRecord], transfer_bandwidth: float | None) -> dict[str, Any]:
+    """The PD measures of the module docstring, over successful requests."""
+    cols = np.array([(r.arrival, r.prefill_end, r.transfer_ready, r.first_token) for r in ok],
+                    dtype=float).reshape(-1, 4)
+    prompt = sum(r.prompt_tokens for r in ok)
+    sent = sum(r.transfer_bytes for r in ok)
+    follow, same = _stickiness(ok, lambda r: r.worker)
+
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean()) if x.size else 0.0
+
+    return {
+        "decode_kv_reuse": _ratio(sum(r.decode_prefix_tokens for r in ok), prompt),
+        "decode_stickiness": _ratio(same, follow),
+        "transfer_bytes": sent,
+        "transfer_seconds_mean": _ratio(sent / transfer_bandwidth, len(ok)) if transfer_bandwidth else None,
+        "ttft_prefill_mean": mean(cols[:, 1] - cols[:, 0]),
+        "ttft_transfer_mean": mean(cols[:, 2] - cols[:, 1]),
+        "ttft_first_decode_mean": mean(cols[:, 3] - cols[:, 2]),
+        "answer_share": _ratio(answer_tokens_in_prompts(ok), prompt),
+    }
+
+
 def engine_totals(table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``ENGINE_TOTALS`` summed over the worker rows that report them (None when none does)."""
     rows = list(table)
@@ -197,8 +299,10 @@ def engine_totals(table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 def summarize(result: WorkloadResult, workers: list[str],
               worker_stats: Mapping[str, Mapping[str, Any]] | None = None, metrics_text: str = "",
-              rollback_retries: int | None = None) -> dict[str, Any]:
-    """All measures of one run as a flat dict (plus ``workers`` and ``gateway_branches``)."""
+              rollback_retries: int | None = None, roles: Mapping[str, str | None] | None = None,
+              transfer_bandwidth: float | None = None) -> dict[str, Any]:
+    """All measures of one run as a flat dict (plus ``workers`` and ``gateway_branches``); with ``roles`` (worker
+    name -> PD role) and the ``transfer_bandwidth`` (bytes/s) of a PD pool, the PD measures too."""
     reqs = result.requests
     ok = [r for r in reqs if r.error is None]
     # one pass over the records into columns; sums over int64, times as float64 (the same IEEE arithmetic)
@@ -213,26 +317,29 @@ def summarize(result: WorkloadResult, workers: list[str],
     ttft = times[:, 1] - times[:, 0]
     e2e = times[:, 2] - times[:, 0]
     queued = times[:, 3] - times[:, 0]
-    # stickiness: consecutive successful requests of a session on the same worker
-    last_worker: dict[int, str | None] = {}
-    follow = same = 0
-    for r in ok:
-        prev = last_worker.get(r.session, "")
-        if prev != "":
-            follow += 1
-            same += prev == r.worker
-        last_worker[r.session] = r.worker
+    # stickiness: consecutive successful requests of a session on the same worker (PD: the same prefill worker)
+    if roles:
+        follow, same = _stickiness(ok, lambda r: r.prefill_worker)
+    else:
+        last_worker: dict[int, str | None] = {}
+        follow = same = 0
+        for r in ok:
+            prev = last_worker.get(r.session, "")
+            if prev != "":
+                follow += 1
+                same += prev == r.worker
+            last_worker[r.session] = r.worker
     families = _families(metrics_text)
     branches = gateway_branches(metrics_text, families)
     read = [s for s in result.sessions if s.records is not None]  # agents that kept a log (keep_log)
     mismatches = sum(1 for s in read if compare_records(s.log, s.records or [])) if read else None
     repins = re_pins_by_cause(branches)
-    table = worker_table(reqs, workers, worker_stats)
-    n_workers = max(len(table), 1)
-    prefill_per = [w["prefill_tokens"] for w in table]
-    req_per = [w["requests"] for w in table]
-    mean_prefill = sum(prefill_per) / n_workers
-    mean_req = sum(req_per) / n_workers
+    table = worker_table(reqs, workers, worker_stats, roles)
+    # PD: prefill work over the prefill workers, requests over the decode workers (a co-located row has no role)
+    prefill_per = [w["prefill_tokens"] for w in table if w.get("role") != "decode"]
+    req_per = [w["requests"] for w in table if w.get("role") != "prefill"]
+    mean_prefill = sum(prefill_per) / max(len(prefill_per), 1)
+    mean_req = sum(req_per) / max(len(req_per), 1)
     failed_sessions = sum(1 for s in result.sessions if s.error is not None)
     request_errors = sum(1 for r in reqs if not r.ok)
     session_only_errors = sum(1 for s in result.sessions
@@ -277,4 +384,6 @@ def summarize(result: WorkloadResult, workers: list[str],
         "gateway_branches": branches,
         "workers": table,
     }
+    if roles:
+        out.update(pd_measures(ok, transfer_bandwidth))
     return out

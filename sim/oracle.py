@@ -17,6 +17,13 @@ time a single unbounded worker comes within a fraction of a percent of the oracl
 live time, where requests that virtual time sends at one instant arrive a little apart, the last effect
 can put ``kv_reuse`` above ``oracle_reuse`` (the conformance scenario: 0.947 against 0.935).
 
+A PD pool (``Oracle(prompt_only=True)``) has another ceiling: its prefill workers' trees receive the prompt only,
+never the answer (SGLang's prefill inserts the prompt when its KV is sent; the first output token's KV is never
+computed there, shared/specs/pd-hicache.md section 2), and a decode worker's answer reaches no prefill tree. So
+the PD oracle inserts each request's prompt alone, when its prefill ends: a pinned session reuses at most its
+previous prompt, and no routing of the prefill leg can beat that. One session pinned on both legs with an
+unbounded prefill cache reaches it exactly (tests/sim/test_pd_oracle.py).
+
 The cache is a small append-only radix tree (``PrefixTree``) rather than the engine's
 ``RadixCache``: nothing is ever evicted, so it needs no LRU stamps, and it hands out cursors (where a
 sequence ends in the tree) from which the next turn of a conversation is matched and inserted,
@@ -142,22 +149,25 @@ class PrefixTree:
 
 
 class Turn:
-    """One observed request, for ``Oracle.observe_turn``: its prompt + output and, once that entered the
-    cache, where it ends there."""
+    """One observed request, for ``Oracle.observe_turn``: its prompt + output and, once what it inserts
+    (``full[:inserted]``) entered the cache, where that ends there."""
 
-    __slots__ = ("cursor", "full", "start")
+    __slots__ = ("cursor", "full", "inserted", "start")
 
-    def __init__(self, full: np.ndarray, start: Cursor) -> None:
+    def __init__(self, full: np.ndarray, start: Cursor, inserted: int) -> None:
         self.full = full
         self.start = start  # where the prompt's match ended: full[:start[1]] is in the cache
+        self.inserted = inserted  # tokens of ``full`` it puts in the cache: all, or the prompt's (PD)
         self.cursor: Cursor | None = None
 
 
 class Oracle:
-    """Feed requests in nondecreasing arrival order with ``observe``; read ``reuse``."""
+    """Feed requests in nondecreasing arrival order with ``observe``; read ``reuse``. ``prompt_only``: the PD
+    ceiling (a request inserts its prompt alone; its ``finish`` is then its prefill's end)."""
 
-    def __init__(self, page_size: int = 1) -> None:
+    def __init__(self, page_size: int = 1, prompt_only: bool = False) -> None:
         self.cache = PrefixTree(page_size=page_size)
+        self.prompt_only = prompt_only
         self._pending: list[tuple[float, int, Turn]] = []  # (finish, seq, turn)
         self._seq = 0
         self._now = 0.0
@@ -168,11 +178,13 @@ class Oracle:
     def _flush(self, now: float) -> None:
         while self._pending and self._pending[0][0] <= now:
             t = heapq.heappop(self._pending)[2]
-            t.cursor = self.cache.insert(t.full, t.start, t.start[1])
+            ids = t.full if t.inserted == len(t.full) else t.full[:t.inserted]
+            t.cursor = self.cache.insert(ids, t.start, t.start[1])
 
     def observe(self, arrival: float, finish: float, prompt_ids: Sequence[int] | np.ndarray,
                 output_ids: Sequence[int] | np.ndarray) -> int:
-        """Account one request; returns the prompt tokens the infinite cache held at its arrival."""
+        """Account one request; returns the prompt tokens the infinite cache held at its arrival. ``finish``: when
+        what it inserts enters the cache (its finish; with ``prompt_only``, its prefill's end)."""
         prompt = as_ids(prompt_ids)  # no copy for an int64 array
         return self.observe_turn(arrival, finish, prompt, np.concatenate((prompt, as_ids(output_ids))))[0]
 
@@ -190,7 +202,8 @@ class Oracle:
         shared = min(shared, cap) if cursor is not None else 0
         matched = self.cache.match(prompt[:cap], cursor, shared) if n else (self.cache.root, 0)
         cached = matched[1]
-        turn = Turn(full, matched)  # the cache only grows: inserting prompt + output resumes where this match ended
+        # the cache only grows: inserting prompt + output (or the prompt) resumes where this match ended
+        turn = Turn(full, matched, n if self.prompt_only else len(full))
         heapq.heappush(self._pending, (max(finish, arrival), self._seq, turn))
         self._seq += 1
         self.prompt_tokens += n

@@ -16,7 +16,7 @@ from rich.table import Table
 from sim.measures import ENGINE_TOTALS
 from sim.ranking import RANKED_BY, SHOWN_BESIDE, ranking_lines, rows_by_profile
 from sim.results import RESULTS_VERSION, provenance
-from sim.runner import public
+from sim.runner import COLOCATED, public
 from sim.stats import by_configuration
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -51,13 +51,26 @@ ENGINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("queue_time_p50", "queue p50 s", "{:.3f}"),
     ("queue_time_p99", "queue p99 s", "{:.3f}"),
 )
+# shown when some run is on a PD pool (sim.measures names them; a co-located baseline row shows "-")
+PD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("decode_kv_reuse", "decode reuse", "{:.3f}"),
+    ("transfer_bytes", "transfer GB", "gb"),
+    ("ttft_prefill_mean", "ttft prefill s", "{:.3f}"),
+    ("ttft_transfer_mean", "ttft transfer s", "{:.3f}"),
+    ("ttft_first_decode_mean", "ttft 1st decode s", "{:.3f}"),
+)
+SCALED_FORMATS = {"mtok": 1e-6, "gb": 1e-9}  # column formats shown scaled, with two decimals
 SERIES_PREFIX = "series-"  # the per-run time-series plots (write_series_plots)
+PD_PLOT = "pd.png"
 
 
 def columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
-    """``COLUMNS``, plus ``ENGINE_COLUMNS`` when some run's engines report retractions, stalls or queueing, plus
+    """``COLUMNS``, plus ``PD_COLUMNS`` when some run is on a PD pool, plus ``ENGINE_COLUMNS`` when some run's
+    engines report retractions, stalls or queueing, plus
     ``FAULT_COLUMNS`` when any run failed a turn, retried or re-pinned a key."""
     out = COLUMNS
+    if any(row.get("pool") == "pd" for row in runs):
+        out += PD_COLUMNS
     if any(row.get(k) for row in runs for k in ENGINE_TOTALS):
         out += ENGINE_COLUMNS
     if any(row.get(k) for row in runs for k, _, _ in FAULT_COLUMNS):
@@ -66,9 +79,14 @@ def columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
 
 
 def config_name(row: dict[str, Any]) -> str:
-    """policy/mode, and ``@profile`` for a row run under one of several profiles (sim.ranking)."""
+    """policy/mode, a PD leg's own policy (``decode=round_robin``), ``colocated`` for a PD scenario's co-located
+    baseline, and ``@profile`` for a row run under one of several profiles (sim.ranking)."""
     mode = row.get("assignment_mode")
     name = f"{row['policy']}/{mode}" if mode else str(row["policy"])
+    name += "".join(f" {leg}={row[f'{leg}_policy']}" for leg in ("prefill", "decode")
+                    if row.get(f"{leg}_policy") not in (None, row["policy"]))
+    if row.get("pool") == COLOCATED:
+        name = f"{COLOCATED} {name}"
     return f"{name} @{row['profile']}" if row.get("profile") else name
 
 
@@ -76,8 +94,8 @@ def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
-    if fmt == "mtok":
-        return f"{v / 1e6:.2f}"
+    if fmt in SCALED_FORMATS:
+        return f"{v * SCALED_FORMATS[fmt]:.2f}"
     return fmt.format(v)
 
 
@@ -85,8 +103,8 @@ def fmt_summary(stats: dict[str, Any] | None, fmt: str) -> str:
     """``mean ± half-width`` of a 95 % interval (the mean alone for one seed)."""
     if stats is None:
         return "-"
-    scale = 1e-6 if fmt == "mtok" else 1.0
-    f = "{:.2f}" if fmt == "mtok" else fmt.replace("{}", "{:.1f}")
+    scale = SCALED_FORMATS.get(fmt, 1.0)
+    f = "{:.2f}" if fmt in SCALED_FORMATS else fmt.replace("{}", "{:.1f}")
     mean = f.format(stats["mean"] * scale)
     if stats["ci95"] is None:
         return mean
@@ -145,21 +163,41 @@ def markdown_table(runs: list[dict[str, Any]], summary: list[dict[str, Any]] | N
     return "\n".join(lines)
 
 
-def _find(runs: list[dict[str, Any]], policy: str, mode: str | None, key: bool) -> dict[str, Any] | None:
+def _find(runs: list[dict[str, Any]], policy: str, mode: str | None, key: bool,
+          decode: str | None = None) -> dict[str, Any] | None:
+    """The run of ``policy``/``mode`` with the key on or off; on a PD pool, with ``decode`` on the decode leg (None:
+    ``policy`` on both legs)."""
     for r in runs:
-        if r["policy"] == policy and r.get("assignment_mode") == mode and r["routing_key"] == key:
+        if (r["policy"] == policy and r.get("assignment_mode") == mode and r["routing_key"] == key
+                and r.get("decode_policy", policy) == (decode or policy)
+                and r.get("prefill_policy", policy) == policy):
             return r
     return None
 
 
 def findings(runs: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences on what the table shows (only those the runs support)."""
+    """Plain sentences on what the table shows (only those the runs support); for a PD scenario's runs, those of
+    the PD pool, of its co-located baseline, then ``pd_findings``."""
+    baseline = [r for r in runs if r.get("pool") == COLOCATED]
+    if not baseline:
+        return _pool_findings(runs)
+    pd = [r for r in runs if r.get("pool") != COLOCATED]
+    return [*_pool_findings(pd)[:-1], *[f"Co-located baseline: {f}" for f in _pool_findings(baseline)[:-1]],
+            *pd_findings(pd, baseline), _errors_line(runs)]
+
+
+def _pool_findings(runs: list[dict[str, Any]]) -> list[str]:
+    """``findings`` of runs on one pool."""
     out: list[str] = []
     if not runs:
         return out
     oracle = runs[0]["oracle_reuse"]
-    out.append(f"The oracle (one infinite cache seeing every request) reuses {oracle:.1%} of prompt tokens; "
-               "no routing can do better on this workload.")
+    if runs[0].get("pool") == "pd":
+        out.append(f"The PD oracle (one infinite cache seeing every request, holding prompts only, as a prefill "
+                   f"worker's tree) reuses {oracle:.1%} of prompt tokens; no routing can do better on this pool.")
+    else:
+        out.append(f"The oracle (one infinite cache seeing every request) reuses {oracle:.1%} of prompt tokens; "
+                   "no routing can do better on this workload.")
     best = max(r["kv_reuse"] for r in runs)
     tops = [f"{config_name(r)} key {'on' if r['routing_key'] else 'off'}" for r in runs
             if r["kv_reuse"] >= best - 5e-4]
@@ -169,7 +207,8 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
     for mode in ("min_load", "random", "min_group"):
         on, off = _find(runs, "manual", mode, True), _find(runs, "manual", mode, False)
         if on and off:
-            s = (f"manual/{mode}: {on['kv_reuse']:.1%} with the key ({on['kv_reuse'] / oracle:.0%} of the oracle, "
+            share = f"{on['kv_reuse'] / oracle:.0%} of the oracle, " if oracle else ""  # 0: no request answered
+            s = (f"manual/{mode}: {on['kv_reuse']:.1%} with the key ({share}"
                  f"stickiness {on['stickiness']:.2f}), {off['kv_reuse']:.1%} without it")
             if rr:
                 s += f" (round_robin baseline {rr['kv_reuse']:.1%})"
@@ -210,8 +249,70 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
                    f"({worst['retractions']:.0f} retractions, {worst['recomputed_tokens']:.0f} tokens prefilled "
                    f"again, queue p99 {worst['queue_time_p99']:.2f}s)"
                    + (f"; {len(calm)} runs had none." if calm else "."))
+    out.append(_errors_line(runs))
+    return out
+
+
+def _errors_line(runs: list[dict[str, Any]]) -> str:
     errs = sum(r["errors"] for r in runs)
-    out.append("No run had errors." if errs == 0 else f"{errs} errors in total: see `errors` per run.")
+    return "No run had errors." if errs == 0 else f"{errs} errors in total: see `errors` per run."
+
+
+# the policies run on both a PD pool and its co-located baseline (sim.runner.COLOCATED_BASELINE_POLICIES)
+PD_VERSUS = (("manual", "min_load"), ("consistent_hashing", None), ("cache_aware", None))
+
+
+def _gain(runs: list[dict[str, Any]], policy: str, mode: str | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    on, off = _find(runs, policy, mode, True), _find(runs, policy, mode, False)
+    return (on, off) if on and off else None
+
+
+def pd_findings(pd: list[dict[str, Any]], colocated: list[dict[str, Any]]) -> list[str]:
+    """What the routing key buys on a PD pool against co-located workers of the same total count, in words: the
+    reuse and TTFT it gains under each policy run on both, the PD ceiling, manual+key's reuse against the co-located
+    figure with the share of the prompt the previous answers make (``answer_share``: what prompt-only insertion
+    predicts as the gap), the decode leg's pin, and the KV transfer that no prefill hit shrinks."""
+    out: list[str] = []
+    if not pd or not colocated:
+        return out
+    out.append(f"PD ceiling: the prompt-only oracle reuses {pd[0]['oracle_reuse']:.1%}, the co-located oracle "
+               f"{colocated[0]['oracle_reuse']:.1%} (a prefill worker's tree never receives the answers).")
+    for policy, mode in PD_VERSUS:
+        a, b = _gain(pd, policy, mode), _gain(colocated, policy, mode)
+        if a is None or b is None:
+            continue
+        name = policy if mode is None else f"{policy}/{mode}"
+        out.append(f"What the key buys under {name}: reuse {a[1]['kv_reuse']:.1%} -> {a[0]['kv_reuse']:.1%} "
+                   f"({(a[0]['kv_reuse'] - a[1]['kv_reuse']) * 100:+.1f} points) on the PD pool, "
+                   f"{b[1]['kv_reuse']:.1%} -> {b[0]['kv_reuse']:.1%} "
+                   f"({(b[0]['kv_reuse'] - b[1]['kv_reuse']) * 100:+.1f} points) co-located; TTFT p50 "
+                   f"{a[1]['ttft_p50']:.3f}s -> {a[0]['ttft_p50']:.3f}s in PD, {b[1]['ttft_p50']:.3f}s -> "
+                   f"{b[0]['ttft_p50']:.3f}s co-located.")
+    on, co = _find(pd, "manual", "min_load", True), _find(colocated, "manual", "min_load", True)
+    if on and co and on.get("answer_share") is not None:
+        gap = co["kv_reuse"] - on["kv_reuse"]
+        out.append(f"manual+key reuses {on['kv_reuse']:.1%} on the PD pool against {co['kv_reuse']:.1%} co-located: "
+                   f"{gap * 100:.1f} points lower; each prompt's previous answer makes {on['answer_share']:.1%} of "
+                   "the prompt tokens, which a co-located worker's tree holds and a prefill worker's never does "
+                   "(prompt-only insertion predicts a gap of about that share).")
+    split = _find(pd, "manual", "min_load", True, decode="round_robin")
+    if on and split:
+        out.append(f"Pinning the decode leg as well: manual on both legs {on['kv_reuse']:.1%} reuse "
+                   f"(decode reuse {on['decode_kv_reuse']:.1%}), decode round_robin {split['kv_reuse']:.1%} "
+                   f"(decode reuse {split['decode_kv_reuse']:.1%}); the prefill leg's pin is where the reuse is"
+                   + (" (the decode workers' radix cache is off)." if not on["decode_kv_reuse"] else "."))
+    if on:
+        off = _find(pd, "manual", "min_load", False)
+        per = on["transfer_bytes"] / max(on["requests"], 1)
+        line = (f"Every PD turn sends its KV prefill to decode: {per / 1e6:.1f} MB a request with the key "
+                f"({on['transfer_bytes'] / 1e9:.2f} GB in all")
+        if off:
+            line += f"; {off['transfer_bytes'] / 1e9:.2f} GB without it"
+        line += ("): a prefill hit does not shrink the transfer; its tail costs "
+                 f"{on['ttft_transfer_mean'] * 1e3:.1f} ms of TTFT on average, the prefill "
+                 f"{on['ttft_prefill_mean'] * 1e3:.1f} ms, the first decode step "
+                 f"{on['ttft_first_decode_mean'] * 1e3:.1f} ms.")
+        out.append(line)
     return out
 
 
@@ -314,6 +415,19 @@ def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]
     return path
 
 
+def pool_text(s: dict[str, Any]) -> str:
+    """The report's pool line: workers and KV per worker; a PD pool's prefill and decode workers apart."""
+    def kv(capacity: Any) -> str:
+        return f"{capacity:,}" if isinstance(capacity, int) else str(capacity or "unbounded")
+
+    if not s.get("prefill_workers"):
+        return f"{s['workers']} workers, KV {kv(s['kv_capacity_tokens'])} tokens each"
+    return (f"PD: {s['prefill_workers']} prefill workers (KV {kv(s['prefill_kv_capacity_tokens'])} tokens each) + "
+            f"{s['decode_workers']} decode workers (KV {kv(s['decode_kv_capacity_tokens'])} tokens each; radix cache "
+            f"{'on' if s['decode_radix_cache'] else 'off'}), KV transfer at {s['transfer_bandwidth_gb_s']:g} GB/s; "
+            f"co-located baseline: {s['workers']} workers, KV {kv(s['kv_capacity_tokens'])} tokens each")
+
+
 def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], plots: list[str],
                    command: str = "smg-testbed compare", summary: list[dict[str, Any]] | None = None,
                    paired: list[dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None) -> Path:
@@ -325,7 +439,7 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
     lines = [f"# {command}: scenario `{s['name']}`", ""]
     if s.get("description"):
         lines += [s["description"], ""]
-    lines += [f"{s['workers']} workers, KV {s['kv_capacity_tokens'] or 'unbounded'} tokens each; "
+    lines += [pool_text(s) + "; "
               f"{s['sessions']} sessions (groups of {s['group_size']}), arrivals `{s['arrival']}`; "
               + (f"seeds {_seed_list(sorted({r['seed'] for r in runs}))}; " if seeds else f"seed {s['seed']}; ")
               + f"transport `{runs[0]['transport'] if runs else '-'}`.", "",
@@ -336,7 +450,14 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
               "computed; latencies in virtual seconds; `imbalance` max / mean prefill work per worker."
               + (" `retractions` running requests the engines retracted when KV ran out; `recomputed tok` prefill "
                  "work done twice after them; `decode stall s` time running requests waited for prefills; `queue` "
-                 "arrival to first scheduling per request." if ENGINE_COLUMNS[0] in columns(runs) else ""), "",
+                 "arrival to first scheduling per request." if ENGINE_COLUMNS[0] in columns(runs) else "")
+              + (" PD: `kv_reuse` is the prefill leg's (its hits, as SGLang relays them), `oracle` holds prompts only "
+                 "(a prefill worker's tree never receives the answers), `sticky` is the prefill leg's; `decode reuse` "
+                 "the decode workers' own radix matches / prompt tokens; `transfer GB` the KV sent prefill to "
+                 "decode; TTFT split into its means: `ttft prefill` (arrival to the prefill's end), `ttft transfer` "
+                 "(then until the KV is in place on the decode worker), `ttft 1st decode` (then one decode step); "
+                 "`imbalance` over the prefill workers. `colocated` rows: the same workload on co-located workers "
+                 "of the same total count." if PD_COLUMNS[0] in columns(runs) else ""), "",
               "## What it shows", ""]
     for name, group in rows_by_profile(shown).items():
         lines += [f"On `{name}`:", ""] if name is not None else []
@@ -349,7 +470,12 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
     bl = branch_lines(runs)
     if bl:
         lines += ["", "## Gateway branch counters", "", *bl]
-    general = [p for p in plots if not p.startswith(SERIES_PREFIX)]
+    if PD_PLOT in plots:
+        lines += ["", "## What the routing key buys: PD against co-located", "",
+                  "Per policy run on both pools: the reuse with and without the key (the oracles dashed), and what "
+                  "the key buys in reuse points and in TTFT p50, on the PD pool and on co-located workers of the "
+                  "same total count (in words above: `What the key buys under ...`).", "", f"![{PD_PLOT}]({PD_PLOT})"]
+    general = [p for p in plots if not p.startswith(SERIES_PREFIX) and p != PD_PLOT]
     if general:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in general]
     series = [p for p in plots if p.startswith(SERIES_PREFIX)]
@@ -518,7 +644,58 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: list[dict[str, A
     fig.savefig(out / "workers.png", dpi=110)
     plt.close(fig)
     names.append("workers.png")
+    if write_pd_plot(out, runs):
+        names.append(PD_PLOT)
     return names + write_series_plots(out, runs)
+
+
+def write_pd_plot(out: Path, runs: list[dict[str, Any]]) -> bool:
+    """pd.png, when the runs hold a PD pool and its co-located baseline: per policy run on both, the reuse with and
+    without the key on each (oracles dashed), and the key's gain in reuse points and in TTFT p50. False otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    pd = [r for r in runs if r.get("pool") == "pd"]
+    co = [r for r in runs if r.get("pool") == COLOCATED]
+    pairs = [(policy if mode is None else f"{policy}/{mode}", _gain(pd, policy, mode), _gain(co, policy, mode))
+             for policy, mode in PD_VERSUS]
+    pairs = [(name, a, b) for name, a, b in pairs if a and b]
+    if not pairs:
+        return False
+    x = np.arange(len(pairs))
+    fig, (reuse, gain, ttft) = plt.subplots(1, 3, figsize=(15, 4.2))
+    bars = (("PD key on", 0, 0, "tab:blue"), ("PD key off", 0, 1, "lightsteelblue"),
+            ("co-located key on", 1, 0, "tab:green"), ("co-located key off", 1, 1, "palegreen"))
+    for i, (label, pool, key, color) in enumerate(bars):
+        reuse.bar(x + (i - 1.5) * 0.2, [p[1 + pool][key]["kv_reuse"] for p in pairs], 0.2, label=label, color=color)
+    reuse.axhline(pd[0]["oracle_reuse"], color="tab:blue", ls="--", lw=1, label="PD oracle (prompts only)")
+    reuse.axhline(co[0]["oracle_reuse"], color="tab:green", ls="--", lw=1, label="co-located oracle")
+    reuse.set_ylim(0, 1.3)
+    reuse.set_yticks(np.linspace(0, 1, 6))
+    reuse.set_ylabel("kv_reuse (cached / prompt tokens)")
+    reuse.set_title("KV reuse")
+    reuse.legend(fontsize=7, loc="upper center", ncol=2)
+    for k, (label, color) in enumerate((("PD", "tab:blue"), ("co-located", "tab:green"))):
+        gain.bar(x + (k - 0.5) * 0.35, [(p[1 + k][0]["kv_reuse"] - p[1 + k][1]["kv_reuse"]) * 100 for p in pairs],
+                 0.35, label=label, color=color)
+        ttft.bar(x + (k - 0.5) * 0.35, [p[1 + k][1]["ttft_p50"] / max(p[1 + k][0]["ttft_p50"], 1e-12) for p in pairs],
+                 0.35, label=label, color=color)
+    gain.axhline(0, color="k", lw=0.8)
+    gain.set_ylabel("reuse with the key - without (points)")
+    gain.set_title("What the key buys: reuse")
+    ttft.axhline(1, color="k", lw=0.8)
+    ttft.set_ylabel("TTFT p50 without the key / with it")
+    ttft.set_title("What the key buys: TTFT p50")
+    for ax in (reuse, gain, ttft):
+        ax.set_xticks(x, [p[0] for p in pairs], rotation=15, ha="right")
+    gain.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / PD_PLOT, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write_series_plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:

@@ -11,6 +11,7 @@ and per-request samples are kept apart (``_meta``), since results must repeat bi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import time
 import warnings
@@ -32,21 +33,32 @@ TRANSPORTS = ("http", "direct", "external", "live")
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """A gateway policy under test: ``--policy`` plus optional ``--assignment-mode`` and further flags."""
+    """A gateway policy under test: ``--policy`` plus optional ``--assignment-mode`` and further flags; on a PD pool
+    optionally a leg's own policy (``--prefill-policy`` / ``--decode-policy``; None: ``--policy``)."""
 
     policy: str
     assignment_mode: str | None = None
     extra: tuple[str, ...] = ()
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+
+    @property
+    def legs(self) -> tuple[tuple[str, str], ...]:
+        """The legs with a policy of their own: (``prefill``/``decode``, policy)."""
+        return tuple((leg, p) for leg, p in (("prefill", self.prefill_policy), ("decode", self.decode_policy)) if p)
 
     @property
     def name(self) -> str:
         base = self.policy if self.assignment_mode is None else f"{self.policy}/{self.assignment_mode}"
+        base += "".join(f" {leg}={p}" for leg, p in self.legs)
         return base + (" " + " ".join(self.extra) if self.extra else "")
 
     def gateway_args(self) -> tuple[str, ...]:
         args: list[str] = ["--policy", self.policy]
         if self.assignment_mode is not None:
             args += ["--assignment-mode", self.assignment_mode]
+        for leg, p in self.legs:
+            args += [f"--{leg}-policy", p]
         return (*args, *self.extra)
 
 
@@ -61,11 +73,41 @@ COMPARE_POLICIES: tuple[PolicyConfig, ...] = (
 )
 
 
+# compare on a PD pool (issue 18): both legs manual, prefill manual with decode round_robin, consistent_hashing (one
+# ring over both worker types), cache_aware; each with the key on and off
+PD_COMPARE_POLICIES: tuple[PolicyConfig, ...] = (
+    PolicyConfig("manual", "min_load"),
+    PolicyConfig("manual", "min_load", decode_policy="round_robin"),
+    PolicyConfig("consistent_hashing"),
+    PolicyConfig("cache_aware"),
+)
+# ... and the same workload on a co-located pool of the same total worker count: what the key buys there
+COLOCATED_BASELINE_POLICIES: tuple[PolicyConfig, ...] = (
+    PolicyConfig("manual", "min_load"),
+    PolicyConfig("consistent_hashing"),
+    PolicyConfig("cache_aware"),
+)
+COLOCATED = "colocated"  # a row's ``pool`` when it is a PD scenario's co-located baseline (a PD run's: ``pd``)
+
+
 def make_setup(scenario: Scenario, policy: PolicyConfig, routing_key: bool, seed: int | None = None) -> Setup:
+    """One configuration; on a PD pool the gateway runs in PD mode (``--pd-disaggregation``), each leg with its
+    policy (the row says both: ``prefill_policy``, ``decode_policy``)."""
     seed = scenario.seed if seed is None else seed
     label = f"{policy.name} key={'on' if routing_key else 'off'}"
-    return Setup(scenario, policy.gateway_args(), routing_key, seed, label,
-                 extra={"policy": policy.policy, "assignment_mode": policy.assignment_mode})
+    extra: dict[str, Any] = {"policy": policy.policy, "assignment_mode": policy.assignment_mode}
+    args = policy.gateway_args()
+    if scenario.pd:
+        args = ("--pd-disaggregation", *args)
+        extra.update(pool="pd", prefill_policy=policy.prefill_policy or policy.policy,
+                     decode_policy=policy.decode_policy or policy.policy)
+    return Setup(scenario, args, routing_key, seed, label, extra=extra)
+
+
+def colocated_setup(scenario: Scenario, policy: PolicyConfig, routing_key: bool, seed: int | None = None) -> Setup:
+    """A PD scenario's co-located baseline under ``policy``: ``scenario.colocated()``, labelled ``colocated ...``."""
+    setup = make_setup(scenario.colocated(), policy, routing_key, seed)
+    return dataclasses.replace(setup, label=f"{COLOCATED} {setup.label}", extra={**setup.extra, "pool": COLOCATED})
 
 
 @contextlib.contextmanager
@@ -118,12 +160,17 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         t2 = time.perf_counter()
         ss = getattr(tr, "session_core", None)
         metrics = tr.gateway_metrics()
+        scenario = setup.scenario
+        roles = {name: scenario.role_of(i) for i, name in enumerate(tr.workers)} if scenario.pd else None
         measures = summarize(result, list(tr.workers), tr.worker_stats(), metrics,
-                             rollback_retries=getattr(ss, "rollback_retries", None))
+                             rollback_retries=getattr(ss, "rollback_retries", None), roles=roles,
+                             transfer_bandwidth=scenario.transfer_bandwidth_gb_s * 1e9 if scenario.pd else None)
     row: dict[str, Any] = {
         "label": setup.label,
         "policy": setup.extra.get("policy", _flag(setup.gateway_args, "--policy")),
         "assignment_mode": setup.extra.get("assignment_mode", _flag(setup.gateway_args, "--assignment-mode")),
+        # a PD scenario's rows: which pool, and each leg's policy (absent from a plain co-located run's row)
+        **{k: setup.extra[k] for k in ("pool", "prefill_policy", "decode_policy") if k in setup.extra},
         "routing_key": bool(setup.routing_key),
         "gateway_args": list(setup.gateway_args),
         "transport": transport,
@@ -147,7 +194,9 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         "ttft_first": [r.ttft for r in ok if r.turn == 0 and not r.retry],
         "ttft_later": [r.ttft for r in ok if not (r.turn == 0 and not r.retry)],
         "errors": [s.error for s in result.sessions if s.error][:20],
-        "hits": [RequestHit(r.worker, r.arrival, r.prompt_tokens, r.cached_tokens) for r in ok if r.worker],
+        # where each prompt's hit was: its worker, PD its prefill worker
+        "hits": [RequestHit(r.prefill_worker or r.worker, r.arrival, r.prompt_tokens, r.cached_tokens)
+                 for r in ok if r.worker],
     }
     return row
 

@@ -126,14 +126,18 @@ def add_override_args(p: argparse.ArgumentParser) -> None:
 
 
 def apply_overrides(s: Scenario, args: argparse.Namespace) -> Scenario:
+    """``--workers``, ``--kv-capacity-tokens`` (a PD pool: both roles'; its worker count is refused: the roles set
+    it) and ``--sessions``; ScenarioError (one line) for what the scenario refuses."""
     changes: dict[str, Any] = {}
     if getattr(args, "workers", None) is not None:
         changes["workers"] = args.workers
-    if getattr(args, "kv_capacity_tokens", None) is not None:
-        changes["kv_capacity_tokens"] = parse_capacity(args.kv_capacity_tokens)
     if getattr(args, "sessions", None) is not None:
         changes["sessions"] = args.sessions
-    return s.replace(**changes) if changes else s
+    if changes:
+        s = s.replace(**changes)
+    if getattr(args, "kv_capacity_tokens", None) is not None:
+        s = s.with_kv_capacity(parse_capacity(args.kv_capacity_tokens))
+    return s
 
 
 def console_for(quiet: bool = False) -> Console:

@@ -2,7 +2,11 @@
 
 Runs the scenario under manual (random, min_load, min_group), consistent_hashing, cache_aware and
 round_robin (the no-affinity baseline), each with the session server adding ``X-SMG-Routing-Key``
-and with ``--no-routing-key``: 12 runs. Prints a table and writes ``DIR/results.json``, ``DIR/report.md`` and
+and with ``--no-routing-key``: 12 runs. A PD scenario (``pd``, ``pd-long-answers``) runs the gateway in PD mode
+under both legs manual, prefill manual with decode round_robin, consistent_hashing and cache_aware, plus a
+co-located baseline of the same total worker count (manual, consistent_hashing, cache_aware), key on and off: 14
+runs; the report adds the PD columns and says, in words and ``pd.png``, what the key buys in PD against co-located.
+Prints a table and writes ``DIR/results.json``, ``DIR/report.md`` and
 PNG plots (``reuse.png``, ``ttft.png``, ``workers.png``).
 
 Transport ``direct`` (default) runs the cores in process, in seconds; ``--transport http`` starts the workers,
@@ -59,7 +63,13 @@ from sim.report import (
     write_plots,
     write_results,
 )
-from sim.runner import COMPARE_POLICIES, make_setup
+from sim.runner import (
+    COLOCATED_BASELINE_POLICIES,
+    COMPARE_POLICIES,
+    PD_COMPARE_POLICIES,
+    colocated_setup,
+    make_setup,
+)
 from sim.stats import paired_difference, summarize_configurations
 from sim.transports.pool import Setup
 from sim.workload.scenario import Scenario, ScenarioError
@@ -126,14 +136,18 @@ def paired(rows: Sequence[dict[str, Any]], setups: Sequence[Setup], versus: str 
 
 def profile_setups(scenarios: Sequence[Scenario], seeds: Sequence[int]) -> list[tuple[Setup, str | None]]:
     """Every configuration under each scenario (one per profile) and seed, with its profile's name (None for one
-    scenario: labels as without profiles)."""
+    scenario: labels as without profiles). A PD scenario: ``PD_COMPARE_POLICIES`` on its PD pool, then
+    ``COLOCATED_BASELINE_POLICIES`` on a co-located pool of the same total worker count and profile."""
     out = []
     for scenario in scenarios:
         name = profile_name(scenario) if len(scenarios) > 1 else None
-        for pc in COMPARE_POLICIES:
+        grid = [(make_setup, pc) for pc in COMPARE_POLICIES] if not scenario.pd else \
+            [(make_setup, pc) for pc in PD_COMPARE_POLICIES] + [(colocated_setup, pc)
+                                                                for pc in COLOCATED_BASELINE_POLICIES]
+        for build, pc in grid:
             for key in (True, False):
                 for seed in seeds:
-                    setup = make_setup(scenario.replace(seed=seed), pc, key, seed)
+                    setup = build(scenario.replace(seed=seed), pc, key, seed)
                     out.append((setup if name is None else
                                 dataclasses.replace(setup, label=profile_label(setup.label, name)), name))
     return out

@@ -6,6 +6,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import xxhash
 
@@ -32,17 +33,43 @@ class Setup:
 def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
     """The pool's workers: a profile gives their latency coefficients, their scheduler's chunked-prefill size and
     prefill token budget and their per-request overhead (the iteration-level engine's), else the 8B-on-H100
-    defaults and no overhead."""
-    if scenario.profile:
-        profile = load_profile(scenario.profile)
-        latency, scheduler, overhead = profile.latency_model(), profile.scheduler_config(), profile.request_overhead
-    else:
-        latency, scheduler, overhead = LatencyModel(), SchedulerConfig(), 0.0
-    return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
-                         max_running_requests=scenario.max_running_requests, latency=latency,
-                         slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler,
-                         request_overhead=overhead)
-            for i in range(scenario.workers)]
+    defaults and no overhead.
+
+    A PD pool (``scenario.pd``): the prefill workers first, named ``p0, p1, ...``, then the decode workers
+    ``d0, d1, ...``, each role with its own profile and KV capacity; KV bytes per token are the scenario's, else
+    the worker's profile's, else ``WorkerConfig``'s."""
+    if not scenario.pd:
+        latency, scheduler, overhead = _engine_parameters(scenario.profile)
+        return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
+                             max_running_requests=scenario.max_running_requests, latency=latency,
+                             slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler,
+                             request_overhead=overhead)
+                for i in range(scenario.workers)]
+    out = []
+    for i in range(scenario.workers):
+        role = scenario.role_of(i)
+        assert role is not None
+        index = i if role == "prefill" else i - scenario.prefill_workers
+        profile = scenario.role_profile(role)
+        latency, scheduler, overhead = _engine_parameters(profile)
+        kv_bytes = scenario.kv_bytes_per_token or (load_profile(profile).kv_bytes_per_token if profile
+                                                   else WorkerConfig.kv_bytes_per_token)
+        out.append(WorkerConfig(name=f"{role[0]}{index}", kv_capacity_tokens=scenario.role_kv_capacity_tokens(role),
+                                max_running_requests=scenario.max_running_requests, latency=latency,
+                                slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler,
+                                request_overhead=overhead, disaggregation_mode=role,
+                                num_reserved_decode_tokens=scenario.num_reserved_decode_tokens,
+                                decode_radix_cache=scenario.decode_radix_cache, kv_bytes_per_token=kv_bytes,
+                                transfer_bandwidth=scenario.transfer_bandwidth_gb_s * 1e9))
+    return out
+
+
+def _engine_parameters(profile: str) -> tuple[LatencyModel, SchedulerConfig, float]:
+    """A profile's latency model, scheduler config and request overhead; the defaults without one."""
+    if not profile:
+        return LatencyModel(), SchedulerConfig(), 0.0
+    p = load_profile(profile)
+    return p.latency_model(), p.scheduler_config(), p.request_overhead
 
 
 def _ports_free(base: int, n: int) -> bool:
@@ -146,9 +173,32 @@ def port_salt(setup: Setup) -> str:
     return f"{setup.scenario.name}/{setup.seed}/{setup.scenario.workers}"
 
 
+def bootstrap_ports(scenario: Scenario, urls: list[str]) -> list[int]:
+    """The prefill workers' bootstrap ports (SGLang's ``--disaggregation-bootstrap-port``, the gateway's ``--prefill
+    URL PORT``), in pool order: the ports right after the last worker's, so they follow from the workers' stable
+    block and a run repeats with the same ones (the block itself stays one port per worker: every transport, and
+    every earlier results file, keeps its worker URLs). Empty for a co-located pool."""
+    if not scenario.pd:
+        return []
+    last = urlsplit(urls[-1]).port
+    if last is None:
+        raise ValueError(f"a PD pool's worker URLs need ports, got {urls[-1]!r}")
+    return [last + 1 + i for i in range(scenario.prefill_workers)]
+
+
 def gateway_argv(setup: Setup, urls: list[str]) -> list[str]:
-    """``smg launch``-style flags for the mock gateway (the setup's flags last, so they win)."""
-    return ["--worker-urls", *urls, "--seed", str(setup.seed), *setup.gateway_args]
+    """``smg launch``-style flags for the mock gateway (the setup's flags last, so they win); a PD pool's workers
+    as ``--pd-disaggregation --prefill URL BOOTSTRAP_PORT ... --decode URL ...`` (``urls`` in pool order)."""
+    scenario = setup.scenario
+    if not scenario.pd:
+        return ["--worker-urls", *urls, "--seed", str(setup.seed), *setup.gateway_args]
+    n = scenario.prefill_workers
+    workers = ["--pd-disaggregation"]
+    for url, port in zip(urls[:n], bootstrap_ports(scenario, urls), strict=True):
+        workers += ["--prefill", url, str(port)]
+    for url in urls[n:]:
+        workers += ["--decode", url]
+    return [*workers, "--seed", str(setup.seed), *setup.gateway_args]
 
 
 def session_server_argv(setup: Setup, router_url: str) -> list[str]:

@@ -42,6 +42,18 @@ TABLES: dict[str, dict[str, str]] = {
               "tool_latency": "tool_latency", "think_time": "think_time"},
 }
 ARRAY_TABLES = ("faults",)  # [[faults]]: see sim.faults
+# PD disaggregation (shared/specs/pd-hicache.md sections 1-2): [workers.prefill] and [workers.decode] are pools of
+# their own; a scenario is PD when both have a count >= 1. Each sub-table key -> the Scenario field suffix
+# (``prefill_workers``, ``decode_kv_capacity_tokens``, ...); a pool without a capacity or a profile takes its
+# profile's capacity, else [workers]' capacity and profile
+POOL_ROLES = ("prefill", "decode")
+POOL_KEYS: dict[str, str] = {"count": "workers", "kv_capacity_tokens": "kv_capacity_tokens", "profile": "profile"}
+# [workers] keys that only a PD pool reads -> the Scenario field each sets (SGLang's and the transfer's parameters)
+PD_KEYS: dict[str, str] = {"decode_radix_cache": "decode_radix_cache",
+                           "num_reserved_decode_tokens": "num_reserved_decode_tokens",
+                           "transfer_bandwidth_gb_s": "transfer_bandwidth_gb_s",
+                           "kv_bytes_per_token": "kv_bytes_per_token"}
+PD_FIELDS = (*(f"{role}_{suffix}" for role in POOL_ROLES for suffix in POOL_KEYS.values()), *PD_KEYS.values())
 # arrival pattern -> the [arrivals] keys it reads (besides pattern)
 ARRIVAL_KEYS: dict[str, tuple[str, ...]] = {"rollout": (), "poisson": ("rate",), "concurrency": ("concurrency",)}
 ARRIVAL_PATTERNS = tuple(ARRIVAL_KEYS)
@@ -54,9 +66,11 @@ DIST_BOUNDS = ("min", "max")
 DIST_KINDS = tuple(DIST_PARAMS)
 DIST_FIELDS = ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "think_time")
 INT_FIELDS = ("seed", "workers", "max_running_requests", "sessions", "group_size", "system_prompt_tokens",
-              "task_prompt_tokens", "max_context_tokens", "concurrency")
-FLOAT_FIELDS = ("retry_rate", "rate")
-STR_FIELDS = ("name", "description", "arrival", "profile", "engine")
+              "task_prompt_tokens", "max_context_tokens", "concurrency", "prefill_workers", "decode_workers",
+              "num_reserved_decode_tokens")
+FLOAT_FIELDS = ("retry_rate", "rate", "transfer_bandwidth_gb_s")
+STR_FIELDS = ("name", "description", "arrival", "profile", "engine", "prefill_profile", "decode_profile")
+CAPACITY_FIELDS = ("kv_capacity_tokens", "prefill_kv_capacity_tokens", "decode_kv_capacity_tokens")
 # workers.engine: how a worker schedules (sim.engine): SGLang's iteration-level scheduler, or the arrival-time
 # closed form (faster, no contention between requests after admission: the model of results_version <= 2)
 ENGINES = ("iteration", "arrival")
@@ -249,12 +263,25 @@ class Scenario:
     think_time: Dist = field(default_factory=lambda: Dist("constant", value=0.0))
     # faults (sim.faults): dead / slow workers, upstream 5xx and "rollback failed" rates, in virtual time
     faults: tuple[FaultSpec, ...] = ()
+    # PD disaggregation (PD_FIELDS; left out of ``to_dict`` unless ``pd``): the prefill and the decode pool, each
+    # with its count, KV capacity and profile ("": ``profile``); ``workers`` is then their sum, prefill first
+    prefill_workers: int = 0
+    prefill_kv_capacity_tokens: int | None = 400_000
+    prefill_profile: str = ""
+    decode_workers: int = 0
+    decode_kv_capacity_tokens: int | None = 400_000
+    decode_profile: str = ""
+    decode_radix_cache: bool = False  # SGLang's --disaggregation-decode-enable-radix-cache
+    num_reserved_decode_tokens: int = 512  # SGLang's --num-reserved-decode-tokens
+    transfer_bandwidth_gb_s: float = 50.0  # the KV transfer's bandwidth (RDMA), 1e9 bytes/s
+    kv_bytes_per_token: int | None = None  # KV bytes per token per GPU; None: each worker's profile's, else 128 KiB
 
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "faults", parse_faults(self.faults, self.workers))
         except FaultError as e:
             raise ScenarioError(str(e)) from e
+        self._check_pd()
         for k in DIST_FIELDS:
             object.__setattr__(self, k, Dist.parse(getattr(self, k), k))
         if self.workers < 1:
@@ -293,6 +320,73 @@ class Scenario:
         if self.max_context_tokens < 1:
             raise ScenarioError("sessions.max_context_tokens must be >= 1")
 
+    def _check_pd(self) -> None:
+        counts = {role: getattr(self, f"{role}_workers") for role in POOL_ROLES}
+        for role, n in counts.items():
+            if n < 0:
+                raise ScenarioError(f"workers.{role}.count must be >= 0")
+        if not self.pd:
+            if any(counts.values()):
+                have, lack = sorted(counts, key=lambda r: -counts[r])
+                raise ScenarioError(f"workers.{have}.count = {counts[have]} without workers.{lack}: a PD pool needs "
+                                    f"both [workers.prefill] and [workers.decode] with count >= 1")
+            for name in PD_FIELDS:
+                if getattr(self, name) != _PD_DEFAULTS[name]:
+                    raise ScenarioError(f"{_pd_path(name)} applies only to a PD pool ([workers.prefill] and "
+                                        f"[workers.decode] with count >= 1): remove it or add the pools")
+            return
+        total = sum(counts.values())
+        if self.workers != total:
+            raise ScenarioError(f"workers.count = {self.workers}, but a PD pool has workers.prefill.count + "
+                                f"workers.decode.count = {total} workers: leave workers.count out")
+        if self.engine != "iteration":
+            raise ScenarioError(f"workers.engine = {self.engine!r}: PD workers need the iteration-level engine "
+                                "(engine = \"iteration\")")
+        for role in POOL_ROLES:
+            profile, capacity = getattr(self, f"{role}_profile"), getattr(self, f"{role}_kv_capacity_tokens")
+            if profile:
+                try:
+                    load_profile(profile)
+                except ProfileError as e:
+                    raise ScenarioError(f"workers.{role}.profile: {e}") from e
+            if capacity is not None and capacity < 1:
+                raise ScenarioError(f"workers.{role}.kv_capacity_tokens must be positive (or 0/'inf' for unbounded)")
+        if not isinstance(self.decode_radix_cache, bool):
+            raise ScenarioError(f"workers.decode_radix_cache must be true or false, got {self.decode_radix_cache!r}")
+        if self.num_reserved_decode_tokens < 0:
+            raise ScenarioError("workers.num_reserved_decode_tokens must be >= 0")
+        if not self.transfer_bandwidth_gb_s > 0:
+            raise ScenarioError("workers.transfer_bandwidth_gb_s must be > 0")
+        if self.kv_bytes_per_token is not None and self.kv_bytes_per_token < 1:
+            raise ScenarioError("workers.kv_bytes_per_token must be >= 1")
+        dead = [f for f in self.faults if f.kind == "dead"]
+        if dead:
+            raise ScenarioError(f"faults: dead worker {dead[0].worker}: dead workers are not modelled with PD "
+                                "(a prefill or decode leg lost mid-transfer); use slow or error_rate faults")
+
+    @property
+    def pd(self) -> bool:
+        """Whether the pool is PD-disaggregated: prefill and decode workers of their own."""
+        return self.prefill_workers > 0 and self.decode_workers > 0
+
+    def role_of(self, i: int) -> str | None:
+        """Worker ``i``'s PD role in pool order (prefill workers first), None when co-located."""
+        if not self.pd:
+            return None
+        return "prefill" if i < self.prefill_workers else "decode"
+
+    def role_profile(self, role: str | None) -> str:
+        """The profile a role's workers run ("": LatencyModel's defaults); a co-located pool's for None."""
+        return (getattr(self, f"{role}_profile") if role else "") or self.profile
+
+    def role_kv_capacity_tokens(self, role: str | None) -> int | None:
+        return getattr(self, f"{role}_kv_capacity_tokens") if role else self.kv_capacity_tokens
+
+    def colocated(self) -> Scenario:
+        """The same workload on a co-located pool of the same total worker count, with [workers]' profile and KV
+        capacity: the baseline a PD pool is compared with."""
+        return self.replace(workers=self.workers, **_PD_DEFAULTS)
+
     @property
     def tasks(self) -> int:
         return -(-self.sessions // self.group_size)
@@ -328,12 +422,22 @@ class Scenario:
                 f"{need} or shrink the prompts")
 
     def with_profile(self, name_or_path: str) -> Scenario:
-        """A copy whose workers run ``name_or_path``'s latency model and KV capacity (``--profile``)."""
+        """A copy whose workers run ``name_or_path``'s latency model and KV capacity (``--profile``); in a PD pool,
+        both roles' workers."""
         try:
             capacity = load_profile(name_or_path).kv_capacity_tokens
         except ProfileError as e:
             raise ScenarioError(str(e)) from e
-        return self.replace(profile=name_or_path, kv_capacity_tokens=capacity)
+        roles: dict[str, Any] = {}
+        if self.pd:
+            roles = {f"{role}_{k}": v for role in POOL_ROLES
+                     for k, v in (("profile", ""), ("kv_capacity_tokens", capacity))}
+        return self.replace(profile=name_or_path, kv_capacity_tokens=capacity, **roles)
+
+    def with_kv_capacity(self, capacity: int | None) -> Scenario:
+        """A copy whose workers (both roles' in a PD pool) have ``capacity`` tokens of KV (None: unbounded)."""
+        roles = {f"{role}_kv_capacity_tokens": capacity for role in POOL_ROLES} if self.pd else {}
+        return self.replace(kv_capacity_tokens=capacity, **roles)
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (``sessions``, ``workers``, ``kv_capacity_tokens``...)."""
@@ -346,6 +450,8 @@ class Scenario:
             v = getattr(self, f.name)
             if f.name == "profile" and not v:
                 continue  # unset: left out, so a scenario without one keeps its results files and scenario hash
+            if f.name in PD_FIELDS and not self.pd:
+                continue  # co-located: left out for the same reason
             if isinstance(v, Dist):
                 v = v.to_dict()
             elif f.name == "faults":
@@ -383,20 +489,34 @@ class Scenario:
                                     f"(tables: {', '.join(TABLES)}, faults; keys: {', '.join(TOP_KEYS)})")
         flat.setdefault("name", name)
         paths.setdefault("name", "name")
+        pools = [role for role in POOL_ROLES if f"{role}_workers" in flat]
+        if pools and "workers" not in flat:  # a PD pool's count is its pools' sum
+            flat["workers"] = sum(_coerce({f"{r}_workers": flat[f"{r}_workers"]}, paths)[f"{r}_workers"]
+                                  for r in pools)
         scenario = cls(**_coerce(flat, paths))
         if scenario.profile and "kv_capacity_tokens" not in flat:  # an explicit capacity wins over the profile's
-            scenario = scenario.with_profile(scenario.profile)
+            scenario = scenario.replace(kv_capacity_tokens=load_profile(scenario.profile).kv_capacity_tokens)
+        if scenario.pd:  # a pool without its own capacity: its own profile's, else [workers]'
+            scenario = scenario.replace(**{
+                f"{role}_kv_capacity_tokens": load_profile(getattr(scenario, f"{role}_profile")).kv_capacity_tokens
+                if getattr(scenario, f"{role}_profile") else scenario.kv_capacity_tokens
+                for role in POOL_ROLES if f"{role}_kv_capacity_tokens" not in flat})
         scenario.check_multi_turn()
         return scenario
 
 
 def _read_table(table: str, sub: Mapping[str, Any], paths: dict[str, str]) -> dict[str, Any]:
     """One TOML table's keys as Scenario fields (recording each field's TOML path in ``paths``)."""
-    keys = TABLES[table]
+    keys = TABLES[table] | (PD_KEYS if table == "workers" else {})
     out: dict[str, Any] = {}
     for k, v in sub.items():
+        if table == "workers" and k in POOL_ROLES:
+            out.update(_read_pool(k, v, paths))
+            continue
         if k not in keys:
-            raise ScenarioError(f"{table}.{k}: unknown key{did_you_mean(k, keys)} ({table} takes: {', '.join(keys)})")
+            known = [*keys, *(POOL_ROLES if table == "workers" else ())]
+            raise ScenarioError(f"{table}.{k}: unknown key{did_you_mean(k, known)} ({table} takes: "
+                                f"{', '.join(keys)}" + ("; sub-tables prefill, decode)" if table == "workers" else ")"))
         out[keys[k]], paths[keys[k]] = v, f"{table}.{k}"
     if table == "arrivals":
         pattern = sub.get("pattern", "rollout")
@@ -407,6 +527,29 @@ def _read_table(table: str, sub: Mapping[str, Any], paths: dict[str, str]) -> di
                     raise ScenarioError(f"arrivals.{k} applies only to pattern = {owners[0]!r}, and this scenario's "
                                         f"pattern is {pattern!r}: remove the key or change the pattern")
     return out
+
+
+def _read_pool(role: str, sub: Any, paths: dict[str, str]) -> dict[str, Any]:
+    """A ``[workers.prefill]`` or ``[workers.decode]`` sub-table as Scenario fields."""
+    if not isinstance(sub, Mapping):
+        raise ScenarioError(f"workers.{role} must be a table of keys ({', '.join(POOL_KEYS)}), got {sub!r}")
+    out: dict[str, Any] = {}
+    for k, v in sub.items():
+        if k not in POOL_KEYS:
+            raise ScenarioError(f"workers.{role}.{k}: unknown key{did_you_mean(k, POOL_KEYS)} (workers.{role} "
+                                f"takes: {', '.join(POOL_KEYS)})")
+        name = f"{role}_{POOL_KEYS[k]}"
+        out[name], paths[name] = v, f"workers.{role}.{k}"
+    return out
+
+
+def _pd_path(name: str) -> str:
+    """A PD field's TOML path (``workers.prefill.count``, ``workers.decode_radix_cache``)."""
+    for role in POOL_ROLES:
+        for key, suffix in POOL_KEYS.items():
+            if name == f"{role}_{suffix}":
+                return f"workers.{role}.{key}"
+    return f"workers.{name}"
 
 
 def _coerce(flat: dict[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
@@ -423,8 +566,17 @@ def _coerce(flat: dict[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
             out[k] = _number(v, what)
         elif k in DIST_FIELDS:
             out[k] = Dist.parse(v, what)
-        elif k == "kv_capacity_tokens":
+        elif k in CAPACITY_FIELDS:
             out[k] = parse_capacity(v, what)
+        elif k == "kv_bytes_per_token":
+            x = None if v is None else _number(v, what)
+            if x is not None and int(x) != x:
+                raise ScenarioError(f"{what} must be an integer, got {v!r}")
+            out[k] = None if x is None else int(x)
+        elif k == "decode_radix_cache":
+            if not isinstance(v, bool):
+                raise ScenarioError(f"{what} must be true or false, got {v!r}")
+            out[k] = v
         elif k == "slowdown":
             if not isinstance(v, list | tuple):
                 v = [v]
@@ -456,6 +608,9 @@ def parse_capacity(v: Any, what: str = "kv_capacity_tokens") -> int | None:
     if v < 0:
         raise ScenarioError(f"{what} must be positive")
     return int(v)
+
+
+_PD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Scenario) if f.name in PD_FIELDS}
 
 
 # --- built-in scenarios ---------------------------------------------------------------------
