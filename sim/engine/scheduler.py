@@ -102,6 +102,7 @@ import numpy as np
 
 from .core import GEN_THROUGHPUT_WINDOW, _join
 from .radix import Node, RadixCache, TokenIds, as_ids
+from .storage import StorageTier
 from .types import EngineLoad, EngineStats, FinishedRequest, IterationTiming, WorkerConfig
 
 _UNBOUNDED = 1 << 62  # the pool size standing for "no capacity"
@@ -165,7 +166,7 @@ class _Req:
 class IterationEngine:
     """One worker as SGLang schedules it: waiting queue, chunked prefill, running batch, retraction."""
 
-    def __init__(self, config: WorkerConfig | None = None) -> None:
+    def __init__(self, config: WorkerConfig | None = None, storage: StorageTier | None = None) -> None:
         self.config = config or WorkerConfig()
         cfg = self.config
         sc = cfg.scheduler
@@ -176,6 +177,9 @@ class IterationEngine:
         if sc.chunked_prefill_size is not None and sc.chunked_prefill_size < 1:
             raise ValueError("chunked_prefill_size must be >= 1 or None")
         self.cache = RadixCache(capacity=None, page_size=cfg.page_size)  # the engine evicts
+        if storage is not None and storage.page_size != cfg.page_size:
+            raise ValueError(f"the storage's page size {storage.page_size} is not the worker's {cfg.page_size}")
+        self.storage = storage  # the pool's shared L3 (used only with config.hicache.storage)
         self.stats = EngineStats()
         self._capacity = cfg.kv_capacity_tokens
         self._cap = _UNBOUNDED if self._capacity is None else self._capacity
