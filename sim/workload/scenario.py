@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.engine.types import PREFETCH_POLICIES, WRITE_POLICIES
 from sim.faults import FaultError, FaultSpec, parse_faults
 from sim.profiles.catalog import load_profile
 from sim.profiles.profile import ProfileError
@@ -64,8 +65,8 @@ HICACHE_FIELDS = ("enable_hierarchical_cache", "hicache_ratio", "hicache_size", 
 STORAGE_FIELDS = ("hicache_storage_prefetch_policy", "hicache_storage_read_bandwidth_gb_s",
                   "hicache_storage_write_bandwidth_gb_s", "hicache_storage_capacity_tokens",
                   "disaggregation_decode_enable_offload_kvcache")
-HICACHE_WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")  # --hicache-write-policy
-HICACHE_PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")  # --hicache-storage-prefetch-policy
+HICACHE_WRITE_POLICIES = WRITE_POLICIES  # --hicache-write-policy
+HICACHE_PREFETCH_POLICIES = PREFETCH_POLICIES  # --hicache-storage-prefetch-policy
 # [workers] keys besides TABLES' (a PD pool's, HiCache's, and the KV page size: SGLang's --page-size)
 WORKER_KEYS: dict[str, str] = {**PD_KEYS, "page_size": "page_size", **{k: k for k in HICACHE_FIELDS}}
 BOOL_FIELDS = ("decode_radix_cache", "enable_hierarchical_cache", "disaggregation_decode_enable_offload_kvcache")
