@@ -170,13 +170,16 @@ def smg_args(gateway_args: Sequence[str]) -> list[str]:
 
 def gateway_argv(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], port: int, metrics_port: int,
                  seed: int | None = None, defaults: dict[str, str] = LIVE_DEFAULTS,
-                 smg_bin: str | None = None) -> list[str]:
+                 smg_bin: str | None = None, worker_flags: Sequence[str] | None = None) -> list[str]:
     """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``, the binary ``resolve_smg(smg_bin)``)
-    on loopback; ``defaults={}`` gives exactly the caller's flags (benchmarks)."""
+    on loopback; ``defaults={}`` gives exactly the caller's flags (benchmarks). The workers: ``worker_flags`` when
+    given (a PD pool's ``--pd-disaggregation --prefill URL PORT ... --decode URL ...``, ``pool.worker_flags``), else
+    ``--worker-urls`` with ``worker_urls``."""
     if kind not in GATEWAYS:
         raise ValueError(f"unknown gateway {kind!r} (one of {', '.join(GATEWAYS)})")
+    workers = list(worker_flags) if worker_flags is not None else ["--worker-urls", *worker_urls]
     common = ["--host", LOOPBACK, "--port", str(port), "--prometheus-host", LOOPBACK,
-              "--prometheus-port", str(metrics_port), "--worker-urls", *worker_urls]
+              "--prometheus-port", str(metrics_port), *workers]
     if kind == "smg":
         return [resolve_smg(smg_bin).path, "launch", *common, *with_defaults(smg_args(gateway_args), defaults)]
     args = list(gateway_args) if seed is None or _has(gateway_args, "--seed") else [*gateway_args, "--seed", str(seed)]
@@ -215,10 +218,12 @@ class Gateway:
 @contextlib.contextmanager
 def gateway_process(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], *, seed: int | None = None,
                     log_path: Path | None = None, grace: float = 10.0, ready_timeout: float = READY_TIMEOUT,
-                    smg_bin: str | None = None) -> Iterator[Gateway]:
-    """Start a gateway in front of running workers; stop it (SIGTERM, SIGKILL after ``grace`` s) on exit."""
+                    smg_bin: str | None = None, worker_flags: Sequence[str] | None = None) -> Iterator[Gateway]:
+    """Start a gateway in front of running workers (all of ``worker_urls``; ``worker_flags``: see ``gateway_argv``);
+    stop it (SIGTERM, SIGKILL after ``grace`` s) on exit."""
     port, metrics_port = free_ports(2)
-    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed, smg_bin=smg_bin)
+    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed, smg_bin=smg_bin,
+                        worker_flags=worker_flags)
     with contextlib.ExitStack() as stack:
         if log_path is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"live-{kind}-"))
