@@ -5,8 +5,9 @@ loopback ports, waits until ``/readiness`` answers 200 (every worker registered)
 Prometheus URL, process) and stops it by PID on exit. Both kinds get the same command line apart from the
 translation in ``smg_args``:
 
-- the testbed's extensions are refused for ``smg`` (``--policy bounded_load``, ``--assignment-mode min_kv``,
-  ``--bounded-load-*``/``--kv-*`` flags): SMG 1.13.0 has no such thing, so nothing could be compared;
+- the testbed's extensions are refused for ``smg`` (``--policy bounded_load``, also as a PD leg's policy,
+  ``--assignment-mode min_kv``, ``--bounded-load-*``/``--kv-*`` flags): SMG 1.13.0 has no such thing, so nothing
+  could be compared;
 - ``--seed`` (the mock's seeded RNG) is dropped: SMG's random choices are not seedable;
 - ``LIVE_DEFAULTS`` are added unless the caller set them: fast registration (``--worker-startup-check-interval 1``;
   the default 30 s would delay a late worker by half a minute), fast health checks and a short breaker timeout
@@ -61,6 +62,7 @@ LIVE_DEFAULTS: dict[str, str] = {
     "--log-level": "warn",
 }
 MOCK_ONLY_POLICIES = ("bounded_load",)
+POLICY_FLAGS = ("--policy", "--prefill-policy", "--decode-policy")  # a PD leg's policy flags too
 MOCK_ONLY_MODES = ("min_kv",)
 MOCK_ONLY_FLAG_PREFIXES = ("--bounded-load-", "--kv-")
 READY_TIMEOUT = 60.0
@@ -158,8 +160,9 @@ def with_defaults(args: Sequence[str], defaults: dict[str, str] = LIVE_DEFAULTS)
 def smg_args(gateway_args: Sequence[str]) -> list[str]:
     """The policy flags as ``smg launch`` takes them (see the module docstring); raises ``GatewayFlagError``."""
     args = without_flag(gateway_args, "--seed")
-    if (p := flag_value(args, "--policy")) in MOCK_ONLY_POLICIES:
-        raise GatewayFlagError(f"--policy {p} is a testbed extension; smg 1.13.0 does not have it")
+    for flag in POLICY_FLAGS:
+        if (p := flag_value(args, flag)) in MOCK_ONLY_POLICIES:
+            raise GatewayFlagError(f"{flag} {p} is a testbed extension; smg 1.13.0 does not have it")
     if (m := flag_value(args, "--assignment-mode")) in MOCK_ONLY_MODES:
         raise GatewayFlagError(f"--assignment-mode {m} is a testbed extension; smg 1.13.0 does not have it")
     bad = [a for a in args if a.startswith(MOCK_ONLY_FLAG_PREFIXES)]

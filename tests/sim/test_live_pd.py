@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sim.live import LiveTransport, live_setup
 from sim.measures import summarize
-from sim.real_smg import gateway_argv
+from sim.real_smg import GatewayFlagError, gateway_argv, smg_args
 from sim.runner import PolicyConfig, make_setup
 from sim.transports.pool import bootstrap_ports, worker_flags
 from sim.workload.scenario import load_scenario
@@ -30,6 +30,14 @@ def test_the_live_gateway_gets_the_pd_pool_as_prefill_and_decode_workers():
     co = load_scenario("conformance")
     co_urls = urls[:co.workers]
     assert worker_flags(co, co_urls) == ["--worker-urls", *co_urls]
+
+
+def test_a_legs_testbed_policy_is_refused_for_smg():
+    assert smg_args(["--pd-disaggregation", "--policy", "manual", "--decode-policy", "round_robin", "--seed", "1"]) \
+        == ["--pd-disaggregation", "--policy", "manual", "--decode-policy", "round_robin"]
+    for flag in ("--prefill-policy", "--decode-policy"):
+        with pytest.raises(GatewayFlagError, match=f"{flag} bounded_load"):
+            smg_args(["--policy", "manual", flag, "bounded_load"])
 
 
 def probe_failures(metrics: str) -> dict[str, float]:
