@@ -8,10 +8,14 @@ Needed to put the real ``smg`` binary in the loop, which keeps its own wall-cloc
 - ``LiveAgentRunner``: ``sim.agents.AgentRunner`` on that environment. Bodies carry no ``sim_time``, so the
   workers wait out their modelled latency divided by ``speedup`` and the gateway releases in-flight counts when
   answers end. A worker reports its timeline on its own clock; records are shifted onto the runner's clock
-  (finish = when the answer came back; durations as modelled). The oracle is fed in arrival order at the end.
+  (finish = when the answer came back; durations as modelled). The oracle is fed in arrival order at the end
+  (a PD pool's: the prompt-only ceiling, each prompt entering at its prefill's end).
 - ``LiveTransport``: mock workers (in-process uvicorn servers, live clock scaled by ``speedup``), a gateway
   process (``mock`` or the real ``smg``, ``sim.real_smg``) and a session server, on loopback; ``kill_worker`` /
-  ``restart_worker`` crash a worker and bring it back on the same URL with an empty cache.
+  ``restart_worker`` crash a worker and bring it back on the same URL with an empty cache. A PD pool: its
+  workers run their roles, each prefill worker also listening on its bootstrap port (``pool.bootstrap_ports``:
+  the gateway's registration probe, and the live KV-transfer rendezvous of ``sim.worker.bootstrap``); the gateway
+  runs in PD mode (``pool.worker_flags``: ``--pd-disaggregation --prefill URL PORT ... --decode URL ...``).
 
 ``setup.extra`` carries ``gateway`` (``mock``/``smg``), ``speedup`` and for smg ``smg_bin`` (the binary):
 ``live_setup(setup, gateway, speedup, smg_bin)``.
@@ -24,6 +28,7 @@ import contextlib
 import dataclasses
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -39,11 +44,19 @@ from sim.oracle import Oracle
 from sim.real_smg import Gateway, gateway_process
 from sim.transports.base import Reply, TransportError
 from sim.transports.http import SessionClient, session_server_app
-from sim.transports.pool import Setup, port_salt, session_server_argv, stable_ports, worker_configs
+from sim.transports.pool import (
+    Setup,
+    bootstrap_ports,
+    port_salt,
+    session_server_argv,
+    stable_ports,
+    worker_configs,
+    worker_flags,
+)
 from sim.transports.pool import worker_urls as urls_of
 from sim.workload.plans import SessionPlan
 from sim.workload.scenario import Scenario
-from testbed_common.procs import SMG_BIN_ENV, ThreadServer
+from testbed_common.procs import LOOPBACK, SMG_BIN_ENV, ThreadServer
 
 DEFAULT_SPEEDUP = 10.0
 # smg 1.13.0 takes ~5 s to exit after SIGTERM even when idle; a run has read what it needs by then, so after
@@ -135,8 +148,8 @@ class LiveEnvironment(simpy.Environment):
 class _DeferredOracle(Oracle):
     """Collects observations (answers come back out of arrival order) and replays them sorted at the end."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, prompt_only: bool = False) -> None:
+        super().__init__(prompt_only=prompt_only)
         self.seen: list[list[Any]] = []
 
     def observe(self, arrival, finish, prompt_ids, output_ids) -> int:  # type: ignore[override]
@@ -144,7 +157,7 @@ class _DeferredOracle(Oracle):
         return 0
 
     def replay(self) -> Oracle:
-        real = Oracle()
+        real = Oracle(prompt_only=self.prompt_only)
         for arrival, finish, prompt, output, rec in sorted(self.seen, key=lambda e: e[0]):
             cached = real.observe(arrival, finish, prompt, output)
             if rec is not None:
@@ -171,7 +184,7 @@ class LiveAgentRunner(AgentRunner):
         super().__init__(scenario, transport, plans, on_request, until)
         self.env = LiveEnvironment(speedup)
         self.speedup = speedup
-        self._oracle = _DeferredOracle()
+        self._oracle = _DeferredOracle(prompt_only=scenario.pd)  # PD: the prompt-only ceiling
         self.result = WorkloadResult(oracle=self._oracle)
         self.faults = list(faults)
         self.fault_log: list[tuple[str, str, float]] = []  # (kill|restart, worker name, model time)
@@ -196,13 +209,17 @@ class LiveAgentRunner(AgentRunner):
         n_seen = len(self._oracle.seen)
         rec, full, content = self._parse(rec, reply, messages, prev_full)
         if rec.ok:
-            # the worker's timeline is on its own clock: move it so that it ends when the answer came back
+            # the worker's timeline is on its own clock (PD: the decode worker's, the prefill's times converted to it
+            # by the rendezvous): move it so that it ends when the answer came back
             shift = received - rec.finish
             rec.arrival, rec.start = rec.arrival + shift, rec.start + shift
             rec.first_token, rec.finish = rec.first_token + shift, received
+            if rec.prefill_worker is not None:
+                rec.prefill_end, rec.transfer_ready = rec.prefill_end + shift, rec.transfer_ready + shift
             if len(self._oracle.seen) > n_seen:
                 entry = self._oracle.seen[-1]
-                entry[0], entry[1], entry[4] = rec.arrival, rec.finish, rec
+                inserted = rec.prefill_end if self._oracle.prompt_only else rec.finish
+                entry[0], entry[1], entry[4] = rec.arrival, inserted, rec
         return rec, full, content
 
     def _fault(self, fault: Fault) -> Generator[simpy.Event, Any, None]:
@@ -244,10 +261,12 @@ class LiveTransport(SessionClient):
         self.ports = ([int(u.rsplit(":", 1)[1]) for u in urls] if urls
                       else stable_ports(port_salt(setup), len(self.configs)))
         self.worker_urls = urls_of(self.ports)
+        self.bootstrap_ports = bootstrap_ports(setup.scenario, self.worker_urls)  # the prefill workers', in order
         self.cores = [WorkerCore(cfg, seed=setup.seed) for cfg in self.configs]
         self.retired: list[list[Any]] = [[] for _ in self.cores]  # cores replaced by a restart
         self.workers = [c.name for c in self.cores]
         self.servers: list[ThreadServer | None] = [None] * len(self.cores)
+        self._bootstrap_sockets: list[socket.socket] = []
         try:
             for i in range(len(self.cores)):
                 self._serve(i)
@@ -255,7 +274,8 @@ class LiveTransport(SessionClient):
             self.gateway: Gateway = self._stack.enter_context(
                 gateway_process(self.kind, setup.gateway_args, self.worker_urls, seed=setup.seed, log_path=log,
                                 grace=float(setup.extra.get("gateway_grace", GATEWAY_GRACE)),
-                                smg_bin=setup.extra.get("smg_bin")))
+                                smg_bin=setup.extra.get("smg_bin"),
+                                worker_flags=worker_flags(setup.scenario, self.worker_urls)))
             self.gateway_url = self.gateway.url
             self.metrics_url = self.gateway.metrics_url
             ss = ThreadServer(session_server_app(session_server_argv(setup, self.gateway_url)),
@@ -267,9 +287,15 @@ class LiveTransport(SessionClient):
             raise
 
     def _serve(self, i: int) -> None:
+        """Start worker ``i``'s server; a prefill worker's with its bootstrap socket (a new one each start: its
+        server closes it when it stops)."""
         from sim.worker.app import create_app
 
-        server = ThreadServer(create_app(self.cores[i], speedup=self.speedup), port=self.ports[i],
+        sock = None
+        if self.cores[i].config.disaggregation_mode == "prefill":
+            sock = socket.create_server((LOOPBACK, self.bootstrap_ports[i]))
+            self._bootstrap_sockets.append(sock)
+        server = ThreadServer(create_app(self.cores[i], speedup=self.speedup, bootstrap=sock), port=self.ports[i],
                               timeout_keep_alive=KEEP_ALIVE)
         server.start()
         self.servers[i] = server
@@ -323,6 +349,9 @@ class LiveTransport(SessionClient):
                 if s is not None:
                     s.stop()
                     self.servers[i] = None
+            for sock in self._bootstrap_sockets:
+                sock.close()
+            self._bootstrap_sockets.clear()
 
     def close(self) -> None:
         try:

@@ -5,8 +5,9 @@ loopback ports, waits until ``/readiness`` answers 200 (every worker registered)
 Prometheus URL, process) and stops it by PID on exit. Both kinds get the same command line apart from the
 translation in ``smg_args``:
 
-- the testbed's extensions are refused for ``smg`` (``--policy bounded_load``, ``--assignment-mode min_kv``,
-  ``--bounded-load-*``/``--kv-*`` flags): SMG 1.13.0 has no such thing, so nothing could be compared;
+- the testbed's extensions are refused for ``smg`` (``--policy bounded_load``, also as a PD leg's policy,
+  ``--assignment-mode min_kv``, ``--bounded-load-*``/``--kv-*`` flags): SMG 1.13.0 has no such thing, so nothing
+  could be compared;
 - ``--seed`` (the mock's seeded RNG) is dropped: SMG's random choices are not seedable;
 - ``LIVE_DEFAULTS`` are added unless the caller set them: fast registration (``--worker-startup-check-interval 1``;
   the default 30 s would delay a late worker by half a minute), fast health checks and a short breaker timeout
@@ -61,6 +62,7 @@ LIVE_DEFAULTS: dict[str, str] = {
     "--log-level": "warn",
 }
 MOCK_ONLY_POLICIES = ("bounded_load",)
+POLICY_FLAGS = ("--policy", "--prefill-policy", "--decode-policy")  # a PD leg's policy flags too
 MOCK_ONLY_MODES = ("min_kv",)
 MOCK_ONLY_FLAG_PREFIXES = ("--bounded-load-", "--kv-")
 READY_TIMEOUT = 60.0
@@ -158,8 +160,9 @@ def with_defaults(args: Sequence[str], defaults: dict[str, str] = LIVE_DEFAULTS)
 def smg_args(gateway_args: Sequence[str]) -> list[str]:
     """The policy flags as ``smg launch`` takes them (see the module docstring); raises ``GatewayFlagError``."""
     args = without_flag(gateway_args, "--seed")
-    if (p := flag_value(args, "--policy")) in MOCK_ONLY_POLICIES:
-        raise GatewayFlagError(f"--policy {p} is a testbed extension; smg 1.13.0 does not have it")
+    for flag in POLICY_FLAGS:
+        if (p := flag_value(args, flag)) in MOCK_ONLY_POLICIES:
+            raise GatewayFlagError(f"{flag} {p} is a testbed extension; smg 1.13.0 does not have it")
     if (m := flag_value(args, "--assignment-mode")) in MOCK_ONLY_MODES:
         raise GatewayFlagError(f"--assignment-mode {m} is a testbed extension; smg 1.13.0 does not have it")
     bad = [a for a in args if a.startswith(MOCK_ONLY_FLAG_PREFIXES)]
@@ -170,13 +173,16 @@ def smg_args(gateway_args: Sequence[str]) -> list[str]:
 
 def gateway_argv(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], port: int, metrics_port: int,
                  seed: int | None = None, defaults: dict[str, str] = LIVE_DEFAULTS,
-                 smg_bin: str | None = None) -> list[str]:
+                 smg_bin: str | None = None, worker_flags: Sequence[str] | None = None) -> list[str]:
     """The full command line of a live gateway of ``kind`` (``mock`` or ``smg``, the binary ``resolve_smg(smg_bin)``)
-    on loopback; ``defaults={}`` gives exactly the caller's flags (benchmarks)."""
+    on loopback; ``defaults={}`` gives exactly the caller's flags (benchmarks). The workers: ``worker_flags`` when
+    given (a PD pool's ``--pd-disaggregation --prefill URL PORT ... --decode URL ...``, ``pool.worker_flags``), else
+    ``--worker-urls`` with ``worker_urls``."""
     if kind not in GATEWAYS:
         raise ValueError(f"unknown gateway {kind!r} (one of {', '.join(GATEWAYS)})")
+    workers = list(worker_flags) if worker_flags is not None else ["--worker-urls", *worker_urls]
     common = ["--host", LOOPBACK, "--port", str(port), "--prometheus-host", LOOPBACK,
-              "--prometheus-port", str(metrics_port), "--worker-urls", *worker_urls]
+              "--prometheus-port", str(metrics_port), *workers]
     if kind == "smg":
         return [resolve_smg(smg_bin).path, "launch", *common, *with_defaults(smg_args(gateway_args), defaults)]
     args = list(gateway_args) if seed is None or _has(gateway_args, "--seed") else [*gateway_args, "--seed", str(seed)]
@@ -215,10 +221,12 @@ class Gateway:
 @contextlib.contextmanager
 def gateway_process(kind: str, gateway_args: Sequence[str], worker_urls: Sequence[str], *, seed: int | None = None,
                     log_path: Path | None = None, grace: float = 10.0, ready_timeout: float = READY_TIMEOUT,
-                    smg_bin: str | None = None) -> Iterator[Gateway]:
-    """Start a gateway in front of running workers; stop it (SIGTERM, SIGKILL after ``grace`` s) on exit."""
+                    smg_bin: str | None = None, worker_flags: Sequence[str] | None = None) -> Iterator[Gateway]:
+    """Start a gateway in front of running workers (all of ``worker_urls``; ``worker_flags``: see ``gateway_argv``);
+    stop it (SIGTERM, SIGKILL after ``grace`` s) on exit."""
     port, metrics_port = free_ports(2)
-    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed, smg_bin=smg_bin)
+    argv = gateway_argv(kind, gateway_args, worker_urls, port, metrics_port, seed, smg_bin=smg_bin,
+                        worker_flags=worker_flags)
     with contextlib.ExitStack() as stack:
         if log_path is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"live-{kind}-"))

@@ -18,6 +18,15 @@ Checks (exit status 1 when one fails; the tolerances are justified in docs/confo
 - failure: both gateways re-pin every key of the crashed worker (``occupied_miss`` > 0, no client errors) and
   move back every such key that is still sending requests once the worker is healthy again.
 
+A PD scenario (``pd``, ``pd-long-answers``): both gateways run in PD mode in front of the same prefill and decode
+workers (``--pd-disaggregation --prefill URL BOOTSTRAP_PORT ... --decode URL ...``); a request's placement is its
+pair (prefill worker, decode worker), so the checks above compare pairs, and balance is checked per leg run by
+``manual``. Further checks: ``smg_worker_selection_total`` by worker type equal (one prefill and one decode
+selection per request), no ``smg_pd_rendezvous_failures_total`` (the bootstrap probe succeeds on both), and with
+``manual`` on both legs every key keeps one pair. Policies default to ``PD_DEFAULT_POLICIES``; a leg's own policy
+is written as ``compare`` names it, e.g. ``"manual/min_load decode=round_robin"``. The crash-and-restart run is
+skipped (dead workers are not modelled with PD).
+
 The binary is ``--smg-bin PATH``, else ``$SMG_BIN``, else the installed ``smg`` (a missing one, or one whose
 ``--version`` does not name smg, is an error); its version and path are recorded.
 
@@ -35,19 +44,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
 from sim.commands.common import add_scenario_args, console_for, fail, scenario_from_args
-from sim.commands.policy_names import parse_policy
+from sim.commands.policy_names import check_policy, parse_policy
 from sim.live import DEFAULT_SPEEDUP, Fault, LiveTransport, live_setup
 from sim.measures import summarize
 from sim.real_smg import resolve_smg, smg_args
 from sim.runner import PolicyConfig, make_setup
 from sim.transports.pool import Setup, worker_urls
 from sim.workload.scenario import Scenario, ScenarioError
-from testbed_common.procs import SMG_BIN_ENV, free_ports
+from testbed_common.procs import SMG_BIN_ENV, consecutive_free_ports, free_ports
 
 DEFAULT_POLICIES = ("consistent_hashing", "prefix_hash", "manual/min_load", "manual/min_group")
+# a PD pool: manual on both legs, manual prefill with round_robin decode (compare's PD grid), one ring over both types
+PD_DEFAULT_POLICIES = ("manual/min_load", "manual/min_load decode=round_robin", "consistent_hashing")
+LEGS = ("prefill", "decode")
 DETERMINISTIC = ("consistent_hashing", "prefix_hash")
 BALANCED_MODES = ("min_load", "min_group")
 KV_TOLERANCE = 0.02
@@ -77,12 +90,17 @@ def run_side(setup: Setup, gateway: str, speedup: float, urls: list[str], faults
         workers = list(tr.workers)
     finally:
         tr.close()
-    m = summarize(result, workers, stats, metrics_text)
+    scenario = setup.scenario
+    roles = {name: scenario.role_of(i) for i, name in enumerate(workers)} if scenario.pd else None
+    m = summarize(result, workers, stats, metrics_text, roles=roles,
+                  transfer_bandwidth=scenario.transfer_bandwidth_gb_s * 1e9 if scenario.pd else None)
     sid = {o.index: o.session_id for o in result.sessions}
     timeline: dict[str, list[list[Any]]] = {}
     for r in sorted(result.requests, key=lambda r: (r.session, r.sent)):
         key = sid.get(r.session) or f"plan{r.session}"
-        timeline.setdefault(key, []).append([round(r.sent, 4), r.worker if r.ok else None])
+        where = (r.worker if not scenario.pd else f"{r.prefill_worker} {r.worker}") if r.ok else None
+        timeline.setdefault(key, []).append([round(r.sent, 4), where])
+    pd = {"roles": roles, **pd_metrics(metrics_text)} if scenario.pd else {}
     return {
         "gateway": gateway,
         "speedup": speedup,
@@ -101,19 +119,63 @@ def run_side(setup: Setup, gateway: str, speedup: float, urls: list[str], faults
         "first_worker": {k: v[0][1] for k, v in timeline.items()},
         "timeline": timeline,
         "fault_log": [list(f) for f in runner.fault_log],
+        **pd,
     }
+
+
+def pd_metrics(metrics_text: str) -> dict[str, dict[str, int]]:
+    """A PD run's gateway figures the comparison needs: ``selections`` by worker type
+    (``smg_worker_selection_total{worker_type}``) and ``rendezvous_failures`` by phase, zeros left out."""
+    out: dict[str, dict[str, int]] = {"selections": {}, "rendezvous_failures": {}}
+    for fam in text_string_to_metric_families(metrics_text):
+        for sample in fam.samples:
+            if not sample.value:
+                continue
+            if sample.name == "smg_worker_selection_total" and "worker_type" in sample.labels:
+                sel = out["selections"]
+                sel[sample.labels["worker_type"]] = sel.get(sample.labels["worker_type"], 0) + int(sample.value)
+            elif sample.name == "smg_pd_rendezvous_failures_total":
+                fails = out["rendezvous_failures"]
+                phase = sample.labels.get("phase", "")
+                fails[phase] = fails.get(phase, 0) + int(sample.value)
+    return out
 
 
 # ---- comparison (pure) ------------------------------------------------------------------------------------------
 
 
 def key_counts(side: dict[str, Any]) -> dict[str, int]:
-    """Keys per worker by first placement (workers with none included)."""
+    """Keys per worker by first placement (workers with none included); PD: each worker of a key's first pair."""
     out = dict.fromkeys(side["workers"], 0)
-    for w in side["first_worker"].values():
-        if w is not None:
-            out[w] = out.get(w, 0) + 1
+    for placement in side["first_worker"].values():
+        if placement is not None:
+            for w in placement.split(" "):
+                out[w] = out.get(w, 0) + 1
     return out
+
+
+def leg_policies(policy: PolicyConfig) -> dict[str, str]:
+    """Each PD leg's policy (its own, else ``--policy``)."""
+    return {"prefill": policy.prefill_policy or policy.policy, "decode": policy.decode_policy or policy.policy}
+
+
+def parse_conformance_policy(text: str, pd: bool) -> PolicyConfig:
+    """``POLICY[/MODE]`` (``parse_policy``), on a PD pool optionally followed by ``prefill=P`` and/or ``decode=P``
+    (a leg's own policy, as ``compare`` names it: ``manual/min_load decode=round_robin``); ValueError otherwise."""
+    first, *legs = text.split()
+    if not first:
+        raise ValueError("empty policy")
+    base = parse_policy(first)
+    own: dict[str, str] = {}
+    for item in legs:
+        leg, sep, name = item.partition("=")
+        if leg not in LEGS or not sep or not name or leg in own:
+            raise ValueError(f"bad policy {text!r}: a leg's policy is prefill=POLICY or decode=POLICY, once each")
+        own[leg] = check_policy(name).policy
+    if own and not pd:
+        raise ValueError(f"policy {text!r}: a leg's own policy needs a PD scenario")
+    return PolicyConfig(base.policy, base.assignment_mode, prefill_policy=own.get("prefill"),
+                        decode_policy=own.get("decode"))
 
 
 def route(side: dict[str, Any], key: str) -> list[str | None]:
@@ -140,32 +202,56 @@ def compare_sides(policy: PolicyConfig, mock: dict[str, Any], smg: dict[str, Any
     same_seq = [k for k in keys if route(mock, k) == route(smg, k)]
     same_first = [k for k in keys if mock["first_worker"].get(k) == smg["first_worker"].get(k)]
     placement = {"keys": len(keys), "same_sequence": len(same_seq), "same_first_worker": len(same_first)}
-    p = policy.policy
+    legs = leg_policies(policy)  # co-located: both are --policy
+    used = set(legs.values())
     walks = (mock["branches"].get("prefix_hash", {}).get("load_balance_walk", 0)
              + smg["branches"].get("prefix_hash", {}).get("load_balance_walk", 0))
-    if p in DETERMINISTIC:
-        if p == "prefix_hash" and walks:
+    walked = "prefix_hash" in used and walks
+    if used <= set(DETERMINISTIC):  # PD: a pair is deterministic when both legs are
+        if walked:
             checks.append(_check("placements (load_balance_walk taken: load-dependent, not checked)", True,
                                  f"{len(same_seq)}/{len(keys)} keys with the same route"))
         else:
             checks.append(_check("placements exact", len(same_seq) == len(keys),
                                  f"{len(same_seq)}/{len(keys)} keys with the same route"))
-    if p in (*DETERMINISTIC, "manual") and not (p == "prefix_hash" and walks):
+    if used <= {*DETERMINISTIC, "manual", "round_robin"} and used & {*DETERMINISTIC, "manual"} and not walked:
         checks.append(_check("branch counters equal", mock["branches"] == smg["branches"],
                              f"mock {mock['branches']}, smg {smg['branches']}"))
-    if p in (*DETERMINISTIC, "manual"):
+    if legs["prefill"] in (*DETERMINISTIC, "manual"):  # PD: stickiness is the prefill worker's
         checks.append(_check("stickiness 1.0", mock["stickiness"] == 1.0 and smg["stickiness"] == 1.0,
                              f"mock {mock['stickiness']:.3f}, smg {smg['stickiness']:.3f}"))
-    if p == "manual" and policy.assignment_mode in BALANCED_MODES:
+    roles = mock.get("roles") or smg.get("roles")
+    if "manual" in used and policy.assignment_mode in BALANCED_MODES:
         mk, sk = key_counts(mock), key_counts(smg)
-        diff = abs(max(mk.values(), default=0) - max(sk.values(), default=0))
-        checks.append(_check(f"balance: busiest worker's keys within {balance_tolerance}", diff <= balance_tolerance,
-                             f"keys per worker mock {sorted(mk.values(), reverse=True)}, "
-                             f"smg {sorted(sk.values(), reverse=True)}"))
+        # PD: per leg that manual runs (a worker of another leg's policy is not placed by the assignment mode)
+        groups = ([(f" ({leg} workers)", [w for w, r in roles.items() if r == leg])
+                   for leg, lp in legs.items() if lp == "manual"] if roles else [("", list(mk))])
+        for where, names in groups:
+            a, b = [mk.get(w, 0) for w in names], [sk.get(w, 0) for w in names]
+            diff = abs(max(a, default=0) - max(b, default=0))
+            checks.append(_check(f"balance: busiest worker's keys within {balance_tolerance}{where}",
+                                 diff <= balance_tolerance, f"keys per worker mock {sorted(a, reverse=True)}, "
+                                                            f"smg {sorted(b, reverse=True)}"))
+    if roles:
+        checks += pd_checks(policy, mock, smg, keys)
     dkv = abs(mock["kv_reuse"] - smg["kv_reuse"])
     checks.append(_check(f"kv_reuse within {kv_tolerance}", dkv <= kv_tolerance,
                          f"mock {mock['kv_reuse']:.4f}, smg {smg['kv_reuse']:.4f} (diff {dkv:.4f})"))
     return {"policy": policy.name, "placement": placement, "checks": checks, "ok": all(c["ok"] for c in checks)}
+
+
+def pd_checks(policy: PolicyConfig, mock: dict[str, Any], smg: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:
+    """The PD checks of one policy's runs (module docstring)."""
+    checks = [_check("selections by worker type equal", mock["selections"] == smg["selections"],
+                     f"mock {mock['selections']}, smg {smg['selections']}"),
+              _check("no bootstrap rendezvous failures", not mock["rendezvous_failures"]
+                     and not smg["rendezvous_failures"],
+                     f"mock {mock['rendezvous_failures']}, smg {smg['rendezvous_failures']}")]
+    if set(leg_policies(policy).values()) == {"manual"}:
+        moved = {name: [k for k in keys if len(route(side, k)) > 1] for name, side in (("mock", mock), ("smg", smg))}
+        checks.append(_check("manual on both legs: every key keeps one pair", not moved["mock"] and not moved["smg"],
+                             f"keys that changed pair: mock {len(moved['mock'])}, smg {len(moved['smg'])}"))
+    return checks
 
 
 def failure_analysis(side: dict[str, Any], speedup: float, settle_wall: float = SETTLE_WALL_SECONDS) -> dict[str, Any]:
@@ -244,11 +330,20 @@ def side_table(policy: str, mock: dict[str, Any], smg: dict[str, Any]) -> Table:
     return t
 
 
+def pool_text(scenario: dict[str, Any]) -> str:
+    """``3 workers``, or a PD pool's ``2 prefill + 6 decode workers (PD)``."""
+    if scenario.get("prefill_workers") and scenario.get("decode_workers"):
+        return f"{scenario['prefill_workers']} prefill + {scenario['decode_workers']} decode workers (PD)"
+    return f"{scenario['workers']} workers"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Conformance: mock gateway vs {doc['smg_version']} ({doc['scenario']['name']})", "",
              f"Binary: `{doc['smg_bin']}`.", "",
              f"Live time, speed-up x{doc['speedup']:g}; seed {doc['seed']}; {doc['scenario']['sessions']} sessions "
-             f"on {doc['scenario']['workers']} workers. Result: **{'PASS' if doc['ok'] else 'FAIL'}**.", ""]
+             f"on {pool_text(doc['scenario'])}. Result: **{'PASS' if doc['ok'] else 'FAIL'}**.", ""]
+    if doc.get("failure_skipped"):
+        lines += [f"Crash-and-restart run skipped: {doc['failure_skipped']}.", ""]
     for pol in doc["policies"]:
         mock, smg, cmp = pol["mock"], pol["smg"], pol["comparison"]
         lines += [f"## {cmp['policy']}", "", "| measure | mock | smg |", "| --- | ---: | ---: |"]
@@ -290,10 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smg-testbed conformance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scenario_args(p, default="conformance")
-    p.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES),
-                   help="policies, POLICY or POLICY/ASSIGNMENT_MODE (default: %(default)s)")
+    p.add_argument("--policies", nargs="+", default=None,
+                   help=f"policies, POLICY or POLICY/ASSIGNMENT_MODE; on a PD scenario a leg's own policy may follow "
+                        f"in the same argument: 'manual/min_load decode=round_robin' (default: "
+                        f"{' '.join(DEFAULT_POLICIES)}; PD: {', '.join(repr(x) for x in PD_DEFAULT_POLICIES)})")
     p.add_argument("--sessions", type=int, default=None, help="override the scenario's session count")
-    p.add_argument("--workers", type=int, default=None, help="override the scenario's worker count")
+    p.add_argument("--workers", type=int, default=None,
+                   help="override the scenario's worker count (not for a PD scenario)")
     p.add_argument("--speedup", type=float, default=DEFAULT_SPEEDUP,
                    help=f"live time: model seconds per wall second (default {DEFAULT_SPEEDUP:g})")
     p.add_argument("--failure-policy", default="manual/min_load",
@@ -317,8 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _scenario(args: argparse.Namespace) -> Scenario:
     s = scenario_from_args(args)
+    if s.pd and args.workers is not None:
+        raise ScenarioError("--workers does not apply to a PD scenario: its [workers.prefill] and [workers.decode] "
+                            "counts are its pool")
     changes = {k: v for k, v in (("sessions", args.sessions), ("workers", args.workers)) if v is not None}
     return s.replace(**changes) if changes else s
+
+
+def pool_ports(scenario: Scenario) -> list[int]:
+    """Free loopback ports for the workers; a PD pool's in one block followed by free ones for its prefill workers'
+    bootstrap ports (``pool.bootstrap_ports``: right after the last worker's)."""
+    if not scenario.pd:
+        return free_ports(scenario.workers)
+    base = consecutive_free_ports(scenario.workers + scenario.prefill_workers)
+    return list(range(base, base + scenario.workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--kill-at must be >= 0 and before --restart-at")
     try:
         scenario = _scenario(args)
-        policies = [parse_policy(x) for x in args.policies]
+        names = args.policies or (PD_DEFAULT_POLICIES if scenario.pd else DEFAULT_POLICIES)
+        policies = [parse_conformance_policy(x, scenario.pd) for x in names]
         failure_policy = parse_policy(args.failure_policy)
         for pc in [*policies, failure_policy]:  # refuse the testbed's extensions before anything runs
             smg_args(pc.gateway_args())
@@ -339,13 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     out = Path(args.out or f"results/conformance-{scenario.name}")
     out.mkdir(parents=True, exist_ok=True)
-    urls = worker_urls(free_ports(scenario.workers))  # the same URLs for both gateways (rings hash them)
+    urls = worker_urls(pool_ports(scenario))  # the same URLs for both gateways (rings hash them)
     doc: dict[str, Any] = {"scenario": scenario.to_dict(), "seed": scenario.seed, "speedup": args.speedup,
                            "smg_version": binary.version, "smg_bin": binary.path,
                            "worker_urls": urls,
                            "tolerances": {"kv_reuse": args.kv_tolerance, "balance_keys": args.balance_tolerance,
                                           "settle_wall_seconds": SETTLE_WALL_SECONDS},
                            "policies": [], "failure": None}
+    run_failure = not args.no_failure
+    if scenario.pd and run_failure:
+        run_failure, doc["failure_skipped"] = False, "dead workers are not modelled with PD"
+        console.print(f"crash-and-restart run skipped: {doc['failure_skipped']}")
     t0 = time.perf_counter()
     try:
         for pc in policies:
@@ -359,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(side_table(pc.name, mock, smg))
             for c in cmp["checks"]:
                 console.print(f"  {'[green]ok[/green]' if c['ok'] else '[red]FAIL[/red]'} {c['check']}: {c['detail']}")
-        if not args.no_failure:
+        if run_failure:
             sp = args.failure_speedup
             fault = Fault(0, args.kill_at * sp, args.restart_at * sp)
             setup = make_setup(scenario, failure_policy, True)

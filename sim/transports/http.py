@@ -8,6 +8,9 @@ come from ``sim.transports.pool.stable_ports`` so that a run repeats exactly (th
 
 A dead worker (``sim.faults``) is a stopped worker server, started again on the same port when it recovers.
 
+A PD pool's prefill workers also listen on their bootstrap ports (``pool.bootstrap_ports``, the ports the gateway's
+``--prefill URL PORT`` names): the gateway probes each at registration, as the real SMG does.
+
 Workers on the iteration-level engine follow the agents' SimPy clock (``bind_clock``, ``chat_steps``): its owner
 over HTTP is ``sim.transports.owner.ClockOwner``, which releases one request at a time and steps the workers through
 their ``/sim`` control endpoints, so the servers see what ``direct``'s cores see, in the same order. The requests a
@@ -20,6 +23,7 @@ its counters are read before and after: ``gateway_metrics()`` is what this run a
 
 from __future__ import annotations
 
+import socket
 import warnings
 from collections.abc import Generator
 from typing import Any
@@ -34,6 +38,7 @@ from sim.transports.base import Reply, TransportError
 from sim.transports.owner import ClockOwner
 from sim.transports.pool import (
     Setup,
+    bootstrap_ports,
     gateway_argv,
     port_holders,
     port_salt,
@@ -157,6 +162,8 @@ class HttpTransport(SessionClient):
                           "direct", RuntimeWarning, stacklevel=2)
         self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
         self.workers = [c.name for c in self.worker_cores]
+        self.bootstrap_ports = bootstrap_ports(setup.scenario, urls_of(ports))  # the prefill workers', in order
+        self._bootstrap_sockets: list[socket.socket] = []
         self._worker_servers: list[ThreadServer] = []
         self.session_core: Any = None
         self.owner: ClockOwner | None = None  # the co-simulated clock's owner, for iteration-level engines
@@ -164,9 +171,9 @@ class HttpTransport(SessionClient):
             if any(c.iteration for c in self.worker_cores):
                 self.owner = ClockOwner(self.workers, label=CHAT_HOP)
             owner_url = self.owner.arrivals_url if self.owner is not None else None
-            self._worker_app = lambda core: worker_app(core, owner_url=owner_url)
-            for core, port in zip(self.worker_cores, ports, strict=True):
-                self._worker_servers.append(self._start(self._worker_app(core), port))
+            self._worker_app = lambda core, sock: worker_app(core, owner_url=owner_url, bootstrap=sock)
+            for i, port in enumerate(ports):
+                self._worker_servers.append(self._start_worker(i, port))
             self.worker_urls = urls_of(ports)
             if self.owner is not None:
                 self.owner.worker_urls = self.worker_urls
@@ -193,6 +200,15 @@ class HttpTransport(SessionClient):
         server.start()
         return server
 
+    def _start_worker(self, index: int, port: int) -> ThreadServer:
+        """Worker ``index``'s server on ``port``; a prefill worker's with its bootstrap socket (a new one each start:
+        its server closes it when it stops)."""
+        sock = None
+        if self.worker_cores[index].config.disaggregation_mode == "prefill":
+            sock = socket.create_server((LOOPBACK, self.bootstrap_ports[index]))
+            self._bootstrap_sockets.append(sock)
+        return self._start(self._worker_app(self.worker_cores[index], sock), port)
+
     def _stop_all(self) -> None:
         # back to front, workers first: each server then closes its kept-alive connections before their client
         # does, so the closing side's TIME_WAIT (60 s on Linux) sits on the server's own port, where it does not
@@ -202,6 +218,9 @@ class HttpTransport(SessionClient):
         for s in self.servers:
             s.stop()
         self.servers.clear()
+        for sock in self._bootstrap_sockets:
+            sock.close()
+        self._bootstrap_sockets.clear()
 
     def gateway_metrics(self) -> str:
         return _get_text(self.metrics_url)
@@ -258,7 +277,7 @@ class HttpTransport(SessionClient):
             old.stop()
             self.servers.remove(old)
         else:
-            self._worker_servers[index] = self._start(self._worker_app(self.worker_cores[index]), old.port)
+            self._worker_servers[index] = self._start_worker(index, old.port)
             if self.owner is not None:
                 self.owner.worker_restarted(index)
 

@@ -219,19 +219,24 @@ def bootstrap_ports(scenario: Scenario, urls: list[str]) -> list[int]:
     return [last + 1 + i for i in range(scenario.prefill_workers)]
 
 
-def gateway_argv(setup: Setup, urls: list[str]) -> list[str]:
-    """``smg launch``-style flags for the mock gateway (the setup's flags last, so they win); a PD pool's workers
-    as ``--pd-disaggregation --prefill URL BOOTSTRAP_PORT ... --decode URL ...`` (``urls`` in pool order)."""
-    scenario = setup.scenario
+def worker_flags(scenario: Scenario, urls: list[str]) -> list[str]:
+    """The gateway's worker flags: ``--worker-urls URL ...``, or a PD pool's ``--pd-disaggregation --prefill URL
+    BOOTSTRAP_PORT ... --decode URL ...`` (``urls`` in pool order)."""
     if not scenario.pd:
-        return ["--worker-urls", *urls, "--seed", str(setup.seed), *setup.gateway_args]
+        return ["--worker-urls", *urls]
     n = scenario.prefill_workers
     workers = ["--pd-disaggregation"]
     for url, port in zip(urls[:n], bootstrap_ports(scenario, urls), strict=True):
         workers += ["--prefill", url, str(port)]
     for url in urls[n:]:
         workers += ["--decode", url]
-    return [*workers, "--seed", str(setup.seed), *setup.gateway_args]
+    return workers
+
+
+def gateway_argv(setup: Setup, urls: list[str]) -> list[str]:
+    """``smg launch``-style flags for the mock gateway: the workers (``worker_flags``), then the seed and the setup's
+    flags (last, so they win)."""
+    return [*worker_flags(setup.scenario, urls), "--seed", str(setup.seed), *setup.gateway_args]
 
 
 def session_server_argv(setup: Setup, router_url: str) -> list[str]:

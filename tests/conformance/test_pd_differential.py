@@ -5,18 +5,24 @@ decode workers.
 - manual's branch counters are equal (two events per request: one per leg);
 - consistent_hashing picks the same prefill and the same decode URL for every request;
 - ``smg_worker_selection_total`` by worker type is equal;
-- the bootstrap fields reach both workers (the same room in both legs of a request);
+- the bootstrap fields reach both workers (the same room in both legs of a request, the prefill worker's bootstrap
+  address in both), as the workers received them, and the decode worker's KV transfer came from the prefill worker
+  the fields named (its answer's ``sim.pd.prefill_worker``: the live rendezvous on the bootstrap port);
 - the real gateway's registration probe of every bootstrap port succeeds.
 
-The workers come from ``start_pd_workers`` alone, so the project's own PD workers (``smg-testbed worker
---disaggregation-mode prefill|decode --disaggregation-bootstrap-port P``) can replace the recording fakes there.
+The workers are the project's own PD workers (``sim.worker``: a prefill worker serving its bootstrap port, as
+``smg-testbed worker --disaggregation-mode prefill --disaggregation-bootstrap-port P`` does) in live time, each app
+wrapped to record the inference requests it receives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -24,17 +30,76 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mock_gateway.app import create_app
 from mock_gateway.config import parse_args
-from mock_gateway.testing import PdWorkers, chat, pd_workers
-from testbed_common.procs import ThreadServer, free_ports, spawn, wait_http
+from mock_gateway.testing import MODEL, PdWorkers, chat
+from sim.engine.types import WorkerConfig
+from sim.worker.app import create_app as worker_app
+from sim.worker.core import WorkerCore
+from testbed_common.procs import LOOPBACK, ThreadServer, free_ports, spawn, wait_http
 
 pytestmark = pytest.mark.real_smg
 SESSIONS, TURNS = 4, 3
 BOOTSTRAP = ("bootstrap_host", "bootstrap_port", "bootstrap_room")
+INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/generate")
+SPEEDUP = 100.0  # live time: a worker waits out its modelled latency / SPEEDUP
 
 
-def start_pd_workers() -> contextlib.AbstractContextManager[PdWorkers]:
-    """The PD workers both gateways front: 2 prefill workers (bootstrap ports listening) and 2 decode workers."""
-    return pd_workers(prefill=2, decode=2)
+def recording(app: Any, requests: list) -> Any:
+    """``app`` recording each inference request it receives as (path, headers, body), then serving it as usual."""
+
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
+            await app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        requests.append((scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, json.loads(body)))
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def start_pd_workers(prefill: int = 2, decode: int = 2) -> Iterator[PdWorkers]:
+    """The PD workers both gateways front: the project's prefill workers (each serving its bootstrap port) and decode
+    workers, in live time, on loopback; ``states[url]["requests"]``: what each received. Stopped on exit."""
+    servers: list[ThreadServer] = []
+    sockets: list[socket.socket] = []
+    pool = PdWorkers([], [])
+    bootstrap = free_ports(prefill)
+    try:
+        for i in range(prefill + decode):
+            role, name = ("prefill", f"p{i}") if i < prefill else ("decode", f"d{i - prefill}")
+            core = WorkerCore(WorkerConfig(name=name, engine="iteration", disaggregation_mode=role), model_name=MODEL)
+            sock = socket.create_server((LOOPBACK, bootstrap[i])) if role == "prefill" else None
+            if sock is not None:
+                sockets.append(sock)
+            state: dict = {"requests": [], "name": name}
+            srv = ThreadServer(recording(worker_app(core, speedup=SPEEDUP, bootstrap=sock), state["requests"]))
+            servers.append(srv.start())
+            pool.states[srv.url] = state
+            if role == "prefill":
+                pool.prefill.append((srv.url, bootstrap[i]))
+            else:
+                pool.decode.append(srv.url)
+        yield pool
+    finally:
+        for srv in servers:
+            srv.stop()
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +110,7 @@ def workers() -> Iterator[PdWorkers]:
 
 def forget_requests(workers: PdWorkers) -> None:
     for st in workers.states.values():
-        st.clear()
-        st["requests"] = []
+        st["requests"].clear()
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +178,9 @@ def run(client: httpx.Client, workers: PdWorkers) -> tuple[list[tuple[str, str]]
                                     for _, _, b in workers.states[url]["requests"] if b["bootstrap_room"] == room]
         assert {k: p_body[k] for k in BOOTSTRAP} == {k: d_body[k] for k in BOOTSTRAP} == {
             "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": room}
+        sim = r.json()["sim"]  # the decode worker's answer: its KV came from the prefill worker the fields named
+        assert sim["worker"] == workers.states[decode]["name"]
+        assert sim["pd"]["prefill_worker"] == workers.states[prefill]["name"]
         pairs.append((prefill, decode))
     metrics: dict[str, dict[tuple, float]] = {}
     for fam in text_string_to_metric_families(client.metrics_text()):
