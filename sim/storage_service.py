@@ -18,6 +18,7 @@ Bad input (malformed JSON, wrong types, keys that are not hex, non-finite times)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -127,9 +128,11 @@ class RemoteStorage:
         return fastjson.loads(r.content)
 
     def match(self, keys: Sequence[bytes], now: float) -> int:
+        """``L3Store.match``; ``now`` = inf (held at all, SGLang's ``batch_exists``) goes over the wire as the largest
+        float: JSON has no infinity, and every write is ready at a finite time."""
         if not keys:
             return 0
-        return self._call("POST", "/match", match_request(keys, now))["matched"]
+        return self._call("POST", "/match", match_request(keys, min(now, sys.float_info.max)))["matched"]
 
     def write(self, keys: Sequence[bytes], ready: float) -> int:
         if not keys:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,8 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sim.engine.storage import L3Store
 from sim.engine.transfer import DecodeReady, PrefillDone, notice_from_json, notice_to_json, transfer
 from sim.engine.types import HiCacheConfig, IterationTiming, WorkerConfig
+from sim.storage_service import RemoteStorage, store_app
 from sim.worker.answers import cached_tokens_details, sim_object
+from sim.worker.app import create_app
 from sim.worker.core import WorkerCore
+from testbed_common.procs import ThreadServer
 
 SIM_KEYS_WITHOUT_HICACHE = {"arrival", "start", "first_token", "finish", "worker", "cached_tokens", "evicted_tokens",
                             "retractions", "recomputed_tokens"}
@@ -156,3 +160,17 @@ def test_a_pd_decode_answer_relays_the_prefill_s_split():
     assert (sim["load_back_seconds"], sim["prefetch_seconds"]) == (0.01, 0.02)
     assert answer.body["meta_info"]["cached_tokens_details"] == {"device": 8, "host": 8, "storage": 16,
                                                                  "storage_backend": "L3Store"}
+
+
+def test_a_live_worker_whose_l3_store_is_gone_answers_503_and_says_why():
+    with ThreadServer(store_app(L3Store(4))) as store:
+        remote = RemoteStorage(store.url)
+    try:
+        core = worker(HiCacheConfig(storage=True), remote)
+        with ThreadServer(create_app(core, speedup=100)) as w, httpx.Client(timeout=30, trust_env=False) as client:
+            r = client.post(f"{w.url}/generate", json={"input_ids": list(range(40)),
+                                                       "sampling_params": {"max_new_tokens": 4}})
+            assert r.status_code == 503 and "the L3 store at" in r.json()["message"]
+            assert client.get(f"{w.url}/health").status_code == 200  # the worker itself goes on
+    finally:
+        remote.close()
