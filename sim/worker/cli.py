@@ -11,6 +11,13 @@ role. Each prefill worker also listens on its bootstrap port (``--disaggregation
 ``--count`` > 1, as ``--port``): the real SMG probes it at registration, and in live time it is the rendezvous where
 a decode worker learns when the request's KV has arrived (``sim.worker.bootstrap``). A decode worker uses that port
 for a request whose ``bootstrap_port`` is null.
+
+HiCache (SGLang's flags; shared/specs/pd-hicache.md section 3): ``--enable-hierarchical-cache`` (``--enable-hicache``)
+gives each worker a host pool (L2) and implies the iteration-level engine; ``--hicache-storage-backend NAME`` (any
+non-empty name) the pool's shared L3: the ``smg-testbed l3-store`` service named by
+``--hicache-storage-backend-extra-config '{"url": "http://127.0.0.1:PORT"}'``, else one store shared by this command's
+workers. In live time each worker process reads L3 readiness on its own clock (from its start), so workers started
+apart in time see each other's pages that much earlier or later.
 """
 
 from __future__ import annotations
