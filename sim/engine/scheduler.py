@@ -79,6 +79,10 @@ run of ``k`` steps and ``k`` single steps give the same value. A decode step's K
 step ends (SGLang allocates it as the step starts; no decision falls in between, only a ``load``
 during the step sees the difference).
 
+HiCache (``config.hicache``; ``hicache.py``, docs/engine.md "HiCache"): a host part after the device match is
+loaded back in the prefill forward (``max(compute, load / pcie)``), inserts and evictions back pages up per the
+write policy, and a request whose L3 prefetch the policy still waits for is skipped by the admission pass.
+
 Simplifications (and why):
 - ``max_new_tokens`` is the request's exact output length (the simulator knows it; SGLang's clients
   usually send a larger limit, which only makes SGLang's reserve larger).
