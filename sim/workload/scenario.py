@@ -544,7 +544,10 @@ class Scenario:
         """A copy with one TOML key set (``workers.hicache_storage_read_bandwidth_gb_s``, ``sessions.count``,
         ``workers.prefill.count``, ``seed``), checked as the loader checks it."""
         name = setting_field(path)
-        scenario = self.replace(**_coerce({name: value}, {name: path}))
+        change = _coerce({name: value}, {name: path})
+        if name in ("prefill_workers", "decode_workers"):  # a PD pool's count is its pools' sum
+            change["workers"] = sum(change.get(f"{r}_workers", getattr(self, f"{r}_workers")) for r in POOL_ROLES)
+        scenario = self.replace(**change)
         scenario.check_multi_turn()
         return scenario
 
