@@ -540,6 +540,17 @@ class Scenario:
         roles = {f"{role}_kv_capacity_tokens": capacity for role in POOL_ROLES} if self.pd else {}
         return self.replace(kv_capacity_tokens=capacity, **roles)
 
+    def with_setting(self, path: str, value: Any) -> Scenario:
+        """A copy with one TOML key set (``workers.hicache_storage_read_bandwidth_gb_s``, ``sessions.count``,
+        ``workers.prefill.count``, ``seed``), checked as the loader checks it."""
+        name = setting_field(path)
+        change = _coerce({name: value}, {name: path})
+        if name in ("prefill_workers", "decode_workers"):  # a PD pool's count is its pools' sum
+            change["workers"] = sum(change.get(f"{r}_workers", getattr(self, f"{r}_workers")) for r in POOL_ROLES)
+        scenario = self.replace(**change)
+        scenario.check_multi_turn()
+        return scenario
+
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (``sessions``, ``workers``, ``kv_capacity_tokens``...)."""
         return dataclasses.replace(self, **changes)
@@ -644,6 +655,24 @@ def _read_pool(role: str, sub: Any, paths: dict[str, str]) -> dict[str, Any]:
         name = f"{role}_{POOL_KEYS[k]}"
         out[name], paths[name] = v, f"workers.{role}.{k}"
     return out
+
+
+def setting_paths() -> dict[str, str]:
+    """Every TOML key a scenario takes as its dotted path -> the Scenario field it sets (``[[faults]]`` aside)."""
+    out = {k: k for k in TOP_KEYS}
+    for table, keys in TABLES.items():
+        out.update({f"{table}.{k}": f for k, f in (keys | (WORKER_KEYS if table == "workers" else {})).items()})
+    out.update({f"workers.{role}.{k}": f"{role}_{suffix}" for role in POOL_ROLES for k, suffix in POOL_KEYS.items()})
+    return out
+
+
+def setting_field(path: str) -> str:
+    """The Scenario field of a dotted TOML path; ScenarioError naming the closest path for an unknown one."""
+    paths = setting_paths()
+    if path not in paths:
+        raise ScenarioError(f"unknown scenario key {path!r}{did_you_mean(path, paths)} (a dotted TOML path such as "
+                            "workers.kv_capacity_tokens or sessions.count)")
+    return paths[path]
 
 
 def _pd_path(name: str) -> str:
