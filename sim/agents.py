@@ -61,6 +61,14 @@ class RequestRecord:
     decode_prefix_tokens: int = 0
     transfer_bytes: int = 0
     transfer_ready: float = 0.0
+    # HiCache (the answer's ``sim``; 0 when absent): where ``cached_tokens`` came from (they sum to it: the GPU tree,
+    # the worker's host pool, the shared L3), the prefill time spent loading back beyond compute, the queue time
+    # spent waiting for the L3 prefetch
+    cached_device: int = 0
+    cached_host: int = 0
+    cached_storage: int = 0
+    load_back_seconds: float = 0.0
+    prefetch_seconds: float = 0.0
     error: str | None = None
     response: Any = field(default=None, repr=False, compare=False)  # the answer body, kept with ``keep_log``
 
@@ -273,6 +281,12 @@ class AgentRunner:
                 rec.prefill_end, rec.transfer_ready = float(pd["prefill_end"]), float(pd["transfer_ready"])
                 rec.decode_prefix_tokens = int(pd["decode_prefix_tokens"])
                 rec.transfer_bytes = int(pd["transfer_bytes"])
+            tiers = sim.get("cached_tokens_details")
+            if tiers is not None:
+                rec.cached_device, rec.cached_host = int(tiers["device"]), int(tiers["host"])
+                rec.cached_storage = int(tiers["storage"])
+                rec.load_back_seconds = float(sim["load_back_seconds"])
+                rec.prefetch_seconds = float(sim["prefetch_seconds"])
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:
             rec.error = f"malformed answer: {type(e).__name__}: {e}"
             return rec, None, ""

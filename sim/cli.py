@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("sim.worker.cli", "run N mock SGLang workers on consecutive loopback ports"),
     "gateway": ("mock_gateway.cli", "run the mock SMG gateway (takes `smg launch` flags)"),
+    "l3-store": ("sim.commands.l3_store", "run the pool's shared HiCache L3 store on a loopback port"),
     "session-server": ("session_server.cli", "run the miles-compatible session server"),
     "demo": ("sim.demo", "a short multi-turn run that prints KV reuse"),
     "run": ("sim.commands.run", "run one configuration of a scenario"),

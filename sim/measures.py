@@ -37,6 +37,15 @@
   requests it prefilled (its hits, its prefill work), a decode worker's the requests it decoded (its
   ``cached_tokens`` are its radix matches, no prefill work); both carry their ``transfer_bytes``. ``imbalance`` is
   then over the prefill workers, ``imbalance_requests`` over the decode workers.
+- HiCache runs only (``summarize(..., hicache=True)``; shared/specs/pd-hicache.md section 3): ``kv_reuse`` split by
+  the tier the hit came from, each over prompt tokens so that they sum to it: ``reuse_device`` (the GPU tree),
+  ``reuse_host`` (the worker's host pool, L2, loaded back over PCIe), ``reuse_storage`` (the pool's shared L3,
+  prefetched into host while queued); ``load_back_seconds_mean`` (a request's prefill time spent loading its host
+  part back beyond the compute it overlaps) and ``prefetch_seconds_mean`` (its queue time waiting for the L3
+  prefetch); ``storage_read_bytes`` and ``storage_write_bytes`` summed over the workers' reports (None when none
+  reports them); TTFT split in two means: ``ttft_load_back_mean`` (load-back beyond compute plus the L3 wait: what
+  fetching KV from the lower tiers costs) and ``ttft_compute_mean`` (the rest: queueing, the prefill's compute and
+  the first decode step; PD: also the transfer).
 - Faults (``sim.faults``): ``failed_turns`` (requests the agent got no answer for), ``gateway_retries``
   (``smg_worker_retries_total``: attempts the gateway re-sent), ``rollback_retries`` (the session server's
   retries without ``input_ids`` after a 400 "rollback failed"), ``re_pins`` (keys moved to another worker: the
@@ -61,6 +70,8 @@ from sim.agents import RequestRecord, WorkloadResult, compare_records
 BRANCH_SUFFIX = "_policy_branch"
 # the workers' engine counters a row sums (``sim.transports.direct.engine_stats`` reports them per worker)
 ENGINE_TOTALS = ("retractions", "recomputed_tokens", "decode_stall_seconds", "queue_seconds")
+# the workers' HiCache counters a HiCache run sums (bytes moved between host and the shared L3)
+STORAGE_TOTALS = ("storage_read_bytes", "storage_write_bytes")
 
 
 def percentile(values: Iterable[float] | np.ndarray, q: float) -> float:
@@ -287,6 +298,35 @@ def pd_measures(ok: list[RequestRecord], transfer_bandwidth: float | None) -> di
     }
 
 
+def hicache_measures(ok: list[RequestRecord], table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The HiCache measures of the module docstring, over successful requests and the worker rows."""
+    cols = np.array([(r.prompt_tokens, r.cached_device, r.cached_host, r.cached_storage) for r in ok],
+                    dtype=np.int64).reshape(-1, 4)
+    times = np.array([(r.first_token - r.arrival, r.load_back_seconds, r.prefetch_seconds) for r in ok],
+                     dtype=float).reshape(-1, 3)
+    prompt = int(cols[:, 0].sum())
+    rows = list(table)
+
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean()) if x.size else 0.0
+
+    def total(key: str) -> int | None:
+        values = [w[key] for w in rows if w.get(key) is not None]
+        return int(sum(values)) if values else None
+
+    fetch = times[:, 1] + times[:, 2]
+    return {
+        "reuse_device": _ratio(int(cols[:, 1].sum()), prompt),
+        "reuse_host": _ratio(int(cols[:, 2].sum()), prompt),
+        "reuse_storage": _ratio(int(cols[:, 3].sum()), prompt),
+        "load_back_seconds_mean": mean(times[:, 1]),
+        "prefetch_seconds_mean": mean(times[:, 2]),
+        **{key: total(key) for key in STORAGE_TOTALS},
+        "ttft_load_back_mean": mean(fetch),
+        "ttft_compute_mean": mean(times[:, 0] - fetch),
+    }
+
+
 def engine_totals(table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``ENGINE_TOTALS`` summed over the worker rows that report them (None when none does)."""
     rows = list(table)
@@ -300,9 +340,10 @@ def engine_totals(table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def summarize(result: WorkloadResult, workers: list[str],
               worker_stats: Mapping[str, Mapping[str, Any]] | None = None, metrics_text: str = "",
               rollback_retries: int | None = None, roles: Mapping[str, str | None] | None = None,
-              transfer_bandwidth: float | None = None) -> dict[str, Any]:
+              transfer_bandwidth: float | None = None, hicache: bool = False) -> dict[str, Any]:
     """All measures of one run as a flat dict (plus ``workers`` and ``gateway_branches``); with ``roles`` (worker
-    name -> PD role) and the ``transfer_bandwidth`` (bytes/s) of a PD pool, the PD measures too."""
+    name -> PD role) and the ``transfer_bandwidth`` (bytes/s) of a PD pool, the PD measures too; with ``hicache``
+    (the workers run HiCache), the tier measures."""
     reqs = result.requests
     ok = [r for r in reqs if r.error is None]
     # one pass over the records into columns; sums over int64, times as float64 (the same IEEE arithmetic)
@@ -386,4 +427,6 @@ def summarize(result: WorkloadResult, workers: list[str],
     }
     if roles:
         out.update(pd_measures(ok, transfer_bandwidth))
+    if hicache:
+        out.update(hicache_measures(ok, table))
     return out

@@ -7,6 +7,7 @@ bars), and the paired differences (``paired``) are told in words: beyond seed no
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -59,18 +60,33 @@ PD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ttft_transfer_mean", "ttft transfer s", "{:.3f}"),
     ("ttft_first_decode_mean", "ttft 1st decode s", "{:.3f}"),
 )
+# shown when some run's workers run HiCache (sim.measures names them; a row without shows "-")
+HICACHE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("reuse_device", "reuse GPU", "{:.3f}"),
+    ("reuse_host", "reuse host", "{:.3f}"),
+    ("reuse_storage", "reuse L3", "{:.3f}"),
+    ("ttft_load_back_mean", "ttft load-back s", "{:.3f}"),
+    ("ttft_compute_mean", "ttft compute s", "{:.3f}"),
+    ("storage_read_bytes", "L3 read GB", "gb"),
+    ("storage_write_bytes", "L3 write GB", "gb"),
+)
 SCALED_FORMATS = {"mtok": 1e-6, "gb": 1e-9}  # column formats shown scaled, with two decimals
 SERIES_PREFIX = "series-"  # the per-run time-series plots (write_series_plots)
 PD_PLOT = "pd.png"
+TIERS_PLOT = "tiers.png"
+BANDWIDTH_PLOT = "l3-read-bandwidth.png"
+NO_L3 = "no-L3"  # a HiCache scenario's baseline without its storage tier: its rows' ``l3`` is False
 
 
 def columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
-    """``COLUMNS``, plus ``PD_COLUMNS`` when some run is on a PD pool, plus ``ENGINE_COLUMNS`` when some run's
-    engines report retractions, stalls or queueing, plus
+    """``COLUMNS``, plus ``PD_COLUMNS`` when some run is on a PD pool, plus ``HICACHE_COLUMNS`` when some run's
+    workers run HiCache, plus ``ENGINE_COLUMNS`` when some run's engines report retractions, stalls or queueing, plus
     ``FAULT_COLUMNS`` when any run failed a turn, retried or re-pinned a key."""
     out = COLUMNS
     if any(row.get("pool") == "pd" for row in runs):
         out += PD_COLUMNS
+    if any("reuse_device" in row for row in runs):
+        out += HICACHE_COLUMNS
     if any(row.get(k) for row in runs for k in ENGINE_TOTALS):
         out += ENGINE_COLUMNS
     if any(row.get(k) for row in runs for k, _, _ in FAULT_COLUMNS):
@@ -87,6 +103,8 @@ def config_name(row: dict[str, Any]) -> str:
                     if row.get(f"{leg}_policy") not in (None, row["policy"]))
     if row.get("pool") == COLOCATED:
         name = f"{COLOCATED} {name}"
+    if row.get("l3") is False:
+        name = f"{NO_L3} {name}"
     return f"{name} @{row['profile']}" if row.get("profile") else name
 
 
@@ -177,7 +195,13 @@ def _find(runs: list[dict[str, Any]], policy: str, mode: str | None, key: bool,
 
 def findings(runs: list[dict[str, Any]]) -> list[str]:
     """Plain sentences on what the table shows (only those the runs support); for a PD scenario's runs, those of
-    the PD pool, of its co-located baseline, then ``pd_findings``."""
+    the PD pool, of its co-located baseline, then ``pd_findings``; for a HiCache scenario's with its no-L3 baseline,
+    those of the runs with L3, then ``hicache_findings``."""
+    no_l3 = [r for r in runs if r.get("l3") is False]
+    if no_l3:
+        with_l3 = [r for r in runs if r.get("l3") is not False]
+        main = [r for r in with_l3 if r.get("pool") != COLOCATED]
+        return [*findings(with_l3)[:-1], *hicache_findings(main, no_l3), _errors_line(runs)]
     baseline = [r for r in runs if r.get("pool") == COLOCATED]
     if not baseline:
         return _pool_findings(runs)
@@ -316,6 +340,108 @@ def pd_findings(pd: list[dict[str, Any]], colocated: list[dict[str, Any]]) -> li
     return out
 
 
+# the policies a HiCache scenario also runs without its L3 (sim.commands.compare.NO_L3_POLICIES)
+HICACHE_VERSUS = (("manual", "min_load"), ("consistent_hashing", None), ("cache_aware", None))
+
+
+def _tiers(r: dict[str, Any]) -> str:
+    return (f"GPU {r['reuse_device']:.1%} + host {r['reuse_host']:.1%} + L3 {r['reuse_storage']:.1%} = "
+            f"{r['kv_reuse']:.1%}")
+
+
+def hicache_findings(l3: list[dict[str, Any]], no_l3: list[dict[str, Any]]) -> list[str]:
+    """What the storage tier does to the routing key's value, in words: per policy run with and without L3, the
+    reuse the key buys on each (the no-key loss) and the share of that loss L3 recovers; the TTFT a turn without
+    the key pays with L3 against with the key (the cost of a load from L3 instead of a local hit), and how much of
+    it is the fetch; the L3 traffic; manual+key's and manual without the key's reuse by tier."""
+    out: list[str] = []
+    for policy, mode in HICACHE_VERSUS:
+        a, b = _gain(l3, policy, mode), _gain(no_l3, policy, mode)
+        if a is None or b is None:
+            continue
+        name = policy if mode is None else f"{policy}/{mode}"
+        loss_l3, loss = a[0]["kv_reuse"] - a[1]["kv_reuse"], b[0]["kv_reuse"] - b[1]["kv_reuse"]
+        line = (f"{name}: without the key, reuse drops {loss * 100:.1f} points without L3 ({b[0]['kv_reuse']:.1%} -> "
+                f"{b[1]['kv_reuse']:.1%}) and {loss_l3 * 100:.1f} with it ({a[0]['kv_reuse']:.1%} -> "
+                f"{a[1]['kv_reuse']:.1%})")
+        line += (f": L3 recovers {1 - loss_l3 / loss:.0%} of the no-key loss" if loss > 0
+                 else ": the key buys no reuse here even without L3")
+        on, off = a[0]["ttft_p50"], a[1]["ttft_p50"]
+        line += (f". TTFT p50 without the key {off:.3f}s against {on:.3f}s with it ({_relative(off, on)}; without "
+                 f"L3 {_relative(b[1]['ttft_p50'], b[0]['ttft_p50'])}); fetching KV from host and L3 costs "
+                 f"{a[1]['ttft_load_back_mean'] * 1e3:.1f} ms of mean TTFT without the key, "
+                 f"{a[0]['ttft_load_back_mean'] * 1e3:.1f} ms with it.")
+        out.append(line)
+    on, off = _find(l3, "manual", "min_load", True), _find(l3, "manual", "min_load", False)
+    if on and off:
+        out.append(f"Reuse by tier, manual/min_load: key on {_tiers(on)}; key off {_tiers(off)}.")
+        if on.get("storage_read_bytes") is not None and off.get("storage_read_bytes") is not None:
+            out.append(f"L3 traffic, manual/min_load: {on['storage_read_bytes'] / 1e9:.2f} GB read and "
+                       f"{on['storage_write_bytes'] / 1e9:.2f} GB written with the key, "
+                       f"{off['storage_read_bytes'] / 1e9:.2f} GB and {off['storage_write_bytes'] / 1e9:.2f} GB "
+                       "without it.")
+    return out
+
+
+def _relative(x: float, base: float) -> str:
+    return f"{x / base - 1:+.0%}" if base > 0 else "n/a"
+
+
+# the key's TTFT benefit under which stickiness is said to stop mattering (issue 19)
+KEY_BENEFIT_THRESHOLD = 0.05
+
+
+def key_benefit(on: float, off: float) -> float:
+    """The key's relative benefit on a latency: (without - with) / without (0 when without is 0)."""
+    return (off - on) / off if off > 0 else 0.0
+
+
+def benefit_sweep(points: list[tuple[float, float, float]], measure: str = "ttft_p50",
+                  threshold: float = KEY_BENEFIT_THRESHOLD) -> dict[str, Any]:
+    """The key's benefit along a swept parameter: ``points`` are (value, ``measure`` with the key, without it).
+
+    ``crossover``: the value from which on the benefit stays under ``threshold``: interpolated linearly in the log
+    of the value between the last point at or above it and the next (the lowest value when every point is under;
+    None when the last point is still at or above it)."""
+    pts = sorted(points)
+    rows = [{"value": v, "on": on, "off": off, "benefit": key_benefit(on, off)} for v, on, off in pts]
+    above = [i for i, r in enumerate(rows) if r["benefit"] >= threshold]
+    crossover: float | None
+    if not rows or (above and above[-1] == len(rows) - 1):
+        crossover = None
+    elif not above:
+        crossover = rows[0]["value"]
+    else:
+        lo, hi = rows[above[-1]], rows[above[-1] + 1]
+        t = (lo["benefit"] - threshold) / (lo["benefit"] - hi["benefit"])
+        if lo["value"] > 0:
+            crossover = float(math.exp(math.log(lo["value"]) + t * (math.log(hi["value"]) - math.log(lo["value"]))))
+        else:
+            crossover = lo["value"] + t * (hi["value"] - lo["value"])
+    return {"measure": measure, "threshold": threshold, "points": rows, "crossover": crossover,
+            "below_throughout": bool(rows) and not above}
+
+
+def benefit_lines(sweep: dict[str, Any], parameter: str, unit: str = "") -> list[str]:
+    """``benefit_sweep`` in words: the benefit at each value, then the crossover (or that there is none)."""
+    pts, m, pct = sweep["points"], sweep["measure"], f"{sweep['threshold']:.0%}"
+    if not pts:
+        return []
+    out = ["The key's " + m + " benefit ((without - with) / without) by " + parameter + ": "
+           + ", ".join(f"{p['value']:g}{unit} {p['benefit']:+.1%} ({p['on']:.3f}s vs {p['off']:.3f}s)" for p in pts)
+           + "."]
+    if sweep["crossover"] is None:
+        out.append(f"No crossover in the range swept: the key still buys {pts[-1]['benefit']:.1%} at "
+                   f"{pts[-1]['value']:g}{unit}, over the {pct} threshold.")
+    elif sweep["below_throughout"]:
+        out.append(f"The benefit is under {pct} already at the lowest {parameter} swept ({pts[0]['value']:g}{unit}): "
+                   "stickiness does not matter for TTFT anywhere in this range.")
+    else:
+        out.append(f"Crossover: the key's benefit falls under {pct} at about {sweep['crossover']:.3g}{unit} "
+                   f"(interpolated in log {parameter}); above it stickiness stops mattering for TTFT.")
+    return out
+
+
 # manual's assignment modes that choose by one number each; they cannot differ when the numbers are equal
 EQUAL_WHEN_ONE_PER_KEY = ("min_load", "min_group")
 
@@ -416,7 +542,29 @@ def write_results(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]
 
 
 def pool_text(s: dict[str, Any]) -> str:
-    """The report's pool line: workers and KV per worker; a PD pool's prefill and decode workers apart."""
+    """The report's pool line: workers and KV per worker; a PD pool's prefill and decode workers apart; HiCache's
+    tiers (``hicache_text``)."""
+    return _workers_text(s) + hicache_text(s)
+
+
+def hicache_text(s: dict[str, Any]) -> str:
+    """HiCache's tiers in the pool line ("" when off)."""
+    if not s.get("enable_hierarchical_cache"):
+        return ""
+    host = f"{s['hicache_size']:g} GB" if s["hicache_size"] else f"{s['hicache_ratio']:g}x the GPU pool"
+    text = (f"; HiCache: host pool (L2) {host} per worker, {s['hicache_write_policy']}, load-back at "
+            f"{s['hicache_pcie_bandwidth_gb_s']:g} GB/s, pages of {s.get('page_size', 1)} tokens")
+    if not s["hicache_storage_backend"]:
+        return text + ", no L3"
+    cap = s["hicache_storage_capacity_tokens"]
+    return (text + f"; L3 `{s['hicache_storage_backend']}` shared by the pool ("
+            + (f"{cap:,} tokens" if cap else "unbounded") + f"), read {s['hicache_storage_read_bandwidth_gb_s']:g} "
+            f"GB/s and write {s['hicache_storage_write_bandwidth_gb_s']:g} GB/s per worker, prefetch "
+            f"{s['hicache_storage_prefetch_policy']}"
+            + ("; decode workers offload to L3" if s.get("disaggregation_decode_enable_offload_kvcache") else ""))
+
+
+def _workers_text(s: dict[str, Any]) -> str:
     def kv(capacity: Any) -> str:
         return f"{capacity:,}" if isinstance(capacity, int) else str(capacity or "unbounded")
 
@@ -430,9 +578,11 @@ def pool_text(s: dict[str, Any]) -> str:
 
 def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any]], plots: list[str],
                    command: str = "smg-testbed compare", summary: list[dict[str, Any]] | None = None,
-                   paired: list[dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None) -> Path:
+                   paired: list[dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None,
+                   read_bandwidth: dict[str, Any] | None = None) -> Path:
     """report.md; with ``summary`` of several seeds, means ± 95 % intervals and the paired differences in words;
-    with the ``ranking`` of several profiles (sim.ranking), the findings per profile and "Ranking by profile"."""
+    with the ``ranking`` of several profiles (sim.ranking), the findings per profile and "Ranking by profile"; with
+    ``read_bandwidth`` (a ``benefit_sweep`` over the L3 read bandwidth), its section."""
     s = scenario
     seeds = summary is not None and several_seeds(runs)
     shown = mean_rows(runs, summary) if seeds and summary is not None else runs
@@ -457,7 +607,13 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
                  "decode; TTFT split into its means: `ttft prefill` (arrival to the prefill's end), `ttft transfer` "
                  "(then until the KV is in place on the decode worker), `ttft 1st decode` (then one decode step); "
                  "`imbalance` over the prefill workers. `colocated` rows: the same workload on co-located workers "
-                 "of the same total count." if PD_COLUMNS[0] in columns(runs) else ""), "",
+                 "of the same total count." if PD_COLUMNS[0] in columns(runs) else "")
+              + (" HiCache: `kv_reuse` split by the tier each hit came from (`reuse GPU` the device tree, `reuse "
+                 "host` the worker's host pool, `reuse L3` the pool's shared storage; they sum to it); TTFT split "
+                 "into its means: `ttft load-back` (loading host KV back beyond the compute it overlaps, plus the "
+                 "wait for the L3 prefetch) and `ttft compute` (the rest); `L3 read/write GB` the workers' storage "
+                 f"traffic. `{NO_L3}` rows: the same pool without its L3 (host pools kept)."
+                 if HICACHE_COLUMNS[0] in columns(runs) else ""), "",
               "## What it shows", ""]
     for name, group in rows_by_profile(shown).items():
         lines += [f"On `{name}`:", ""] if name is not None else []
@@ -475,7 +631,24 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
                   "Per policy run on both pools: the reuse with and without the key (the oracles dashed), and what "
                   "the key buys in reuse points and in TTFT p50, on the PD pool and on co-located workers of the "
                   "same total count (in words above: `What the key buys under ...`).", "", f"![{PD_PLOT}]({PD_PLOT})"]
-    general = [p for p in plots if not p.startswith(SERIES_PREFIX) and p != PD_PLOT]
+    if TIERS_PLOT in plots:
+        lines += ["", "## Reuse by tier", "",
+                  "Per policy, with the key (solid) and without it (hatched): the share of prompt tokens found on the "
+                  f"GPU, in the worker's host pool and in the shared L3 (`{NO_L3}`: the same pool without L3); the "
+                  "oracle dashed. What L3 recovers of the no-key loss is in words above.", "",
+                  f"![{TIERS_PLOT}]({TIERS_PLOT})"]
+    if read_bandwidth is not None:
+        lines += ["", "## L3 read bandwidth: where stickiness stops mattering", "",
+                  "manual/min_load with and without the key at each L3 read bandwidth (GB/s per worker; everything "
+                  "else as above). Command: `smg-testbed compare --scenario "
+                  f"{s['name']} --read-bandwidth-sweep "
+                  + ",".join(f"{p['value']:g}" for p in read_bandwidth["points"]) + "`, or for any parameter "
+                  "`smg-testbed sweep --scenario " + s["name"] + " --routing-key on off --scenario-set "
+                  "workers.hicache_storage_read_bandwidth_gb_s=0.5,2,8,32`.", "",
+                  *[f"- {line}" for line in benefit_lines(read_bandwidth, "read bandwidth", " GB/s")]]
+        if BANDWIDTH_PLOT in plots:
+            lines += ["", f"![{BANDWIDTH_PLOT}]({BANDWIDTH_PLOT})"]
+    general = [p for p in plots if not p.startswith(SERIES_PREFIX) and p not in (PD_PLOT, TIERS_PLOT, BANDWIDTH_PLOT)]
     if general:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in general]
     series = [p for p in plots if p.startswith(SERIES_PREFIX)]
@@ -644,9 +817,84 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: list[dict[str, A
     fig.savefig(out / "workers.png", dpi=110)
     plt.close(fig)
     names.append("workers.png")
-    if write_pd_plot(out, runs):
+    if write_pd_plot(out, [r for r in runs if r.get("l3") is not False]):
         names.append(PD_PLOT)
+    if write_tiers_plot(out, runs):
+        names.append(TIERS_PLOT)
     return names + write_series_plots(out, runs)
+
+
+TIER_STYLES = (("reuse_device", "GPU (L1)", "tab:blue"), ("reuse_host", "host (L2)", "tab:orange"),
+               ("reuse_storage", "L3", "tab:green"))
+
+
+def write_tiers_plot(out: Path, runs: list[dict[str, Any]]) -> bool:
+    """tiers.png, when some run has HiCache's tier measures: per configuration, its reuse stacked by tier with the
+    key (solid) and without it (hatched), the oracle dashed. False otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [r for r in runs if "reuse_device" in r]
+    if not runs:
+        return False
+    configs = list(dict.fromkeys(config_name(r) for r in runs))
+    by = {(config_name(r), r["routing_key"]): r for r in runs}
+    x = np.arange(len(configs))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(configs)), 4.5))
+    for i, key in enumerate((True, False)):
+        bottom = np.zeros(len(configs))
+        for measure, label, color in TIER_STYLES:
+            vals = np.array([by[(c, key)][measure] if (c, key) in by else 0.0 for c in configs])
+            ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, bottom=bottom, color=color, hatch=None if key else "//",
+                   edgecolor="white" if key else "k", linewidth=0.5,
+                   label=f"{label}, key {'on' if key else 'off'}")
+            bottom += vals
+    ax.axhline(runs[0]["oracle_reuse"], color="k", ls="--", lw=1, label="oracle")
+    ax.set_xticks(x, configs, rotation=20, ha="right")
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("kv_reuse by tier (cached / prompt tokens)")
+    ax.set_title("KV reuse by tier per policy, with the key (left, solid) and without it (right, hatched)")
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(out / TIERS_PLOT, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_benefit_plot(out: Path, sweep: dict[str, Any], parameter: str, name: str = BANDWIDTH_PLOT) -> str:
+    """A ``benefit_sweep``'s plot: the measure with and without the key against the swept value (log scale), and
+    the key's relative benefit with the threshold and the crossover. Returns the file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sweep["points"]
+    values = [p["value"] for p in pts]
+    fig, (lat, gain) = plt.subplots(1, 2, figsize=(11, 4))
+    lat.plot(values, [p["on"] for p in pts], "o-", color="tab:blue", label="key on")
+    lat.plot(values, [p["off"] for p in pts], "s--", color="tab:orange", label="key off")
+    lat.set_ylabel(f"{sweep['measure']} (virtual s)")
+    lat.legend()
+    gain.plot(values, [p["benefit"] * 100 for p in pts], "o-", color="tab:green")
+    gain.axhline(sweep["threshold"] * 100, color="k", ls="--", lw=1, label=f"{sweep['threshold']:.0%}")
+    if sweep["crossover"] is not None:
+        gain.axvline(sweep["crossover"], color="tab:red", ls=":", label=f"crossover {sweep['crossover']:.3g}")
+    gain.set_ylabel("key's benefit (%): (off - on) / off")
+    gain.legend()
+    for ax in (lat, gain):
+        ax.set_xscale("log")
+        ax.set_xlabel(parameter)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 def write_pd_plot(out: Path, runs: list[dict[str, Any]]) -> bool:

@@ -164,7 +164,8 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         roles = {name: scenario.role_of(i) for i, name in enumerate(tr.workers)} if scenario.pd else None
         measures = summarize(result, list(tr.workers), tr.worker_stats(), metrics,
                              rollback_retries=getattr(ss, "rollback_retries", None), roles=roles,
-                             transfer_bandwidth=scenario.transfer_bandwidth_gb_s * 1e9 if scenario.pd else None)
+                             transfer_bandwidth=scenario.transfer_bandwidth_gb_s * 1e9 if scenario.pd else None,
+                             hicache=scenario.hicache)
     row: dict[str, Any] = {
         "label": setup.label,
         "policy": setup.extra.get("policy", _flag(setup.gateway_args, "--policy")),

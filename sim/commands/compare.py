@@ -6,6 +6,12 @@ and with ``--no-routing-key``: 12 runs. A PD scenario (``pd``, ``pd-long-answers
 under both legs manual, prefill manual with decode round_robin, consistent_hashing and cache_aware, plus a
 co-located baseline of the same total worker count (manual, consistent_hashing, cache_aware), key on and off: 14
 runs; the report adds the PD columns and says, in words and ``pd.png``, what the key buys in PD against co-located.
+A HiCache scenario with a storage tier (``hicache``, ``pd-hicache``) also runs manual/min_load, consistent_hashing
+and cache_aware on the same pool without its L3 (``no-L3`` rows; host pools kept), key on and off, and the report
+says how much of the no-key loss L3 recovers and at what TTFT cost, with ``tiers.png`` (reuse by tier per policy);
+then manual/min_load key on and off at each L3 read bandwidth of ``--read-bandwidth-sweep`` (default 0.5,2,8,32 GB/s
+per worker; ``off`` skips it), and the report gives the crossover where the key's TTFT p50 benefit falls under 5 %
+(results.json: ``read_bandwidth_sweep``; ``l3-read-bandwidth.png``).
 Prints a table and writes ``DIR/results.json``, ``DIR/report.md`` and
 PNG plots (``reuse.png``, ``ttft.png``, ``workers.png``).
 
@@ -53,12 +59,17 @@ from sim.commands.common import (
 from sim.live import add_live_args, live_problem, live_requested, live_setups
 from sim.ranking import profile_label, rank_by_profile, ranking_lines, rows_by_profile
 from sim.report import (
+    BANDWIDTH_PLOT,
+    NO_L3,
+    benefit_lines,
+    benefit_sweep,
     findings,
     mean_rows,
     ranking_tables,
     seed_lines,
     several_seeds,
     table,
+    write_benefit_plot,
     write_markdown,
     write_plots,
     write_results,
@@ -67,6 +78,7 @@ from sim.runner import (
     COLOCATED_BASELINE_POLICIES,
     COMPARE_POLICIES,
     PD_COMPARE_POLICIES,
+    PolicyConfig,
     colocated_setup,
     make_setup,
 )
@@ -93,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs in parallel processes (default: CPU count, max 8; live time: 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--read-bandwidth-sweep", type=bandwidths, default=DEFAULT_READ_BANDWIDTHS, metavar="GB_S,...",
+                   help="a HiCache scenario with L3: also run manual/min_load key on and off at each of these L3 read "
+                        "bandwidths (GB/s per worker) and report where the key's TTFT benefit falls under 5%% "
+                        "(default: 0.5,2,8,32; 'off': skip)")
     p.add_argument("--worst-worker", nargs="?", type=bin_seconds, const=AUTO_BINS, default=AUTO_BINS,
                    metavar="SECONDS",
                    help="per run, the worst worker's hit rate over time and the makespan against the best run, which "
@@ -102,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 AUTO_BINS = "auto"  # --worst-worker without SECONDS: sim.worst_worker.common_bin_seconds
+DEFAULT_READ_BANDWIDTHS = (0.5, 2.0, 8.0, 32.0)  # GB/s per worker: from the EIC snapshot's 0.57 to near RDMA's ~40
+# a HiCache scenario with L3: the policies also run without it (the loss the key avoids there), and the one swept
+# over the L3 read bandwidth
+NO_L3_POLICIES = COLOCATED_BASELINE_POLICIES
+SWEPT_POLICY = PolicyConfig("manual", "min_load")
+
+
+def bandwidths(text: str) -> tuple[float, ...]:
+    """``--read-bandwidth-sweep``: GB/s values > 0, comma-separated, or ``off`` (none)."""
+    if text == "off":
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"comma-separated bandwidths in GB/s (> 0), or 'off'; not {text!r}")
+    return tuple(sorted(set(values)))
 
 
 def bin_seconds(text: str) -> float | str | None:
@@ -153,6 +187,51 @@ def profile_setups(scenarios: Sequence[Scenario], seeds: Sequence[int]) -> list[
     return out
 
 
+def no_l3_setups(scenario: Scenario, seeds: Sequence[int]) -> list[Setup]:
+    """A HiCache scenario's baseline without L3: ``NO_L3_POLICIES`` on ``scenario.without_storage()``, key on and off,
+    labelled ``no-L3 ...`` (their rows' ``l3`` False); none for a scenario without L3."""
+    if not scenario.storage:
+        return []
+    base = scenario.without_storage()
+    out = []
+    for pc in NO_L3_POLICIES:
+        for key in (True, False):
+            for seed in seeds:
+                setup = make_setup(base.replace(seed=seed), pc, key, seed)
+                out.append(dataclasses.replace(setup, label=f"{NO_L3} {setup.label}",
+                                               extra={**setup.extra, "l3": False}))
+    return out
+
+
+def read_bandwidth_setups(scenario: Scenario, values: Sequence[float], seeds: Sequence[int]) -> list[Setup]:
+    """``SWEPT_POLICY`` key on and off at each L3 read bandwidth (GB/s per worker); their rows carry ``l3_read_gb_s``
+    and stay out of the table. None for a scenario without L3."""
+    if not scenario.storage:
+        return []
+    out = []
+    for gb_s in values:
+        for key in (True, False):
+            for seed in seeds:
+                setup = make_setup(scenario.replace(seed=seed, hicache_storage_read_bandwidth_gb_s=gb_s),
+                                   SWEPT_POLICY, key, seed)
+                out.append(dataclasses.replace(setup, label=f"{setup.label} l3-read={gb_s:g}GB/s",
+                                               extra={**setup.extra, "l3_read_gb_s": gb_s}))
+    return out
+
+
+ROW_MARKS = ("l3", "l3_read_gb_s")  # what a HiCache setup's extra adds to its row
+
+
+def read_bandwidth_sweep(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``sim.report.benefit_sweep`` of the key's TTFT p50 over the rows' ``l3_read_gb_s`` (means over seeds)."""
+    groups: dict[tuple[float, bool], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["l3_read_gb_s"], r["routing_key"]), []).append(r["ttft_p50"])
+    mean = {k: sum(v) / len(v) for k, v in groups.items()}
+    return benefit_sweep([(gb_s, mean[(gb_s, True)], mean[(gb_s, False)])
+                          for gb_s in sorted({g for g, _ in mean}) if (gb_s, True) in mean and (gb_s, False) in mean])
+
+
 def kv_capacity_text(scenarios: Sequence[Scenario]) -> str:
     """Each profile's KV capacity per worker, for the report's header line."""
     return " / ".join(f"{s.kv_capacity_tokens:,} ({profile_name(s)})" if s.kv_capacity_tokens
@@ -174,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario, several = scenarios[0], len(scenarios) > 1
     out = Path(args.out or f"results/compare-{scenario.name}")
     pairs_of = profile_setups(scenarios, seeds)
+    if not several:
+        pairs_of += [(setup, None) for setup in no_l3_setups(scenario, seeds)]
+    swept = [] if several else read_bandwidth_setups(scenario, args.read_bandwidth_sweep, seeds)
     setups, profiles = [s for s, _ in pairs_of], [name for _, name in pairs_of]
     try:
         versus = None if args.versus is None else resolve_configuration(
@@ -182,16 +264,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(e))
     transport, jobs = args.transport, args.jobs or default_jobs()
     if live_requested(args):  # --gateway smg / --live: live time, one run at a time (sim.live)
-        setups, transport, jobs = live_setups(args, setups), "live", args.jobs or 1
+        setups, transport, jobs, swept = live_setups(args, setups), "live", args.jobs or 1, []
     console.print(f"compare: scenario [bold]{scenario.name}[/bold], {len(setups)} runs"
                   + (f" ({len(scenarios)} profiles)" if several else "") + f" over [bold]{transport}[/bold]"
                   + (f" ({args.gateway}, x{args.speedup:g})" if transport == "live" else "")
                   + (f", seeds {args.seeds}" if len(seeds) > 1 else f", seed {setups[0].seed}"))
     t0 = time.perf_counter()
     try:
-        rows = run_many(setups, transport, jobs, console)
+        every = run_many([*setups, *swept], transport, jobs, console)
     except (RuntimeError, OSError) as e:  # a live gateway process that did not come up, a port or server failure
         return fail(str(e))
+    every = [{**r, **{k: s.extra[k] for k in ROW_MARKS if k in s.extra}}
+             for s, r in zip([*setups, *swept], every, strict=True)]
+    rows, swept_rows = every[:len(setups)], every[len(setups):]
+    bandwidth = read_bandwidth_sweep(swept_rows) if swept_rows else None
     wall = time.perf_counter() - t0
     if several:
         rows = [{"label": r["label"], "profile": name, **r} for r, name in zip(rows, profiles, strict=True)]
@@ -211,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"  - {escape(line)}")
     for line in seed_lines(summary, pairs):
         console.print(f"  - {line}")
+    for line in benefit_lines(bandwidth, "L3 read bandwidth", " GB/s") if bandwidth else []:
+        console.print(f"  - {escape(line)}")
     if args.worst_worker is not None:
         width = common_bin_seconds(r["makespan"] for r in rows) if args.worst_worker == AUTO_BINS else args.worst_worker
         console.print(f"worst worker's hit rate (%) per {width:g} s of virtual time, and makespan:")
@@ -219,11 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_profile = {"profiles": [{"name": profile_name(s), "profile": s.profile, "kv_capacity_tokens":
                                 s.kv_capacity_tokens} for s in scenarios],
                   "ranking_by_profile": ranking} if several else {}
-    results = write_results(out, scenario.to_dict(), rows, seeds=seeds, summary=summary, paired=pairs, **by_profile)
+    swept_doc = {"read_bandwidth_sweep": {**bandwidth, "policy": SWEPT_POLICY.name, "runs": swept_rows}} \
+        if bandwidth else {}
+    results = write_results(out, scenario.to_dict(), rows, seeds=seeds, summary=summary, paired=pairs, **by_profile,
+                            **swept_doc)
     plots = [] if args.no_plots else write_plots(out, rows, summary)
+    if bandwidth and bandwidth["points"] and not args.no_plots:
+        plots.append(write_benefit_plot(out, bandwidth, "L3 read bandwidth (GB/s per worker)", BANDWIDTH_PLOT))
     shown = {**scenario.to_dict(), "kv_capacity_tokens": kv_capacity_text(scenarios)} if several \
         else scenario.to_dict()
-    report = write_markdown(out, shown, rows, plots, summary=summary, paired=pairs, ranking=ranking)
+    report = write_markdown(out, shown, rows, plots, summary=summary, paired=pairs, ranking=ranking,
+                            read_bandwidth=bandwidth)
     errors = sum(r["errors"] for r in rows)
     console.print(f"wrote {results}, {report}" + (f", {len(plots)} plots" if plots else "")
                   + f" in {wall:.1f}s wall")

@@ -7,6 +7,17 @@ Examples::
     smg-testbed sweep --policy cache_aware --grid cache-threshold=0.1,0.3,0.5 --grid balance-abs-threshold=8,64
     smg-testbed sweep --policy manual consistent_hashing --routing-key on off --kv-capacity-tokens 100000 400000
 
+``--scenario-set KEY=V1,V2`` sweeps any scenario key by its dotted TOML path (``docs/scenarios.md``), each value
+read as TOML (a bare word is a string), checked as the loader checks it; repeatable (the product of all). The L3
+read-bandwidth sweep of a HiCache scenario, with the routing key on and off::
+
+    smg-testbed sweep --scenario hicache --assignment-mode min_load --routing-key on off \
+        --scenario-set workers.hicache_storage_read_bandwidth_gb_s=0.5,2,8,32
+
+With one ``--scenario-set`` and the key on and off, sweep.json adds ``key_benefit`` per configuration: the key's
+TTFT p50 benefit ((off - on) / off, means over seeds) at each value and the crossover where it falls under 5 %
+(``smg-testbed compare`` on a HiCache scenario runs this sweep by itself: ``--read-bandwidth-sweep``).
+
 ``--assignment-mode`` applies to ``manual`` only (an error when ``--policy`` has no manual). ``--grid FLAG=V1,V2``
 takes an ``smg launch`` flag without its dashes; a switch takes on/off values (``true,false``, ``on,off``, ``1,0``,
 ``yes,no``). Every configuration's gateway flags are checked before anything runs: an unknown flag, a value a flag
@@ -31,6 +42,7 @@ import itertools
 import json
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,13 +67,15 @@ from sim.commands.gateway_flags import is_switch, switch_args
 from sim.commands.policy_names import check_policy
 from sim.executors import EXECUTORS, RunsFailed
 from sim.live import add_live_args, live_problem, live_requested, live_setups
-from sim.report import fmt_summary, notes, seed_lines
+from sim.report import benefit_lines, benefit_sweep, fmt_summary, notes, seed_lines
 from sim.results import RESULTS_VERSION, provenance, provenance_columns, scenario_hash
 from sim.runner import PolicyConfig, make_setup, public
 from sim.stats import summarize_configurations
 from sim.transports.pool import Setup
-from sim.workload.scenario import ScenarioError, parse_capacity
+from sim.workload.scenario import ScenarioError, parse_capacity, setting_field
 
+HICACHE_CSV_FIELDS = ("reuse_device", "reuse_host", "reuse_storage", "ttft_load_back_mean", "ttft_compute_mean",
+                      "storage_read_bytes", "storage_write_bytes")  # when some row has them (HiCache)
 CSV_FIELDS = ("results_version", "policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens",
               "sessions", "seed", "grid_flags", "gateway_args",
               "kv_reuse", "oracle_reuse", "eligible_reuse", "stickiness", "prefill_tokens", "ttft_p50", "ttft_p99",
@@ -91,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with and/or without the routing key (default: on)")
     p.add_argument("--grid", action="append", default=[], metavar="FLAG=V1,V2",
                    help="any gateway flag and its values, e.g. cache-threshold=0.3,0.5 (repeatable)")
+    p.add_argument("--scenario-set", action="append", default=[], metavar="KEY=V1,V2",
+                   help="any scenario key by its dotted TOML path and its values, e.g. "
+                        "workers.hicache_storage_read_bandwidth_gb_s=0.5,2,8,32 (repeatable)")
     p.add_argument("--out", default=None, help="output directory (default: results/sweep-<scenario>)")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs in parallel processes (default: CPU count; with --executor ray and no address, the "
@@ -122,6 +139,28 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def parse_scenario_sets(items: list[str]) -> list[tuple[str, list[Any]]]:
+    """``--scenario-set KEY=V1,V2``: (dotted path, values read as TOML, a bare word as a string); ValueError (one
+    line) for a malformed item or an unknown key."""
+    out = []
+    for item in items:
+        path, sep, values = item.partition("=")
+        path = path.strip()
+        vals = [_toml_value(v.strip()) for v in values.split(",") if v.strip()]
+        if not sep or not path or not vals:
+            raise ValueError(f"--scenario-set wants KEY=V1,V2,...; got {item!r}")
+        setting_field(path)
+        out.append((path, vals))
+    return out
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def grid_args(flag: str, value: str) -> tuple[str, ...]:
     """The gateway flags of one ``--grid`` value: a switch is there for on and absent for off."""
     return switch_args(f"--{flag}", value) if is_switch(f"--{flag}") else (f"--{flag}", value)
@@ -148,19 +187,50 @@ def grid_setups(args: argparse.Namespace) -> list[Setup]:
     keys = [k == "on" for k in dict.fromkeys(args.routing_key)]
     extra = parse_grid(args.grid)
     extra_combos = list(itertools.product(*[[(f, v) for v in vals] for f, vals in extra])) or [()]
+    sets = parse_scenario_sets(args.scenario_set)
+    set_combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in sets])) or [()]
     setups = []
     for pc in policy_configs(args.policy, args.assignment_mode):
-        for w, kv, n, key, combo in itertools.product(workers, kvs, sessions, keys, extra_combos):
+        for w, kv, n, key, combo, setting in itertools.product(workers, kvs, sessions, keys, extra_combos,
+                                                               set_combos):
             flags = tuple(x for f, v in combo for x in grid_args(f, v))
             # a switch that is off leaves no flag: name it, so that its row differs from the one with it on
             off = "".join(f" --{f}=off" for f, v in combo if not grid_args(f, v))
+            chosen = base
+            for path, value in setting:
+                chosen = chosen.with_setting(path, value)
+            text = " ".join(f"{path}={value}" for path, value in setting)
             for seed in seeds:
-                scenario = base.replace(workers=w, kv_capacity_tokens=kv, sessions=n, seed=seed)
+                scenario = chosen.replace(workers=w, kv_capacity_tokens=kv, sessions=n, seed=seed)
                 s = make_setup(scenario, PolicyConfig(pc.policy, pc.assignment_mode, flags), key, seed)
                 setups.append(Setup(s.scenario, s.gateway_args, s.routing_key, s.seed,
-                                    f"{s.label}{off} workers={w} kv={kv} sessions={n}",
-                                    {**s.extra, "grid_flags": " ".join(flags) + off}))
+                                    f"{s.label}{off} workers={w} kv={kv} sessions={n}" + (f" {text}" if text else ""),
+                                    {**s.extra, "grid_flags": " ".join(flags) + off, "scenario_set": text,
+                                     "setting": setting}))
     return setups
+
+
+def key_benefits(setups: Sequence[Setup], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With one ``--scenario-set`` and the key on and off: per configuration (its label without the key and the
+    value), ``sim.report.benefit_sweep`` of the key's TTFT p50 over the set values (means over seeds)."""
+    if len({path for s in setups for path, _ in s.extra["setting"]}) != 1 or \
+            len({s.routing_key for s in setups}) != 2:
+        return []
+    groups: dict[str, dict[tuple[float, bool], list[float]]] = {}
+    for setup, row in zip(setups, rows, strict=True):
+        [(path, value)] = setup.extra["setting"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return []
+        conf = setup.label.replace(" key=on", "").replace(" key=off", "").replace(f" {path}={value}", "")
+        groups.setdefault(conf, {}).setdefault((float(value), setup.routing_key), []).append(row["ttft_p50"])
+    out = []
+    for conf, cells in groups.items():
+        mean = {k: sum(v) / len(v) for k, v in cells.items()}
+        values = sorted({v for v, _ in mean})
+        sweep = benefit_sweep([(v, mean[(v, True)], mean[(v, False)]) for v in values
+                               if (v, True) in mean and (v, False) in mean])
+        out.append({"configuration": conf, "parameter": path, **sweep})
+    return out
 
 
 def grid_flags(setup: Setup) -> str:
@@ -168,12 +238,24 @@ def grid_flags(setup: Setup) -> str:
     return setup.extra["grid_flags"].strip()
 
 
-def flat_row(setup: Setup, row: dict[str, Any]) -> dict[str, Any]:
+def csv_fields(setups: Sequence[Setup], rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """``CSV_FIELDS``, plus ``scenario_set`` when some configuration sets a scenario key and ``HICACHE_CSV_FIELDS``
+    when some row has them (so that a sweep without either keeps its columns)."""
+    out = CSV_FIELDS
+    if any(s.extra.get("scenario_set") for s in setups):
+        out += ("scenario_set",)
+    if any("reuse_device" in r for r in rows):
+        out += HICACHE_CSV_FIELDS
+    return out
+
+
+def flat_row(setup: Setup, row: dict[str, Any], fields: Sequence[str] = CSV_FIELDS) -> dict[str, Any]:
     s = setup.scenario
     out = {**public(row), "workers": s.workers, "kv_capacity_tokens": s.kv_capacity_tokens,
            "sessions": s.sessions, "sessions_run": row["sessions"], "gateway_args": " ".join(row["gateway_args"]),
-           "grid_flags": grid_flags(setup), "results_version": RESULTS_VERSION}
-    return {k: out.get(k) for k in CSV_FIELDS}
+           "grid_flags": grid_flags(setup), "scenario_set": setup.extra.get("scenario_set", ""),
+           "results_version": RESULTS_VERSION}
+    return {k: out.get(k) for k in fields}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,13 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         setups, rows = [s for s, _ in kept], [r for _, r in kept]
     except (ValueError, RuntimeError, OSError) as e:  # live: flags smg lacks, a gateway that did not come up
         return fail(str(e))
-    flat = [flat_row(s, r) for s, r in zip(setups, rows, strict=True)]
+    fields = csv_fields(setups, rows)
+    flat = [flat_row(s, r, fields) for s, r in zip(setups, rows, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance(base.to_dict(), rows)
     hashes = [scenario_hash(s.scenario.to_dict()) for s in setups]  # each row's own scenario (its grid point)
     with open(out / "sweep.csv", "w", newline="") as f:
         cols = provenance_columns(prov)
-        w = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, *cols])
+        w = csv.DictWriter(f, fieldnames=[*fields, *cols])
         w.writeheader()
         w.writerows({**row, **cols, "scenario_hash": h} for row, h in zip(flat, hashes, strict=True))
     runs = [{**public(r), "workers_count": s.scenario.workers, "kv_capacity_tokens": s.scenario.kv_capacity_tokens,
@@ -227,15 +310,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for s, r, h in zip(setups, rows, hashes, strict=True)]
     summary = summarize_configurations(rows)
     pairs = [] if versus is None else paired_versus(rows, versus)
+    benefits = key_benefits(setups, rows)
     doc = {"results_version": RESULTS_VERSION, "provenance": prov, "scenario": base.to_dict(), "transport": transport,
            "notes": notes(rows), "seeds": sorted({s.seed for s in setups}), "summary": summary,
-           **({"paired": pairs} if versus is not None else {}), "runs": runs}
+           **({"paired": pairs} if versus is not None else {}), **({"key_benefit": benefits} if benefits else {}),
+           "runs": runs}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
     from rich.table import Table
 
     t = Table(title=f"sweep: {base.name}")
     cols = ("policy", "assignment_mode", "routing_key", "workers", "kv_capacity_tokens", "sessions", "grid_flags",
-            "kv_reuse", "oracle_reuse", "ttft_p99", "makespan", "imbalance", "errors")
+            *(("scenario_set",) if "scenario_set" in fields else ()),
+            "kv_reuse", "oracle_reuse", "ttft_p50", "ttft_p99", "makespan", "imbalance", "errors")
     for c in cols:
         t.add_column(c, justify="right")
     if len(flat) == len(summary):  # one seed
@@ -252,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(t)
     for line in seed_lines(summary, pairs):
         console.print(f"  - {line}")
+    for b in benefits:
+        for line in benefit_lines(b, b["parameter"]):
+            console.print(f"  - {escape(b['configuration'])}: {escape(line)}")
     console.print(f"wrote {out}/sweep.csv and {out}/sweep.json in {time.perf_counter() - t0:.1f}s")
     for setup, why in failed:
         console.print(f"[red]failed:[/red] {escape(setup.label)}: {escape(why)} (not in the files)")

@@ -26,7 +26,7 @@ node's end. Locked handles stay valid across splits (a split inserts the new nod
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -226,6 +226,8 @@ class RadixCache:
         limit = len(arr) - len(arr) % p
         if self.capacity is not None and limit > self.capacity:
             limit = self.capacity - self.capacity % p
+        if after is not None:  # the node ends at the last full page of the earlier prefix
+            after = (after[0] - after[0] % p, after[1])
         if after is not None and after[1].alive and 0 < after[0] <= limit:
             pos, node = after
             up = node
@@ -290,11 +292,12 @@ class RadixCache:
             node = node.parent  # type: ignore[assignment]
         return gain
 
-    def evict(self, n_tokens: int) -> int:
+    def evict(self, n_tokens: int, on_evict: Callable[[Node, int], None] | None = None) -> int:
         """Evict at least ``n_tokens`` (whole pages) from unlocked LRU leaves, if there are that many.
 
         Returns the number of tokens evicted (may exceed ``n_tokens`` by less than a page, or fall short
-        when too little is evictable).
+        when too little is evictable). ``on_evict(node, keep)`` is told of each piece before it goes: the
+        tokens of ``node``'s label from ``keep`` on (HiCache's write_back backs them up).
         """
         evicted = 0
         p = self.page_size
@@ -310,11 +313,15 @@ class RadixCache:
             if p > 1:
                 want = -(-want // p) * p
             if want < size:
+                if on_evict is not None:
+                    on_evict(node, size - want)
                 node.key = node.key[: size - want]
                 self._resident -= want
                 evicted += want
                 break
             heapq.heappop(heap)
+            if on_evict is not None:
+                on_evict(node, 0)
             parent = node.parent
             assert parent is not None
             del parent.children[self._child_key(node.key, 0)]
@@ -327,6 +334,15 @@ class RadixCache:
                 self._push(parent)
         self.evicted_total += evicted
         return evicted
+
+    def path_ids(self, node: Node) -> np.ndarray:
+        """The token ids from the root to the end of ``node``."""
+        parts = []
+        while node is not self.root:
+            parts.append(node.key)
+            node = node.parent  # type: ignore[assignment]
+        parts.reverse()
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def flush(self) -> int:
         """Evict every unlocked token; return how many."""

@@ -79,6 +79,10 @@ run of ``k`` steps and ``k`` single steps give the same value. A decode step's K
 step ends (SGLang allocates it as the step starts; no decision falls in between, only a ``load``
 during the step sees the difference).
 
+HiCache (``config.hicache``; ``hicache.py``, docs/engine.md "HiCache"): a host part after the device match is
+loaded back in the prefill forward (``max(compute, load / pcie)``), inserts and evictions back pages up per the
+write policy, and a request whose L3 prefetch the policy still waits for is skipped by the admission pass.
+
 Simplifications (and why):
 - ``max_new_tokens`` is the request's exact output length (the simulator knows it; SGLang's clients
   usually send a larger limit, which only makes SGLang's reserve larger).
@@ -101,7 +105,9 @@ from collections import deque
 import numpy as np
 
 from .core import GEN_THROUGHPUT_WINDOW, _join
+from .hicache import HiCacheTier, Prefetch
 from .radix import Node, RadixCache, TokenIds, as_ids
+from .storage import StorageTier, page_keys
 from .types import EngineLoad, EngineStats, FinishedRequest, IterationTiming, WorkerConfig
 
 _UNBOUNDED = 1 << 62  # the pool size standing for "no capacity"
@@ -121,17 +127,25 @@ class _Req:
         "first_token",
         "generated",
         "handle",
+        "hit_pages",
+        "keys",
         "kv_refused_at",
         "last_extend",
+        "load",
+        "load_back_seconds",
         "n_out",
         "n_prompt",
         "node",
+        "prefetch",
+        "prefetch_seconds",
         "prefix",
         "private",
         "ready",
         "recomputed",
         "retractions",
         "seq",
+        "storage_span",
+        "tiers",
     )
 
     def __init__(self, handle: int, arrival: float, seq: np.ndarray, n_prompt: int, n_out: int) -> None:
@@ -156,6 +170,15 @@ class _Req:
         self.kv_refused_at = math.nan
         self.last_extend = 0  # tokens computed in its last prefill forward
         self.ready = math.nan  # decode role: when the prefill's KV transfer is complete
+        # HiCache (docs/engine.md, "HiCache")
+        self.keys: list[bytes] | None = None  # page keys of ``seq``'s full pages, computed when first needed
+        self.load = 0  # host tokens the prefill forward in flight loads back to the GPU (before its extend)
+        self.hit_pages = -1  # device pages matched at the last admission, until its first insert counts their hit
+        self.prefetch: Prefetch | None = None  # its L3 -> host prefetch, until an admission pass ends it
+        self.storage_span = (0, 0)  # (first page, pages) that prefetch brought into host memory
+        self.tiers = (0, 0, 0)  # cached tokens at the first admission: device, host, storage
+        self.load_back_seconds = 0.0
+        self.prefetch_seconds = 0.0
 
     @property
     def fill(self) -> int:
@@ -165,7 +188,7 @@ class _Req:
 class IterationEngine:
     """One worker as SGLang schedules it: waiting queue, chunked prefill, running batch, retraction."""
 
-    def __init__(self, config: WorkerConfig | None = None) -> None:
+    def __init__(self, config: WorkerConfig | None = None, storage: StorageTier | None = None) -> None:
         self.config = config or WorkerConfig()
         cfg = self.config
         sc = cfg.scheduler
@@ -176,6 +199,9 @@ class IterationEngine:
         if sc.chunked_prefill_size is not None and sc.chunked_prefill_size < 1:
             raise ValueError("chunked_prefill_size must be >= 1 or None")
         self.cache = RadixCache(capacity=None, page_size=cfg.page_size)  # the engine evicts
+        if storage is not None and storage.page_size != cfg.page_size:
+            raise ValueError(f"the storage's page size {storage.page_size} is not the worker's {cfg.page_size}")
+        self.storage = storage  # the pool's shared L3 (used only with config.hicache.storage)
         self.stats = EngineStats()
         self._capacity = cfg.kv_capacity_tokens
         self._cap = _UNBOUNDED if self._capacity is None else self._capacity
@@ -207,6 +233,16 @@ class IterationEngine:
         self._preallocated: list[tuple[int, float, int]] = []  # (handle, at, decode prefix) not yet taken
         # tokens generated lately (gen_throughput): (start, decode steps, batch, 1st step's cost, tokens at start, end)
         self._recent: deque[tuple[float, int, int, float, int, float]] = deque()
+        # HiCache: the host tier and the L3 links (None: off, bit for bit as without). A decode worker's host pool
+        # is only the offload's staging buffer (decode_kvcache_offload_manager.py): it caches nothing.
+        hc = cfg.hicache
+        self._hicache: HiCacheTier | None = None
+        if hc is not None:
+            host_tokens = 0 if self._decode else hc.host_capacity_tokens(self._capacity, cfg.kv_bytes_per_token)
+            self._hicache = HiCacheTier(hc, cfg.page_size, cfg.kv_bytes_per_token, host_tokens, storage, self.stats)
+        self._prefetch_wake = math.inf  # the earliest time a request skipped for its prefetch may stop waiting
+        self._idle_wake = False  # idle but for such a request: the next decision is that wake-up
+        self._evict_at = 0.0  # the time of the eviction in progress (write_back backs up what it evicts)
 
     # ------------------------------------------------------------------ the public API
     @property
@@ -237,11 +273,13 @@ class IterationEngine:
         req = _Req(self._next_handle, now, _join(prompt, output), n_prompt, n_out)
         self._next_handle += 1
         (self._prealloc if self._decode else self._waiting).append(req)
+        if self._hicache is not None and not self._decode:
+            self._issue_prefetch(req, now)
         st = self.stats
         st.requests += 1
         st.prompt_tokens += n_prompt
         st.output_tokens += n_out
-        if self._t == math.inf:
+        if self._t == math.inf or (self._idle_wake and now < self._t):
             self._t = now
         return req.handle
 
@@ -361,7 +399,7 @@ class IterationEngine:
                 if math.isnan(req.kv_refused_at):
                     req.kv_refused_at = t
                 break
-            req.evicted += self._allocate(alloc)
+            req.evicted += self._allocate(alloc, t)
             req.private = alloc
             req.prefix = prefix
             req.node = node
@@ -380,6 +418,7 @@ class IterationEngine:
 
     def _decide(self, t: float) -> None:
         """One scheduler iteration at ``t``: apply the forward that ends now, then start the next one."""
+        self._idle_wake = False
         if self._prefill is not None:
             self._end_prefill(t)
         elif self._seg is not None:
@@ -402,8 +441,9 @@ class IterationEngine:
         elif self._running:
             if self._decode_fits(len(self._running)):
                 self._start_decode(t, decays=True)
+                self._wake_for_prefetch()
                 return
-            self._retract()
+            self._retract(t)
             if self._running:
                 self._start_decode(t, decays=False, max_steps=1)  # the retraction's step does not decay the ratio
             else:
@@ -411,7 +451,17 @@ class IterationEngine:
         else:
             self._t = math.inf  # idle: nothing running, and the queue is empty
             self._ratio_base, self._ratio_steps = self._ratio_init, 0  # Scheduler.on_idle resets the ratio
+            if self._prefetch_wake < math.inf:  # but for requests waiting for their prefetch: wake up for them
+                self._t = self._prefetch_wake
+                self._idle_wake = True
+                return
             assert not self._waiting and self._chunked is None, "an idle engine left requests waiting"
+
+    def _wake_for_prefetch(self) -> None:
+        """SGLang polls a prefetch at every iteration while the batch is not full: a decode segment is cut at the
+        first step boundary at or after the time a skipped request may stop waiting."""
+        if self._prefetch_wake < math.inf and not self._batch_is_full:
+            self._wake_at(self._prefetch_wake)
 
     # ------------------------------------------------------------------ prefill
     def _free(self) -> int:
@@ -422,6 +472,7 @@ class IterationEngine:
         running = self._running
         if not running:
             self._batch_is_full = False
+        self._prefetch_wake = math.inf
         chunked = self._chunked
         if (self._batch_is_full or not self._waiting) and chunked is None:
             return []
@@ -461,6 +512,7 @@ class IterationEngine:
                 if last:
                     self._chunked = None
         max_running = cfg.max_running_requests
+        hicache = self._hicache
         for req in self._waiting:
             if rem_input <= 0 or (rem_chunk is not None and rem_chunk <= 0):
                 break  # budget_state() == OTHER
@@ -468,10 +520,16 @@ class IterationEngine:
                 self._batch_is_full = True
             if self._batch_is_full:
                 break
+            if req.prefetch is not None and not self._end_prefetch(req, t):
+                continue  # still waiting for its L3 prefetch: skipped, the pass goes on
             fill = req.fill
             cached, node = cache.match(req.seq[: fill - 1], t)
             cache.lock(node)  # PrefillAdder._lock_node: the own prefix is not evictable
-            extend = fill - cached
+            extend = fill - cached  # KV needed beyond the device prefix: a host part needs GPU KV too
+            load = 0
+            if hicache is not None:  # the host part (and what a prefetch brought) is loaded back at this prefill
+                keys = self._keys(req)
+                load = hicache.host_run(keys, cached // page, (fill - 1) // page) * page
             avail = self._free() + cache.evictable_tokens
             total = extend + min(req.n_out - req.generated, clip) + page
             if not total < avail - offset_total:
@@ -481,26 +539,28 @@ class IterationEngine:
                 self._batch_is_full = bool(can_run) or bool(running)
                 break
             reserve = min(req.n_out, clip)
-            if rem_chunk is not None and extend > rem_chunk:  # rem_chunk > 0 here: a chunked request ends the pass
-                extend = (cached + rem_chunk) // page * page - cached
-                if extend <= 0:
+            # (the input budgets count the tokens computed, extend - load: SGLang's extend_input_len)
+            if rem_chunk is not None and extend - load > rem_chunk:  # rem_chunk > 0: a chunked request ends the pass
+                extend = (cached + load + rem_chunk) // page * page - cached
+                if extend - load <= 0:
                     cache.unlock(node)
                     break
                 self._chunked = req
                 reserve = 0
-            elif rem_chunk is None and can_run and extend >= rem_input:
+            elif rem_chunk is None and can_run and extend - load >= rem_input:
                 cache.unlock(node)
                 break
             req.node = node
             req.prefix = cached
+            req.load = load
             req.extend_end = cached + extend
             can_run.append(req)
             self._admit(req, t, cached)
             offset_total += extend + page + reserve
             offset_current += extend + page
-            rem_input -= extend
+            rem_input -= extend - load
             if rem_chunk is not None:
-                rem_chunk -= extend
+                rem_chunk -= extend - load
             if avail - offset_total <= 0 or avail - offset_current <= 0:
                 self._batch_is_full = bool(can_run) or bool(running)
                 break
@@ -510,7 +570,22 @@ class IterationEngine:
         return can_run
 
     def _admit(self, req: _Req, t: float, cached: int) -> None:
+        """Count an admission with ``cached`` device tokens matched (and ``req.load`` host tokens to load back)."""
         st = self.stats
+        load = req.load
+        if self._hicache is not None:
+            req.hit_pages = cached // self.config.page_size
+            st.load_back_tokens += load
+        if load:
+            page = self.config.page_size
+            first, n = req.storage_span  # pages a prefetch brought, counted as storage where they were used
+            lo, hi = cached // page, (cached + load) // page
+            storage = max(0, min(hi, first + n) - max(lo, first)) * page
+        else:
+            storage = 0
+        if req.cached < 0 and self._hicache is not None:
+            req.tiers = (cached, load - storage, storage)
+        cached += load
         if req.cached < 0:
             req.cached = cached
             req.first_scheduled = t
@@ -524,26 +599,46 @@ class IterationEngine:
             req.recomputed += again
             st.recomputed_tokens += again
 
-    def _allocate(self, n: int) -> int:
-        """Take ``n`` KV tokens, evicting LRU cache as needed; return how many tokens were evicted."""
+    def _allocate(self, n: int, t: float) -> int:
+        """Take ``n`` KV tokens at ``t``, evicting LRU cache as needed; return how many tokens were evicted."""
         short = n - self._free()
         evicted = 0
         if short > 0:
-            evicted = self.cache.evict(int(short))
+            evicted = self._evict(int(short), t)
             self.stats.evicted_tokens += evicted
         self._private += n
         return evicted
+
+    def _evict(self, n: int, t: float) -> int:
+        """Evict ``n`` tokens of LRU cache at ``t`` (with write_back, backing each piece up to host first)."""
+        hicache = self._hicache
+        if hicache is None or hicache.config.write_policy != "write_back" or self._decode:
+            return self.cache.evict(n)
+        self._evict_at = t
+        return self.cache.evict(n, on_evict=self._device_evicted)
+
+    def _device_evicted(self, node: Node, keep: int) -> None:
+        """write_back: the full pages of ``node``'s label from ``keep`` on leave the GPU for host memory."""
+        assert self._hicache is not None
+        path = self.cache.path_ids(node)
+        page = self.config.page_size
+        first = (len(path) - len(node.key) + keep) // page
+        keys = page_keys(path, page)
+        self._hicache.device_evicted(keys[first:], self._evict_at)
 
     def _start_prefill(self, t: float, batch: list[_Req]) -> None:
         cfg = self.config
         lat = cfg.latency
         new_sum = 0
         attention = 0.0
+        load = 0
         for req in batch:
-            new = req.extend_end - req.prefix
-            req.evicted += self._allocate(new)
+            kv = req.extend_end - req.prefix  # the host part loaded back, then the tokens computed
+            req.evicted += self._allocate(kv, t)
+            new = kv - req.load
+            load += req.load
             new_sum += new
-            attention += lat.attention_per_token2 * new * (req.prefix + new / 2)
+            attention += lat.attention_per_token2 * new * (req.prefix + req.load + new / 2)
         running = self._running
         mixed: list[_Req] = []
         decode_part = 0.0
@@ -553,12 +648,14 @@ class IterationEngine:
             context = 0
             for r in mixed:
                 context += r.prefix + r.private + 1
-            self._allocate(len(mixed))
+            self._allocate(len(mixed), t)
             decode_part = lat.decode_per_seq * len(mixed) + lat.decode_per_ctx_token * context
             new_sum += len(mixed)
         linear = lat.prefill_per_token * new_sum
         duration = (max(linear, lat.prefill_floor) + attention + decode_part) * cfg.slowdown
         st = self.stats
+        if load:
+            duration = self._load_back(batch, load, duration)
         st.prefill_time += duration
         st.busy_time += duration
         if mixed:
@@ -588,8 +685,12 @@ class IterationEngine:
             node = cache.insert(req.seq[:end], t, after=(req.prefix, old) if req.prefix else None)
             cache.lock(node)
             req.node = node
-            self._private -= end - req.prefix
-            req.last_extend = end - req.prefix
+            page = self.config.page_size  # the tree holds whole pages: a prefix's unaligned tail stays private
+            self._private -= (end - end % page) - (req.prefix - req.prefix % page)
+            req.last_extend = end - req.prefix - req.load
+            if self._hicache is not None:
+                self._backup_inserted(req, req.prefix, end, t)
+            req.load = 0
             req.prefix = end
             if end < req.fill:
                 self._batch_is_full = False  # the chunked request leaves the batch (filter_batch)
@@ -616,6 +717,72 @@ class IterationEngine:
         self._running = kept + self._running + joined
         if firsts:
             self._count_tokens(t, 0, 0, 0.0, firsts, t)
+
+    # ------------------------------------------------------------------ HiCache
+    def _keys(self, req: _Req) -> list[bytes]:
+        keys = req.keys
+        if keys is None:
+            keys = req.keys = page_keys(req.seq, self.config.page_size)
+        return keys
+
+    def _issue_prefetch(self, req: _Req, now: float) -> None:
+        """``_prefetch_kvcache`` as the request reaches the scheduler: L3 pages after the local match."""
+        hicache = self._hicache
+        assert hicache is not None
+        page = self.config.page_size
+        keys = self._keys(req)
+        limit = (req.fill - 1) // page
+        device = self.cache.peek(req.seq[: req.fill - 1]) // page
+        local = device + hicache.host.run(keys, device, limit)
+        req.prefetch = hicache.issue_prefetch(keys, local, limit, now)
+
+    def _end_prefetch(self, req: _Req, t: float) -> bool:
+        """``check_prefetch_progress`` at an admission pass: end the prefetch if the policy lets the request stop
+        waiting (what arrived enters host memory); else note when to look again and return False."""
+        hicache = self._hicache
+        pf = req.prefetch
+        assert hicache is not None and pf is not None
+        if not hicache.prefetch_done(pf, t):
+            wake = hicache.wake_time(pf)
+            if wake < self._prefetch_wake:
+                self._prefetch_wake = wake
+            return False
+        req.prefetch = None
+        req.storage_span = (pf.first, hicache.end_prefetch(pf, self._keys(req), t))
+        if not math.isnan(pf.blocked_at):
+            req.prefetch_seconds = t - pf.blocked_at
+        return True
+
+    def _backup_inserted(self, req: _Req, lo: int, hi: int, t: float) -> None:
+        """The write policy after ``req`` inserted ``seq[lo:hi]``: its first insert since an admission counts a hit on
+        the device prefix it matched (``hit_pages``); the tokens it adds count their first."""
+        hicache = self._hicache
+        assert hicache is not None
+        policy = hicache.config.write_policy
+        if policy == "write_back":
+            return
+        page = self.config.page_size
+        keys = self._keys(req)
+        hit = req.hit_pages
+        req.hit_pages = -1
+        if policy == "write_through":
+            hicache.backup(keys[: hi // page] if hit >= 0 else keys[lo // page : hi // page], t)
+        elif hit > 0:  # write_through_selective: a node is backed up at its second hit
+            hicache.backup(keys[:hit], t)
+
+    def _load_back(self, batch: list[_Req], load: int, compute: float) -> float:
+        """The forward's duration with ``load`` host tokens loaded back: layer i + 1 loads while layer i computes,
+        so ``max(compute, load / pcie)``; the excess is shared by the loading requests by their tokens."""
+        hicache = self._hicache
+        assert hicache is not None
+        duration = max(compute, load * self.config.kv_bytes_per_token / hicache.config.pcie_bandwidth)
+        excess = duration - compute
+        if excess > 0:
+            self.stats.load_back_seconds += excess
+            for req in batch:
+                if req.load:
+                    req.load_back_seconds += excess * req.load / load
+        return duration
 
     # ------------------------------------------------------------------ decode
     def _decode_fits(self, need: int) -> bool:
@@ -706,7 +873,7 @@ class IterationEngine:
     def _decode_steps(self, start: float, k: int, b: int, a: float, t: float) -> None:
         """Apply ``k`` decode steps of the running batch, run from ``start`` to ``t``: KV, ratio decay, finishes."""
         running = self._running
-        self._allocate(k * b)
+        self._allocate(k * b, t)
         self._note_peak()  # the segment's last step holds the most KV (its finishes release it after)
         if self._seg_decays:
             self._ratio_steps += k
@@ -724,7 +891,7 @@ class IterationEngine:
         self._running = kept
         self._count_tokens(start, k, b, a, 0, t)
 
-    def _retract(self) -> None:
+    def _retract(self, t: float) -> None:
         """``ScheduleBatch.retract_decode`` (default retraction order) and the ratio update after it."""
         sc = self.config.scheduler
         running = self._running
@@ -736,12 +903,12 @@ class IterationEngine:
                 break
             first = False
             req = running[order.pop()]
-            self._release_retracted(req, len(order) * sc.retract_decode_steps)
+            self._release_retracted(req, len(order) * sc.retract_decode_steps, t)
             retracted.append(req)
         if len(order) == 1 and not self._decode_fits(1):
             # SGLang aborts the last request here; it is retracted instead so that it still finishes
             req = running[order.pop()]
-            self._release_retracted(req, 0)
+            self._release_retracted(req, 0, t)
             retracted.append(req)
         keep = sorted(order)
         self._running = [running[i] for i in keep]
@@ -754,9 +921,9 @@ class IterationEngine:
         self._batch_is_full = False
         self.stats.retractions += len(retracted)
 
-    def _release_retracted(self, req: _Req, free_goal: int) -> None:
+    def _release_retracted(self, req: _Req, free_goal: int, t: float) -> None:
         """``release_req``: free the decode KV, unlock the prefix (it stays cached), then make ``free_goal`` free."""
-        self._private -= req.private
+        self._private -= req.private + req.prefix % self.config.page_size
         req.computed = req.prefix + req.private  # tokens with KV before the retraction
         req.private = 0
         if req.node is not None:  # None: a PD decode request with its prompt's KV outside the tree
@@ -768,7 +935,7 @@ class IterationEngine:
         req.retractions += 1
         short = free_goal - self._free()
         if short > 0:
-            self.stats.evicted_tokens += self.cache.evict(int(short))
+            self.stats.evicted_tokens += self._evict(int(short), t)
 
     # ------------------------------------------------------------------ finishing and measures
     def _finish(self, req: _Req, t: float) -> None:
@@ -783,11 +950,18 @@ class IterationEngine:
                 cache.insert(req.seq[:kv], t, after=(req.prefix, node) if node is not None and req.prefix else None)
             else:
                 cache.flush()  # no radix cache: nothing stays (a re-prefill's chunks were only locked there)
+            hicache = self._hicache
+            if hicache is not None and hicache.config.decode_offload:
+                # offload_kv_cache: the prefill offloaded the prompt's full pages, the decode the pages after them
+                page = self.config.page_size
+                hicache.offload(self._keys(req)[req.n_prompt // page : kv // page], t)
         else:
             assert node is not None
             cache.unlock(node)
             cache.insert(req.seq[:kv], t, after=(req.prefix, node))
-        self._private -= req.private
+            if self._hicache is not None:
+                self._backup_inserted(req, req.prefix, kv, t)
+        self._private -= req.private + req.prefix % self.config.page_size
         req.private = 0
         req.node = None
         req.finish = t
@@ -804,6 +978,11 @@ class IterationEngine:
             retractions=req.retractions,
             recomputed_tokens=req.recomputed,
             last_extend_tokens=req.last_extend,
+            cached_device=req.tiers[0],
+            cached_host=req.tiers[1],
+            cached_storage=req.tiers[2],
+            load_back_seconds=req.load_back_seconds,
+            prefetch_seconds=req.prefetch_seconds,
         )
         self._finished.append(FinishedRequest(req.handle, timing))
 
@@ -896,5 +1075,14 @@ class IterationEngine:
             private += sum(r.extend_end - r.prefix for r in self._prefill)
         private += len(self._mixed)  # the mixed decode rows' tokens in flight
         private += sum(r.private for r in self._transfer.values())
+        holders = [*self._running, *self._mixed, *(self._prefill or []), *self._transfer.values()]
+        if self._chunked is not None and self._chunked not in holders:
+            holders.append(self._chunked)
+        private += sum(r.prefix % self.config.page_size for r in holders)  # prefixes' tails outside the tree
         assert private == self._private, (private, self._private)
         assert self.cache.resident_tokens + self._private <= self._cap, "KV in use exceeds the pool"
+        hicache = self._hicache
+        if hicache is not None:
+            cap = hicache.host.capacity_pages
+            assert cap is None or len(hicache.host) <= cap, "host pages exceed the host pool"
+            assert self.stats.host_used_tokens == len(hicache.host) * self.config.page_size

@@ -37,6 +37,13 @@ class PrefillDone:
     last_chunk_tokens: int  # prompt tokens computed in its last prefill forward
     kv_bytes_per_token: int  # the sender's parameters
     bandwidth: float
+    # HiCache (0 when off): where ``cached_tokens`` came from and what it cost (``IterationTiming``'s fields), which
+    # the decode side relays in its answer as SGLang relays them in the transfer's metadata (``decode.py``)
+    cached_device: int = 0
+    cached_host: int = 0
+    cached_storage: int = 0
+    load_back_seconds: float = 0.0
+    prefetch_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +125,9 @@ _KINDS: dict[str, type[PrefillDone] | type[DecodeReady]] = {"prefill_done": Pref
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {  # (field, kind of value)
     PrefillDone: (("room", "room"), ("worker", "str"), ("arrival", "time"), ("start", "time"), ("end", "time"),
                   ("prompt_tokens", "count"), ("cached_tokens", "count"), ("last_chunk_tokens", "count"),
-                  ("kv_bytes_per_token", "positive"), ("bandwidth", "rate")),
+                  ("kv_bytes_per_token", "positive"), ("bandwidth", "rate"), ("cached_device", "count"),
+                  ("cached_host", "count"), ("cached_storage", "count"), ("load_back_seconds", "time"),
+                  ("prefetch_seconds", "time")),
     DecodeReady: (("room", "room"), ("worker", "str"), ("at", "time"), ("prompt_tokens", "count"),
                   ("decode_prefix_tokens", "count"), ("bootstrap_host", "str?"), ("bootstrap_port", "port?")),
 }

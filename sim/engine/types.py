@@ -71,6 +71,55 @@ class SchedulerConfig:
 
 
 DISAGGREGATION_MODES = ("prefill", "decode")  # SGLang's --disaggregation-mode values besides "null"
+WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")  # --hicache-write-policy
+PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")  # --hicache-storage-prefetch-policy
+
+
+@dataclass(frozen=True)
+class HiCacheConfig:
+    """SGLang's hierarchical cache (``--enable-hierarchical-cache`` and friends; shared/specs/pd-hicache.md section 3).
+
+    The host pool (L2) holds ``ratio`` x the GPU pool's tokens, or ``size_gb`` GB (10**9 bytes, as SGLang's host
+    pool messages count them) / ``kv_bytes_per_token`` when ``size_gb > 0``. ``storage``: the pool shares an L3
+    (``--hicache-storage-backend`` given, any value). Timeout defaults are SGLang's code defaults
+    (``mem_cache/unified_radix_cache.py``); the bandwidths are the testbed's (PCIe Gen5 x16 ~45-55 GB/s effective;
+    an RDMA L3 ~40 GB/s per worker, a slow one well under 1 GB/s).
+    """
+
+    ratio: float = 2.0  # --hicache-ratio
+    size_gb: float = 0.0  # --hicache-size
+    write_policy: str = "write_through"  # --hicache-write-policy
+    storage: bool = False  # --hicache-storage-backend
+    prefetch_policy: str = "timeout"  # --hicache-storage-prefetch-policy
+    prefetch_timeout_base: float = 1.0  # s
+    prefetch_timeout_per_ki_token: float = 0.25  # s per 1024 tokens
+    pcie_bandwidth: float = 50e9  # bytes/s, host <-> GPU
+    storage_read_bandwidth: float = 40e9  # bytes/s per worker, L3 -> host
+    storage_write_bandwidth: float = 40e9  # bytes/s per worker, host -> L3
+    decode_offload: bool = False  # --disaggregation-decode-enable-offload-kvcache (decode workers)
+
+    def __post_init__(self) -> None:
+        if self.write_policy not in WRITE_POLICIES:
+            raise ValueError(f"write_policy must be one of {', '.join(WRITE_POLICIES)}, got {self.write_policy!r}")
+        if self.prefetch_policy not in PREFETCH_POLICIES:
+            raise ValueError(
+                f"prefetch_policy must be one of {', '.join(PREFETCH_POLICIES)}, got {self.prefetch_policy!r}"
+            )
+        if not self.ratio > 0:
+            raise ValueError("hicache ratio must be > 0")
+        if not self.size_gb >= 0:
+            raise ValueError("hicache size_gb must be >= 0")
+        if not (self.prefetch_timeout_base >= 0 and self.prefetch_timeout_per_ki_token >= 0):
+            raise ValueError("prefetch timeouts must be >= 0")
+        for name in ("pcie_bandwidth", "storage_read_bandwidth", "storage_write_bandwidth"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+    def host_capacity_tokens(self, device_tokens: int | None, kv_bytes_per_token: int) -> int | None:
+        """The host pool's tokens (None: unbounded, as the GPU pool it scales)."""
+        if self.size_gb > 0:
+            return int(self.size_gb * 1e9 // kv_bytes_per_token)
+        return None if device_tokens is None else int(device_tokens * self.ratio)
 
 
 @dataclass(frozen=True)
@@ -99,8 +148,11 @@ class WorkerConfig:
     decode_radix_cache: bool = False  # --disaggregation-decode-enable-radix-cache
     kv_bytes_per_token: int = 131_072  # KV bytes per token per GPU (an 8B GQA model in bf16)
     transfer_bandwidth: float = 50e9  # bytes/s of the PD KV transfer (RDMA: ~40-50 GB/s per GPU)
+    hicache: HiCacheConfig | None = None  # --enable-hierarchical-cache (None: off); the iteration-level engine only
 
     def __post_init__(self) -> None:
+        if self.hicache is not None and self.engine != "iteration":
+            raise ValueError(f"HiCache needs the iteration-level engine (engine='iteration'), not {self.engine!r}")
         mode = self.disaggregation_mode
         if mode is None:
             return
@@ -154,6 +206,13 @@ class IterationTiming:
     retractions: int  # times it was retracted from the running batch
     recomputed_tokens: int  # tokens that had KV before a retraction and were prefilled again
     last_extend_tokens: int = 0  # prompt tokens computed in its last prefill forward (a PD prefill's last chunk)
+    # HiCache (0 when off): where ``cached_tokens`` came from (they sum to it), the prefill time spent loading the
+    # host part back beyond its compute, and the time it waited in the queue for its L3 prefetch
+    cached_device: int = 0
+    cached_host: int = 0
+    cached_storage: int = 0
+    load_back_seconds: float = 0.0
+    prefetch_seconds: float = 0.0
 
     @property
     def ttft(self) -> float:
@@ -210,6 +269,16 @@ class EngineStats:
     recomputed_tokens: int = 0  # prefill work done twice: tokens re-prefilled after retractions
     decode_stall_seconds: float = 0.0  # time running requests waited for prefill forwards
     queue_time: float = 0.0  # sum over requests of first scheduled - arrival
+    # HiCache (0 when off; SGLang's metric names in sim/worker/metrics.py)
+    host_used_tokens: int = 0  # gauge: tokens in the host pool
+    host_total_tokens: int = 0  # gauge: the host pool's capacity (0: unbounded or off)
+    load_back_tokens: int = 0  # host -> GPU
+    load_back_seconds: float = 0.0  # prefill time beyond compute spent loading back
+    backup_tokens: int = 0  # GPU -> host
+    storage_prefetch_hit_tokens: int = 0  # L3 -> host tokens that arrived in time and were used
+    storage_prefetch_unfulfilled_tokens: int = 0  # L3 hits not used (the policy stopped waiting): recomputed
+    storage_read_bytes: int = 0
+    storage_write_bytes: int = 0
 
     @property
     def cache_hit_rate(self) -> float:

@@ -17,6 +17,9 @@ inside every core: the session sends its checkpoint + the new tokens as one arra
 reduction and echoes that very array, which the session core recognises by identity (no per-id work). The session
 core tells the gateway and the worker how many leading messages are the very objects of a request answered 200
 before (``UpstreamRequest.known_messages``), and they validate only the others (same 4xx for anything bad).
+
+HiCache: the workers with a storage backend share one ``L3Store`` (``DirectTransport.storage``), so a page one worker
+wrote is found by all of them from its ready time on; ``http`` serves that store to its workers instead.
 """
 
 from __future__ import annotations
@@ -46,9 +49,19 @@ from session_server.core import SessionCore
 from session_server.errors import SessionError
 from session_server.upstream import UpstreamRequest, UpstreamResponse
 from sim.cosim import EngineClock
+from sim.engine.storage import L3Store
 from sim.engine.transfer import Notice, Transfer
+from sim.engine.types import WorkerConfig
 from sim.transports.base import Reply
-from sim.transports.pool import Setup, gateway_argv, port_salt, stable_ports, worker_configs, worker_urls
+from sim.transports.pool import (
+    Setup,
+    gateway_argv,
+    port_salt,
+    stable_ports,
+    storage_capacity_pages,
+    worker_configs,
+    worker_urls,
+)
 from sim.worker.core import WorkerCore
 from sim.worker.reply import Reply as WorkerReply
 from testbed_common import fastjson, vtime
@@ -255,7 +268,9 @@ class DirectTransport:
         # the URLs http uses when their block is free; never probed here, so a run does not depend on what
         # else the machine has bound (the gateway hashes URLs: another block is another ring)
         urls = urls or worker_urls(stable_ports(port_salt(setup), len(configs), check=False))
-        self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed) for url, cfg in zip(urls, configs, strict=True)}
+        self.storage = shared_storage(configs, storage_capacity_pages(setup.scenario))  # HiCache's L3, or None
+        self.worker_cores = {url: WorkerCore(cfg, seed=setup.seed, storage=self.storage if uses_storage(cfg) else None)
+                             for url, cfg in zip(urls, configs, strict=True)}
         self.workers = [c.name for c in self.worker_cores.values()]
         self.gateway = DirectGateway(gateway_argv(setup, urls), self.worker_cores)
         self.session = SessionCore(routing_key=setup.routing_key, session_id_seed=setup.seed)
@@ -418,11 +433,36 @@ class _CorePort:
         self.core.transfer_ready(t)
 
 
+def uses_storage(config: WorkerConfig) -> bool:
+    """The worker reads and writes the pool's L3 (``--hicache-storage-backend``)."""
+    return config.hicache is not None and config.hicache.storage
+
+
+def shared_storage(configs: list[WorkerConfig], capacity_pages: int | None) -> L3Store | None:
+    """One L3 for every worker of the pool that has a storage backend (None when none has): pages of their page
+    size, LRU beyond ``capacity_pages`` (None: unbounded)."""
+    sizes = {c.page_size for c in configs if uses_storage(c)}
+    if not sizes:
+        return None
+    if len(sizes) > 1:
+        raise ValueError(f"the workers sharing an L3 need one page size, got {sorted(sizes)}")
+    return L3Store(sizes.pop(), capacity_pages)
+
+
+HICACHE_STATS = ("load_back_tokens", "load_back_seconds", "backup_tokens", "storage_prefetch_hit_tokens",
+                 "storage_prefetch_unfulfilled_tokens", "storage_read_bytes", "storage_write_bytes")
+
+
 def engine_stats(core: WorkerCore) -> dict[str, Any]:
-    """A worker's row figures from its engine's counters (``sim.measures``: ``workers``, the engine totals)."""
+    """A worker's row figures from its engine's counters (``sim.measures``: ``workers``, the engine totals); with
+    HiCache also its counters (``HICACHE_STATS``) and its host pool's use at the end."""
     st = core.engine.stats
     cap = core.config.kv_capacity_tokens
-    return {"peak_kv_tokens": st.peak_kv_tokens, "peak_kv_usage": (st.peak_kv_tokens / cap) if cap else None,
-            "evicted_tokens": st.evicted_tokens, "busy_time": st.busy_time, "slowdown": core.config.slowdown,
-            "retractions": st.retractions, "recomputed_tokens": st.recomputed_tokens,
-            "decode_stall_seconds": st.decode_stall_seconds, "queue_seconds": st.queue_time}
+    out = {"peak_kv_tokens": st.peak_kv_tokens, "peak_kv_usage": (st.peak_kv_tokens / cap) if cap else None,
+           "evicted_tokens": st.evicted_tokens, "busy_time": st.busy_time, "slowdown": core.config.slowdown,
+           "retractions": st.retractions, "recomputed_tokens": st.recomputed_tokens,
+           "decode_stall_seconds": st.decode_stall_seconds, "queue_seconds": st.queue_time}
+    if core.config.hicache is not None:
+        out.update({name: getattr(st, name) for name in HICACHE_STATS})
+        out["host_used_tokens"], out["host_total_tokens"] = st.host_used_tokens, st.host_total_tokens
+    return out

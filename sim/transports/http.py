@@ -8,6 +8,9 @@ come from ``sim.transports.pool.stable_ports`` so that a run repeats exactly (th
 
 A dead worker (``sim.faults``) is a stopped worker server, started again on the same port when it recovers.
 
+HiCache: when the pool's workers have a storage backend, the pool's L3 is a store service (``sim.storage_service``)
+on loopback, started first and stopped first, and each such worker reaches it through its own ``RemoteStorage``.
+
 A PD pool's prefill workers also listen on their bootstrap ports (``pool.bootstrap_ports``, the ports the gateway's
 ``--prefill URL PORT`` names): the gateway probes each at registration, as the real SMG does.
 
@@ -34,6 +37,7 @@ import simpy
 from sim.cosim import EngineClock
 from sim.measures import counter_increase
 from sim.real_smg import wait_ready
+from sim.storage_service import RemoteStorage, store_app
 from sim.transports.base import Reply, TransportError
 from sim.transports.owner import ClockOwner
 from sim.transports.pool import (
@@ -44,6 +48,7 @@ from sim.transports.pool import (
     port_salt,
     session_server_argv,
     stable_ports,
+    storage_capacity_pages,
     worker_configs,
 )
 from sim.transports.pool import worker_urls as urls_of
@@ -144,7 +149,7 @@ class HttpTransport(SessionClient):
     """Workers, gateway and session server as uvicorn servers on loopback, stopped by ``close()``."""
 
     def __init__(self, setup: Setup, urls: list[str] | None = None) -> None:
-        from sim.transports.direct import engine_stats
+        from sim.transports.direct import engine_stats, shared_storage, uses_storage
         from sim.worker.app import create_app as worker_app
         from sim.worker.core import WorkerCore
 
@@ -160,10 +165,21 @@ class HttpTransport(SessionClient):
             warnings.warn(f"{setup.label}: the workers' usual ports are taken ({held or 'holder unknown'}), so they "
                           f"run on {ports[0]}..; hash-based policies see other URLs and this run may differ from "
                           "direct", RuntimeWarning, stacklevel=2)
-        self.worker_cores = [WorkerCore(cfg, seed=setup.seed) for cfg in configs]
+        self._storages: list[RemoteStorage] = []  # HiCache: each worker's client of the pool's L3 store service
+        self.store_url: str | None = None
+        self._bootstrap_sockets: list[socket.socket] = []
+        try:
+            store = shared_storage(configs, storage_capacity_pages(setup.scenario))
+            if store is not None:  # started first, so stopped first: it closes the workers' connections to it
+                self.store_url = self._start(store_app(store)).url
+            self.worker_cores = [WorkerCore(cfg, seed=setup.seed,
+                                            storage=self._storage() if uses_storage(cfg) else None)
+                                 for cfg in configs]
+        except BaseException:
+            self._stop_all()
+            raise
         self.workers = [c.name for c in self.worker_cores]
         self.bootstrap_ports = bootstrap_ports(setup.scenario, urls_of(ports))  # the prefill workers', in order
-        self._bootstrap_sockets: list[socket.socket] = []
         self._worker_servers: list[ThreadServer] = []
         self.session_core: Any = None
         self.owner: ClockOwner | None = None  # the co-simulated clock's owner, for iteration-level engines
@@ -194,6 +210,12 @@ class HttpTransport(SessionClient):
                 self.owner.close()
             raise
 
+    def _storage(self) -> RemoteStorage:
+        """A worker's own client of the pool's L3 store service."""
+        assert self.store_url is not None
+        self._storages.append(RemoteStorage(self.store_url))
+        return self._storages[-1]
+
     def _start(self, app: Any, port: int | None = None) -> ThreadServer:
         server = ThreadServer(app, port=port)
         self.servers.append(server)
@@ -221,6 +243,9 @@ class HttpTransport(SessionClient):
         for sock in self._bootstrap_sockets:
             sock.close()
         self._bootstrap_sockets.clear()
+        for storage in self._storages:  # after the store's server closed their connections
+            storage.close()
+        self._storages.clear()
 
     def gateway_metrics(self) -> str:
         return _get_text(self.metrics_url)

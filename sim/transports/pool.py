@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import xxhash
 
-from sim.engine.types import LatencyModel, SchedulerConfig, WorkerConfig
+from sim.engine.types import HiCacheConfig, LatencyModel, SchedulerConfig, WorkerConfig
 from sim.profiles.catalog import load_profile
 from sim.workload.scenario import Scenario
 from testbed_common.procs import LOOPBACK
@@ -37,13 +37,18 @@ def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
 
     A PD pool (``scenario.pd``): the prefill workers first, named ``p0, p1, ...``, then the decode workers
     ``d0, d1, ...``, each role with its own profile and KV capacity; KV bytes per token are the scenario's, else
-    the worker's profile's, else ``WorkerConfig``'s."""
+    the worker's profile's, else ``WorkerConfig``'s.
+
+    HiCache (``scenario.hicache``): every co-located or prefill worker gets ``hicache_config``; a decode worker only
+    to offload its KV to L3 (``disaggregation_decode_enable_offload_kvcache``); KV bytes per token as in PD."""
     if not scenario.pd:
         latency, scheduler, overhead = _engine_parameters(scenario.profile)
+        hicache = hicache_config(scenario, None)
+        kv_bytes = {"kv_bytes_per_token": _kv_bytes_per_token(scenario, scenario.profile)} if hicache else {}
         return [WorkerConfig(name=f"w{i}", kv_capacity_tokens=scenario.kv_capacity_tokens,
-                             max_running_requests=scenario.max_running_requests, latency=latency,
-                             slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler,
-                             request_overhead=overhead)
+                             page_size=scenario.page_size, max_running_requests=scenario.max_running_requests,
+                             latency=latency, slowdown=scenario.worker_slowdown(i), engine=scenario.engine,
+                             scheduler=scheduler, request_overhead=overhead, hicache=hicache, **kv_bytes)
                 for i in range(scenario.workers)]
     out = []
     for i in range(scenario.workers):
@@ -52,16 +57,44 @@ def worker_configs(scenario: Scenario) -> list[WorkerConfig]:
         index = i if role == "prefill" else i - scenario.prefill_workers
         profile = scenario.role_profile(role)
         latency, scheduler, overhead = _engine_parameters(profile)
-        kv_bytes = scenario.kv_bytes_per_token or (load_profile(profile).kv_bytes_per_token if profile
-                                                   else WorkerConfig.kv_bytes_per_token)
         out.append(WorkerConfig(name=f"{role[0]}{index}", kv_capacity_tokens=scenario.role_kv_capacity_tokens(role),
+                                page_size=scenario.page_size, hicache=hicache_config(scenario, role),
                                 max_running_requests=scenario.max_running_requests, latency=latency,
                                 slowdown=scenario.worker_slowdown(i), engine=scenario.engine, scheduler=scheduler,
                                 request_overhead=overhead, disaggregation_mode=role,
                                 num_reserved_decode_tokens=scenario.num_reserved_decode_tokens,
-                                decode_radix_cache=scenario.decode_radix_cache, kv_bytes_per_token=kv_bytes,
+                                decode_radix_cache=scenario.decode_radix_cache,
+                                kv_bytes_per_token=_kv_bytes_per_token(scenario, profile),
                                 transfer_bandwidth=scenario.transfer_bandwidth_gb_s * 1e9))
     return out
+
+
+def hicache_config(scenario: Scenario, role: str | None) -> HiCacheConfig | None:
+    """The HiCache parameters of a worker of ``role`` (None: co-located); None when it runs without HiCache: HiCache
+    off, or a decode worker that does not offload (its radix cache is off, so it has nothing to keep in a host pool).
+    """
+    offload = role == "decode"
+    if not scenario.hicache or (offload and not scenario.disaggregation_decode_enable_offload_kvcache):
+        return None
+    return HiCacheConfig(ratio=scenario.hicache_ratio, size_gb=scenario.hicache_size,
+                         write_policy=scenario.hicache_write_policy, storage=scenario.storage,
+                         prefetch_policy=scenario.hicache_storage_prefetch_policy,
+                         pcie_bandwidth=scenario.hicache_pcie_bandwidth_gb_s * 1e9,
+                         storage_read_bandwidth=scenario.hicache_storage_read_bandwidth_gb_s * 1e9,
+                         storage_write_bandwidth=scenario.hicache_storage_write_bandwidth_gb_s * 1e9,
+                         decode_offload=offload)
+
+
+def storage_capacity_pages(scenario: Scenario) -> int | None:
+    """The shared L3's capacity in pages of ``scenario.page_size`` tokens (None: unbounded, or no L3)."""
+    tokens = scenario.hicache_storage_capacity_tokens
+    return None if tokens is None or not scenario.storage else max(1, tokens // scenario.page_size)
+
+
+def _kv_bytes_per_token(scenario: Scenario, profile: str) -> int:
+    """KV bytes per token per GPU: the scenario's, else the profile's, else ``WorkerConfig``'s."""
+    return scenario.kv_bytes_per_token or (load_profile(profile).kv_bytes_per_token if profile
+                                           else WorkerConfig.kv_bytes_per_token)
 
 
 def _engine_parameters(profile: str) -> tuple[LatencyModel, SchedulerConfig, float]:

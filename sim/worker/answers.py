@@ -4,7 +4,8 @@ Bodies follow OpenAI/SGLang (``/v1/chat/completions``, ``/v1/completions``, ``/g
 ``"sim"`` object (``arrival``, ``start``, ``first_token``, ``finish``, ``worker``, ``cached_tokens``,
 ``evicted_tokens``; see ``testbed_common.vtime``) in JSON answers and in the last stream event. ``meta_info``
 (``output_token_logprobs`` as ``[logprob, token_id, null]``, ``prompt_tokens``, ``completion_tokens``,
-``cached_tokens``) is always present, whatever ``return_meta_info`` says. Log-probabilities are deterministic
+``cached_tokens``; with HiCache also ``cached_tokens_details``) is always present, whatever ``return_meta_info``
+says. Log-probabilities are deterministic
 draws from the answer's seed. A stream groups the output tokens evenly into at most ``STREAM_CHUNKS`` content
 events, each due at its last token's modelled time.
 """
@@ -17,16 +18,19 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from sim.engine.types import RequestTiming
+from sim.engine.types import HiCacheConfig, RequestTiming
 from sim.worker.request import ParsedRequest
 from testbed_common import fastjson, tokenizer, vtime
 
 STREAM_CHUNKS = 16  # content events per streamed answer at most (tokens are grouped evenly)
 
 
-def sim_object(timing: RequestTiming, worker: str, pd: dict[str, Any] | None = None) -> dict[str, Any]:
+def sim_object(timing: RequestTiming, worker: str, pd: dict[str, Any] | None = None,
+               hicache: bool = False) -> dict[str, Any]:
     """The answer's ``"sim"`` object: its virtual timeline, the worker and its cache outcome (and a PD leg's
-    ``"pd"`` figures: ``WorkerCore``'s module docstring)."""
+    ``"pd"`` figures: ``WorkerCore``'s module docstring). With HiCache (``hicache``): ``cached_tokens_details``
+    (``device``, ``host``, ``storage``: they sum to ``cached_tokens``), ``load_back_seconds`` and
+    ``prefetch_seconds`` (``IterationTiming``'s fields)."""
     out = {
         "arrival": timing.arrival,
         "start": timing.start,
@@ -38,9 +42,32 @@ def sim_object(timing: RequestTiming, worker: str, pd: dict[str, Any] | None = N
         **({"retractions": timing.retractions, "recomputed_tokens": timing.recomputed_tokens}
            if hasattr(timing, "retractions") else {}),
     }
+    if hicache:
+        t: Any = timing  # an IterationTiming: HiCache runs on the iteration-level engine only
+        out["cached_tokens_details"] = {"device": t.cached_device, "host": t.cached_host, "storage": t.cached_storage}
+        out["load_back_seconds"] = t.load_back_seconds
+        out["prefetch_seconds"] = t.prefetch_seconds
     if pd is not None:
         out["pd"] = pd
     return out
+
+
+STORAGE_BACKEND = "L3Store"  # ``cached_tokens_details.storage_backend``: SGLang writes its backend's class name
+
+
+def cached_tokens_details(timing: Any, storage: bool) -> dict[str, Any] | None:
+    """``meta_info.cached_tokens_details`` as SGLang writes it (``output_streamer.py``
+    ``get_cached_tokens_details``): None without cached tokens; else ``device`` and ``host``, plus ``storage`` when
+    the worker has an L3 or the tokens came from one (a PD decode relays its prefill's) and ``storage_backend`` when
+    it has an L3."""
+    if not timing.cached_tokens:
+        return None
+    details: dict[str, Any] = {"device": timing.cached_device, "host": timing.cached_host}
+    if storage or timing.cached_storage:
+        details["storage"] = timing.cached_storage
+    if storage:
+        details["storage_backend"] = STORAGE_BACKEND
+    return details
 
 
 def _logprobs(rseed: int, n: int) -> list[float]:
@@ -110,6 +137,7 @@ class Answer(fastjson.ChatAnswer):
         serial: int,
         finish_reason: str = "stop",
         pd: dict[str, Any] | None = None,
+        hicache: HiCacheConfig | None = None,
     ) -> None:
         self.req, self.timing = req, timing
         self.text, self.output_ids = text, output_arr
@@ -127,7 +155,9 @@ class Answer(fastjson.ChatAnswer):
         # "stop" (the last token is <|im_end|>) or "length" (a PD prefill leg: its one token, then the decode's)
         self.finish_reason = finish_reason
         self.matched_stop = tokenizer.IM_END if finish_reason == "stop" else None
-        self.sim = sim_object(timing, worker, pd)
+        self.sim = sim_object(timing, worker, pd, hicache is not None)
+        self._details = cached_tokens_details(timing, hicache.storage) if hicache is not None else None
+        self._hicache = hicache is not None
 
     # built on first use (plain properties: functools.cached_property takes a lock per read on Python 3.11)
     @property
@@ -176,7 +206,7 @@ class Answer(fastjson.ChatAnswer):
     def meta_info(self, upto: int | None = None) -> dict[str, Any]:
         n = len(self.output_ids) if upto is None else upto
         t = self.timing
-        return {
+        meta = {
             "id": self.id,
             "finish_reason": self._meta_finish_reason() if n == len(self.output_ids) else None,
             "prompt_tokens": t.prompt_tokens,
@@ -189,6 +219,9 @@ class Answer(fastjson.ChatAnswer):
             "queue_time": t.start - t.arrival,
             "weight_version": "default",
         }
+        if self._hicache:
+            meta["cached_tokens_details"] = self._details
+        return meta
 
     def _meta_finish_reason(self) -> dict[str, Any]:
         if self.finish_reason == "stop":

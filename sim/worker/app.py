@@ -56,9 +56,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim.engine.transfer import Notice, notice_to_json, transfer_from_json
+from sim.storage_service import StoreUnavailable
 from sim.worker.bootstrap import DEFAULT_BOOTSTRAP_PORT, BootstrapServer, Rendezvous, bootstrap_app
 from sim.worker.core import WorkerCore
-from sim.worker.reply import Reply, error_body
+from sim.worker.reply import Reply, error_body, error_reply
 from testbed_common import fastjson, vtime
 from testbed_common.asgi_fastpath import FastPathApp
 from testbed_common.loopback import LOOPBACK, is_loopback
@@ -133,6 +134,13 @@ class HeldRequests:
             out.append(r.pending)
         return out
 
+    def fail(self, handles: list[int], reply: Reply) -> None:
+        """Answer each of these requests with ``reply`` (an error)."""
+        for h in handles:
+            fut = self._futures.pop(h, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+
     def drop(self, handles: list[int]) -> None:
         for h in handles:
             fut = self._futures.pop(h, None)
@@ -170,7 +178,12 @@ class LiveStepper:
                     await asyncio.wait_for(self._wake.wait(), None if delay == math.inf else delay)
                 self._wake.clear()
                 continue
-            self.held.release(self.core.advance(self.core.now(self.clock.now())))
+            try:
+                self.held.release(self.core.advance(self.core.now(self.clock.now())))
+            except StoreUnavailable as e:  # HiCache's L3 is gone: the requests the engine held fail, and say why
+                log.error("worker %s: %s", self.core.name, e)
+                self.held.fail(self.core.abort_pending(), error_reply(str(e), status=503))
+                continue
             if self.on_notices is not None and (notices := self.core.notices()):
                 self.on_notices(notices)
 

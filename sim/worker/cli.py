@@ -11,6 +11,13 @@ role. Each prefill worker also listens on its bootstrap port (``--disaggregation
 ``--count`` > 1, as ``--port``): the real SMG probes it at registration, and in live time it is the rendezvous where
 a decode worker learns when the request's KV has arrived (``sim.worker.bootstrap``). A decode worker uses that port
 for a request whose ``bootstrap_port`` is null.
+
+HiCache (SGLang's flags; shared/specs/pd-hicache.md section 3): ``--enable-hierarchical-cache`` (``--enable-hicache``)
+gives each worker a host pool (L2) and implies the iteration-level engine; ``--hicache-storage-backend NAME`` (any
+non-empty name) the pool's shared L3: the ``smg-testbed l3-store`` service named by
+``--hicache-storage-backend-extra-config '{"url": "http://127.0.0.1:PORT"}'``, else one store shared by this command's
+workers. In live time each worker process reads L3 readiness on its own clock (from its start), so workers started
+apart in time see each other's pages that much earlier or later.
 """
 
 from __future__ import annotations
@@ -19,19 +26,23 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import signal
 import socket
 import sys
 from collections.abc import Generator, Sequence
+from urllib.parse import urlsplit
 
 import uvicorn
 
-from sim.engine.types import LatencyModel, WorkerConfig
+from sim.engine.storage import L3Store, StorageTier
+from sim.engine.types import PREFETCH_POLICIES, WRITE_POLICIES, HiCacheConfig, LatencyModel, WorkerConfig
+from sim.storage_service import RemoteStorage, StoreUnavailable
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
 from sim.worker.bootstrap import DEFAULT_BOOTSTRAP_PORT
 from sim.worker.core import WorkerCore
 from sim.worker.faults import Faults
-from testbed_common.loopback import LOOPBACK, warn_if_exposed
+from testbed_common.loopback import LOOPBACK, is_loopback, warn_if_exposed
 from testbed_common.procs import UVICORN_DEFAULTS
 
 
@@ -81,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV bytes per token per GPU (the PD transfer's size)")
     p.add_argument("--transfer-bandwidth-gb-s", type=float, default=WorkerConfig.transfer_bandwidth / 1e9,
                    help="PD KV transfer bandwidth, GB/s (1e9 bytes/s)")
+    hc = p.add_argument_group("HiCache (SGLang's flags; the iteration-level engine, implied)")
+    hc.add_argument("--enable-hierarchical-cache", "--enable-hicache", action="store_true",
+                    help="a host memory tier (L2) per worker, and with --hicache-storage-backend the pool's L3")
+    hc.add_argument("--hicache-ratio", type=float, default=HiCacheConfig.ratio,
+                    help=f"host pool tokens / GPU pool tokens (default {HiCacheConfig.ratio})")
+    hc.add_argument("--hicache-size", type=float, default=HiCacheConfig.size_gb,
+                    help="host pool GB per rank, with --kv-bytes-per-token (overrides the ratio when > 0)")
+    hc.add_argument("--hicache-write-policy", choices=WRITE_POLICIES, default=HiCacheConfig.write_policy)
+    hc.add_argument("--hicache-storage-backend", default=None, metavar="NAME",
+                    help="any non-empty name: the pool's shared L3 (the store at the extra config's url, else one "
+                         "store shared by this command's workers)")
+    hc.add_argument("--hicache-storage-backend-extra-config", default=None, metavar="JSON",
+                    help='the L3 store service (smg-testbed l3-store): {"url": "http://127.0.0.1:PORT"}')
+    hc.add_argument("--hicache-storage-prefetch-policy", choices=PREFETCH_POLICIES,
+                    default=HiCacheConfig.prefetch_policy)
+    hc.add_argument("--disaggregation-decode-enable-offload-kvcache", action="store_true",
+                    help="a decode worker writes prompt + output pages to host, then L3 (needs a storage backend)")
+    for name, flag, what in (("pcie_bandwidth", "pcie", "host <-> GPU"), ("storage_read_bandwidth", "storage-read",
+                                                                         "L3 -> host, per worker"),
+                             ("storage_write_bandwidth", "storage-write", "host -> L3, per worker")):
+        default = getattr(HiCacheConfig, name) / 1e9
+        hc.add_argument(f"--hicache-{flag}-bandwidth-gb-s", type=float, default=default,
+                        help=f"{what}, GB/s (1e9 bytes/s; default {default:g})")
     p.add_argument("--max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD_SIZE, help="largest body, bytes")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 500")
     p.add_argument(
@@ -102,9 +136,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_cores(args: argparse.Namespace) -> list[WorkerCore]:
+def hicache_config(args: argparse.Namespace) -> HiCacheConfig | None:
+    """``WorkerConfig.hicache`` of the HiCache flags: None unless ``--enable-hierarchical-cache`` or decode offload
+    (which SGLang runs without it: the decode worker's host pool, then L3)."""
+    if not (args.enable_hierarchical_cache or args.disaggregation_decode_enable_offload_kvcache):
+        return None
+    return HiCacheConfig(ratio=args.hicache_ratio, size_gb=args.hicache_size, write_policy=args.hicache_write_policy,
+                         storage=bool(args.hicache_storage_backend),
+                         prefetch_policy=args.hicache_storage_prefetch_policy,
+                         pcie_bandwidth=args.hicache_pcie_bandwidth_gb_s * 1e9,
+                         storage_read_bandwidth=args.hicache_storage_read_bandwidth_gb_s * 1e9,
+                         storage_write_bandwidth=args.hicache_storage_write_bandwidth_gb_s * 1e9,
+                         decode_offload=args.disaggregation_decode_enable_offload_kvcache)
+
+
+def store_url(args: argparse.Namespace) -> str | None:
+    """The L3 store service's URL of ``--hicache-storage-backend-extra-config`` (None: none given). ValueError with
+    the reason when the JSON is not an object with a loopback http ``url``."""
+    if args.hicache_storage_backend_extra_config is None:
+        return None
+    try:
+        extra = json.loads(args.hicache_storage_backend_extra_config)
+    except ValueError as e:
+        raise ValueError(f"--hicache-storage-backend-extra-config is not JSON: {e}") from None
+    url = extra.get("url") if isinstance(extra, dict) else None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme != "http" or not parts.hostname or not is_loopback(parts.hostname):
+        raise ValueError('--hicache-storage-backend-extra-config must be {"url": "http://127.0.0.1:PORT"} '
+                         "(the L3 store on loopback)")
+    return url
+
+
+def storage_tier(args: argparse.Namespace) -> StorageTier | None:
+    """The workers' shared L3: the store service at the extra config's URL, else one ``L3Store`` for this command's
+    workers; None without a storage backend. Raises StoreUnavailable when the service does not answer, ValueError
+    when its page size is not ``--page-size``."""
+    hc = hicache_config(args)
+    if hc is None or not hc.storage:
+        return None
+    url = store_url(args)
+    if url is None:
+        return L3Store(args.page_size)
+    remote = RemoteStorage(url)
+    if remote.page_size != args.page_size:
+        remote.close()
+        raise ValueError(f"the L3 store at {url} has pages of {remote.page_size} tokens, the workers "
+                         f"--page-size {args.page_size}")
+    return remote
+
+
+def make_cores(args: argparse.Namespace, storage: StorageTier | None = None) -> list[WorkerCore]:
+    """The workers of ``args``; with an L3 they all share ``storage`` (default: ``storage_tier(args)``)."""
     latency = LatencyModel(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyModel)})
     mode = disaggregation_mode(args)
+    hicache = hicache_config(args)
+    if storage is None:
+        storage = storage_tier(args)
     cores = []
     for i in range(args.count):
         cfg = WorkerConfig(
@@ -114,12 +201,14 @@ def make_cores(args: argparse.Namespace) -> list[WorkerCore]:
             max_running_requests=args.max_running_requests,
             latency=latency,
             slowdown=args.slowdown,
-            engine=args.engine or ("iteration" if mode is not None else "arrival"),  # a PD role implies iteration
+            # a PD role or HiCache implies the iteration-level engine
+            engine=args.engine or ("iteration" if mode is not None or hicache is not None else "arrival"),
             disaggregation_mode=mode,
             num_reserved_decode_tokens=args.num_reserved_decode_tokens,
             decode_radix_cache=args.disaggregation_decode_enable_radix_cache,
             kv_bytes_per_token=args.kv_bytes_per_token,
             transfer_bandwidth=args.transfer_bandwidth_gb_s * 1e9,
+            hicache=hicache,
         )
         faults = Faults(fail_rate=args.fail_rate, rollback_fail_rate=args.rollback_fail_rate, unhealthy=args.unhealthy)
         cores.append(
@@ -130,6 +219,7 @@ def make_cores(args: argparse.Namespace) -> list[WorkerCore]:
                 default_max_tokens=args.default_max_tokens,
                 context_length=args.context_length,
                 faults=faults,
+                storage=storage,
             )
         )
     return cores
@@ -145,6 +235,7 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if mode is not None and args.engine == "arrival":
         p.error(f"--disaggregation-mode {mode} needs the iteration-level engine (--engine iteration, implied): "
                 "the arrival-time engine has no PD roles")
+    _validate_hicache(p, args, mode)
     if args.count < 1:
         p.error("--count must be >= 1")
     if args.port < 1 or args.port + args.count - 1 > 65535:
@@ -166,6 +257,27 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error("--disaggregation-bootstrap-port .. +count-1 must be valid ports")
         if first <= args.port + args.count - 1 and args.port <= last:
             p.error("the bootstrap ports overlap the workers' ports")
+
+
+def _validate_hicache(p: argparse.ArgumentParser, args: argparse.Namespace, mode: str | None) -> None:
+    """The HiCache flags' rules (SGLang's where it has them: ``arg_groups/kv_cache_hook.py``)."""
+    if args.disaggregation_decode_enable_offload_kvcache:
+        if mode != "decode":
+            p.error("--disaggregation-decode-enable-offload-kvcache is only supported for decode side "
+                    "(--disaggregation-mode decode)")
+        if not args.hicache_storage_backend:
+            p.error("--disaggregation-decode-enable-offload-kvcache is only supported when "
+                    "--hicache-storage-backend is provided")
+    if args.hicache_storage_backend_extra_config is not None and not args.hicache_storage_backend:
+        p.error("--hicache-storage-backend-extra-config needs --hicache-storage-backend")
+    try:
+        hc = hicache_config(args)
+        store_url(args)
+    except ValueError as e:
+        p.error(f"HiCache: {e}")
+    if hc is not None and args.engine == "arrival":
+        p.error("HiCache needs the iteration-level engine (--engine iteration, implied): the arrival-time engine "
+                "has no host or storage tier")
 
 
 def bind(host: str, ports: Sequence[int]) -> list[socket.socket]:
@@ -194,9 +306,10 @@ def bootstrap_ports(args: argparse.Namespace) -> range:
 
 
 async def serve(args: argparse.Namespace, socks: Sequence[socket.socket],
-                bootstrap_socks: Sequence[socket.socket] = ()) -> int:
-    """Serve one worker per socket of ``socks``; a prefill worker also serves its bootstrap socket."""
-    cores = make_cores(args)
+                bootstrap_socks: Sequence[socket.socket] = (), storage: StorageTier | None = None) -> int:
+    """Serve one worker per socket of ``socks``; a prefill worker also serves its bootstrap socket; with an L3 the
+    workers share ``storage``."""
+    cores = make_cores(args, storage)
     servers: list[_Server] = []
     exited: set[int] = set()
     for i, core in enumerate(cores):
@@ -249,7 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sock.close()
             return 1
     try:
-        return asyncio.run(serve(args, socks[:args.count], socks[args.count:]))
+        storage = storage_tier(args)
+    except (StoreUnavailable, ValueError) as e:
+        print(f"smg-testbed worker: {e}", file=sys.stderr)
+        for sock in socks:
+            sock.close()
+        return 1
+    try:
+        return asyncio.run(serve(args, socks[:args.count], socks[args.count:], storage))
     finally:
         for sock in socks:
             sock.close()
+        if isinstance(storage, RemoteStorage):
+            storage.close()

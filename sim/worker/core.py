@@ -76,12 +76,19 @@ from typing import Any
 
 import numpy as np
 
+from sim.engine.storage import StorageTier
 from sim.engine.transfer import MAX_ROOM, DecodeReady, Notice, PrefillDone, Transfer
 from sim.engine.types import EngineLoad, RequestTiming, WorkerConfig
 from sim.worker import documents
 from sim.worker.answers import Answer
 from sim.worker.faults import FaultDraws, Faults, updated_faults
-from sim.worker.metrics import MetricsSample, PrometheusMetrics, disaggregation_section, loads_document
+from sim.worker.metrics import (
+    HiCacheAnswers,
+    MetricsSample,
+    PrometheusMetrics,
+    disaggregation_section,
+    loads_document,
+)
 from sim.worker.reply import Reply, error_body, error_reply
 from sim.worker.request import ROUTES, BadRequest, parse_request
 from testbed_common import tokenizer, vtime
@@ -100,6 +107,7 @@ class WorkerCore:
         context_length: int = 1 << 20,
         faults: Faults | None = None,
         engine: Any = None,
+        storage: StorageTier | None = None,
     ) -> None:
         from sim.engine import Engine, IterationEngine  # late import: the engine modules are heavier than types
 
@@ -110,8 +118,9 @@ class WorkerCore:
         self.default_max_tokens = default_max_tokens
         self.context_length = context_length
         self.faults = faults or Faults()
+        self.storage = storage  # HiCache's L3, shared by the pool (``WorkerConfig.hicache.storage``)
         if engine is None:
-            engine = IterationEngine(config) if config.engine == "iteration" else Engine(config)
+            engine = IterationEngine(config, storage=storage) if config.engine == "iteration" else Engine(config)
         self.engine = engine
         self.iteration = isinstance(engine, IterationEngine)  # answers wait for ``advance``
         self._pending: dict[int, tuple[Any, ...]] = {}  # request id -> its arrival and what its answer needs
@@ -132,6 +141,7 @@ class WorkerCore:
         self._transfers: dict[int, Transfer] = {}  # decode: request id -> its transfer
         self._notices: list[Notice] = []
         self._last_transfer: Transfer | None = None
+        self.hicache_answers = HiCacheAnswers()  # HiCache: the served answers' cached tokens by tier, load-backs
         self._metrics = PrometheusMetrics(model_name, self.name, self._metrics_sample)
         self._apply_slowdown()
 
@@ -228,7 +238,8 @@ class WorkerCore:
         return self._metrics.exposition(self.now(now))
 
     def _metrics_sample(self, now: float) -> MetricsSample:
-        return self.load(now), self.engine.stats, self.failed_requests
+        hicache = self.hicache_answers if self.config.hicache is not None else None
+        return self.load(now), self.engine.stats, self.failed_requests, hicache
 
     # ---- inference ----------------------------------------------------------------------------
 
@@ -322,8 +333,14 @@ class WorkerCore:
     def _answer(self, req: Any, timing: Any, text: str, output_arr: np.ndarray, rseed: int,
                 vocab_idx: np.ndarray | None, serial: int, headers: dict[str, str], virtual: bool,
                 pending: int | None = None, finish_reason: str = "stop", pd: dict[str, Any] | None = None) -> Reply:
+        hicache = self.config.hicache
+        if hicache is not None:
+            copy = None  # the load-back copy of a request this worker prefilled (a decode relays the prefill's hits)
+            if timing.cached_host and self.role != "decode":
+                copy = timing.cached_host * self.config.kv_bytes_per_token / hicache.pcie_bandwidth
+            self.hicache_answers.observe(timing, copy)
         ctx = Answer(req, timing, text, output_arr, rseed, vocab_idx, worker=self.name, model_name=self.model_name,
-                     serial=serial, finish_reason=finish_reason, pd=pd)
+                     serial=serial, finish_reason=finish_reason, pd=pd, hicache=hicache)
         if req.stream:
             events, times = ctx.events()
             return Reply(200, events=events, event_times=times, headers=headers, timing=timing, virtual=virtual,
@@ -425,6 +442,10 @@ class WorkerCore:
                                          end=timing.first_token, prompt_tokens=timing.prompt_tokens,
                                          cached_tokens=timing.cached_tokens,
                                          last_chunk_tokens=timing.last_extend_tokens,
+                                         cached_device=timing.cached_device, cached_host=timing.cached_host,
+                                         cached_storage=timing.cached_storage,
+                                         load_back_seconds=timing.load_back_seconds,
+                                         prefetch_seconds=timing.prefetch_seconds,
                                          kv_bytes_per_token=cfg.kv_bytes_per_token,
                                          bandwidth=cfg.transfer_bandwidth))
 
@@ -442,7 +463,10 @@ class WorkerCore:
         self._handles.pop(rid, None)
         self._forget_room(rid)
         p = t.prefill
-        timing = dataclasses.replace(timing, start=p.start, cached_tokens=p.cached_tokens)
+        timing = dataclasses.replace(timing, start=p.start, cached_tokens=p.cached_tokens,
+                                     cached_device=p.cached_device, cached_host=p.cached_host,
+                                     cached_storage=p.cached_storage, load_back_seconds=p.load_back_seconds,
+                                     prefetch_seconds=p.prefetch_seconds)
         pd = {"prefill_worker": p.worker, "prefill_start": p.start, "prefill_end": p.end,
               "prefill_cached_tokens": p.cached_tokens, "decode_prefix_tokens": t.decode.decode_prefix_tokens,
               "transfer_tokens": t.tokens, "transfer_bytes": t.bytes, "transfer_ready": t.ready}
@@ -465,7 +489,7 @@ class WorkerCore:
 
         handles = list(self._pending)
         stats = self.engine.stats  # the counters go on; the KV, the cache and the queues die with the server
-        self.engine = IterationEngine(self.engine.config)
+        self.engine = IterationEngine(self.engine.config, storage=self.storage)  # L3 outlives the server: shared
         self.engine.stats = stats
         self._pending.clear()
         self._arrivals.clear()

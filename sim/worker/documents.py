@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.engine.types import WorkerConfig
+from sim.engine.types import HiCacheConfig, WorkerConfig
 
 
 def models(model_name: str, context_length: int) -> dict[str, Any]:
@@ -27,8 +27,10 @@ def models(model_name: str, context_length: int) -> dict[str, Any]:
 
 def server_info(config: WorkerConfig, model_name: str, context_length: int) -> dict[str, Any]:
     """``GET /server_info``: a single-GPU SGLang server, marked ``mock``; ``disaggregation_mode`` is SGLang's flag
-    ("null" when co-located, as SGLang writes it)."""
+    ("null" when co-located, as SGLang writes it), and so are the HiCache server args (``hicache_storage_backend``
+    null without an L3; the mock's one backend is the pool's shared store)."""
     cap = config.kv_capacity_tokens
+    hc = config.hicache
     return {
         "model_path": model_name,
         "served_model_name": model_name,
@@ -44,6 +46,13 @@ def server_info(config: WorkerConfig, model_name: str, context_length: int) -> d
         "max_total_tokens": int(cap) if cap is not None else 0,
         "max_running_requests": config.max_running_requests,
         "page_size": config.page_size,
+        "enable_hierarchical_cache": hc is not None,
+        "hicache_ratio": hc.ratio if hc is not None else HiCacheConfig.ratio,
+        "hicache_size": hc.size_gb if hc is not None else HiCacheConfig.size_gb,
+        "hicache_write_policy": hc.write_policy if hc is not None else HiCacheConfig.write_policy,
+        "hicache_storage_backend": "mock" if hc is not None and hc.storage else None,
+        "hicache_storage_prefetch_policy": hc.prefetch_policy if hc is not None else HiCacheConfig.prefetch_policy,
+        "disaggregation_decode_enable_offload_kvcache": hc is not None and hc.decode_offload,
         "weight_version": "default",
         "worker_name": config.name,
         "mock": True,

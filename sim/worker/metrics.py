@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from sim.engine.types import EngineLoad, EngineStats
 
@@ -70,7 +71,45 @@ def disaggregation_section(mode: str | None, queues: tuple[int, int, int, int, i
     }
 
 
-MetricsSample = tuple[EngineLoad, EngineStats, int]  # the load at the scrape time, the counters, failed requests
+CACHE_SOURCES = ("device", "host", "storage")  # SGLang's cache_source label values
+# SGLang's buckets of sglang:load_back_duration_seconds (observability/metrics_collector.py)
+LOAD_BACK_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.02, 0.03, 0.04, 0.05,
+                     0.1, 0.2, 0.5, 1.0)
+
+
+class HiCacheAnswers:
+    """What a HiCache worker counts from the answers it serves, as SGLang does at a request's finish: its cached
+    tokens by source (a PD decode worker counts the prefill's, relayed), and the load-back copies of the requests it
+    prefilled itself: host tokens x KV bytes / PCIe bandwidth each (SGLang times the host -> GPU copy loop, not
+    what of it the compute hid)."""
+
+    def __init__(self) -> None:
+        self.cached_tokens = dict.fromkeys(CACHE_SOURCES, 0)
+        self.load_back_counts = [0] * (len(LOAD_BACK_BUCKETS) + 1)  # per bucket (not cumulative), then +Inf
+        self.load_back_sum = 0.0
+
+    def observe(self, timing: Any, load_back_seconds: float | None) -> None:
+        """One answer's ``IterationTiming``; ``load_back_seconds``: its load-back copy, None if this worker did not
+        prefill it (a PD decode) or loaded nothing back."""
+        c = self.cached_tokens
+        c["device"] += timing.cached_device
+        c["host"] += timing.cached_host
+        c["storage"] += timing.cached_storage
+        if load_back_seconds is not None:
+            self.load_back_counts[bisect.bisect_left(LOAD_BACK_BUCKETS, load_back_seconds)] += 1
+            self.load_back_sum += load_back_seconds
+
+    def load_back_buckets(self) -> list[tuple[str, int]]:
+        """Cumulative ``(le, count)`` pairs, ``+Inf`` last, as a Prometheus histogram has them."""
+        out, total = [], 0
+        for le, n in zip((*map(str, LOAD_BACK_BUCKETS), "+Inf"), self.load_back_counts, strict=True):
+            total += n
+            out.append((le, total))
+        return out
+
+
+# the load at the scrape time, the counters, failed requests, and with HiCache what its answers counted
+MetricsSample = tuple[EngineLoad, EngineStats, int, HiCacheAnswers | None]
 
 
 class PrometheusMetrics:
@@ -91,7 +130,7 @@ class PrometheusMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """The registry's collector callback."""
-        ld, st, failed_requests = self._sample(self._now)
+        ld, st, failed_requests, hicache = self._sample(self._now)
         labels, values = self._labels, self._values
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -113,7 +152,48 @@ class PrometheusMetrics:
         yield gauge("sglang:gen_throughput", "The generation throughput (token/s).", ld.gen_throughput)
         yield counter("sglang:num_requests", "Number of requests served.", st.requests)
         yield counter("sglang:prompt_tokens", "Number of prefill tokens processed.", st.prompt_tokens)
-        yield counter("sglang:cached_tokens", "Number of prompt tokens served from the prefix cache.", st.cached_tokens)
+        if hicache is None:
+            yield counter("sglang:cached_tokens", "Number of prompt tokens served from the prefix cache.",
+                          st.cached_tokens)
         yield counter("sglang:generation_tokens", "Number of generation tokens processed.", st.output_tokens)
         yield counter("sglang:evicted_tokens", "Number of KV tokens evicted from the prefix cache.", st.evicted_tokens)
         yield counter("sglang:failed_requests", "Requests answered with an injected fault.", failed_requests)
+        if hicache is not None:
+            yield from self._hicache(st, hicache)
+
+    def _hicache(self, st: EngineStats, answers: HiCacheAnswers) -> Iterator[Metric]:
+        """SGLang's HiCache metrics (``observability/metrics_collector.py``; created only with HiCache on)."""
+        labels, values = self._labels, self._values
+
+        def by(cls: type[Any], name: str, doc: str, label: str, samples: dict[str, float]) -> Metric:
+            f = cls(name, doc, labels=[*labels, label])
+            for v, x in samples.items():
+                f.add_metric([*values, v], x)
+            return f
+
+        def gauge(name: str, doc: str, value: float) -> Metric:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric(values, value)
+            return g
+
+        yield by(CounterMetricFamily, "sglang:cached_tokens", "Number of cached prompt tokens by source "
+                 "(device/host/storage).", "cache_source", dict(answers.cached_tokens))
+        yield gauge("sglang:hicache_host_used_tokens", "Number of tokens currently used in the host KV cache.",
+                    st.host_used_tokens)
+        yield gauge("sglang:hicache_host_total_tokens", "Total capacity of the host KV cache in tokens.",
+                    st.host_total_tokens)
+        yield by(CounterMetricFamily, "sglang:load_back_tokens", "The number of tokens loaded back from local host "
+                 "DRAM (L2) to GPU, by host pool.", "pool", {"kv": st.load_back_tokens})
+        h = HistogramMetricFamily("sglang:load_back_duration_seconds",
+                                  "Time of a host-to-device load-back copy, per request loading back.", labels=labels)
+        h.add_metric(values, answers.load_back_buckets(), answers.load_back_sum)
+        yield h
+        yield by(CounterMetricFamily, "sglang:hicache_backup_tokens", "The number of tokens backed up from GPU to "
+                 "local host DRAM (L2), by host pool.", "pool", {"kv": st.backup_tokens})
+        c = CounterMetricFamily("sglang:storage_prefetch_hit_tokens", "Storage-hit tokens prefetched from L3 into "
+                                "host and used.", labels=labels)
+        c.add_metric(values, st.storage_prefetch_hit_tokens)
+        yield c
+        yield by(CounterMetricFamily, "sglang:storage_prefetch_unfulfilled_tokens", "Storage-hit tokens not used, by "
+                 "reason (deadline: the prefetch policy stopped waiting).", "reason",
+                 {"deadline": st.storage_prefetch_unfulfilled_tokens})

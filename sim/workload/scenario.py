@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.engine.types import PREFETCH_POLICIES, WRITE_POLICIES
 from sim.faults import FaultError, FaultSpec, parse_faults
 from sim.profiles.catalog import load_profile
 from sim.profiles.profile import ProfileError
@@ -54,6 +55,21 @@ PD_KEYS: dict[str, str] = {"decode_radix_cache": "decode_radix_cache",
                            "transfer_bandwidth_gb_s": "transfer_bandwidth_gb_s",
                            "kv_bytes_per_token": "kv_bytes_per_token"}
 PD_FIELDS = (*(f"{role}_{suffix}" for role in POOL_ROLES for suffix in POOL_KEYS.values()), *PD_KEYS.values())
+# HiCache (shared/specs/pd-hicache.md section 3): the [workers] keys of SGLang's flags, plus the testbed's bandwidths
+# (GB/s) and the shared L3's capacity (tokens; None: unbounded); each key names the Scenario field it sets. Apart
+# from enable_hierarchical_cache itself they apply only with it on; the storage keys only with a storage backend
+HICACHE_FIELDS = ("enable_hierarchical_cache", "hicache_ratio", "hicache_size", "hicache_write_policy",
+                  "hicache_storage_backend", "hicache_storage_prefetch_policy", "hicache_pcie_bandwidth_gb_s",
+                  "hicache_storage_read_bandwidth_gb_s", "hicache_storage_write_bandwidth_gb_s",
+                  "hicache_storage_capacity_tokens", "disaggregation_decode_enable_offload_kvcache")
+STORAGE_FIELDS = ("hicache_storage_prefetch_policy", "hicache_storage_read_bandwidth_gb_s",
+                  "hicache_storage_write_bandwidth_gb_s", "hicache_storage_capacity_tokens",
+                  "disaggregation_decode_enable_offload_kvcache")
+HICACHE_WRITE_POLICIES = WRITE_POLICIES  # --hicache-write-policy
+HICACHE_PREFETCH_POLICIES = PREFETCH_POLICIES  # --hicache-storage-prefetch-policy
+# [workers] keys besides TABLES' (a PD pool's, HiCache's, and the KV page size: SGLang's --page-size)
+WORKER_KEYS: dict[str, str] = {**PD_KEYS, "page_size": "page_size", **{k: k for k in HICACHE_FIELDS}}
+BOOL_FIELDS = ("decode_radix_cache", "enable_hierarchical_cache", "disaggregation_decode_enable_offload_kvcache")
 # arrival pattern -> the [arrivals] keys it reads (besides pattern)
 ARRIVAL_KEYS: dict[str, tuple[str, ...]] = {"rollout": (), "poisson": ("rate",), "concurrency": ("concurrency",)}
 ARRIVAL_PATTERNS = tuple(ARRIVAL_KEYS)
@@ -67,10 +83,14 @@ DIST_KINDS = tuple(DIST_PARAMS)
 DIST_FIELDS = ("turns", "output_tokens", "tool_output_tokens", "tool_latency", "think_time")
 INT_FIELDS = ("seed", "workers", "max_running_requests", "sessions", "group_size", "system_prompt_tokens",
               "task_prompt_tokens", "max_context_tokens", "concurrency", "prefill_workers", "decode_workers",
-              "num_reserved_decode_tokens")
-FLOAT_FIELDS = ("retry_rate", "rate", "transfer_bandwidth_gb_s")
-STR_FIELDS = ("name", "description", "arrival", "profile", "engine", "prefill_profile", "decode_profile")
-CAPACITY_FIELDS = ("kv_capacity_tokens", "prefill_kv_capacity_tokens", "decode_kv_capacity_tokens")
+              "num_reserved_decode_tokens", "page_size")
+FLOAT_FIELDS = ("retry_rate", "rate", "transfer_bandwidth_gb_s", "hicache_ratio", "hicache_size",
+                "hicache_pcie_bandwidth_gb_s", "hicache_storage_read_bandwidth_gb_s",
+                "hicache_storage_write_bandwidth_gb_s")
+STR_FIELDS = ("name", "description", "arrival", "profile", "engine", "prefill_profile", "decode_profile",
+              "hicache_write_policy", "hicache_storage_backend", "hicache_storage_prefetch_policy")
+CAPACITY_FIELDS = ("kv_capacity_tokens", "prefill_kv_capacity_tokens", "decode_kv_capacity_tokens",
+                   "hicache_storage_capacity_tokens")
 # workers.engine: how a worker schedules (sim.engine): SGLang's iteration-level scheduler, or the arrival-time
 # closed form (faster, no contention between requests after admission: the model of results_version <= 2)
 ENGINES = ("iteration", "arrival")
@@ -275,6 +295,22 @@ class Scenario:
     num_reserved_decode_tokens: int = 512  # SGLang's --num-reserved-decode-tokens
     transfer_bandwidth_gb_s: float = 50.0  # the KV transfer's bandwidth (RDMA), 1e9 bytes/s
     kv_bytes_per_token: int | None = None  # KV bytes per token per GPU; None: each worker's profile's, else 128 KiB
+    # the KV page size in tokens (SGLang's --page-size): the radix trees match and store whole pages (1: left out of
+    # ``to_dict``, so scenarios without it keep their results files and scenario hash)
+    page_size: int = 1
+    # HiCache (HICACHE_FIELDS; left out of ``to_dict`` unless on): SGLang's flags; a PD pool's prefill workers run it,
+    # its decode workers only to offload their KV to L3 (disaggregation_decode_enable_offload_kvcache)
+    enable_hierarchical_cache: bool = False  # --enable-hierarchical-cache: the host pool (L2) per worker
+    hicache_ratio: float = 2.0  # --hicache-ratio: host pool tokens / GPU pool tokens
+    hicache_size: float = 0.0  # --hicache-size: host pool GB per worker, over the ratio when > 0
+    hicache_write_policy: str = "write_through"  # --hicache-write-policy
+    hicache_storage_backend: str = ""  # --hicache-storage-backend: any name is the pool's shared L3; "": no L3
+    hicache_storage_prefetch_policy: str = "timeout"  # --hicache-storage-prefetch-policy
+    hicache_pcie_bandwidth_gb_s: float = 50.0  # host <-> GPU load-back (PCIe Gen5 x16, ~45-55 GB/s effective)
+    hicache_storage_read_bandwidth_gb_s: float = 40.0  # L3 -> host per worker (RDMA ~40 GB/s; a slow L3 0.57)
+    hicache_storage_write_bandwidth_gb_s: float = 40.0  # host -> L3 per worker
+    hicache_storage_capacity_tokens: int | None = None  # the L3's capacity (None: unbounded)
+    disaggregation_decode_enable_offload_kvcache: bool = False  # --disaggregation-decode-enable-offload-kvcache
 
     def __post_init__(self) -> None:
         try:
@@ -282,6 +318,7 @@ class Scenario:
         except FaultError as e:
             raise ScenarioError(str(e)) from e
         self._check_pd()
+        self._check_hicache()
         for k in DIST_FIELDS:
             object.__setattr__(self, k, Dist.parse(getattr(self, k), k))
         if self.workers < 1:
@@ -331,9 +368,13 @@ class Scenario:
                 raise ScenarioError(f"workers.{have}.count = {counts[have]} without workers.{lack}: a PD pool needs "
                                     f"both [workers.prefill] and [workers.decode] with count >= 1")
             for name in PD_FIELDS:
+                if name == "kv_bytes_per_token" and self.enable_hierarchical_cache:
+                    continue  # HiCache's bandwidths read it too
                 if getattr(self, name) != _PD_DEFAULTS[name]:
                     raise ScenarioError(f"{_pd_path(name)} applies only to a PD pool ([workers.prefill] and "
-                                        f"[workers.decode] with count >= 1): remove it or add the pools")
+                                        f"[workers.decode] with count >= 1)"
+                                        + (" or with HiCache" if name == "kv_bytes_per_token" else "")
+                                        + ": remove it or add the pools")
             return
         total = sum(counts.values())
         if self.workers != total:
@@ -364,6 +405,64 @@ class Scenario:
             raise ScenarioError(f"faults: dead worker {dead[0].worker}: dead workers are not modelled with PD "
                                 "(a prefill or decode leg lost mid-transfer); use slow or error_rate faults")
 
+    def _check_hicache(self) -> None:
+        if self.page_size < 1:
+            raise ScenarioError("workers.page_size must be >= 1")
+        for name in ("enable_hierarchical_cache", "disaggregation_decode_enable_offload_kvcache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ScenarioError(f"workers.{name} must be true or false, got {getattr(self, name)!r}")
+        if not self.enable_hierarchical_cache:
+            for name in HICACHE_FIELDS:
+                if getattr(self, name) != _HICACHE_DEFAULTS[name]:
+                    raise ScenarioError(f"workers.{name} applies only with HiCache: add workers."
+                                        "enable_hierarchical_cache = true or remove it")
+            return
+        if self.engine != "iteration":
+            raise ScenarioError(f"workers.engine = {self.engine!r}: HiCache needs the iteration-level engine "
+                                "(engine = \"iteration\")")
+        if not self.hicache_ratio > 0:
+            raise ScenarioError("workers.hicache_ratio must be > 0")
+        if self.hicache_size < 0:
+            raise ScenarioError("workers.hicache_size must be >= 0 (0: the ratio sets the host pool)")
+        if self.hicache_write_policy not in HICACHE_WRITE_POLICIES:
+            raise ScenarioError(f"workers.hicache_write_policy must be one of {', '.join(HICACHE_WRITE_POLICIES)}, "
+                                f"got {self.hicache_write_policy!r}"
+                                f"{did_you_mean(self.hicache_write_policy, HICACHE_WRITE_POLICIES)}")
+        if self.hicache_storage_prefetch_policy not in HICACHE_PREFETCH_POLICIES:
+            raise ScenarioError(f"workers.hicache_storage_prefetch_policy must be one of "
+                                f"{', '.join(HICACHE_PREFETCH_POLICIES)}, got {self.hicache_storage_prefetch_policy!r}"
+                                f"{did_you_mean(self.hicache_storage_prefetch_policy, HICACHE_PREFETCH_POLICIES)}")
+        for name in ("hicache_pcie_bandwidth_gb_s", "hicache_storage_read_bandwidth_gb_s",
+                     "hicache_storage_write_bandwidth_gb_s"):
+            if not getattr(self, name) > 0:
+                raise ScenarioError(f"workers.{name} must be > 0")
+        if not self.storage:
+            for name in STORAGE_FIELDS:
+                if getattr(self, name) != _HICACHE_DEFAULTS[name]:
+                    raise ScenarioError(f"workers.{name} applies only with an L3: set workers."
+                                        "hicache_storage_backend (any name, e.g. \"mooncake\") or remove it")
+        if self.hicache_storage_capacity_tokens is not None and self.hicache_storage_capacity_tokens < 1:
+            raise ScenarioError("workers.hicache_storage_capacity_tokens must be positive (or 0/'inf' for unbounded)")
+        if self.disaggregation_decode_enable_offload_kvcache and not self.pd:
+            raise ScenarioError("workers.disaggregation_decode_enable_offload_kvcache applies only to a PD pool "
+                                "([workers.prefill] and [workers.decode] with count >= 1): its decode workers "
+                                "offload their KV")
+
+    @property
+    def hicache(self) -> bool:
+        """Whether the workers run SGLang's hierarchical cache (a host pool, L2, per worker)."""
+        return self.enable_hierarchical_cache
+
+    @property
+    def storage(self) -> bool:
+        """Whether the pool shares a storage tier (HiCache's L3)."""
+        return self.enable_hierarchical_cache and bool(self.hicache_storage_backend)
+
+    def without_storage(self) -> Scenario:
+        """The same pool without its L3 (HiCache's host pools kept): the baseline of what L3 adds."""
+        return self.replace(**{name: _HICACHE_DEFAULTS[name] for name in STORAGE_FIELDS},
+                            hicache_storage_backend="")
+
     @property
     def pd(self) -> bool:
         """Whether the pool is PD-disaggregated: prefill and decode workers of their own."""
@@ -384,8 +483,10 @@ class Scenario:
 
     def colocated(self) -> Scenario:
         """The same workload on a co-located pool of the same total worker count, with [workers]' profile and KV
-        capacity: the baseline a PD pool is compared with."""
-        return self.replace(workers=self.workers, **_PD_DEFAULTS)
+        capacity: the baseline a PD pool is compared with (its HiCache, if any, without the decode offload)."""
+        kept = {"kv_bytes_per_token": self.kv_bytes_per_token} if self.hicache else {}
+        return self.replace(workers=self.workers, **{**_PD_DEFAULTS, **kept},
+                            disaggregation_decode_enable_offload_kvcache=False)
 
     @property
     def tasks(self) -> int:
@@ -439,6 +540,17 @@ class Scenario:
         roles = {f"{role}_kv_capacity_tokens": capacity for role in POOL_ROLES} if self.pd else {}
         return self.replace(kv_capacity_tokens=capacity, **roles)
 
+    def with_setting(self, path: str, value: Any) -> Scenario:
+        """A copy with one TOML key set (``workers.hicache_storage_read_bandwidth_gb_s``, ``sessions.count``,
+        ``workers.prefill.count``, ``seed``), checked as the loader checks it."""
+        name = setting_field(path)
+        change = _coerce({name: value}, {name: path})
+        if name in ("prefill_workers", "decode_workers"):  # a PD pool's count is its pools' sum
+            change["workers"] = sum(change.get(f"{r}_workers", getattr(self, f"{r}_workers")) for r in POOL_ROLES)
+        scenario = self.replace(**change)
+        scenario.check_multi_turn()
+        return scenario
+
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (``sessions``, ``workers``, ``kv_capacity_tokens``...)."""
         return dataclasses.replace(self, **changes)
@@ -450,8 +562,10 @@ class Scenario:
             v = getattr(self, f.name)
             if f.name == "profile" and not v:
                 continue  # unset: left out, so a scenario without one keeps its results files and scenario hash
-            if f.name in PD_FIELDS and not self.pd:
+            if f.name in PD_FIELDS and not self.pd and not (f.name == "kv_bytes_per_token" and self.hicache):
                 continue  # co-located: left out for the same reason
+            if (f.name in HICACHE_FIELDS and not self.hicache) or (f.name == "page_size" and v == 1):
+                continue  # HiCache off, one-token pages: the same
             if isinstance(v, Dist):
                 v = v.to_dict()
             elif f.name == "faults":
@@ -507,7 +621,7 @@ class Scenario:
 
 def _read_table(table: str, sub: Mapping[str, Any], paths: dict[str, str]) -> dict[str, Any]:
     """One TOML table's keys as Scenario fields (recording each field's TOML path in ``paths``)."""
-    keys = TABLES[table] | (PD_KEYS if table == "workers" else {})
+    keys = TABLES[table] | (WORKER_KEYS if table == "workers" else {})
     out: dict[str, Any] = {}
     for k, v in sub.items():
         if table == "workers" and k in POOL_ROLES:
@@ -543,6 +657,24 @@ def _read_pool(role: str, sub: Any, paths: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def setting_paths() -> dict[str, str]:
+    """Every TOML key a scenario takes as its dotted path -> the Scenario field it sets (``[[faults]]`` aside)."""
+    out = {k: k for k in TOP_KEYS}
+    for table, keys in TABLES.items():
+        out.update({f"{table}.{k}": f for k, f in (keys | (WORKER_KEYS if table == "workers" else {})).items()})
+    out.update({f"workers.{role}.{k}": f"{role}_{suffix}" for role in POOL_ROLES for k, suffix in POOL_KEYS.items()})
+    return out
+
+
+def setting_field(path: str) -> str:
+    """The Scenario field of a dotted TOML path; ScenarioError naming the closest path for an unknown one."""
+    paths = setting_paths()
+    if path not in paths:
+        raise ScenarioError(f"unknown scenario key {path!r}{did_you_mean(path, paths)} (a dotted TOML path such as "
+                            "workers.kv_capacity_tokens or sessions.count)")
+    return paths[path]
+
+
 def _pd_path(name: str) -> str:
     """A PD field's TOML path (``workers.prefill.count``, ``workers.decode_radix_cache``)."""
     for role in POOL_ROLES:
@@ -573,7 +705,7 @@ def _coerce(flat: dict[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
             if x is not None and int(x) != x:
                 raise ScenarioError(f"{what} must be an integer, got {v!r}")
             out[k] = None if x is None else int(x)
-        elif k == "decode_radix_cache":
+        elif k in BOOL_FIELDS:
             if not isinstance(v, bool):
                 raise ScenarioError(f"{what} must be true or false, got {v!r}")
             out[k] = v
@@ -611,6 +743,8 @@ def parse_capacity(v: Any, what: str = "kv_capacity_tokens") -> int | None:
 
 
 _PD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Scenario) if f.name in PD_FIELDS}
+_HICACHE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Scenario)
+                                     if f.name in HICACHE_FIELDS}
 
 
 # --- built-in scenarios ---------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sim.engine.radix import RadixCache
@@ -222,6 +222,25 @@ def test_insert_after_a_locked_match_equals_a_plain_insert(stored, prompt, extra
     resumed.unlock(node)
     resumed.insert(prompt + extra, 11.0, after=(cached, node))
     plain.insert(prompt + extra, 11.0)
+    resumed.check()
+    assert resumed.resident_tokens == plain.resident_tokens
+    for q in [*stored, prompt + extra, prompt]:
+        assert resumed.peek(q) == plain.peek(q)
+
+
+@given(st.lists(seqs, min_size=1, max_size=8), seqs, seqs, page_sizes)
+@example(stored=[[0]], prompt=[1] * 6, extra=[2] * 6, page=4)
+def test_insert_after_an_earlier_insert_of_any_length_equals_a_plain_insert(stored, prompt, extra, page):
+    """The scheduler passes ``after=(tokens it inserted, node)``, a length not always a whole number of pages."""
+    plain, resumed = RadixCache(page_size=page), RadixCache(page_size=page)
+    for t, s in enumerate(stored):
+        plain.insert(s, float(t))
+        resumed.insert(s, float(t))
+    node = resumed.insert(prompt, 10.0)
+    plain.insert(prompt, 10.0)
+    if node is not resumed.root:
+        resumed.insert(prompt + extra, 11.0, after=(len(prompt), node))
+        plain.insert(prompt + extra, 11.0)
     resumed.check()
     assert resumed.resident_tokens == plain.resident_tokens
     for q in [*stored, prompt + extra, prompt]:
