@@ -198,7 +198,7 @@ class AgentRunner:
         self.on_request = on_request
         self.until = until
         self.env = simpy.Environment()
-        self.result = WorkloadResult(oracle=Oracle(prompt_only=scenario.pd))  # PD: the prompt-only ceiling
+        self.result = WorkloadResult(oracle=Oracle(prompt_only=scenario.prompt_only_ceiling))
         self._system = system_prompt(scenario)
         self._tasks: dict[int, str] = {}
         self._tools = ToolTexts(scenario)

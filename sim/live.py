@@ -184,7 +184,7 @@ class LiveAgentRunner(AgentRunner):
         super().__init__(scenario, transport, plans, on_request, until)
         self.env = LiveEnvironment(speedup)
         self.speedup = speedup
-        self._oracle = _DeferredOracle(prompt_only=scenario.pd)  # PD: the prompt-only ceiling
+        self._oracle = _DeferredOracle(prompt_only=scenario.prompt_only_ceiling)
         self.result = WorkloadResult(oracle=self._oracle)
         self.faults = list(faults)
         self.fault_log: list[tuple[str, str, float]] = []  # (kill|restart, worker name, model time)

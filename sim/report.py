@@ -216,9 +216,13 @@ def _pool_findings(runs: list[dict[str, Any]]) -> list[str]:
     if not runs:
         return out
     oracle = runs[0]["oracle_reuse"]
-    if runs[0].get("pool") == "pd":
+    if runs[0].get("pool") == "pd" and runs[0].get("oracle_prompt_only", True):
         out.append(f"The PD oracle (one infinite cache seeing every request, holding prompts only, as a prefill "
                    f"worker's tree) reuses {oracle:.1%} of prompt tokens; no routing can do better on this pool.")
+    elif runs[0].get("pool") == "pd":
+        out.append(f"The oracle (one infinite cache seeing every request, prompts and answers: the decode workers "
+                   f"offload each answer to the shared L3, where a later prefill can find it) reuses {oracle:.1%} "
+                   "of prompt tokens; no routing can do better on this pool.")
     else:
         out.append(f"The oracle (one infinite cache seeing every request) reuses {oracle:.1%} of prompt tokens; "
                    "no routing can do better on this workload.")
@@ -299,8 +303,14 @@ def pd_findings(pd: list[dict[str, Any]], colocated: list[dict[str, Any]]) -> li
     out: list[str] = []
     if not pd or not colocated:
         return out
-    out.append(f"PD ceiling: the prompt-only oracle reuses {pd[0]['oracle_reuse']:.1%}, the co-located oracle "
-               f"{colocated[0]['oracle_reuse']:.1%} (a prefill worker's tree never receives the answers).")
+    prompt_only = pd[0].get("oracle_prompt_only", True)
+    if prompt_only:
+        out.append(f"PD ceiling: the prompt-only oracle reuses {pd[0]['oracle_reuse']:.1%}, the co-located oracle "
+                   f"{colocated[0]['oracle_reuse']:.1%} (a prefill worker's tree never receives the answers).")
+    else:
+        out.append(f"PD ceiling: {pd[0]['oracle_reuse']:.1%}, the co-located oracle's: with decode offload the "
+                   "answers reach the shared L3, where a prefill finds them (only runs of at least max(256, page) "
+                   "tokens are prefetched, so short answers are recomputed).")
     for policy, mode in PD_VERSUS:
         a, b = _gain(pd, policy, mode), _gain(colocated, policy, mode)
         if a is None or b is None:
@@ -318,7 +328,8 @@ def pd_findings(pd: list[dict[str, Any]], colocated: list[dict[str, Any]]) -> li
         out.append(f"manual+key reuses {on['kv_reuse']:.1%} on the PD pool against {co['kv_reuse']:.1%} co-located: "
                    f"{gap * 100:.1f} points lower; each prompt's previous answer makes {on['answer_share']:.1%} of "
                    "the prompt tokens, which a co-located worker's tree holds and a prefill worker's never does "
-                   "(prompt-only insertion predicts a gap of about that share).")
+                   + ("(prompt-only insertion predicts a gap of about that share)." if prompt_only else
+                      "(decode offload to L3 gives back what it can prefetch)."))
     split = _find(pd, "manual", "min_load", True, decode="round_robin")
     if on and split:
         out.append(f"Pinning the decode leg as well: manual on both legs {on['kv_reuse']:.1%} reuse "

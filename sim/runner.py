@@ -100,7 +100,8 @@ def make_setup(scenario: Scenario, policy: PolicyConfig, routing_key: bool, seed
     if scenario.pd:
         args = ("--pd-disaggregation", *args)
         extra.update(pool="pd", prefill_policy=policy.prefill_policy or policy.policy,
-                     decode_policy=policy.decode_policy or policy.policy)
+                     decode_policy=policy.decode_policy or policy.policy,
+                     oracle_prompt_only=scenario.prompt_only_ceiling)
     return Setup(scenario, args, routing_key, seed, label, extra=extra)
 
 
@@ -171,7 +172,8 @@ def run_setup(setup: Setup, transport: str = "direct", *, on_request: Callable[[
         "policy": setup.extra.get("policy", _flag(setup.gateway_args, "--policy")),
         "assignment_mode": setup.extra.get("assignment_mode", _flag(setup.gateway_args, "--assignment-mode")),
         # a PD scenario's rows: which pool, and each leg's policy (absent from a plain co-located run's row)
-        **{k: setup.extra[k] for k in ("pool", "prefill_policy", "decode_policy") if k in setup.extra},
+        **{k: setup.extra[k] for k in ("pool", "prefill_policy", "decode_policy", "oracle_prompt_only")
+           if k in setup.extra},
         "routing_key": bool(setup.routing_key),
         "gateway_args": list(setup.gateway_args),
         "transport": transport,

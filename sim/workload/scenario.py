@@ -468,6 +468,12 @@ class Scenario:
         """Whether the pool is PD-disaggregated: prefill and decode workers of their own."""
         return self.prefill_workers > 0 and self.decode_workers > 0
 
+    @property
+    def prompt_only_ceiling(self) -> bool:
+        """Whether the ceiling holds prompts only: a PD pool whose prefill workers can never see an answer (no decode
+        offload to a shared L3, which publishes each answer where a later prefill finds it)."""
+        return self.pd and not (self.storage and self.disaggregation_decode_enable_offload_kvcache)
+
     def role_of(self, i: int) -> str | None:
         """Worker ``i``'s PD role in pool order (prefill workers first), None when co-located."""
         if not self.pd:

@@ -9,7 +9,7 @@ import pytest
 
 from sim.runner import PD_COMPARE_POLICIES, PolicyConfig, make_setup, public, run_setup
 from sim.transports.pool import port_salt, stable_ports, worker_urls
-from sim.workload.scenario import Scenario
+from sim.workload.scenario import Scenario, load_scenario
 
 TINY_PD = Scenario(name="tiny-pd", seed=3, workers=5, prefill_workers=2, decode_workers=3,
                    prefill_kv_capacity_tokens=30_000, decode_kv_capacity_tokens=30_000, kv_bytes_per_token=1000,
@@ -69,3 +69,15 @@ def test_the_key_pins_the_prefill_leg_and_without_it_reuse_falls():
     assert on["kv_reuse"] > off["kv_reuse"]
     branches = on["gateway_branches"]["manual"]
     assert sum(branches.values()) == 2 * (on["requests"] + on["gateway_retries"])  # one event per leg
+
+
+def test_decode_offload_to_a_shared_l3_lifts_the_ceiling_to_prompts_and_answers():
+    """With decode offload, answers reach the pool's L3, where a later prefill can find them: the ceiling is then
+    the co-located one (prompts and answers), not the prompt-only one."""
+    assert load_scenario("pd").prompt_only_ceiling and not load_scenario("pd-hicache").prompt_only_ceiling
+    offload = TINY_PD.replace(page_size=16, enable_hierarchical_cache=True, hicache_storage_backend="mooncake",
+                              disaggregation_decode_enable_offload_kvcache=True)
+    plain = run_setup(make_setup(TINY_PD, BOTH_MANUAL, True), "direct")
+    lifted = run_setup(make_setup(offload, BOTH_MANUAL, True), "direct")
+    assert plain["oracle_prompt_only"] is True and lifted["oracle_prompt_only"] is False
+    assert lifted["errors"] == 0 and lifted["oracle_reuse"] > plain["oracle_reuse"]
