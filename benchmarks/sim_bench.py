@@ -4,7 +4,8 @@ Each measurement runs in its own process (so its peak RSS is its own): the whole
 (or ``--sessions N`` of it) under ``manual/min_load`` with the routing key, through the real cores
 (``direct``) or the real uvicorn servers on loopback (``http``); ``direct-pd`` is ``direct`` on a PD version
 of the scenario (the same 16 workers as 4 prefill + 12 decode, ``pd_version``; goal: at least half ``direct``'s
-rate). Beside them, the rate of a chain of
+rate); ``direct-hicache`` is ``direct`` with L2 and L3 (``hicache_version``; goal: at least half ``direct``'s rate).
+Beside them, the rate of a chain of
 three no-op FastAPI servers hosted the same way as the ``http`` transport (uvicorn in threads, the
 client a sync ``httpx.Client``): the floor under ``http``, which has three hops too
 (agent -> session server -> gateway -> worker). ``noop`` sends a tiny "hello" body; ``noop-sized`` sends
@@ -16,7 +17,7 @@ sampled from the ``http`` run (8 per hop, uniformly) as its role in ``http`` doe
 as often as ``http``'s agents did; the gap between ``http`` and it is the simulator's own work.
 
     .venv/bin/python benchmarks/sim_bench.py [--scenario large] [--sessions N]
-        [--only direct|direct-pd|http|noop|noop-sized|noop-json] [--repeat N]
+        [--only direct|direct-pd|direct-hicache|http|noop|noop-sized|noop-json] [--repeat N]
 """
 
 from __future__ import annotations
@@ -78,8 +79,17 @@ def pd_version(s: Scenario) -> Scenario:
     return s.replace(prefill_workers=n_prefill, decode_workers=s.workers - n_prefill)
 
 
+def hicache_version(s: Scenario) -> Scenario:
+    """``s`` with SGLang's hierarchical cache: a host pool (L2) of twice the GPU pool per worker and a storage tier
+    (L3) shared by the pool, pages of 64 tokens (the ``hicache`` scenario's settings)."""
+    return s.replace(enable_hierarchical_cache=True, hicache_storage_backend="mooncake", page_size=64)
+
+
+VARIANTS = {"pd": pd_version, "hicache": hicache_version}
+
+
 def measure_transport(transport: str, scenario: str, sessions: int | None, samples_path: str | None = None,
-                      pd: bool = False) -> dict:
+                      variant: str | None = None) -> dict:
     from sim.runner import PolicyConfig, make_setup, run_setup
     from sim.workload.scenario import load_scenario
     from testbed_common.http_client import set_traffic_observer
@@ -87,8 +97,8 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
     s = load_scenario(scenario)
     if sessions:
         s = s.replace(sessions=sessions)
-    if pd:
-        s = pd_version(s)
+    if variant:
+        s = VARIANTS[variant](s)
     traffic = TrafficCounter(SAMPLE_SIZE if samples_path else 0)
     set_traffic_observer(traffic)
     cpu0 = time.process_time()
@@ -105,7 +115,7 @@ def measure_transport(transport: str, scenario: str, sessions: int | None, sampl
             "bodies": {label: [[a.decode(), b.decode()] for a, b in kept] for label, kept in traffic.samples.items()},
             "requests_per_view": row["requests"] / views if views else 0.0}))
 
-    return {"what": f"{transport}-pd" if pd else transport, "scenario": s.name, "sessions": row["sessions"],
+    return {"what": f"{transport}-{variant}" if variant else transport, "scenario": s.name, "sessions": row["sessions"],
             "requests": row["requests"],
             "errors": row["errors"], "sim_seconds": meta["sim_seconds"], "startup_seconds": meta["startup_seconds"],
             "requests_per_second": row["requests"] / meta["sim_seconds"],
@@ -285,8 +295,8 @@ def main() -> int:
             res = measure_noop(args.noop_requests, json.loads(args.hop_sizes) if args.hop_sizes else None)
         elif args.child == "noop-json":
             res = measure_noop(args.noop_requests, replay=json.loads(Path(args.samples).read_text()))
-        elif args.child == "direct-pd":
-            res = measure_transport("direct", args.scenario, args.sessions, pd=True)
+        elif args.child in ("direct-pd", "direct-hicache"):
+            res = measure_transport("direct", args.scenario, args.sessions, variant=args.child.split("-", 1)[1])
         else:
             res = measure_transport(args.child, args.scenario, args.sessions,
                                     args.samples if args.child == "http" else None)
@@ -331,6 +341,10 @@ def run_round(args: argparse.Namespace, index: int, repeat: int) -> dict[str, fl
         ratios[PD_SHARE] = ratio = results["direct-pd"]["requests_per_second"] / results["direct"][
             "requests_per_second"]
         print(f"{PD_SHARE}: {ratio:.2f} (goal >= 0.5)")
+    if "direct" in results and "direct-hicache" in results:
+        ratios[HICACHE_SHARE] = ratio = results["direct-hicache"]["requests_per_second"] / results["direct"][
+            "requests_per_second"]
+        print(f"{HICACHE_SHARE}: {ratio:.2f} (goal >= 0.5)")
     for what, r in results.items():
         if not what.startswith("_"):
             ratios[f"{what} {RATE}"] = r["requests_per_second"]
@@ -352,14 +366,15 @@ FLOORS = (("noop", "no-op chain (tiny bodies)"), ("noop-sized", "no-op chain (ht
 JSON_SHARE = "JSON floor / no-op chain"
 DIRECT_GOAL = "direct / goal of 5,000 requests/s"
 PD_SHARE = "direct-pd / direct"
+HICACHE_SHARE = "direct-hicache / direct"
 RATE = "(simulated requests/s)"
 
 
-WHAT = ("direct", "direct-pd", "noop", "http", "noop-sized", "noop-json")
+WHAT = ("direct", "direct-pd", "direct-hicache", "noop", "http", "noop-sized", "noop-json")
 
 
 def report(what: str, r: dict, sizes: list | None) -> None:
-    if what in ("direct", "direct-pd", "http"):
+    if what in ("direct", "direct-pd", "direct-hicache", "http"):
         extra = (f"{r['requests']} requests of {r['sessions']} sessions, startup {r['startup_seconds']:.1f}s, "
                  f"kv_reuse {r['kv_reuse']:.3f}, errors {r['errors']}")
     elif sizes:
