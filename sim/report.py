@@ -655,7 +655,8 @@ def write_markdown(out: Path, scenario: dict[str, Any], runs: list[dict[str, Any
                   f"{s['name']} --read-bandwidth-sweep "
                   + ",".join(f"{p['value']:g}" for p in read_bandwidth["points"]) + "`, or for any parameter "
                   "`smg-testbed sweep --scenario " + s["name"] + " --routing-key on off --scenario-set "
-                  "workers.hicache_storage_read_bandwidth_gb_s=0.5,2,8,32`.", "",
+                  "workers.hicache_storage_read_bandwidth_gb_s="
+                  + ",".join(f"{p['value']:g}" for p in read_bandwidth["points"]) + "`.", "",
                   *[f"- {line}" for line in benefit_lines(read_bandwidth, "read bandwidth", " GB/s")]]
         if BANDWIDTH_PLOT in plots:
             lines += ["", f"![{BANDWIDTH_PLOT}]({BANDWIDTH_PLOT})"]

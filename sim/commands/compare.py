@@ -9,9 +9,9 @@ runs; the report adds the PD columns and says, in words and ``pd.png``, what the
 A HiCache scenario with a storage tier (``hicache``, ``pd-hicache``) also runs manual/min_load, consistent_hashing
 and cache_aware on the same pool without its L3 (``no-L3`` rows; host pools kept), key on and off, and the report
 says how much of the no-key loss L3 recovers and at what TTFT cost, with ``tiers.png`` (reuse by tier per policy);
-then manual/min_load key on and off at each L3 read bandwidth of ``--read-bandwidth-sweep`` (default 0.5,2,8,32 GB/s
-per worker; ``off`` skips it), and the report gives the crossover where the key's TTFT p50 benefit falls under 5 %
-(results.json: ``read_bandwidth_sweep``; ``l3-read-bandwidth.png``).
+then manual/min_load key on and off at each L3 read bandwidth of ``--read-bandwidth-sweep`` (default
+0.5,2,8,32,128,512 GB/s per worker; ``off`` skips it), and the report gives the crossover where the key's TTFT p50
+benefit falls under 5 % (results.json: ``read_bandwidth_sweep``; ``l3-read-bandwidth.png``).
 Prints a table and writes ``DIR/results.json``, ``DIR/report.md`` and
 PNG plots (``reuse.png``, ``ttft.png``, ``workers.png``).
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-bandwidth-sweep", type=bandwidths, default=DEFAULT_READ_BANDWIDTHS, metavar="GB_S,...",
                    help="a HiCache scenario with L3: also run manual/min_load key on and off at each of these L3 read "
                         "bandwidths (GB/s per worker) and report where the key's TTFT benefit falls under 5%% "
-                        "(default: 0.5,2,8,32; 'off': skip)")
+                        "(default: 0.5,2,8,32,128,512; 'off': skip)")
     p.add_argument("--worst-worker", nargs="?", type=bin_seconds, const=AUTO_BINS, default=AUTO_BINS,
                    metavar="SECONDS",
                    help="per run, the worst worker's hit rate over time and the makespan against the best run, which "
@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 AUTO_BINS = "auto"  # --worst-worker without SECONDS: sim.worst_worker.common_bin_seconds
-DEFAULT_READ_BANDWIDTHS = (0.5, 2.0, 8.0, 32.0)  # GB/s per worker: from the EIC snapshot's 0.57 to near RDMA's ~40
+# GB/s per worker: from the EIC snapshot's 0.57 past RDMA's ~40 per GPU to a node's NICs (Mooncake: 87-190 GB/s)
+# and beyond, where a moved session's L3 fetch costs about what a pinned one's GPU hit does
+DEFAULT_READ_BANDWIDTHS = (0.5, 2.0, 8.0, 32.0, 128.0, 512.0)
 # a HiCache scenario with L3: the policies also run without it (the loss the key avoids there), and the one swept
 # over the L3 read bandwidth
 NO_L3_POLICIES = COLOCATED_BASELINE_POLICIES
