@@ -1,4 +1,5 @@
-"""The pool's shared L3 across processes: a small HTTP service holding one ``L3Store``, and its client.
+"""The pool's shared L3 across processes: a small HTTP service holding one ``L3Store`` (its client:
+``sim.worker.remote_storage.RemoteStorage``).
 
 SGLang's HiCache L3 (``--hicache-storage-backend`` mooncake, hf3fs, nixl, ...; shared/specs/pd-hicache.md section 3)
 is one store every worker of a cluster reads and writes by page hash. In one process the workers share an
@@ -18,22 +19,18 @@ Bad input (malformed JSON, wrong types, keys that are not hex, non-finite times)
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sim.engine.storage import L3Store, match_request, parse_match_request, parse_write_request, write_request
+from sim.engine.storage import L3Store, parse_match_request, parse_write_request
 from testbed_common import fastjson
 from testbed_common.loopback import is_loopback
-
-CLIENT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 class BadStoreRequest(ValueError):
@@ -100,44 +97,3 @@ class _LoopbackOnly:
                 scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-class StoreUnavailable(RuntimeError):
-    """The L3 store service did not answer (a worker cannot go on without its storage tier)."""
-
-
-class RemoteStorage:
-    """A ``StorageTier`` over the store service at ``url`` (one kept-alive synchronous connection): the engine's
-    ``match`` and ``write`` calls, one HTTP call each. ``page_size`` is the store's. ``close()`` when done."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT, trust_env=False)
-        info = self._call("GET", "/info")
-        self.page_size: int = info["page_size"]
-        self.capacity_pages: int | None = info["capacity_pages"]
-
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            r = self._client.request(method, path, content=fastjson.dumps(body) if body is not None else None,
-                                     headers={"content-type": "application/json"} if body is not None else None)
-        except httpx.HTTPError as e:
-            raise StoreUnavailable(f"the L3 store at {self.url}: {type(e).__name__}: {e}") from e
-        if r.status_code != 200:
-            raise StoreUnavailable(f"the L3 store at {self.url} answered {r.status_code} to {path}: {r.text[:200]}")
-        return fastjson.loads(r.content)
-
-    def match(self, keys: Sequence[bytes], now: float) -> int:
-        """``L3Store.match``; ``now`` = inf (held at all, SGLang's ``batch_exists``) goes over the wire as the largest
-        float: JSON has no infinity, and every write is ready at a finite time."""
-        if not keys:
-            return 0
-        return self._call("POST", "/match", match_request(keys, min(now, sys.float_info.max)))["matched"]
-
-    def write(self, keys: Sequence[bytes], ready: float) -> int:
-        if not keys:
-            return 0
-        return self._call("POST", "/write", write_request(keys, ready))["new"]
-
-    def close(self) -> None:
-        self._client.close()

@@ -37,7 +37,7 @@ import simpy
 from sim.cosim import EngineClock
 from sim.measures import counter_increase
 from sim.real_smg import wait_ready
-from sim.storage_service import RemoteStorage, store_app
+from sim.storage_service import store_app
 from sim.transports.base import Reply, TransportError
 from sim.transports.owner import ClockOwner
 from sim.transports.pool import (
@@ -52,6 +52,7 @@ from sim.transports.pool import (
     worker_configs,
 )
 from sim.transports.pool import worker_urls as urls_of
+from sim.worker.remote_storage import RemoteStorage
 from testbed_common import fastjson, http_client
 from testbed_common.procs import LOOPBACK, ThreadServer, free_port, polling_client
 

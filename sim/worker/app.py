@@ -56,9 +56,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim.engine.transfer import Notice, notice_to_json, transfer_from_json
-from sim.storage_service import StoreUnavailable
 from sim.worker.bootstrap import DEFAULT_BOOTSTRAP_PORT, BootstrapServer, Rendezvous, bootstrap_app
 from sim.worker.core import WorkerCore
+from sim.worker.remote_storage import StoreUnavailable
 from sim.worker.reply import Reply, error_body, error_reply
 from testbed_common import fastjson, vtime
 from testbed_common.asgi_fastpath import FastPathApp

@@ -37,11 +37,11 @@ import uvicorn
 
 from sim.engine.storage import L3Store, StorageTier
 from sim.engine.types import PREFETCH_POLICIES, WRITE_POLICIES, HiCacheConfig, LatencyModel, WorkerConfig
-from sim.storage_service import RemoteStorage, StoreUnavailable
 from sim.worker.app import DEFAULT_MAX_PAYLOAD_SIZE, create_app
 from sim.worker.bootstrap import DEFAULT_BOOTSTRAP_PORT
 from sim.worker.core import WorkerCore
 from sim.worker.faults import Faults
+from sim.worker.remote_storage import RemoteStorage, StoreUnavailable
 from testbed_common.loopback import LOOPBACK, is_loopback, warn_if_exposed
 from testbed_common.procs import UVICORN_DEFAULTS
 

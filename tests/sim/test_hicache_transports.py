@@ -9,10 +9,10 @@ import json
 import pytest
 
 from sim.runner import PolicyConfig, make_setup, public, run_setup
-from sim.storage_service import RemoteStorage, StoreUnavailable
 from sim.transports.direct import HICACHE_STATS, DirectTransport
 from sim.transports.http import HttpTransport
 from sim.transports.pool import port_salt, stable_ports, worker_urls
+from sim.worker.remote_storage import RemoteStorage, StoreUnavailable
 from sim.workload.scenario import load_scenario
 
 TINY_HICACHE = load_scenario("hicache").replace(

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from sim.commands.l3_store import main as l3_store_main
 from sim.engine.storage import L3Store, page_keys
-from sim.storage_service import RemoteStorage, StoreUnavailable, store_app
+from sim.storage_service import store_app
+from sim.worker.remote_storage import RemoteStorage, StoreUnavailable
 from testbed_common.procs import ThreadServer, free_port, python_module, running
 
 

@@ -15,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sim.engine.storage import L3Store
 from sim.engine.transfer import DecodeReady, PrefillDone, notice_from_json, notice_to_json, transfer
 from sim.engine.types import HiCacheConfig, IterationTiming, WorkerConfig
-from sim.storage_service import RemoteStorage, store_app
+from sim.storage_service import store_app
 from sim.worker.answers import cached_tokens_details, sim_object
 from sim.worker.app import create_app
 from sim.worker.core import WorkerCore
+from sim.worker.remote_storage import RemoteStorage
 from testbed_common.procs import ThreadServer
 
 SIM_KEYS_WITHOUT_HICACHE = {"arrival", "start", "first_token", "finish", "worker", "cached_tokens", "evicted_tokens",

@@ -11,8 +11,9 @@ import pytest
 
 from sim.engine.storage import L3Store
 from sim.engine.types import HiCacheConfig
-from sim.storage_service import RemoteStorage, store_app
+from sim.storage_service import store_app
 from sim.worker.cli import build_parser, main, make_cores
+from sim.worker.remote_storage import RemoteStorage
 from testbed_common.procs import ThreadServer, free_port, python_module, running
 
 
