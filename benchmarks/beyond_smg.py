@@ -58,10 +58,16 @@ NEW_RULES: dict[str, PolicyConfig] = {
     "bounded_load/kv": PolicyConfig("bounded_load", None, ("--bounded-load-measure", "kv")),
     "manual/min_kv": PolicyConfig("manual", "min_kv"),
     "manual/min_kv+load": PolicyConfig("manual", "min_kv", ("--kv-repin-load-epsilon", "0.5")),
+    # issue 23's changes, tuned on seeds 0-4 of thrash and kv-bound (docs/beyond-smg.md, "What we changed")
+    "manual/min_kv+load idle10": PolicyConfig("manual", "min_kv", ("--kv-repin-load-epsilon", "0.5",
+                                                                   "--session-kv-idle-secs", "10")),
+    "manual/min_kv+spill": PolicyConfig("manual", "min_kv", ("--kv-repin-load-epsilon", "0.5", "--kv-repin-spill-gap",
+                                                             "2", "--session-kv-idle-secs", "10")),
 }
 # what runs.json keeps of a run: the verdict's measures and what tells why a rule loses (the engine's counters)
 KEPT = ("makespan", "ttft_p99", "kv_reuse", "ttft_p50", "stickiness", "imbalance", "prefill_tokens", "retractions",
-        "recomputed_tokens", "queue_time_p50", "queue_time_p99", "decode_stall_seconds", "errors", "branches")
+        "recomputed_tokens", "queue_time_p50", "queue_time_p99", "decode_stall_seconds", "errors", "re_pins",
+        "re_pins_by_cause")
 VERDICT_MEASURES = ("makespan", "ttft_p99")
 REUSE_TOLERANCE = 0.05
 
@@ -134,7 +140,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         s = {"label": label, "rule": rs[0]["rule"], "overload": rs[0]["overload"], "new": rs[0]["new"],
              "seeds": [r["seed"] for r in rs], "errors": sum(r.get("errors", 0) for r in rs)}
         for m in KEPT:
-            if m not in ("errors", "branches") and all(isinstance(r.get(m), int | float) for r in rs):
+            if m not in ("errors", "re_pins_by_cause") and all(isinstance(r.get(m), int | float) for r in rs):
                 s[m] = describe([float(r[m]) for r in rs])
         out.append(s)
     return out
