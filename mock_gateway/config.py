@@ -138,6 +138,7 @@ class GatewayConfig:
     kv_repin_headroom: float = 0.2
     kv_repin_cooldown_secs: float = 30.0
     kv_repin_load_epsilon: float | None = None  # min_kv: re-pin off a worker over the bounded-load bound (None: off)
+    kv_repin_spill_gap: int | None = None  # min_kv: re-pin off a KV-full worker this many requests busier (None: off)
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -329,6 +330,9 @@ def build_parser() -> GatewayArgumentParser:
     a("--kv-repin-cooldown-secs", type=float, default=d.kv_repin_cooldown_secs)
     a("--kv-repin-load-epsilon", type=float, default=d.kv_repin_load_epsilon,
       help="min_kv: re-pin a key off a worker whose in-flight requests reach ceil((1+eps)*average) (default off)")
+    a("--kv-repin-spill-gap", type=int, default=d.kv_repin_spill_gap,
+      help="min_kv: re-pin a key off a KV-full worker with this many more in-flight requests than one with room "
+           "(default off)")
     for flags, nargs in BY_NARGS:
         for flag in flags:
             a(flag, action=_Unmodelled, nargs=nargs, dest="ignored", default=None, help=argparse.SUPPRESS)
@@ -389,6 +393,7 @@ POLICY_SPECIFIC: dict[str, tuple[str, Callable[[GatewayConfig], bool]]] = {
     "kv_repin_headroom": _MIN_KV,
     "kv_repin_cooldown_secs": _MIN_KV,
     "kv_repin_load_epsilon": _MIN_KV,
+    "kv_repin_spill_gap": _MIN_KV,
 }
 
 

@@ -31,6 +31,12 @@ An existing key is re-pinned when
   The queueing gate keeps the ordinary in-flight fluctuation of closed-loop agents (which crosses such a
   bound all the time at small loads) from moving keys; it fires when KV admission or the prefill lane
   makes requests wait (``kv-bound``: a rollout whose makespan KV capacity sets).
+- ``repin_load`` also (off unless ``--kv-repin-spill-gap G`` is given): its worker is KV-full (the projected
+  working set with this key's new context is above ``1 - headroom`` of its capacity) and another worker has
+  at least ``G`` fewer requests in flight and room for the key (``--kv-repin-headroom`` to spare); the target
+  is the least loaded of those. This is the field's fix (``cache_aware`` spilling to the shortest queue under
+  imbalance) with two guards it lacks: only a worker whose KV is full sheds keys (its LRU is evicting the
+  keys' prefixes anyway, so a move costs little), and only to a worker that can hold the key.
 
 Hysteresis: the target conditions are strictly inside the trigger conditions (a target is never itself
 triggering: it has ``--kv-repin-headroom`` of its KV capacity to spare or is that much lighter than the
@@ -199,6 +205,12 @@ class MinKvAssignment(Assignment):
                 if under:
                     least = min(loads[w.url] for w in under)
                     return self._best([w for w in under if loads[w.url] == least], key), "repin_load"
+        gap = cfg.kv_repin_spill_gap
+        if gap is not None and cap is not None and projected > (1.0 - cfg.kv_repin_headroom) * cap:
+            roomy = [w for w in others if w.load <= pinned.load - gap and self.has_room(w, key, ctx)]
+            if roomy:
+                least = min(w.load for w in roomy)
+                return self._best([w for w in roomy if w.load == least], key), "repin_load"
         hot = self.hot(workers)
         if pinned.url in hot and ctx <= cfg.kv_repin_max_tokens:
             calm = [w for w in others if w.url not in hot]

@@ -208,10 +208,11 @@ ops = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(ops=ops, n=st.integers(2, 3), cap=st.sampled_from([1000, 1500]))
-def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap):
+@given(ops=ops, n=st.integers(2, 3), cap=st.sampled_from([1000, 1500]), spill=st.sampled_from([[], ["1"], ["2"]]))
+def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap, spill):
     cooldown = 15.0
     core = make_core(
+        *(["--kv-repin-spill-gap", *spill] if spill else []),
         "--policy",
         "manual",
         "--assignment-mode",
@@ -241,12 +242,15 @@ def test_hysteresis_no_ping_pong_and_targets_never_trigger(ops, n, cap):
         src = entry.candidates[0] if entry else None
         source_projected = min_kv.kv.working_set(src) - min_kv.kv.own(a, src) + b if src else 0
         d = route(core, a, now=now, input_ids=list(range(b)))
-        if d.branch in ("repin_kv", "repin_queue"):
+        if d.branch in ("repin_kv", "repin_queue", "repin_load"):
             assert now - last_move.get(a, float("-inf")) >= cooldown  # no re-pin within the cooldown
             last_move[a] = now
             if d.branch == "repin_kv":  # the source was over capacity; the target had headroom, or was that lighter
                 assert source_projected > cap
                 assert min_kv.kv.working_set(d.url) <= 0.8 * max(cap, source_projected)
+            elif d.branch == "repin_load":  # spill: the source was KV-full, the target has room (so is not)
+                assert spill and source_projected > 0.8 * cap
+                assert min_kv.kv.working_set(d.url) <= 0.8 * cap
             else:
                 assert d.url not in min_kv.hot(list(core.registry))
             again = route(core, a, now=now, input_ids=list(range(b)))  # same state, same instant: no move back
@@ -351,3 +355,58 @@ def test_under_the_routing_key_override_min_kv_keys_by_rid_as_every_manual_mode(
     assert (first.key, first.branch) == ("conv", "vacant")
     assert (again.url, again.key, again.branch) == (first.url, "conv", "occupied_hit")
     assert core.policy.assignment.kv.own("conv", first.url) == 2  # the key's projected context, as a header key's
+
+
+
+def spill_setup(*flags):
+    """Three workers of 1000 KV tokens (KV-full above 800): k (300) and a (100) share one, o1 and o2 hold 50 each."""
+    core = make_core("--policy", "manual", "--assignment-mode", "min_kv", "--kv-capacity-tokens", "1000",
+                     "--kv-repin-headroom", "0.2", "--kv-repin-queue-ratio", "100", *flags, workers=3)
+    o1 = route(core, "o1", now=0, input_ids=list(range(400)))
+    o2 = route(core, "o2", now=0, input_ids=list(range(400)))
+    k = route(core, "k", now=0, input_ids=list(range(300)))  # the empty worker
+    a = route(core, "a", now=0, input_ids=list(range(100)))  # beside k: 300 < 400
+    assert len({o1.url, o2.url, k.url}) == 3 and a.url == k.url
+    route(core, "o1", now=0, input_ids=list(range(50)))
+    route(core, "o2", now=0, input_ids=list(range(50)))
+    return core, k.url, o1.url, o2.url
+
+
+def busy(core, url, n):
+    for _ in range(n):
+        core.registry.begin(url, "busy")
+
+
+def test_repin_spill_is_off_by_default():
+    core, pinned, _, _ = spill_setup()
+    busy(core, pinned, 3)
+    assert route(core, "k", now=1, input_ids=list(range(750))).branch == "occupied_hit"
+
+
+def test_repin_spill_moves_a_key_off_a_kv_full_busy_worker_to_the_least_loaded_with_room():
+    core, pinned, o1, o2 = spill_setup("--kv-repin-spill-gap", "2")
+    busy(core, pinned, 3)
+    busy(core, o1, 1)  # o1 is 2 requests less busy, o2 3; each holds 50 + 750 <= 800
+    moved = route(core, "k", now=1, input_ids=list(range(750)))  # k's worker: 100 + 750 > 800, under 1000
+    assert (moved.url, moved.branch) == (o2, "repin_load")
+
+
+def test_repin_spill_needs_the_gap():
+    core, pinned, _, _ = spill_setup("--kv-repin-spill-gap", "2")
+    busy(core, pinned, 1)  # one request more than the others: noise
+    assert route(core, "k", now=1, input_ids=list(range(750))).branch == "occupied_hit"
+
+
+def test_repin_spill_leaves_a_worker_whose_kv_is_not_full():
+    core, pinned, _, _ = spill_setup("--kv-repin-spill-gap", "2")
+    busy(core, pinned, 3)
+    stay = route(core, "k", now=1, input_ids=list(range(600)))  # 100 + 600 <= 800: room, whatever the queue
+    assert (stay.url, stay.branch) == (pinned, "occupied_hit")
+
+
+def test_repin_spill_never_moves_to_a_worker_without_room():
+    core, pinned, _, _ = spill_setup("--kv-repin-spill-gap", "2")
+    busy(core, pinned, 3)
+    route(core, "o1", now=0.5, input_ids=list(range(100)))
+    route(core, "o2", now=0.5, input_ids=list(range(100)))  # 100 + 750 > 800 on both
+    assert route(core, "k", now=1, input_ids=list(range(750))).branch == "occupied_hit"
