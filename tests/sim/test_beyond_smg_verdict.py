@@ -63,5 +63,5 @@ def test_the_verdict_follows_the_intervals_and_the_reuse_ratio(mk, p99, reuse):
     _, v = judge(("smg", False, 100, 2.0, 0.8), ("new", True, 100 + mk, 2.0 + p99, reuse))
     below = all(v["diff"][m]["ci95"][1] < 0 for m in ("makespan", "ttft_p99"))
     above = any(v["diff"][m]["ci95"][0] > 0 for m in ("makespan", "ttft_p99"))
-    ok = reuse >= 0.95 * 0.8
+    ok = reuse / 0.8 - 1 >= -0.05  # the rule's own arithmetic: at the boundary 0.95 * 0.8 rounds the other way
     assert v["verdict"] == ("wins" if below and ok else "loses nothing" if ok and not above else "loses")
