@@ -89,7 +89,7 @@ class ManualPolicy(Policy):
             if new.url != pinned and new.key_load.get(key, 0) < cap:
                 entry.pin_front(new.url)
             return self._counted(Choice(new.url, "cap_respill", key))
-        if repin and (move := self.assignment.repin(workers, key, healthy[pinned], now)) is not None:
+        if repin and (move := self.assignment.repin(workers, pin, healthy[pinned], now)) is not None:
             target, branch = move
             entry.pin_front(target.url)
             return self._counted(Choice(target.url, branch, key))
@@ -102,8 +102,8 @@ class ManualPolicy(Policy):
             key = strip_lineage(rid) if rid is not None else None
         self.assignment.begin(workers, req)
         choice = self.route(workers, key, req, repin=True)
-        if key is not None and choice.url is not None:
-            self.assignment.routed(key, choice.url, req.now)
+        if key is not None and choice.url is not None:  # the assignment sees the leg's entry, as evict_idle forgets it
+            self.assignment.routed(req.leg_key(key), choice.url, req.now)
         return choice
 
     def tick(self, now: float) -> None:

@@ -410,3 +410,20 @@ def test_repin_spill_never_moves_to_a_worker_without_room():
     route(core, "o1", now=0.5, input_ids=list(range(100)))
     route(core, "o2", now=0.5, input_ids=list(range(100)))  # 100 + 750 > 800 on both
     assert route(core, "k", now=1, input_ids=list(range(750))).branch == "occupied_hit"
+
+
+def test_in_pd_mode_each_leg_keeps_its_own_key_state_and_idle_eviction_clears_it():
+    """Each PD leg's manual pins ``prefill:<key>`` / ``decode:<key>``; its min_kv state is keyed the same way, so
+    the idle eviction that drops a leg's entry also drops the assignment's state of that key."""
+    from mock_gateway.testing import make_pd_core
+
+    core = make_pd_core("--policy", "manual", "--assignment-mode", "min_kv", "--max-idle-secs", "5",
+                        "--eviction-interval-secs", "1")
+    for leg, policy in core.leg_policies.items():
+        policy.assignment.repinned_at[f"{leg}:s0"] = 0.0  # as if the key had been re-pinned on this leg
+    route(core, "s0", now=0.0)
+    for leg, policy in core.leg_policies.items():
+        assert list(policy.entries) == [f"{leg}:s0"] and list(policy.assignment.kv.live) == [f"{leg}:s0"]
+    for leg, policy in core.leg_policies.items():
+        assert policy.evict_idle(10.0) == 1
+        assert not policy.entries and f"{leg}:s0" not in policy.assignment.repinned_at
