@@ -331,6 +331,24 @@ class IterationEngine:
         req.ready = at
         self._wake_at(max(at, self._last))  # (the engine's past is decided)
 
+    def abort_transfer(self, handle: int) -> bool:
+        """The KV transfer of pre-allocated request ``handle`` failed (SGLang: ``KVPoll.Failed``, the request aborted):
+        drop it and release its KV as ``release_kv_cache(checkpoint=False)`` does, inserting nothing (its matched
+        prefix is unlocked and stays cached). False, and nothing changes, if ``handle`` is not waiting for its KV."""
+        req = self._transfer.pop(handle, None)
+        if req is None:
+            return False
+        self._preallocated = [p for p in self._preallocated if p[0] != handle]
+        self._private -= req.private + req.prefix % self.config.page_size
+        req.private = 0
+        if req.node is not None:
+            self.cache.unlock(req.node)
+            req.node = None
+        self._batch_is_full = False
+        if self._prealloc or self._waiting:  # the freed KV may admit them: a decision now
+            self._wake_at(self._last)
+        return True
+
     def _wake_at(self, at: float) -> None:
         """Make a decision happen at the first step boundary at or after ``at`` (a transfer's end)."""
         if self._t == math.inf:

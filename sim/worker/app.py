@@ -30,7 +30,8 @@ With the iteration-level engine (``WorkerCore.iteration``) a request's answer wa
   until the engine's next event (woken early by a new request or a KV transfer), advances the engine to now and
   releases the finished answers. An answer is released at (or just after) its modelled finish, so the wait for its
   finish is over and the stream events, all due by then, go out at once. A PD worker's notices go to its
-  rendezvous (``sim.worker.bootstrap``): a prefill worker serves it on its bootstrap socket.
+  rendezvous (``sim.worker.bootstrap``): a prefill worker serves it on its bootstrap socket; a decode leg whose KV
+  handoff fails is answered SGLang's 500 at once (``WorkerCore.fail_transfer``).
 
 Bad input (malformed JSON, wrong types, bodies over ``max_payload_size``) gets a 4xx JSON error.
 """
@@ -224,7 +225,12 @@ def create_app(
     clock = LiveClock(speedup)
     held = HeldRequests()
     pd = core.config.disaggregation_mode
-    rendezvous = Rendezvous(core, clock.now, lambda: stepper.wake(), bootstrap_port) if pd is not None else None
+
+    def transfer_failed(reply: Reply) -> None:  # a decode leg's KV never came: its handler answers the error now
+        held.release([reply])
+
+    rendezvous = (Rendezvous(core, clock.now, lambda: stepper.wake(), bootstrap_port, on_failed=transfer_failed)
+                  if pd is not None else None)
     stepper = LiveStepper(core, clock, held, rendezvous.noticed if rendezvous is not None else None)
     bootstrap_server = (BootstrapServer(bootstrap_app(rendezvous), bootstrap)
                         if rendezvous is not None and pd == "prefill" and bootstrap is not None else None)

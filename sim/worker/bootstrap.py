@@ -6,7 +6,9 @@ SGLang 0.5.23 (shared/specs/pd-hicache.md section 2): a prefill worker runs a bo
 at registration (a TCP connect). Here the port serves ``POST /pd/transfer``: a decode worker posts its
 ``DecodeReady`` (``sim.engine.transfer``) once its engine has pre-allocated the request's KV; the prefill worker
 answers when its own engine has finished that room's prefill, with the ``Transfer``; both cores then get
-``transfer_ready`` (the prefill's answer is due at the transfer's end, the decode's request runs from then).
+``transfer_ready`` (the prefill's answer is due at the transfer's end, the decode's request runs from then). A
+handoff that fails (the bootstrap server unreachable, stopping: 503, or refusing: 4xx) fails the decode's request as
+SGLang's ``KVPoll.Failed`` does: out of the engine with its KV, answered 500 at once (``WorkerCore.fail_transfer``).
 
 Each worker has its own live clock (started with its app), so times go over the wire as offsets from the sender's
 ``now`` and are read against the receiver's ``now``. The virtual-time counterpart is the co-simulated clock's
@@ -42,6 +44,7 @@ from sim.engine.transfer import (
     transfer_to_json,
 )
 from sim.worker.core import WorkerCore
+from sim.worker.reply import Reply
 from testbed_common import fastjson
 from testbed_common.loopback import LOOPBACK
 from testbed_common.procs import UVICORN_DEFAULTS
@@ -78,11 +81,14 @@ class Rendezvous:
     Prefill: its ``PrefillDone`` notices wait here for the decode worker's ``DecodeReady`` of the same room
     (``decode_ready``, the bootstrap route), or pair with one already here. Decode: each ``DecodeReady`` is posted to
     the bootstrap server its request named (``bootstrap_port`` null: this worker's own ``--disaggregation-bootstrap-
-    port``, as SGLang). ``on_transfer`` is called after a core got a transfer: its engine has a new next event."""
+    port``, as SGLang); when that fails (no answer, or an error), the core fails the request (``fail_transfer``) and
+    ``on_failed`` gets its error answer. ``on_transfer`` is called after a core got a transfer or failed one: its
+    engine has a new next event."""
 
     def __init__(self, core: WorkerCore, now: Callable[[], float], on_transfer: Callable[[], None],
-                 bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT) -> None:
-        self.core, self.now, self.on_transfer = core, now, on_transfer
+                 bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT,
+                 on_failed: Callable[[Reply], None] = lambda reply: None) -> None:
+        self.core, self.now, self.on_transfer, self.on_failed = core, now, on_transfer, on_failed
         self.bootstrap_port = bootstrap_port
         self.fabric = TransferFabric()
         self._waiting: dict[int, asyncio.Future[Transfer]] = {}  # prefill: the rooms a decode worker waits for
@@ -138,13 +144,25 @@ class Rendezvous:
         body = fastjson.dumps(notice_to_json(shifted_notice(d, -self.now())))
         try:
             r = await self._client.post(url, content=body, headers=_JSON)
-            r.raise_for_status()
+        except httpx.HTTPError as e:
+            return self._failed(d, f"the bootstrap server {url} did not answer ({type(e).__name__}: {e})")
+        if r.status_code != 200:
+            return self._failed(d, f"the bootstrap server {url} answered {r.status_code}: {r.text[:200]}")
+        try:
             t = shifted_transfer(transfer_from_json(fastjson.loads(r.content)), self.now())
-        except (httpx.HTTPError, ValueError) as e:  # the request waits on; the gateway's timeout ends it
-            log.warning("worker %s: no KV transfer for room %s from %s: %s", self.core.name, d.room, url, e)
-            return
+        except (ValueError, RecursionError) as e:
+            return self._failed(d, f"the bootstrap server {url} answered no transfer: {e}")
         self.core.transfer_ready(t)
         self.on_transfer()
+
+    def _failed(self, d: DecodeReady, why: str) -> None:
+        """No KV will come for ``d``'s room (SGLang: ``KVPoll.Failed``): the request leaves the engine, its handler
+        gets the error answer at once, and the engine, with KV freed, may take the next request."""
+        log.warning("worker %s: no KV transfer for room %s: %s", self.core.name, d.room, why)
+        reply = self.core.fail_transfer(d.room, why)
+        if reply is not None:
+            self.on_failed(reply)
+            self.on_transfer()
 
     async def close(self) -> None:
         """Stop asking (decode) and answer whoever waits for a room (prefill): the worker stops."""

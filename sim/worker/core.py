@@ -55,6 +55,8 @@ request needs an integer ``bootstrap_room`` in [0, 2**63 - 1] (400 otherwise; SM
 
 ``core.notices() -> list[Notice]``   the notices the last ``advance`` calls produced (drained).
 ``core.transfer_ready(t)``           the transfer of a room this worker holds (ignored for a room it does not).
+``core.fail_transfer(room, message)``  a decode worker's transfer failed: the request leaves its engine, and the
+    error answer (a 500, as SGLang's) comes back at once (``Reply.pending``: its id); None for a room not waiting.
 
 ``core.loads(now, timestamp=None) -> dict``   SMG's ``WorkerLoadResponse`` (``GET /v1/loads``).
 ``core.metrics(now) -> bytes``         Prometheus text (``GET /metrics``), ``sglang:`` names.
@@ -431,6 +433,24 @@ class WorkerCore:
         elif self.role == "decode" and rid in self._handles and rid not in self._transfers:
             self._transfers[rid] = t
             self.engine.transfer_ready(self._handles[rid], t.ready)
+
+    def fail_transfer(self, room: int, message: str) -> Reply | None:
+        """The KV transfer of room ``room`` failed (its prefill's bootstrap server unreachable, stopping or refusing):
+        a decode worker drops the request from its engine, KV released (``IterationEngine.abort_transfer``), and
+        answers it with SGLang's error, a 500 (``disaggregation/decode.py``: ``KVPoll.Failed`` -> ``prepare_abort(...,
+        INTERNAL_SERVER_ERROR)``), given here: ``Reply.pending`` is the request's id. None when this worker holds no
+        request of that room waiting for its KV."""
+        rid = self._room_ids.get(room)
+        if self.role != "decode" or rid is None or rid in self._transfers:
+            return None
+        handle = self._handles.get(rid)
+        if handle is None or not self.engine.abort_transfer(handle):
+            return None
+        del self._by_handle[handle], self._handles[rid]
+        *_, headers, virtual = self._pending.pop(rid)
+        self._forget_room(rid)
+        body = error_body(f"Decode transfer failed for request bootstrap_room={room}: {message}", 500)
+        return Reply(500, body, headers=headers, virtual=virtual, pending=rid)
 
     def _prefill_done(self, rid: int, timing: Any) -> None:
         """A prefill finished in the engine: its notice; its answer waits for the transfer."""
