@@ -80,6 +80,7 @@ class Gateway:
         self.worker_clients: dict[str, http_client.AsyncPool] = {}  # inference traffic: one pool per worker
         self.urls: dict[tuple[str, str], httpx.URL] = {}  # (worker, route) parsed once
         self.tasks: list[asyncio.Task] = []
+        self.stopping = False  # stop() is closing the worker clients under requests still being sent
         self.metrics_server: Any = None
 
     def live_now(self) -> float:
@@ -156,6 +157,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        self.stopping = True
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -266,7 +268,9 @@ class Gateway:
         )
         try:
             resp = await client.send(req, stream=True)
-        except httpx.HTTPError as e:
+        except Exception as e:  # closing a client mid-connect (stop()) raises what httpx does not wrap
+            if not isinstance(e, httpx.HTTPError) and not self.stopping:
+                raise
             failure = error(500, CONNECTION_FAILED, f"Failed to call upstream {d.url}: {e}", type_="server_error")
             return Attempt(None, failure, now=self.settled_at(virtual))
         vf = vtime.finish_time(resp.headers) if virtual else None

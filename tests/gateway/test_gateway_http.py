@@ -265,7 +265,9 @@ def test_live_least_load_avoids_a_worker_reporting_load(pool):
     urls, states = pool
     states[0]["loads"] = {"loads": [{"dp_rank": 0, "num_running_reqs": 50}]}
     with gateway(urls, "--policy", "least_load", "--load-monitor-interval", "0.1") as (client, core):
-        while core.registry.get(urls[0]).report is None:
+        deadline = time.monotonic() + 10
+        while any(core.registry.get(u).report is None for u in urls):  # every worker's load known, not just w0's
+            assert time.monotonic() < deadline, "the load monitor did not poll every worker"
             post(client, chat())
         assert all(post(client, chat()).headers["x-smg-routed-worker-id"] != urls[0] for _ in range(10))
 
