@@ -300,6 +300,11 @@ def create_app(
             raise _BadBody(400, "sim_time must be a finite non-negative number")
         return t
 
+    def next_event() -> float | None:
+        """The engine's next event time as JSON has it (no infinity: None)."""
+        t = core.next_event_time()
+        return None if t == math.inf else t
+
     async def report(handle: int) -> None:
         """Tell the clock's owner that the engine holds ``handle`` now (virtual time). An owner that refuses it is
         releasing no request (its run is over, or being interrupted): nobody would ever advance the engine for
@@ -309,8 +314,7 @@ def create_app(
         if not reporter:
             transport = httpx.AsyncHTTPTransport(socket_options=[_RESET_ON_CLOSE])
             reporter.append(httpx.AsyncClient(timeout=REPORT_TIMEOUT, trust_env=False, transport=transport))
-        t = core.next_event_time()
-        body = {"worker": core.name, "handle": handle, "next_event_time": None if t == math.inf else t, "leg": pd}
+        body = {"worker": core.name, "handle": handle, "next_event_time": next_event(), "leg": pd}
         try:
             r = await reporter[0].post(owner_url, content=_dumps(body), headers={"content-type": "application/json"})
             if r.status_code >= 300:
@@ -444,37 +448,40 @@ def create_app(
                                "/sim control endpoints exist only in virtual time")
         return None
 
+    async def control_body(request: Request) -> tuple[Any, Response | None]:
+        """A control call's JSON body, or the answer refusing it (``control_refusal``, or a body that is no JSON)."""
+        if (refused := control_refusal(request)) is not None:
+            return None, refused
+        try:
+            return await read_json(request), None
+        except _BadBody as e:
+            return None, _error(e.status, str(e))
+
     @app.post("/sim/advance")
     async def sim_advance(request: Request) -> Response:
-        if (refused := control_refusal(request)) is not None:
+        body, refused = await control_body(request)
+        if refused is not None:
             return refused
-        try:
-            body = await read_json(request)
-        except _BadBody as e:
-            return _error(e.status, str(e))
         until = body.get("until") if isinstance(body, dict) else None
         if isinstance(until, bool) or not isinstance(until, int | float) or not 0 <= until < math.inf:
             return _error(400, 'expected {"until": t}, t a finite non-negative number of virtual seconds', "until")
         finished = held.release(core.advance(float(until)))
-        t = core.next_event_time()
-        return json_response(200, {"finished": finished, "next_event_time": None if t == math.inf else t,
+        return json_response(200, {"finished": finished, "next_event_time": next_event(),
                                    "notices": [notice_to_json(n) for n in core.notices()]})
 
     @app.post("/sim/transfer")
     async def sim_transfer(request: Request) -> Response:
-        if (refused := control_refusal(request)) is not None:
+        body, refused = await control_body(request)
+        if refused is not None:
             return refused
         if pd is None:
             return _error(400, f"worker {core.name} is co-located (no --disaggregation-mode): it has no KV transfers")
         try:
-            transfer = transfer_from_json(await read_json(request))
-        except _BadBody as e:
-            return _error(e.status, str(e))
+            transfer = transfer_from_json(body)
         except ValueError as e:
             return _error(400, f"expected a transfer (sim.engine.transfer.transfer_to_json): {e}")
         core.transfer_ready(transfer)
-        t = core.next_event_time()
-        return json_response(200, {"next_event_time": None if t == math.inf else t})
+        return json_response(200, {"next_event_time": next_event()})
 
     @app.post("/sim/abort")
     async def sim_abort(request: Request) -> Response:
@@ -484,12 +491,9 @@ def create_app(
 
     @app.post("/sim/drop")
     async def sim_drop(request: Request) -> Response:
-        if (refused := control_refusal(request)) is not None:
+        body, refused = await control_body(request)
+        if refused is not None:
             return refused
-        try:
-            body = await read_json(request)
-        except _BadBody as e:
-            return _error(e.status, str(e))
         handles = body.get("handles") if isinstance(body, dict) else None
         if not isinstance(handles, list) or not all(type(h) is int for h in handles):
             return _error(400, 'expected {"handles": [int, ...]}', "handles")

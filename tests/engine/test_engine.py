@@ -6,14 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from engine_testing import ids
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.engine import Engine, LatencyModel, RequestTiming, WorkerConfig
-
-
-def ids(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(1000, 2**32, n, dtype=np.int64)
 
 
 def test_a_cache_hit_gives_a_lower_ttft_than_a_miss():

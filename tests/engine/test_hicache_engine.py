@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from engine_testing import Checked, ids
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,21 +20,8 @@ KV = 131_072  # WorkerConfig.kv_bytes_per_token
 TIER_FIELDS = ("cached_device", "cached_host", "cached_storage", "load_back_seconds", "prefetch_seconds")
 
 
-def ids(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(1000, 2**32, n, dtype=np.int64)
-
-
 def config(kv: int | None = 50_000, page: int = 64, hicache: HiCacheConfig | None = None, **kw) -> WorkerConfig:
     return WorkerConfig(engine="iteration", kv_capacity_tokens=kv, page_size=page, hicache=hicache, **kw)
-
-
-class Checked(IterationEngine):
-    """The engine, checking its invariants (KV within the GPU pool, host pages within the host pool, the private
-    KV sum) after every decision."""
-
-    def _decide(self, t: float) -> None:
-        super()._decide(t)
-        self.check()
 
 
 class RecordingStore(L3Store):

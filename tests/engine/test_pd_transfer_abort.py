@@ -7,28 +7,12 @@ import heapq
 import math
 
 import numpy as np
+from engine_testing import Checked, ids
+from engine_testing import decode_config as config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.engine import IterationEngine, WorkerConfig
 from sim.engine.radix import RadixCache
-
-
-def config(kv: int | None = 20_000, radix: bool = False, reserved: int = 512, **kw) -> WorkerConfig:
-    return WorkerConfig(kv_capacity_tokens=kv, engine="iteration", disaggregation_mode="decode",
-                        decode_radix_cache=radix, num_reserved_decode_tokens=reserved, **kw)
-
-
-class Checked(IterationEngine):
-    """The engine, checking its invariants (KV within the pool among them) after every decision."""
-
-    def _decide(self, t: float) -> None:
-        super()._decide(t)
-        self.check()
-
-
-def ids(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(1000, 2**32, n, dtype=np.int64)
 
 
 def test_an_aborted_transfer_frees_the_prompts_kv_and_its_matched_prefix_stays_cached_unlocked():

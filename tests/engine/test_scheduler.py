@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from engine_testing import ids
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -446,10 +447,6 @@ class Counting(IterationEngine):
             assert held == cached
             self.expected_recompute[req.handle] = self.expected_recompute.get(req.handle, 0) + req.fill - 1 - held
         super()._admit(req, t, cached)
-
-
-def ids(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(1000, 2**32, n, dtype=np.int64)
 
 
 def run_alone(engine: IterationEngine, now: float, prompt: np.ndarray, output: np.ndarray):

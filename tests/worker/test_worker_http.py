@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from worker_testing import recording_owner
 
 from sim.engine.types import LatencyModel, WorkerConfig
 from sim.worker.app import serve_in_thread
@@ -602,26 +603,6 @@ def test_live_request_after_virtual_ones_waits_only_its_own_latency():
 def iteration_core(latency: LatencyModel | None = None) -> WorkerCore:
     cfg = WorkerConfig(name="w0", kv_capacity_tokens=100_000, latency=latency or LatencyModel(), engine="iteration")
     return WorkerCore(cfg, seed=7)
-
-
-@contextlib.contextmanager
-def recording_owner() -> Iterator[tuple[str, list[dict]]]:
-    """A stand-in for the clock's owner: its arrivals endpoint keeps the reports."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    from testbed_common.procs import ThreadServer
-
-    reports: list[dict] = []
-
-    async def arrivals(request: Request) -> Response:
-        reports.append(json.loads(await request.body()))
-        return Response(status_code=204)
-
-    with ThreadServer(Starlette(routes=[Route("/arrivals", arrivals, methods=["POST"])])) as server:
-        yield f"{server.url}/arrivals", reports
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:

@@ -4,14 +4,13 @@ co-simulated clock's owner pairs the two legs with, and the live-time rendezvous
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
+from worker_testing import recording_owner
 
 from sim.engine.transfer import (
     DecodeReady,
@@ -26,7 +25,7 @@ from sim.engine.types import WorkerConfig
 from sim.worker.app import create_app, serve_in_thread
 from sim.worker.bootstrap import Rendezvous, bootstrap_app, shifted_notice
 from sim.worker.core import WorkerCore
-from testbed_common.procs import ThreadServer, free_port
+from testbed_common.procs import free_port
 
 KV_BYTES = 1_000  # per token: transfer bytes are easy to read
 ROOM = 4_242_424_242
@@ -78,24 +77,6 @@ def test_server_info_reports_the_disaggregation_mode_and_loads_add_the_pd_fields
 
 
 # ---- virtual time: the owner's side ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def recording_owner() -> Iterator[tuple[str, list[dict]]]:
-    """A stand-in for the clock's owner: its arrivals endpoint keeps the reports."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    reports: list[dict] = []
-
-    async def arrivals(request: Request) -> Response:
-        reports.append(json.loads(await request.body()))
-        return Response(status_code=204)
-
-    with ThreadServer(Starlette(routes=[Route("/arrivals", arrivals, methods=["POST"])])) as server:
-        yield f"{server.url}/arrivals", reports
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:
