@@ -2,14 +2,18 @@
 
 Each subcommand lives in its own module and owns its own argument parser (``main(argv)``); this
 file only dispatches, so components stay independent of one another. Ctrl-C ends any command with one line and
-exit status 130 (the servers a command started are stopped as the interrupt unwinds through their ``with`` blocks).
+exit status 130 (the servers a command started are stopped as the interrupt unwinds through their ``with`` blocks;
+what uvicorn would log of the requests it tears down on the way is silenced, since the interrupt is the news).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 # subcommand -> (module with ``main(argv) -> int | None``, one-line help)
@@ -62,13 +66,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in commands:
         print(f"smg-testbed: unknown command {name!r}\n\n{_usage(commands)}", file=sys.stderr)
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _interrupt)
     try:
         module = importlib.import_module(commands[name][0])
         result = module.main(rest)
     except KeyboardInterrupt:
         print(f"smg-testbed {name}: interrupted; servers stopped", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return int(result or 0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: the in-process servers stop under requests still in flight (a connection torn down mid-connect, a
+    held answer dropped); their error log of it would bury the one line this command prints."""
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
